@@ -1,0 +1,221 @@
+//! How the core reads the log: the [`LogStore`] trait, and [`MemLog`], its in-memory
+//! implementation (raft-log implements it on disk).
+//!
+//! The core only *reads* through this trait. The host *writes*: after taking a
+//! [`Ready`](crate::Ready) it must apply the Ready's snapshot, entries and hard state to the
+//! store before it calls into the node again (making them durable may happen later; see
+//! [`RawNode::on_persisted`](crate::RawNode::on_persisted)).
+
+use std::fmt;
+
+use crate::types::{Entry, HardState, Index, SnapshotMeta, Term};
+
+/// Why a read from the log failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    /// The index lies before the first retained entry: a snapshot replaced it.
+    Compacted,
+    /// The index lies after the last entry.
+    Unavailable,
+    /// The store could not read its own data (a failed read, a corrupt record).
+    Io(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Compacted => write!(f, "log index compacted into a snapshot"),
+            StorageError::Unavailable => write!(f, "log index beyond the last entry"),
+            StorageError::Io(reason) => write!(f, "log read failed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// Read access to a node's log, hard state and latest snapshot metadata.
+///
+/// Invariants an implementation keeps:
+/// - `first_index() == snapshot_meta().index + 1`;
+/// - `last_index() >= snapshot_meta().index` (equal when the log holds no entry);
+/// - `term(snapshot_meta().index) == Ok(snapshot_meta().term)`.
+pub trait LogStore {
+    /// The hard state last written, as a restarted node must resume from.
+    fn hard_state(&self) -> HardState;
+    /// Metadata of the latest snapshot; all-zero when there has been none.
+    fn snapshot_meta(&self) -> SnapshotMeta;
+    /// The first index still held as an entry.
+    fn first_index(&self) -> Index;
+    /// The last index held, or the snapshot's index when no entry follows it.
+    fn last_index(&self) -> Index;
+    /// The term of the entry at `index`, for `index` in `first_index()-1 ..= last_index()`.
+    fn term(&self, index: Index) -> Result<Term, StorageError>;
+    /// Entries in `low..high`, stopping early once `max_bytes` is exceeded but always returning
+    /// at least one entry when `low < high`.
+    fn entries(&self, low: Index, high: Index, max_bytes: usize) -> Result<Vec<Entry>, StorageError>;
+}
+
+/// A log kept in memory: for tests, the simulation and embedded single-process use.
+#[derive(Clone, Debug, Default)]
+pub struct MemLog {
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    /// `entries[i].index == snapshot.index + 1 + i`.
+    entries: Vec<Entry>,
+}
+
+impl MemLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A log that starts from `meta`, as on a node bootstrapped with an initial configuration.
+    pub fn with_snapshot(meta: SnapshotMeta) -> Self {
+        MemLog {
+            hard_state: HardState {
+                term: meta.term,
+                vote: None,
+                commit: meta.index,
+            },
+            snapshot: meta,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn set_hard_state(&mut self, hard_state: HardState) {
+        self.hard_state = hard_state;
+    }
+
+    /// Appends `entries`, first dropping every held entry at or after `entries[0].index`.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        assert!(
+            first.index > self.snapshot.index && first.index <= self.last_index() + 1,
+            "append at {} leaves a gap or rewrites the snapshot (snapshot {}, last {})",
+            first.index,
+            self.snapshot.index,
+            self.last_index()
+        );
+        self.entries.truncate((first.index - self.snapshot.index - 1) as usize);
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// Drops every entry at or after `index`.
+    pub fn truncate_suffix(&mut self, index: Index) {
+        assert!(index > self.snapshot.index, "cannot truncate into the snapshot");
+        let keep = (index - self.snapshot.index - 1) as usize;
+        self.entries.truncate(keep.min(self.entries.len()));
+    }
+
+    /// Records that a snapshot covers up to `meta.index` and drops the entries it covers,
+    /// keeping those after it. `meta.index` must be held in the log.
+    pub fn compact(&mut self, meta: SnapshotMeta) {
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        assert!(meta.index <= self.last_index(), "compacting beyond the last entry");
+        assert_eq!(self.term(meta.index), Ok(meta.term), "snapshot term disagrees with the log");
+        let drop = (meta.index - self.snapshot.index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot = meta;
+    }
+
+    /// Replaces the whole log with a snapshot received from the leader.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        self.entries.clear();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.snapshot = meta;
+    }
+
+    /// Every entry held, for tests and invariant checks.
+    pub fn all_entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+impl LogStore for MemLog {
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        self.snapshot.clone()
+    }
+
+    fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    fn last_index(&self) -> Index {
+        self.snapshot.index + self.entries.len() as Index
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if index == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if index < self.snapshot.index {
+            return Err(StorageError::Compacted);
+        }
+        self.entries
+            .get((index - self.snapshot.index - 1) as usize)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable)
+    }
+
+    fn entries(&self, low: Index, high: Index, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+        if low <= self.snapshot.index {
+            return Err(StorageError::Compacted);
+        }
+        if high > self.last_index() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        let start = (low - self.snapshot.index - 1) as usize;
+        let end = (high - self.snapshot.index - 1) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in &self.entries[start..end] {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Noop,
+        }
+    }
+
+    #[test]
+    fn append_truncates_conflicting_suffix_and_compact_keeps_tail() {
+        let mut log = MemLog::new();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        log.append(&[entry(2, 2)]);
+        assert_eq!(log.last_index(), 2);
+        assert_eq!(log.term(2), Ok(2));
+        log.append(&[entry(3, 2), entry(4, 2)]);
+        log.compact(SnapshotMeta {
+            index: 2,
+            term: 2,
+            membership: Default::default(),
+        });
+        assert_eq!(log.first_index(), 3);
+        assert_eq!(log.term(2), Ok(2));
+        assert_eq!(log.term(1), Err(StorageError::Compacted));
+        assert_eq!(log.term(5), Err(StorageError::Unavailable));
+        assert_eq!(log.entries(3, 5, 0).unwrap().len(), 1, "max_bytes 0 still yields one entry");
+        assert_eq!(log.entries(3, 5, usize::MAX).unwrap().len(), 2);
+    }
+}
