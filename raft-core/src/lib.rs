@@ -6,7 +6,7 @@
 //! reads that are safe to serve) leaves as one [`Ready`] batch. The same inputs always give
 //! the same outputs, which is what lets `cargo xtask sim` replay any run from its seed.
 //!
-//! ```ignore
+//! ```
 //! use raft_core::{Config, MemLog, Membership, RawNode, SnapshotMeta};
 //!
 //! // A one-node cluster bootstrapped from an initial configuration.
@@ -27,17 +27,27 @@
 //! node.on_persisted(ready.seq);
 //! let ready = node.ready();
 //! assert!(ready.committed_entries.iter().any(|e| e.index == proposal.index));
-//! ```ignore
+//! ```
 
 pub mod config;
 pub mod membership;
 pub mod message;
+mod node;
+mod progress;
+mod raft_log;
+mod ready;
 pub mod rng;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod storage;
 pub mod types;
 
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, Membership, MembershipError, VoteResult};
 pub use message::{ConflictHint, Message, MessageBody};
+pub use node::{
+    ChangeError, Error, PeerStatus, ProposalId, ProposeError, RawNode, Status, TransferError,
+};
+pub use ready::{ReadError, ReadState, Ready};
 pub use storage::{LogStore, MemLog, StorageError};
 pub use types::{Entry, EntryPayload, HardState, Index, NodeId, Role, SnapshotMeta, Term};

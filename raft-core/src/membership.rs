@@ -184,7 +184,10 @@ fn majority_index(voters: &BTreeSet<NodeId>, index_of: &impl Fn(NodeId) -> Index
     indexes[voters.len() / 2]
 }
 
-fn majority_vote(voters: &BTreeSet<NodeId>, vote_of: &impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+fn majority_vote(
+    voters: &BTreeSet<NodeId>,
+    vote_of: &impl Fn(NodeId) -> Option<bool>,
+) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -227,16 +230,34 @@ mod tests {
             (&[1, 2, 3], &[], &[(1, 5), (2, 3), (3, 9)], 5),
             (&[1, 2, 3], &[], &[(1, 5)], 0),
             (&[1, 2, 3, 4], &[], &[(1, 5), (2, 5), (3, 4), (4, 1)], 4),
-            (&[1, 2, 3, 4, 5], &[], &[(1, 9), (2, 8), (3, 7), (4, 1), (5, 1)], 7),
+            (
+                &[1, 2, 3, 4, 5],
+                &[],
+                &[(1, 9), (2, 8), (3, 7), (4, 1), (5, 1)],
+                7,
+            ),
             // Joint: both halves must agree; the outgoing half lags here.
-            (&[1, 2, 3], &[1, 4, 5], &[(1, 9), (2, 9), (3, 9), (4, 2), (5, 1)], 2),
-            (&[4, 5, 6], &[1, 2, 3], &[(1, 9), (2, 9), (4, 6), (5, 6), (6, 1)], 6),
+            (
+                &[1, 2, 3],
+                &[1, 4, 5],
+                &[(1, 9), (2, 9), (3, 9), (4, 2), (5, 1)],
+                2,
+            ),
+            (
+                &[4, 5, 6],
+                &[1, 2, 3],
+                &[(1, 9), (2, 9), (4, 6), (5, 6), (6, 1)],
+                6,
+            ),
         ];
         for (voters, outgoing, matches, want) in cases {
             let m = config(voters, outgoing);
             let map: BTreeMap<NodeId, Index> = matches.iter().copied().collect();
             let got = m.committed_index(|id| map.get(&id).copied().unwrap_or(0));
-            assert_eq!(got, *want, "voters={voters:?} outgoing={outgoing:?} matches={matches:?}");
+            assert_eq!(
+                got, *want,
+                "voters={voters:?} outgoing={outgoing:?} matches={matches:?}"
+            );
         }
     }
 
@@ -246,18 +267,57 @@ mod tests {
             (&[1], &[], &[(1, true)], VoteResult::Won),
             (&[1, 2, 3], &[], &[(1, true)], VoteResult::Pending),
             (&[1, 2, 3], &[], &[(1, true), (2, true)], VoteResult::Won),
-            (&[1, 2, 3], &[], &[(1, true), (2, false), (3, false)], VoteResult::Lost),
-            (&[1, 2, 3, 4], &[], &[(1, true), (2, true)], VoteResult::Pending),
-            (&[1, 2, 3, 4], &[], &[(1, true), (2, false), (3, false)], VoteResult::Lost),
-            (&[1, 2, 3], &[3, 4, 5], &[(1, true), (2, true)], VoteResult::Pending),
-            (&[1, 2, 3], &[3, 4, 5], &[(1, true), (2, true), (3, true)], VoteResult::Pending),
-            (&[1, 2, 3], &[3, 4, 5], &[(1, true), (3, true), (4, true)], VoteResult::Won),
-            (&[1, 2, 3], &[3, 4, 5], &[(1, true), (2, true), (4, false), (5, false)], VoteResult::Lost),
+            (
+                &[1, 2, 3],
+                &[],
+                &[(1, true), (2, false), (3, false)],
+                VoteResult::Lost,
+            ),
+            (
+                &[1, 2, 3, 4],
+                &[],
+                &[(1, true), (2, true)],
+                VoteResult::Pending,
+            ),
+            (
+                &[1, 2, 3, 4],
+                &[],
+                &[(1, true), (2, false), (3, false)],
+                VoteResult::Lost,
+            ),
+            (
+                &[1, 2, 3],
+                &[3, 4, 5],
+                &[(1, true), (2, true)],
+                VoteResult::Pending,
+            ),
+            (
+                &[1, 2, 3],
+                &[3, 4, 5],
+                &[(1, true), (2, true), (3, true)],
+                VoteResult::Pending,
+            ),
+            (
+                &[1, 2, 3],
+                &[3, 4, 5],
+                &[(1, true), (3, true), (4, true)],
+                VoteResult::Won,
+            ),
+            (
+                &[1, 2, 3],
+                &[3, 4, 5],
+                &[(1, true), (2, true), (4, false), (5, false)],
+                VoteResult::Lost,
+            ),
         ];
         for (voters, outgoing, votes, want) in cases {
             let m = config(voters, outgoing);
             let map: BTreeMap<NodeId, bool> = votes.iter().copied().collect();
-            assert_eq!(m.vote_result(|id| map.get(&id).copied()), *want, "{voters:?} {outgoing:?} {votes:?}");
+            assert_eq!(
+                m.vote_result(|id| map.get(&id).copied()),
+                *want,
+                "{voters:?} {outgoing:?} {votes:?}"
+            );
         }
     }
 
@@ -270,10 +330,20 @@ mod tests {
         assert!(promoted.is_voter(4) && !promoted.learners.contains(&4));
         assert_eq!(m.voter_difference(&promoted), 1);
         assert_eq!(
-            m.apply_changes(&[ConfChange::Remove(1), ConfChange::Remove(2), ConfChange::Remove(3)]),
+            m.apply_changes(&[
+                ConfChange::Remove(1),
+                ConfChange::Remove(2),
+                ConfChange::Remove(3)
+            ]),
             Err(MembershipError::NoVoters)
         );
-        assert_eq!(m.apply_changes(&[ConfChange::AddVoter(2)]), Err(MembershipError::NoChange));
-        assert_eq!(m.apply_changes(&[ConfChange::AddVoter(0)]), Err(MembershipError::InvalidNodeId));
+        assert_eq!(
+            m.apply_changes(&[ConfChange::AddVoter(2)]),
+            Err(MembershipError::NoChange)
+        );
+        assert_eq!(
+            m.apply_changes(&[ConfChange::AddVoter(0)]),
+            Err(MembershipError::InvalidNodeId)
+        );
     }
 }

@@ -52,7 +52,12 @@ pub trait LogStore {
     fn term(&self, index: Index) -> Result<Term, StorageError>;
     /// Entries in `low..high`, stopping early once `max_bytes` is exceeded but always returning
     /// at least one entry when `low < high`.
-    fn entries(&self, low: Index, high: Index, max_bytes: usize) -> Result<Vec<Entry>, StorageError>;
+    fn entries(
+        &self,
+        low: Index,
+        high: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError>;
 }
 
 /// A log kept in memory: for tests, the simulation and embedded single-process use.
@@ -96,13 +101,17 @@ impl MemLog {
             self.snapshot.index,
             self.last_index()
         );
-        self.entries.truncate((first.index - self.snapshot.index - 1) as usize);
+        self.entries
+            .truncate((first.index - self.snapshot.index - 1) as usize);
         self.entries.extend_from_slice(entries);
     }
 
     /// Drops every entry at or after `index`.
     pub fn truncate_suffix(&mut self, index: Index) {
-        assert!(index > self.snapshot.index, "cannot truncate into the snapshot");
+        assert!(
+            index > self.snapshot.index,
+            "cannot truncate into the snapshot"
+        );
         let keep = (index - self.snapshot.index - 1) as usize;
         self.entries.truncate(keep.min(self.entries.len()));
     }
@@ -113,8 +122,15 @@ impl MemLog {
         if meta.index <= self.snapshot.index {
             return;
         }
-        assert!(meta.index <= self.last_index(), "compacting beyond the last entry");
-        assert_eq!(self.term(meta.index), Ok(meta.term), "snapshot term disagrees with the log");
+        assert!(
+            meta.index <= self.last_index(),
+            "compacting beyond the last entry"
+        );
+        assert_eq!(
+            self.term(meta.index),
+            Ok(meta.term),
+            "snapshot term disagrees with the log"
+        );
         let drop = (meta.index - self.snapshot.index) as usize;
         self.entries.drain(..drop);
         self.snapshot = meta;
@@ -163,7 +179,12 @@ impl LogStore for MemLog {
             .ok_or(StorageError::Unavailable)
     }
 
-    fn entries(&self, low: Index, high: Index, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+    fn entries(
+        &self,
+        low: Index,
+        high: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         if low <= self.snapshot.index {
             return Err(StorageError::Compacted);
         }
@@ -215,7 +236,11 @@ mod tests {
         assert_eq!(log.term(2), Ok(2));
         assert_eq!(log.term(1), Err(StorageError::Compacted));
         assert_eq!(log.term(5), Err(StorageError::Unavailable));
-        assert_eq!(log.entries(3, 5, 0).unwrap().len(), 1, "max_bytes 0 still yields one entry");
+        assert_eq!(
+            log.entries(3, 5, 0).unwrap().len(),
+            1,
+            "max_bytes 0 still yields one entry"
+        );
         assert_eq!(log.entries(3, 5, usize::MAX).unwrap().len(), 2);
     }
 }
