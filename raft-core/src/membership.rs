@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Index, NodeId};
 
 /// The set of nodes that take part in the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
     /// Voters of the (incoming) configuration.
     pub voters: BTreeSet<NodeId>,

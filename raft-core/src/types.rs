@@ -13,7 +13,7 @@ pub type Term = u64;
 pub type Index = u64;
 
 /// What an entry carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryPayload {
     /// Appended by every new leader, so that it can commit an entry of its own term (§5.4.2)
     /// and learn the commit index of its predecessors.

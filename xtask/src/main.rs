@@ -1,1 +1,105 @@
-fn main() {}
+//! Project chores, run as `cargo xtask <task>`:
+//! - `sim`: the deterministic cluster simulation (`--seeds N`, `--first S`, `--seed X` to
+//!   replay one seed, `--steps S` fault steps per seed, `--threads T`).
+
+use std::process::ExitCode;
+
+use raft_core::sim::{run_seed_caught, run_seeds, SeedReport, SimOptions};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("sim") => sim(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Result<Option<u64>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| format!("{name} needs a number"))?
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+fn replay_line(report: &SeedReport, steps: u64) -> String {
+    format!(
+        "replay: cargo xtask sim --seed {} --steps {steps}",
+        report.seed
+    )
+}
+
+fn sim(args: &[String]) -> ExitCode {
+    let parsed = (|| -> Result<_, String> {
+        Ok((
+            flag(args, "--seeds")?,
+            flag(args, "--first")?,
+            flag(args, "--seed")?,
+            flag(args, "--steps")?,
+            flag(args, "--threads")?,
+        ))
+    })();
+    let (seeds, first, seed, steps, threads) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("xtask sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut template = SimOptions::new(0);
+    if let Some(steps) = steps {
+        template.fault_steps = steps;
+    }
+    let fault_steps = template.fault_steps;
+    if let Some(seed) = seed {
+        let report = run_seed_caught(&SimOptions { seed, ..template });
+        println!("seed {seed}: {}", report.params);
+        println!("stats: {:?}", report.stats);
+        for v in &report.violations {
+            println!("violation: {v}");
+        }
+        println!(
+            "sim: seeds=1 steps={} violations={}",
+            report.steps,
+            report.violations.len()
+        );
+        return if report.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let threads = threads
+        .map(|t| t as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let summary = run_seeds(
+        first.unwrap_or(1),
+        seeds.unwrap_or(1000),
+        threads,
+        &template,
+        &|r| {
+            println!(
+                "FAIL seed={}: {}",
+                r.seed,
+                r.violations.first().map_or("", String::as_str)
+            );
+            println!("{}", replay_line(r, fault_steps));
+        },
+    );
+    for r in &summary.failures {
+        println!("{}", replay_line(r, fault_steps));
+    }
+    println!("{}", summary.line());
+    if summary.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

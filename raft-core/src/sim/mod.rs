@@ -1,1 +1,1324 @@
-//! placeholder
+//! A deterministic simulation of whole clusters under faults: the safety net of the project.
+//!
+//! One seed fixes everything: the cluster's size and settings, the fault rates, every random
+//! choice of network, disk and clients. [`run_seed`] drives 3- or 5-node clusters (plus two
+//! spare nodes for membership changes) through message loss, duplication, reordering and delay,
+//! partitions (symmetric, one-way, single node, bridge), crashes that lose every write not yet
+//! synced (with a torn last write), pauses, membership changes, leadership transfers, snapshots
+//! and compaction, while clients read and write a few registers. After every step the
+//! [`checker`] verifies Raft's safety properties and the client history; after the faults heal,
+//! a leader must emerge, every replica must catch up and every new request must succeed.
+//!
+//! `cargo xtask sim --seed N` replays one seed.
+
+pub mod checker;
+pub mod kv;
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::membership::{ConfChange, Membership};
+use crate::message::{Message, MessageBody};
+use crate::ready::ReadError;
+use crate::rng::SplitMix64;
+use crate::storage::{LogStore, MemLog};
+use crate::types::{Entry, EntryPayload, HardState, Index, NodeId, Role, SnapshotMeta, Term};
+use crate::{ProposeError, RawNode};
+
+use checker::Checker;
+use kv::{Kv, Write};
+
+/// How long one seed runs.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Steps (ticks) with faults injected.
+    pub fault_steps: u64,
+    /// Steps after every fault has healed, in which the cluster must recover.
+    pub heal_steps: u64,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> Self {
+        SimOptions {
+            seed,
+            fault_steps: 5000,
+            heal_steps: 1000,
+        }
+    }
+}
+
+/// What happened in one seed.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub elections: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub pauses: u64,
+    pub membership_changes: u64,
+    pub transfers: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub writes_ok: u64,
+    pub reads_ok: u64,
+    pub ops_failed: u64,
+    pub ops_unknown: u64,
+    pub messages_sent: u64,
+    pub commit_max: Index,
+}
+
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub violations: Vec<String>,
+    pub stats: Stats,
+    pub params: String,
+}
+
+/// Fault rates and settings, drawn from the seed.
+#[derive(Clone, Debug)]
+struct Params {
+    nodes: u64,
+    loss: f64,
+    duplication: f64,
+    delay_ticks_max: u64,
+    crash_rate: f64,
+    partition_rate: f64,
+    pause_rate: f64,
+    membership_rate: f64,
+    transfer_rate: f64,
+    sync_delay_ticks_max: u64,
+    snapshot_interval_entries: u64,
+    clients: usize,
+    pre_vote: bool,
+    check_quorum: bool,
+    lease_read: bool,
+    inflight_messages_max: usize,
+    append_entries_max: usize,
+}
+
+impl Params {
+    fn draw(rng: &mut SplitMix64) -> Params {
+        let permille = |rng: &mut SplitMix64, max: u64| rng.range(0, max + 1) as f64 / 1000.0;
+        let lease_read = rng.chance(0.25);
+        let pre_vote = rng.chance(0.8);
+        let check_quorum = lease_read || rng.chance(0.8);
+        Params {
+            nodes: if rng.chance(0.5) { 3 } else { 5 },
+            loss: permille(rng, 300),
+            duplication: permille(rng, 100),
+            delay_ticks_max: rng.range(1, 6),
+            crash_rate: permille(rng, 10),
+            partition_rate: permille(rng, 10),
+            pause_rate: permille(rng, 3),
+            // Without pre-vote or check-quorum, a removed server that never learns of its
+            // removal keeps disrupting the cluster with vote requests (dissertation §4.2.3):
+            // plain Raft is only run on a fixed membership.
+            membership_rate: if pre_vote || check_quorum {
+                permille(rng, 5)
+            } else {
+                0.0
+            },
+            transfer_rate: permille(rng, 4),
+            sync_delay_ticks_max: rng.range(0, 4),
+            snapshot_interval_entries: rng.range(10, 300),
+            clients: rng.range(2, 6) as usize,
+            pre_vote,
+            check_quorum,
+            lease_read,
+            inflight_messages_max: rng.range(1, 9) as usize,
+            append_entries_max: rng.range(1, 65) as usize,
+        }
+    }
+}
+
+/// Steps after healing before every new request must succeed.
+const SETTLE_STEPS: u64 = 300;
+/// Steps at the end in which clients start nothing new, so every replica can catch up.
+const QUIESCE_STEPS: u64 = 150;
+const OP_TIMEOUT_STEPS: u64 = 100;
+const KEYS: u64 = 4;
+const READIES_PER_EVENT_MAX: usize = 64;
+
+// ----- network ---------------------------------------------------------------------------
+
+struct Packet {
+    at: u64,
+    seq: u64,
+    message: Message,
+    snapshot: Option<Arc<Kv>>,
+}
+
+impl PartialEq for Packet {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Packet {}
+impl PartialOrd for Packet {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Packet {
+    // BinaryHeap is a max-heap: reverse, so the earliest packet comes first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Network {
+    in_flight: BinaryHeap<Packet>,
+    seq: u64,
+    /// Directed links that drop everything.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    loss: f64,
+    duplication: f64,
+    delay_ticks_max: u64,
+}
+
+impl Network {
+    fn send(
+        &mut self,
+        rng: &mut SplitMix64,
+        now: u64,
+        message: Message,
+        snapshot: Option<Arc<Kv>>,
+        stats: &mut Stats,
+    ) {
+        stats.messages_sent += 1;
+        if self.blocked.contains(&(message.from, message.to)) || rng.chance(self.loss) {
+            return;
+        }
+        let copies = if rng.chance(self.duplication) { 2 } else { 1 };
+        for _ in 0..copies {
+            self.seq += 1;
+            self.in_flight.push(Packet {
+                at: now + rng.range(1, self.delay_ticks_max + 1),
+                seq: self.seq,
+                message: message.clone(),
+                snapshot: snapshot.clone(),
+            });
+        }
+    }
+
+    fn pop_due(&mut self, now: u64) -> Option<Packet> {
+        if self.in_flight.peek().is_some_and(|p| p.at <= now) {
+            self.in_flight.pop()
+        } else {
+            None
+        }
+    }
+}
+
+// ----- nodes -----------------------------------------------------------------------------
+
+/// A write the node made to its store that a crash may lose until it is synced.
+#[derive(Clone)]
+enum DiskOp {
+    HardState(HardState),
+    Append(Vec<Entry>),
+    InstallSnapshot(SnapshotMeta, Arc<Kv>),
+    Compact(SnapshotMeta, Arc<Kv>),
+}
+
+struct Disk {
+    log: MemLog,
+    snapshot_data: Arc<Kv>,
+}
+
+impl Disk {
+    fn apply(&mut self, op: &DiskOp) {
+        match op {
+            DiskOp::HardState(hs) => self.log.set_hard_state(*hs),
+            DiskOp::Append(entries) => self.log.append(entries),
+            DiskOp::InstallSnapshot(meta, data) => {
+                self.log.install_snapshot(meta.clone());
+                self.snapshot_data = data.clone();
+            }
+            DiskOp::Compact(meta, data) => {
+                self.log.compact(meta.clone());
+                self.snapshot_data = data.clone();
+            }
+        }
+    }
+}
+
+struct PendingSync {
+    due: u64,
+    journal_upto: usize,
+    seq: u64,
+    messages: Vec<Message>,
+}
+
+enum Outcome {
+    WriteOk { index: Index, term: Term },
+    ReadOk { value: Option<u64>, served: Index },
+    Failed { leader: Option<NodeId> },
+}
+
+struct SimNode {
+    id: NodeId,
+    raw: Option<RawNode<MemLog>>,
+    incarnation: u64,
+    durable: Disk,
+    journal: Vec<DiskOp>,
+    syncs: VecDeque<PendingSync>,
+    kv: Kv,
+    snapshot_data: Arc<Kv>,
+    incoming_snapshots: VecDeque<(Index, Term, Arc<Kv>)>,
+    pending_writes: BTreeMap<Index, (Term, u64)>,
+    pending_reads: BTreeMap<u64, u8>,
+    paused_until: u64,
+    restart_at: u64,
+    last_seen: (Term, Index, Index),
+}
+
+/// What a node's event needs from the world.
+struct Ctx<'a> {
+    step: u64,
+    rng: &'a mut SplitMix64,
+    net: &'a mut Network,
+    checker: &'a mut Checker,
+    stats: &'a mut Stats,
+    completions: &'a mut Vec<(u64, Outcome)>,
+    params: &'a Params,
+}
+
+impl SimNode {
+    fn config(&self, seed: u64, params: &Params) -> Config {
+        let mut c = Config::new(self.id);
+        c.seed = seed ^ (self.id << 48) ^ (self.incarnation << 32);
+        c.pre_vote = params.pre_vote;
+        c.check_quorum = params.check_quorum;
+        c.lease_read = params.lease_read;
+        c.inflight_messages_max = params.inflight_messages_max;
+        c.append_entries_max = params.append_entries_max;
+        c
+    }
+
+    fn alive(&self) -> bool {
+        self.raw.is_some()
+    }
+
+    fn running(&self, step: u64) -> bool {
+        self.raw.is_some() && self.paused_until <= step
+    }
+
+    fn crash(&mut self, rng: &mut SplitMix64) {
+        self.raw = None;
+        // Whatever was written but not synced may or may not have reached the disk, in order,
+        // and the last write may be torn part-way.
+        let journal = std::mem::take(&mut self.journal);
+        let kept = rng.range(0, journal.len() as u64 + 1) as usize;
+        for op in &journal[..kept] {
+            self.durable.apply(op);
+        }
+        if let Some(DiskOp::Append(entries)) = journal.get(kept) {
+            if entries.len() > 1 && rng.chance(0.5) {
+                let torn = rng.range(1, entries.len() as u64) as usize;
+                self.durable
+                    .apply(&DiskOp::Append(entries[..torn].to_vec()));
+            }
+        }
+        self.syncs.clear();
+        self.pending_writes.clear();
+        self.pending_reads.clear();
+        self.incoming_snapshots.clear();
+        self.kv = Kv::default();
+    }
+
+    fn restart(&mut self, seed: u64, params: &Params, checker: &mut Checker, step: u64) {
+        self.incarnation += 1;
+        let log = self.durable.log.clone();
+        checker.on_durable_hard_state(step, self.id, log.hard_state());
+        if log.snapshot_meta().index != self.durable.snapshot_data.applied {
+            checker.fail(
+                step,
+                format!("node {}: durable snapshot meta and data disagree", self.id),
+            );
+        }
+        match RawNode::new(self.config(seed, params), log) {
+            Ok(raw) => self.raw = Some(raw),
+            Err(e) => checker.fail(step, format!("node {} cannot restart: {e}", self.id)),
+        }
+        self.kv = (*self.durable.snapshot_data).clone();
+        self.snapshot_data = self.durable.snapshot_data.clone();
+        self.last_seen = (0, 0, 0);
+    }
+
+    /// Carries out every Ready the node has, as a host would.
+    fn drive(&mut self, ctx: &mut Ctx) {
+        for _ in 0..READIES_PER_EVENT_MAX {
+            let Some(raw) = self.raw.as_mut() else { return };
+            if !raw.has_ready() {
+                break;
+            }
+            let ready = raw.ready();
+            let raw = self.raw.as_mut().expect("alive");
+            if raw.role() == Role::Leader {
+                let (term, id, first) = (raw.term(), self.id, raw.first_index());
+                let r: &RawNode<MemLog> = raw;
+                ctx.checker.on_leader(
+                    ctx.step,
+                    term,
+                    id,
+                    |i| r.log_term(i),
+                    first.saturating_sub(1),
+                );
+            }
+
+            if let Some(meta) = &ready.snapshot {
+                let pos = self
+                    .incoming_snapshots
+                    .iter()
+                    .position(|(i, t, _)| *i == meta.index && *t == meta.term);
+                let Some(pos) = pos else {
+                    ctx.checker.fail(
+                        ctx.step,
+                        format!(
+                            "sim: node {} has no data for snapshot {}",
+                            self.id, meta.index
+                        ),
+                    );
+                    return;
+                };
+                let data = self.incoming_snapshots.remove(pos).expect("found").2;
+                ctx.checker.on_snapshot_installed(ctx.step, self.id, &data);
+                raw.storage_mut().install_snapshot(meta.clone());
+                self.journal
+                    .push(DiskOp::InstallSnapshot(meta.clone(), data.clone()));
+                self.kv = (*data).clone();
+                self.snapshot_data = data;
+                ctx.stats.snapshots_installed += 1;
+            }
+            if let Some(first) = ready.entries.first() {
+                let prev_term = raw.storage().term(first.index - 1).ok();
+                ctx.checker
+                    .on_append(ctx.step, self.id, prev_term, &ready.entries);
+                raw.storage_mut().append(&ready.entries);
+                self.journal.push(DiskOp::Append(ready.entries.clone()));
+            }
+            if let Some(hs) = ready.hard_state {
+                raw.storage_mut().set_hard_state(hs);
+                self.journal.push(DiskOp::HardState(hs));
+            }
+            for m in ready.messages {
+                let snapshot = matches!(m.body, MessageBody::InstallSnapshot { .. })
+                    .then(|| self.snapshot_data.clone());
+                ctx.net.send(ctx.rng, ctx.step, m, snapshot, ctx.stats);
+            }
+            if ready.seq > 0 {
+                let due = ctx.step + ctx.rng.range(0, ctx.params.sync_delay_ticks_max + 1);
+                let due = due.max(self.syncs.back().map_or(0, |s| s.due));
+                self.syncs.push_back(PendingSync {
+                    due,
+                    journal_upto: self.journal.len(),
+                    seq: ready.seq,
+                    messages: ready.messages_after_persist,
+                });
+            }
+
+            for entry in &ready.committed_entries {
+                ctx.checker.on_apply(ctx.step, self.id, entry);
+                let write = match &entry.payload {
+                    EntryPayload::Command(data) => Write::decode(data),
+                    _ => None,
+                };
+                self.kv.apply(entry.index, write);
+                if let Some((term, op)) = self.pending_writes.remove(&entry.index) {
+                    let outcome = if term == entry.term {
+                        Outcome::WriteOk {
+                            index: entry.index,
+                            term,
+                        }
+                    } else {
+                        Outcome::Failed {
+                            leader: raw.leader(),
+                        }
+                    };
+                    ctx.completions.push((op, outcome));
+                }
+            }
+            if let Some(last) = ready.committed_entries.last() {
+                raw.advance_applied(last.index);
+                // Writes at or below an installed snapshot can no longer be told apart.
+                let stale: Vec<Index> = self
+                    .pending_writes
+                    .range(..=last.index)
+                    .map(|(&i, _)| i)
+                    .collect();
+                for i in stale {
+                    self.pending_writes.remove(&i);
+                }
+            }
+            for rs in ready.read_states {
+                if let Some(key) = self.pending_reads.remove(&rs.ctx) {
+                    let outcome = match rs.result {
+                        Ok(index) => {
+                            assert!(self.kv.applied >= index, "read released before apply");
+                            Outcome::ReadOk {
+                                value: self.kv.get(key),
+                                served: self.kv.applied,
+                            }
+                        }
+                        Err(ReadError::NotLeader { leader }) => Outcome::Failed { leader },
+                        Err(_) => Outcome::Failed { leader: None },
+                    };
+                    ctx.completions.push((rs.ctx, outcome));
+                }
+            }
+
+            // Per-incarnation monotonicity and the commit index's entry.
+            let (term, commit, applied) = (raw.term(), raw.commit_index(), raw.applied_index());
+            let (t0, c0, a0) = self.last_seen;
+            if term < t0 || commit < c0 || applied < a0 {
+                ctx.checker.fail(
+                    ctx.step,
+                    format!(
+                        "node {}: (term, commit, applied) went back from {:?} to {:?}",
+                        self.id,
+                        (t0, c0, a0),
+                        (term, commit, applied)
+                    ),
+                );
+            }
+            self.last_seen = (term, commit, applied);
+            ctx.stats.commit_max = ctx.stats.commit_max.max(commit);
+            ctx.checker
+                .on_commit(ctx.step, self.id, commit, raw.log_term(commit));
+            if raw.is_leader() {
+                ctx.checker.on_leader_commit(term, commit);
+            }
+
+            // Compaction: snapshot the state machine every so many applied entries.
+            let snapshot_index = raw.storage().snapshot_meta().index;
+            if self.kv.applied >= snapshot_index + ctx.params.snapshot_interval_entries
+                && self.kv.applied == raw.applied_index()
+            {
+                let index = self.kv.applied;
+                let meta = SnapshotMeta {
+                    index,
+                    term: raw.log_term(index).expect("applied entry is in the log"),
+                    membership: raw.applied_membership().clone(),
+                };
+                let data = Arc::new(self.kv.clone());
+                raw.storage_mut().compact(meta.clone());
+                self.journal.push(DiskOp::Compact(meta, data.clone()));
+                self.snapshot_data = data;
+                ctx.stats.snapshots_taken += 1;
+            }
+        }
+    }
+
+    /// Completes the syncs that are due: the journal up to them becomes durable, and the
+    /// messages that waited for it go out.
+    fn complete_syncs(&mut self, ctx: &mut Ctx) {
+        let mut any = false;
+        while self.syncs.front().is_some_and(|s| s.due <= ctx.step) {
+            let sync = self.syncs.pop_front().expect("checked");
+            for op in self.journal.drain(..sync.journal_upto) {
+                self.durable.apply(&op);
+            }
+            for later in self.syncs.iter_mut() {
+                later.journal_upto -= sync.journal_upto;
+            }
+            ctx.checker
+                .on_durable_hard_state(ctx.step, self.id, self.durable.log.hard_state());
+            for m in sync.messages {
+                ctx.net.send(ctx.rng, ctx.step, m, None, ctx.stats);
+            }
+            if let Some(raw) = self.raw.as_mut() {
+                raw.on_persisted(sync.seq);
+            }
+            any = true;
+        }
+        if any {
+            self.drive(ctx);
+        }
+    }
+}
+
+// ----- clients ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum OpKind {
+    Write { key: u8, value: u64 },
+    Read { key: u8 },
+}
+
+struct OpInFlight {
+    op_id: u64,
+    kind: OpKind,
+    invoked: u64,
+    /// The highest log position of any operation completed before this one was invoked.
+    required: Index,
+    deadline: u64,
+}
+
+struct Client {
+    current: Option<OpInFlight>,
+    target: NodeId,
+    next_action_at: u64,
+}
+
+// ----- the world -------------------------------------------------------------------------
+
+struct World {
+    seed: u64,
+    step: u64,
+    rng: SplitMix64,
+    params: Params,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Network,
+    clients: Vec<Client>,
+    checker: Checker,
+    stats: Stats,
+    next_op_id: u64,
+    completed_max: Index,
+    completed_max_before_step: Index,
+    faults_on: bool,
+    heal_step: u64,
+    end_step: u64,
+    last_leader: Option<(Term, NodeId)>,
+    /// Prints every event to stderr (`SIM_TRACE=1`), for replaying one seed by hand.
+    trace: bool,
+}
+
+fn describe(m: &Message) -> String {
+    let body = match &m.body {
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
+            "Append prev={prev_log_index}/{prev_log_term} n={} [{}] commit={leader_commit}",
+            entries.len(),
+            entries
+                .iter()
+                .map(|e| format!("{}/{}", e.index, e.term))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => format!("{other:?}"),
+    };
+    format!("{}->{} t{} {body}", m.from, m.to, m.term)
+}
+
+impl World {
+    fn new(opts: &SimOptions) -> World {
+        let mut rng = SplitMix64::new(opts.seed);
+        let params = Params::draw(&mut rng);
+        let initial = Membership::new_voters(1..=params.nodes);
+        let mut nodes = BTreeMap::new();
+        // Two spare nodes start empty and join through membership changes.
+        for id in 1..=params.nodes + 2 {
+            let log = if id <= params.nodes {
+                MemLog::with_snapshot(SnapshotMeta {
+                    membership: initial.clone(),
+                    ..Default::default()
+                })
+            } else {
+                MemLog::new()
+            };
+            let empty = Arc::new(Kv::default());
+            let mut node = SimNode {
+                id,
+                raw: None,
+                incarnation: 0,
+                durable: Disk {
+                    log,
+                    snapshot_data: empty.clone(),
+                },
+                journal: Vec::new(),
+                syncs: VecDeque::new(),
+                kv: Kv::default(),
+                snapshot_data: empty,
+                incoming_snapshots: VecDeque::new(),
+                pending_writes: BTreeMap::new(),
+                pending_reads: BTreeMap::new(),
+                paused_until: 0,
+                restart_at: 0,
+                last_seen: (0, 0, 0),
+            };
+            let mut scratch = Checker::default();
+            node.restart(opts.seed, &params, &mut scratch, 0);
+            nodes.insert(id, node);
+        }
+        let clients = (0..params.clients)
+            .map(|_| Client {
+                current: None,
+                target: rng.range(1, params.nodes + 1),
+                next_action_at: 0,
+            })
+            .collect();
+        World {
+            seed: opts.seed,
+            step: 0,
+            net: Network {
+                in_flight: BinaryHeap::new(),
+                seq: 0,
+                blocked: BTreeSet::new(),
+                loss: params.loss,
+                duplication: params.duplication,
+                delay_ticks_max: params.delay_ticks_max,
+            },
+            rng,
+            params,
+            nodes,
+            clients,
+            checker: Checker::default(),
+            stats: Stats::default(),
+            next_op_id: 1,
+            completed_max: 0,
+            completed_max_before_step: 0,
+            faults_on: true,
+            heal_step: opts.fault_steps,
+            end_step: opts.fault_steps + opts.heal_steps,
+            last_leader: None,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
+        }
+    }
+
+    /// Runs `f` on one node with the world's context, then settles client completions.
+    fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut SimNode, &mut Ctx)) {
+        let mut completions = Vec::new();
+        {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let mut ctx = Ctx {
+                step: self.step,
+                rng: &mut self.rng,
+                net: &mut self.net,
+                checker: &mut self.checker,
+                stats: &mut self.stats,
+                completions: &mut completions,
+                params: &self.params,
+            };
+            f(node, &mut ctx);
+        }
+        for (op_id, outcome) in completions {
+            self.complete(op_id, outcome);
+        }
+    }
+
+    fn run(&mut self) {
+        while self.step < self.end_step && self.checker.violations.is_empty() {
+            self.step += 1;
+            if self.step == self.heal_step + 1 {
+                self.heal();
+            }
+            if self.faults_on {
+                self.inject_faults();
+            }
+            while let Some(packet) = self.net.pop_due(self.step) {
+                self.deliver(packet);
+            }
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for &id in &ids {
+                if self.nodes[&id].running(self.step) {
+                    self.with_node(id, |n, ctx| {
+                        n.raw.as_mut().expect("running").tick();
+                        n.drive(ctx);
+                    });
+                }
+            }
+            for &id in &ids {
+                if self.nodes[&id].running(self.step) {
+                    self.with_node(id, |n, ctx| n.complete_syncs(ctx));
+                }
+                let node = &self.nodes[&id];
+                if !node.alive() && node.restart_at <= self.step {
+                    let (seed, step) = (self.seed, self.step);
+                    let params = self.params.clone();
+                    let node = self.nodes.get_mut(&id).expect("known");
+                    node.restart(seed, &params, &mut self.checker, step);
+                }
+            }
+            self.track_leader();
+            self.run_clients();
+            self.completed_max_before_step = self.completed_max;
+        }
+        if self.checker.violations.is_empty() {
+            self.final_checks();
+        }
+    }
+
+    fn track_leader(&mut self) {
+        let leader = self
+            .nodes
+            .values()
+            .filter_map(|n| {
+                n.raw
+                    .as_ref()
+                    .filter(|r| r.is_leader())
+                    .map(|r| (r.term(), n.id))
+            })
+            .max();
+        if leader.is_some() && leader != self.last_leader {
+            self.stats.elections += 1;
+            self.last_leader = leader;
+        }
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.running(self.step))
+            .filter_map(|n| {
+                n.raw
+                    .as_ref()
+                    .filter(|r| r.is_leader())
+                    .map(|r| (r.term(), n.id))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        let m = &packet.message;
+        if self.net.blocked.contains(&(m.from, m.to)) {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&m.to) else {
+            return;
+        };
+        if !node.alive() {
+            return;
+        }
+        if node.paused_until > self.step {
+            // A stopped process's socket buffers hold the message until it resumes.
+            let at = node.paused_until;
+            self.net.in_flight.push(Packet { at, ..packet });
+            return;
+        }
+        if self.trace {
+            eprintln!("{} deliver {}", self.step, describe(&packet.message));
+        }
+        let trace = self.trace;
+        let step = self.step;
+        self.with_node(packet.message.to, |n, ctx| {
+            if let (MessageBody::InstallSnapshot { meta }, Some(data)) =
+                (&packet.message.body, &packet.snapshot)
+            {
+                if n.incoming_snapshots.len() >= 4 {
+                    n.incoming_snapshots.pop_front();
+                }
+                n.incoming_snapshots
+                    .push_back((meta.index, meta.term, data.clone()));
+            }
+            let raw = n.raw.as_mut().expect("alive");
+            if let Err(e) = raw.step(packet.message) {
+                ctx.checker
+                    .fail(ctx.step, format!("node {}: step failed: {e}", n.id));
+            }
+            n.drive(ctx);
+            if trace {
+                if let Some(r) = n.raw.as_ref() {
+                    eprintln!(
+                        "{step}   node {} {:?} t{} commit={} last={}/{:?} persisted={}",
+                        n.id,
+                        r.role(),
+                        r.term(),
+                        r.commit_index(),
+                        r.last_index(),
+                        r.log_term(r.last_index()),
+                        r.persisted_index()
+                    );
+                }
+            }
+        });
+    }
+
+    // ----- faults ----------------------------------------------------------------------
+
+    fn random_node(&mut self, filter: impl Fn(&SimNode) -> bool) -> Option<NodeId> {
+        let ids: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| filter(n))
+            .map(|n| n.id)
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        Some(ids[self.rng.range(0, ids.len() as u64) as usize])
+    }
+
+    fn inject_faults(&mut self) {
+        let step = self.step;
+        if self.rng.chance(self.params.crash_rate) {
+            // The leader is crashed more often than its share.
+            let target = if self.rng.chance(0.5) {
+                self.current_leader()
+            } else {
+                self.random_node(|n| n.alive())
+            };
+            if let Some(id) = target {
+                let restart_in = self.rng.range(5, 150);
+                let node = self.nodes.get_mut(&id).expect("known");
+                node.crash(&mut self.rng);
+                node.restart_at = step + restart_in;
+                if self.trace {
+                    eprintln!(
+                        "{step} CRASH node {id}: durable last {}/{:?} hs {:?}",
+                        node.durable.log.last_index(),
+                        node.durable.log.term(node.durable.log.last_index()),
+                        node.durable.log.hard_state()
+                    );
+                }
+                self.stats.crashes += 1;
+            }
+        }
+        if self.rng.chance(self.params.partition_rate) {
+            self.partition();
+        }
+        if self.rng.chance(0.004) {
+            self.net.blocked.clear();
+        }
+        if self.rng.chance(self.params.pause_rate) {
+            if let Some(id) = self.random_node(|n| n.alive()) {
+                let until = step + self.rng.range(5, 60);
+                self.nodes.get_mut(&id).expect("known").paused_until = until;
+                self.stats.pauses += 1;
+            }
+        }
+        if self.rng.chance(self.params.membership_rate) {
+            self.change_membership();
+        }
+        if self.rng.chance(self.params.transfer_rate) {
+            if let Some(leader) = self.current_leader() {
+                let voters: Vec<NodeId> = self.nodes[&leader]
+                    .raw
+                    .as_ref()
+                    .expect("alive")
+                    .membership()
+                    .voters
+                    .iter()
+                    .copied()
+                    .collect();
+                let to = voters[self.rng.range(0, voters.len() as u64) as usize];
+                if self
+                    .nodes
+                    .get_mut(&leader)
+                    .and_then(|n| n.raw.as_mut())
+                    .expect("alive")
+                    .transfer_leader(to)
+                    .is_ok()
+                {
+                    self.stats.transfers += 1;
+                }
+                self.with_node(leader, |n, ctx| n.drive(ctx));
+            }
+        }
+    }
+
+    fn partition(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let n = ids.len() as u64;
+        self.stats.partitions += 1;
+        let cut = |blocked: &mut BTreeSet<(NodeId, NodeId)>, a: NodeId, b: NodeId| {
+            blocked.insert((a, b));
+            blocked.insert((b, a));
+        };
+        match self.rng.range(0, 5) {
+            0 => self.net.blocked.clear(),
+            1 => {
+                // Isolate one node (often the leader).
+                let victim = if self.rng.chance(0.5) {
+                    self.current_leader().unwrap_or(ids[0])
+                } else {
+                    ids[self.rng.range(0, n) as usize]
+                };
+                self.net.blocked.clear();
+                for &other in &ids {
+                    if other != victim {
+                        cut(&mut self.net.blocked, victim, other);
+                    }
+                }
+            }
+            2 => {
+                // Two random sides.
+                self.net.blocked.clear();
+                let side: Vec<bool> = ids.iter().map(|_| self.rng.chance(0.5)).collect();
+                for (i, &a) in ids.iter().enumerate() {
+                    for (j, &b) in ids.iter().enumerate() {
+                        if side[i] != side[j] {
+                            self.net.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+            3 => {
+                // One-way: a stops hearing b, while b still hears a.
+                let a = ids[self.rng.range(0, n) as usize];
+                let b = ids[self.rng.range(0, n) as usize];
+                if a != b {
+                    self.net.blocked.insert((b, a));
+                }
+            }
+            _ => {
+                // A bridge: two sides that cannot talk, and one node that talks to both.
+                self.net.blocked.clear();
+                let bridge = ids[self.rng.range(0, n) as usize];
+                let side: Vec<bool> = ids.iter().map(|_| self.rng.chance(0.5)).collect();
+                for (i, &a) in ids.iter().enumerate() {
+                    for (j, &b) in ids.iter().enumerate() {
+                        if side[i] != side[j] && a != bridge && b != bridge {
+                            self.net.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn change_membership(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let m = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .expect("alive")
+            .membership()
+            .clone();
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let spares: Vec<NodeId> = all.iter().copied().filter(|&id| !m.contains(id)).collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let pick = |rng: &mut SplitMix64, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+        let changes = match self.rng.range(0, 5) {
+            0 if !spares.is_empty() => vec![ConfChange::AddLearner(pick(&mut self.rng, &spares))],
+            1 if !learners.is_empty() => vec![ConfChange::AddVoter(pick(&mut self.rng, &learners))],
+            2 if voters.len() > 3 => vec![ConfChange::Remove(pick(&mut self.rng, &voters))],
+            3 if !spares.is_empty() => {
+                // Replace a voter: two voters change, so this goes through joint consensus.
+                vec![
+                    ConfChange::AddVoter(pick(&mut self.rng, &spares)),
+                    ConfChange::Remove(pick(&mut self.rng, &voters)),
+                ]
+            }
+            4 if !learners.is_empty() => vec![ConfChange::Remove(pick(&mut self.rng, &learners))],
+            _ => return,
+        };
+        let raw = self
+            .nodes
+            .get_mut(&leader)
+            .and_then(|n| n.raw.as_mut())
+            .expect("alive");
+        if raw.change_membership(&changes).is_ok() {
+            self.stats.membership_changes += 1;
+        }
+        self.with_node(leader, |n, ctx| n.drive(ctx));
+    }
+
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.net.blocked.clear();
+        self.net.loss = 0.0;
+        self.net.duplication = 0.0;
+        let step = self.step;
+        for node in self.nodes.values_mut() {
+            node.paused_until = node.paused_until.min(step);
+            node.restart_at = node.restart_at.min(step);
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------------------
+
+    fn run_clients(&mut self) {
+        let quiescing = self.step + QUIESCE_STEPS >= self.end_step;
+        for c in 0..self.clients.len() {
+            if let Some(op) = &self.clients[c].current {
+                if self.step >= op.deadline {
+                    if op.invoked >= self.heal_step + SETTLE_STEPS {
+                        let what = format!(
+                            "liveness: operation {} invoked at step {} after healing timed out",
+                            op.op_id, op.invoked
+                        );
+                        self.checker.fail(self.step, what);
+                    }
+                    self.clients[c].current = None;
+                    self.stats.ops_unknown += 1;
+                    self.clients[c].target = self.random_member();
+                }
+                continue;
+            }
+            if quiescing || self.step < self.clients[c].next_action_at {
+                continue;
+            }
+            self.invoke(c);
+        }
+    }
+
+    fn random_member(&mut self) -> NodeId {
+        let members: Vec<NodeId> = match self.current_leader() {
+            Some(l) => self.nodes[&l]
+                .raw
+                .as_ref()
+                .expect("alive")
+                .membership()
+                .nodes()
+                .into_iter()
+                .collect(),
+            None => self.nodes.keys().copied().collect(),
+        };
+        members[self.rng.range(0, members.len() as u64) as usize]
+    }
+
+    fn invoke(&mut self, c: usize) {
+        let op_id = self.next_op_id;
+        self.next_op_id += 1;
+        let key = self.rng.range(0, KEYS) as u8;
+        let kind = if self.rng.chance(0.6) {
+            OpKind::Write { key, value: op_id }
+        } else {
+            OpKind::Read { key }
+        };
+        let target = self.clients[c].target;
+        self.clients[c].current = Some(OpInFlight {
+            op_id,
+            kind,
+            invoked: self.step,
+            required: self.completed_max_before_step,
+            deadline: self.step + OP_TIMEOUT_STEPS,
+        });
+        let node = self.nodes.get_mut(&target).expect("known");
+        if node.paused_until > self.step {
+            return; // no answer until the deadline
+        }
+        let Some(raw) = node.raw.as_mut() else {
+            self.complete(op_id, Outcome::Failed { leader: None });
+            return;
+        };
+        let outcome = match kind {
+            OpKind::Write { key, value } => match raw.propose(Write { op_id, key, value }.encode())
+            {
+                Ok(id) => {
+                    if let Some((_, replaced)) =
+                        node.pending_writes.insert(id.index, (id.term, op_id))
+                    {
+                        self.completions_failed(replaced);
+                    }
+                    None
+                }
+                Err(ProposeError::NotLeader { leader }) => Some(Outcome::Failed { leader }),
+                Err(_) => Some(Outcome::Failed { leader: None }),
+            },
+            OpKind::Read { key } => match raw.read_index(op_id) {
+                Ok(()) => {
+                    node.pending_reads.insert(op_id, key);
+                    None
+                }
+                Err(ReadError::NotLeader { leader }) => Some(Outcome::Failed { leader }),
+                Err(_) => Some(Outcome::Failed { leader: None }),
+            },
+        };
+        match outcome {
+            Some(outcome) => self.complete(op_id, outcome),
+            None => self.with_node(target, |n, ctx| n.drive(ctx)),
+        }
+    }
+
+    fn completions_failed(&mut self, op_id: u64) {
+        self.complete(op_id, Outcome::Failed { leader: None });
+    }
+
+    fn complete(&mut self, op_id: u64, outcome: Outcome) {
+        let Some(c) = self
+            .clients
+            .iter()
+            .position(|c| c.current.as_ref().is_some_and(|op| op.op_id == op_id))
+        else {
+            return; // timed out already: its outcome stays unknown
+        };
+        let op = self.clients[c].current.take().expect("found");
+        let step = self.step;
+        match (outcome, op.kind) {
+            (Outcome::WriteOk { index, term }, OpKind::Write { .. }) => {
+                self.checker.on_write_acked(step, index, term, op_id);
+                if index <= op.required {
+                    self.checker.fail(step, format!("real time: write {op_id} at {index} but an operation at {} completed before it began", op.required));
+                }
+                self.completed_max = self.completed_max.max(index);
+                self.stats.writes_ok += 1;
+            }
+            (Outcome::ReadOk { value, served }, OpKind::Read { key }) => {
+                if served < op.required {
+                    self.checker.fail(step, format!("stale read: read {op_id} served at {served} but an operation at {} completed before it began", op.required));
+                } else if served > self.checker.reference_len() {
+                    self.checker.fail(
+                        step,
+                        format!("read {op_id} served at {served}, beyond every applied entry"),
+                    );
+                } else if value != self.checker.value_at(key, served) {
+                    self.checker.fail(step, format!("read {op_id} of key {key} returned {value:?}, the log gives {:?} at {served}", self.checker.value_at(key, served)));
+                }
+                self.completed_max = self.completed_max.max(served);
+                self.stats.reads_ok += 1;
+            }
+            (Outcome::Failed { leader }, _) => {
+                self.stats.ops_failed += 1;
+                self.clients[c].target = match leader {
+                    Some(l) => l,
+                    None => self.random_member(),
+                };
+            }
+            _ => self.checker.fail(
+                step,
+                format!("sim: operation {op_id} completed with the wrong kind of outcome"),
+            ),
+        }
+        self.clients[c].next_action_at = step + self.rng.range(0, 3);
+    }
+
+    fn final_checks(&mut self) {
+        let step = self.step;
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            for n in self.nodes.values() {
+                if let Some(r) = n.raw.as_ref() {
+                    eprintln!("{:?}", r.status());
+                }
+            }
+        }
+        self.checker.check_acked_writes(step);
+        let Some(leader) = self.current_leader() else {
+            self.checker
+                .fail(step, "liveness: no leader after the faults healed".into());
+            return;
+        };
+        let raw = self.nodes[&leader].raw.as_ref().expect("alive");
+        let (commit, last, members) = (
+            raw.commit_index(),
+            raw.last_index(),
+            raw.membership().nodes(),
+        );
+        if commit != last {
+            self.checker.fail(
+                step,
+                format!(
+                    "liveness: leader {leader} still has uncommitted entries ({commit} < {last})"
+                ),
+            );
+        }
+        let want = &self.nodes[&leader].kv;
+        for id in members {
+            let node = &self.nodes[&id];
+            let Some(raw) = node.raw.as_ref() else {
+                continue;
+            };
+            if raw.applied_index() != commit || node.kv.registers != want.registers {
+                let what = format!(
+                    "liveness: member {id} has applied {} (leader {leader} committed {commit}) or diverges",
+                    raw.applied_index()
+                );
+                self.checker.fail(step, what);
+            }
+        }
+    }
+}
+
+/// Runs one seed to the end (or its first violation).
+pub fn run_seed(opts: &SimOptions) -> SeedReport {
+    let mut world = World::new(opts);
+    let params = format!("{:?}", world.params);
+    world.run();
+    SeedReport {
+        seed: opts.seed,
+        steps: world.step,
+        violations: world.checker.violations,
+        stats: world.stats,
+        params,
+    }
+}
+
+/// Runs one seed, turning a panic (a failed assertion in the core) into a violation.
+pub fn run_seed_caught(opts: &SimOptions) -> SeedReport {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(opts))) {
+        Ok(report) => report,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            SeedReport {
+                seed: opts.seed,
+                steps: 0,
+                violations: vec![format!("panic: {what}")],
+                stats: Stats::default(),
+                params: String::new(),
+            }
+        }
+    }
+}
+
+/// The outcome of many seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    pub steps: u64,
+    /// Failing seeds with their first violations.
+    pub failures: Vec<SeedReport>,
+}
+
+impl Summary {
+    pub fn violations(&self) -> usize {
+        self.failures.iter().map(|r| r.violations.len()).sum()
+    }
+
+    /// The line `cargo xtask sim` ends with.
+    pub fn line(&self) -> String {
+        format!(
+            "sim: seeds={} steps={} violations={}",
+            self.seeds,
+            self.steps,
+            self.violations()
+        )
+    }
+}
+
+/// Runs `count` seeds from `first` on `threads` threads. `on_failure` is called for each
+/// failing seed as soon as it fails.
+pub fn run_seeds(
+    first: u64,
+    count: u64,
+    threads: usize,
+    template: &SimOptions,
+    on_failure: &(dyn Fn(&SeedReport) + Sync),
+) -> Summary {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicU64::new(0);
+    let summary = Mutex::new(Summary::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let opts = SimOptions {
+                    seed: first + i,
+                    ..template.clone()
+                };
+                let report = run_seed_caught(&opts);
+                if !report.violations.is_empty() {
+                    on_failure(&report);
+                }
+                let mut s = summary.lock().expect("no panics while holding the lock");
+                s.seeds += 1;
+                s.steps += report.steps;
+                if !report.violations.is_empty() {
+                    s.failures.push(report);
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().expect("threads joined");
+    summary.failures.sort_by_key(|r| r.seed);
+    summary
+}

@@ -1,0 +1,59 @@
+//! The simulation's state machine: a few integer registers, written and read by clients.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::types::Index;
+
+/// A register write, as carried in a log entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub op_id: u64,
+    pub key: u8,
+    pub value: u64,
+}
+
+impl Write {
+    const ENCODED_BYTES: usize = 17;
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(Self::ENCODED_BYTES);
+        out.extend_from_slice(&self.op_id.to_le_bytes());
+        out.push(self.key);
+        out.extend_from_slice(&self.value.to_le_bytes());
+        Bytes::from(out)
+    }
+
+    pub fn decode(data: &[u8]) -> Option<Write> {
+        if data.len() != Self::ENCODED_BYTES {
+            return None;
+        }
+        Some(Write {
+            op_id: u64::from_le_bytes(data[0..8].try_into().ok()?),
+            key: data[8],
+            value: u64::from_le_bytes(data[9..17].try_into().ok()?),
+        })
+    }
+}
+
+/// Registers plus the index of the last entry applied to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kv {
+    pub registers: BTreeMap<u8, u64>,
+    pub applied: Index,
+}
+
+impl Kv {
+    pub fn apply(&mut self, index: Index, write: Option<Write>) {
+        assert_eq!(index, self.applied + 1, "applying out of order");
+        if let Some(w) = write {
+            self.registers.insert(w.key, w.value);
+        }
+        self.applied = index;
+    }
+
+    pub fn get(&self, key: u8) -> Option<u64> {
+        self.registers.get(&key).copied()
+    }
+}
