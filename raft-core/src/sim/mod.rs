@@ -89,6 +89,14 @@ struct Params {
     pause_rate: f64,
     membership_rate: f64,
     transfer_rate: f64,
+    /// Chance that a newly elected leader crashes within a few ticks, before its first
+    /// entries spread: the Figure 8 situation.
+    new_leader_crash: f64,
+    /// Chance that a newly elected leader is cut off at once, so its first entries stay its
+    /// own (the other half of the Figure 8 situation).
+    new_leader_isolation: f64,
+    /// Chance, each time a leader's commit index advances, that it is cut off at once.
+    commit_isolation: f64,
     sync_delay_ticks_max: u64,
     snapshot_interval_entries: u64,
     clients: usize,
@@ -119,7 +127,7 @@ impl Params {
             loss: permille(rng, 300),
             duplication: permille(rng, 100),
             delay_ticks_max: rng.range(1, 6),
-            crash_rate: permille(rng, 10),
+            crash_rate: permille(rng, 20),
             partition_rate: permille(rng, 10),
             pause_rate: permille(rng, 3),
             // Without pre-vote or check-quorum, a removed server that never learns of its
@@ -131,6 +139,21 @@ impl Params {
                 0.0
             },
             transfer_rate: permille(rng, 4),
+            new_leader_crash: if rng.chance(0.5) {
+                0.0
+            } else {
+                permille(rng, 500)
+            },
+            new_leader_isolation: if rng.chance(0.5) {
+                0.0
+            } else {
+                permille(rng, 500)
+            },
+            commit_isolation: if rng.chance(0.5) {
+                0.0
+            } else {
+                permille(rng, 50)
+            },
             // A quarter of the seeds run on a slow disk, so acknowledgements race syncs.
             sync_delay_ticks_max: if rng.chance(0.25) {
                 rng.range(4, 16)
@@ -145,10 +168,10 @@ impl Params {
             inflight_messages_max: rng.range(1, 9) as usize,
             // Small batches make followers catch up in steps, which is when commit rules and
             // elections race (the Figure 8 situation).
-            append_entries_max: if rng.chance(0.4) {
-                rng.range(1, 5)
-            } else {
-                rng.range(1, 65)
+            append_entries_max: match rng.range(0, 10) {
+                0..=2 => 1,
+                3..=4 => rng.range(2, 5),
+                _ => rng.range(1, 65),
             } as usize,
         }
     }
@@ -305,6 +328,8 @@ struct Ctx<'a> {
     checker: &'a mut Checker,
     stats: &'a mut Stats,
     completions: &'a mut Vec<(u64, Outcome)>,
+    /// Set when a leader's commit index advanced during the event.
+    leader_committed: bool,
     params: &'a Params,
 }
 
@@ -516,6 +541,7 @@ impl SimNode {
                 .on_commit(ctx.step, self.id, commit, raw.log_term(commit));
             if raw.is_leader() {
                 ctx.checker.on_leader_commit(term, commit);
+                ctx.leader_committed |= commit > c0;
             }
 
             // Compaction: snapshot the state machine every so many applied entries.
@@ -608,6 +634,8 @@ struct World {
     heal_step: u64,
     end_step: u64,
     last_leader: Option<(Term, NodeId)>,
+    scheduled_crash: Option<(u64, NodeId)>,
+    isolation_ends_at: Option<u64>,
     /// Prints every event to stderr (`SIM_TRACE=1`), for replaying one seed by hand.
     trace: bool,
 }
@@ -704,6 +732,8 @@ impl World {
             heal_step: opts.fault_steps,
             end_step: opts.fault_steps + opts.heal_steps,
             last_leader: None,
+            scheduled_crash: None,
+            isolation_ends_at: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
@@ -711,6 +741,7 @@ impl World {
     /// Runs `f` on one node with the world's context, then settles client completions.
     fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut SimNode, &mut Ctx)) {
         let mut completions = Vec::new();
+        let leader_committed;
         {
             let node = self.nodes.get_mut(&id).expect("known node");
             let mut ctx = Ctx {
@@ -720,9 +751,15 @@ impl World {
                 checker: &mut self.checker,
                 stats: &mut self.stats,
                 completions: &mut completions,
+                leader_committed: false,
                 params: &self.params,
             };
             f(node, &mut ctx);
+            leader_committed = ctx.leader_committed;
+        }
+        if leader_committed && self.faults_on && self.rng.chance(self.params.commit_isolation) {
+            // Cut the leader off right after it commits: what it sent last is lost too.
+            self.isolate(id);
         }
         for (op_id, outcome) in completions {
             self.complete(op_id, outcome);
@@ -814,6 +851,14 @@ impl World {
         if leader.is_some() && leader != self.last_leader {
             self.stats.elections += 1;
             self.last_leader = leader;
+            let id = leader.map(|(_, id)| id).expect("checked");
+            if self.faults_on && self.rng.chance(self.params.new_leader_crash) {
+                let at = self.step + self.rng.range(0, 8);
+                self.scheduled_crash = Some((at, id));
+            }
+            if self.faults_on && self.rng.chance(self.params.new_leader_isolation) {
+                self.isolate(id);
+            }
         }
     }
 
@@ -901,8 +946,51 @@ impl World {
         Some(ids[self.rng.range(0, ids.len() as u64) as usize])
     }
 
+    /// Cuts `id` off from everyone for a while. Messages in flight are dropped on delivery too.
+    fn isolate(&mut self, id: NodeId) {
+        for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if other != id {
+                self.net.blocked.insert((id, other));
+                self.net.blocked.insert((other, id));
+            }
+        }
+        self.isolation_ends_at = Some(self.step + self.rng.range(5, 80));
+        self.stats.partitions += 1;
+    }
+
+    fn crash_node(&mut self, id: NodeId, restart_in: u64) {
+        let step = self.step;
+        let node = self.nodes.get_mut(&id).expect("known");
+        if !node.alive() {
+            return;
+        }
+        node.crash(&mut self.rng);
+        node.restart_at = step + restart_in;
+        self.stats.crashes += 1;
+        if self.trace {
+            let log = &node.durable.log;
+            eprintln!(
+                "{step} CRASH node {id}: durable last {}/{:?} hs {:?}",
+                log.last_index(),
+                log.term(log.last_index()),
+                log.hard_state()
+            );
+        }
+    }
+
     fn inject_faults(&mut self) {
         let step = self.step;
+        if self.isolation_ends_at.is_some_and(|at| at <= step) {
+            self.isolation_ends_at = None;
+            self.net.blocked.clear();
+        }
+        if let Some((at, id)) = self.scheduled_crash {
+            if at <= step {
+                self.scheduled_crash = None;
+                let restart_in = self.rng.range(5, 60);
+                self.crash_node(id, restart_in);
+            }
+        }
         if self.rng.chance(self.params.crash_rate) {
             // The leader is crashed more often than its share.
             let target = if self.rng.chance(0.5) {
@@ -912,18 +1000,7 @@ impl World {
             };
             if let Some(id) = target {
                 let restart_in = self.rng.range(5, 150);
-                let node = self.nodes.get_mut(&id).expect("known");
-                node.crash(&mut self.rng);
-                node.restart_at = step + restart_in;
-                if self.trace {
-                    eprintln!(
-                        "{step} CRASH node {id}: durable last {}/{:?} hs {:?}",
-                        node.durable.log.last_index(),
-                        node.durable.log.term(node.durable.log.last_index()),
-                        node.durable.log.hard_state()
-                    );
-                }
-                self.stats.crashes += 1;
+                self.crash_node(id, restart_in);
             }
         }
         if self.rng.chance(self.params.partition_rate) {
