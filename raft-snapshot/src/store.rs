@@ -182,7 +182,8 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     /// Opens (creating if needed) the store at `dir`: deletes our temporary files left by a
-    /// crash, keeps at most one resumable partial receive, and reports unknown files.
+    /// crash, keeps at most one resumable partial receive, applies retention, and reports
+    /// unknown files (which it leaves alone).
     pub fn open(
         dir: impl Into<PathBuf>,
         config: SnapshotStoreConfig,
@@ -217,6 +218,8 @@ impl SnapshotStore {
             }
         }
         report.partial_receive = keep;
+        // A crash between a rename and its pruning leaves one snapshot too many.
+        store.prune()?;
         store.prune_corrupt()?;
         if !report.temp_files_removed.is_empty() {
             store.sync_dir()?;
