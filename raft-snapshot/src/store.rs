@@ -653,8 +653,25 @@ impl SnapshotReader {
             self.verify_end()?;
             return Ok(None);
         }
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(self.next_payload_bytes(), 0);
+        let filled = self.fill(&mut chunk);
+        self.chunk = chunk;
+        self.chunk_pos = self.chunk.len();
+        filled?;
+        Ok(Some(&self.chunk))
+    }
+
+    /// Payload bytes of the next chunk (0 at the end of the body).
+    fn next_payload_bytes(&self) -> usize {
+        (self.header.chunk_bytes as u64).min(self.body_remaining) as usize
+    }
+
+    /// Reads the next chunk's payload into `dst` (exactly `next_payload_bytes` long) and
+    /// checks it.
+    fn fill(&mut self, dst: &mut [u8]) -> Result<(), SnapshotError> {
         let frame_offset = self.offset;
-        let expected = (self.header.chunk_bytes as u64).min(self.body_remaining) as u32;
+        let expected = dst.len() as u32;
         let mut frame = [0u8; CHUNK_FRAME_BYTES as usize];
         self.read_exact_at(&mut frame, frame_offset)?;
         let (stored_len, stored_crc) = parse_chunk_frame(&frame);
@@ -668,12 +685,8 @@ impl SnapshotReader {
                 },
             ));
         }
-        let mut chunk = std::mem::take(&mut self.chunk);
-        chunk.resize(expected as usize, 0);
-        let read = self.read_exact_at(&mut chunk, frame_offset);
-        self.chunk = chunk;
-        read?;
-        let computed = crc32fast::hash(&self.chunk);
+        self.read_exact_at(dst, frame_offset)?;
+        let computed = crc32fast::hash(dst);
         if computed != stored_crc {
             return Err(SnapshotError::corrupt(
                 &self.path,
@@ -684,14 +697,13 @@ impl SnapshotReader {
                 },
             ));
         }
-        self.hasher.update(&self.chunk);
+        self.hasher.update(dst);
         self.offset += CHUNK_FRAME_BYTES + u64::from(expected);
         self.body_remaining -= u64::from(expected);
-        self.chunk_pos = self.chunk.len();
         if self.body_remaining == 0 {
             self.verify_end()?;
         }
-        Ok(Some(&self.chunk))
+        Ok(())
     }
 
     /// Reads and checks whatever of the body is left, discarding it.
@@ -754,15 +766,20 @@ impl Read for SnapshotReader {
             return Ok(0);
         }
         if self.chunk_pos == self.chunk.len() {
-            self.chunk_pos = 0;
+            let payload_bytes = self.next_payload_bytes();
+            if payload_bytes > 0 && out.len() >= payload_bytes {
+                // The caller's buffer holds a whole chunk: verify it in place, saving a copy.
+                // On error the caller gets no bytes of the chunk, only the error.
+                self.fill(&mut out[..payload_bytes])
+                    .map_err(SnapshotError::into_io)?;
+                return Ok(payload_bytes);
+            }
             match self.next_chunk() {
                 Ok(Some(_)) => self.chunk_pos = 0,
-                Ok(None) => {
-                    self.chunk.clear();
-                    return Ok(0);
-                }
+                Ok(None) => return Ok(0),
                 Err(e) => {
                     self.chunk.clear();
+                    self.chunk_pos = 0;
                     return Err(e.into_io());
                 }
             }
