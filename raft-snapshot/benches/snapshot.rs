@@ -91,7 +91,16 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
-    let snapshot = snapshots.list().unwrap().pop().unwrap();
+    // Fixtures for the read and install groups, also when a filter skipped the writes.
+    raw_write(&raw_path, &body);
+    let snapshot = match snapshots.list().unwrap().pop() {
+        Some(snapshot) => snapshot,
+        None => {
+            let mut writer = snapshots.begin(meta(1)).unwrap();
+            writer.write_all(&body).unwrap();
+            writer.finish(StateDigest(0)).unwrap()
+        }
+    };
     let mut buf = vec![0u8; WRITE_PIECE_BYTES];
     let mut group = c.benchmark_group("read");
     group

@@ -25,6 +25,7 @@ impl StateDigest {
         self.0.to_le_bytes()
     }
 
+    /// The inverse of [`StateDigest::to_le_bytes`].
     pub fn from_le_bytes(bytes: [u8; 16]) -> Self {
         StateDigest(u128::from_le_bytes(bytes))
     }
@@ -57,14 +58,17 @@ pub struct DigestHasher {
 }
 
 impl DigestHasher {
+    /// A hasher over no bytes yet (XXH3-128, seed 0).
     pub fn new() -> Self {
         DigestHasher { inner: Xxh3::new() }
     }
 
+    /// Feeds `bytes`; the digest depends on the bytes only, not on how they were split.
     pub fn update(&mut self, bytes: &[u8]) {
         self.inner.update(bytes);
     }
 
+    /// The digest of everything fed so far; the hasher can go on being fed.
     pub fn finish(&self) -> StateDigest {
         StateDigest(self.inner.digest128())
     }
@@ -96,30 +100,44 @@ impl io::Write for DigestHasher {
 /// What one node reports about its state at a snapshot index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DigestReport {
+    /// The reporting node.
     pub node: NodeId,
     /// The last log index applied to the state the digest was taken of.
     pub index: Index,
+    /// The node's [`crate::SnapshotSource::digest`] at `index`.
     pub digest: StateDigest,
 }
 
 /// Why a set of reports could not be compared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestCompareError {
+    /// The report slice was empty.
     #[error("no digest reports to compare")]
     NoReports,
     #[error("digest reports mix indexes {first} and {other}: only reports for one index compare")]
-    MixedIndexes { first: Index, other: Index },
+    /// Reports for different indexes cannot be compared: states legitimately differ.
+    MixedIndexes {
+        /// The index of the first report.
+        first: Index,
+        /// An index that differs from it.
+        other: Index,
+    },
 }
 
 /// What the reports say about the replicas at one index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DigestVerdict {
     /// Every reporting node holds the same digest.
-    Consistent { digest: StateDigest },
+    Consistent {
+        /// The digest every node reported.
+        digest: StateDigest,
+    },
     /// A strict majority of the reporting nodes agree on `majority`; `divergent` names the
     /// others. These are the replicas to alarm on and repair.
     Divergent {
+        /// The digest a strict majority reported.
         majority: StateDigest,
+        /// The other nodes, ascending.
         divergent: Vec<NodeId>,
     },
     /// Nodes disagree and no digest is held by a strict majority, so which replicas are wrong
@@ -130,7 +148,9 @@ pub enum DigestVerdict {
 /// The result of [`compare_digests`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DigestComparison {
+    /// The index all compared reports were for.
     pub index: Index,
+    /// What the digests say.
     pub verdict: DigestVerdict,
     /// Each distinct digest with the nodes holding it, largest group first (ties by digest),
     /// node IDs ascending; for alarms and status pages.

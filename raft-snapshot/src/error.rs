@@ -10,24 +10,23 @@ use crate::digest::StateDigest;
 use crate::state_machine::RestoreError;
 
 /// What exactly is wrong with a corrupt snapshot file.
+// Fields are the stored and the recomputed values; the Display impl names them.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorruptKind {
+    /// The file does not start with [`crate::format::SNAPSHOT_MAGIC`].
     BadMagic,
+    /// Written by a newer (or unknown) format version.
     UnsupportedVersion(u32),
-    HeaderCrc {
-        stored: u32,
-        computed: u32,
-    },
+    /// The header's CRC32 does not match its bytes.
+    HeaderCrc { stored: u32, computed: u32 },
     /// A header field holds a value out of its bounds; the field is named.
     HeaderField(&'static str),
-    ChunkLength {
-        stored: u32,
-        expected: u32,
-    },
-    ChunkCrc {
-        stored: u32,
-        computed: u32,
-    },
+    /// A chunk's stored length disagrees with what the header implies.
+    ChunkLength { stored: u32, expected: u32 },
+    /// A body chunk's payload does not match its CRC32.
+    ChunkCrc { stored: u32, computed: u32 },
+    /// Every chunk was intact but the body as a whole does not hash to the header's digest.
     BodyDigest {
         stored: StateDigest,
         computed: StateDigest,
@@ -37,10 +36,7 @@ pub enum CorruptKind {
     /// Bytes follow the last chunk.
     TrailingBytes,
     /// The file's name says one index and term, its header another.
-    NameMismatch {
-        index: Index,
-        term: Term,
-    },
+    NameMismatch { index: Index, term: Term },
 }
 
 impl fmt::Display for CorruptKind {
@@ -81,8 +77,11 @@ impl fmt::Display for CorruptKind {
 }
 
 /// Errors of this crate. Every variant that concerns a file names it.
+// Fields are named in each variant's `#[error]` message.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The file system failed on `path`; says nothing about the file's contents.
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -107,6 +106,7 @@ pub enum SnapshotError {
         expected: StateDigest,
         actual: StateDigest,
     },
+    /// The state machine refused an intact body, or reading it failed.
     #[error("restoring the state machine from {path}: {source}")]
     Restore {
         path: PathBuf,
@@ -120,10 +120,13 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    /// A body over [`crate::SnapshotStoreConfig::body_bytes_max`].
     #[error("snapshot body of {body_bytes} bytes exceeds the bound of {bound_bytes} bytes")]
     TooLarge { body_bytes: u64, bound_bytes: u64 },
+    /// A membership set over [`crate::format::MEMBERSHIP_NODES_PER_SET_MAX`].
     #[error("membership of {nodes} nodes in one set exceeds the bound of {bound} nodes")]
     MembershipTooLarge { nodes: usize, bound: usize },
+    /// A [`crate::SnapshotStoreConfig`] field out of its bounds.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
     /// A transfer chunk did not start where the assembler expects; resend from `expected`.
@@ -136,6 +139,7 @@ pub enum SnapshotError {
         stored: u32,
         computed: u32,
     },
+    /// A transfer chunk that is empty or over [`crate::TRANSFER_CHUNK_BYTES_MAX`].
     #[error("snapshot chunk at offset {offset} of {len_bytes} bytes is empty or exceeds the bound of {bound_bytes} bytes")]
     TransferChunkSize {
         offset: u64,
@@ -145,6 +149,7 @@ pub enum SnapshotError {
     /// A transfer chunk goes past the end of the file the header announced.
     #[error("snapshot chunk at offset {offset} ends past the snapshot's {total_bytes} bytes")]
     TransferOverrun { offset: u64, total_bytes: u64 },
+    /// The incoming file's header describes another snapshot than the one announced.
     #[error("incoming snapshot is index {got_index} term {got_term}, expected index {expected_index} term {expected_term}")]
     TransferMismatch {
         expected_index: Index,
@@ -152,6 +157,7 @@ pub enum SnapshotError {
         got_index: Index,
         got_term: Term,
     },
+    /// `finish` was called before every byte arrived.
     #[error("snapshot transfer incomplete: {received_bytes} of {total_bytes:?} bytes received")]
     TransferIncomplete {
         received_bytes: u64,

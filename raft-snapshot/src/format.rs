@@ -31,7 +31,9 @@ use raft_core::{Membership, NodeId, SnapshotMeta};
 use crate::digest::StateDigest;
 use crate::error::{CorruptKind, SnapshotError};
 
+/// The first bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RAFTSNAP";
+/// The format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Bound on each of the three membership sets, so a corrupt count cannot ask for gigabytes.
 pub const MEMBERSHIP_NODES_PER_SET_MAX: usize = 4096;
@@ -48,10 +50,15 @@ pub(crate) const CHUNK_FRAME_BYTES: u64 = 8;
 /// A snapshot file's header, as decoded and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
+    /// Last included index and term, and the membership in force there.
     pub meta: SnapshotMeta,
+    /// The state machine's digest of the state at `meta.index`; checked after restore.
     pub state_digest: StateDigest,
+    /// XXH3-128 of the body bytes; checked by the reader at the end of the body.
     pub body_digest: StateDigest,
+    /// Length of the body (chunk payloads only).
     pub body_bytes: u64,
+    /// Payload bytes of every chunk but the last.
     pub chunk_bytes: u32,
 }
 
@@ -61,6 +68,7 @@ impl SnapshotHeader {
         header_bytes_for(&self.meta.membership)
     }
 
+    /// Number of body chunks.
     pub fn chunk_count(&self) -> u64 {
         self.body_bytes.div_ceil(u64::from(self.chunk_bytes.max(1)))
     }
@@ -70,6 +78,7 @@ impl SnapshotHeader {
         self.encoded_bytes() as u64 + self.chunk_count() * CHUNK_FRAME_BYTES + self.body_bytes
     }
 
+    /// The header's bytes, CRC included.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.meta.membership;
         let len = self.encoded_bytes();

@@ -29,11 +29,22 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 /// A command for [`KvStateMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvCommand {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    /// Sets `key` to `value`.
+    Put {
+        /// At most [`KV_KEY_BYTES_MAX`].
+        key: Vec<u8>,
+        /// At most [`KV_VALUE_BYTES_MAX`].
+        value: Vec<u8>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// At most [`KV_KEY_BYTES_MAX`].
+        key: Vec<u8>,
+    },
 }
 
 impl KvCommand {
+    /// The command's bytes, as proposed to the log.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -50,6 +61,8 @@ impl KvCommand {
         out
     }
 
+    /// `None` for anything [`KvCommand::encode`] would not produce, including oversized
+    /// keys or values and trailing bytes.
     pub fn decode(mut bytes: &[u8]) -> Option<KvCommand> {
         let tag = take(&mut bytes, 1)?[0];
         let key = take_bytes(&mut bytes, KV_KEY_BYTES_MAX)?;
@@ -113,18 +126,22 @@ pub struct KvFrozen {
 }
 
 impl KvStateMachine {
+    /// An empty map at index 0.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The value of `key`, if set.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key).map(Vec::as_slice)
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether no key is set.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -178,6 +195,7 @@ impl SnapshotSource for KvFrozen {
 }
 
 impl KvFrozen {
+    /// The index the frozen state is at.
     pub fn applied_index(&self) -> Index {
         self.applied_index
     }

@@ -30,6 +30,8 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod digest;
 pub mod error;
 pub mod format;

@@ -67,6 +67,7 @@ impl SnapshotTrigger {
         }
     }
 
+    /// The policy this trigger asks.
     pub fn policy(&self) -> &SnapshotPolicy {
         &self.policy
     }
@@ -124,6 +125,7 @@ impl SnapshotTrigger {
         *self = SnapshotTrigger::new(self.policy, index);
     }
 
+    /// The index of the snapshot being written, if any.
     pub fn in_flight(&self) -> Option<Index> {
         self.in_flight
     }

@@ -125,6 +125,7 @@ impl Default for SnapshotStoreConfig {
 }
 
 impl SnapshotStoreConfig {
+    /// Checks every field against its bound.
     pub fn validate(&self) -> Result<(), SnapshotError> {
         if self.snapshots_kept_max == 0 {
             return Err(SnapshotError::Config(
@@ -148,8 +149,11 @@ impl SnapshotStoreConfig {
 /// A complete snapshot file in the store (not necessarily validated yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotFile {
+    /// Last included index, from the file name.
     pub index: Index,
+    /// Term of `index`, from the file name.
     pub term: Term,
+    /// Where the file is.
     pub path: PathBuf,
 }
 
@@ -227,10 +231,12 @@ impl SnapshotStore {
         Ok((store, report))
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The store's configuration.
     pub fn config(&self) -> &SnapshotStoreConfig {
         &self.config
     }
@@ -638,10 +644,12 @@ impl SnapshotReader {
         Ok(reader)
     }
 
+    /// The file's header, checked.
     pub fn header(&self) -> &SnapshotHeader {
         &self.header
     }
 
+    /// The file being read.
     pub fn path(&self) -> &Path {
         &self.path
     }

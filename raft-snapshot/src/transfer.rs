@@ -28,12 +28,14 @@ pub const TRANSFER_CHUNK_BYTES_MAX: usize = 16 << 20;
 pub struct TransferChunk {
     /// Offset of `data` in the snapshot file.
     pub offset: u64,
+    /// The file's bytes from `offset` on.
     pub data: Vec<u8>,
     /// CRC32 of `data`.
     pub crc32: u32,
 }
 
 impl TransferChunk {
+    /// A chunk of `data` at `offset`, with its CRC computed.
     pub fn new(offset: u64, data: Vec<u8>) -> Self {
         let crc32 = crc32fast::hash(&data);
         TransferChunk {
@@ -43,6 +45,7 @@ impl TransferChunk {
         }
     }
 
+    /// Checks `data` against `crc32`.
     pub fn verify(&self) -> Result<(), SnapshotError> {
         let computed = crc32fast::hash(&self.data);
         if computed != self.crc32 {
@@ -126,6 +129,7 @@ pub struct AssemblyProgress {
 }
 
 impl AssemblyProgress {
+    /// Whether every byte of the file has arrived.
     pub fn is_complete(&self) -> bool {
         self.total_bytes == Some(self.next_offset)
     }
@@ -208,6 +212,7 @@ impl SnapshotStore {
 }
 
 impl SnapshotAssembler {
+    /// Where the transfer stands.
     pub fn progress(&self) -> AssemblyProgress {
         AssemblyProgress {
             next_offset: self.next_offset,
@@ -215,6 +220,7 @@ impl SnapshotAssembler {
         }
     }
 
+    /// The partial `.snap.recv` file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -259,13 +265,14 @@ impl SnapshotAssembler {
             let take = wanted.min(chunk.data.len());
             self.header_prefix.extend_from_slice(&chunk.data[..take]);
             let decoded = self.try_decode_header();
-            let overrun = self.total_bytes.is_some_and(|t| end > t);
+            let total_bytes = self.total_bytes;
+            let overrun = total_bytes.is_some_and(|t| end > t);
             if decoded.is_err() || overrun {
                 self.reset()?;
                 decoded?;
                 return Err(SnapshotError::TransferOverrun {
                     offset: chunk.offset,
-                    total_bytes: self.total_bytes.unwrap_or(0),
+                    total_bytes: total_bytes.unwrap_or(0),
                 });
             }
         }
