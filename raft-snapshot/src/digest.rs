@@ -108,6 +108,18 @@ pub struct DigestReport {
     pub digest: StateDigest,
 }
 
+impl DigestReport {
+    /// What `node` reports for a snapshot it wrote or installed: the state digest its header
+    /// recorded at its last included index.
+    pub fn from_header(node: NodeId, header: &crate::SnapshotHeader) -> Self {
+        DigestReport {
+            node,
+            index: header.meta.index,
+            digest: header.state_digest,
+        }
+    }
+}
+
 /// Why a set of reports could not be compared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestCompareError {

@@ -101,12 +101,17 @@ fn crash_child() {
     writeln!(out, "ready").unwrap();
     for index in first..first + CHILD_SNAPSHOTS_MAX {
         let state = Synthetic { index };
-        writeln!(out, "begin {index}").unwrap();
         if index % 2 == 0 {
+            writeln!(out, "begin {index} write").unwrap();
             store.write_snapshot(meta(index), &state).unwrap();
         } else {
             let file = source.write_snapshot(meta(index), &state).unwrap();
+            writeln!(out, "begin {index} install").unwrap();
             let mut assembler = store.receive(meta(index)).unwrap();
+            let resume_offset = assembler.progress().next_offset;
+            if resume_offset > 0 {
+                writeln!(out, "resume {index} {resume_offset}").unwrap();
+            }
             let chunk_bytes = 1000 + (index as usize * 131) % 20_000;
             for chunk in
                 SnapshotChunks::open(&file, assembler.progress().next_offset, chunk_bytes).unwrap()
@@ -124,11 +129,13 @@ struct ChildRun {
 }
 
 impl ChildRun {
-    fn last(&self, word: &str) -> Option<Index> {
-        self.lines
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix(word)?.trim().parse().ok())
+    /// The index on the last line starting with `word`, and the rest of that line.
+    fn last(&self, word: &str) -> Option<(Index, &str)> {
+        self.lines.iter().rev().find_map(|l| {
+            let mut fields = l.strip_prefix(word)?.split_whitespace();
+            let index = fields.next()?.parse().ok()?;
+            Some((index, fields.next().unwrap_or("")))
+        })
     }
 }
 
@@ -195,16 +202,27 @@ fn sigkill_while_writing_and_installing_snapshots_never_leaves_a_partial_one() {
     let mut rng = SplitMix64::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let (mut durable_max, mut mid_snapshot_kills, mut temp_files_removed) = (0, 0, 0);
+    let (mut durable_max, mut temp_files_removed, mut resumed_installs) = (0, 0, 0);
+    // Kills between `begin` and `done` of a local write, of an install, and anywhere else
+    // (startup, writing the install's source, between snapshots).
+    let (mut kills_mid_write, mut kills_mid_install, mut kills_elsewhere) = (0, 0, 0);
     for kill in 0..kills {
         let delay = Duration::from_micros(rng.range(0, 25_000));
         let run = run_child_and_kill(dir.path(), delay);
-        if let Some(done) = run.last("done ") {
+        let done = run.last("done ").map(|(index, _)| index);
+        if let Some(done) = done {
             durable_max = durable_max.max(done);
         }
-        if run.last("begin ") > run.last("done ") {
-            mid_snapshot_kills += 1;
+        match run.last("begin ") {
+            Some((index, "write")) if Some(index) > done => kills_mid_write += 1,
+            Some((index, "install")) if Some(index) > done => kills_mid_install += 1,
+            _ => kills_elsewhere += 1,
         }
+        resumed_installs += run
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("resume "))
+            .count();
 
         let (store, report) =
             SnapshotStore::open(dir.path().join("store"), store_config()).unwrap();
@@ -244,8 +262,10 @@ fn sigkill_while_writing_and_installing_snapshots_never_leaves_a_partial_one() {
         assert!(store.list().unwrap().len() <= store_config().snapshots_kept_max);
     }
     eprintln!(
-        "crash test: {kills} SIGKILLs in {:.1?}, {mid_snapshot_kills} mid-snapshot, \
-         {temp_files_removed} temp files cleaned, newest durable index {durable_max}",
+        "crash test: {kills} SIGKILLs in {:.1?}: {kills_mid_write} during a snapshot write, \
+         {kills_mid_install} during an install, {kills_elsewhere} elsewhere; \
+         {resumed_installs} installs resumed, {temp_files_removed} temp files cleaned, \
+         newest durable index {durable_max}",
         started.elapsed()
     );
     assert!(
@@ -253,7 +273,7 @@ fn sigkill_while_writing_and_installing_snapshots_never_leaves_a_partial_one() {
         "the child never completed a snapshot: delays too short"
     );
     assert!(
-        mid_snapshot_kills > 0,
-        "no kill landed mid-snapshot: delays too long"
+        kills_mid_write > 0 && kills_mid_install > 0,
+        "kills missed the snapshot code: delays badly tuned"
     );
 }

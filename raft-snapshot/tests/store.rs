@@ -491,11 +491,9 @@ fn anti_entropy_names_the_corrupted_replica() {
             &mut restored,
         )
         .unwrap();
-        reports.push(DigestReport {
-            node: i as u64 + 1,
-            index: header.meta.index,
-            digest: restored.digest(),
-        });
+        // The digest recorded when the snapshot was taken is what the restored state has.
+        assert_eq!(header.state_digest, restored.digest());
+        reports.push(DigestReport::from_header(i as u64 + 1, &header));
     }
     let comparison = compare_digests(&reports).unwrap();
     assert_eq!(
@@ -577,4 +575,125 @@ proptest! {
         let installed = assembler.finish().unwrap();
         prop_assert_eq!(fs::read(&installed.path).unwrap(), fs::read(&source.path).unwrap());
     }
+}
+
+/// The pieces composed as the node will: apply entries, let the trigger decide, freeze and
+/// write the snapshot on another thread while applying goes on, compact the log behind it
+/// with the trailing margin; then "restart" from the newest snapshot plus the log tail and
+/// compare with the state that applied everything.
+#[test]
+fn restart_from_snapshot_plus_log_tail_equals_full_replay() {
+    use raft_core::{Entry, EntryPayload, LogStore, MemLog};
+    use raft_snapshot::{SnapshotPolicy, SnapshotTrigger};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = SnapshotStore::open(dir.path(), config(512, 2)).unwrap();
+    let policy = SnapshotPolicy {
+        entries_since_snapshot_max: 300,
+        bytes_since_snapshot_max: 16 << 10,
+        trailing_margin_entries: 50,
+    };
+    let membership = meta(0).membership;
+    let mut log = MemLog::with_snapshot(SnapshotMeta {
+        membership: membership.clone(),
+        ..Default::default()
+    });
+    let mut trigger = SnapshotTrigger::new(policy, 0);
+    let mut live = KvStateMachine::new();
+    let mut in_flight = None;
+    let (mut snapshots_taken, mut compactions) = (0, 0);
+    for index in 1..=2_000u64 {
+        let payload = if index % 97 == 0 {
+            EntryPayload::Noop
+        } else {
+            let command = KvCommand::Put {
+                key: format!("k{}", index % 113).into_bytes(),
+                value: vec![index as u8; (index % 61) as usize],
+            };
+            EntryPayload::Command(command.encode().into())
+        };
+        let entry = Entry {
+            index,
+            term: index / 400 + 1,
+            payload,
+        };
+        log.append(std::slice::from_ref(&entry));
+        if let EntryPayload::Command(command) = &entry.payload {
+            live.apply(index, command);
+        }
+        if let Some(at) = trigger.on_applied(index, entry.size_bytes() as u64) {
+            let frozen = live.freeze();
+            let (store, m) = (
+                store.clone(),
+                SnapshotMeta {
+                    index: at,
+                    term: log.term(at).unwrap(),
+                    membership: membership.clone(),
+                },
+            );
+            in_flight = Some((
+                at,
+                std::thread::spawn(move || store.write_snapshot(m, &frozen)),
+            ));
+        }
+        // Applying went on meanwhile; collect the snapshot a few entries later.
+        if let Some((at, _)) = &in_flight {
+            if index >= at + 7 {
+                let (at, handle) = in_flight.take().unwrap();
+                handle.join().unwrap().unwrap();
+                snapshots_taken += 1;
+                if let Some(through) = trigger.on_snapshot_done(at, log.first_index()) {
+                    log.compact(SnapshotMeta {
+                        index: through,
+                        term: log.term(through).unwrap(),
+                        membership: membership.clone(),
+                    });
+                    compactions += 1;
+                }
+            }
+        }
+    }
+    if let Some((at, handle)) = in_flight.take() {
+        handle.join().unwrap().unwrap();
+        trigger.on_snapshot_done(at, log.first_index());
+    }
+    assert!(
+        snapshots_taken >= 5 && compactions >= 5,
+        "{snapshots_taken} {compactions}"
+    );
+    assert!(store.list().unwrap().len() <= 2);
+
+    let reader = store.open_latest().unwrap().snapshot.unwrap();
+    let snapshot_index = reader.header().meta.index;
+    assert!(
+        snapshot_index + 1 >= log.first_index(),
+        "the log must still hold every entry after the snapshot"
+    );
+    assert!(
+        snapshot_index - log.first_index() + 1 >= policy.trailing_margin_entries,
+        "the trailing margin is kept"
+    );
+    let mut restarted = KvStateMachine::new();
+    restore_state_machine(reader, &mut restarted).unwrap();
+    for entry in log
+        .entries(snapshot_index + 1, log.last_index() + 1, usize::MAX)
+        .unwrap()
+    {
+        if let EntryPayload::Command(command) = &entry.payload {
+            restarted.apply(entry.index, command);
+        }
+    }
+    assert_eq!(restarted.digest(), live.digest());
+
+    let mut full_replay = KvStateMachine::new();
+    for index in 1..=2_000u64 {
+        if index % 97 != 0 {
+            let command = KvCommand::Put {
+                key: format!("k{}", index % 113).into_bytes(),
+                value: vec![index as u8; (index % 61) as usize],
+            };
+            full_replay.apply(index, &command.encode());
+        }
+    }
+    assert_eq!(full_replay.digest(), live.digest());
 }
