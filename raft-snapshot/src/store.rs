@@ -25,7 +25,7 @@
 //! other's temporary files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use raft_core::{Index, SnapshotMeta, Term};
@@ -45,6 +45,9 @@ const SUFFIX_TEMP: &str = ".snap.tmp";
 const SUFFIX_RECEIVING: &str = ".snap.recv";
 const SUFFIX_CORRUPT: &str = ".snap.corrupt";
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Coalesces chunk frames and small chunks into fewer writes; payloads at least this large
+/// bypass the buffer.
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
 
 /// The kinds of file the store owns, by suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,7 +267,7 @@ impl SnapshotStore {
             .map_err(|e| SnapshotError::io(&temp_path, e))?;
         Ok(SnapshotWriter {
             store: self.clone(),
-            file: Some(file),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
             temp_path,
             meta,
             chunk_bytes: self.config.chunk_bytes as usize,
@@ -314,7 +317,10 @@ impl SnapshotStore {
                 Err(err) => {
                     tracing::error!(error = %err, "skipping invalid snapshot; falling back to an older one");
                     if err.is_corrupt() {
-                        self.quarantine(&file)?;
+                        if let Err(q) = self.quarantine(&file) {
+                            // Still never loaded: it fails validation every time.
+                            tracing::warn!(error = %q, "could not quarantine corrupt snapshot");
+                        }
                     }
                     rejected.push(err);
                 }
@@ -447,7 +453,7 @@ pub(crate) fn validate_file(file: &SnapshotFile) -> Result<SnapshotHeader, Snaps
 pub struct SnapshotWriter {
     store: SnapshotStore,
     /// `None` once finished, so `Drop` knows not to delete the installed file.
-    file: Option<File>,
+    file: Option<BufWriter<File>>,
     temp_path: PathBuf,
     meta: SnapshotMeta,
     chunk_bytes: usize,
@@ -499,10 +505,17 @@ impl SnapshotWriter {
             body_bytes: self.body_bytes,
             chunk_bytes: self.chunk_bytes as u32,
         };
-        let mut file = self
+        let buffered = self
             .file
             .take()
             .ok_or_else(|| SnapshotError::io(&path, io::Error::other("writer finished")))?;
+        let mut file = match buffered.into_inner() {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(SnapshotError::io(&path, e.into_error()));
+            }
+        };
         let written = file
             .seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header.encode()))
