@@ -153,6 +153,8 @@ pub struct SnapshotAssembler {
     /// `HEADER_BYTES_MAX`.
     header_prefix: Vec<u8>,
     total_bytes: Option<u64>,
+    /// The incoming file's header, once it has arrived.
+    header: Option<SnapshotHeader>,
 }
 
 impl SnapshotStore {
@@ -193,6 +195,7 @@ impl SnapshotStore {
             next_offset: len,
             header_prefix,
             total_bytes: None,
+            header: None,
         };
         let resumable = assembler
             .try_decode_header()
@@ -218,6 +221,21 @@ impl SnapshotAssembler {
             next_offset: self.next_offset,
             total_bytes: self.total_bytes,
         }
+    }
+
+    /// The incoming file's header, once it has arrived: it identifies the exact file being
+    /// assembled. Two files of the same snapshot (same index, term and state) can differ in
+    /// bytes (another leader with another `chunk_bytes`), and resuming one with the other's
+    /// bytes fails the final validation. Before resuming at
+    /// [`AssemblyProgress::next_offset`], compare this with the sender's header and
+    /// [`SnapshotAssembler::restart`] if they differ.
+    pub fn header(&self) -> Option<&SnapshotHeader> {
+        self.header.as_ref()
+    }
+
+    /// Discards what was received and expects offset 0 next.
+    pub fn restart(&mut self) -> Result<(), SnapshotError> {
+        self.reset()
     }
 
     /// The partial `.snap.recv` file.
@@ -329,6 +347,7 @@ impl SnapshotAssembler {
         self.next_offset = 0;
         self.header_prefix.clear();
         self.total_bytes = None;
+        self.header = None;
         self.file
             .set_len(0)
             .and_then(|_| self.file.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -355,6 +374,7 @@ impl SnapshotAssembler {
         let header = SnapshotHeader::decode(&self.header_prefix, &self.path)?;
         self.check_header(&header)?;
         self.total_bytes = Some(header.file_bytes());
+        self.header = Some(header);
         Ok(())
     }
 

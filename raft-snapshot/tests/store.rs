@@ -697,3 +697,72 @@ fn restart_from_snapshot_plus_log_tail_equals_full_replay() {
     }
     assert_eq!(full_replay.digest(), live.digest());
 }
+
+/// Two files of the same snapshot (same index, term and state) written with different
+/// chunk sizes differ in bytes: a receive resumed from one must not be completed with the
+/// other. Comparing headers tells them apart before any byte is wasted; without that check
+/// the final validation still refuses the mixture.
+#[test]
+fn a_resumed_receive_from_a_different_file_is_detected() {
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (old_leader, _) = SnapshotStore::open(a.path(), config(100, 1)).unwrap();
+    let (new_leader, _) = SnapshotStore::open(b.path(), config(64, 1)).unwrap();
+    let (follower, _) = SnapshotStore::open(c.path(), config(64, 1)).unwrap();
+    let state = kv_state(80, 13);
+    let old_file = old_leader
+        .write_snapshot(meta(80), &state.freeze())
+        .unwrap();
+    let new_file = new_leader
+        .write_snapshot(meta(80), &state.freeze())
+        .unwrap();
+    let new_header = SnapshotReader::open(&new_file.path)
+        .unwrap()
+        .header()
+        .clone();
+
+    let receive_half = || {
+        let mut assembler = follower.receive(meta(80)).unwrap();
+        for chunk in SnapshotChunks::open(&old_file, 0, 300).unwrap().take(2) {
+            assembler.accept(&chunk.unwrap()).unwrap();
+        }
+        drop(assembler);
+        follower.receive(meta(80)).unwrap()
+    };
+
+    let mut resumed = receive_half();
+    assert_eq!(resumed.progress().next_offset, 600);
+    let resumed_header = resumed.header().unwrap();
+    assert_eq!(
+        resumed_header.body_digest, new_header.body_digest,
+        "same state, same body"
+    );
+    assert_ne!(resumed_header, &new_header, "but another file");
+    resumed.restart().unwrap();
+    for chunk in SnapshotChunks::open(&new_file, 0, 300).unwrap() {
+        resumed.accept(&chunk.unwrap()).unwrap();
+    }
+    let installed = resumed.finish().unwrap();
+    assert_eq!(
+        fs::read(&installed.path).unwrap(),
+        fs::read(&new_file.path).unwrap()
+    );
+    fs::remove_file(&installed.path).unwrap();
+
+    let mut mixed = receive_half();
+    let chunks = SnapshotChunks::open(&new_file, mixed.progress().next_offset, 300).unwrap();
+    let mut refused = false;
+    for chunk in chunks {
+        if mixed.accept(&chunk.unwrap()).is_err() {
+            refused = true; // the lengths disagree: the header announced another total
+            break;
+        }
+    }
+    if !refused && mixed.progress().is_complete() {
+        assert!(mixed.finish().unwrap_err().is_corrupt());
+    }
+    assert!(follower.list().unwrap().is_empty());
+}
