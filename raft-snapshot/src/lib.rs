@@ -6,7 +6,7 @@
 //! - [`SnapshotStore`]: a directory of checksummed snapshot files written atomically
 //!   ([`SnapshotWriter`]), read with verification ([`SnapshotReader`]), the newest
 //!   `snapshots_kept_max` kept, corrupt ones quarantined and skipped
-//!   ([`SnapshotStore::open_latest`]). The file format is described in [`format`].
+//!   ([`SnapshotStore::open_latest`]). The file format is described in [`mod@format`].
 //! - [`SnapshotChunks`] and [`SnapshotAssembler`]: the file side of installing a snapshot
 //!   on a follower, chunk by chunk, resumable, installed atomically.
 //! - [`SnapshotPolicy`] and [`SnapshotTrigger`]: when to snapshot and how far to compact.
