@@ -1,1 +1,523 @@
-//! Async client for a raft-node cluster, with request IDs that make retries idempotent. Not yet implemented (issue 6).
+//! Async client for a raft-node cluster, with request IDs that make retries idempotent.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raft_client::ClientError> {
+//! use raft_client::{Client, ClientConfig};
+//! let client = Client::new(ClientConfig::new(["127.0.0.1:7101", "127.0.0.1:7102"]));
+//! client.set("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
+//!
+//! The client finds the leader by following the nodes' redirects, keeps one connection to
+//! it, and retries a failed or timed-out write with the same `(client_id, seq)`: the
+//! node's state machine answers a duplicate from its session table instead of applying it
+//! again, so a write is applied at most once however often it is retried.
+//!
+//! Requests through one [`Client`] are sent one at a time (a `seq` is acknowledged before
+//! the next is used); use several clients for concurrency.
+
+pub mod wire;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+pub use wire::{KvCommand, KvError, KvResponse, NodeError, NodeId, NodeStatus, PeerInfo};
+use wire::{Request, RequestFrame, Response, ResponseFrame, Session, FRAME_BYTES_MAX};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node refused the request and retrying would not help (or retries ran out).
+    #[error("node error: {0}")]
+    Node(NodeError),
+    /// No node answered successfully within `request_timeout_ms` (a write's outcome is
+    /// then unknown; it was applied at most once).
+    #[error("request timed out after {attempts} attempts; last error: {last_error}")]
+    Timeout {
+        /// Attempts made.
+        attempts: u32,
+        /// What the last attempt ran into.
+        last_error: String,
+    },
+    /// The state machine answered with a deterministic error.
+    #[error("state machine error: {0}")]
+    Kv(KvError),
+    /// The node answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Client addresses of the cluster's nodes (`host:port`); any one of them is enough
+    /// when the others follow the leader's redirects.
+    pub addrs: Vec<String>,
+    /// Total time one request may take, across every retry.
+    pub request_timeout_ms: u64,
+    /// Time to establish a TCP connection.
+    pub connect_timeout_ms: u64,
+    /// Time to wait for one attempt's answer before retrying elsewhere.
+    pub attempt_timeout_ms: u64,
+    /// Attempts per request at most.
+    pub attempts_max: u32,
+    /// Pause before retrying after `Busy`, `Unavailable` or a connection error.
+    pub retry_backoff_ms: u64,
+}
+
+impl ClientConfig {
+    /// Defaults: 10 s per request, 1 s to connect, 3 s per attempt, at most 50 attempts,
+    /// 50 ms back-off.
+    pub fn new<I, S>(addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientConfig {
+            addrs: addrs.into_iter().map(Into::into).collect(),
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 1_000,
+            attempt_timeout_ms: 3_000,
+            attempts_max: 50,
+            retry_backoff_ms: 50,
+        }
+    }
+}
+
+struct Inner {
+    conn: Option<(String, Framed<TcpStream, LengthDelimitedCodec>)>,
+    /// Where to send next: the leader's address when known.
+    target: Option<String>,
+    next_addr: usize,
+    next_seq: u64,
+    next_frame_id: u64,
+}
+
+/// A connection to a cluster. See the crate documentation.
+pub struct Client {
+    config: ClientConfig,
+    client_id: u64,
+    inner: Mutex<Inner>,
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS once per process and varied per instance: enough
+    // for client IDs, without a dependency on a random-number crate.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// Outcome of one attempt, as the retry loop sees it.
+enum Attempt {
+    Done(Response),
+    Retry { reason: String, backoff: bool },
+}
+
+impl Client {
+    /// A client with a fresh random client ID. Connects lazily, on the first request.
+    pub fn new(config: ClientConfig) -> Client {
+        Self::with_client_id(config, random_u64())
+    }
+
+    /// A client that resumes `client_id`'s session; its next request number is 1 unless
+    /// [`set_next_seq`](Self::set_next_seq) says otherwise.
+    pub fn with_client_id(config: ClientConfig, client_id: u64) -> Client {
+        Client {
+            config,
+            client_id: client_id.max(1),
+            inner: Mutex::new(Inner {
+                conn: None,
+                target: None,
+                next_addr: 0,
+                next_seq: 1,
+                next_frame_id: 1,
+            }),
+        }
+    }
+
+    /// This client's session ID.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Sets the number the next request will carry (for tests and resumed sessions).
+    pub async fn set_next_seq(&self, seq: u64) {
+        self.inner.lock().await.next_seq = seq.max(1);
+    }
+
+    /// Appends `op` to the log with the next request number and returns the state machine's
+    /// response bytes. Retries (with the same number) until `request_timeout_ms`.
+    pub async fn propose(&self, op: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        let op = op.into();
+        let mut inner = self.inner.lock().await;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let session = Session {
+            client_id: self.client_id,
+            seq,
+            acked_below: seq,
+        };
+        let request = Request::Propose {
+            session: Some(session),
+            op,
+        };
+        Self::applied(self.call_locked(&mut inner, request).await?)
+    }
+
+    /// Proposes `op` as request number `seq` of this client, without advancing the client's
+    /// own counter: resending an earlier request shows it is applied once.
+    pub async fn propose_with_seq(
+        &self,
+        op: impl Into<Bytes>,
+        seq: u64,
+    ) -> Result<Bytes, ClientError> {
+        let mut inner = self.inner.lock().await;
+        let session = Session {
+            client_id: self.client_id,
+            seq,
+            acked_below: seq.min(inner.next_seq),
+        };
+        let request = Request::Propose {
+            session: Some(session),
+            op: op.into(),
+        };
+        Self::applied(self.call_locked(&mut inner, request).await?)
+    }
+
+    /// Runs a read-only query: linearizable (ReadIndex) or from the answering node's replica.
+    pub async fn query(
+        &self,
+        op: impl Into<Bytes>,
+        linearizable: bool,
+    ) -> Result<Bytes, ClientError> {
+        let request = Request::Read {
+            op: op.into(),
+            linearizable,
+        };
+        Self::applied(self.call(request).await?)
+    }
+
+    /// The status of whichever node answers (the leader when known).
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(s) => Ok(*s),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        self.admin(Request::TransferLeader { to }).await
+    }
+
+    /// Adds `id` as a learner.
+    pub async fn add_learner(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(Request::AddLearner { id }).await
+    }
+
+    /// Promotes learner `id` to voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(Request::Promote { id }).await
+    }
+
+    /// Removes member `id`.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClientError> {
+        self.admin(Request::RemoveNode { id }).await
+    }
+
+    async fn admin(&self, request: Request) -> Result<(), ClientError> {
+        match self.call(request).await? {
+            Response::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    // ----- typed key-value helpers -------------------------------------------------------
+
+    /// Runs a key-value command: writes through the log with a session, reads linearizably.
+    pub async fn kv(&self, command: KvCommand) -> Result<KvResponse, ClientError> {
+        let bytes = if command.is_read() {
+            self.query(command.encode(), true).await?
+        } else {
+            self.propose(command.encode()).await?
+        };
+        match KvResponse::decode(&bytes) {
+            Some(KvResponse::Error(e)) => Err(ClientError::Kv(e)),
+            Some(r) => Ok(r),
+            None => Err(ClientError::Protocol("undecodable KvResponse".into())),
+        }
+    }
+
+    /// GET, linearizable.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        match self.kv(KvCommand::Get { key: key.into() }).await? {
+            KvResponse::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// GET from the answering node's replica without a ReadIndex round: may be stale.
+    pub async fn get_stale(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        let bytes = self
+            .query(KvCommand::Get { key: key.into() }.encode(), false)
+            .await?;
+        match KvResponse::decode(&bytes) {
+            Some(KvResponse::Value(v)) => Ok(v),
+            Some(other) => Err(unexpected(other)),
+            None => Err(ClientError::Protocol("undecodable KvResponse".into())),
+        }
+    }
+
+    /// SET.
+    pub async fn set(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let command = KvCommand::Set {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.kv(command).await? {
+            KvResponse::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// DEL: how many of `keys` existed.
+    pub async fn del(&self, keys: Vec<Bytes>) -> Result<i64, ClientError> {
+        match self.kv(KvCommand::Del { keys }).await? {
+            KvResponse::Int(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// INCRBY: the new value.
+    pub async fn incr_by(&self, key: impl Into<Bytes>, by: i64) -> Result<i64, ClientError> {
+        match self
+            .kv(KvCommand::IncrBy {
+                key: key.into(),
+                by,
+            })
+            .await?
+        {
+            KvResponse::Int(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Compare-and-set: whether it swapped, and the key's value afterwards.
+    pub async fn compare_and_set(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<(bool, Option<Bytes>), ClientError> {
+        let command = KvCommand::Cas {
+            key: key.into(),
+            expected,
+            new,
+        };
+        match self.kv(command).await? {
+            KvResponse::Cas { swapped, current } => Ok((swapped, current)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ----- transport ---------------------------------------------------------------------
+
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.call_locked(&mut inner, request).await
+    }
+
+    fn applied(response: Response) -> Result<Bytes, ClientError> {
+        match response {
+            Response::Applied(b) => Ok(b),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    async fn call_locked(
+        &self,
+        inner: &mut Inner,
+        request: Request,
+    ) -> Result<Response, ClientError> {
+        if self.config.addrs.is_empty() {
+            return Err(ClientError::Protocol("no node address configured".into()));
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut last_error = String::from("no attempt made");
+        let mut attempts = 0;
+        while attempts < self.config.attempts_max && Instant::now() < deadline {
+            attempts += 1;
+            match self.attempt(inner, &request, deadline).await {
+                Attempt::Done(Response::Error(e)) => return Err(ClientError::Node(e)),
+                Attempt::Done(response) => return Ok(response),
+                Attempt::Retry { reason, backoff } => {
+                    tracing::debug!(attempts, %reason, "retrying request");
+                    last_error = reason;
+                    if backoff {
+                        let pause = Duration::from_millis(self.config.retry_backoff_ms);
+                        tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Timeout {
+            attempts,
+            last_error,
+        })
+    }
+
+    fn rotate(&self, inner: &mut Inner) {
+        inner.target = None;
+        inner.next_addr = (inner.next_addr + 1) % self.config.addrs.len();
+    }
+
+    async fn attempt(&self, inner: &mut Inner, request: &Request, deadline: Instant) -> Attempt {
+        let addr = inner
+            .target
+            .clone()
+            .unwrap_or_else(|| self.config.addrs[inner.next_addr].clone());
+        if inner.conn.as_ref().is_none_or(|(a, _)| *a != addr) {
+            inner.conn = None;
+            let connect = TcpStream::connect(&addr);
+            let limit = Duration::from_millis(self.config.connect_timeout_ms);
+            match tokio::time::timeout(limit, connect).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let codec = LengthDelimitedCodec::builder()
+                        .max_frame_length(FRAME_BYTES_MAX)
+                        .new_codec();
+                    inner.conn = Some((addr.clone(), Framed::new(stream, codec)));
+                }
+                Ok(Err(e)) => {
+                    self.rotate(inner);
+                    return Attempt::Retry {
+                        reason: format!("connect {addr}: {e}"),
+                        backoff: true,
+                    };
+                }
+                Err(_) => {
+                    self.rotate(inner);
+                    return Attempt::Retry {
+                        reason: format!("connect {addr}: timed out"),
+                        backoff: false,
+                    };
+                }
+            }
+        }
+        let id = inner.next_frame_id;
+        inner.next_frame_id += 1;
+        let frame = RequestFrame {
+            id,
+            body: request.clone(),
+        };
+        let bytes = match postcard::to_allocvec(&frame) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return Attempt::Done(Response::Error(NodeError::Invalid(e.to_string()))),
+        };
+        let attempt_deadline =
+            deadline.min(Instant::now() + Duration::from_millis(self.config.attempt_timeout_ms));
+        let (_, framed) = inner.conn.as_mut().expect("connected above");
+        let exchange = async {
+            framed.send(bytes).await?;
+            loop {
+                match framed.next().await {
+                    Some(Ok(buf)) => {
+                        let reply: ResponseFrame = postcard::from_bytes(&buf)
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                        // An answer to an earlier, abandoned attempt: skip it.
+                        if reply.id == id {
+                            return Ok(reply.body);
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "connection closed",
+                        ))
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(attempt_deadline, exchange).await;
+        match outcome {
+            Ok(Ok(response)) => self.judge(inner, response),
+            Ok(Err(e)) => {
+                inner.conn = None;
+                self.rotate(inner);
+                Attempt::Retry {
+                    reason: format!("{addr}: {e}"),
+                    backoff: true,
+                }
+            }
+            Err(_) => {
+                // The connection may still deliver the late answer; it is skipped by id.
+                inner.conn = None;
+                self.rotate(inner);
+                Attempt::Retry {
+                    reason: format!("{addr}: no answer in time"),
+                    backoff: false,
+                }
+            }
+        }
+    }
+
+    fn judge(&self, inner: &mut Inner, response: Response) -> Attempt {
+        match response {
+            Response::Error(NodeError::NotLeader {
+                leader_addr: Some(addr),
+                leader,
+            }) => {
+                let reason = format!("redirected to node {leader:?} at {addr}");
+                // A node that names itself (stale view) must not loop us without a pause.
+                let backoff = inner.target.as_deref() == Some(addr.as_str());
+                inner.target = Some(addr);
+                Attempt::Retry { reason, backoff }
+            }
+            Response::Error(e @ NodeError::NotLeader { .. }) => {
+                self.rotate(inner);
+                Attempt::Retry {
+                    reason: e.to_string(),
+                    backoff: true,
+                }
+            }
+            Response::Error(e @ (NodeError::Busy | NodeError::Unavailable(_))) => Attempt::Retry {
+                reason: e.to_string(),
+                backoff: true,
+            },
+            Response::Error(NodeError::ShuttingDown) => {
+                inner.conn = None;
+                self.rotate(inner);
+                Attempt::Retry {
+                    reason: "node shutting down".into(),
+                    backoff: true,
+                }
+            }
+            other => Attempt::Done(other),
+        }
+    }
+}
+
+fn unexpected(response: KvResponse) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {response:?}"))
+}

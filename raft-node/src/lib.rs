@@ -1,1 +1,5 @@
-//! The node binary that wires the layers together and serves clients. Not yet implemented (issue 6).
+//! A replicated key-value service: the node runtime that wires raft-core, storage and
+//! transport together, the built-in key-value state machine, and the client interfaces
+//! (native, RESP, HTTP). The `raft-node` binary is a thin CLI over this library.
+
+pub mod kv;

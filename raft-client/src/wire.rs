@@ -1,0 +1,330 @@
+//! The native protocol between [`Client`](crate::Client) and a raft-node: postcard-encoded
+//! frames, each prefixed by its length as a 4-byte big-endian integer (tokio-util's
+//! `LengthDelimitedCodec`), at most [`FRAME_BYTES_MAX`] bytes.
+//!
+//! The same types describe the log entries of the built-in key-value state machine
+//! ([`LogCommand`], [`KvCommand`], [`KvResponse`]), so that a client can encode an
+//! operation once and the node stores exactly those bytes.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Largest frame either side accepts; a longer one closes that connection (and only it).
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+
+/// A node's identifier (the same as `raft_core::NodeId`).
+pub type NodeId = u64;
+
+/// Identifies a client's request for exactly-once application.
+///
+/// A client picks a random `client_id` and numbers its requests `seq = 1, 2, ...`. A retry
+/// reuses the same `seq`. `acked_below` tells the state machine that every request below it
+/// has been answered, so their cached responses can be dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random, never 0.
+    pub client_id: u64,
+    /// This request's number, at least 1.
+    pub seq: u64,
+    /// Every request with `seq < acked_below` has been answered and will not be retried.
+    pub acked_below: u64,
+}
+
+/// What the node puts in the log for one client write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCommand {
+    /// `None` for clients without exactly-once (RESP, HTTP): a retry may apply twice.
+    pub session: Option<Session>,
+    /// The state machine's command (for the built-in one, a postcard [`KvCommand`]).
+    pub op: Bytes,
+}
+
+/// A command of the built-in key-value state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// The value of `key`.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// The values of `keys`, in order.
+    MGet {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// How many of `keys` exist (a key named twice counts twice, as in Redis).
+    Exists {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Sets `key` to `value`.
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Sets every pair, atomically.
+    MSet {
+        /// `(key, value)` pairs, applied in order.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// Removes `keys`; answers how many existed.
+    Del {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Adds `by` to the decimal integer stored at `key` (0 if absent); answers the result.
+    IncrBy {
+        /// The key.
+        key: Bytes,
+        /// The increment (INCR is `by: 1`).
+        by: i64,
+    },
+    /// Sets `key` to `new` (or removes it when `new` is `None`) only if its current value is
+    /// `expected` (`None`: the key must be absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold.
+        expected: Option<Bytes>,
+        /// The value to store.
+        new: Option<Bytes>,
+    },
+}
+
+impl KvCommand {
+    /// Whether the command only reads, so that it can be served by ReadIndex instead of the log.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            KvCommand::Get { .. } | KvCommand::MGet { .. } | KvCommand::Exists { .. }
+        )
+    }
+
+    /// The postcard bytes the node stores.
+    pub fn encode(&self) -> Bytes {
+        postcard::to_allocvec(self)
+            .expect("KvCommand always serializes")
+            .into()
+    }
+
+    /// Decodes [`encode`](Self::encode)'s output.
+    pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The answer of the built-in key-value state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    /// A write without a value to return.
+    Ok,
+    /// GET's answer.
+    Value(Option<Bytes>),
+    /// MGET's answer.
+    Values(Vec<Option<Bytes>>),
+    /// DEL, EXISTS and INCRBY's answer.
+    Int(i64),
+    /// Compare-and-set's answer: whether it swapped, and the value the key holds now.
+    Cas {
+        /// Whether the value was replaced.
+        swapped: bool,
+        /// The key's value after the command.
+        current: Option<Bytes>,
+    },
+    /// The command was applied (or refused) deterministically with an error.
+    Error(KvError),
+}
+
+impl KvResponse {
+    /// The postcard bytes sent back to the client.
+    pub fn encode(&self) -> Bytes {
+        postcard::to_allocvec(self)
+            .expect("KvResponse always serializes")
+            .into()
+    }
+
+    /// Decodes [`encode`](Self::encode)'s output.
+    pub fn decode(bytes: &[u8]) -> Option<KvResponse> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// A deterministic error of the key-value state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// INCRBY on a value that is not a decimal i64.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// INCRBY would overflow i64.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// The request's `seq` is below the session's `acked_below`: its response was already
+    /// delivered and dropped, so it cannot be answered again (it is not applied again either).
+    #[error("request {seq} of client {client_id} was already acknowledged")]
+    AlreadyAcknowledged {
+        /// The client.
+        client_id: u64,
+        /// The request.
+        seq: u64,
+    },
+    /// The client has too many unacknowledged requests cached.
+    #[error("too many unacknowledged requests in this session")]
+    SessionFull,
+    /// The command's bytes did not decode.
+    #[error("malformed command")]
+    Malformed,
+    /// A read-only command was sent as a write, or a write as a read.
+    #[error("wrong kind of command for this request")]
+    WrongKind,
+}
+
+/// One request on a connection. `id` is echoed in the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client, echoed back.
+    pub id: u64,
+    /// What is asked.
+    pub body: Request,
+}
+
+/// What a client asks of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append `op` to the log and answer with the state machine's response once applied.
+    Propose {
+        /// The exactly-once session, if any.
+        session: Option<Session>,
+        /// The state machine's command.
+        op: Bytes,
+    },
+    /// A read-only query of the state machine.
+    Read {
+        /// The query (for the built-in state machine, a read [`KvCommand`]).
+        op: Bytes,
+        /// `true`: linearizable (ReadIndex). `false`: served from this node's replica as it
+        /// is, possibly stale.
+        linearizable: bool,
+    },
+    /// The node's view of the cluster.
+    Status,
+    /// Ask the leader to hand leadership to `to`.
+    TransferLeader {
+        /// A voter.
+        to: NodeId,
+    },
+    /// Add `id` as a learner (non-voting).
+    AddLearner {
+        /// The new node.
+        id: NodeId,
+    },
+    /// Make learner `id` a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove `id` from the cluster.
+    RemoveNode {
+        /// The member.
+        id: NodeId,
+    },
+}
+
+/// The answer to one [`RequestFrame`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The request's `id`.
+    pub id: u64,
+    /// The outcome.
+    pub body: Response,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The state machine's response (for the built-in one, a postcard [`KvResponse`]).
+    Applied(Bytes),
+    /// The node's status.
+    Status(Box<NodeStatus>),
+    /// An administrative request was accepted.
+    Done,
+    /// The request failed.
+    Error(NodeError),
+}
+
+/// Why a node could not serve a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeError {
+    /// Only the leader serves this; retry there.
+    #[error("not the leader; leader is {leader:?} at {leader_addr:?}")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+        /// Its client address, if known.
+        leader_addr: Option<String>,
+    },
+    /// Too many requests in flight: retry later.
+    #[error("busy, retry")]
+    Busy,
+    /// No majority answered in time (no leader, or the leader lost its quorum). For a write,
+    /// the outcome is unknown: retry with the same session to find out, exactly once.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request cannot succeed as asked.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// A node's view of the consensus state and of its log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: NodeId,
+    /// `Follower`, `PreCandidate`, `Candidate` or `Leader`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// The leader's client address, if known.
+    pub leader_addr: Option<String>,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the state machine.
+    pub applied_index: u64,
+    /// Highest index durable on this node.
+    pub persisted_index: u64,
+    /// First index held in the log.
+    pub first_index: u64,
+    /// Last index held in the log.
+    pub last_index: u64,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: u64,
+    /// Voters of the configuration in force.
+    pub voters: Vec<NodeId>,
+    /// Learners of the configuration in force.
+    pub learners: Vec<NodeId>,
+    /// Elections this node started.
+    pub elections: u64,
+    /// The leader's view of each follower (empty on followers).
+    pub peers: Vec<PeerInfo>,
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The follower.
+    pub id: NodeId,
+    /// Highest index known replicated there.
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    /// Replication state (`probe`, `replicate`, `snapshot`).
+    pub state: String,
+    /// Heard from within the last election timeout.
+    pub active: bool,
+}

@@ -1,0 +1,588 @@
+//! The built-in deterministic key-value state machine, with client sessions for
+//! exactly-once writes.
+//!
+//! Every log command is a postcard [`LogCommand`]: an optional [`Session`] and the
+//! postcard [`KvCommand`]. For a command with a session the state machine keeps the
+//! responses of the client's unacknowledged requests; a duplicate `(client_id, seq)` gets the
+//! cached response and changes nothing. Sessions expire by log index alone (a session idle
+//! for `session_expiry_entries` entries is dropped when a later entry is applied), so every
+//! replica expires the same sessions at the same index. The session table is part of the
+//! snapshot and of the digest.
+//!
+//! The limits in [`KvLimits`] take part in that determinism: every node of a cluster must
+//! run with the same values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft_client::wire::{KvCommand, KvError, KvResponse, LogCommand, Session};
+use raft_core::Index;
+use raft_snapshot::{DigestHasher, RestoreError, SnapshotSource, StateDigest, StateMachine};
+use serde::{Deserialize, Serialize};
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RNK1";
+const DIGEST_DOMAIN: &[u8] = b"raft-node kv state v1\0";
+/// Largest snapshot body restored: a bound on the allocation a corrupt length could ask for.
+const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
+
+/// Bounds of the session table. Cluster-wide constants: they decide which duplicates are
+/// recognised, so they must agree on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLimits {
+    /// A session not used for this many log entries is dropped. Retries of a request must
+    /// happen within this window to be recognised as duplicates.
+    pub session_expiry_entries: u64,
+    /// At most this many sessions; the least recently used is dropped to make room.
+    pub sessions_max: usize,
+    /// Cached responses per session (requests sent but not acknowledged).
+    pub session_responses_max: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            session_expiry_entries: 1_000_000,
+            sessions_max: 100_000,
+            session_responses_max: 128,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientSession {
+    last_active_index: Index,
+    acked_below: u64,
+    responses: BTreeMap<u64, KvResponse>,
+}
+
+/// The replicated state. BTreeMaps keep the serialisation canonical, which the digest needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    applied_index: Index,
+    map: BTreeMap<Bytes, Bytes>,
+    sessions: BTreeMap<u64, ClientSession>,
+    /// `(last_active_index, client_id)` of every session: the expiry order. Derived from
+    /// `sessions`, so it is rebuilt on restore rather than stored.
+    #[serde(skip)]
+    by_activity: BTreeSet<(Index, u64)>,
+}
+
+/// The key-value state machine. See the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct KvStateMachine {
+    // Behind an Arc so that `freeze` is O(1); the first write after a freeze copies.
+    state: Arc<State>,
+    limits: KvLimits,
+}
+
+/// A point-in-time copy of a [`KvStateMachine`], written out off the apply path.
+#[derive(Clone, Debug)]
+pub struct KvFrozen {
+    state: Arc<State>,
+}
+
+impl KvStateMachine {
+    /// An empty state machine with the given limits.
+    pub fn new(limits: KvLimits) -> Self {
+        KvStateMachine {
+            state: Arc::default(),
+            limits,
+        }
+    }
+
+    /// Answers a read-only command from the current state, without touching sessions.
+    pub fn query(&self, command: &[u8]) -> KvResponse {
+        match KvCommand::decode(command) {
+            Some(cmd) if cmd.is_read() => read(&self.state.map, &cmd),
+            Some(_) => KvResponse::Error(KvError::WrongKind),
+            None => KvResponse::Error(KvError::Malformed),
+        }
+    }
+
+    /// Keys stored.
+    pub fn len(&self) -> usize {
+        self.state.map.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.state.map.is_empty()
+    }
+
+    /// Sessions held.
+    pub fn session_count(&self) -> usize {
+        self.state.sessions.len()
+    }
+
+    fn expire_sessions(state: &mut State, index: Index, limits: &KvLimits) {
+        while let Some(&(last, client)) = state.by_activity.first() {
+            if last.saturating_add(limits.session_expiry_entries) >= index {
+                break;
+            }
+            state.by_activity.pop_first();
+            state.sessions.remove(&client);
+        }
+    }
+
+    fn apply_session(
+        state: &mut State,
+        index: Index,
+        session: Session,
+        op: &[u8],
+        limits: &KvLimits,
+    ) -> KvResponse {
+        if !state.sessions.contains_key(&session.client_id) {
+            while state.sessions.len() >= limits.sessions_max.max(1) {
+                let Some((_, oldest)) = state.by_activity.pop_first() else {
+                    break;
+                };
+                state.sessions.remove(&oldest);
+            }
+        }
+        let entry = state.sessions.entry(session.client_id).or_default();
+        state
+            .by_activity
+            .remove(&(entry.last_active_index, session.client_id));
+        entry.last_active_index = index;
+        state.by_activity.insert((index, session.client_id));
+        if session.acked_below > entry.acked_below {
+            entry.acked_below = session.acked_below;
+            entry.responses = entry.responses.split_off(&session.acked_below);
+        }
+        if session.seq < entry.acked_below {
+            return KvResponse::Error(KvError::AlreadyAcknowledged {
+                client_id: session.client_id,
+                seq: session.seq,
+            });
+        }
+        if let Some(cached) = entry.responses.get(&session.seq) {
+            return cached.clone();
+        }
+        if entry.responses.len() >= limits.session_responses_max {
+            return KvResponse::Error(KvError::SessionFull);
+        }
+        let response = execute(&mut state.map, op);
+        let entry = state
+            .sessions
+            .get_mut(&session.client_id)
+            .expect("inserted above");
+        entry.responses.insert(session.seq, response.clone());
+        response
+    }
+}
+
+fn read(map: &BTreeMap<Bytes, Bytes>, cmd: &KvCommand) -> KvResponse {
+    match cmd {
+        KvCommand::Get { key } => KvResponse::Value(map.get(key).cloned()),
+        KvCommand::MGet { keys } => {
+            KvResponse::Values(keys.iter().map(|k| map.get(k).cloned()).collect())
+        }
+        KvCommand::Exists { keys } => {
+            KvResponse::Int(keys.iter().filter(|k| map.contains_key(*k)).count() as i64)
+        }
+        _ => KvResponse::Error(KvError::WrongKind),
+    }
+}
+
+fn execute(map: &mut BTreeMap<Bytes, Bytes>, op: &[u8]) -> KvResponse {
+    let Some(cmd) = KvCommand::decode(op) else {
+        return KvResponse::Error(KvError::Malformed);
+    };
+    match cmd {
+        KvCommand::Get { .. } | KvCommand::MGet { .. } | KvCommand::Exists { .. } => {
+            read(map, &cmd)
+        }
+        KvCommand::Set { key, value } => {
+            map.insert(key, value);
+            KvResponse::Ok
+        }
+        KvCommand::MSet { pairs } => {
+            for (k, v) in pairs {
+                map.insert(k, v);
+            }
+            KvResponse::Ok
+        }
+        KvCommand::Del { keys } => {
+            KvResponse::Int(keys.iter().filter(|k| map.remove(*k).is_some()).count() as i64)
+        }
+        KvCommand::IncrBy { key, by } => {
+            let current = match map.get(&key) {
+                None => 0,
+                Some(v) => match std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(n) => n,
+                    None => return KvResponse::Error(KvError::NotAnInteger),
+                },
+            };
+            let Some(next) = current.checked_add(by) else {
+                return KvResponse::Error(KvError::Overflow);
+            };
+            map.insert(key, Bytes::from(next.to_string()));
+            KvResponse::Int(next)
+        }
+        KvCommand::Cas { key, expected, new } => {
+            if map.get(&key) != expected.as_ref() {
+                return KvResponse::Cas {
+                    swapped: false,
+                    current: map.get(&key).cloned(),
+                };
+            }
+            match &new {
+                Some(v) => map.insert(key, v.clone()),
+                None => map.remove(&key),
+            };
+            KvResponse::Cas {
+                swapped: true,
+                current: new,
+            }
+        }
+    }
+}
+
+fn write_state(state: &State, w: &mut dyn Write) -> io::Result<()> {
+    let body = postcard::to_allocvec(state).map_err(io::Error::other)?;
+    w.write_all(SNAPSHOT_MAGIC)?;
+    w.write_all(&(body.len() as u64).to_le_bytes())?;
+    w.write_all(&body)
+}
+
+fn digest_state(state: &State) -> StateDigest {
+    let mut hasher = DigestHasher::new();
+    hasher.update(DIGEST_DOMAIN);
+    // Writing into a hasher cannot fail.
+    let _ = write_state(state, &mut hasher);
+    hasher.finish()
+}
+
+impl SnapshotSource for KvStateMachine {
+    fn snapshot(&self, writer: &mut dyn Write) -> io::Result<()> {
+        write_state(&self.state, writer)
+    }
+
+    fn digest(&self) -> StateDigest {
+        digest_state(&self.state)
+    }
+}
+
+impl SnapshotSource for KvFrozen {
+    fn snapshot(&self, writer: &mut dyn Write) -> io::Result<()> {
+        write_state(&self.state, writer)
+    }
+
+    fn digest(&self) -> StateDigest {
+        digest_state(&self.state)
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    type Response = KvResponse;
+    type Frozen = KvFrozen;
+
+    fn apply(&mut self, index: Index, command: &[u8]) -> KvResponse {
+        let limits = self.limits;
+        let state = Arc::make_mut(&mut self.state);
+        state.applied_index = index;
+        Self::expire_sessions(state, index, &limits);
+        let Ok(cmd) = postcard::from_bytes::<LogCommand>(command) else {
+            return KvResponse::Error(KvError::Malformed);
+        };
+        match cmd.session {
+            Some(session) if session.client_id != 0 => {
+                Self::apply_session(state, index, session, &cmd.op, &limits)
+            }
+            _ => execute(&mut state.map, &cmd.op),
+        }
+    }
+
+    fn applied_index(&self) -> Index {
+        self.state.applied_index
+    }
+
+    fn freeze(&self) -> KvFrozen {
+        KvFrozen {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    fn restore(&mut self, reader: &mut dyn Read) -> Result<(), RestoreError> {
+        let malformed = |what: &str| RestoreError::Malformed(what.to_string());
+        let mut header = [0u8; 12];
+        reader.read_exact(&mut header)?;
+        if &header[..4] != SNAPSHOT_MAGIC {
+            return Err(malformed("bad magic"));
+        }
+        let len = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+        if len > SNAPSHOT_BYTES_MAX {
+            return Err(malformed("body length beyond the limit"));
+        }
+        let mut body = Vec::new();
+        reader.take(len).read_to_end(&mut body)?;
+        if body.len() as u64 != len {
+            return Err(malformed("body shorter than its length"));
+        }
+        let mut probe = [0u8; 1];
+        if reader.read(&mut probe)? != 0 {
+            return Err(malformed("bytes after the body"));
+        }
+        let mut state: State =
+            postcard::from_bytes(&body).map_err(|e| malformed(&format!("body: {e}")))?;
+        state.by_activity = state
+            .sessions
+            .iter()
+            .map(|(id, s)| (s.last_active_index, *id))
+            .collect();
+        self.state = Arc::new(state);
+        Ok(())
+    }
+}
+
+/// Encodes a log command, as the node proposes it.
+pub fn log_command(session: Option<Session>, op: Bytes) -> Bytes {
+    postcard::to_allocvec(&LogCommand { session, op })
+        .expect("LogCommand always serializes")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn cmd(session: Option<Session>, c: KvCommand) -> Bytes {
+        log_command(session, c.encode())
+    }
+
+    fn session(client_id: u64, seq: u64) -> Option<Session> {
+        Some(Session {
+            client_id,
+            seq,
+            acked_below: seq,
+        })
+    }
+
+    #[test]
+    fn commands_behave_like_redis() {
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        let set = |k: &str, v: &str| KvCommand::Set {
+            key: b(k),
+            value: b(v),
+        };
+        assert_eq!(sm.apply(1, &cmd(None, set("a", "1"))), KvResponse::Ok);
+        let incr = KvCommand::IncrBy {
+            key: b("a"),
+            by: 41,
+        };
+        assert_eq!(sm.apply(2, &cmd(None, incr)), KvResponse::Int(42));
+        let mset = KvCommand::MSet {
+            pairs: vec![(b("b"), b("x")), (b("c"), b("y"))],
+        };
+        assert_eq!(sm.apply(3, &cmd(None, mset)), KvResponse::Ok);
+        let incr_b = KvCommand::IncrBy { key: b("b"), by: 1 };
+        assert_eq!(
+            sm.apply(4, &cmd(None, incr_b)),
+            KvResponse::Error(KvError::NotAnInteger)
+        );
+        let mget = KvCommand::MGet {
+            keys: vec![b("a"), b("zz"), b("c")],
+        };
+        assert_eq!(
+            sm.query(&mget.encode()),
+            KvResponse::Values(vec![Some(b("42")), None, Some(b("y"))])
+        );
+        let exists = KvCommand::Exists {
+            keys: vec![b("a"), b("a"), b("q")],
+        };
+        assert_eq!(sm.query(&exists.encode()), KvResponse::Int(2));
+        let cas_fail = KvCommand::Cas {
+            key: b("c"),
+            expected: Some(b("nope")),
+            new: Some(b("z")),
+        };
+        assert_eq!(
+            sm.apply(5, &cmd(None, cas_fail)),
+            KvResponse::Cas {
+                swapped: false,
+                current: Some(b("y"))
+            }
+        );
+        let cas_ok = KvCommand::Cas {
+            key: b("c"),
+            expected: Some(b("y")),
+            new: None,
+        };
+        assert_eq!(
+            sm.apply(6, &cmd(None, cas_ok)),
+            KvResponse::Cas {
+                swapped: true,
+                current: None
+            }
+        );
+        let del = KvCommand::Del {
+            keys: vec![b("a"), b("c"), b("b")],
+        };
+        assert_eq!(sm.apply(7, &cmd(None, del)), KvResponse::Int(2));
+        let max = KvCommand::Set {
+            key: b("m"),
+            value: b(&i64::MAX.to_string()),
+        };
+        sm.apply(8, &cmd(None, max));
+        let over = KvCommand::IncrBy { key: b("m"), by: 1 };
+        assert_eq!(
+            sm.apply(9, &cmd(None, over)),
+            KvResponse::Error(KvError::Overflow)
+        );
+        assert_eq!(
+            sm.apply(10, b"\xff\xff"),
+            KvResponse::Error(KvError::Malformed)
+        );
+        assert_eq!(
+            sm.query(
+                &KvCommand::Set {
+                    key: b("x"),
+                    value: b("y")
+                }
+                .encode()
+            ),
+            KvResponse::Error(KvError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn duplicate_request_is_answered_from_the_session_not_applied_twice() {
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        let incr = || KvCommand::IncrBy { key: b("n"), by: 1 };
+        assert_eq!(sm.apply(1, &cmd(session(7, 1), incr())), KvResponse::Int(1));
+        // The retry lands at a later index, as it does after a leader change.
+        assert_eq!(sm.apply(2, &cmd(session(7, 1), incr())), KvResponse::Int(1));
+        assert_eq!(sm.apply(3, &cmd(session(7, 2), incr())), KvResponse::Int(2));
+        // Another client's seq 1 is its own.
+        assert_eq!(sm.apply(4, &cmd(session(8, 1), incr())), KvResponse::Int(3));
+        // Once acknowledged, an old seq is refused rather than applied.
+        assert_eq!(
+            sm.apply(
+                5,
+                &cmd(
+                    session(7, 1).map(|s| Session {
+                        acked_below: 2,
+                        ..s
+                    }),
+                    incr()
+                )
+            ),
+            KvResponse::Error(KvError::AlreadyAcknowledged {
+                client_id: 7,
+                seq: 1
+            })
+        );
+        assert_eq!(
+            sm.query(&KvCommand::Get { key: b("n") }.encode()),
+            KvResponse::Value(Some(b("3")))
+        );
+    }
+
+    #[test]
+    fn concurrent_unacknowledged_requests_are_each_cached() {
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        let incr = || KvCommand::IncrBy { key: b("n"), by: 1 };
+        let s = |seq| {
+            Some(Session {
+                client_id: 9,
+                seq,
+                acked_below: 1,
+            })
+        };
+        assert_eq!(sm.apply(1, &cmd(s(2), incr())), KvResponse::Int(1));
+        assert_eq!(sm.apply(2, &cmd(s(1), incr())), KvResponse::Int(2));
+        assert_eq!(sm.apply(3, &cmd(s(2), incr())), KvResponse::Int(1));
+        assert_eq!(sm.apply(4, &cmd(s(1), incr())), KvResponse::Int(2));
+    }
+
+    #[test]
+    fn sessions_expire_by_log_index_and_by_count() {
+        let limits = KvLimits {
+            session_expiry_entries: 10,
+            sessions_max: 2,
+            session_responses_max: 2,
+        };
+        let mut sm = KvStateMachine::new(limits);
+        let set = || KvCommand::Set {
+            key: b("k"),
+            value: b("v"),
+        };
+        sm.apply(1, &cmd(session(1, 1), set()));
+        sm.apply(2, &cmd(session(2, 1), set()));
+        assert_eq!(sm.session_count(), 2);
+        // A third client evicts the least recently active.
+        sm.apply(3, &cmd(session(3, 1), set()));
+        assert_eq!(sm.session_count(), 2);
+        assert!(!sm.state.sessions.contains_key(&1));
+        // Nothing for more than 10 entries: both remaining sessions go.
+        sm.apply(14, &cmd(None, set()));
+        assert_eq!(sm.session_count(), 0);
+        // Too many unacknowledged responses in one session.
+        let s = |seq| {
+            Some(Session {
+                client_id: 5,
+                seq,
+                acked_below: 1,
+            })
+        };
+        sm.apply(15, &cmd(s(1), set()));
+        sm.apply(16, &cmd(s(2), set()));
+        assert_eq!(
+            sm.apply(17, &cmd(s(3), set())),
+            KvResponse::Error(KvError::SessionFull)
+        );
+    }
+
+    #[test]
+    fn snapshot_restore_gives_equal_digest_and_keeps_sessions() {
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        for i in 1..=50u64 {
+            let c = KvCommand::IncrBy {
+                key: b(&format!("k{}", i % 7)),
+                by: i as i64,
+            };
+            sm.apply(i, &cmd(session(i % 3 + 1, i), c));
+        }
+        let frozen = sm.freeze();
+        // Writes after the freeze do not leak into it.
+        sm.apply(
+            51,
+            &cmd(
+                None,
+                KvCommand::Set {
+                    key: b("late"),
+                    value: b("x"),
+                },
+            ),
+        );
+        let mut body = Vec::new();
+        frozen.snapshot(&mut body).unwrap();
+        let mut restored = KvStateMachine::new(KvLimits::default());
+        restored.restore(&mut body.as_slice()).unwrap();
+        assert_eq!(restored.digest(), frozen.digest());
+        assert_ne!(restored.digest(), sm.digest());
+        assert_eq!(restored.applied_index(), 50);
+        // The restored session still recognises a duplicate.
+        let dup = KvCommand::IncrBy {
+            key: b("k1"),
+            by: 1000,
+        };
+        let original = restored.apply(52, &cmd(session(50 % 3 + 1, 50), dup));
+        assert_eq!(
+            original,
+            KvResponse::Int((1..=50).filter(|i| i % 7 == 1).sum())
+        );
+        // A truncated body is refused.
+        let mut fresh = KvStateMachine::new(KvLimits::default());
+        assert!(fresh.restore(&mut &body[..body.len() - 1]).is_err());
+    }
+}
