@@ -31,7 +31,8 @@ use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub use wire::{KvCommand, KvError, KvResponse, NodeError, NodeId, NodeStatus, PeerInfo};
-use wire::{Request, RequestFrame, Response, ResponseFrame, Session, FRAME_BYTES_MAX};
+pub use wire::{Request, Response};
+use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +342,13 @@ impl Client {
     }
 
     // ----- transport ---------------------------------------------------------------------
+
+    /// Sends any [`Request`] with this client's leader tracking, retries and timeouts, and
+    /// returns the node's answer. `Response::Error` answers become [`ClientError::Node`].
+    /// A `Propose` sent this way is retried as is: give it a session for exactly-once.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        self.call(request).await
+    }
 
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let mut inner = self.inner.lock().await;

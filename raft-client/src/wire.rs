@@ -10,7 +10,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Largest frame either side accepts; a longer one closes that connection (and only it).
-pub const FRAME_BYTES_MAX: usize = 16 << 20;
+/// Below 16 MiB so that a frame's first byte is always 0: a node tells native connections
+/// from RESP ones (which never start with 0) on the same port by that byte.
+pub const FRAME_BYTES_MAX: usize = 8 << 20;
 
 /// A node's identifier (the same as `raft_core::NodeId`).
 pub type NodeId = u64;

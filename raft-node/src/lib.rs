@@ -1,5 +1,22 @@
 //! A replicated key-value service: the node runtime that wires raft-core, storage and
 //! transport together, the built-in key-value state machine, and the client interfaces
-//! (native, RESP, HTTP). The `raft-node` binary is a thin CLI over this library.
+//! (native protocol and RESP on the client port, HTTP). The `raft-node` binary is a thin
+//! CLI over this library.
+//!
+//! - [`runtime`]: the one task that owns the `RawNode` and the state machine.
+//! - [`store`] and [`transport`]: the seams where the disk log and the network plug in.
+//! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
+//! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration.
 
+pub mod config;
+pub mod http;
 pub mod kv;
+pub mod metrics;
+pub mod node;
+pub mod resp;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod transport;

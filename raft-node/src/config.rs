@@ -1,0 +1,315 @@
+//! A node's configuration (TOML file or flags) and its validation.
+//!
+//! ```toml
+//! id = 1
+//! data_dir = "data/node-1"
+//! http_addr = "127.0.0.1:8001"
+//! [[peers]]
+//! id = 1
+//! addr = "127.0.0.1:7001"          # peer (Raft) address
+//! client_addr = "127.0.0.1:6001"   # native protocol and RESP
+//! [[peers]]
+//! id = 2
+//! addr = "127.0.0.1:7002"
+//! client_addr = "127.0.0.1:6002"
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use raft_core::NodeId;
+use serde::Deserialize;
+
+use crate::runtime::RuntimeConfig;
+
+/// A configuration that cannot work, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in `{field}`: {message}")]
+pub struct ConfigError {
+    /// The field (`peers`, `data_dir`, `client_addr`, ...).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One member of the static cluster list.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The member's ID (never 0).
+    pub id: NodeId,
+    /// Its peer (Raft) address.
+    pub addr: SocketAddr,
+    /// Its client address (native and RESP), used for redirects and forwarding.
+    pub client_addr: Option<SocketAddr>,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = String;
+
+    /// `ID=PEER_ADDR` or `ID=PEER_ADDR,CLIENT_ADDR`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected ID=PEER_ADDR[,CLIENT_ADDR]"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}`: bad ID: {e}"))?;
+        let (addr, client) = match rest.split_once(',') {
+            Some((a, c)) => (a, Some(c)),
+            None => (rest, None),
+        };
+        let addr = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}`: bad peer address: {e}"))?;
+        let client_addr = client
+            .map(|c| c.trim().parse())
+            .transpose()
+            .map_err(|e| format!("`{s}`: bad client address: {e}"))?;
+        Ok(PeerConfig {
+            id,
+            addr,
+            client_addr,
+        })
+    }
+}
+
+fn default_tick_interval_ms() -> u64 {
+    RuntimeConfig::default().tick_interval_ms
+}
+fn default_election_min() -> u32 {
+    RuntimeConfig::default().election_timeout_ticks_min
+}
+fn default_election_max() -> u32 {
+    RuntimeConfig::default().election_timeout_ticks_max
+}
+fn default_heartbeat() -> u32 {
+    RuntimeConfig::default().heartbeat_interval_ticks
+}
+fn default_request_timeout_ms() -> u64 {
+    RuntimeConfig::default().request_timeout_ms
+}
+fn default_proposals_in_flight_max() -> usize {
+    RuntimeConfig::default().proposals_in_flight_max
+}
+
+/// Everything one node needs to run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's ID; must appear in `peers`.
+    pub id: NodeId,
+    /// Where to listen for peers; defaults to this node's `addr` in `peers`.
+    pub peer_addr: Option<SocketAddr>,
+    /// Where to listen for clients (native protocol and RESP on one port); defaults to this
+    /// node's `client_addr` in `peers`.
+    pub client_addr: Option<SocketAddr>,
+    /// Where to serve HTTP (`/status`, `/metrics`, `/kv/{key}`); none if absent.
+    pub http_addr: Option<SocketAddr>,
+    /// The node's data directory (locked while the node runs).
+    pub data_dir: PathBuf,
+    /// The static cluster: every member, this node included.
+    pub peers: Vec<PeerConfig>,
+    /// Length of one protocol tick.
+    #[serde(default = "default_tick_interval_ms")]
+    pub tick_interval_ms: u64,
+    /// Election timeout, lower bound, in ticks.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_ticks_min: u32,
+    /// Election timeout, exclusive upper bound, in ticks.
+    #[serde(default = "default_election_max")]
+    pub election_timeout_ticks_max: u32,
+    /// Heartbeat interval in ticks.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_ticks: u32,
+    /// Writes and linearizable reads fail with `Unavailable` after this long.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Writes in flight at most before clients get "busy, retry".
+    #[serde(default = "default_proposals_in_flight_max")]
+    pub proposals_in_flight_max: usize,
+}
+
+impl NodeConfig {
+    /// Parses a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let field = message
+                .split('`')
+                .nth(1)
+                .unwrap_or("config file")
+                .to_string();
+            ConfigError::new(field, message.replace('\n', " "))
+        })
+    }
+
+    /// This node's own entry in `peers`.
+    pub fn own(&self) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.id == self.id)
+    }
+
+    /// The peer address to listen on.
+    pub fn peer_listen_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr.or_else(|| self.own().map(|p| p.addr))
+    }
+
+    /// The client address to listen on.
+    pub fn client_listen_addr(&self) -> Option<SocketAddr> {
+        self.client_addr
+            .or_else(|| self.own().and_then(|p| p.client_addr))
+    }
+
+    /// The runtime settings.
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            tick_interval_ms: self.tick_interval_ms,
+            election_timeout_ticks_min: self.election_timeout_ticks_min,
+            election_timeout_ticks_max: self.election_timeout_ticks_max,
+            heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            request_timeout_ms: self.request_timeout_ms,
+            proposals_in_flight_max: self.proposals_in_flight_max,
+            ..RuntimeConfig::default()
+        }
+    }
+
+    /// Checks everything that can be checked without binding sockets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::new("id", "0 is reserved; use 1 or more"));
+        }
+        if self.peers.is_empty() {
+            return Err(ConfigError::new("peers", "the cluster list is empty"));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 {
+                return Err(ConfigError::new("peers", "peer ID 0 is reserved"));
+            }
+            if !ids.insert(p.id) {
+                return Err(ConfigError::new("peers", format!("duplicate ID {}", p.id)));
+            }
+            if !addrs.insert(p.addr) {
+                return Err(ConfigError::new(
+                    "peers",
+                    format!("duplicate peer address {}", p.addr),
+                ));
+            }
+        }
+        if self.own().is_none() {
+            return Err(ConfigError::new(
+                "peers",
+                format!("own ID {} is missing from the peers list", self.id),
+            ));
+        }
+        if self.client_listen_addr().is_none() {
+            return Err(ConfigError::new(
+                "client_addr",
+                "no client address: set client_addr or this node's client_addr in peers",
+            ));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(ConfigError::new("tick_interval_ms", "must be at least 1"));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::new("request_timeout_ms", "must be at least 1"));
+        }
+        if self.proposals_in_flight_max == 0 {
+            return Err(ConfigError::new(
+                "proposals_in_flight_max",
+                "must be at least 1",
+            ));
+        }
+        let raft = self.raft_config();
+        raft.validate().map_err(|e| {
+            let field = e.0.split([' ', ':']).next().unwrap_or("raft").to_string();
+            ConfigError::new(field, e.0)
+        })?;
+        Ok(())
+    }
+
+    /// The raft-core settings this configuration gives.
+    pub fn raft_config(&self) -> raft_core::Config {
+        let mut raft = raft_core::Config::new(self.id);
+        raft.election_timeout_ticks_min = self.election_timeout_ticks_min;
+        raft.election_timeout_ticks_max = self.election_timeout_ticks_max;
+        raft.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
+        // Each process gets a different seed so that restarted nodes do not replay the
+        // same election timeouts in lockstep.
+        raft.seed = self.id ^ u64::from(std::process::id()).rotate_left(17);
+        raft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> String {
+        r#"
+id = 1
+data_dir = "/tmp/x"
+[[peers]]
+id = 1
+addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:6001"
+[[peers]]
+id = 2
+addr = "127.0.0.1:7002"
+"#
+        .to_string()
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let cfg = NodeConfig::from_toml(&base()).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.client_listen_addr().unwrap().port(), 6001);
+        assert_eq!(cfg.tick_interval_ms, 10);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dup = base().replace("id = 2", "id = 1");
+        let e = NodeConfig::from_toml(&dup).unwrap().validate().unwrap_err();
+        assert_eq!(e.field, "peers");
+        assert!(e.to_string().contains("duplicate ID 1"), "{e}");
+        let missing = base().replacen("id = 1", "id = 3", 1);
+        let e = NodeConfig::from_toml(&missing)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("own ID 3 is missing"), "{e}");
+        let unknown = base().replace("id = 1\n", "id = 1\nbogus = 2\n");
+        let e = NodeConfig::from_toml(&unknown).unwrap_err();
+        assert_eq!(e.field, "bogus", "{e}");
+        let ticks = base().replace("id = 1\n", "id = 1\nelection_timeout_ticks_min = 1\n");
+        let e = NodeConfig::from_toml(&ticks)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "election_timeout_ticks_min", "{e}");
+    }
+
+    #[test]
+    fn peer_flag_syntax() {
+        let p: PeerConfig = "3=127.0.0.1:7003,127.0.0.1:6003".parse().unwrap();
+        assert_eq!(p.id, 3);
+        assert_eq!(p.client_addr.unwrap().port(), 6003);
+        assert!("x=1".parse::<PeerConfig>().is_err());
+    }
+}

@@ -1,0 +1,378 @@
+//! `raft-node`: run one node, a local development cluster, or query and administer a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use raft_client::{Client, ClientConfig, NodeStatus};
+use raft_node::config::{ConfigError, NodeConfig, PeerConfig};
+use raft_node::node::RunningNode;
+use raft_node::runtime::RuntimeConfig;
+
+/// A replicated key-value store on Raft, served over RESP (any Redis client), a native
+/// protocol (raft-client) and HTTP.
+#[derive(Parser, Debug)]
+#[command(name = "raft-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one node of a cluster, from a TOML file (--config) or from flags.
+    Run(RunArgs),
+    /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
+    Dev(DevArgs),
+    /// Print a node's status table.
+    Status {
+        /// Client address of the node to ask (host:port).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Change membership or leadership (sent to the leader through --addr).
+    Admin {
+        /// Client address of any node (host:port).
+        #[arg(long)]
+        addr: String,
+        #[command(subcommand)]
+        op: AdminCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Hand leadership to a voter.
+    TransferLeader {
+        /// The voter's ID.
+        id: u64,
+    },
+    /// Add a node as a non-voting learner.
+    AddLearner {
+        /// The new node's ID.
+        id: u64,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's ID.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member's ID.
+        id: u64,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML configuration file; flags given as well override its values.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// This node's ID (1 or more); must appear in the peers list.
+    #[arg(long)]
+    id: Option<u64>,
+    /// A cluster member as ID=PEER_ADDR or ID=PEER_ADDR,CLIENT_ADDR; repeat for every member,
+    /// this node included. The client address lets followers forward RESP and HTTP writes
+    /// and redirect native clients to the leader.
+    #[arg(long = "peer", value_name = "ID=PEER_ADDR[,CLIENT_ADDR]")]
+    peers: Vec<PeerConfig>,
+    /// Address to listen on for peers [default: this node's PEER_ADDR in --peer].
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// Address to listen on for clients, native protocol and RESP on one port
+    /// [default: this node's CLIENT_ADDR in --peer].
+    #[arg(long)]
+    client_addr: Option<SocketAddr>,
+    /// Address to serve HTTP on (/status, /metrics, /kv/{key}) [default: no HTTP].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Data directory, created if missing and locked while the node runs.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Length of one protocol tick in milliseconds [default: 10].
+    #[arg(long)]
+    tick_interval_ms: Option<u64>,
+    /// Election timeout lower bound, in ticks [default: 20].
+    #[arg(long)]
+    election_timeout_ticks_min: Option<u32>,
+    /// Election timeout exclusive upper bound, in ticks [default: 40].
+    #[arg(long)]
+    election_timeout_ticks_max: Option<u32>,
+    /// Heartbeat interval in ticks [default: 3].
+    #[arg(long)]
+    heartbeat_interval_ticks: Option<u32>,
+    /// Writes and linearizable reads fail with an "unavailable" error after this long
+    /// without a majority [default: 5000].
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Writes in flight at most; more are refused with "busy, retry" [default: 8192].
+    #[arg(long)]
+    proposals_in_flight_max: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// Cluster size: 3 or 5.
+    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
+    nodes: String,
+    /// Parent of each node's data directory (node-1, node-2, ...).
+    #[arg(long, default_value = "raft-dev-data")]
+    data_dir: PathBuf,
+    /// Node N's client port (native and RESP) is this plus N.
+    #[arg(long, default_value_t = 6380)]
+    client_port_base: u16,
+    /// Node N's peer port is this plus N.
+    #[arg(long, default_value_t = 16380)]
+    peer_port_base: u16,
+    /// Node N's HTTP port is this plus N.
+    #[arg(long, default_value_t = 8080)]
+    http_port_base: u16,
+}
+
+fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            NodeConfig::from_toml(&text)?
+        }
+        None => {
+            let id = args
+                .id
+                .ok_or_else(|| ConfigError::new("id", "missing: give --id or --config"))?;
+            let data_dir = args.data_dir.clone().ok_or_else(|| {
+                ConfigError::new("data_dir", "missing: give --data-dir or --config")
+            })?;
+            let d = RuntimeConfig::default();
+            NodeConfig {
+                id,
+                peer_addr: None,
+                client_addr: None,
+                http_addr: None,
+                data_dir,
+                peers: Vec::new(),
+                tick_interval_ms: d.tick_interval_ms,
+                election_timeout_ticks_min: d.election_timeout_ticks_min,
+                election_timeout_ticks_max: d.election_timeout_ticks_max,
+                heartbeat_interval_ticks: d.heartbeat_interval_ticks,
+                request_timeout_ms: d.request_timeout_ms,
+                proposals_in_flight_max: d.proposals_in_flight_max,
+            }
+        }
+    };
+    if let Some(v) = args.id {
+        cfg.id = v;
+    }
+    if !args.peers.is_empty() {
+        cfg.peers = args.peers;
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    cfg.peer_addr = args.peer_addr.or(cfg.peer_addr);
+    cfg.client_addr = args.client_addr.or(cfg.client_addr);
+    cfg.http_addr = args.http_addr.or(cfg.http_addr);
+    cfg.tick_interval_ms = args.tick_interval_ms.unwrap_or(cfg.tick_interval_ms);
+    cfg.election_timeout_ticks_min = args
+        .election_timeout_ticks_min
+        .unwrap_or(cfg.election_timeout_ticks_min);
+    cfg.election_timeout_ticks_max = args
+        .election_timeout_ticks_max
+        .unwrap_or(cfg.election_timeout_ticks_max);
+    cfg.heartbeat_interval_ticks = args
+        .heartbeat_interval_ticks
+        .unwrap_or(cfg.heartbeat_interval_ticks);
+    cfg.request_timeout_ms = args.request_timeout_ms.unwrap_or(cfg.request_timeout_ms);
+    cfg.proposals_in_flight_max = args
+        .proposals_in_flight_max
+        .unwrap_or(cfg.proposals_in_flight_max);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn print_status(s: &NodeStatus) {
+    println!("node        {}", s.id);
+    println!("role        {}", s.role);
+    println!("term        {}", s.term);
+    println!(
+        "leader      {}",
+        s.leader.map_or("none".to_string(), |l| format!(
+            "{l} ({})",
+            s.leader_addr.clone().unwrap_or_default()
+        ))
+    );
+    println!("commit      {}", s.commit_index);
+    println!("applied     {}", s.applied_index);
+    println!("persisted   {}", s.persisted_index);
+    println!(
+        "log         {}..={} (snapshot at {})",
+        s.first_index, s.last_index, s.snapshot_index
+    );
+    println!("voters      {:?}", s.voters);
+    println!("learners    {:?}", s.learners);
+    println!("elections   {}", s.elections);
+    if !s.peers.is_empty() {
+        println!("peer  match      next       state      active");
+        for p in &s.peers {
+            println!(
+                "{:<5} {:<10} {:<10} {:<10} {}",
+                p.id, p.match_index, p.next_index, p.state, p.active
+            );
+        }
+    }
+}
+
+async fn dev(args: DevArgs) -> Result<(), ConfigError> {
+    let n: u64 = args
+        .nodes
+        .parse()
+        .map_err(|_| ConfigError::new("nodes", "must be 3 or 5"))?;
+    let port = |base: u16, i: u64| -> Result<SocketAddr, ConfigError> {
+        let p = u64::from(base) + i;
+        let p = u16::try_from(p)
+            .map_err(|_| ConfigError::new("port base", format!("port {p} is out of range")))?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], p)))
+    };
+    let mut peers = Vec::new();
+    for i in 1..=n {
+        peers.push(PeerConfig {
+            id: i,
+            addr: port(args.peer_port_base, i)?,
+            client_addr: Some(port(args.client_port_base, i)?),
+        });
+    }
+    let d = RuntimeConfig::default();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let cfg = NodeConfig {
+            id: i,
+            peer_addr: None,
+            client_addr: None,
+            http_addr: Some(port(args.http_port_base, i)?),
+            data_dir: args.data_dir.join(format!("node-{i}")),
+            peers: peers.clone(),
+            tick_interval_ms: d.tick_interval_ms,
+            election_timeout_ticks_min: d.election_timeout_ticks_min,
+            election_timeout_ticks_max: d.election_timeout_ticks_max,
+            heartbeat_interval_ticks: d.heartbeat_interval_ticks,
+            request_timeout_ms: d.request_timeout_ms,
+            proposals_in_flight_max: d.proposals_in_flight_max,
+        };
+        match RunningNode::start(cfg).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    println!(
+        "raft-node dev: {n} nodes on 127.0.0.1, data under {}",
+        args.data_dir.display()
+    );
+    for node in &nodes {
+        println!(
+            "  node {}: client (RESP + native) {}  http http://{}  peer {}",
+            node.id,
+            node.client_addr,
+            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            node.peer_addr
+        );
+    }
+    let first = &nodes[0];
+    println!("try:");
+    println!(
+        "  redis-cli -p {} SET greeting hello",
+        first.client_addr.port()
+    );
+    println!(
+        "  redis-cli -p {} GET greeting",
+        nodes[nodes.len() - 1].client_addr.port()
+    );
+    println!("  redis-cli -p {} INFO", first.client_addr.port());
+    if let Some(h) = first.http_addr {
+        println!("  curl http://{h}/status");
+    }
+    println!("Ctrl-C to stop.");
+    shutdown_signal().await;
+    println!("shutting down");
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn admin_client(addr: String) -> Client {
+    let mut config = ClientConfig::new([addr]);
+    config.request_timeout_ms = 5_000;
+    Client::new(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raft-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async move {
+        match cli.command {
+            Cmd::Run(args) => {
+                let cfg = build_config(args).map_err(|e| e.to_string())?;
+                let node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
+                shutdown_signal().await;
+                node.shutdown().await;
+                Ok(())
+            }
+            Cmd::Dev(args) => dev(args).await.map_err(|e| e.to_string()),
+            Cmd::Status { addr } => {
+                let client = admin_client(addr).await;
+                let status = client.status().await.map_err(|e| e.to_string())?;
+                print_status(&status);
+                Ok(())
+            }
+            Cmd::Admin { addr, op } => {
+                let client = admin_client(addr).await;
+                let r = match op {
+                    AdminCmd::TransferLeader { id } => client.transfer_leader(id).await,
+                    AdminCmd::AddLearner { id } => client.add_learner(id).await,
+                    AdminCmd::Promote { id } => client.promote(id).await,
+                    AdminCmd::Remove { id } => client.remove_node(id).await,
+                };
+                r.map_err(|e| e.to_string())?;
+                println!("OK");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-node: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

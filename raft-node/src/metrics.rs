@@ -1,0 +1,209 @@
+//! Counters and histograms for `GET /metrics` (Prometheus text format), updated with relaxed
+//! atomics from the runtime and the servers.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe_us(&self, us: u64) {
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Every metric a node exports.
+#[derive(Debug, Default)]
+#[allow(missing_docs)]
+pub struct Metrics {
+    pub term: AtomicU64,
+    pub is_leader: AtomicU64,
+    pub elections: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub proposals: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub proposals_busy: AtomicU64,
+    pub reads: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub syncs: AtomicU64,
+    pub proposal_latency: Histogram,
+    pub fsync_latency: Histogram,
+}
+
+impl Metrics {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, node_id: u64) -> String {
+        let mut out = String::new();
+        let g = |out: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node_id}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        g(&mut out, "raft_term", "gauge", "Current term.", &self.term);
+        g(
+            &mut out,
+            "raft_is_leader",
+            "gauge",
+            "1 on the leader.",
+            &self.is_leader,
+        );
+        g(
+            &mut out,
+            "raft_elections_total",
+            "counter",
+            "Elections started here.",
+            &self.elections,
+        );
+        g(
+            &mut out,
+            "raft_commit_index",
+            "gauge",
+            "Commit index.",
+            &self.commit_index,
+        );
+        g(
+            &mut out,
+            "raft_applied_index",
+            "gauge",
+            "Applied index.",
+            &self.applied_index,
+        );
+        g(
+            &mut out,
+            "raft_last_index",
+            "gauge",
+            "Last log index.",
+            &self.last_index,
+        );
+        g(
+            &mut out,
+            "raft_proposals_total",
+            "counter",
+            "Proposals appended.",
+            &self.proposals,
+        );
+        g(
+            &mut out,
+            "raft_proposals_failed_total",
+            "counter",
+            "Proposals answered with an error.",
+            &self.proposals_failed,
+        );
+        g(
+            &mut out,
+            "raft_proposals_busy_total",
+            "counter",
+            "Proposals refused by back-pressure.",
+            &self.proposals_busy,
+        );
+        g(
+            &mut out,
+            "raft_reads_total",
+            "counter",
+            "Reads served.",
+            &self.reads,
+        );
+        g(
+            &mut out,
+            "raft_net_bytes_sent_total",
+            "counter",
+            "Peer bytes sent.",
+            &self.bytes_sent,
+        );
+        g(
+            &mut out,
+            "raft_net_bytes_received_total",
+            "counter",
+            "Peer bytes received.",
+            &self.bytes_received,
+        );
+        g(
+            &mut out,
+            "raft_net_messages_sent_total",
+            "counter",
+            "Peer messages sent.",
+            &self.messages_sent,
+        );
+        g(
+            &mut out,
+            "raft_net_messages_received_total",
+            "counter",
+            "Peer messages received.",
+            &self.messages_received,
+        );
+        g(
+            &mut out,
+            "raft_net_messages_dropped_total",
+            "counter",
+            "Peer messages dropped (full queue, no connection).",
+            &self.messages_dropped,
+        );
+        g(
+            &mut out,
+            "raft_syncs_total",
+            "counter",
+            "Log syncs.",
+            &self.syncs,
+        );
+        self.proposal_latency.render(
+            "raft_proposal_latency_seconds",
+            "Time from proposal to apply on the leader.",
+            &mut out,
+        );
+        self.fsync_latency.render(
+            "raft_fsync_latency_seconds",
+            "Duration of a log sync.",
+            &mut out,
+        );
+        out
+    }
+}

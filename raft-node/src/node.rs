@@ -1,0 +1,188 @@
+//! Starting and stopping one node: the data-directory lock, listeners, transport, runtime
+//! and client servers.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft_core::{MemLog, Membership, SnapshotMeta};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::runtime::{self, NodeHandle, RuntimeParts};
+use crate::transport::TcpTransport;
+use crate::{http, server};
+
+/// Inbound peer messages queued at most before they are dropped.
+const INBOUND_QUEUE_MESSAGES_MAX: usize = 16_384;
+
+/// An exclusive `flock` on `DATA_DIR/LOCK`, released when dropped or when the process dies
+/// (so a SIGKILLed node leaves no stale lock behind).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Creates `dir` if needed and locks it.
+    pub fn acquire(dir: &Path) -> Result<DirLock, ConfigError> {
+        let field = |m: String| ConfigError::new("data_dir", m);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| field(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| field(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(field(format!(
+                "{} is locked by another running node",
+                dir.display()
+            )));
+        }
+        Ok(DirLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A running node.
+pub struct RunningNode {
+    /// This node's ID.
+    pub id: u64,
+    /// Where peers reach it.
+    pub peer_addr: SocketAddr,
+    /// Where clients (native and RESP) reach it.
+    pub client_addr: SocketAddr,
+    /// Where HTTP is served, if anywhere.
+    pub http_addr: Option<SocketAddr>,
+    /// Talks to the runtime.
+    pub handle: NodeHandle,
+    shutdown: watch::Sender<bool>,
+    runtime_task: JoinHandle<()>,
+    _lock: DirLock,
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::new(field, format!("cannot listen on {addr}: {e}")))
+}
+
+impl RunningNode {
+    /// Validates `config`, locks the data directory, binds every listener and starts the node.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
+        config.validate()?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let peer_addr = config.peer_listen_addr().expect("validated");
+        let client_addr = config.client_listen_addr().expect("validated");
+        let peer_listener = bind(peer_addr, "peer_addr").await?;
+        let client_listener = bind(client_addr, "client_addr").await?;
+        let http_listener = match config.http_addr {
+            Some(a) => Some(bind(a, "http_addr").await?),
+            None => None,
+        };
+        let peer_addr = peer_listener.local_addr().unwrap_or(peer_addr);
+        let client_addr = client_listener.local_addr().unwrap_or(client_addr);
+        let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let metrics = Arc::new(Metrics::default());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE_MESSAGES_MAX);
+        let others = config
+            .peers
+            .iter()
+            .filter(|p| p.id != config.id)
+            .map(|p| (p.id, p.addr))
+            .collect();
+        let transport = TcpTransport::start(
+            peer_listener,
+            others,
+            inbound_tx,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        );
+        let mut client_addrs: HashMap<u64, String> = config
+            .peers
+            .iter()
+            .filter_map(|p| p.client_addr.map(|a| (p.id, a.to_string())))
+            .collect();
+        client_addrs.insert(config.id, client_addr.to_string());
+
+        // Storage seam: the in-memory log until raft-log is wired (see `store`). A fresh
+        // cluster starts from a snapshot-like configuration entry naming every peer.
+        let store = MemLog::with_snapshot(SnapshotMeta {
+            membership: Membership::new_voters(config.peers.iter().map(|p| p.id)),
+            ..Default::default()
+        });
+        let (handle, runtime_task) = runtime::spawn(RuntimeParts {
+            raft: config.raft_config(),
+            runtime: config.runtime(),
+            store,
+            transport: Arc::new(transport),
+            inbound: inbound_rx,
+            client_addrs: client_addrs.clone(),
+            metrics,
+            shutdown: shutdown_rx.clone(),
+        })
+        .map_err(|e| ConfigError::new("raft", e.to_string()))?;
+
+        let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
+        forward_addrs.sort();
+        let router = Arc::new(Router::new(
+            handle.clone(),
+            forward_addrs,
+            config.request_timeout_ms,
+        ));
+        tokio::spawn(server::serve(
+            client_listener,
+            handle.clone(),
+            router.clone(),
+            shutdown_rx.clone(),
+        ));
+        if let Some(l) = http_listener {
+            tokio::spawn(http::serve(l, router, shutdown_rx));
+        }
+        tracing::info!(
+            id = config.id,
+            %peer_addr,
+            %client_addr,
+            http = ?http_addr,
+            data_dir = %config.data_dir.display(),
+            "node started"
+        );
+        Ok(RunningNode {
+            id: config.id,
+            peer_addr,
+            client_addr,
+            http_addr,
+            handle,
+            shutdown: shutdown_tx,
+            runtime_task,
+            _lock: lock,
+        })
+    }
+
+    /// Stops accepting work, lets in-flight syncs finish, answers waiting clients with
+    /// `ShuttingDown`, and releases the data directory.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.runtime_task.await;
+        tracing::info!(id = self.id, "node stopped");
+    }
+}

@@ -1,0 +1,70 @@
+//! Sends a client's command where it can be served: writes to the leader (forwarded over
+//! the native protocol when this node is a follower), linearizable reads through this node's
+//! ReadIndex (which raft-core confirms with the leader), stale reads from the local replica.
+//!
+//! RESP and HTTP clients go through here so that any node serves them. Native clients get
+//! redirects instead and follow them themselves, which keeps their exactly-once sessions
+//! end to end.
+
+use bytes::Bytes;
+use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
+use raft_client::{Client, ClientConfig, ClientError};
+
+use crate::kv::log_command;
+use crate::runtime::NodeHandle;
+
+/// See the module documentation.
+pub struct Router {
+    /// The local node.
+    pub handle: NodeHandle,
+    forwarder: Client,
+}
+
+impl Router {
+    /// A router for `handle`, forwarding through a client that knows `addrs` (every node's
+    /// client address) and gives up after `request_timeout_ms`.
+    pub fn new(handle: NodeHandle, addrs: Vec<String>, request_timeout_ms: u64) -> Router {
+        let mut config = ClientConfig::new(addrs);
+        config.request_timeout_ms = request_timeout_ms;
+        config.attempt_timeout_ms = request_timeout_ms;
+        Router {
+            handle,
+            forwarder: Client::new(config),
+        }
+    }
+
+    /// Runs a key-value command. Writes carry no session: like Redis, a write retried after
+    /// a lost answer may apply twice (the native client is the exactly-once path).
+    pub async fn kv(
+        &self,
+        command: KvCommand,
+        linearizable: bool,
+    ) -> Result<KvResponse, NodeError> {
+        let bytes = if command.is_read() {
+            self.handle.read(command.encode(), linearizable).await?
+        } else {
+            self.write(command.encode()).await?
+        };
+        KvResponse::decode(&bytes).ok_or_else(|| NodeError::Invalid("undecodable response".into()))
+    }
+
+    async fn write(&self, op: Bytes) -> Result<Bytes, NodeError> {
+        match self.handle.propose(log_command(None, op.clone())).await {
+            Err(NodeError::NotLeader {
+                leader_addr: Some(_),
+                ..
+            }) => {
+                let request = Request::Propose { session: None, op };
+                match self.forwarder.request(request).await {
+                    Ok(Response::Applied(b)) => Ok(b),
+                    Ok(other) => Err(NodeError::Invalid(format!("leader answered {other:?}"))),
+                    Err(ClientError::Node(e)) => Err(e),
+                    Err(e) => Err(NodeError::Unavailable(format!(
+                        "forwarding to the leader: {e}"
+                    ))),
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,757 @@
+//! The node runtime: one tokio task owns the [`RawNode`] and the state machine; everything
+//! else talks to it through bounded channels.
+//!
+//! Each loop iteration waits for one input (a tick, peer messages, client commands, a
+//! finished sync), drains what else is queued on that channel up to a batch bound, then
+//! handles every Ready the node has: writes go to the store on the task, `messages` leave
+//! at once, the sync runs on a dedicated thread and comes back as a completion that sends
+//! `messages_after_persist` and calls `on_persisted` (so the leader replicates while its own
+//! fsync runs), committed entries are applied and their clients answered, and confirmed
+//! reads are served after the apply.
+//!
+//! Every client request carries a deadline (`request_timeout_ms`). A write or linearizable
+//! read that has not completed by then is answered with `Unavailable`; nothing waits forever,
+//! and a read is never answered from a state that was not confirmed by a quorum.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_client::wire::{NodeError, NodeId, NodeStatus, PeerInfo};
+use raft_core::{
+    ChangeError, ConfChange, Config, EntryPayload, Index, Message, ProposeError, RawNode,
+    ReadError, Role, Term, TransferError,
+};
+use raft_snapshot::StateMachine;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::kv::KvStateMachine;
+use crate::metrics::Metrics;
+use crate::store::{NodeStore, SyncJob};
+use crate::transport::PeerTransport;
+
+/// Inputs taken from one channel before the node's output is handled.
+const INPUT_BATCH_MAX: usize = 1024;
+/// Readies handled in a row before the loop looks at its inputs again.
+const READIES_PER_ITERATION_MAX: usize = 64;
+/// Syncs queued for the sync thread; beyond this the runtime waits (disk back-pressure).
+const SYNC_QUEUE_MAX: usize = 64;
+
+/// What a reply channel carries: the state machine's encoded response.
+pub type Reply = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// Timing and bounds of the runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Length of one raft-core tick.
+    pub tick_interval_ms: u64,
+    /// Election timeout range, in ticks.
+    pub election_timeout_ticks_min: u32,
+    /// Exclusive upper bound of the election timeout, in ticks.
+    pub election_timeout_ticks_max: u32,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_interval_ticks: u32,
+    /// A write or linearizable read not done within this answers `Unavailable`.
+    pub request_timeout_ms: u64,
+    /// Writes appended and not yet applied at most; more are refused with `Busy`.
+    pub proposals_in_flight_max: usize,
+    /// Linearizable reads waiting at most; more are refused with `Busy`.
+    pub reads_in_flight_max: usize,
+    /// Requests parked while no leader is known, at most.
+    pub requests_waiting_max: usize,
+}
+
+impl Default for RuntimeConfig {
+    /// 10 ms ticks, elections after 200-400 ms of silence, heartbeats every 30 ms, 5 s
+    /// request timeout, 8192 writes and 8192 reads in flight.
+    fn default() -> Self {
+        RuntimeConfig {
+            tick_interval_ms: 10,
+            election_timeout_ticks_min: 20,
+            election_timeout_ticks_max: 40,
+            heartbeat_interval_ticks: 3,
+            request_timeout_ms: 5_000,
+            proposals_in_flight_max: 8192,
+            reads_in_flight_max: 8192,
+            requests_waiting_max: 8192,
+        }
+    }
+}
+
+/// A membership or leadership change.
+#[derive(Clone, Copy, Debug)]
+pub enum AdminOp {
+    /// Hand leadership to a voter.
+    TransferLeader(NodeId),
+    /// Add a learner.
+    AddLearner(NodeId),
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a member.
+    Remove(NodeId),
+}
+
+/// A request to the runtime.
+pub enum Command {
+    /// Append an encoded `LogCommand` and answer with the state machine's response.
+    Propose {
+        /// The encoded log command.
+        data: Bytes,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Answer a read-only query.
+    Read {
+        /// The encoded read command.
+        op: Bytes,
+        /// ReadIndex first (`true`) or serve the local replica as is.
+        linearizable: bool,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// The node's status.
+    Status(oneshot::Sender<NodeStatus>),
+    /// A membership or leadership change.
+    Admin(AdminOp, oneshot::Sender<Result<(), NodeError>>),
+}
+
+/// The cheap, cloneable way to talk to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// This node's ID.
+    pub id: NodeId,
+}
+
+impl NodeHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        // A full queue means the runtime is behind: tell the client instead of queueing more.
+        self.tx.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Busy,
+            mpsc::error::TrySendError::Closed(_) => NodeError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Proposes an encoded `LogCommand`.
+    pub async fn propose(&self, data: Bytes) -> Result<Bytes, NodeError> {
+        self.ask(|reply| Command::Propose { data, reply }).await?
+    }
+
+    /// Runs a read-only query.
+    pub async fn read(&self, op: Bytes, linearizable: bool) -> Result<Bytes, NodeError> {
+        self.ask(|reply| Command::Read {
+            op,
+            linearizable,
+            reply,
+        })
+        .await?
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.ask(Command::Status).await
+    }
+
+    /// A membership or leadership change.
+    pub async fn admin(&self, op: AdminOp) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Admin(op, reply)).await?
+    }
+}
+
+struct PendingWrite {
+    term: Term,
+    reply: Reply,
+    started: Instant,
+}
+
+struct PendingRead {
+    op: Bytes,
+    reply: Reply,
+    deadline: Instant,
+}
+
+struct SyncRequest {
+    seq: u64,
+    job: SyncJob,
+    messages: Vec<Message>,
+}
+
+struct SyncDone {
+    seq: u64,
+    messages: Vec<Message>,
+    result: std::io::Result<()>,
+    elapsed_us: u64,
+}
+
+/// Everything the runtime needs to start.
+pub struct RuntimeParts<S: NodeStore> {
+    /// The raft-core settings (ID, seed, tick counts).
+    pub raft: Config,
+    /// The runtime's own settings.
+    pub runtime: RuntimeConfig,
+    /// The log.
+    pub store: S,
+    /// The outbound side of the transport.
+    pub transport: Arc<dyn PeerTransport>,
+    /// Inbound peer messages.
+    pub inbound: mpsc::Receiver<Message>,
+    /// Client address of each node, for redirects.
+    pub client_addrs: HashMap<NodeId, String>,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// Turns true to stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Client commands queued for the runtime at most.
+pub const COMMAND_QUEUE_MAX: usize = 16_384;
+
+/// Starts the runtime task. Returns the handle and the task, which ends after shutdown once
+/// in-flight syncs are done.
+pub fn spawn<S: NodeStore>(
+    parts: RuntimeParts<S>,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), raft_core::Error> {
+    let id = parts.raft.id;
+    let raw = RawNode::new(parts.raft, parts.store)?;
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncRequest>(SYNC_QUEUE_MAX);
+    // At most SYNC_QUEUE_MAX + 1 completions exist at once, so this channel is bounded by
+    // construction.
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name(format!("raft-sync-{id}"))
+        .spawn(move || {
+            while let Ok(req) = sync_rx.recv() {
+                let start = std::time::Instant::now();
+                let result = (req.job)();
+                let done = SyncDone {
+                    seq: req.seq,
+                    messages: req.messages,
+                    result,
+                    elapsed_us: start.elapsed().as_micros() as u64,
+                };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn sync thread");
+    let handle = NodeHandle {
+        tx,
+        metrics: parts.metrics.clone(),
+        id,
+    };
+    let runtime = Runtime {
+        raw,
+        sm: KvStateMachine::default(),
+        config: parts.runtime,
+        transport: parts.transport,
+        client_addrs: parts.client_addrs,
+        metrics: parts.metrics,
+        sync_tx: Some(sync_tx),
+        syncs_in_flight: 0,
+        pending_writes: BTreeMap::new(),
+        write_deadlines: VecDeque::new(),
+        pending_reads: HashMap::new(),
+        read_deadlines: VecDeque::new(),
+        next_read_ctx: 1,
+        waiting: VecDeque::new(),
+        last_role: Role::Follower,
+        failed: false,
+    };
+    let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, parts.shutdown));
+    Ok((handle, task))
+}
+
+struct Runtime<S: NodeStore> {
+    raw: RawNode<S>,
+    sm: KvStateMachine,
+    config: RuntimeConfig,
+    transport: Arc<dyn PeerTransport>,
+    client_addrs: HashMap<NodeId, String>,
+    metrics: Arc<Metrics>,
+    sync_tx: Option<std::sync::mpsc::SyncSender<SyncRequest>>,
+    syncs_in_flight: usize,
+    pending_writes: BTreeMap<Index, PendingWrite>,
+    /// `(deadline, index, term)` in proposal order; deadlines only grow.
+    write_deadlines: VecDeque<(Instant, Index, Term)>,
+    pending_reads: HashMap<u64, PendingRead>,
+    /// `(deadline, ctx)` in request order.
+    read_deadlines: VecDeque<(Instant, u64)>,
+    next_read_ctx: u64,
+    /// Requests parked while no leader is known (an election is under way).
+    waiting: VecDeque<(Instant, Command)>,
+    last_role: Role,
+    /// A store write failed: the node stops taking part rather than diverge from its disk.
+    failed: bool,
+}
+
+impl<S: NodeStore> Runtime<S> {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: mpsc::Receiver<Message>,
+        mut sync_done: mpsc::UnboundedReceiver<SyncDone>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let period = Duration::from_millis(self.config.tick_interval_ms.max(1));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(done) = sync_done.recv() => {
+                    self.on_sync_done(done);
+                    for _ in 0..INPUT_BATCH_MAX {
+                        match sync_done.try_recv() {
+                            Ok(done) => self.on_sync_done(done),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                Some(msg) = inbound.recv() => {
+                    self.step(msg);
+                    for _ in 0..INPUT_BATCH_MAX {
+                        match inbound.try_recv() {
+                            Ok(msg) => self.step(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(cmd) = commands.recv() => {
+                    self.on_command(cmd);
+                    for _ in 0..INPUT_BATCH_MAX {
+                        match commands.try_recv() {
+                            Ok(cmd) => self.on_command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if self.failed {
+                break;
+            }
+            self.handle_readies();
+        }
+        // Let in-flight syncs finish so that what was acknowledged to peers is on disk.
+        self.sync_tx = None;
+        while self.syncs_in_flight > 0 {
+            match tokio::time::timeout(Duration::from_secs(5), sync_done.recv()).await {
+                Ok(Some(_)) => self.syncs_in_flight -= 1,
+                _ => break,
+            }
+        }
+        self.fail_everything(NodeError::ShuttingDown);
+        tracing::info!(id = self.raw.id(), "node runtime stopped");
+    }
+
+    fn leader_error(&self, leader: Option<NodeId>) -> NodeError {
+        NodeError::NotLeader {
+            leader,
+            leader_addr: leader.and_then(|l| self.client_addrs.get(&l).cloned()),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    fn unavailable(&self, what: &str) -> NodeError {
+        NodeError::Unavailable(format!(
+            "{what} not confirmed by a majority within {} ms (no quorum or no leader)",
+            self.config.request_timeout_ms
+        ))
+    }
+
+    fn step(&mut self, msg: Message) {
+        if let Err(e) = self.raw.step(msg) {
+            tracing::error!(error = %e, "stepping a message failed");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.raw.tick();
+        let now = Instant::now();
+        while let Some(&(deadline, index, term)) = self.write_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.write_deadlines.pop_front();
+            if self
+                .pending_writes
+                .get(&index)
+                .is_some_and(|p| p.term == term)
+            {
+                let p = self.pending_writes.remove(&index).expect("checked");
+                Metrics::add(&self.metrics.proposals_failed, 1);
+                let _ = p.reply.send(Err(self.unavailable("write")));
+            }
+        }
+        while let Some(&(deadline, ctx)) = self.read_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.read_deadlines.pop_front();
+            if let Some(p) = self.pending_reads.remove(&ctx) {
+                let _ = p.reply.send(Err(self.unavailable("read")));
+            }
+        }
+        // Retry parked requests: a leader may be known now. Each is retried at most once
+        // per tick; a request that fails again is parked again until its deadline.
+        let parked = std::mem::take(&mut self.waiting);
+        for (deadline, cmd) in parked {
+            if deadline <= now {
+                self.fail_command(cmd, self.unavailable("request"));
+            } else {
+                self.dispatch(cmd, deadline);
+            }
+        }
+    }
+
+    fn fail_command(&self, cmd: Command, err: NodeError) {
+        match cmd {
+            Command::Propose { reply, .. } | Command::Read { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Admin(_, reply) => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Status(_) => {}
+        }
+    }
+
+    fn park(&mut self, deadline: Instant, cmd: Command) {
+        if self.waiting.len() >= self.config.requests_waiting_max {
+            self.fail_command(cmd, NodeError::Busy);
+        } else {
+            self.waiting.push_back((deadline, cmd));
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let deadline = self.deadline();
+        self.dispatch(cmd, deadline);
+    }
+
+    fn dispatch(&mut self, cmd: Command, deadline: Instant) {
+        match cmd {
+            Command::Propose { data, reply } => self.propose(data, reply, deadline),
+            Command::Read {
+                op,
+                linearizable,
+                reply,
+            } => self.read(op, linearizable, reply, deadline),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Admin(op, reply) => self.admin(op, reply, deadline),
+        }
+    }
+
+    fn propose(&mut self, data: Bytes, reply: Reply, deadline: Instant) {
+        if self.pending_writes.len() >= self.config.proposals_in_flight_max {
+            Metrics::add(&self.metrics.proposals_busy, 1);
+            let _ = reply.send(Err(NodeError::Busy));
+            return;
+        }
+        match self.raw.propose(data.clone()) {
+            Ok(id) => {
+                Metrics::add(&self.metrics.proposals, 1);
+                self.pending_writes.insert(
+                    id.index,
+                    PendingWrite {
+                        term: id.term,
+                        reply,
+                        started: Instant::now(),
+                    },
+                );
+                self.write_deadlines
+                    .push_back((deadline, id.index, id.term));
+            }
+            Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            }) if leader != self.raw.id() => {
+                let _ = reply.send(Err(self.leader_error(Some(leader))));
+            }
+            Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress) => {
+                self.park(deadline, Command::Propose { data, reply });
+            }
+            Err(ProposeError::Busy) => {
+                Metrics::add(&self.metrics.proposals_busy, 1);
+                let _ = reply.send(Err(NodeError::Busy));
+            }
+        }
+    }
+
+    fn read(&mut self, op: Bytes, linearizable: bool, reply: Reply, deadline: Instant) {
+        if !linearizable {
+            Metrics::add(&self.metrics.reads, 1);
+            let _ = reply.send(Ok(self.sm.query(&op).encode()));
+            return;
+        }
+        if self.pending_reads.len() >= self.config.reads_in_flight_max {
+            let _ = reply.send(Err(NodeError::Busy));
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        match self.raw.read_index(ctx) {
+            Ok(()) => {
+                self.pending_reads.insert(
+                    ctx,
+                    PendingRead {
+                        op,
+                        reply,
+                        deadline,
+                    },
+                );
+                self.read_deadlines.push_back((deadline, ctx));
+            }
+            Err(ReadError::Busy) => {
+                let _ = reply.send(Err(NodeError::Busy));
+            }
+            Err(_) => self.park(
+                deadline,
+                Command::Read {
+                    op,
+                    linearizable,
+                    reply,
+                },
+            ),
+        }
+    }
+
+    fn admin(
+        &mut self,
+        op: AdminOp,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+        _deadline: Instant,
+    ) {
+        let result = match op {
+            AdminOp::TransferLeader(to) => self.raw.transfer_leader(to).map_err(|e| match e {
+                TransferError::NotLeader { leader } => self.leader_error(leader),
+                TransferError::NotAVoter => NodeError::Invalid(format!("{to} is not a voter")),
+            }),
+            AdminOp::AddLearner(id) => self.change(&[ConfChange::AddLearner(id)]),
+            AdminOp::Promote(id) => self.change(&[ConfChange::AddVoter(id)]),
+            AdminOp::Remove(id) => self.change(&[ConfChange::Remove(id)]),
+        };
+        let _ = reply.send(result);
+    }
+
+    fn change(&mut self, changes: &[ConfChange]) -> Result<(), NodeError> {
+        match self.raw.change_membership(changes) {
+            Ok(_) => Ok(()),
+            Err(ChangeError::NotLeader { leader }) => Err(self.leader_error(leader)),
+            Err(ChangeError::NotReady | ChangeError::ChangeInProgress) => Err(NodeError::Busy),
+            Err(ChangeError::TransferInProgress) => Err(NodeError::Busy),
+            Err(ChangeError::Invalid(e)) => Err(NodeError::Invalid(format!("{e:?}"))),
+        }
+    }
+
+    fn on_sync_done(&mut self, done: SyncDone) {
+        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
+        if let Err(e) = done.result {
+            // The disk may have lost writes the node already counted on: stop, never vote or
+            // acknowledge on a log that is not what the protocol believes.
+            tracing::error!(error = %e, "log sync failed; stopping the node");
+            self.failed = true;
+            return;
+        }
+        Metrics::add(&self.metrics.syncs, 1);
+        self.metrics.fsync_latency.observe_us(done.elapsed_us);
+        for m in done.messages {
+            self.transport.send(m);
+        }
+        self.raw.on_persisted(done.seq);
+    }
+
+    fn handle_readies(&mut self) {
+        for _ in 0..READIES_PER_ITERATION_MAX {
+            if self.failed || !self.raw.has_ready() {
+                break;
+            }
+            self.handle_ready();
+        }
+        self.observe();
+    }
+
+    fn handle_ready(&mut self) {
+        let ready = self.raw.ready();
+        let store = self.raw.storage_mut();
+        let mut write = || -> std::io::Result<()> {
+            if let Some(meta) = &ready.snapshot {
+                store.install_snapshot_meta(meta.clone())?;
+            }
+            if !ready.entries.is_empty() {
+                store.append_entries(&ready.entries)?;
+            }
+            if let Some(hs) = ready.hard_state {
+                store.write_hard_state(hs)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::error!(error = %e, "log write failed; stopping the node");
+            self.failed = true;
+            return;
+        }
+        if ready.snapshot.is_some() {
+            // Snapshot transfer is not wired yet (the leader never compacts its log, so it
+            // never sends one); receiving one means a peer runs other code.
+            tracing::error!("received a snapshot, which this node cannot install yet");
+            self.failed = true;
+            return;
+        }
+        for m in ready.messages {
+            self.transport.send(m);
+        }
+        if ready.seq > 0 {
+            let job = self.raw.storage_mut().sync_job();
+            let req = SyncRequest {
+                seq: ready.seq,
+                job,
+                messages: ready.messages_after_persist,
+            };
+            let sent = self.sync_tx.as_ref().map(|tx| tx.send(req));
+            if !matches!(sent, Some(Ok(()))) {
+                self.failed = true;
+                return;
+            }
+            self.syncs_in_flight += 1;
+        }
+        self.apply(ready.committed_entries);
+        for rs in ready.read_states {
+            let Some(p) = self.pending_reads.remove(&rs.ctx) else {
+                continue;
+            };
+            match rs.result {
+                Ok(index) => {
+                    debug_assert!(self.raw.applied_index() >= index);
+                    Metrics::add(&self.metrics.reads, 1);
+                    let _ = p.reply.send(Ok(self.sm.query(&p.op).encode()));
+                }
+                Err(ReadError::Busy) => {
+                    let _ = p.reply.send(Err(NodeError::Busy));
+                }
+                Err(_) => {
+                    // Leadership moved while the read waited: ask again (its deadline stays).
+                    let cmd = Command::Read {
+                        op: p.op,
+                        linearizable: true,
+                        reply: p.reply,
+                    };
+                    self.park(p.deadline, cmd);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<raft_core::Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Command(data) => Some(self.sm.apply(entry.index, data)),
+                EntryPayload::Noop | EntryPayload::Membership(_) => None,
+            };
+            if let Some(p) = self.pending_writes.remove(&entry.index) {
+                match response {
+                    Some(r) if p.term == entry.term => {
+                        let us = p.started.elapsed().as_micros() as u64;
+                        self.metrics.proposal_latency.observe_us(us);
+                        let _ = p.reply.send(Ok(r.encode()));
+                    }
+                    _ => {
+                        // Another leader's entry took this index: ours was never committed.
+                        Metrics::add(&self.metrics.proposals_failed, 1);
+                        let err = self.leader_error(self.raw.leader());
+                        let _ = p.reply.send(Err(err));
+                    }
+                }
+            }
+        }
+        self.raw.advance_applied(last);
+    }
+
+    fn observe(&mut self) {
+        let role = self.raw.role();
+        if role != self.last_role {
+            if role == Role::Candidate || role == Role::PreCandidate {
+                Metrics::add(&self.metrics.elections, 1);
+            }
+            tracing::info!(
+                id = self.raw.id(),
+                term = self.raw.term(),
+                ?role,
+                leader = ?self.raw.leader(),
+                "role changed"
+            );
+            self.last_role = role;
+        }
+        let m = &self.metrics;
+        Metrics::set(&m.term, self.raw.term());
+        Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
+        Metrics::set(&m.commit_index, self.raw.commit_index());
+        Metrics::set(&m.applied_index, self.raw.applied_index());
+        Metrics::set(&m.last_index, self.raw.last_index());
+    }
+
+    fn status(&self) -> NodeStatus {
+        let s = self.raw.status();
+        NodeStatus {
+            id: s.id,
+            role: format!("{:?}", s.role),
+            term: s.term,
+            leader: s.leader,
+            leader_addr: s.leader.and_then(|l| self.client_addrs.get(&l).cloned()),
+            commit_index: s.commit,
+            applied_index: s.applied,
+            persisted_index: s.persisted,
+            first_index: s.first_index,
+            last_index: s.last_index,
+            snapshot_index: s.snapshot_index,
+            voters: s.membership.voters.iter().copied().collect(),
+            learners: s.membership.learners.iter().copied().collect(),
+            elections: self
+                .metrics
+                .elections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            peers: s
+                .peers
+                .iter()
+                .map(|p| PeerInfo {
+                    id: p.id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    state: p.state.to_string(),
+                    active: p.recent_active,
+                })
+                .collect(),
+        }
+    }
+
+    fn fail_everything(&mut self, err: NodeError) {
+        for (_, p) in std::mem::take(&mut self.pending_writes) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, p) in std::mem::take(&mut self.pending_reads) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, cmd) in std::mem::take(&mut self.waiting) {
+            self.fail_command(cmd, err.clone());
+        }
+    }
+}

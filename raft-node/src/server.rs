@@ -1,0 +1,235 @@
+//! The client port: the native protocol and RESP on one listener, told apart by the first
+//! byte (a native frame's length prefix starts with 0, a RESP request never does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use raft_client::wire::{
+    NodeError, Request, RequestFrame, Response, ResponseFrame, FRAME_BYTES_MAX,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::kv::log_command;
+use crate::resp::{self, RespParser, Value};
+use crate::router::Router;
+use crate::runtime::{AdminOp, NodeHandle};
+
+/// Client connections served at once; more are accepted and closed at once.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
+/// Requests of one connection being served at once (pipelining depth).
+const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Serves the client port until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    handle: NodeHandle,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, remote)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "too many client connections; closing a new one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] == 0 => serve_native(stream, handle, shutdown).await,
+                Ok(1) => serve_resp(stream, router, shutdown).await,
+                _ => {}
+            }
+        });
+    }
+}
+
+async fn serve_native(stream: TcpStream, handle: NodeHandle, mut shutdown: watch::Receiver<bool>) {
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec();
+    let mut framed = Framed::new(stream, codec);
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                let reply: ResponseFrame = reply;
+                let Ok(buf) = postcard::to_allocvec(&reply) else { return };
+                if framed.send(Bytes::from(buf)).await.is_err() {
+                    return;
+                }
+            }
+            frame = framed.next(), if in_flight.len() < CONNECTION_REQUESTS_IN_FLIGHT_MAX => {
+                let buf = match frame {
+                    Some(Ok(buf)) => buf,
+                    // A malformed or oversized frame closes this connection only.
+                    Some(Err(_)) | None => return,
+                };
+                let Ok(req) = postcard::from_bytes::<RequestFrame>(&buf) else {
+                    tracing::debug!("undecodable native request; closing the connection");
+                    return;
+                };
+                let handle = handle.clone();
+                in_flight.push_back(async move {
+                    ResponseFrame { id: req.id, body: native_request(&handle, req.body).await }
+                });
+            }
+        }
+    }
+}
+
+async fn native_request(handle: &NodeHandle, request: Request) -> Response {
+    let result = match request {
+        Request::Propose { session, op } => handle
+            .propose(log_command(session, op))
+            .await
+            .map(Response::Applied),
+        Request::Read { op, linearizable } => {
+            handle.read(op, linearizable).await.map(Response::Applied)
+        }
+        Request::Status => handle.status().await.map(|s| Response::Status(Box::new(s))),
+        Request::TransferLeader { to } => handle
+            .admin(AdminOp::TransferLeader(to))
+            .await
+            .map(|()| Response::Done),
+        Request::AddLearner { id } => handle
+            .admin(AdminOp::AddLearner(id))
+            .await
+            .map(|()| Response::Done),
+        Request::Promote { id } => handle
+            .admin(AdminOp::Promote(id))
+            .await
+            .map(|()| Response::Done),
+        Request::RemoveNode { id } => handle
+            .admin(AdminOp::Remove(id))
+            .await
+            .map(|()| Response::Done),
+    };
+    result.unwrap_or_else(Response::Error)
+}
+
+async fn serve_resp(
+    mut stream: TcpStream,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut parser = RespParser::default();
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut out = Vec::with_capacity(16 << 10);
+    loop {
+        // Every complete request already received is served together: the writes among them
+        // reach the runtime back to back and are appended as one batch.
+        let mut batch = Vec::new();
+        loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(args)) => {
+                    batch.push(args);
+                    if batch.len() >= CONNECTION_REQUESTS_IN_FLIGHT_MAX {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.clear();
+                    Value::Error(format!("ERR Protocol error: {e}")).write(&mut out);
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let quit = batch
+                .iter()
+                .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
+            let replies: Vec<Value> = batch
+                .into_iter()
+                .map(|args| {
+                    let router = router.clone();
+                    async move { resp_command(&router, args).await }
+                })
+                .collect::<FuturesOrdered<_>>()
+                .collect()
+                .await;
+            out.clear();
+            for r in replies {
+                r.write(&mut out);
+            }
+            if stream.write_all(&out).await.is_err() || quit {
+                return;
+            }
+            continue;
+        }
+        let read = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = stream.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn node_error(e: NodeError) -> Value {
+    match e {
+        NodeError::Busy => Value::Error("BUSY too many requests in flight, retry".into()),
+        NodeError::Unavailable(m) => Value::Error(format!("CLUSTERDOWN {m}")),
+        NodeError::NotLeader {
+            leader,
+            leader_addr,
+        } => Value::Error(format!(
+            "NOTLEADER leader is {} at {}",
+            leader.map_or("unknown".to_string(), |l| l.to_string()),
+            leader_addr.unwrap_or_else(|| "unknown".into())
+        )),
+        NodeError::ShuttingDown => Value::Error("SHUTDOWN node is shutting down".into()),
+        NodeError::Invalid(m) => Value::Error(format!("ERR {m}")),
+    }
+}
+
+async fn resp_command(router: &Router, args: Vec<Bytes>) -> Value {
+    match resp::to_command(&args) {
+        resp::Parsed::Kv(cmd, linearizable) => match router.kv(cmd, linearizable).await {
+            Ok(r) => resp::kv_reply(r),
+            Err(e) => node_error(e),
+        },
+        resp::Parsed::Reply(v) => v,
+        resp::Parsed::Info => match router.handle.status().await {
+            Ok(s) => Value::Bulk(Some(Bytes::from(resp::info_text(&s)))),
+            Err(e) => node_error(e),
+        },
+        resp::Parsed::Leader => match router.handle.status().await {
+            Ok(s) => match s.leader {
+                Some(l) => Value::Bulk(Some(Bytes::from(format!(
+                    "{l} {}",
+                    s.leader_addr.unwrap_or_default()
+                )))),
+                None => Value::Bulk(None),
+            },
+            Err(e) => node_error(e),
+        },
+        resp::Parsed::Admin(op) => match router.handle.admin(op).await {
+            Ok(()) => Value::Simple("OK".into()),
+            Err(e) => node_error(e),
+        },
+    }
+}

@@ -1,0 +1,63 @@
+//! The storage seam: what the runtime needs of a log beyond raft-core's read-only
+//! [`LogStore`].
+//!
+//! Writes happen on the runtime task (they only reach the OS page cache or memory); the
+//! durability barrier is a [`SyncJob`] the runtime runs on its sync thread, off the task that
+//! owns the protocol. `raft_core::MemLog` implements it today (nothing is durable: a node
+//! that restarts comes back empty, so restarting a killed node under the same ID is unsafe
+//! until the disk log is wired). raft-log's `Log` plugs in here by implementing the same
+//! trait with its `append`/`set_hard_state`/`install_snapshot`/`compact` and a sync job
+//! built from its `SyncHandle`.
+
+use std::io;
+
+use raft_core::{Entry, HardState, LogStore, MemLog, SnapshotMeta};
+
+/// Makes every write issued before the job was created durable. Runs on the sync thread.
+pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// A log the node can write and make durable.
+pub trait NodeStore: LogStore + Send + 'static {
+    /// Appends `entries`, first dropping every held entry at or after `entries[0].index`.
+    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()>;
+    /// Records the hard state (durable with the next sync).
+    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
+    /// Replaces the whole log with a snapshot received from the leader.
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()>;
+    /// Drops entries covered by a local snapshot.
+    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()>;
+    /// A job that makes the writes issued so far durable.
+    fn sync_job(&mut self) -> SyncJob;
+    /// Short description for status views (`"memory"`, `"raft-log: 3 segments"`).
+    fn describe(&self) -> String;
+}
+
+impl NodeStore for MemLog {
+    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
+        self.append(entries);
+        Ok(())
+    }
+
+    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        self.set_hard_state(hard_state);
+        Ok(())
+    }
+
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()> {
+        self.install_snapshot(meta);
+        Ok(())
+    }
+
+    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()> {
+        self.compact(meta);
+        Ok(())
+    }
+
+    fn sync_job(&mut self) -> SyncJob {
+        Box::new(|| Ok(()))
+    }
+
+    fn describe(&self) -> String {
+        "memory (not durable)".to_string()
+    }
+}
