@@ -127,7 +127,12 @@ fn random_u64() -> u64 {
 /// Outcome of one attempt, as the retry loop sees it.
 enum Attempt {
     Done(Response),
-    Retry { reason: String, backoff: bool },
+    Retry {
+        reason: String,
+        backoff: bool,
+        /// The node's refusal, when the attempt got one: returned if retries run out.
+        refusal: Option<NodeError>,
+    },
 }
 
 impl Client {
@@ -372,21 +377,31 @@ impl Client {
         }
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut last_error = String::from("no attempt made");
+        let mut last_refusal = None;
         let mut attempts = 0;
         while attempts < self.config.attempts_max && Instant::now() < deadline {
             attempts += 1;
             match self.attempt(inner, &request, deadline).await {
                 Attempt::Done(Response::Error(e)) => return Err(ClientError::Node(e)),
                 Attempt::Done(response) => return Ok(response),
-                Attempt::Retry { reason, backoff } => {
+                Attempt::Retry {
+                    reason,
+                    backoff,
+                    refusal,
+                } => {
                     tracing::debug!(attempts, %reason, "retrying request");
                     last_error = reason;
+                    last_refusal = refusal;
                     if backoff {
                         let pause = Duration::from_millis(self.config.retry_backoff_ms);
                         tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
                     }
                 }
             }
+        }
+        // A node's own answer (no quorum, busy, no leader) says more than a bare timeout.
+        if let Some(e) = last_refusal {
+            return Err(ClientError::Node(e));
         }
         Err(ClientError::Timeout {
             attempts,
@@ -421,6 +436,7 @@ impl Client {
                     return Attempt::Retry {
                         reason: format!("connect {addr}: {e}"),
                         backoff: true,
+                        refusal: None,
                     };
                 }
                 Err(_) => {
@@ -428,6 +444,7 @@ impl Client {
                     return Attempt::Retry {
                         reason: format!("connect {addr}: timed out"),
                         backoff: false,
+                        refusal: None,
                     };
                 }
             }
@@ -476,6 +493,7 @@ impl Client {
                 Attempt::Retry {
                     reason: format!("{addr}: {e}"),
                     backoff: true,
+                    refusal: None,
                 }
             }
             Err(_) => {
@@ -485,6 +503,7 @@ impl Client {
                 Attempt::Retry {
                     reason: format!("{addr}: no answer in time"),
                     backoff: false,
+                    refusal: None,
                 }
             }
         }
@@ -500,18 +519,24 @@ impl Client {
                 // A node that names itself (stale view) must not loop us without a pause.
                 let backoff = inner.target.as_deref() == Some(addr.as_str());
                 inner.target = Some(addr);
-                Attempt::Retry { reason, backoff }
+                Attempt::Retry {
+                    reason,
+                    backoff,
+                    refusal: None,
+                }
             }
             Response::Error(e @ NodeError::NotLeader { .. }) => {
                 self.rotate(inner);
                 Attempt::Retry {
                     reason: e.to_string(),
                     backoff: true,
+                    refusal: Some(e),
                 }
             }
             Response::Error(e @ (NodeError::Busy | NodeError::Unavailable(_))) => Attempt::Retry {
                 reason: e.to_string(),
                 backoff: true,
+                refusal: Some(e),
             },
             Response::Error(NodeError::ShuttingDown) => {
                 inner.conn = None;
@@ -519,6 +544,7 @@ impl Client {
                 Attempt::Retry {
                     reason: "node shutting down".into(),
                     backoff: true,
+                    refusal: None,
                 }
             }
             other => Attempt::Done(other),

@@ -294,10 +294,10 @@ addr = "127.0.0.1:7002"
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("own ID 3 is missing"), "{e}");
-        let unknown = base().replace("id = 1\n", "id = 1\nbogus = 2\n");
+        let unknown = base().replacen("id = 1\n", "id = 1\nbogus = 2\n", 1);
         let e = NodeConfig::from_toml(&unknown).unwrap_err();
         assert_eq!(e.field, "bogus", "{e}");
-        let ticks = base().replace("id = 1\n", "id = 1\nelection_timeout_ticks_min = 1\n");
+        let ticks = base().replacen("id = 1\n", "id = 1\nelection_timeout_ticks_min = 1\n", 1);
         let e = NodeConfig::from_toml(&ticks)
             .unwrap()
             .validate()

@@ -132,7 +132,7 @@ async fn serve_resp(
     router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut parser = RespParser::default();
+    let mut parser = RespParser;
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = Vec::with_capacity(16 << 10);
     loop {

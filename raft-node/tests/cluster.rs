@@ -1,0 +1,392 @@
+//! Real `raft-node` processes on loopback: writes through raft-client and through the
+//! `redis` crate, SIGKILL of the leader, exactly-once retries, a minority that refuses
+//! service, and config errors.
+//!
+//! Every process is killed by [`Cluster`]'s Drop (also when an assertion fails), ports are
+//! ephemeral on 127.0.0.1, and every wait is bounded by a deadline.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raft_client::{Client, ClientConfig, ClientError, KvCommand, NodeError};
+
+const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
+const REQUEST_TIMEOUT_MS: u64 = 1_500;
+
+fn free_addr() -> SocketAddr {
+    // Bind to port 0, remember the port, release it for the child. Another process could
+    // take it in between; on loopback in a test run that is rare enough.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+struct NodeProc {
+    id: u64,
+    client: SocketAddr,
+    http: SocketAddr,
+    child: Option<Child>,
+}
+
+/// A cluster of child processes, all killed on drop.
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Cluster {
+    fn start(size: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (1..=size)
+            .map(|id| (id, free_addr(), free_addr(), free_addr()))
+            .collect();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for &(id, _, client, http) in &addrs {
+            let log = std::fs::File::create(cluster.log_path(id)).expect("log file");
+            let mut cmd = Command::new(BIN);
+            cmd.arg("run")
+                .arg("--id")
+                .arg(id.to_string())
+                .arg("--data-dir")
+                .arg(cluster.dir.path().join(format!("node-{id}")))
+                .arg("--http-addr")
+                .arg(http.to_string())
+                .arg("--request-timeout-ms")
+                .arg(REQUEST_TIMEOUT_MS.to_string());
+            for &(pid, ppeer, pclient, _) in &addrs {
+                cmd.arg("--peer").arg(format!("{pid}={ppeer},{pclient}"));
+            }
+            cmd.env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            let child = cmd.spawn().expect("spawn raft-node");
+            cluster.nodes.push(NodeProc {
+                id,
+                client,
+                http,
+                child: Some(child),
+            });
+        }
+        cluster
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client.to_string()).collect()
+    }
+
+    fn client(&self) -> Client {
+        let mut config = ClientConfig::new(self.addrs());
+        config.request_timeout_ms = 10_000;
+        config.attempt_timeout_ms = 2_000;
+        Client::new(config)
+    }
+
+    fn node_client(&self, id: u64, timeout_ms: u64) -> Client {
+        let n = self.node(id);
+        let mut config = ClientConfig::new([n.client.to_string()]);
+        config.request_timeout_ms = timeout_ms;
+        config.attempt_timeout_ms = timeout_ms;
+        config.attempts_max = 1;
+        Client::new(config)
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node exists")
+    }
+
+    fn kill(&mut self, id: u64) {
+        let n = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        if let Some(mut c) = n.child.take() {
+            // Child::kill is SIGKILL on Unix: no shutdown path runs.
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(self.log_path(n.id)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!("--- node {} ---\n", n.id);
+            for l in tail.into_iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The leader as seen by a live node, once one is known and serving, within `limit`.
+    async fn wait_leader(&self, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let c = self.node_client(n.id, 500);
+                if let Ok(s) = c.status().await {
+                    if let Some(l) = s.leader {
+                        if self.node(l).child.is_some() && s.role == "Leader" {
+                            return l;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within {limit:?}\n{}", self.logs());
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn redis_set_get(addr: SocketAddr, key: &str, value: &str) -> redis::RedisResult<Option<String>> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    con.set_read_timeout(Some(Duration::from_secs(5)))?;
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(&mut con)?;
+    redis::cmd("GET").arg(key).query(&mut con)
+}
+
+#[test]
+fn writes_survive_leader_kill_and_retries_apply_once() {
+    let mut cluster = Cluster::start(3);
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let client = cluster.client();
+
+        // Acknowledged writes through raft-client.
+        for i in 0..30 {
+            client
+                .set(format!("k{i}"), format!("v{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("set k{i}: {e}\n{}", cluster.logs()));
+        }
+
+        // Through a Redis client library we did not write, at a follower and at the leader.
+        let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap().id;
+        for id in [follower, leader] {
+            let addr = cluster.node(id).client;
+            let got = tokio::task::spawn_blocking(move || {
+                redis_set_get(addr, &format!("redis-{id}"), "hello")
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                got.unwrap().as_deref(),
+                Some("hello"),
+                "redis via node {id}"
+            );
+        }
+        let addr = cluster.node(follower).client;
+        let pipelined: Vec<i64> = tokio::task::spawn_blocking(move || {
+            let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+            let mut con = client.get_connection().unwrap();
+            let mut pipe = redis::pipe();
+            for _ in 0..20 {
+                pipe.cmd("INCR").arg("pipelined");
+            }
+            pipe.query(&mut con).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(pipelined, (1..=20).collect::<Vec<i64>>());
+
+        // A request resent with the same (client_id, seq) is applied once.
+        let retrying = cluster.client();
+        let incr = KvCommand::IncrBy {
+            key: "once".into(),
+            by: 1,
+        }
+        .encode();
+        for _ in 0..3 {
+            retrying.propose_with_seq(incr.clone(), 1).await.unwrap();
+        }
+        retrying.set_next_seq(2).await;
+        assert_eq!(
+            client.get("once").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+
+        // SIGKILL the leader: a new one serves within a few seconds and keeps every
+        // acknowledged write.
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        client
+            .set("after-failover", "yes")
+            .await
+            .unwrap_or_else(|e| panic!("write after failover: {e}\n{}", cluster.logs()));
+        let failover = killed_at.elapsed();
+        assert!(
+            failover < Duration::from_secs(8),
+            "failover took {failover:?}"
+        );
+        let new_leader = cluster.wait_leader(Duration::from_secs(5)).await;
+        assert_ne!(new_leader, leader);
+        for i in 0..30 {
+            let v = client.get(format!("k{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "k{i} lost");
+        }
+        assert_eq!(
+            client.get("pipelined").await.unwrap().as_deref(),
+            Some(&b"20"[..])
+        );
+        assert_eq!(
+            client.get("once").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        // The retry's cached answer survived the leader change too.
+        let again = retrying.propose_with_seq(incr.clone(), 1).await.unwrap();
+        assert_eq!(
+            raft_client::KvResponse::decode(&again),
+            Some(raft_client::KvResponse::Int(1))
+        );
+        assert_eq!(
+            client.get("once").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+
+        // HTTP on a survivor.
+        let http = cluster
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .unwrap()
+            .http;
+        let status = http_get(http, "/status").await;
+        assert!(status.contains("\"commit_index\""), "{status}");
+        let metrics = http_get(http, "/metrics").await;
+        assert!(
+            metrics.contains("raft_proposal_latency_seconds_bucket"),
+            "{metrics}"
+        );
+        let kv = http_get(http, "/kv/k7").await;
+        assert!(kv.ends_with("v7"), "{kv}");
+    });
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("http answer in time")
+        .unwrap();
+    out
+}
+
+#[test]
+fn minority_refuses_reads_and_writes() {
+    let mut cluster = Cluster::start(3);
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        cluster.client().set("before", "1").await.unwrap();
+        // Keep the old leader alone: it must step down and refuse, like any minority node.
+        for n in [1, 2, 3].into_iter().filter(|&n| n != leader) {
+            cluster.kill(n);
+        }
+        let lone = cluster.node_client(leader, 6_000);
+        let started = Instant::now();
+        let write = lone.set("during", "x").await;
+        assert!(
+            matches!(write, Err(ClientError::Node(NodeError::Unavailable(_)))),
+            "write on a minority: {write:?}"
+        );
+        let read = lone.get("before").await;
+        assert!(
+            matches!(read, Err(ClientError::Node(NodeError::Unavailable(_)))),
+            "linearizable read on a minority: {read:?}"
+        );
+        // Refused within the timeout, never hung.
+        assert!(started.elapsed() < Duration::from_millis(2 * REQUEST_TIMEOUT_MS + 3_000));
+        // RESP clients see an error too.
+        let addr = cluster.node(leader).client;
+        let redis_result = tokio::task::spawn_blocking(move || redis_set_get(addr, "r", "v"))
+            .await
+            .unwrap();
+        let err = redis_result.expect_err("redis write on a minority");
+        assert!(
+            err.to_string().to_ascii_uppercase().contains("CLUSTERDOWN"),
+            "{err}"
+        );
+        // A stale read, asked for explicitly, is still served from the local replica.
+        let stale = lone.get_stale("before").await.unwrap();
+        assert_eq!(stale.as_deref(), Some(&b"1"[..]));
+    });
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_addr();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &format!("1={p},{p}"), "--peer", &format!("1={p}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`peers`") && err.contains("duplicate ID 1"),
+        "{err}"
+    );
+
+    // A port in use names the listener's field.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &format!("1={busy_addr},{}", free_addr())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`peer_addr`"), "{err}");
+
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--peer",
+        "--data-dir",
+        "--http-addr",
+        "--request-timeout-ms",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
