@@ -102,6 +102,9 @@ fn default_heartbeat() -> u32 {
 fn default_request_timeout_ms() -> u64 {
     RuntimeConfig::default().request_timeout_ms
 }
+fn default_snapshot_entries_max() -> u64 {
+    100_000
+}
 fn default_proposals_in_flight_max() -> usize {
     RuntimeConfig::default().proposals_in_flight_max
 }
@@ -141,6 +144,9 @@ pub struct NodeConfig {
     /// Writes in flight at most before clients get "busy, retry".
     #[serde(default = "default_proposals_in_flight_max")]
     pub proposals_in_flight_max: usize,
+    /// Take a snapshot (and compact the log to it) after this many applied entries.
+    #[serde(default = "default_snapshot_entries_max")]
+    pub snapshot_entries_max: u64,
 }
 
 impl NodeConfig {
@@ -227,6 +233,12 @@ impl NodeConfig {
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::new("request_timeout_ms", "must be at least 1"));
+        }
+        if self.snapshot_entries_max == 0 {
+            return Err(ConfigError::new(
+                "snapshot_entries_max",
+                "must be at least 1",
+            ));
         }
         if self.proposals_in_flight_max == 0 {
             return Err(ConfigError::new(

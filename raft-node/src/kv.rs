@@ -92,6 +92,11 @@ impl KvStateMachine {
         }
     }
 
+    /// An empty state machine with the same limits, to restore a snapshot into.
+    pub fn empty_like(&self) -> Self {
+        KvStateMachine::new(self.limits)
+    }
+
     /// Answers a read-only command from the current state, without touching sessions.
     pub fn query(&self, command: &[u8]) -> KvResponse {
         match KvCommand::decode(command) {

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one node of a cluster, from a TOML file (--config) or from flags.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
     Dev(DevArgs),
     /// Print a node's status table.
@@ -110,6 +110,10 @@ struct RunArgs {
     /// Writes in flight at most; more are refused with "busy, retry" [default: 8192].
     #[arg(long)]
     proposals_in_flight_max: Option<usize>,
+    /// Snapshot the state machine and compact the log after this many applied entries
+    /// [default: 100000].
+    #[arg(long)]
+    snapshot_entries_max: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -160,6 +164,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
                 heartbeat_interval_ticks: d.heartbeat_interval_ticks,
                 request_timeout_ms: d.request_timeout_ms,
                 proposals_in_flight_max: d.proposals_in_flight_max,
+                snapshot_entries_max: 100_000,
             }
         }
     };
@@ -189,6 +194,9 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.proposals_in_flight_max = args
         .proposals_in_flight_max
         .unwrap_or(cfg.proposals_in_flight_max);
+    cfg.snapshot_entries_max = args
+        .snapshot_entries_max
+        .unwrap_or(cfg.snapshot_entries_max);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -269,6 +277,7 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
             heartbeat_interval_ticks: d.heartbeat_interval_ticks,
             request_timeout_ms: d.request_timeout_ms,
             proposals_in_flight_max: d.proposals_in_flight_max,
+            snapshot_entries_max: 100_000,
         };
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),
@@ -342,7 +351,7 @@ fn main() -> ExitCode {
     let result: Result<(), String> = rt.block_on(async move {
         match cli.command {
             Cmd::Run(args) => {
-                let cfg = build_config(args).map_err(|e| e.to_string())?;
+                let cfg = build_config(*args).map_err(|e| e.to_string())?;
                 let node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
                 shutdown_signal().await;
                 node.shutdown().await;

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     pub messages_dropped: AtomicU64,
     pub syncs: AtomicU64,
+    pub snapshots_taken: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    pub snapshots_sent: AtomicU64,
     pub proposal_latency: Histogram,
     pub fsync_latency: Histogram,
 }

@@ -13,10 +13,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use raft_snapshot::{
+    restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig, StateMachine,
+};
+
 use crate::config::{ConfigError, NodeConfig};
+use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::{self, NodeHandle, RuntimeParts};
+use crate::store::NodeStore;
 use crate::transport::TcpTransport;
 use crate::{http, server};
 
@@ -59,6 +65,44 @@ impl DirLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Opens `DATA_DIR/snapshots` and restores the state machine from the newest valid snapshot
+/// that the log can continue from.
+fn open_snapshots<S: NodeStore>(
+    config: &NodeConfig,
+    store: &S,
+) -> Result<(SnapshotStore, KvStateMachine), ConfigError> {
+    let field = |m: String| ConfigError::new("data_dir", m);
+    let dir = config.data_dir.join("snapshots");
+    if !store.is_durable() && dir.exists() {
+        // The log starts empty on every run, so an earlier run's snapshots describe a
+        // history this node no longer has; keeping them would apply entries twice.
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| field(format!("cannot clear {}: {e}", dir.display())))?;
+    }
+    let (snapshots, _report) = SnapshotStore::open(&dir, SnapshotStoreConfig::default())
+        .map_err(|e| field(format!("snapshot store: {e}")))?;
+    let mut sm = KvStateMachine::new(KvLimits::default());
+    let latest = snapshots
+        .open_latest()
+        .map_err(|e| field(format!("snapshot store: {e}")))?;
+    if let Some(reader) = latest.snapshot {
+        let header = restore_state_machine(reader, &mut sm)
+            .map_err(|e| field(format!("restoring the newest snapshot: {e}")))?;
+        tracing::info!(
+            index = header.meta.index,
+            "state machine restored from a snapshot"
+        );
+    }
+    let log_snapshot = store.snapshot_meta().index;
+    if sm.applied_index() < log_snapshot {
+        return Err(field(format!(
+            "the log starts after index {log_snapshot} but the newest valid snapshot is at {}",
+            sm.applied_index()
+        )));
+    }
+    Ok((snapshots, sm))
 }
 
 /// A running node.
@@ -130,12 +174,20 @@ impl RunningNode {
             membership: Membership::new_voters(config.peers.iter().map(|p| p.id)),
             ..Default::default()
         });
+        let (snapshots, state_machine) = open_snapshots(&config, &store)?;
+        let snapshot_policy = SnapshotPolicy {
+            entries_since_snapshot_max: config.snapshot_entries_max,
+            ..SnapshotPolicy::default()
+        };
         let (handle, runtime_task) = runtime::spawn(RuntimeParts {
             raft: config.raft_config(),
             runtime: config.runtime(),
             store,
             transport: Arc::new(transport),
             inbound: inbound_rx,
+            state_machine,
+            snapshots,
+            snapshot_policy,
             client_addrs: client_addrs.clone(),
             metrics,
             shutdown: shutdown_rx.clone(),

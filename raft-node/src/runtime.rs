@@ -20,17 +20,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_client::wire::{NodeError, NodeId, NodeStatus, PeerInfo};
 use raft_core::{
-    ChangeError, ConfChange, Config, EntryPayload, Index, Message, ProposeError, RawNode,
-    ReadError, Role, Term, TransferError,
+    ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
+    ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
 };
-use raft_snapshot::StateMachine;
+use raft_snapshot::{SnapshotPolicy, SnapshotStore, SnapshotTrigger, StateMachine};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::kv::KvStateMachine;
 use crate::metrics::Metrics;
 use crate::store::{NodeStore, SyncJob};
-use crate::transport::PeerTransport;
+use crate::transport::{Inbound, PeerTransport, SNAPSHOT_BYTES_MAX};
 
 /// Inputs taken from one channel before the node's output is handled.
 const INPUT_BATCH_MAX: usize = 1024;
@@ -185,6 +185,22 @@ struct SyncRequest {
     messages: Vec<Message>,
 }
 
+/// Work finished off the runtime task.
+enum SnapshotEvent {
+    Written {
+        meta: SnapshotMeta,
+        result: Result<(), String>,
+    },
+    SendFailed {
+        to: CoreId,
+        why: String,
+    },
+    /// Handed to the transport; if it is lost, the core's retry timer sends it again.
+    Queued {
+        to: CoreId,
+    },
+}
+
 struct SyncDone {
     seq: u64,
     messages: Vec<Message>,
@@ -203,7 +219,13 @@ pub struct RuntimeParts<S: NodeStore> {
     /// The outbound side of the transport.
     pub transport: Arc<dyn PeerTransport>,
     /// Inbound peer messages.
-    pub inbound: mpsc::Receiver<Message>,
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// The state machine, restored from the newest snapshot if there is one.
+    pub state_machine: KvStateMachine,
+    /// Where snapshots are written and read.
+    pub snapshots: SnapshotStore,
+    /// When to take them.
+    pub snapshot_policy: SnapshotPolicy,
     /// Client address of each node, for redirects.
     pub client_addrs: HashMap<NodeId, String>,
     /// Shared metrics.
@@ -245,6 +267,8 @@ pub fn spawn<S: NodeStore>(
             }
         })
         .expect("spawn sync thread");
+    let (bg_tx, bg_rx) = mpsc::unbounded_channel();
+    let snapshot_index = parts.state_machine.applied_index();
     let handle = NodeHandle {
         tx,
         metrics: parts.metrics.clone(),
@@ -252,7 +276,12 @@ pub fn spawn<S: NodeStore>(
     };
     let runtime = Runtime {
         raw,
-        sm: KvStateMachine::default(),
+        sm: parts.state_machine,
+        snapshots: parts.snapshots,
+        trigger: SnapshotTrigger::new(parts.snapshot_policy, snapshot_index),
+        incoming_snapshot: None,
+        snapshots_sending: std::collections::HashSet::new(),
+        bg_tx,
         config: parts.runtime,
         transport: parts.transport,
         client_addrs: parts.client_addrs,
@@ -268,13 +297,22 @@ pub fn spawn<S: NodeStore>(
         last_role: Role::Follower,
         failed: false,
     };
-    let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, parts.shutdown));
+    let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
     Ok((handle, task))
 }
 
 struct Runtime<S: NodeStore> {
     raw: RawNode<S>,
     sm: KvStateMachine,
+    snapshots: SnapshotStore,
+    trigger: SnapshotTrigger,
+    /// The body of the latest `InstallSnapshot` received: `(index, term, body)`.
+    incoming_snapshot: Option<(Index, Term, Bytes)>,
+    /// Followers a snapshot is being loaded or sent to (one at a time each).
+    snapshots_sending: std::collections::HashSet<CoreId>,
+    /// Completions of snapshot work; at most one write and one send per peer are in flight,
+    /// so this channel is bounded by construction.
+    bg_tx: mpsc::UnboundedSender<SnapshotEvent>,
     config: RuntimeConfig,
     transport: Arc<dyn PeerTransport>,
     client_addrs: HashMap<NodeId, String>,
@@ -299,8 +337,9 @@ impl<S: NodeStore> Runtime<S> {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut inbound: mpsc::Receiver<Message>,
+        mut inbound: mpsc::Receiver<Inbound>,
         mut sync_done: mpsc::UnboundedReceiver<SyncDone>,
+        mut background: mpsc::UnboundedReceiver<SnapshotEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let period = Duration::from_millis(self.config.tick_interval_ms.max(1));
@@ -319,12 +358,13 @@ impl<S: NodeStore> Runtime<S> {
                         }
                     }
                 }
+                Some(bg) = background.recv() => self.on_background(bg),
                 _ = ticker.tick() => self.on_tick(),
                 Some(msg) = inbound.recv() => {
-                    self.step(msg);
+                    self.on_inbound(msg);
                     for _ in 0..INPUT_BATCH_MAX {
                         match inbound.try_recv() {
-                            Ok(msg) => self.step(msg),
+                            Ok(msg) => self.on_inbound(msg),
                             Err(_) => break,
                         }
                     }
@@ -372,6 +412,93 @@ impl<S: NodeStore> Runtime<S> {
             "{what} not confirmed by a majority within {} ms (no quorum or no leader)",
             self.config.request_timeout_ms
         ))
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        if let (Some(body), MessageBody::InstallSnapshot { meta }) =
+            (inbound.snapshot, &inbound.msg.body)
+        {
+            self.incoming_snapshot = Some((meta.index, meta.term, body));
+        }
+        self.step(inbound.msg);
+    }
+
+    fn on_background(&mut self, bg: SnapshotEvent) {
+        match bg {
+            SnapshotEvent::Written { meta, result } => match result {
+                Ok(()) => {
+                    Metrics::add(&self.metrics.snapshots_taken, 1);
+                    let _ = self
+                        .trigger
+                        .on_snapshot_done(meta.index, self.raw.first_index());
+                    // Compact to the snapshot itself, not below it: the log's snapshot
+                    // metadata must name a snapshot this node can send.
+                    if meta.index > self.raw.storage().snapshot_meta().index {
+                        if let Err(e) = self.raw.storage_mut().compact_to(meta.clone()) {
+                            tracing::error!(error = %e, "log compaction failed; stopping the node");
+                            self.failed = true;
+                            return;
+                        }
+                    }
+                    tracing::info!(
+                        index = meta.index,
+                        term = meta.term,
+                        "snapshot taken, log compacted"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(index = meta.index, error = %e, "snapshot failed");
+                    self.trigger.on_snapshot_failed(meta.index);
+                }
+            },
+            SnapshotEvent::Queued { to } => {
+                self.snapshots_sending.remove(&to);
+            }
+            SnapshotEvent::SendFailed { to, why } => {
+                self.snapshots_sending.remove(&to);
+                tracing::warn!(to, %why, "sending a snapshot failed");
+                self.raw.report_snapshot_failure(to);
+            }
+        }
+    }
+
+    /// Loads the snapshot named by an `InstallSnapshot` message off the task and sends it.
+    fn send_snapshot(&mut self, msg: Message) {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return;
+        };
+        if !self.snapshots_sending.insert(msg.to) {
+            return;
+        }
+        let (store, transport, bg) = (
+            self.snapshots.clone(),
+            self.transport.clone(),
+            self.bg_tx.clone(),
+        );
+        let (index, term, to) = (meta.index, meta.term, msg.to);
+        Metrics::add(&self.metrics.snapshots_sent, 1);
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<(), String> {
+                let file = store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|f| f.index == index && f.term == term)
+                    .ok_or_else(|| format!("no snapshot file for index {index} term {term}"))?;
+                let mut reader =
+                    raft_snapshot::SnapshotReader::open(&file.path).map_err(|e| e.to_string())?;
+                if reader.header().body_bytes > SNAPSHOT_BYTES_MAX as u64 {
+                    return Err("snapshot too large for the transport".into());
+                }
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
+                transport.send_snapshot(msg, body.into())
+            })();
+            let _ = bg.send(match result {
+                Ok(()) => SnapshotEvent::Queued { to },
+                Err(why) => SnapshotEvent::SendFailed { to, why },
+            });
+        });
     }
 
     fn step(&mut self, msg: Message) {
@@ -589,11 +716,15 @@ impl<S: NodeStore> Runtime<S> {
 
     fn handle_ready(&mut self) {
         let ready = self.raw.ready();
+        if let Some(meta) = &ready.snapshot {
+            if let Err(e) = self.install_snapshot(meta) {
+                tracing::error!(index = meta.index, error = %e, "installing a snapshot failed; stopping the node");
+                self.failed = true;
+                return;
+            }
+        }
         let store = self.raw.storage_mut();
         let mut write = || -> std::io::Result<()> {
-            if let Some(meta) = &ready.snapshot {
-                store.install_snapshot_meta(meta.clone())?;
-            }
             if !ready.entries.is_empty() {
                 store.append_entries(&ready.entries)?;
             }
@@ -607,15 +738,12 @@ impl<S: NodeStore> Runtime<S> {
             self.failed = true;
             return;
         }
-        if ready.snapshot.is_some() {
-            // Snapshot transfer is not wired yet (the leader never compacts its log, so it
-            // never sends one); receiving one means a peer runs other code.
-            tracing::error!("received a snapshot, which this node cannot install yet");
-            self.failed = true;
-            return;
-        }
         for m in ready.messages {
-            self.transport.send(m);
+            if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                self.send_snapshot(m);
+            } else {
+                self.transport.send(m);
+            }
         }
         if ready.seq > 0 {
             let job = self.raw.storage_mut().sync_job();
@@ -658,12 +786,64 @@ impl<S: NodeStore> Runtime<S> {
         }
     }
 
+    /// Replaces the state machine and the log with the leader's snapshot. The file is written
+    /// (and synced) before the log records the snapshot, so a crash in between leaves the
+    /// old log, never a log that points at a missing snapshot. Runs on the task: rare, and
+    /// the node cannot do anything useful until it is done.
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+        let body = match self.incoming_snapshot.take() {
+            Some((index, term, body)) if index == meta.index && term == meta.term => body,
+            _ => return Err("no snapshot body arrived with the message".into()),
+        };
+        let mut sm = self.sm.empty_like();
+        sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
+        if sm.applied_index() != meta.index {
+            return Err(format!(
+                "snapshot body is at index {}, its message says {}",
+                sm.applied_index(),
+                meta.index
+            ));
+        }
+        self.snapshots
+            .write_snapshot(meta.clone(), &sm.freeze())
+            .map_err(|e| e.to_string())?;
+        self.raw
+            .storage_mut()
+            .install_snapshot_meta(meta.clone())
+            .map_err(|e| e.to_string())?;
+        self.sm = sm;
+        self.trigger.on_snapshot_installed(meta.index);
+        Metrics::add(&self.metrics.snapshots_installed, 1);
+        // Writes waiting at covered indexes can no longer be told apart from others'.
+        let covered: Vec<Index> = self
+            .pending_writes
+            .range(..=meta.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in covered {
+            if let Some(p) = self.pending_writes.remove(&i) {
+                let _ = p.reply.send(Err(self.unavailable("write")));
+            }
+        }
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
     fn apply(&mut self, entries: Vec<raft_core::Entry>) {
         let Some(last) = entries.last().map(|e| e.index) else {
             return;
         };
+        let mut batch_bytes = 0u64;
         for entry in entries {
+            batch_bytes += entry.size_bytes() as u64;
             let response = match &entry.payload {
+                // A restored snapshot may be ahead of the log's own snapshot point (a crash
+                // between writing the file and compacting): those entries are in it already.
+                EntryPayload::Command(_) if entry.index <= self.sm.applied_index() => None,
                 EntryPayload::Command(data) => Some(self.sm.apply(entry.index, data)),
                 EntryPayload::Noop | EntryPayload::Membership(_) => None,
             };
@@ -684,6 +864,31 @@ impl<S: NodeStore> Runtime<S> {
             }
         }
         self.raw.advance_applied(last);
+        if self.trigger.on_applied(last, batch_bytes).is_some() {
+            self.take_snapshot(last);
+        }
+    }
+
+    /// Freezes the state machine now and writes the snapshot off the task.
+    fn take_snapshot(&mut self, index: Index) {
+        let Some(term) = self.raw.log_term(index) else {
+            self.trigger.on_snapshot_failed(index);
+            return;
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.raw.applied_membership().clone(),
+        };
+        let frozen = self.sm.freeze();
+        let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = store
+                .write_snapshot(meta.clone(), &frozen)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = bg.send(SnapshotEvent::Written { meta, result });
+        });
     }
 
     fn observe(&mut self) {

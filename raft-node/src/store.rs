@@ -30,6 +30,9 @@ pub trait NodeStore: LogStore + Send + 'static {
     fn sync_job(&mut self) -> SyncJob;
     /// Short description for status views (`"memory"`, `"raft-log: 3 segments"`).
     fn describe(&self) -> String;
+    /// Whether the log survives a restart. A node on a volatile log starts empty, so it
+    /// must not restore state-machine snapshots left by an earlier run either.
+    fn is_durable(&self) -> bool;
 }
 
 impl NodeStore for MemLog {
@@ -59,5 +62,9 @@ impl NodeStore for MemLog {
 
     fn describe(&self) -> String {
         "memory (not durable)".to_string()
+    }
+
+    fn is_durable(&self) -> bool {
+        false
     }
 }

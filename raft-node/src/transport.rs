@@ -7,7 +7,9 @@
 //!
 //! [`TcpTransport`] is the stand-in until then: one outbound connection per peer, frames of
 //! a 4-byte big-endian length and a postcard `raft_core::Message`, reconnect with back-off.
-//! It has no snapshot lane: snapshots are not sent by this node yet.
+//! A snapshot travels in the same frame as its `InstallSnapshot` message (no separate lane:
+//! a large snapshot delays heartbeats behind it, and its body is bounded by
+//! [`SNAPSHOT_BYTES_MAX`]); raft-net's snapshot lane removes both limits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,15 +34,39 @@ const WRITE_BATCH_MESSAGES_MAX: usize = 256;
 const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 
+/// Largest snapshot body this transport carries.
+pub const SNAPSHOT_BYTES_MAX: usize = PEER_FRAME_BYTES_MAX - (1 << 20);
+
+/// What crosses the wire between peers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum PeerFrame {
+    Message(Message),
+    /// An `InstallSnapshot` message with the state machine's snapshot body.
+    Snapshot(Message, Bytes),
+}
+
+/// A message received from a peer; `snapshot` is the body that came with an
+/// `InstallSnapshot` message.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message.
+    pub msg: Message,
+    /// The snapshot body, for `InstallSnapshot`.
+    pub snapshot: Option<Bytes>,
+}
+
 /// How the runtime sends to peers.
 pub trait PeerTransport: Send + Sync + 'static {
     /// Queues `msg` for `msg.to`; drops it when the peer's queue is full or unknown.
     fn send(&self, msg: Message);
+    /// Sends an `InstallSnapshot` message with the snapshot body. The receiver must get both
+    /// before it steps the message. `Err` when it could not be queued.
+    fn send_snapshot(&self, msg: Message, body: Bytes) -> Result<(), String>;
 }
 
 /// Peer-to-peer TCP transport. See the module documentation.
 pub struct TcpTransport {
-    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+    peers: HashMap<NodeId, mpsc::Sender<PeerFrame>>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,9 +76,25 @@ impl PeerTransport for TcpTransport {
             Metrics::add(&self.metrics.messages_dropped, 1);
             return;
         };
-        if queue.try_send(msg).is_err() {
+        if queue.try_send(PeerFrame::Message(msg)).is_err() {
             Metrics::add(&self.metrics.messages_dropped, 1);
         }
+    }
+
+    fn send_snapshot(&self, msg: Message, body: Bytes) -> Result<(), String> {
+        if body.len() > SNAPSHOT_BYTES_MAX {
+            return Err(format!(
+                "snapshot of {} bytes exceeds this transport's {SNAPSHOT_BYTES_MAX}",
+                body.len()
+            ));
+        }
+        let queue = self
+            .peers
+            .get(&msg.to)
+            .ok_or_else(|| format!("unknown peer {}", msg.to))?;
+        queue
+            .try_send(PeerFrame::Snapshot(msg, body))
+            .map_err(|_| "peer queue full".to_string())
     }
 }
 
@@ -68,7 +110,7 @@ impl TcpTransport {
     pub fn start(
         listener: TcpListener,
         peers: Vec<(NodeId, SocketAddr)>,
-        inbound: mpsc::Sender<Message>,
+        inbound: mpsc::Sender<Inbound>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> TcpTransport {
@@ -93,7 +135,7 @@ impl TcpTransport {
 
 async fn accept_loop(
     listener: TcpListener,
-    inbound: mpsc::Sender<Message>,
+    inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -127,12 +169,22 @@ async fn accept_loop(
                     None => return,
                 };
                 Metrics::add(&metrics.bytes_received, buf.len() as u64 + 4);
-                let Ok(msg) = postcard::from_bytes::<Message>(&buf) else {
-                    tracing::warn!(%remote, "undecodable peer message; closing the connection");
-                    return;
+                let inbound_msg = match postcard::from_bytes::<PeerFrame>(&buf) {
+                    Ok(PeerFrame::Message(msg)) => Inbound {
+                        msg,
+                        snapshot: None,
+                    },
+                    Ok(PeerFrame::Snapshot(msg, body)) => Inbound {
+                        msg,
+                        snapshot: Some(body),
+                    },
+                    Err(_) => {
+                        tracing::warn!(%remote, "undecodable peer message; closing the connection");
+                        return;
+                    }
                 };
                 Metrics::add(&metrics.messages_received, 1);
-                if inbound.try_send(msg).is_err() {
+                if inbound.try_send(inbound_msg).is_err() {
                     Metrics::add(&metrics.messages_dropped, 1);
                 }
             }
@@ -143,7 +195,7 @@ async fn accept_loop(
 async fn peer_writer(
     id: NodeId,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<PeerFrame>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -24,6 +24,7 @@ fn free_addr() -> SocketAddr {
 
 struct NodeProc {
     id: u64,
+    args: Vec<String>,
     client: SocketAddr,
     http: SocketAddr,
     child: Option<Child>,
@@ -48,6 +49,10 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(size: u64) -> Cluster {
+        Self::start_with(size, &[])
+    }
+
+    fn start_with(size: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (1..=size)
             .map(|id| (id, free_addr(), free_addr(), free_addr()))
@@ -57,33 +62,55 @@ impl Cluster {
             dir,
         };
         for &(id, _, client, http) in &addrs {
-            let log = std::fs::File::create(cluster.log_path(id)).expect("log file");
-            let mut cmd = Command::new(BIN);
-            cmd.arg("run")
-                .arg("--id")
-                .arg(id.to_string())
-                .arg("--data-dir")
-                .arg(cluster.dir.path().join(format!("node-{id}")))
-                .arg("--http-addr")
-                .arg(http.to_string())
-                .arg("--request-timeout-ms")
-                .arg(REQUEST_TIMEOUT_MS.to_string());
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                "--id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                cluster.data_dir(id).display().to_string(),
+                "--http-addr".into(),
+                http.to_string(),
+                "--request-timeout-ms".into(),
+                REQUEST_TIMEOUT_MS.to_string(),
+            ];
             for &(pid, ppeer, pclient, _) in &addrs {
-                cmd.arg("--peer").arg(format!("{pid}={ppeer},{pclient}"));
+                args.push("--peer".into());
+                args.push(format!("{pid}={ppeer},{pclient}"));
             }
-            cmd.env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            let child = cmd.spawn().expect("spawn raft-node");
+            args.extend(extra.iter().map(|s| s.to_string()));
             cluster.nodes.push(NodeProc {
                 id,
+                args,
                 client,
                 http,
-                child: Some(child),
+                child: None,
             });
+            cluster.spawn(id);
         }
         cluster
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let n = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
+        assert!(n.child.is_none(), "node {id} already runs");
+        let child = Command::new(BIN)
+            .args(&n.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raft-node");
+        n.child = Some(child);
     }
 
     fn log_path(&self, id: u64) -> PathBuf {
@@ -344,6 +371,51 @@ fn minority_refuses_reads_and_writes() {
         // A stale read, asked for explicitly, is still served from the local replica.
         let stale = lone.get_stale("before").await.unwrap();
         assert_eq!(stale.as_deref(), Some(&b"1"[..]));
+    });
+}
+
+#[test]
+fn wiped_follower_rejoins_through_a_snapshot() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries-max", "20"]);
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+        let client = cluster.client();
+        for i in 0..60 {
+            client.set(format!("s{i}"), format!("{i}")).await.unwrap();
+        }
+        cluster.kill(follower);
+        std::fs::remove_dir_all(cluster.data_dir(follower)).unwrap();
+        // More writes while it is away, so the leader compacts past everything it had.
+        for i in 60..90 {
+            client.set(format!("s{i}"), format!("{i}")).await.unwrap();
+        }
+        let target = client.status().await.unwrap().commit_index;
+        cluster.spawn(follower);
+        let probe = cluster.node_client(follower, 1_000);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = probe.status().await {
+                if s.applied_index >= target && s.snapshot_index > 0 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wiped follower did not catch up\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
+        assert!(
+            log.contains("installed a snapshot from the leader"),
+            "{log}"
+        );
+        for i in [0, 45, 89] {
+            let v = probe.get_stale(format!("s{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(i.to_string().as_bytes()), "s{i}");
+        }
     });
 }
 
