@@ -214,6 +214,10 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// (voters, outgoing voters, index or vote per node, expected result)
+    type CommitCase = (&'static [NodeId], &'static [NodeId], &'static [(NodeId, Index)], Index);
+    type VoteCase = (&'static [NodeId], &'static [NodeId], &'static [(NodeId, bool)], VoteResult);
+
     fn config(voters: &[NodeId], outgoing: &[NodeId]) -> Membership {
         Membership {
             voters: voters.iter().copied().collect(),
@@ -225,7 +229,7 @@ mod tests {
     #[test]
     fn committed_index_table() {
         // (voters, outgoing, match indexes by node, expected commit)
-        let cases: &[(&[NodeId], &[NodeId], &[(NodeId, Index)], Index)] = &[
+        let cases: &[CommitCase] = &[
             (&[1], &[], &[(1, 7)], 7),
             (&[1, 2, 3], &[], &[(1, 5), (2, 3), (3, 9)], 5),
             (&[1, 2, 3], &[], &[(1, 5)], 0),
@@ -263,7 +267,7 @@ mod tests {
 
     #[test]
     fn vote_result_table() {
-        let cases: &[(&[NodeId], &[NodeId], &[(NodeId, bool)], VoteResult)] = &[
+        let cases: &[VoteCase] = &[
             (&[1], &[], &[(1, true)], VoteResult::Won),
             (&[1, 2, 3], &[], &[(1, true)], VoteResult::Pending),
             (&[1, 2, 3], &[], &[(1, true), (2, true)], VoteResult::Won),
