@@ -104,10 +104,14 @@ fn core_commits(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PROPOSALS));
     group.sample_size(10);
     for in_flight in [1u64, 256] {
-        group.bench_with_input(BenchmarkId::new("proposers", in_flight), &in_flight, |b, &w| {
-            let mut cluster = Cluster::new();
-            b.iter(|| cluster.commit(PROPOSALS, w));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("proposers", in_flight),
+            &in_flight,
+            |b, &w| {
+                let mut cluster = Cluster::new();
+                b.iter(|| cluster.commit(PROPOSALS, w));
+            },
+        );
     }
     group.finish();
 }

@@ -215,8 +215,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// (voters, outgoing voters, index or vote per node, expected result)
-    type CommitCase = (&'static [NodeId], &'static [NodeId], &'static [(NodeId, Index)], Index);
-    type VoteCase = (&'static [NodeId], &'static [NodeId], &'static [(NodeId, bool)], VoteResult);
+    type CommitCase = (
+        &'static [NodeId],
+        &'static [NodeId],
+        &'static [(NodeId, Index)],
+        Index,
+    );
+    type VoteCase = (
+        &'static [NodeId],
+        &'static [NodeId],
+        &'static [(NodeId, bool)],
+        VoteResult,
+    );
 
     fn config(voters: &[NodeId], outgoing: &[NodeId]) -> Membership {
         Membership {

@@ -37,7 +37,10 @@ fn one_thousand_seeds_have_no_violation() {
     });
     println!("{}", summary.line());
     assert_eq!(summary.seeds, 1000);
-    assert!(summary.steps >= 1000 * template.fault_steps, "every seed ran its fault phase");
+    assert!(
+        summary.steps >= 1000 * template.fault_steps,
+        "every seed ran its fault phase"
+    );
     assert!(summary.failures.is_empty(), "{}", summary.line());
 }
 
@@ -47,5 +50,9 @@ fn a_seed_replays_identically() {
     let b = run_seed_caught(&SimOptions::new(42));
     assert_eq!(a.steps, b.steps);
     assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats));
-    assert!(a.stats.writes_ok > 0 && a.stats.reads_ok > 0, "the workload ran: {:?}", a.stats);
+    assert!(
+        a.stats.writes_ok > 0 && a.stats.reads_ok > 0,
+        "the workload ran: {:?}",
+        a.stats
+    );
 }
