@@ -13,6 +13,7 @@ pub struct Config {
     /// A follower that hears nothing from a leader for a randomized number of ticks in
     /// `election_timeout_ticks_min..election_timeout_ticks_max` starts an election.
     pub election_timeout_ticks_min: u32,
+    /// Upper bound (exclusive) of the randomized election timeout.
     pub election_timeout_ticks_max: u32,
     /// A leader sends heartbeats this often. Must be well below the election timeout.
     pub heartbeat_interval_ticks: u32,
@@ -79,6 +80,7 @@ impl Config {
         }
     }
 
+    /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |why: &str| Err(ConfigError(why.to_string()));
         if self.id == 0 {

@@ -46,8 +46,11 @@ pub enum MembershipError {
 /// Outcome of counting votes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
+    /// A quorum granted.
     Won,
+    /// A quorum can no longer be reached.
     Lost,
+    /// Undecided: not enough answers yet.
     Pending,
 }
 
@@ -60,6 +63,7 @@ impl Membership {
         }
     }
 
+    /// Whether a joint change is in progress.
     pub fn is_joint(&self) -> bool {
         !self.voters_outgoing.is_empty()
     }
@@ -74,6 +78,7 @@ impl Membership {
         self.learners.contains(&id) && !self.is_voter(id)
     }
 
+    /// Whether `id` is a voter or a learner.
     pub fn contains(&self, id: NodeId) -> bool {
         self.is_voter(id) || self.learners.contains(&id)
     }
@@ -86,6 +91,7 @@ impl Membership {
         all
     }
 
+    /// The number of member entries, counting a node once per set it is in.
     pub fn node_count(&self) -> usize {
         self.voters.len() + self.voters_outgoing.len() + self.learners.len()
     }

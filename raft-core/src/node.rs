@@ -30,7 +30,9 @@ const HEARTBEAT_ROUNDS_TRACKED_MAX: usize = 1024;
 /// Why the node could not be created or could not read its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
+    /// The configuration is invalid.
     Config(ConfigError),
+    /// The log could not be read.
     Storage(StorageError),
 }
 
@@ -55,14 +57,21 @@ impl From<StorageError> for Error {
 /// has `term`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProposalId {
+    /// Log index of the entry.
     pub index: Index,
+    /// Term of the entry.
     pub term: Term,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a proposal was refused. Nothing was appended.
 pub enum ProposeError {
     /// Only the leader accepts proposals; `leader` is where to retry, if known.
-    NotLeader { leader: Option<NodeId> },
+    /// This node is not the leader.
+    NotLeader {
+        /// Where to retry, if known.
+        leader: Option<NodeId>,
+    },
     /// A leadership transfer is under way; retry at the new leader.
     TransferInProgress,
     /// Too many bytes are proposed and not yet committed; retry later.
@@ -70,8 +79,11 @@ pub enum ProposeError {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a membership change was refused. Nothing was appended.
 pub enum ChangeError {
+    /// This node is not the leader.
     NotLeader {
+        /// Where to retry, if known.
         leader: Option<NodeId>,
     },
     /// The leader has not yet committed an entry of its own term. Changing membership before
@@ -79,13 +91,18 @@ pub enum ChangeError {
     NotReady,
     /// A previous change has not been committed yet (at most one in flight).
     ChangeInProgress,
+    /// A leadership transfer is under way.
     TransferInProgress,
+    /// The change itself is invalid.
     Invalid(MembershipError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a leadership transfer was refused.
 pub enum TransferError {
+    /// This node is not the leader.
     NotLeader {
+        /// Where to retry, if known.
         leader: Option<NodeId>,
     },
     /// The target is not a voter of the current configuration.
@@ -95,28 +112,46 @@ pub enum TransferError {
 /// A snapshot of the node's consensus state, for status views.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// This node.
     pub id: NodeId,
+    /// Its role.
     pub role: Role,
+    /// Its current term.
     pub term: Term,
+    /// Whom it voted for in `term`.
     pub vote: Option<NodeId>,
+    /// The leader it follows, if known.
     pub leader: Option<NodeId>,
+    /// Commit index.
     pub commit: Index,
+    /// Applied index (as reported by the host).
     pub applied: Index,
+    /// Highest index reported durable.
     pub persisted: Index,
+    /// First index held in the log.
     pub first_index: Index,
+    /// Last index held in the log.
     pub last_index: Index,
+    /// Last index covered by the latest snapshot.
     pub snapshot_index: Index,
+    /// The configuration in force.
     pub membership: Membership,
     /// The leader's view of each follower (empty on other roles).
     pub peers: Vec<PeerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// The leader's view of one follower.
 pub struct PeerStatus {
+    /// The follower.
     pub id: NodeId,
+    /// Highest index known to match the leader's log.
     pub match_index: Index,
+    /// Next index to send.
     pub next_index: Index,
+    /// `probe`, `replicate` or `snapshot`.
     pub state: &'static str,
+    /// Heard from since the last check-quorum round.
     pub recent_active: bool,
 }
 
@@ -268,18 +303,23 @@ impl<S: LogStore> RawNode<S> {
 
     // ----- accessors -------------------------------------------------------------------
 
+    /// This node's ID.
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// The current term.
     pub fn term(&self) -> Term {
         self.term
     }
+    /// Whom this node voted for in the current term.
     pub fn vote(&self) -> Option<NodeId> {
         self.vote
     }
+    /// The current role.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
@@ -287,15 +327,19 @@ impl<S: LogStore> RawNode<S> {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The highest index known committed.
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    /// The highest index the host reported applied.
     pub fn applied_index(&self) -> Index {
         self.applied
     }
+    /// The last index in the log (including entries not yet handed to the host).
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// The first index still held as an entry.
     pub fn first_index(&self) -> Index {
         self.log.first_index()
     }
@@ -320,6 +364,7 @@ impl<S: LogStore> RawNode<S> {
             .unwrap_or(0);
         &self.configs[pos].1
     }
+    /// The store, for reading.
     pub fn storage(&self) -> &S {
         &self.log.store
     }
@@ -328,10 +373,12 @@ impl<S: LogStore> RawNode<S> {
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.log.store
     }
+    /// The settings this node runs with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The consensus state and, on a leader, each follower's progress: the status view.
     pub fn status(&self) -> Status {
         let peers = self
             .progress

@@ -32,6 +32,7 @@ use kv::{Kv, Write};
 /// How long one seed runs.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
+    /// The seed: it fixes the whole run.
     pub seed: u64,
     /// Steps (ticks) with faults injected.
     pub fault_steps: u64,
@@ -40,6 +41,7 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
+    /// 5,000 fault steps then 1,000 healing steps.
     pub fn new(seed: u64) -> Self {
         SimOptions {
             seed,
@@ -52,28 +54,48 @@ impl SimOptions {
 /// What happened in one seed.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
+    /// Leaders seen (new term or new node).
     pub elections: u64,
+    /// Node crashes.
     pub crashes: u64,
+    /// Partitions made.
     pub partitions: u64,
+    /// Process pauses.
     pub pauses: u64,
+    /// Membership changes accepted by a leader.
     pub membership_changes: u64,
+    /// Leadership transfers started.
     pub transfers: u64,
+    /// Snapshots taken (and logs compacted).
     pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Writes acknowledged.
     pub writes_ok: u64,
+    /// Reads served.
     pub reads_ok: u64,
+    /// Operations refused (to be retried).
     pub ops_failed: u64,
+    /// Operations whose outcome the client never learned.
     pub ops_unknown: u64,
+    /// Messages sent (before loss).
     pub messages_sent: u64,
+    /// Highest commit index reached.
     pub commit_max: Index,
 }
 
 #[derive(Clone, Debug)]
+/// The outcome of one seed.
 pub struct SeedReport {
+    /// The seed.
     pub seed: u64,
+    /// Steps run.
     pub steps: u64,
+    /// Violations found (empty when the seed passed).
     pub violations: Vec<String>,
+    /// What happened.
     pub stats: Stats,
+    /// The settings and fault rates the seed drew.
     pub params: String,
 }
 
@@ -1398,13 +1420,16 @@ pub fn run_seed_caught(opts: &SimOptions) -> SeedReport {
 /// The outcome of many seeds.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
+    /// Seeds run.
     pub seeds: u64,
+    /// Steps run, over all seeds.
     pub steps: u64,
     /// Failing seeds with their first violations.
     pub failures: Vec<SeedReport>,
 }
 
 impl Summary {
+    /// Violations found, over all seeds.
     pub fn violations(&self) -> usize {
         self.failures.iter().map(|r| r.violations.len()).sum()
     }
