@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use raft_core::{
-    Config, Entry, HardState, Index, LogStore, MemLog, Membership, Message, MessageBody, NodeId,
-    RawNode, ReadState, Role, SnapshotMeta, Term,
+    Config, Entry, HardState, Index, MemLog, Membership, Message, MessageBody, NodeId, RawNode,
+    ReadState, Role, SnapshotMeta, Term,
 };
 
 /// A write the host made to a node's store, durable only once synced.
@@ -456,7 +456,9 @@ impl Cluster {
     /// Steps one message into its destination (unless the link is cut or the node is down)
     /// and handles the Readies that follow.
     pub fn deliver(&mut self, m: Message) {
-        if self.cut.contains(&(m.from, m.to)) || !self.hosts.get(&m.to).is_some_and(|h| h.raw.is_some()) {
+        if self.cut.contains(&(m.from, m.to))
+            || !self.hosts.get(&m.to).is_some_and(|h| h.raw.is_some())
+        {
             return;
         }
         let to = m.to;
@@ -500,8 +502,7 @@ impl Cluster {
         for _ in 0..rounds {
             let mut ids = self.ids();
             ids.sort_by_key(|&id| {
-                !self
-                    .hosts[&id]
+                !self.hosts[&id]
                     .raw
                     .as_ref()
                     .is_some_and(|r| r.role() == Role::Leader)
@@ -515,7 +516,9 @@ impl Cluster {
 
     /// Propose on `id` and deliver everything.
     pub fn propose(&mut self, id: NodeId, data: &str) -> raft_core::ProposalId {
-        let p = self.with(id, |r| r.propose(cmd(data))).expect("proposal accepted");
+        let p = self
+            .with(id, |r| r.propose(cmd(data)))
+            .expect("proposal accepted");
         self.deliver_all();
         p
     }
