@@ -330,12 +330,30 @@ fn stale_or_duplicated_append_entries_never_truncate_the_log() {
         assert_eq!(c.node(2).last_index(), 4, "{what}");
         assert!(c.node(2).commit_index() >= commit, "{what}");
     }
-    // The acks to the stale messages do not move the leader backwards either.
+    // The answers to the stale messages, and a rejection from long ago, do not move the
+    // leader's view of 2 backwards either.
+    c.deliver_all();
+    c.deliver(Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::AppendEntriesResponse {
+            index: 2,
+            reject: Some(raft_core::ConflictHint {
+                term: None,
+                index: 2,
+            }),
+        },
+    });
     c.deliver_all();
     let peers = c.node(1).status().peers;
     let p2 = peers.iter().find(|p| p.id == 2).unwrap();
-    assert_eq!(p2.match_index, 4);
+    assert_eq!((p2.match_index, p2.state), (4, "replicate"));
     assert_eq!(c.node(1).commit_index(), 4);
+    assert!(
+        !c.net.iter().any(|m| m.to == 2 && is_append(m)),
+        "nothing is resent"
+    );
 }
 
 #[test]
@@ -1179,6 +1197,31 @@ fn follower_read_is_confirmed_by_the_leader_and_served_after_apply() {
         lone.with(2, |r| r.read_index(1)),
         Err(ReadError::NotLeader { leader: None })
     );
+}
+
+#[test]
+fn pending_reads_fail_when_the_leader_steps_down() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.with(1, |r| r.read_index(1)).unwrap();
+    c.with(3, |r| r.read_index(3)).unwrap();
+    c.deliver_if(|m| matches!(m.body, MessageBody::ReadIndex { .. }));
+    // The confirming round is lost, and 2 takes over in term 2.
+    c.drop_if(|m| matches!(m.body, MessageBody::Heartbeat { .. }));
+    c.campaign(2);
+    c.deliver_all();
+    assert!(c.node(2).is_leader());
+    assert_eq!(
+        c.hosts[&1]
+            .read_states
+            .iter()
+            .map(|r| (r.ctx, r.result))
+            .collect::<Vec<_>>(),
+        vec![(1, Err(ReadError::LeadershipLost))]
+    );
+    let on_3: Vec<_> = c.hosts[&3].read_states.iter().map(|r| r.ctx).collect();
+    assert_eq!(on_3, vec![3]);
+    assert!(c.hosts[&3].read_states[0].result.is_err());
 }
 
 /// A cluster with lease reads whose leader holds a fresh lease. A node starting up ignores

@@ -457,7 +457,7 @@ impl Cluster {
     /// and handles the Readies that follow.
     pub fn deliver(&mut self, m: Message) {
         if self.cut.contains(&(m.from, m.to))
-            || !self.hosts.get(&m.to).is_some_and(|h| h.raw.is_some())
+            || self.hosts.get(&m.to).is_none_or(|h| h.raw.is_none())
         {
             return;
         }
