@@ -25,7 +25,11 @@ pub struct Config {
     pub check_quorum: bool,
     /// Serve linearizable reads from a leader lease instead of a heartbeat round. Safe only if
     /// every node's tick rate is within `lease_ticks_margin` ticks per election timeout of every
-    /// other's (bounded clock drift); off by default. Requires `check_quorum`.
+    /// other's (bounded clock drift); off by default. Requires `check_quorum`. The host must
+    /// drive ticks from a monotonic clock and, after any stall (a paused process, a long GC),
+    /// deliver the ticks it missed before any other input: a leader whose clock stood still
+    /// would otherwise serve reads from a lease that already expired. A leader that starts a
+    /// leadership transfer gives up its lease for the rest of its term.
     pub lease_read: bool,
     /// Ticks by which the leader's lease is shortened to absorb clock drift.
     pub lease_ticks_margin: u32,

@@ -209,6 +209,10 @@ pub struct RawNode<S> {
     read_broadcast_needed: bool,
     heartbeat_rounds: VecDeque<(u64, u64)>,
     lease_until_tick: u64,
+    /// Set once this leader started a transfer: a TimeoutNow may reach the target at any later
+    /// moment, even after the transfer was abandoned, and the target's election bypasses the
+    /// voters' lease, so this leader must not serve lease reads again in its term.
+    lease_forfeited: bool,
     reads_unconfirmed: VecDeque<PendingRead>,
     reads_awaiting_term_commit: VecDeque<(u64, NodeId)>,
     reads_awaiting_apply: Vec<(u64, Index)>,
@@ -282,6 +286,7 @@ impl<S: LogStore> RawNode<S> {
             read_broadcast_needed: false,
             heartbeat_rounds: VecDeque::new(),
             lease_until_tick: 0,
+            lease_forfeited: false,
             reads_unconfirmed: VecDeque::new(),
             reads_awaiting_term_commit: VecDeque::new(),
             reads_awaiting_apply: Vec::new(),
@@ -699,6 +704,7 @@ impl<S: LogStore> RawNode<S> {
             timeout_now_sent: false,
         });
         self.lease_until_tick = 0;
+        self.lease_forfeited = true;
         self.maybe_send_timeout_now();
         if self.transfer.as_ref().is_some_and(|t| !t.timeout_now_sent) {
             self.send_append(to, true);
@@ -1045,6 +1051,7 @@ impl<S: LogStore> RawNode<S> {
         self.heartbeat_elapsed = 0;
         self.transfer = None;
         self.lease_until_tick = 0;
+        self.lease_forfeited = false;
         self.heartbeat_rounds.clear();
         let next = self.log.last_index() + 1;
         self.progress = self
@@ -1644,7 +1651,7 @@ impl<S: LogStore> RawNode<S> {
             m.voters.len() == 1 && m.voters.contains(&self.id) && !m.is_joint()
         };
         let lease_valid =
-            self.config.lease_read && self.transfer.is_none() && self.ticks < self.lease_until_tick;
+            self.config.lease_read && !self.lease_forfeited && self.ticks < self.lease_until_tick;
         if lone_voter || lease_valid {
             let index = self.commit;
             self.confirm_read(ctx, origin, index);
@@ -1701,7 +1708,7 @@ impl<S: LogStore> RawNode<S> {
             round_tick = self.heartbeat_rounds.pop_front().map(|(_, tick)| tick);
         }
         if let Some(tick) = round_tick {
-            if self.config.lease_read && self.transfer.is_none() {
+            if self.config.lease_read && !self.lease_forfeited {
                 // Followers that answered this round will not vote for another node until
                 // election_timeout_ticks_min after they received it, which is after it was sent.
                 let lease_ticks = (self.config.election_timeout_ticks_min

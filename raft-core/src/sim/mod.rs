@@ -338,6 +338,8 @@ struct SimNode {
     pending_writes: BTreeMap<Index, (Term, u64)>,
     pending_reads: BTreeMap<u64, u8>,
     paused_until: u64,
+    /// Ticks that elapsed while the process was paused, delivered when it resumes.
+    ticks_owed: u64,
     restart_at: u64,
     /// This node's disk: on slow-disk seeds some nodes are slow and some fast, so a leader's
     /// own sync can finish after its followers' acknowledgements.
@@ -399,6 +401,7 @@ impl SimNode {
             }
         }
         self.syncs.clear();
+        self.ticks_owed = 0;
         self.pending_writes.clear();
         self.pending_reads.clear();
         self.incoming_snapshots.clear();
@@ -719,6 +722,7 @@ impl World {
                 pending_writes: BTreeMap::new(),
                 pending_reads: BTreeMap::new(),
                 paused_until: 0,
+                ticks_owed: 0,
                 restart_at: 0,
                 sync_delay_ticks_max: if params.sync_delay_ticks_max > 3 && rng.chance(0.5) {
                     rng.range(0, 2)
@@ -837,6 +841,20 @@ impl World {
             if self.faults_on {
                 self.inject_faults();
             }
+            // A resumed process first catches up on the ticks its clock counted while it was
+            // stopped, as a host driving ticks from a monotonic clock must (lease reads depend
+            // on it), before it handles anything else.
+            for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                let node = &self.nodes[&id];
+                if node.running(self.step) && node.ticks_owed > 0 {
+                    self.with_node(id, |n, ctx| {
+                        for _ in 0..std::mem::take(&mut n.ticks_owed) {
+                            n.raw.as_mut().expect("running").tick();
+                        }
+                        n.drive(ctx);
+                    });
+                }
+            }
             while let Some(packet) = self.net.pop_due(self.step) {
                 self.deliver(packet);
             }
@@ -847,6 +865,8 @@ impl World {
                         n.raw.as_mut().expect("running").tick();
                         n.drive(ctx);
                     });
+                } else if self.nodes[&id].alive() {
+                    self.nodes.get_mut(&id).expect("known").ticks_owed += 1;
                 }
             }
             for &id in &ids {
