@@ -13,6 +13,7 @@ pub struct Config {
     /// A follower that hears nothing from a leader for a randomized number of ticks in
     /// `election_timeout_ticks_min..election_timeout_ticks_max` starts an election.
     pub election_timeout_ticks_min: u32,
+    /// Upper bound (exclusive) of the randomized election timeout.
     pub election_timeout_ticks_max: u32,
     /// A leader sends heartbeats this often. Must be well below the election timeout.
     pub heartbeat_interval_ticks: u32,
@@ -24,7 +25,11 @@ pub struct Config {
     pub check_quorum: bool,
     /// Serve linearizable reads from a leader lease instead of a heartbeat round. Safe only if
     /// every node's tick rate is within `lease_ticks_margin` ticks per election timeout of every
-    /// other's (bounded clock drift); off by default. Requires `check_quorum`.
+    /// other's (bounded clock drift); off by default. Requires `check_quorum`. The host must
+    /// drive ticks from a monotonic clock and, after any stall (a paused process, a long GC),
+    /// deliver the ticks it missed before any other input: a leader whose clock stood still
+    /// would otherwise serve reads from a lease that already expired. A leader that starts a
+    /// leadership transfer gives up its lease for the rest of its term.
     pub lease_read: bool,
     /// Ticks by which the leader's lease is shortened to absorb clock drift.
     pub lease_ticks_margin: u32,
@@ -79,6 +84,7 @@ impl Config {
         }
     }
 
+    /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |why: &str| Err(ConfigError(why.to_string()));
         if self.id == 0 {

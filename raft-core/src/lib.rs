@@ -29,6 +29,8 @@
 //! assert!(ready.committed_entries.iter().any(|e| e.index == proposal.index));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod membership;
 pub mod message;

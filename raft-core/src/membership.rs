@@ -46,8 +46,11 @@ pub enum MembershipError {
 /// Outcome of counting votes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
+    /// A quorum granted.
     Won,
+    /// A quorum can no longer be reached.
     Lost,
+    /// Undecided: not enough answers yet.
     Pending,
 }
 
@@ -60,6 +63,7 @@ impl Membership {
         }
     }
 
+    /// Whether a joint change is in progress.
     pub fn is_joint(&self) -> bool {
         !self.voters_outgoing.is_empty()
     }
@@ -74,6 +78,7 @@ impl Membership {
         self.learners.contains(&id) && !self.is_voter(id)
     }
 
+    /// Whether `id` is a voter or a learner.
     pub fn contains(&self, id: NodeId) -> bool {
         self.is_voter(id) || self.learners.contains(&id)
     }
@@ -86,6 +91,7 @@ impl Membership {
         all
     }
 
+    /// The number of member entries, counting a node once per set it is in.
     pub fn node_count(&self) -> usize {
         self.voters.len() + self.voters_outgoing.len() + self.learners.len()
     }
@@ -214,6 +220,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// (voters, outgoing voters, index or vote per node, expected result)
+    type CommitCase = (
+        &'static [NodeId],
+        &'static [NodeId],
+        &'static [(NodeId, Index)],
+        Index,
+    );
+    type VoteCase = (
+        &'static [NodeId],
+        &'static [NodeId],
+        &'static [(NodeId, bool)],
+        VoteResult,
+    );
+
     fn config(voters: &[NodeId], outgoing: &[NodeId]) -> Membership {
         Membership {
             voters: voters.iter().copied().collect(),
@@ -225,7 +245,7 @@ mod tests {
     #[test]
     fn committed_index_table() {
         // (voters, outgoing, match indexes by node, expected commit)
-        let cases: &[(&[NodeId], &[NodeId], &[(NodeId, Index)], Index)] = &[
+        let cases: &[CommitCase] = &[
             (&[1], &[], &[(1, 7)], 7),
             (&[1, 2, 3], &[], &[(1, 5), (2, 3), (3, 9)], 5),
             (&[1, 2, 3], &[], &[(1, 5)], 0),
@@ -263,7 +283,7 @@ mod tests {
 
     #[test]
     fn vote_result_table() {
-        let cases: &[(&[NodeId], &[NodeId], &[(NodeId, bool)], VoteResult)] = &[
+        let cases: &[VoteCase] = &[
             (&[1], &[], &[(1, true)], VoteResult::Won),
             (&[1, 2, 3], &[], &[(1, true)], VoteResult::Pending),
             (&[1, 2, 3], &[], &[(1, true), (2, true)], VoteResult::Won),

@@ -30,7 +30,9 @@ const HEARTBEAT_ROUNDS_TRACKED_MAX: usize = 1024;
 /// Why the node could not be created or could not read its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
+    /// The configuration is invalid.
     Config(ConfigError),
+    /// The log could not be read.
     Storage(StorageError),
 }
 
@@ -55,14 +57,21 @@ impl From<StorageError> for Error {
 /// has `term`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProposalId {
+    /// Log index of the entry.
     pub index: Index,
+    /// Term of the entry.
     pub term: Term,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a proposal was refused. Nothing was appended.
 pub enum ProposeError {
     /// Only the leader accepts proposals; `leader` is where to retry, if known.
-    NotLeader { leader: Option<NodeId> },
+    /// This node is not the leader.
+    NotLeader {
+        /// Where to retry, if known.
+        leader: Option<NodeId>,
+    },
     /// A leadership transfer is under way; retry at the new leader.
     TransferInProgress,
     /// Too many bytes are proposed and not yet committed; retry later.
@@ -70,8 +79,11 @@ pub enum ProposeError {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a membership change was refused. Nothing was appended.
 pub enum ChangeError {
+    /// This node is not the leader.
     NotLeader {
+        /// Where to retry, if known.
         leader: Option<NodeId>,
     },
     /// The leader has not yet committed an entry of its own term. Changing membership before
@@ -79,13 +91,18 @@ pub enum ChangeError {
     NotReady,
     /// A previous change has not been committed yet (at most one in flight).
     ChangeInProgress,
+    /// A leadership transfer is under way.
     TransferInProgress,
+    /// The change itself is invalid.
     Invalid(MembershipError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a leadership transfer was refused.
 pub enum TransferError {
+    /// This node is not the leader.
     NotLeader {
+        /// Where to retry, if known.
         leader: Option<NodeId>,
     },
     /// The target is not a voter of the current configuration.
@@ -95,28 +112,46 @@ pub enum TransferError {
 /// A snapshot of the node's consensus state, for status views.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// This node.
     pub id: NodeId,
+    /// Its role.
     pub role: Role,
+    /// Its current term.
     pub term: Term,
+    /// Whom it voted for in `term`.
     pub vote: Option<NodeId>,
+    /// The leader it follows, if known.
     pub leader: Option<NodeId>,
+    /// Commit index.
     pub commit: Index,
+    /// Applied index (as reported by the host).
     pub applied: Index,
+    /// Highest index reported durable.
     pub persisted: Index,
+    /// First index held in the log.
     pub first_index: Index,
+    /// Last index held in the log.
     pub last_index: Index,
+    /// Last index covered by the latest snapshot.
     pub snapshot_index: Index,
+    /// The configuration in force.
     pub membership: Membership,
     /// The leader's view of each follower (empty on other roles).
     pub peers: Vec<PeerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// The leader's view of one follower.
 pub struct PeerStatus {
+    /// The follower.
     pub id: NodeId,
+    /// Highest index known to match the leader's log.
     pub match_index: Index,
+    /// Next index to send.
     pub next_index: Index,
+    /// `probe`, `replicate` or `snapshot`.
     pub state: &'static str,
+    /// Heard from since the last check-quorum round.
     pub recent_active: bool,
 }
 
@@ -174,6 +209,10 @@ pub struct RawNode<S> {
     read_broadcast_needed: bool,
     heartbeat_rounds: VecDeque<(u64, u64)>,
     lease_until_tick: u64,
+    /// Set once this leader started a transfer: a TimeoutNow may reach the target at any later
+    /// moment, even after the transfer was abandoned, and the target's election bypasses the
+    /// voters' lease, so this leader must not serve lease reads again in its term.
+    lease_forfeited: bool,
     reads_unconfirmed: VecDeque<PendingRead>,
     reads_awaiting_term_commit: VecDeque<(u64, NodeId)>,
     reads_awaiting_apply: Vec<(u64, Index)>,
@@ -247,6 +286,7 @@ impl<S: LogStore> RawNode<S> {
             read_broadcast_needed: false,
             heartbeat_rounds: VecDeque::new(),
             lease_until_tick: 0,
+            lease_forfeited: false,
             reads_unconfirmed: VecDeque::new(),
             reads_awaiting_term_commit: VecDeque::new(),
             reads_awaiting_apply: Vec::new(),
@@ -268,18 +308,23 @@ impl<S: LogStore> RawNode<S> {
 
     // ----- accessors -------------------------------------------------------------------
 
+    /// This node's ID.
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// The current term.
     pub fn term(&self) -> Term {
         self.term
     }
+    /// Whom this node voted for in the current term.
     pub fn vote(&self) -> Option<NodeId> {
         self.vote
     }
+    /// The current role.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
@@ -287,15 +332,19 @@ impl<S: LogStore> RawNode<S> {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The highest index known committed.
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    /// The highest index the host reported applied.
     pub fn applied_index(&self) -> Index {
         self.applied
     }
+    /// The last index in the log (including entries not yet handed to the host).
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// The first index still held as an entry.
     pub fn first_index(&self) -> Index {
         self.log.first_index()
     }
@@ -320,6 +369,7 @@ impl<S: LogStore> RawNode<S> {
             .unwrap_or(0);
         &self.configs[pos].1
     }
+    /// The store, for reading.
     pub fn storage(&self) -> &S {
         &self.log.store
     }
@@ -328,10 +378,12 @@ impl<S: LogStore> RawNode<S> {
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.log.store
     }
+    /// The settings this node runs with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The consensus state and, on a leader, each follower's progress: the status view.
     pub fn status(&self) -> Status {
         let peers = self
             .progress
@@ -652,6 +704,7 @@ impl<S: LogStore> RawNode<S> {
             timeout_now_sent: false,
         });
         self.lease_until_tick = 0;
+        self.lease_forfeited = true;
         self.maybe_send_timeout_now();
         if self.transfer.as_ref().is_some_and(|t| !t.timeout_now_sent) {
             self.send_append(to, true);
@@ -998,6 +1051,7 @@ impl<S: LogStore> RawNode<S> {
         self.heartbeat_elapsed = 0;
         self.transfer = None;
         self.lease_until_tick = 0;
+        self.lease_forfeited = false;
         self.heartbeat_rounds.clear();
         let next = self.log.last_index() + 1;
         self.progress = self
@@ -1597,7 +1651,7 @@ impl<S: LogStore> RawNode<S> {
             m.voters.len() == 1 && m.voters.contains(&self.id) && !m.is_joint()
         };
         let lease_valid =
-            self.config.lease_read && self.transfer.is_none() && self.ticks < self.lease_until_tick;
+            self.config.lease_read && !self.lease_forfeited && self.ticks < self.lease_until_tick;
         if lone_voter || lease_valid {
             let index = self.commit;
             self.confirm_read(ctx, origin, index);
@@ -1654,7 +1708,7 @@ impl<S: LogStore> RawNode<S> {
             round_tick = self.heartbeat_rounds.pop_front().map(|(_, tick)| tick);
         }
         if let Some(tick) = round_tick {
-            if self.config.lease_read && self.transfer.is_none() {
+            if self.config.lease_read && !self.lease_forfeited {
                 // Followers that answered this round will not vote for another node until
                 // election_timeout_ticks_min after they received it, which is after it was sent.
                 let lease_ticks = (self.config.election_timeout_ticks_min

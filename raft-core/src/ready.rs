@@ -23,13 +23,19 @@ pub struct Ready {
     /// Sequence number of this batch's writes, for [`on_persisted`](crate::RawNode::on_persisted).
     /// `0` when the batch has nothing to persist and no message waits on persistence.
     pub seq: u64,
+    /// Hard state to write, when it changed.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader that replaces the whole log and state machine.
     pub snapshot: Option<SnapshotMeta>,
+    /// Entries to append; stored entries at or after the first one's index are dropped first.
     pub entries: Vec<Entry>,
+    /// Messages to send now.
     pub messages: Vec<Message>,
+    /// Messages to send once this Ready's writes (and all earlier ones) are durable.
     pub messages_after_persist: Vec<Message>,
+    /// Committed entries to apply, in order.
     pub committed_entries: Vec<Entry>,
+    /// Reads that are now safe to serve, or that failed.
     pub read_states: Vec<ReadState>,
 }
 
@@ -62,7 +68,11 @@ pub struct ReadState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadError {
     /// No leader is known, or the leader refused; `leader` is a hint where to retry.
-    NotLeader { leader: Option<NodeId> },
+    /// No leader is known here; `leader` is a hint.
+    NotLeader {
+        /// Where to retry, if known.
+        leader: Option<NodeId>,
+    },
     /// Leadership changed before the read was confirmed.
     LeadershipLost,
     /// Too many reads are pending on this node.

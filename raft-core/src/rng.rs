@@ -5,15 +5,18 @@
 //! upgrade could otherwise silently change every recorded simulation seed.
 
 #[derive(Clone, Debug)]
+/// A small, fast, seedable generator; not for cryptography.
 pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
+    /// A generator whose whole output is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

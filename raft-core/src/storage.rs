@@ -70,6 +70,7 @@ pub struct MemLog {
 }
 
 impl MemLog {
+    /// An empty log with no configuration (a node that will be added to a cluster later).
     pub fn new() -> Self {
         Self::default()
     }
@@ -87,6 +88,7 @@ impl MemLog {
         }
     }
 
+    /// Writes the hard state.
     pub fn set_hard_state(&mut self, hard_state: HardState) {
         self.hard_state = hard_state;
     }

@@ -28,8 +28,11 @@ pub enum EntryPayload {
 /// One record of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Position in the log, from 1.
     pub index: Index,
+    /// Term of the leader that created it.
     pub term: Term,
+    /// What it carries.
     pub payload: EntryPayload,
 }
 
@@ -50,6 +53,7 @@ impl Entry {
 /// The state that must be durable before a node sends anything that depends on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
+    /// The latest term this node has seen.
     pub term: Term,
     /// The candidate this node voted for in `term`, if any.
     pub vote: Option<NodeId>,
@@ -72,9 +76,12 @@ pub struct SnapshotMeta {
 /// A node's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
+    /// Follows a leader (or waits for one).
     Follower,
     /// Campaigning in a pre-vote round: the term has not been incremented yet.
     PreCandidate,
+    /// Campaigning for the current term, having voted for itself.
     Candidate,
+    /// Leads the current term.
     Leader,
 }

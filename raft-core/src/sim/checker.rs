@@ -34,7 +34,9 @@ fn payload_hash(payload: &EntryPayload) -> u64 {
 }
 
 #[derive(Default)]
+/// Checks Raft's safety properties and the client history as the simulation runs.
 pub struct Checker {
+    /// What went wrong, with the step it was seen at (at most 16).
     pub violations: Vec<String>,
     leaders: BTreeMap<Term, NodeId>,
     /// (index, term) -> (term of the entry before it, payload hash).
@@ -52,16 +54,19 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// Records a violation.
     pub fn fail(&mut self, step: u64, what: String) {
         if self.violations.len() < 16 {
             self.violations.push(format!("step {step}: {what}"));
         }
     }
 
+    /// How many committed entries the reference log holds.
     pub fn reference_len(&self) -> Index {
         self.reference.len() as Index
     }
 
+    /// The term of reference entry `index`, if known.
     pub fn reference_term(&self, index: Index) -> Option<Term> {
         index
             .checked_sub(1)
@@ -69,6 +74,7 @@ impl Checker {
             .map(|r| r.0)
     }
 
+    /// A node acts as leader of `term`: checks election safety and leader completeness.
     pub fn on_leader(
         &mut self,
         step: u64,
@@ -190,6 +196,7 @@ impl Checker {
         }
     }
 
+    /// A node's hard state became durable: term and vote must never go back.
     pub fn on_durable_hard_state(&mut self, step: u64, node: NodeId, hs: HardState) {
         if let Some(prev) = self.durable_hard_state.get(&node).copied() {
             if hs.term < prev.term {
@@ -228,6 +235,7 @@ impl Checker {
             .collect()
     }
 
+    /// A node installs snapshot data: it must equal the reference state at its index.
     pub fn on_snapshot_installed(&mut self, step: u64, node: NodeId, kv: &Kv) {
         if kv.applied > self.reference_len() {
             self.fail(
@@ -248,6 +256,7 @@ impl Checker {
         }
     }
 
+    /// A client was told its write committed at `index` in `term`.
     pub fn on_write_acked(&mut self, step: u64, index: Index, term: Term, op_id: u64) {
         match self.reference_term(index) {
             Some(t) if t == term => {

@@ -9,14 +9,18 @@ use crate::types::Index;
 /// A register write, as carried in a log entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Write {
+    /// The client operation that wrote it.
     pub op_id: u64,
+    /// Register.
     pub key: u8,
+    /// Value written (unique per operation).
     pub value: u64,
 }
 
 impl Write {
     const ENCODED_BYTES: usize = 17;
 
+    /// The entry payload.
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(Self::ENCODED_BYTES);
         out.extend_from_slice(&self.op_id.to_le_bytes());
@@ -25,6 +29,7 @@ impl Write {
         Bytes::from(out)
     }
 
+    /// Parses an entry payload; `None` if it is not a write.
     pub fn decode(data: &[u8]) -> Option<Write> {
         if data.len() != Self::ENCODED_BYTES {
             return None;
@@ -40,11 +45,14 @@ impl Write {
 /// Registers plus the index of the last entry applied to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Kv {
+    /// Register values.
     pub registers: BTreeMap<u8, u64>,
+    /// Index of the last entry applied.
     pub applied: Index,
 }
 
 impl Kv {
+    /// Applies the entry at `index` (the next one).
     pub fn apply(&mut self, index: Index, write: Option<Write>) {
         assert_eq!(index, self.applied + 1, "applying out of order");
         if let Some(w) = write {
@@ -53,6 +61,7 @@ impl Kv {
         self.applied = index;
     }
 
+    /// The value of register `key`.
     pub fn get(&self, key: u8) -> Option<u64> {
         self.registers.get(&key).copied()
     }
