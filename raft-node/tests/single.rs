@@ -1,0 +1,58 @@
+//! One in-process node: malformed native frames close only their own connection.
+
+use std::time::Duration;
+
+use raft_client::{Client, ClientConfig};
+use raft_node::config::{NodeConfig, PeerConfig};
+use raft_node::node::RunningNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = PeerConfig {
+        id: 1,
+        addr: free_addr(),
+        client_addr: Some(free_addr()),
+    };
+    let config: NodeConfig = NodeConfig::from_toml(&format!(
+        "id = 1\ndata_dir = {:?}\n[[peers]]\nid = 1\naddr = \"{}\"\nclient_addr = \"{}\"\n",
+        dir.path().display().to_string(),
+        peer.addr,
+        peer.client_addr.unwrap()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let node = RunningNode::start(config).await.unwrap();
+    let addr = node.client_addr;
+    let client = Client::new(ClientConfig::new([addr.to_string()]));
+    client.set("k", "v").await.unwrap();
+
+    // Undecodable body, then an oversized length prefix: each connection is closed.
+    for bad in [
+        &[0u8, 0, 0, 3, 0xff, 0xff, 0xff][..],
+        &[0u8, 0xff, 0xff, 0xff, 1][..],
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bad).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "connection should be closed");
+    }
+    // The existing client connection and new ones still work.
+    assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    client.set("k", "w").await.unwrap();
+    let other = Client::new(ClientConfig::new([addr.to_string()]));
+    assert_eq!(other.get("k").await.unwrap().as_deref(), Some(&b"w"[..]));
+    node.shutdown().await;
+}
