@@ -306,6 +306,8 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Index covered by the latest snapshot.
     pub snapshot_index: u64,
+    /// The log's storage and its layout (for a disk log, its segments).
+    pub storage: String,
     /// Voters of the configuration in force.
     pub voters: Vec<NodeId>,
     /// Learners of the configuration in force.

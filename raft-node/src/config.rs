@@ -147,6 +147,13 @@ pub struct NodeConfig {
     /// Take a snapshot (and compact the log to it) after this many applied entries.
     #[serde(default = "default_snapshot_entries_max")]
     pub snapshot_entries_max: u64,
+    /// The voters a new cluster starts with; defaults to every member of `peers`. Peers
+    /// outside this list are known addresses that can be added later.
+    #[serde(default)]
+    pub initial_voters: Option<Vec<NodeId>>,
+    /// Start with no membership and wait for the leader to add this node (as a learner).
+    #[serde(default)]
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -177,6 +184,17 @@ impl NodeConfig {
     pub fn client_listen_addr(&self) -> Option<SocketAddr> {
         self.client_addr
             .or_else(|| self.own().and_then(|p| p.client_addr))
+    }
+
+    /// The membership a fresh node starts from: empty when joining, else the initial voters.
+    pub fn bootstrap_voters(&self) -> Vec<NodeId> {
+        if self.join {
+            return Vec::new();
+        }
+        match &self.initial_voters {
+            Some(v) => v.clone(),
+            None => self.peers.iter().map(|p| p.id).collect(),
+        }
     }
 
     /// The runtime settings.
@@ -233,6 +251,20 @@ impl NodeConfig {
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::new("request_timeout_ms", "must be at least 1"));
+        }
+        if let Some(voters) = &self.initial_voters {
+            if voters.is_empty() {
+                return Err(ConfigError::new(
+                    "initial_voters",
+                    "must name at least one voter",
+                ));
+            }
+            if let Some(v) = voters.iter().find(|v| !ids.contains(v)) {
+                return Err(ConfigError::new(
+                    "initial_voters",
+                    format!("{v} is not in the peers list"),
+                ));
+            }
         }
         if self.snapshot_entries_max == 0 {
             return Err(ConfigError::new(

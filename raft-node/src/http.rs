@@ -178,7 +178,7 @@ async fn handle(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
             };
             match cmd {
                 None => (405, "text/plain", b"method not allowed\n".to_vec()),
-                Some(cmd) => match router.kv(cmd, true).await {
+                Some(cmd) => match router.kv(cmd, true, router.lane()).await {
                     Ok(KvResponse::Value(Some(v))) => (200, "application/octet-stream", v.to_vec()),
                     Ok(KvResponse::Value(None)) => (404, "text/plain", b"not found\n".to_vec()),
                     Ok(KvResponse::Int(0)) => (404, "text/plain", b"not found\n".to_vec()),
@@ -207,7 +207,7 @@ fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
         "persisted_index": s.persisted_index,
-        "log": { "first_index": s.first_index, "last_index": s.last_index, "snapshot_index": s.snapshot_index },
+        "log": { "first_index": s.first_index, "last_index": s.last_index, "snapshot_index": s.snapshot_index, "storage": s.storage },
         "voters": s.voters,
         "learners": s.learners,
         "elections": s.elections,

@@ -114,6 +114,14 @@ struct RunArgs {
     /// [default: 100000].
     #[arg(long)]
     snapshot_entries_max: Option<u64>,
+    /// A voter of the new cluster's first configuration; repeat for each
+    /// [default: every --peer]. Peers not named are addresses for nodes added later.
+    #[arg(long = "initial-voter", value_name = "ID")]
+    initial_voters: Vec<u64>,
+    /// Start with no membership and wait to be added by the leader
+    /// (`raft-node admin add-learner`, then `promote`).
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +173,8 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
                 request_timeout_ms: d.request_timeout_ms,
                 proposals_in_flight_max: d.proposals_in_flight_max,
                 snapshot_entries_max: 100_000,
+                initial_voters: None,
+                join: false,
             }
         }
     };
@@ -197,6 +207,10 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.snapshot_entries_max = args
         .snapshot_entries_max
         .unwrap_or(cfg.snapshot_entries_max);
+    if !args.initial_voters.is_empty() {
+        cfg.initial_voters = Some(args.initial_voters);
+    }
+    cfg.join |= args.join;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -228,6 +242,7 @@ fn print_status(s: &NodeStatus) {
         "log         {}..={} (snapshot at {})",
         s.first_index, s.last_index, s.snapshot_index
     );
+    println!("storage     {}", s.storage);
     println!("voters      {:?}", s.voters);
     println!("learners    {:?}", s.learners);
     println!("elections   {}", s.elections);
@@ -278,6 +293,8 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
             request_timeout_ms: d.request_timeout_ms,
             proposals_in_flight_max: d.proposals_in_flight_max,
             snapshot_entries_max: 100_000,
+            initial_voters: None,
+            join: false,
         };
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),

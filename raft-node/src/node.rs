@@ -171,7 +171,7 @@ impl RunningNode {
         // Storage seam: the in-memory log until raft-log is wired (see `store`). A fresh
         // cluster starts from a snapshot-like configuration entry naming every peer.
         let store = MemLog::with_snapshot(SnapshotMeta {
-            membership: Membership::new_voters(config.peers.iter().map(|p| p.id)),
+            membership: Membership::new_voters(config.bootstrap_voters()),
             ..Default::default()
         });
         let (snapshots, state_machine) = open_snapshots(&config, &store)?;

@@ -181,6 +181,17 @@ pub enum Parsed {
     Admin(AdminOp),
 }
 
+impl Parsed {
+    /// Whether this goes through the log (a write or an administrative change).
+    pub fn is_write(&self) -> bool {
+        match self {
+            Parsed::Kv(cmd, _) => !cmd.is_read(),
+            Parsed::Admin(_) => true,
+            Parsed::Reply(_) | Parsed::Info | Parsed::Leader => false,
+        }
+    }
+}
+
 fn wrong_args(name: &str) -> Parsed {
     Parsed::Reply(Value::Error(format!(
         "ERR wrong number of arguments for '{}' command",
@@ -348,6 +359,7 @@ pub fn info_text(s: &NodeStatus) -> String {
     line("log_first_index", s.first_index.to_string());
     line("log_last_index", s.last_index.to_string());
     line("snapshot_index", s.snapshot_index.to_string());
+    line("log_storage", s.storage.clone());
     line("elections", s.elections.to_string());
     let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     line("voters", ids(&s.voters));

@@ -17,8 +17,13 @@ use crate::runtime::NodeHandle;
 pub struct Router {
     /// The local node.
     pub handle: NodeHandle,
-    forwarder: Client,
+    /// A client sends one request at a time, so forwarded writes spread over a few.
+    forwarders: Vec<Client>,
+    next_forwarder: std::sync::atomic::AtomicUsize,
 }
+
+/// Connections a follower keeps to the leader for forwarded writes.
+const FORWARDERS_MAX: usize = 8;
 
 impl Router {
     /// A router for `handle`, forwarding through a client that knows `addrs` (every node's
@@ -29,8 +34,18 @@ impl Router {
         config.attempt_timeout_ms = request_timeout_ms;
         Router {
             handle,
-            forwarder: Client::new(config),
+            forwarders: (0..FORWARDERS_MAX)
+                .map(|_| Client::new(config.clone()))
+                .collect(),
+            next_forwarder: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A lane for a new connection: its forwarded writes share one forwarder, so they reach
+    /// the leader in the order the connection sent them.
+    pub fn lane(&self) -> usize {
+        self.next_forwarder
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs a key-value command. Writes carry no session: like Redis, a write retried after
@@ -39,32 +54,46 @@ impl Router {
         &self,
         command: KvCommand,
         linearizable: bool,
+        lane: usize,
     ) -> Result<KvResponse, NodeError> {
         let bytes = if command.is_read() {
             self.handle.read(command.encode(), linearizable).await?
         } else {
-            self.write(command.encode()).await?
+            self.write(command.encode(), lane).await?
         };
         KvResponse::decode(&bytes).ok_or_else(|| NodeError::Invalid("undecodable response".into()))
     }
 
-    async fn write(&self, op: Bytes) -> Result<Bytes, NodeError> {
-        match self.handle.propose(log_command(None, op.clone())).await {
-            Err(NodeError::NotLeader {
-                leader_addr: Some(_),
-                ..
-            }) => {
-                let request = Request::Propose { session: None, op };
-                match self.forwarder.request(request).await {
-                    Ok(Response::Applied(b)) => Ok(b),
-                    Ok(other) => Err(NodeError::Invalid(format!("leader answered {other:?}"))),
-                    Err(ClientError::Node(e)) => Err(e),
-                    Err(e) => Err(NodeError::Unavailable(format!(
-                        "forwarding to the leader: {e}"
-                    ))),
-                }
+    async fn write(&self, op: Bytes, lane: usize) -> Result<Bytes, NodeError> {
+        let leader_here = self
+            .handle
+            .metrics
+            .is_leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1;
+        // A follower forwards at once rather than asking its runtime first: the forwarder's
+        // lock is taken in the order the connection's requests were issued, which keeps a
+        // pipeline's writes in order on the leader.
+        if leader_here {
+            match self.handle.propose(log_command(None, op.clone())).await {
+                Err(NodeError::NotLeader {
+                    leader_addr: Some(_),
+                    ..
+                }) => {}
+                other => return other,
             }
-            other => other,
+        }
+        let forwarder = &self.forwarders[lane % self.forwarders.len()];
+        match forwarder
+            .request(Request::Propose { session: None, op })
+            .await
+        {
+            Ok(Response::Applied(b)) => Ok(b),
+            Ok(other) => Err(NodeError::Invalid(format!("leader answered {other:?}"))),
+            Err(ClientError::Node(e)) => Err(e),
+            Err(e) => Err(NodeError::Unavailable(format!(
+                "forwarding to the leader: {e}"
+            ))),
         }
     }
 }

@@ -928,6 +928,7 @@ impl<S: NodeStore> Runtime<S> {
             first_index: s.first_index,
             last_index: s.last_index,
             snapshot_index: s.snapshot_index,
+            storage: self.raw.storage().describe(),
             voters: s.membership.voters.iter().copied().collect(),
             learners: s.membership.learners.iter().copied().collect(),
             elections: self

@@ -133,6 +133,7 @@ async fn serve_resp(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut parser = RespParser;
+    let lane = router.lane();
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = Vec::with_capacity(16 << 10);
     loop {
@@ -160,15 +161,29 @@ async fn serve_resp(
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            let replies: Vec<Value> = batch
-                .into_iter()
-                .map(|args| {
-                    let router = router.clone();
-                    async move { resp_command(&router, args).await }
-                })
-                .collect::<FuturesOrdered<_>>()
-                .collect()
-                .await;
+            // Redis answers a connection's commands as if run one after another. Runs of
+            // writes (or of reads) are issued together, in order, which batches them into one
+            // append; a read waits for the writes before it, and a write for the reads.
+            let mut replies: Vec<Value> = Vec::with_capacity(batch.len());
+            let parsed: Vec<resp::Parsed> = batch.iter().map(|a| resp::to_command(a)).collect();
+            let mut parsed = parsed.into_iter().peekable();
+            while let Some(first) = parsed.next() {
+                let kind = first.is_write();
+                let mut run = vec![first];
+                while let Some(next) = parsed.next_if(|p| p.is_write() == kind) {
+                    run.push(next);
+                }
+                let answers: Vec<Value> = run
+                    .into_iter()
+                    .map(|p| {
+                        let router = router.clone();
+                        async move { resp_command(&router, p, lane).await }
+                    })
+                    .collect::<FuturesOrdered<_>>()
+                    .collect()
+                    .await;
+                replies.extend(answers);
+            }
             out.clear();
             for r in replies {
                 r.write(&mut out);
@@ -206,9 +221,9 @@ fn node_error(e: NodeError) -> Value {
     }
 }
 
-async fn resp_command(router: &Router, args: Vec<Bytes>) -> Value {
-    match resp::to_command(&args) {
-        resp::Parsed::Kv(cmd, linearizable) => match router.kv(cmd, linearizable).await {
+async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Value {
+    match parsed {
+        resp::Parsed::Kv(cmd, linearizable) => match router.kv(cmd, linearizable, lane).await {
             Ok(r) => resp::kv_reply(r),
             Err(e) => node_error(e),
         },

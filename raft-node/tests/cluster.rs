@@ -53,6 +53,12 @@ impl Cluster {
     }
 
     fn start_with(size: u64, extra: &[&str]) -> Cluster {
+        Self::start_custom(size, extra, &[])
+    }
+
+    /// `joiners` are listed as peers but start with `--join` (no membership) and are not
+    /// spawned until [`spawn`](Self::spawn) is called for them.
+    fn start_custom(size: u64, extra: &[&str], joiners: &[u64]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (1..=size)
             .map(|id| (id, free_addr(), free_addr(), free_addr()))
@@ -78,6 +84,14 @@ impl Cluster {
                 args.push(format!("{pid}={ppeer},{pclient}"));
             }
             args.extend(extra.iter().map(|s| s.to_string()));
+            if joiners.contains(&id) {
+                args.push("--join".into());
+            } else if !joiners.is_empty() {
+                for v in (1..=size).filter(|v| !joiners.contains(v)) {
+                    args.push("--initial-voter".into());
+                    args.push(v.to_string());
+                }
+            }
             cluster.nodes.push(NodeProc {
                 id,
                 args,
@@ -85,7 +99,9 @@ impl Cluster {
                 http,
                 child: None,
             });
-            cluster.spawn(id);
+            if !joiners.contains(&id) {
+                cluster.spawn(id);
+            }
         }
         cluster
     }
@@ -236,6 +252,17 @@ fn writes_survive_leader_kill_and_retries_apply_once() {
         let pipelined: Vec<i64> = tokio::task::spawn_blocking(move || {
             let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
             let mut con = client.get_connection().unwrap();
+            // A read pipelined after a write on the same connection sees it, as in Redis.
+            let (seen,): (String,) = redis::pipe()
+                .cmd("SET")
+                .arg("pk")
+                .arg("x")
+                .ignore()
+                .cmd("GET")
+                .arg("pk")
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(seen, "x");
             let mut pipe = redis::pipe();
             for _ in 0..20 {
                 pipe.cmd("INCR").arg("pipelined");
@@ -416,6 +443,86 @@ fn wiped_follower_rejoins_through_a_snapshot() {
             let v = probe.get_stale(format!("s{i}")).await.unwrap();
             assert_eq!(v.as_deref(), Some(i.to_string().as_bytes()), "s{i}");
         }
+    });
+}
+
+fn admin(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["admin", "--addr", &addr.to_string()])
+        .args(args)
+        .output()
+        .expect("run raft-node admin");
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn cli_adds_promotes_removes_and_transfers() {
+    let mut cluster = Cluster::start_custom(4, &[], &[4]);
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let client = cluster.client();
+        client.set("before-join", "1").await.unwrap();
+        cluster.spawn(4);
+        // Any node's address works: followers redirect the admin client to the leader.
+        let any = cluster.node(1).client;
+        admin(any, &["add-learner", "4"]);
+        admin(any, &["promote", "4"]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let joined = cluster.node_client(4, 1_000);
+        loop {
+            let s = client.status().await.unwrap();
+            let caught_up = joined
+                .get_stale("before-join")
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if s.voters == vec![1, 2, 3, 4] && caught_up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 4 did not join: {s:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The status table names the new voter.
+        let out = Command::new(BIN)
+            .args(["status", "--addr", &cluster.node(4).client.to_string()])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("voters      [1, 2, 3, 4]"), "{table}");
+
+        // Hand leadership to node 4, then remove a follower.
+        admin(any, &["transfer-leader", "4"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.wait_leader(Duration::from_secs(5)).await != 4 {
+            assert!(
+                Instant::now() < deadline,
+                "transfer did not happen\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let removed = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+        admin(any, &["remove", &removed.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = client.status().await.unwrap();
+            if !s.voters.contains(&removed) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "remove did not happen: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client.set("after-remove", "1").await.unwrap();
     });
 }
 
