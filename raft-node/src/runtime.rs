@@ -415,12 +415,30 @@ impl<S: NodeStore> Runtime<S> {
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        if let (Some(body), MessageBody::InstallSnapshot { meta }) =
-            (inbound.snapshot, &inbound.msg.body)
-        {
-            self.incoming_snapshot = Some((meta.index, meta.term, body));
+        match inbound {
+            Inbound::SnapshotBody { meta, body } => {
+                // Only the newest matters; an older one would be refused by the core anyway.
+                self.incoming_snapshot = Some((meta.index, meta.term, body));
+            }
+            Inbound::Message(msg) => {
+                if let MessageBody::InstallSnapshot { meta } = &msg.body {
+                    let have = self
+                        .incoming_snapshot
+                        .as_ref()
+                        .is_some_and(|(i, t, _)| *i == meta.index && *t == meta.term);
+                    if !have {
+                        // Stepping it would make the core expect a body we lack; the leader
+                        // sends it again after its retry timeout.
+                        tracing::debug!(
+                            index = meta.index,
+                            "InstallSnapshot without its body; ignored"
+                        );
+                        return;
+                    }
+                }
+                self.step(msg);
+            }
         }
-        self.step(inbound.msg);
     }
 
     fn on_background(&mut self, bg: SnapshotEvent) {

@@ -45,14 +45,20 @@ enum PeerFrame {
     Snapshot(Message, Bytes),
 }
 
-/// A message received from a peer; `snapshot` is the body that came with an
-/// `InstallSnapshot` message.
+/// What a transport delivers to the runtime.
 #[derive(Debug)]
-pub struct Inbound {
-    /// The message.
-    pub msg: Message,
-    /// The snapshot body, for `InstallSnapshot`.
-    pub snapshot: Option<Bytes>,
+pub enum Inbound {
+    /// A protocol message.
+    Message(Message),
+    /// A snapshot body, delivered before the `InstallSnapshot` message that names it by
+    /// `(meta.index, meta.term)`. A transport with a separate snapshot lane (raft-net)
+    /// delivers the body there and the message on the message lane once the body is in.
+    SnapshotBody {
+        /// The snapshot's metadata.
+        meta: raft_core::SnapshotMeta,
+        /// The state machine's snapshot body.
+        body: Bytes,
+    },
 }
 
 /// How the runtime sends to peers.
@@ -169,22 +175,29 @@ async fn accept_loop(
                     None => return,
                 };
                 Metrics::add(&metrics.bytes_received, buf.len() as u64 + 4);
-                let inbound_msg = match postcard::from_bytes::<PeerFrame>(&buf) {
-                    Ok(PeerFrame::Message(msg)) => Inbound {
-                        msg,
-                        snapshot: None,
-                    },
-                    Ok(PeerFrame::Snapshot(msg, body)) => Inbound {
-                        msg,
-                        snapshot: Some(body),
-                    },
+                let msg = match postcard::from_bytes::<PeerFrame>(&buf) {
+                    Ok(PeerFrame::Message(msg)) => msg,
+                    Ok(PeerFrame::Snapshot(msg, body)) => {
+                        if let raft_core::MessageBody::InstallSnapshot { meta } = &msg.body {
+                            let body = Inbound::SnapshotBody {
+                                meta: meta.clone(),
+                                body,
+                            };
+                            // Waits for room: dropping the body but not its message would
+                            // only make the receiver ignore the message.
+                            if inbound.send(body).await.is_err() {
+                                return;
+                            }
+                        }
+                        msg
+                    }
                     Err(_) => {
                         tracing::warn!(%remote, "undecodable peer message; closing the connection");
                         return;
                     }
                 };
                 Metrics::add(&metrics.messages_received, 1);
-                if inbound.try_send(inbound_msg).is_err() {
+                if inbound.try_send(Inbound::Message(msg)).is_err() {
                     Metrics::add(&metrics.messages_dropped, 1);
                 }
             }

@@ -557,6 +557,67 @@ fn config_errors_name_the_field_and_exit_nonzero() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`peer_addr`"), "{err}");
 
+    // A data directory in use by a running node is refused; SIGTERM stops that node cleanly.
+    let (peer, client) = (free_addr(), free_addr());
+    let node_args = |dir: &std::path::Path| -> Vec<String> {
+        vec![
+            "run".into(),
+            "--id".into(),
+            "1".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--peer".into(),
+            format!("1={peer},{client}"),
+        ]
+    };
+    struct Kill(Option<Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    // Killed on drop if an assertion below fails first.
+    let mut guard = Kill(Some(
+        Command::new(BIN)
+            .args(node_args(dir.path()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(client).is_err() {
+        assert!(Instant::now() < deadline, "node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &format!("1={},{}", free_addr(), free_addr())])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("`data_dir`") && err.contains("locked"),
+        "{err}"
+    );
+    let running = guard.0.as_mut().unwrap();
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the node");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    guard.0 = None;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+
     let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
