@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use raft_core::{MemLog, Membership, SnapshotMeta};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use raft_snapshot::{
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::{self, NodeHandle, RuntimeParts};
 use crate::store::NodeStore;
-use crate::transport::TcpTransport;
+use crate::transport::{Inbound, PeerTransport, TcpTransport};
 use crate::{http, server};
 
 /// Inbound peer messages queued at most before they are dropped.
@@ -105,6 +105,42 @@ fn open_snapshots<S: NodeStore>(
     Ok((snapshots, sm))
 }
 
+/// What the runtime gets whatever the log.
+struct SharedParts {
+    transport: Arc<dyn PeerTransport>,
+    inbound: mpsc::Receiver<Inbound>,
+    client_addrs: HashMap<u64, String>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Restores the state machine against `store` and starts the runtime on it.
+fn spawn_runtime<S: NodeStore>(
+    config: &NodeConfig,
+    store: S,
+    parts: SharedParts,
+) -> Result<(NodeHandle, JoinHandle<()>), ConfigError> {
+    let (snapshots, state_machine) = open_snapshots(config, &store)?;
+    let snapshot_policy = SnapshotPolicy {
+        entries_since_snapshot_max: config.snapshot_entries_max,
+        ..SnapshotPolicy::default()
+    };
+    runtime::spawn(RuntimeParts {
+        raft: config.raft_config(),
+        runtime: config.runtime(),
+        store,
+        transport: parts.transport,
+        inbound: parts.inbound,
+        state_machine,
+        snapshots,
+        snapshot_policy,
+        client_addrs: parts.client_addrs,
+        metrics: parts.metrics,
+        shutdown: parts.shutdown,
+    })
+    .map_err(|e| ConfigError::new("raft", e.to_string()))
+}
+
 /// A running node.
 pub struct RunningNode {
     /// This node's ID.
@@ -147,7 +183,7 @@ impl RunningNode {
 
         let metrics = Arc::new(Metrics::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE_MESSAGES_MAX);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MESSAGES_MAX);
         let others = config
             .peers
             .iter()
@@ -168,31 +204,21 @@ impl RunningNode {
             .collect();
         client_addrs.insert(config.id, client_addr.to_string());
 
+        let transport: Arc<dyn PeerTransport> = Arc::new(transport);
+        let parts = SharedParts {
+            transport,
+            inbound: inbound_rx,
+            client_addrs: client_addrs.clone(),
+            metrics,
+            shutdown: shutdown_rx.clone(),
+        };
         // Storage seam: the in-memory log until raft-log is wired (see `store`). A fresh
-        // cluster starts from a snapshot-like configuration entry naming every peer.
+        // cluster starts from a snapshot-like configuration entry naming the initial voters.
         let store = MemLog::with_snapshot(SnapshotMeta {
             membership: Membership::new_voters(config.bootstrap_voters()),
             ..Default::default()
         });
-        let (snapshots, state_machine) = open_snapshots(&config, &store)?;
-        let snapshot_policy = SnapshotPolicy {
-            entries_since_snapshot_max: config.snapshot_entries_max,
-            ..SnapshotPolicy::default()
-        };
-        let (handle, runtime_task) = runtime::spawn(RuntimeParts {
-            raft: config.raft_config(),
-            runtime: config.runtime(),
-            store,
-            transport: Arc::new(transport),
-            inbound: inbound_rx,
-            state_machine,
-            snapshots,
-            snapshot_policy,
-            client_addrs: client_addrs.clone(),
-            metrics,
-            shutdown: shutdown_rx.clone(),
-        })
-        .map_err(|e| ConfigError::new("raft", e.to_string()))?;
+        let (handle, runtime_task) = spawn_runtime(&config, store, parts)?;
 
         let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
         forward_addrs.sort();

@@ -39,6 +39,9 @@ const READIES_PER_ITERATION_MAX: usize = 64;
 /// Syncs queued for the sync thread; beyond this the runtime waits (disk back-pressure).
 const SYNC_QUEUE_MAX: usize = 64;
 
+/// Ticks between copies of the transport's counters into the metrics.
+const METRICS_REFRESH_TICKS: u64 = 100;
+
 /// What a reply channel carries: the state machine's encoded response.
 pub type Reply = oneshot::Sender<Result<Bytes, NodeError>>;
 
@@ -295,6 +298,7 @@ pub fn spawn<S: NodeStore>(
         next_read_ctx: 1,
         waiting: VecDeque::new(),
         last_role: Role::Follower,
+        ticks: 0,
         failed: false,
     };
     let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
@@ -329,6 +333,7 @@ struct Runtime<S: NodeStore> {
     /// Requests parked while no leader is known (an election is under way).
     waiting: VecDeque<(Instant, Command)>,
     last_role: Role,
+    ticks: u64,
     /// A store write failed: the node stops taking part rather than diverge from its disk.
     failed: bool,
 }
@@ -527,6 +532,10 @@ impl<S: NodeStore> Runtime<S> {
 
     fn on_tick(&mut self) {
         self.raw.tick();
+        self.ticks += 1;
+        if self.ticks % METRICS_REFRESH_TICKS == 0 {
+            self.transport.refresh_metrics(&self.metrics);
+        }
         let now = Instant::now();
         while let Some(&(deadline, index, term)) = self.write_deadlines.front() {
             if deadline > now {

@@ -68,6 +68,9 @@ pub trait PeerTransport: Send + Sync + 'static {
     /// Sends an `InstallSnapshot` message with the snapshot body. The receiver must get both
     /// before it steps the message. `Err` when it could not be queued.
     fn send_snapshot(&self, msg: Message, body: Bytes) -> Result<(), String>;
+    /// Copies the transport's own counters into `metrics`, for transports that keep them
+    /// themselves. Called from the runtime about once a second.
+    fn refresh_metrics(&self, _metrics: &Metrics) {}
 }
 
 /// Peer-to-peer TCP transport. See the module documentation.
