@@ -1,4 +1,5 @@
-//! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`.
+//! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
+//! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round).
 //!
 //! A minimal HTTP/1.1 server on tokio rather than axum or hyper: five routes, one request
 //! per connection (`Connection: close`), bounded head and body. That is all a status page,
@@ -146,7 +147,14 @@ async fn handle(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
     let Ok(Ok(Some(req))) = read else {
         return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
     };
-    let path = req.path.split('?').next().unwrap_or_default().to_string();
+    let (path, query) = match req.path.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (req.path.clone(), String::new()),
+    };
+    // Reads are linearizable unless `?stale=1` asks for the local replica as it is.
+    let linearizable = !query
+        .split('&')
+        .any(|kv| kv == "stale=1" || kv == "stale=true");
     let (status, ctype, body): (u16, &str, Vec<u8>) = match (req.method.as_str(), path.as_str()) {
         ("GET", "/status") => match router.handle.status().await {
             Ok(s) => (
@@ -178,7 +186,7 @@ async fn handle(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
             };
             match cmd {
                 None => (405, "text/plain", b"method not allowed\n".to_vec()),
-                Some(cmd) => match router.kv(cmd, true, router.lane()).await {
+                Some(cmd) => match router.kv(cmd, linearizable, router.lane()).await {
                     Ok(KvResponse::Value(Some(v))) => (200, "application/octet-stream", v.to_vec()),
                     Ok(KvResponse::Value(None)) => (404, "text/plain", b"not found\n".to_vec()),
                     Ok(KvResponse::Int(0)) => (404, "text/plain", b"not found\n".to_vec()),

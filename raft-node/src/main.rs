@@ -141,6 +141,10 @@ struct DevArgs {
     /// Node N's HTTP port is this plus N.
     #[arg(long, default_value_t = 8080)]
     http_port_base: u16,
+    /// Delete the data folder first and start a new cluster (otherwise a previous dev
+    /// cluster's data is reused).
+    #[arg(long)]
+    fresh: bool,
 }
 
 fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
@@ -268,6 +272,14 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
             .map_err(|_| ConfigError::new("port base", format!("port {p} is out of range")))?;
         Ok(SocketAddr::from(([127, 0, 0, 1], p)))
     };
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir).map_err(|e| {
+            ConfigError::new(
+                "data_dir",
+                format!("cannot delete {}: {e}", args.data_dir.display()),
+            )
+        })?;
+    }
     let mut peers = Vec::new();
     for i in 1..=n {
         peers.push(PeerConfig {
