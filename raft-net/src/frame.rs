@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 /// The wire format version carried in every frame. A frame of another version is refused.
 pub const FORMAT_VERSION: u8 = 1;
@@ -60,6 +60,8 @@ pub struct FrameDecoder<T> {
     inner: LengthDelimitedCodec,
     max: usize,
     bytes: u64,
+    /// The inner codec consumed a header whose body has not fully arrived.
+    mid_frame: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -74,6 +76,7 @@ impl<T> FrameDecoder<T> {
                 .new_codec(),
             max: frame_bytes_max,
             bytes: 0,
+            mid_frame: false,
             _t: PhantomData,
         }
     }
@@ -91,6 +94,7 @@ impl<T> FrameDecoder<T> {
             inner,
             max: frame_bytes_max,
             bytes: self.bytes,
+            mid_frame: self.mid_frame,
             _t: PhantomData,
         }
     }
@@ -114,20 +118,31 @@ impl<T: DeserializeOwned> Decoder for FrameDecoder<T> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, FrameError> {
-        // Peek the header ourselves only to report the offending length; the inner codec
-        // performs the same check before reserving anything.
-        if src.len() >= LENGTH_PREFIX_BYTES {
-            let len = (&src[..LENGTH_PREFIX_BYTES]).get_u32() as usize;
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
-            }
-        }
+        let before = src.len();
         match self.inner.decode(src) {
             Ok(Some(frame)) => {
+                self.mid_frame = false;
                 self.bytes += (frame.len() + LENGTH_PREFIX_BYTES) as u64;
                 decode_body(&frame).map(Some)
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                self.mid_frame |= src.len() < before;
+                Ok(None)
+            }
+            // The inner codec fails only on an oversized length, checked before it
+            // consumes the header or reserves room for the body: the header is still at
+            // the front of `src`, so read it back for the error message.
+            Err(e)
+                if e.get_ref()
+                    .is_some_and(|r| r.is::<LengthDelimitedCodecError>()) =>
+            {
+                let len = if src.len() >= LENGTH_PREFIX_BYTES {
+                    (&src[..LENGTH_PREFIX_BYTES]).get_u32() as usize
+                } else {
+                    0
+                };
+                Err(FrameError::TooLarge { len, max: self.max })
+            }
             Err(e) => Err(FrameError::Io(e)),
         }
     }
@@ -135,7 +150,7 @@ impl<T: DeserializeOwned> Decoder for FrameDecoder<T> {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<T>, FrameError> {
         match self.decode(src)? {
             Some(item) => Ok(Some(item)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && !self.mid_frame => Ok(None),
             None => Err(FrameError::Truncated {
                 buffered: src.len(),
             }),
