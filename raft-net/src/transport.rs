@@ -972,7 +972,7 @@ async fn read_messages(
         let timer = sleep(idle);
         tokio::pin!(timer);
         let mut last_frame = Instant::now();
-        let mut bytes_seen = 0u64;
+        let mut bytes_seen = rd.decoder().frame_bytes();
         loop {
             let next = tokio::select! {
                 biased;
