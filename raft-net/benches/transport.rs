@@ -87,6 +87,15 @@ async fn raw_pair() -> (TcpStream, TcpStream) {
     (c, s)
 }
 
+/// Run `f` inside a spawned task: the host is a tokio task in raft-node, and the raw
+/// baselines run the same way so that neither side gets the block_on thread's advantage.
+fn on_worker<T: Send + 'static>(
+    rt: &Runtime,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(rt.spawn(f)).unwrap()
+}
+
 fn throughput(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("throughput");
@@ -97,29 +106,37 @@ fn throughput(c: &mut Criterion) {
         let payload = Bytes::from(vec![0xAB; size]);
         g.throughput(Throughput::Bytes(size as u64 * batch));
 
-        let (a, _a_rx, b, mut b_rx) = rt.block_on(pair(batch as usize * 2));
+        let (a, _a_rx, b, b_rx) = rt.block_on(pair(batch as usize * 2));
+        let mut b_rx = Some(b_rx);
         g.bench_function(BenchmarkId::new("transport", label), |bench| {
             bench.iter_custom(|iters| {
-                rt.block_on(async {
+                let (a, mut rx, payload) = (a.clone(), b_rx.take().unwrap(), payload.clone());
+                let (total, rx) = on_worker(&rt, async move {
                     let mut total = Duration::ZERO;
+                    // A host drains its channel in batches.
+                    let mut got = Vec::with_capacity(1024);
                     for _ in 0..iters {
                         let msgs: Vec<_> = (0..batch).map(|i| append(&payload, i)).collect();
                         let start = Instant::now();
                         for m in msgs {
                             a.send(m).unwrap();
                         }
-                        for _ in 0..batch {
-                            b_rx.recv().await.unwrap();
+                        let mut n = 0;
+                        while n < batch as usize {
+                            got.clear();
+                            n += rx.recv_many(&mut got, 1024).await;
                         }
                         total += start.elapsed();
                     }
-                    record(
-                        &format!("throughput/transport/{label}"),
-                        iters * batch,
-                        total,
-                    );
-                    total
-                })
+                    (total, rx)
+                });
+                b_rx = Some(rx);
+                record(
+                    &format!("throughput/transport/{label}"),
+                    iters * batch,
+                    total,
+                );
+                total
             })
         });
         assert_eq!(a.stats().messages_dropped, 0);
@@ -137,8 +154,9 @@ fn throughput(c: &mut Criterion) {
         let wire = wire.freeze();
         let write_batch =
             TransportConfig::new(1, 1, "127.0.0.1:0".parse().unwrap()).write_batch_bytes_max;
-        let (mut tx, mut rx) = rt.block_on(raw_pair());
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let (tx, mut rx) = rt.block_on(raw_pair());
+        let (done_tx, done_rx) = mpsc::channel::<()>(1);
+        let mut raw = Some((tx, done_rx));
         let expect = wire.len();
         let reader = rt.spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
@@ -158,24 +176,38 @@ fn throughput(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("raw_tcp", label), |bench| {
             bench.iter_custom(|iters| {
-                rt.block_on(async {
+                let ((mut tx, mut done), wire) = (raw.take().unwrap(), wire.clone());
+                let (total, tx, done) = on_worker(&rt, async move {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for chunk in wire.chunks(write_batch) {
                             tx.write_all(chunk).await.unwrap();
                         }
-                        done_rx.recv().await.unwrap();
+                        done.recv().await.unwrap();
                     }
-                    let total = start.elapsed();
-                    record(&format!("throughput/raw_tcp/{label}"), iters * batch, total);
-                    total
-                })
+                    (start.elapsed(), tx, done)
+                });
+                raw = Some((tx, done));
+                record(&format!("throughput/raw_tcp/{label}"), iters * batch, total);
+                total
             })
         });
-        drop(tx);
+        drop(raw);
         rt.block_on(reader).unwrap();
     }
     g.finish();
+}
+
+fn ping(seq: u64) -> Message {
+    Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: MessageBody::Heartbeat {
+            commit: 1000,
+            read_seq: seq,
+        },
+    }
 }
 
 fn round_trip(c: &mut Criterion) {
@@ -185,7 +217,8 @@ fn round_trip(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
 
-    let (a, mut a_rx, b, mut b_rx) = rt.block_on(pair(1024));
+    let (a, a_rx, b, mut b_rx) = rt.block_on(pair(1024));
+    let mut a_rx = Some(a_rx);
     // Node 2's host: answer every heartbeat.
     let echo = {
         let b = b.clone();
@@ -205,27 +238,20 @@ fn round_trip(c: &mut Criterion) {
             }
         })
     };
-    let ping = |seq| Message {
-        from: 1,
-        to: 2,
-        term: 3,
-        body: MessageBody::Heartbeat {
-            commit: 1000,
-            read_seq: seq,
-        },
-    };
     g.bench_function("transport", |bench| {
         bench.iter_custom(|iters| {
-            rt.block_on(async {
+            let (a, mut rx) = (a.clone(), a_rx.take().unwrap());
+            let (total, rx) = on_worker(&rt, async move {
                 let start = Instant::now();
                 for i in 0..iters {
                     a.send(ping(i)).unwrap();
-                    a_rx.recv().await.unwrap();
+                    rx.recv().await.unwrap();
                 }
-                let total = start.elapsed();
-                record("round_trip/transport", iters, total);
-                total
-            })
+                (start.elapsed(), rx)
+            });
+            a_rx = Some(rx);
+            record("round_trip/transport", iters, total);
+            total
         })
     });
     rt.block_on(async {
@@ -240,7 +266,8 @@ fn round_trip(c: &mut Criterion) {
     encode_frame(&ping(1), &mut frame, 1024).unwrap();
     let frame = frame.freeze();
     let n = frame.len();
-    let (mut cl, mut sv) = rt.block_on(raw_pair());
+    let (cl, mut sv) = rt.block_on(raw_pair());
+    let mut cl = Some(cl);
     let server = rt.spawn(async move {
         let mut buf = vec![0u8; n];
         while sv.read_exact(&mut buf).await.is_ok() {
@@ -251,17 +278,19 @@ fn round_trip(c: &mut Criterion) {
     });
     g.bench_function("raw_tcp", |bench| {
         bench.iter_custom(|iters| {
-            rt.block_on(async {
+            let (mut c, frame) = (cl.take().unwrap(), frame.clone());
+            let (total, c) = on_worker(&rt, async move {
                 let mut buf = vec![0u8; n];
                 let start = Instant::now();
                 for _ in 0..iters {
-                    cl.write_all(&frame).await.unwrap();
-                    cl.read_exact(&mut buf).await.unwrap();
+                    c.write_all(&frame).await.unwrap();
+                    c.read_exact(&mut buf).await.unwrap();
                 }
-                let total = start.elapsed();
-                record("round_trip/raw_tcp", iters, total);
-                total
-            })
+                (start.elapsed(), c)
+            });
+            cl = Some(c);
+            record("round_trip/raw_tcp", iters, total);
+            total
         })
     });
     drop(cl);

@@ -232,20 +232,25 @@ impl TransportHandle {
     /// ```
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         let peer = self.peer(msg.to)?;
-        let dropped = {
+        let (dropped, was_empty) = {
             let mut q = peer.queue.lock().unwrap();
             let dropped = if q.len() >= self.shared.cfg.queue_messages_max {
                 q.pop_front().is_some()
             } else {
                 false
             };
+            let was_empty = q.is_empty();
             q.push_back(msg);
-            dropped
+            (dropped, was_empty)
         };
         if dropped {
             Stats::add(&self.shared.stats.messages_dropped, 1);
         }
-        peer.queue_notify.notify_one();
+        // The writer drains the whole queue whenever it runs, so it needs waking only when
+        // the queue goes from empty to non-empty: one wake-up per batch, not per message.
+        if was_empty {
+            peer.queue_notify.notify_one();
+        }
         Ok(())
     }
 
@@ -1001,8 +1006,16 @@ async fn read_messages(
                 ));
             }
             Stats::add(&shared.stats.messages_received, 1);
-            if shared.incoming.send(Incoming::Message(msg)).await.is_err() {
-                return Ok(()); // The host dropped its receiver: nothing left to deliver to.
+            // try_send first: the common case (room in the channel) skips the async path.
+            match shared.incoming.try_send(Incoming::Message(msg)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    if shared.incoming.send(item).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // The host dropped its receiver: nothing left to deliver to.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
             }
         }
     }
