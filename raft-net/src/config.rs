@@ -38,7 +38,8 @@ pub struct TransportConfig {
     /// Time allowed to connect and to complete the handshake, in both directions.
     pub handshake_timeout_ms: u64,
     /// A connection on which no complete frame arrived (or no write completed) for this
-    /// long is closed. Outbound connections with nothing to send close after it too.
+    /// long is closed (an inbound message connection within 1-2x this, as its timer is
+    /// re-armed lazily). Outbound connections with nothing to send close after it too.
     pub idle_timeout_ms: u64,
     /// First reconnection delay; doubled per failed attempt, with jitter.
     pub backoff_min_ms: u64,

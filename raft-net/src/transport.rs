@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,6 +139,8 @@ struct Shared {
     inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     conn_seq: AtomicU64,
     snapshot_seq: AtomicU64,
+    /// Set by `shutdown`; checked by `send` without taking a lock.
+    shut_down: AtomicBool,
 }
 
 /// Entry point: binds the listener and starts the tasks.
@@ -186,6 +188,7 @@ impl Transport {
             inbound_messages: Mutex::new(HashMap::new()),
             conn_seq: AtomicU64::new(0),
             snapshot_seq: AtomicU64::new(1),
+            shut_down: AtomicBool::new(false),
             cfg: config,
         });
         let peers: Vec<_> = shared.cfg.peers.iter().map(|(&k, &v)| (k, v)).collect();
@@ -314,13 +317,15 @@ impl TransportHandle {
 
     /// Stop every task, close every socket, and wait until they are gone.
     pub async fn shutdown(&self) {
+        self.shared.shut_down.store(true, Relaxed);
         self.shared.cancel.cancel();
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
     }
 
     fn peer(&self, id: NodeId) -> Result<Arc<Peer>, SendError> {
-        if self.shared.cancel.is_cancelled() {
+        // An atomic load: CancellationToken::is_cancelled takes a lock, too dear per send.
+        if self.shared.shut_down.load(Relaxed) {
             return Err(SendError::Shutdown);
         }
         self.shared
@@ -525,6 +530,17 @@ async fn pump_messages(
 ) -> Result<bool, ConnError> {
     let cfg = &shared.cfg;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    // Long-lived futures, armed once per connection rather than each time the queue runs
+    // dry (which, under request/response traffic, is after every message).
+    let cancelled = peer.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let idle_timer = sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut wrote_since_armed = false;
+    // The acceptor never writes after the handshake: anything readable is EOF or an error,
+    // i.e. the peer went away. Notice it now, not at the next write.
+    let peer_gone = rd.get_mut().read_u8();
+    tokio::pin!(peer_gone);
     loop {
         {
             let mut q = peer.queue.lock().unwrap();
@@ -532,15 +548,17 @@ async fn pump_messages(
         }
         if batch.is_empty() {
             tokio::select! {
-                _ = peer.cancel.cancelled() => return Ok(false),
+                _ = &mut cancelled => return Ok(false),
                 _ = peer.queue_notify.notified() => continue,
-                _ = sleep(idle) => {
+                _ = &mut idle_timer => {
+                    if std::mem::take(&mut wrote_since_armed) {
+                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        continue;
+                    }
                     debug!(node = cfg.node_id, peer = peer.id, "closing idle connection");
                     return Ok(true);
                 }
-                // The acceptor never writes after the handshake: anything here is EOF or
-                // an error, i.e. the peer went away. Notice it now, not at the next write.
-                r = rd.get_mut().read_u8() => {
+                r = &mut peer_gone => {
                     return Err(match r {
                         Ok(_) => ConnError::new(ConnErrorKind::Protocol, "unexpected bytes from acceptor"),
                         Err(e) => ConnError::new(ConnErrorKind::Io, format!("peer closed: {e}")),
@@ -548,6 +566,7 @@ async fn pump_messages(
                 }
             }
         }
+        wrote_since_armed = true;
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
         // with as few syscalls as the kernel allows.
         let mut count = 0u64;
@@ -976,16 +995,18 @@ async fn read_messages(
     let result = async {
         let timer = sleep(idle);
         tokio::pin!(timer);
-        let mut last_frame = Instant::now();
+        // Frames seen since the timer was last armed. Counting instead of reading the clock
+        // per frame keeps the hot path cheap; silence is detected within 1-2x idle.
+        let mut frames_since_armed = 0u64;
         let mut bytes_seen = rd.decoder().frame_bytes();
         loop {
             let next = tokio::select! {
                 biased;
                 n = rd.next() => n,
                 _ = &mut timer => {
-                    let deadline = last_frame + idle;
-                    if deadline > Instant::now() {
-                        timer.as_mut().reset(deadline);
+                    if frames_since_armed > 0 {
+                        frames_since_armed = 0;
+                        timer.as_mut().reset(Instant::now() + idle);
                         continue;
                     }
                     return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
@@ -995,7 +1016,7 @@ async fn read_messages(
                 None => return Ok(()),
                 Some(r) => r?,
             };
-            last_frame = Instant::now();
+            frames_since_armed += 1;
             let total = rd.decoder().frame_bytes();
             Stats::add(&shared.stats.bytes_received, total - bytes_seen);
             bytes_seen = total;
