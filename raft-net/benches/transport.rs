@@ -33,9 +33,14 @@ fn record(name: &str, iters: u64, took: Duration) {
     e.1 += took;
 }
 
+/// Two workers, one per core of the CI machine; `RAFT_NET_BENCH_WORKERS` overrides it.
 fn runtime() -> Runtime {
+    let workers = std::env::var("RAFT_NET_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap()

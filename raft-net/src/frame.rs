@@ -8,7 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
@@ -65,12 +65,37 @@ pub struct FrameDecoder<T> {
     bytes: u64,
     /// The inner codec consumed a header whose body has not fully arrived.
     mid_frame: bool,
+    /// Turns a de-framed body into a `T`: postcard through serde, or a specialised decoder
+    /// such as [`crate::message_codec::decode_message`].
+    body: fn(Bytes) -> Result<T, FrameError>,
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T> FrameDecoder<T> {
+impl<T: DeserializeOwned> FrameDecoder<T> {
     /// A decoder refusing frames longer than `frame_bytes_max` (version byte + body).
     pub fn new(frame_bytes_max: usize) -> Self {
+        Self::with_body_decoder(frame_bytes_max, |b| decode_body(&b))
+    }
+
+    /// Reuse the buffered state for frames of another type (handshake, then messages).
+    pub fn retype<U: DeserializeOwned>(self, frame_bytes_max: usize) -> FrameDecoder<U> {
+        self.retype_with(frame_bytes_max, |b| decode_body(&b))
+    }
+}
+
+impl FrameDecoder<raft_core::Message> {
+    /// The message lane's decoder: slices large command payloads out of the read buffer.
+    pub fn messages(frame_bytes_max: usize) -> Self {
+        Self::with_body_decoder(frame_bytes_max, crate::message_codec::decode_message)
+    }
+}
+
+impl<T> FrameDecoder<T> {
+    /// A decoder whose frame bodies are decoded by `body`.
+    pub fn with_body_decoder(
+        frame_bytes_max: usize,
+        body: fn(Bytes) -> Result<T, FrameError>,
+    ) -> Self {
         FrameDecoder {
             inner: LengthDelimitedCodec::builder()
                 .length_field_length(LENGTH_PREFIX_BYTES)
@@ -80,6 +105,7 @@ impl<T> FrameDecoder<T> {
             max: frame_bytes_max,
             bytes: 0,
             mid_frame: false,
+            body,
             _t: PhantomData,
         }
     }
@@ -89,8 +115,12 @@ impl<T> FrameDecoder<T> {
         self.bytes
     }
 
-    /// Reuse the buffered state for frames of another type (handshake, then messages).
-    pub fn retype<U>(self, frame_bytes_max: usize) -> FrameDecoder<U> {
+    /// Reuse the buffered state for frames of another type, decoded by `body`.
+    pub fn retype_with<U>(
+        self,
+        frame_bytes_max: usize,
+        body: fn(Bytes) -> Result<U, FrameError>,
+    ) -> FrameDecoder<U> {
         let mut inner = self.inner;
         inner.set_max_frame_length(frame_bytes_max);
         FrameDecoder {
@@ -98,6 +128,7 @@ impl<T> FrameDecoder<T> {
             max: frame_bytes_max,
             bytes: self.bytes,
             mid_frame: self.mid_frame,
+            body,
             _t: PhantomData,
         }
     }
@@ -116,7 +147,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(value)
 }
 
-impl<T: DeserializeOwned> Decoder for FrameDecoder<T> {
+impl<T> Decoder for FrameDecoder<T> {
     type Item = T;
     type Error = FrameError;
 
@@ -126,7 +157,7 @@ impl<T: DeserializeOwned> Decoder for FrameDecoder<T> {
             Ok(Some(frame)) => {
                 self.mid_frame = false;
                 self.bytes += (frame.len() + LENGTH_PREFIX_BYTES) as u64;
-                decode_body(&frame).map(Some)
+                (self.body)(frame.freeze()).map(Some)
             }
             Ok(None) => {
                 self.mid_frame |= src.len() < before;

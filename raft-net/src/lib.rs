@@ -37,6 +37,7 @@
 
 pub mod config;
 pub mod frame;
+pub mod message_codec;
 pub mod stats;
 mod transport;
 pub mod wire;

@@ -960,7 +960,9 @@ async fn serve_inbound_inner(
     let from = hello.from;
     match hello.lane {
         Lane::Messages => {
-            let rd = rd.map_decoder(|d| d.retype::<Message>(cfg.frame_bytes_max));
+            let rd = rd.map_decoder(|d| {
+                d.retype_with(cfg.frame_bytes_max, crate::message_codec::decode_message)
+            });
             read_messages(shared, from, rd, cancel)
                 .await
                 .map_err(|e| (peer, lane, e))
