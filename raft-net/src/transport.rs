@@ -1022,10 +1022,13 @@ async fn read_messages(
             let total = rd.decoder().frame_bytes();
             Stats::add(&shared.stats.bytes_received, total - bytes_seen);
             bytes_seen = total;
-            if msg.from != from {
+            if msg.from != from || msg.to != shared.cfg.node_id {
                 return Err(ConnError::new(
                     ConnErrorKind::Protocol,
-                    format!("message from {} on node {from}'s connection", msg.from),
+                    format!(
+                        "message from {} to {} on node {from}'s connection to node {}",
+                        msg.from, msg.to, shared.cfg.node_id
+                    ),
                 ));
             }
             Stats::add(&shared.stats.messages_received, 1);

@@ -355,6 +355,11 @@ async fn hostile_connections_are_closed_without_disturbing_others() {
     let took = closed_by_server(&mut s).await;
     assert!(took >= Duration::from_millis(500), "{took:?}");
 
+    // The count follows the close by a moment: wait for the last one.
+    wait_until("the idle timeout to be counted", || {
+        b.stats().errors(ConnErrorKind::IdleTimeout) > before.errors(ConnErrorKind::IdleTimeout)
+    })
+    .await;
     let after = b.stats();
     let delta = |k| after.errors(k) - before.errors(k);
     assert_eq!(delta(ConnErrorKind::FrameTooLarge), 2, "{after:?}");
@@ -608,4 +613,119 @@ async fn oversized_snapshot_is_refused_and_reported() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The real sender against a scripted receiver that drops the first connection after one
+/// chunk: the sender reconnects, is told the verified offset, and resumes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut ca = config(1);
+    ca.snapshot_chunk_bytes = 32 * 1024;
+    ca.peers.insert(2, listener.local_addr().unwrap());
+    let (a, _a_rx) = start(ca).await;
+    let data = snapshot_bytes(100_000);
+    let done = a.send_snapshot(2, meta(3), data.clone()).unwrap();
+
+    async fn accept(
+        listener: &tokio::net::TcpListener,
+    ) -> FramedRead<TcpStream, FrameDecoder<SnapshotFrame>> {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut rd = FramedRead::new(s, FrameDecoder::<Hello>::new(1024));
+        let h = rd.next().await.unwrap().unwrap();
+        assert_eq!(h, hello(1, 2, Lane::Snapshots));
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &HelloReply::Accept {
+                cluster_id: CLUSTER,
+                node_id: 2,
+            },
+            &mut buf,
+            1024,
+        )
+        .unwrap();
+        rd.get_mut().write_all(&buf).await.unwrap();
+        rd.map_decoder(|d| d.retype(1 << 20))
+    }
+    async fn reply(rd: &mut FramedRead<TcpStream, FrameDecoder<SnapshotFrame>>, f: SnapshotFrame) {
+        let mut buf = BytesMut::new();
+        encode_frame(&f, &mut buf, 1 << 20).unwrap();
+        rd.get_mut().write_all(&buf).await.unwrap();
+    }
+    let mut received = BytesMut::new();
+    // First connection: accept one chunk, then vanish.
+    let mut rd = accept(&listener).await;
+    let SnapshotFrame::Offer {
+        snapshot_id,
+        total_bytes,
+        crc32,
+        ..
+    } = rd.next().await.unwrap().unwrap()
+    else {
+        panic!("expected an offer");
+    };
+    assert_eq!((total_bytes, crc32), (100_000, crc32fast::hash(&data)));
+    reply(
+        &mut rd,
+        SnapshotFrame::Resume {
+            snapshot_id,
+            offset: 0,
+        },
+    )
+    .await;
+    match rd.next().await.unwrap().unwrap() {
+        SnapshotFrame::Chunk {
+            offset: 0,
+            data: d,
+            crc32,
+            ..
+        } => {
+            assert_eq!(crc32, crc32fast::hash(&d));
+            received.extend_from_slice(&d);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(rd);
+    // Second connection: the sender must resume where the receiver says it stands.
+    let mut rd = accept(&listener).await;
+    assert!(
+        matches!(rd.next().await.unwrap().unwrap(), SnapshotFrame::Offer { snapshot_id: id, .. } if id == snapshot_id)
+    );
+    reply(
+        &mut rd,
+        SnapshotFrame::Resume {
+            snapshot_id,
+            offset: received.len() as u64,
+        },
+    )
+    .await;
+    while received.len() < data.len() {
+        match rd.next().await.unwrap().unwrap() {
+            SnapshotFrame::Chunk {
+                offset, data: d, ..
+            } => {
+                assert_eq!(
+                    offset,
+                    received.len() as u64,
+                    "did not resume at the held offset"
+                );
+                received.extend_from_slice(&d);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(received.freeze(), data);
+    reply(&mut rd, SnapshotFrame::Done { snapshot_id }).await;
+    assert_eq!(
+        timeout(Duration::from_secs(5), done)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ok(())
+    );
+    let s = a.stats();
+    assert_eq!((s.snapshots_sent, s.reconnects), (1, 1), "{s:?}");
+    // Sent bytes also count what the first connection swallowed before it dropped.
+    assert!(s.snapshot_bytes_sent >= 100_000 + 32 * 1024, "{s:?}");
+    a.shutdown().await;
 }
