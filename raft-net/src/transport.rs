@@ -2,7 +2,7 @@
 //! outbound snapshot connection, each driven by its own task.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{backoff_ms, TransportConfig};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
+use crate::message_codec::{encode_message, SegmentedBuf};
 use crate::stats::{ConnErrorKind, Stats, StatsSnapshot};
 use crate::wire::{
     Hello, HelloReply, Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX, REJECT_REASON_BYTES_MAX,
@@ -469,7 +470,7 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.cfg;
     let mut failures: u32 = 0;
     let mut connected_before = false;
-    let mut buf = BytesMut::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
+    let mut buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
     let mut batch: VecDeque<Message> = VecDeque::new();
     loop {
         // Connect lazily: an idle peer costs no socket.
@@ -525,7 +526,7 @@ async fn pump_messages(
     peer: &Peer,
     rd: &mut FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
     wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
+    buf: &mut SegmentedBuf,
     batch: &mut VecDeque<Message>,
 ) -> Result<bool, ConnError> {
     let cfg = &shared.cfg;
@@ -568,11 +569,12 @@ async fn pump_messages(
         }
         wrote_since_armed = true;
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
-        // with as few syscalls as the kernel allows.
+        // with as few syscalls as the kernel allows. Large payloads are not copied into the
+        // buffer but written from where they are, in the same (vectored) write.
         let mut count = 0u64;
         buf.clear();
         while let Some(msg) = batch.pop_front() {
-            match encode_frame(&msg, buf, cfg.frame_bytes_max) {
+            match encode_message(&msg, buf, cfg.frame_bytes_max) {
                 Ok(_) => count += 1,
                 Err(e) => {
                     Stats::add(&shared.stats.messages_unencodable, 1);
@@ -582,30 +584,65 @@ async fn pump_messages(
             if buf.len() >= cfg.write_batch_bytes_max {
                 write_batch(shared, wr, buf, count, idle).await?;
                 count = 0;
-                buf.clear();
             }
         }
         if !buf.is_empty() {
             write_batch(shared, wr, buf, count, idle).await?;
         }
         // Do not keep a huge buffer around after a burst of large messages.
-        if buf.capacity() > 4 * cfg.write_batch_bytes_max {
-            *buf = BytesMut::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
+        if buf.buf.capacity() > 4 * cfg.write_batch_bytes_max {
+            *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
         }
     }
 }
 
+/// Write every segment of `buf` (then clear it), with vectored writes of at most
+/// `IOVECS_MAX` segments each.
 async fn write_batch(
     shared: &Shared,
     wr: &mut OwnedWriteHalf,
-    buf: &[u8],
+    buf: &mut SegmentedBuf,
     count: u64,
     idle: Duration,
 ) -> Result<(), ConnError> {
-    timeout(idle, wr.write_all(buf))
+    const IOVECS_MAX: usize = 64;
+    let total = buf.len();
+    let segments = buf.finish();
+    let write = async {
+        let (mut i, mut off) = (0usize, 0usize);
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
+        while i < segments.len() {
+            slices.clear();
+            slices.push(IoSlice::new(&segments[i][off..]));
+            slices.extend(
+                segments[i + 1..]
+                    .iter()
+                    .take(IOVECS_MAX - 1)
+                    .map(|s| IoSlice::new(s)),
+            );
+            let mut n = wr.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            while n > 0 {
+                let left = segments[i].len() - off;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    off = 0;
+                } else {
+                    off += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    };
+    timeout(idle, write)
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
-    Stats::add(&shared.stats.bytes_sent, buf.len() as u64);
+    buf.clear();
+    Stats::add(&shared.stats.bytes_sent, total as u64);
     Stats::add(&shared.stats.messages_sent, count);
     Ok(())
 }

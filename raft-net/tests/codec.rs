@@ -8,7 +8,7 @@ use raft_core::{
     ConflictHint, Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta,
 };
 use raft_net::frame::{encode_frame, FrameDecoder, FrameError, FORMAT_VERSION};
-use raft_net::message_codec::{decode_message, ZERO_COPY_BYTES_MIN};
+use raft_net::message_codec::{decode_message, encode_message, SegmentedBuf, ZERO_COPY_BYTES_MIN};
 use raft_net::wire::{Hello, HelloReply, SnapshotFrame};
 use tokio_util::codec::Decoder;
 
@@ -155,6 +155,39 @@ proptest! {
         let _ = drain(&mut FrameDecoder::<Hello>::new(max), &mut buf);
         let mut buf = BytesMut::from(&bytes[..]);
         let _ = drain(&mut FrameDecoder::<Message>::messages(max), &mut buf);
+    }
+
+    /// The hand-written encoder writes exactly the bytes of the serde path, large payloads
+    /// included, across any number of messages in one batch.
+    #[test]
+    fn message_encoder_agrees_with_postcard(msgs in vec(message(), 1..6), big in 0usize..3) {
+        let mut msgs = msgs;
+        for (i, m) in msgs.iter_mut().enumerate().take(big) {
+            // Some payloads above the zero-copy threshold.
+            if let MessageBody::AppendEntries { entries, .. } = &mut m.body {
+                entries.push(Entry {
+                    index: i as u64,
+                    term: 1,
+                    payload: EntryPayload::Command(Bytes::from(vec![i as u8; ZERO_COPY_BYTES_MIN + i])),
+                });
+            }
+        }
+        let mut expected = BytesMut::new();
+        let mut out = SegmentedBuf::with_capacity(16);
+        for m in &msgs {
+            let a = encode_frame(m, &mut expected, 1 << 20).unwrap();
+            let before = out.len();
+            let b = encode_message(m, &mut out, 1 << 20).unwrap();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(out.len() - before, b);
+        }
+        let got: Vec<u8> = out.finish().iter().flat_map(|s| s.iter().copied()).collect();
+        prop_assert_eq!(&got[..], &expected[..]);
+        let too_large = matches!(
+            encode_message(&msgs[0], &mut out, 0),
+            Err(FrameError::TooLarge { .. })
+        );
+        prop_assert!(too_large);
     }
 
     /// The hand-written message decoder accepts exactly what postcard accepts, with the

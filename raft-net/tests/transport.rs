@@ -729,3 +729,55 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
     assert!(s.snapshot_bytes_sent >= 100_000 + 32 * 1024, "{s:?}");
     a.shutdown().await;
 }
+
+/// Large payloads take the zero-copy paths (vectored write, sliced decode) and must arrive
+/// intact, including when writes are cut short by a full socket buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_payloads_arrive_intact() {
+    use raft_core::{Entry, EntryPayload};
+    let mut ca = config(1);
+    ca.queue_messages_max = 1000;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let msg = |i: u64| Message {
+        from: 1,
+        to: 2,
+        term: 4,
+        body: MessageBody::AppendEntries {
+            prev_log_index: i,
+            prev_log_term: 4,
+            entries: [64 * 1024 + i as usize, 100, 3000, 0]
+                .into_iter()
+                .enumerate()
+                .map(|(k, len)| Entry {
+                    index: i * 4 + k as u64,
+                    term: 4,
+                    payload: EntryPayload::Command(snapshot_bytes(len).slice(0..len)),
+                })
+                .chain([Entry {
+                    index: 0,
+                    term: 0,
+                    payload: EntryPayload::Membership(Membership::new_voters([1, 2, 3])),
+                }])
+                .collect(),
+            leader_commit: i,
+        },
+    };
+    for i in 0..300 {
+        a.send(msg(i)).unwrap();
+    }
+    for i in 0..300 {
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Incoming::Message(msg(i)), "message {i}");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.bytes_sent, sb.bytes_received);
+    assert_eq!(sa.messages_dropped, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
