@@ -50,6 +50,7 @@ pub struct TransportConfig {
     /// Snapshot bytes per chunk frame (must fit in `frame_bytes_max`).
     pub snapshot_chunk_bytes: usize,
     /// Snapshot streaming rate limit per peer, in bytes per second; 0 means unlimited.
+    /// Chunks shrink under a low limit so one is sent at least every `idle_timeout_ms / 4`.
     pub snapshot_bytes_per_sec_max: u64,
     /// Largest snapshot accepted from a peer (it is assembled in memory).
     pub snapshot_bytes_max: u64,
@@ -76,7 +77,7 @@ impl TransportConfig {
             inbound_connections_max: 256,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_bytes_per_sec_max: 0,
-            snapshot_bytes_max: 4 * 1024 * 1024 * 1024,
+            snapshot_bytes_max: 1024 * 1024 * 1024,
             snapshot_attempts_max: 10,
         }
     }

@@ -796,6 +796,17 @@ async fn stream_snapshot(
         );
     }
     // Pace chunks so that the average rate stays under the limit; a burst is one chunk.
+    // Under a low limit, chunks shrink so that one arrives at least every quarter of the
+    // idle timeout: the receiver (configured alike) must not take the pacing for silence.
+    let chunk_bytes = match cfg.snapshot_bytes_per_sec_max {
+        0 => cfg.snapshot_chunk_bytes,
+        rate => {
+            let per_quarter_idle = rate.saturating_mul(cfg.idle_timeout_ms) / 4000;
+            cfg.snapshot_chunk_bytes
+                .min(usize::try_from(per_quarter_idle).unwrap_or(usize::MAX))
+                .max(1)
+        }
+    };
     let started = Instant::now();
     let first = offset;
     while offset < data.len() {
@@ -806,7 +817,7 @@ async fn stream_snapshot(
             let due = (offset - first) as f64 / cfg.snapshot_bytes_per_sec_max as f64;
             sleep_until(started + Duration::from_secs_f64(due)).await;
         }
-        let end = (offset + cfg.snapshot_chunk_bytes).min(data.len());
+        let end = (offset + chunk_bytes).min(data.len());
         let chunk = data.slice(offset..end);
         let frame = SnapshotFrame::Chunk {
             snapshot_id: id,

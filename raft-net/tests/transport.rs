@@ -781,3 +781,37 @@ async fn large_and_small_payloads_arrive_intact() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A rate limit so low that a full chunk would take longer than the idle timeout: chunks
+/// shrink, and the receiver never mistakes the pacing for a dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_snapshot_is_not_taken_for_an_idle_connection() {
+    let mut ca = config(1);
+    ca.idle_timeout_ms = 200;
+    ca.snapshot_bytes_per_sec_max = 100_000;
+    ca.snapshot_chunk_bytes = 40_000; // 0.4 s apart at this rate, were they not shrunk
+    let mut cb = config(2);
+    cb.idle_timeout_ms = 200;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(cb).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let data = snapshot_bytes(50_000); // ~0.5 s at 100 kB/s
+    let done = a.send_snapshot(2, meta(4), data.clone()).unwrap();
+    let got = timeout(Duration::from_secs(10), b_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Incoming::Snapshot {
+            from: 1,
+            meta: meta(4),
+            data
+        }
+    );
+    assert_eq!(done.await.unwrap(), Ok(()));
+    assert_eq!(b.stats().errors(ConnErrorKind::IdleTimeout), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
