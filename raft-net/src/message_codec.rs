@@ -314,6 +314,18 @@ pub struct SegmentedBuf {
 }
 
 impl SegmentedBuf {
+    /// An empty batch whose copy buffer starts with `capacity` bytes.
+    ///
+    /// ```
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::message_codec::{encode_message, SegmentedBuf};
+    ///
+    /// let mut out = SegmentedBuf::with_capacity(1024);
+    /// let m = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// let n = encode_message(&m, &mut out, 1 << 20).unwrap();
+    /// assert_eq!(out.len(), n);
+    /// assert_eq!(out.finish().len(), 1); // small messages stay in one segment
+    /// ```
     pub fn with_capacity(capacity: usize) -> Self {
         SegmentedBuf {
             buf: BytesMut::with_capacity(capacity),
@@ -327,6 +339,7 @@ impl SegmentedBuf {
         self.queued + self.buf.len()
     }
 
+    /// Whether nothing has been encoded since the last `clear`.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
