@@ -306,7 +306,7 @@ fn round_trip(c: &mut Criterion) {
 fn summary(_: &mut Criterion) {
     let r = RESULTS.lock().unwrap();
     let per = |k: &str| r.get(k).map(|(n, t)| t.as_secs_f64() / *n as f64);
-    println!("\n== raft-net vs raw TCP (same run) ==");
+    println!("\n== criterion's sequential measurements (same run) ==");
     for (label, size) in [("100B", 100.0), ("16KiB", 16384.0)] {
         if let (Some(t), Some(raw)) = (
             per(&format!("throughput/transport/{label}")),
@@ -332,5 +332,162 @@ fn summary(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, throughput, round_trip, summary);
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const PAIRED_ROUNDS: usize = 21;
+
+/// Drift-proof ratios. Criterion measures its benchmarks one after the other, and on a
+/// machine shared with other work the load changes in between; here the same work goes
+/// alternately through the transport and raw TCP, round after round (the order swapped
+/// every round), and the medians are compared.
+fn paired(_: &mut Criterion) {
+    let rt = runtime();
+    let write_batch =
+        TransportConfig::new(1, 1, "127.0.0.1:0".parse().unwrap()).write_batch_bytes_max;
+    println!("\n== paired, interleaved: {PAIRED_ROUNDS} rounds, medians ==");
+    for (label, size, batch) in [("100B", 100usize, 20_000u64), ("16KiB", 16 * 1024, 2_000)] {
+        let payload = Bytes::from(vec![0xAB; size]);
+        let (t, r) = on_worker(&rt, async move {
+            let (a, _a_rx, b, mut b_rx) = pair(batch as usize * 2).await;
+            let mut wire = BytesMut::new();
+            for i in 0..batch {
+                encode_frame(&append(&payload, i), &mut wire, 1 << 24).unwrap();
+            }
+            let expect = wire.len();
+            let wire = wire.freeze();
+            let (mut tx, mut rx) = raw_pair().await;
+            let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = 0;
+                while let Ok(n @ 1..) = rx.read(&mut buf).await {
+                    got += n;
+                    if got >= expect {
+                        got -= expect;
+                        if done_tx.send(()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let (mut ts, mut rs) = (Vec::new(), Vec::new());
+            let mut got = Vec::with_capacity(1024);
+            for round in 0..=PAIRED_ROUNDS {
+                for raw_turn in [round % 2 == 1, round % 2 == 0] {
+                    if raw_turn {
+                        let start = Instant::now();
+                        for chunk in wire.chunks(write_batch) {
+                            tx.write_all(chunk).await.unwrap();
+                        }
+                        done_rx.recv().await.unwrap();
+                        rs.push(start.elapsed().as_secs_f64());
+                    } else {
+                        let msgs: Vec<_> = (0..batch).map(|i| append(&payload, i)).collect();
+                        let start = Instant::now();
+                        for m in msgs {
+                            a.send(m).unwrap();
+                        }
+                        let mut n = 0;
+                        while n < batch as usize {
+                            got.clear();
+                            n += b_rx.recv_many(&mut got, 1024).await;
+                        }
+                        ts.push(start.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            // Round 0 was the warm-up.
+            ts.remove(0);
+            rs.remove(0);
+            drop(tx);
+            reader.await.unwrap();
+            assert_eq!(a.stats().messages_dropped, 0);
+            a.shutdown().await;
+            b.shutdown().await;
+            (median(ts) / batch as f64, median(rs) / batch as f64)
+        });
+        println!(
+            "throughput {label:>5}: transport {:>10.0} msg/s {:>8.1} MB/s | raw {:>10.0} msg/s {:>8.1} MB/s | ratio {:.2} (target >= 0.80)",
+            1.0 / t,
+            size as f64 / t / 1e6,
+            1.0 / r,
+            size as f64 / r / 1e6,
+            r / t
+        );
+    }
+
+    const RTTS: u64 = 2_000;
+    let (t, r) = on_worker(&rt, async move {
+        let (a, mut a_rx, b, mut b_rx) = pair(1024).await;
+        let echo = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                while let Some(Incoming::Message(m)) = b_rx.recv().await {
+                    let reply = Message {
+                        from: 2,
+                        to: 1,
+                        term: m.term,
+                        body: MessageBody::HeartbeatResponse { read_seq: 0 },
+                    };
+                    if b.send(reply).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut frame = BytesMut::new();
+        encode_frame(&ping(1), &mut frame, 1024).unwrap();
+        let n = frame.len();
+        let (mut cl, mut sv) = raw_pair().await;
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; n];
+            while sv.read_exact(&mut buf).await.is_ok() {
+                if sv.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; n];
+        let (mut ts, mut rs) = (Vec::new(), Vec::new());
+        for round in 0..=PAIRED_ROUNDS {
+            for raw_turn in [round % 2 == 1, round % 2 == 0] {
+                let start = Instant::now();
+                for i in 0..RTTS {
+                    if raw_turn {
+                        cl.write_all(&frame).await.unwrap();
+                        cl.read_exact(&mut buf).await.unwrap();
+                    } else {
+                        a.send(ping(i)).unwrap();
+                        a_rx.recv().await.unwrap();
+                    }
+                }
+                let took = start.elapsed().as_secs_f64() / RTTS as f64;
+                if raw_turn {
+                    rs.push(took);
+                } else {
+                    ts.push(took);
+                }
+            }
+        }
+        ts.remove(0);
+        rs.remove(0);
+        drop(cl);
+        server.await.unwrap();
+        a.shutdown().await;
+        b.shutdown().await;
+        echo.abort();
+        (median(ts), median(rs))
+    });
+    println!(
+        "round trip: transport {:.1} us | raw {:.1} us | ratio {:.2} (target <= 1.20)",
+        t * 1e6,
+        r * 1e6,
+        t / r
+    );
+}
+
+criterion_group!(benches, throughput, round_trip, summary, paired);
 criterion_main!(benches);
