@@ -1,1 +1,56 @@
-//! Length-prefixed TCP transport carrying `raft_core` messages between nodes. Not yet implemented (issue 4).
+//! Length-prefixed TCP transport carrying [`raft_core::Message`]s, and snapshot bytes beside
+//! them, between the nodes of one cluster.
+//!
+//! * **Framing** ([`frame`]): `[u32 BE length][version u8][postcard body]`, the length
+//!   checked against `frame_bytes_max` before anything is allocated.
+//! * **Handshake** ([`wire::Hello`]): cluster ID and both node IDs; a mismatch is refused
+//!   with a reason that both ends log.
+//! * **Messages**: per peer one outbound connection fed by a bounded queue that drops its
+//!   oldest message when full; everything queued goes out in one write.
+//! * **Snapshots**: a separate connection per peer, so appends and heartbeats never wait
+//!   behind snapshot bytes; CRC32-checked chunks, resumable, rate-limited.
+//!
+//! A bad connection (garbage, oversized or truncated frame, wrong handshake, silence) is
+//! closed with a counted, logged reason ([`ConnErrorKind`]); no other connection notices.
+//!
+//! The message lane's hot path avoids copies: [`message_codec`] encodes `Message`s
+//! byte-for-byte as postcard would, but leaves command payloads of 2 KiB or more where they
+//! are (one vectored write per batch) and slices them out of the read buffer on receipt.
+//!
+//! Benchmarks, each beside its raw-TCP baseline in the same run, with a ratio summary:
+//! `cargo bench -p raft-net --bench transport` (`RAFT_NET_BENCH_WORKERS` sets the runtime's
+//! worker threads, default 2).
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use raft_core::{Message, MessageBody};
+//! use raft_net::{Incoming, Transport, TransportConfig};
+//!
+//! let (a, _a_in) = Transport::start(TransportConfig::new(1, 9, "127.0.0.1:0".parse().unwrap()))
+//!     .await.unwrap();
+//! let (b, mut b_in) = Transport::start(TransportConfig::new(2, 9, "127.0.0.1:0".parse().unwrap()))
+//!     .await.unwrap();
+//! a.add_peer(2, b.local_addr());
+//! b.add_peer(1, a.local_addr());
+//! a.send(Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 0, read_seq: 1 } })
+//!     .unwrap();
+//! match b_in.recv().await.unwrap() {
+//!     Incoming::Message(m) => assert_eq!(m.term, 3),
+//!     other => panic!("{other:?}"),
+//! }
+//! a.shutdown().await;
+//! b.shutdown().await;
+//! # });
+//! ```
+
+pub mod config;
+pub mod frame;
+pub mod message_codec;
+pub mod stats;
+mod transport;
+pub mod wire;
+
+pub use config::TransportConfig;
+pub use frame::{FrameDecoder, FrameError, FORMAT_VERSION};
+pub use stats::{ConnErrorKind, StatsSnapshot};
+pub use transport::{Incoming, SendError, SnapshotSendError, Transport, TransportHandle};

@@ -1,0 +1,152 @@
+//! The transport's configuration: every limit and timeout is a named field with its unit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use raft_core::NodeId;
+
+use crate::frame::DEFAULT_FRAME_BYTES_MAX;
+
+/// Configuration of one node's transport.
+///
+/// ```
+/// let mut cfg = raft_net::TransportConfig::new(1, 0xC1, "127.0.0.1:0".parse().unwrap());
+/// cfg.peers.insert(2, "127.0.0.1:7002".parse().unwrap());
+/// cfg.snapshot_bytes_per_sec_max = 50 * 1024 * 1024;
+/// assert_eq!(cfg.frame_bytes_max, 16 * 1024 * 1024);
+/// ```
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's ID (never 0).
+    pub node_id: NodeId,
+    /// Connections from another cluster are refused at the handshake.
+    pub cluster_id: u64,
+    /// Where to accept connections; port 0 picks an ephemeral port
+    /// (see [`crate::TransportHandle::local_addr`]).
+    pub listen_addr: SocketAddr,
+    /// The nodes this one talks to. Inbound connections are accepted only from these IDs.
+    pub peers: HashMap<NodeId, SocketAddr>,
+    /// Largest frame (version byte + body) read or written; checked before allocating.
+    pub frame_bytes_max: usize,
+    /// Per-peer outbound queue bound; when full the oldest queued message is dropped.
+    pub queue_messages_max: usize,
+    /// Bound of the channel delivering [`crate::Incoming`] to the host. When it is full the
+    /// readers stop reading, and TCP pushes back on the senders.
+    pub incoming_messages_max: usize,
+    /// A batch is written out once it has grown to this many bytes.
+    pub write_batch_bytes_max: usize,
+    /// Time allowed to connect and to complete the handshake, in both directions.
+    pub handshake_timeout_ms: u64,
+    /// A connection on which no complete frame arrived (or no write completed) for this
+    /// long is closed (an inbound message connection within 1-2x this, as its timer is
+    /// re-armed lazily). Outbound connections with nothing to send close after it too.
+    pub idle_timeout_ms: u64,
+    /// First reconnection delay; doubled per failed attempt, with jitter.
+    pub backoff_min_ms: u64,
+    /// Largest reconnection delay.
+    pub backoff_max_ms: u64,
+    /// Inbound connections open at once (both lanes, handshaking or not).
+    pub inbound_connections_max: usize,
+    /// Snapshot bytes per chunk frame (must fit in `frame_bytes_max`).
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot streaming rate limit per peer, in bytes per second; 0 means unlimited.
+    /// Chunks shrink under a low limit so one is sent at least every `idle_timeout_ms / 4`.
+    pub snapshot_bytes_per_sec_max: u64,
+    /// Largest snapshot accepted from a peer (it is assembled in memory).
+    pub snapshot_bytes_max: u64,
+    /// Connection attempts for one snapshot before the host is told it failed.
+    pub snapshot_attempts_max: u32,
+}
+
+impl TransportConfig {
+    /// A configuration with the defaults below and no peers.
+    pub fn new(node_id: NodeId, cluster_id: u64, listen_addr: SocketAddr) -> Self {
+        TransportConfig {
+            node_id,
+            cluster_id,
+            listen_addr,
+            peers: HashMap::new(),
+            frame_bytes_max: DEFAULT_FRAME_BYTES_MAX,
+            queue_messages_max: 4096,
+            incoming_messages_max: 4096,
+            write_batch_bytes_max: 256 * 1024,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            backoff_min_ms: 10,
+            backoff_max_ms: 5_000,
+            inbound_connections_max: 256,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_bytes_per_sec_max: 0,
+            snapshot_bytes_max: 1024 * 1024 * 1024,
+            snapshot_attempts_max: 10,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id 0 is reserved".into());
+        }
+        if self.peers.contains_key(&self.node_id) {
+            return Err("peers must not contain this node".into());
+        }
+        if self.queue_messages_max == 0 || self.incoming_messages_max == 0 {
+            return Err("queue bounds must be positive".into());
+        }
+        if self.frame_bytes_max < 64 || self.frame_bytes_max > u32::MAX as usize {
+            return Err("frame_bytes_max must be in 64..=u32::MAX".into());
+        }
+        // A chunk frame adds a few dozen bytes of header to the data.
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes + 64 > self.frame_bytes_max {
+            return Err("snapshot_chunk_bytes must be positive and fit in frame_bytes_max".into());
+        }
+        if self.backoff_min_ms == 0 || self.backoff_min_ms > self.backoff_max_ms {
+            return Err("need 0 < backoff_min_ms <= backoff_max_ms".into());
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("timeouts must be positive".into());
+        }
+        if self.inbound_connections_max == 0 || self.snapshot_attempts_max == 0 {
+            return Err(
+                "inbound_connections_max and snapshot_attempts_max must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reconnection delay for the `attempt`-th consecutive failure (0-based): exponential,
+/// capped, with jitter in `[delay/2, delay]` from a hash of the node, peer and attempt,
+/// so that nodes restarted together do not reconnect in lockstep, without global randomness.
+pub fn backoff_ms(cfg: &TransportConfig, peer: NodeId, attempt: u32) -> u64 {
+    let exp = cfg
+        .backoff_min_ms
+        .saturating_mul(1u64 << attempt.min(32))
+        .min(cfg.backoff_max_ms);
+    let half = exp / 2;
+    half + splitmix64(cfg.node_id ^ peer.rotate_left(32) ^ u64::from(attempt)) % (exp - half + 1)
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let cfg = TransportConfig::new(1, 1, "127.0.0.1:0".parse().unwrap());
+        for attempt in 0..64 {
+            let d = backoff_ms(&cfg, 2, attempt);
+            let exp = (10u64 << attempt.min(32)).min(5_000);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d}");
+        }
+        let a: Vec<_> = (0..8).map(|i| backoff_ms(&cfg, 2, i + 8)).collect();
+        let b: Vec<_> = (0..8).map(|i| backoff_ms(&cfg, 3, i + 8)).collect();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,1267 @@
+//! The transport: one listener, and per peer one outbound message connection and one
+//! outbound snapshot connection, each driven by its own task.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use raft_core::{Message, NodeId, SnapshotMeta};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{backoff_ms, TransportConfig};
+use crate::frame::{encode_frame, FrameDecoder, FrameError};
+use crate::message_codec::{encode_message, SegmentedBuf};
+use crate::stats::{ConnErrorKind, Stats, StatsSnapshot};
+use crate::wire::{
+    Hello, HelloReply, Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX, REJECT_REASON_BYTES_MAX,
+};
+
+/// What the transport hands to the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message from a peer, in the order that peer's transport sent it on one connection.
+    Message(Message),
+    /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
+    /// `InstallSnapshot` message carrying the same `meta`.
+    Snapshot {
+        from: NodeId,
+        meta: SnapshotMeta,
+        data: Bytes,
+    },
+}
+
+/// Why [`TransportHandle::send`] or [`TransportHandle::send_snapshot`] refused a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("node {0} is not a known peer")]
+    UnknownPeer(NodeId),
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+/// How a snapshot transfer ended, reported on the channel `send_snapshot` returns.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotSendError {
+    #[error("a newer snapshot for the same peer replaced this one")]
+    Superseded,
+    #[error("gave up after {attempts} attempts: {last_error}")]
+    Failed { attempts: u32, last_error: String },
+    #[error("the receiver refused the snapshot: {0}")]
+    Refused(String),
+    #[error("the peer was removed or the transport shut down")]
+    Cancelled,
+}
+
+/// A connection-level failure: counted by kind, logged with its detail.
+#[derive(Debug)]
+struct ConnError {
+    kind: ConnErrorKind,
+    detail: String,
+}
+
+impl ConnError {
+    fn new(kind: ConnErrorKind, detail: impl Into<String>) -> Self {
+        ConnError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<FrameError> for ConnError {
+    fn from(e: FrameError) -> Self {
+        let kind = match &e {
+            FrameError::Io(_) => ConnErrorKind::Io,
+            FrameError::TooLarge { .. } => ConnErrorKind::FrameTooLarge,
+            FrameError::Truncated { .. } => ConnErrorKind::Truncated,
+            _ => ConnErrorKind::Decode,
+        };
+        ConnError::new(kind, e.to_string())
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::new(ConnErrorKind::Io, e.to_string())
+    }
+}
+
+struct OutSnapshot {
+    id: u64,
+    meta: SnapshotMeta,
+    data: Bytes,
+    crc32: u32,
+    done: Option<oneshot::Sender<Result<(), SnapshotSendError>>>,
+}
+
+struct Peer {
+    id: NodeId,
+    addr: Mutex<SocketAddr>,
+    queue: Mutex<VecDeque<Message>>,
+    queue_notify: Notify,
+    snapshot: Mutex<Option<OutSnapshot>>,
+    snapshot_notify: Notify,
+    cancel: CancellationToken,
+}
+
+/// A snapshot being received, kept across reconnects so the sender can resume.
+struct PartialSnapshot {
+    id: u64,
+    meta: SnapshotMeta,
+    total: u64,
+    crc32: u32,
+    buf: BytesMut,
+    hasher: crc32fast::Hasher,
+}
+
+struct Shared {
+    cfg: TransportConfig,
+    stats: Stats,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    incoming: mpsc::Sender<Incoming>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
+    /// The current inbound message connection per peer: a newer one closes the older, so a
+    /// peer holds at most one and its messages are never interleaved from two connections.
+    inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
+    conn_seq: AtomicU64,
+    snapshot_seq: AtomicU64,
+    /// Set by `shutdown`; checked by `send` without taking a lock.
+    shut_down: AtomicBool,
+}
+
+/// Entry point: binds the listener and starts the tasks.
+pub struct Transport;
+
+impl Transport {
+    /// Bind `config.listen_addr`, start connecting to `config.peers` lazily (on first send),
+    /// and return the handle plus the channel on which incoming messages and snapshots arrive.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Incoming, Transport, TransportConfig};
+    ///
+    /// let (a, _a_rx) = Transport::start(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// let (b, mut b_rx) = Transport::start(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// a.send(msg.clone()).unwrap();
+    /// assert_eq!(b_rx.recv().await, Some(Incoming::Message(msg)));
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start(
+        config: TransportConfig,
+    ) -> io::Result<(TransportHandle, mpsc::Receiver<Incoming>)> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(config.incoming_messages_max);
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            stats: Stats::default(),
+            peers: Mutex::new(HashMap::new()),
+            incoming: tx,
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+            partial_snapshots: Mutex::new(HashMap::new()),
+            inbound_messages: Mutex::new(HashMap::new()),
+            conn_seq: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(1),
+            shut_down: AtomicBool::new(false),
+            cfg: config,
+        });
+        let peers: Vec<_> = shared.cfg.peers.iter().map(|(&k, &v)| (k, v)).collect();
+        for (id, addr) in peers {
+            add_peer(&shared, id, addr);
+        }
+        let slots = Arc::new(Semaphore::new(shared.cfg.inbound_connections_max));
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone(), listener, slots));
+        info!(node = shared.cfg.node_id, %local_addr, "transport listening");
+        let handle = TransportHandle {
+            shared,
+            local_addr,
+            _guard: Arc::new(cancel.drop_guard()),
+        };
+        Ok((handle, rx))
+    }
+}
+
+/// The host's handle: cheap to clone; when the last clone is dropped the transport stops.
+/// Every method returns at once: none awaits the network.
+#[derive(Clone)]
+pub struct TransportHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    _guard: Arc<DropGuard>,
+}
+
+impl TransportHandle {
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Queue `msg` for `msg.to`. Never blocks and never awaits: if that peer's queue holds
+    /// `queue_messages_max` messages, the oldest is dropped (and counted) to make room,
+    /// since Raft recovers from lost messages but not from a stalled core.
+    ///
+    /// ```no_run
+    /// # fn f(h: &raft_net::TransportHandle, m: raft_core::Message) {
+    /// h.send(m).expect("known peer");
+    /// # }
+    /// ```
+    pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        let peer = self.peer(msg.to)?;
+        let (dropped, was_empty) = {
+            let mut q = peer.queue.lock().unwrap();
+            let dropped = if q.len() >= self.shared.cfg.queue_messages_max {
+                q.pop_front().is_some()
+            } else {
+                false
+            };
+            let was_empty = q.is_empty();
+            q.push_back(msg);
+            (dropped, was_empty)
+        };
+        if dropped {
+            Stats::add(&self.shared.stats.messages_dropped, 1);
+        }
+        // The writer drains the whole queue whenever it runs, so it needs waking only when
+        // the queue goes from empty to non-empty: one wake-up per batch, not per message.
+        if was_empty {
+            peer.queue_notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stream `data` to `to` on the snapshot lane, beside the messages. Only the latest
+    /// snapshot per peer matters: a pending one is replaced (its receiver gets
+    /// [`SnapshotSendError::Superseded`]). The returned channel tells how it ended.
+    pub fn send_snapshot(
+        &self,
+        to: NodeId,
+        meta: SnapshotMeta,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<(), SnapshotSendError>>, SendError> {
+        let peer = self.peer(to)?;
+        let (tx, rx) = oneshot::channel();
+        let crc32 = crc32fast::hash(&data);
+        let snap = OutSnapshot {
+            id: self.shared.snapshot_seq.fetch_add(1, Relaxed),
+            meta,
+            data,
+            crc32,
+            done: Some(tx),
+        };
+        let old = peer.snapshot.lock().unwrap().replace(snap);
+        if let Some(mut old) = old {
+            if let Some(done) = old.done.take() {
+                let _ = done.send(Err(SnapshotSendError::Superseded));
+            }
+        }
+        peer.snapshot_notify.notify_one();
+        Ok(rx)
+    }
+
+    /// Add a peer, or change its address (the next connection uses the new one).
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        add_peer(&self.shared, id, addr);
+    }
+
+    /// Forget a peer: its queue and pending snapshot are dropped, its connections closed,
+    /// and its inbound connections are refused from now on.
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(peer) = self.shared.peers.lock().unwrap().remove(&id) {
+            peer.cancel.cancel();
+        }
+        if let Some((_, c)) = self.shared.inbound_messages.lock().unwrap().remove(&id) {
+            c.cancel();
+        }
+        self.shared.partial_snapshots.lock().unwrap().remove(&id);
+    }
+
+    /// Messages waiting in `to`'s queue.
+    pub fn queued(&self, to: NodeId) -> usize {
+        self.peer(to)
+            .map(|p| p.queue.lock().unwrap().len())
+            .unwrap_or(0)
+    }
+
+    /// The counters, summed over all peers.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stop every task, close every socket, and wait until they are gone.
+    pub async fn shutdown(&self) {
+        self.shared.shut_down.store(true, Relaxed);
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+
+    fn peer(&self, id: NodeId) -> Result<Arc<Peer>, SendError> {
+        // An atomic load: CancellationToken::is_cancelled takes a lock, too dear per send.
+        if self.shared.shut_down.load(Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        self.shared
+            .peers
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or(SendError::UnknownPeer(id))
+    }
+}
+
+fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
+    if id == shared.cfg.node_id || id == 0 {
+        warn!(
+            node = shared.cfg.node_id,
+            peer = id,
+            "refusing to add self or node 0 as a peer"
+        );
+        return;
+    }
+    let mut peers = shared.peers.lock().unwrap();
+    if let Some(p) = peers.get(&id) {
+        *p.addr.lock().unwrap() = addr;
+        return;
+    }
+    let peer = Arc::new(Peer {
+        id,
+        addr: Mutex::new(addr),
+        queue: Mutex::new(VecDeque::new()),
+        queue_notify: Notify::new(),
+        snapshot: Mutex::new(None),
+        snapshot_notify: Notify::new(),
+        cancel: shared.cancel.child_token(),
+    });
+    peers.insert(id, peer.clone());
+    shared
+        .tracker
+        .spawn(message_writer(shared.clone(), peer.clone()));
+    shared.tracker.spawn(snapshot_writer(shared.clone(), peer));
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound
+
+/// Connect to `peer` and complete the handshake for `lane`.
+async fn dial(
+    shared: &Shared,
+    peer: &Peer,
+    lane: Lane,
+) -> Result<
+    (
+        FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
+        OwnedWriteHalf,
+    ),
+    ConnError,
+> {
+    let cfg = &shared.cfg;
+    let addr = *peer.addr.lock().unwrap();
+    let deadline = Duration::from_millis(cfg.handshake_timeout_ms);
+    let stream = timeout(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                ConnErrorKind::Connect,
+                format!("connect to {addr} timed out"),
+            )
+        })?
+        .map_err(|e| ConnError::new(ConnErrorKind::Connect, format!("connect to {addr}: {e}")))?;
+    // Raft's messages are latency-bound and we batch ourselves: Nagle would only add delay.
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let hello = Hello {
+        cluster_id: cfg.cluster_id,
+        from: cfg.node_id,
+        to: peer.id,
+        lane,
+    };
+    let mut buf = BytesMut::new();
+    encode_frame(&hello, &mut buf, HANDSHAKE_FRAME_BYTES_MAX)?;
+    let mut rd = FramedRead::new(
+        rd,
+        FrameDecoder::<HelloReply>::new(HANDSHAKE_FRAME_BYTES_MAX),
+    );
+    let reply = timeout(deadline, async {
+        wr.write_all(&buf).await?;
+        rd.next().await.transpose()
+    })
+    .await
+    .map_err(|_| ConnError::new(ConnErrorKind::HandshakeTimeout, "no handshake reply"))??;
+    match reply {
+        None => Err(ConnError::new(ConnErrorKind::Io, "closed during handshake")),
+        Some(HelloReply::Reject { reason }) => Err(ConnError::new(
+            ConnErrorKind::HandshakeRejected,
+            format!("node {} at {addr} refused us: {reason}", peer.id),
+        )),
+        Some(HelloReply::Accept {
+            cluster_id,
+            node_id,
+        }) if cluster_id != cfg.cluster_id || node_id != peer.id => Err(ConnError::new(
+            ConnErrorKind::HandshakeRejected,
+            format!(
+                "expected node {} of cluster {:#x} at {addr}, found node {node_id} of cluster {cluster_id:#x}",
+                peer.id, cfg.cluster_id
+            ),
+        )),
+        Some(HelloReply::Accept { .. }) => Ok((rd, wr)),
+    }
+}
+
+fn log_conn_error(shared: &Shared, peer: NodeId, lane: Lane, e: &ConnError) {
+    shared.stats.conn_error(e.kind);
+    match e.kind {
+        ConnErrorKind::HandshakeRejected => warn!(
+            node = shared.cfg.node_id, peer, ?lane, reason = %e.detail, "handshake refused"
+        ),
+        ConnErrorKind::Connect => debug!(
+            node = shared.cfg.node_id, peer, ?lane, reason = %e.detail, "connect failed"
+        ),
+        _ => info!(
+            node = shared.cfg.node_id, peer, ?lane, kind = ?e.kind, reason = %e.detail,
+            "connection closed"
+        ),
+    }
+}
+
+/// Wait until `peer`'s queue is non-empty. Returns false on cancellation.
+async fn wait_for_messages(peer: &Peer) -> bool {
+    loop {
+        if !peer.queue.lock().unwrap().is_empty() {
+            return true;
+        }
+        tokio::select! {
+            _ = peer.cancel.cancelled() => return false,
+            _ = peer.queue_notify.notified() => {}
+        }
+    }
+}
+
+async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
+    let cfg = &shared.cfg;
+    let mut failures: u32 = 0;
+    let mut connected_before = false;
+    let mut buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
+    let mut batch: VecDeque<Message> = VecDeque::new();
+    loop {
+        // Connect lazily: an idle peer costs no socket.
+        if !wait_for_messages(&peer).await {
+            return;
+        }
+        let conn = tokio::select! {
+            _ = peer.cancel.cancelled() => return,
+            r = dial(&shared, &peer, Lane::Messages) => r,
+        };
+        let (mut rd, mut wr) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                log_conn_error(&shared, peer.id, Lane::Messages, &e);
+                let delay = backoff_ms(cfg, peer.id, failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = peer.cancel.cancelled() => return,
+                    _ = sleep(Duration::from_millis(delay)) => {}
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        Stats::add(&shared.stats.connects, 1);
+        if connected_before {
+            Stats::add(&shared.stats.reconnects, 1);
+        }
+        connected_before = true;
+        let result = pump_messages(&shared, &peer, &mut rd, &mut wr, &mut buf, &mut batch).await;
+        match result {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log_conn_error(&shared, peer.id, Lane::Messages, &e);
+                // The write may have failed half-way: what was in flight is lost, which
+                // Raft tolerates. Back off before redialling a peer that just failed.
+                let delay = backoff_ms(cfg, peer.id, 0);
+                failures = 1;
+                tokio::select! {
+                    _ = peer.cancel.cancelled() => return,
+                    _ = sleep(Duration::from_millis(delay)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Drive one established message connection. `Ok(true)`: closed for idleness, reconnect
+/// when there is something to send; `Ok(false)`: cancelled.
+async fn pump_messages(
+    shared: &Shared,
+    peer: &Peer,
+    rd: &mut FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut SegmentedBuf,
+    batch: &mut VecDeque<Message>,
+) -> Result<bool, ConnError> {
+    let cfg = &shared.cfg;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    // Long-lived futures, armed once per connection rather than each time the queue runs
+    // dry (which, under request/response traffic, is after every message).
+    let cancelled = peer.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let idle_timer = sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut wrote_since_armed = false;
+    // The acceptor never writes after the handshake: anything readable is EOF or an error,
+    // i.e. the peer went away. Notice it now, not at the next write.
+    let peer_gone = rd.get_mut().read_u8();
+    tokio::pin!(peer_gone);
+    loop {
+        {
+            let mut q = peer.queue.lock().unwrap();
+            std::mem::swap(&mut *q, batch);
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut cancelled => return Ok(false),
+                _ = peer.queue_notify.notified() => continue,
+                _ = &mut idle_timer => {
+                    if std::mem::take(&mut wrote_since_armed) {
+                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        continue;
+                    }
+                    debug!(node = cfg.node_id, peer = peer.id, "closing idle connection");
+                    return Ok(true);
+                }
+                r = &mut peer_gone => {
+                    return Err(match r {
+                        Ok(_) => ConnError::new(ConnErrorKind::Protocol, "unexpected bytes from acceptor"),
+                        Err(e) => ConnError::new(ConnErrorKind::Io, format!("peer closed: {e}")),
+                    });
+                }
+            }
+        }
+        wrote_since_armed = true;
+        // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
+        // with as few syscalls as the kernel allows. Large payloads are not copied into the
+        // buffer but written from where they are, in the same (vectored) write.
+        let mut count = 0u64;
+        buf.clear();
+        while let Some(msg) = batch.pop_front() {
+            match encode_message(&msg, buf, cfg.frame_bytes_max) {
+                Ok(_) => count += 1,
+                Err(e) => {
+                    Stats::add(&shared.stats.messages_unencodable, 1);
+                    warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
+                }
+            }
+            if buf.len() >= cfg.write_batch_bytes_max {
+                write_batch(shared, wr, buf, count, idle).await?;
+                count = 0;
+            }
+        }
+        if !buf.is_empty() {
+            write_batch(shared, wr, buf, count, idle).await?;
+        }
+        // Do not keep a huge buffer around after a burst of large messages.
+        if buf.buf.capacity() > 4 * cfg.write_batch_bytes_max {
+            *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
+        }
+    }
+}
+
+/// Write every segment of `buf` (then clear it), with vectored writes of at most
+/// `IOVECS_MAX` segments each.
+async fn write_batch(
+    shared: &Shared,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut SegmentedBuf,
+    count: u64,
+    idle: Duration,
+) -> Result<(), ConnError> {
+    const IOVECS_MAX: usize = 64;
+    let total = buf.len();
+    let segments = buf.finish();
+    let write = async {
+        let (mut i, mut off) = (0usize, 0usize);
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
+        while i < segments.len() {
+            slices.clear();
+            slices.push(IoSlice::new(&segments[i][off..]));
+            slices.extend(
+                segments[i + 1..]
+                    .iter()
+                    .take(IOVECS_MAX - 1)
+                    .map(|s| IoSlice::new(s)),
+            );
+            let mut n = wr.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            while n > 0 {
+                let left = segments[i].len() - off;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    off = 0;
+                } else {
+                    off += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    };
+    timeout(idle, write)
+        .await
+        .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
+    buf.clear();
+    Stats::add(&shared.stats.bytes_sent, total as u64);
+    Stats::add(&shared.stats.messages_sent, count);
+    Ok(())
+}
+
+async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
+    let cfg = &shared.cfg;
+    let mut connected_before = false;
+    loop {
+        // Wait for a snapshot to send.
+        let (id, meta, data, crc32) = loop {
+            if let Some(s) = peer.snapshot.lock().unwrap().as_ref() {
+                break (s.id, s.meta.clone(), s.data.clone(), s.crc32);
+            }
+            tokio::select! {
+                _ = peer.cancel.cancelled() => return,
+                _ = peer.snapshot_notify.notified() => {}
+            }
+        };
+        let mut outcome: Result<(), SnapshotSendError> = Err(SnapshotSendError::Cancelled);
+        let mut superseded = false;
+        for attempt in 0..cfg.snapshot_attempts_max {
+            let r = tokio::select! {
+                _ = peer.cancel.cancelled() => break,
+                r = stream_snapshot(&shared, &peer, id, &meta, &data, crc32, &mut connected_before) => r,
+            };
+            match r {
+                Ok(()) => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(SnapshotAttemptError::Superseded) => {
+                    superseded = true;
+                    break;
+                }
+                Err(SnapshotAttemptError::Refused(reason)) => {
+                    outcome = Err(SnapshotSendError::Refused(reason));
+                    break;
+                }
+                Err(SnapshotAttemptError::Conn(e)) => {
+                    log_conn_error(&shared, peer.id, Lane::Snapshots, &e);
+                    outcome = Err(SnapshotSendError::Failed {
+                        attempts: attempt + 1,
+                        last_error: e.detail,
+                    });
+                    if attempt + 1 < cfg.snapshot_attempts_max {
+                        let delay = backoff_ms(cfg, peer.id, attempt);
+                        tokio::select! {
+                            _ = peer.cancel.cancelled() => break,
+                            _ = sleep(Duration::from_millis(delay)) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if superseded {
+            continue; // The replacement's sender was already told; the new one is in the slot.
+        }
+        if peer.cancel.is_cancelled() {
+            outcome = Err(SnapshotSendError::Cancelled);
+        }
+        let finished = {
+            let mut slot = peer.snapshot.lock().unwrap();
+            match slot.as_ref() {
+                Some(s) if s.id == id => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(mut s) = finished {
+            if outcome.is_ok() {
+                Stats::add(&shared.stats.snapshots_sent, 1);
+            }
+            if let Some(done) = s.done.take() {
+                let _ = done.send(outcome);
+            }
+        }
+        if peer.cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+enum SnapshotAttemptError {
+    Conn(ConnError),
+    Superseded,
+    Refused(String),
+}
+
+impl<E: Into<ConnError>> From<E> for SnapshotAttemptError {
+    fn from(e: E) -> Self {
+        SnapshotAttemptError::Conn(e.into())
+    }
+}
+
+async fn stream_snapshot(
+    shared: &Shared,
+    peer: &Peer,
+    id: u64,
+    meta: &SnapshotMeta,
+    data: &Bytes,
+    crc32: u32,
+    connected_before: &mut bool,
+) -> Result<(), SnapshotAttemptError> {
+    let cfg = &shared.cfg;
+    let (rd, mut wr) = dial(shared, peer, Lane::Snapshots).await?;
+    Stats::add(&shared.stats.connects, 1);
+    if *connected_before {
+        Stats::add(&shared.stats.reconnects, 1);
+    }
+    *connected_before = true;
+    let mut rd = rd.map_decoder(|d| d.retype::<SnapshotFrame>(HANDSHAKE_FRAME_BYTES_MAX));
+    let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let mut buf = BytesMut::new();
+    let offer = SnapshotFrame::Offer {
+        snapshot_id: id,
+        meta: meta.clone(),
+        total_bytes: data.len() as u64,
+        crc32,
+    };
+    encode_frame(&offer, &mut buf, cfg.frame_bytes_max)?;
+    timeout(handshake, wr.write_all(&buf))
+        .await
+        .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "offer write stalled"))??;
+    let reply = timeout(handshake, rd.next())
+        .await
+        .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "no reply to snapshot offer"))?
+        .transpose()?;
+    let mut offset = match reply {
+        Some(SnapshotFrame::Resume {
+            snapshot_id,
+            offset,
+        }) if snapshot_id == id && offset <= data.len() as u64 => offset as usize,
+        Some(SnapshotFrame::Abort { reason, .. }) => {
+            return Err(SnapshotAttemptError::Refused(reason))
+        }
+        Some(other) => {
+            return Err(ConnError::new(
+                ConnErrorKind::Protocol,
+                format!("unexpected reply to offer: {}", frame_name(&other)),
+            )
+            .into())
+        }
+        None => return Err(ConnError::new(ConnErrorKind::Io, "closed after offer").into()),
+    };
+    if offset > 0 {
+        info!(
+            node = cfg.node_id,
+            peer = peer.id,
+            offset,
+            "resuming snapshot"
+        );
+    }
+    // Pace chunks so that the average rate stays under the limit; a burst is one chunk.
+    // Under a low limit, chunks shrink so that one arrives at least every quarter of the
+    // idle timeout: the receiver (configured alike) must not take the pacing for silence.
+    let chunk_bytes = match cfg.snapshot_bytes_per_sec_max {
+        0 => cfg.snapshot_chunk_bytes,
+        rate => {
+            let per_quarter_idle = rate.saturating_mul(cfg.idle_timeout_ms) / 4000;
+            cfg.snapshot_chunk_bytes
+                .min(usize::try_from(per_quarter_idle).unwrap_or(usize::MAX))
+                .max(1)
+        }
+    };
+    let started = Instant::now();
+    let first = offset;
+    while offset < data.len() {
+        if peer.snapshot.lock().unwrap().as_ref().map(|s| s.id) != Some(id) {
+            return Err(SnapshotAttemptError::Superseded);
+        }
+        if cfg.snapshot_bytes_per_sec_max > 0 {
+            let due = (offset - first) as f64 / cfg.snapshot_bytes_per_sec_max as f64;
+            sleep_until(started + Duration::from_secs_f64(due)).await;
+        }
+        let end = (offset + chunk_bytes).min(data.len());
+        let chunk = data.slice(offset..end);
+        let frame = SnapshotFrame::Chunk {
+            snapshot_id: id,
+            offset: offset as u64,
+            crc32: crc32fast::hash(&chunk),
+            data: chunk,
+        };
+        buf.clear();
+        encode_frame(&frame, &mut buf, cfg.frame_bytes_max)?;
+        timeout(idle, wr.write_all(&buf))
+            .await
+            .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "chunk write stalled"))??;
+        Stats::add(&shared.stats.snapshot_bytes_sent, (end - offset) as u64);
+        offset = end;
+    }
+    let reply = timeout(idle, rd.next())
+        .await
+        .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "no reply to last chunk"))?
+        .transpose()?;
+    match reply {
+        Some(SnapshotFrame::Done { snapshot_id }) if snapshot_id == id => Ok(()),
+        Some(SnapshotFrame::Abort { reason, .. }) => Err(SnapshotAttemptError::Refused(reason)),
+        Some(other) => Err(ConnError::new(
+            ConnErrorKind::Protocol,
+            format!("unexpected reply to last chunk: {}", frame_name(&other)),
+        )
+        .into()),
+        None => Err(ConnError::new(ConnErrorKind::Io, "closed before done").into()),
+    }
+}
+
+fn frame_name(f: &SnapshotFrame) -> &'static str {
+    match f {
+        SnapshotFrame::Offer { .. } => "Offer",
+        SnapshotFrame::Resume { .. } => "Resume",
+        SnapshotFrame::Chunk { .. } => "Chunk",
+        SnapshotFrame::Done { .. } => "Done",
+        SnapshotFrame::Abort { .. } => "Abort",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Semaphore>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: wait a little rather than spin.
+                warn!(node = shared.cfg.node_id, error = %e, "accept failed");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            shared.stats.conn_error(ConnErrorKind::ConnectionLimit);
+            warn!(node = shared.cfg.node_id, %remote, "refusing connection: too many open");
+            drop(stream);
+            continue;
+        };
+        shared
+            .tracker
+            .spawn(serve_inbound(shared.clone(), stream, remote, permit));
+    }
+}
+
+async fn serve_inbound(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let cancel = shared.cancel.child_token();
+    let result = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = serve_inbound_inner(&shared, stream, &cancel) => r,
+    };
+    if let Err((peer, lane, e)) = result {
+        shared.stats.conn_error(e.kind);
+        warn!(
+            node = shared.cfg.node_id, %remote, peer, ?lane, kind = ?e.kind, reason = %e.detail,
+            "closing inbound connection"
+        );
+    }
+}
+
+type InboundError = (Option<NodeId>, Option<Lane>, ConnError);
+
+async fn serve_inbound_inner(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    cancel: &CancellationToken,
+) -> Result<(), InboundError> {
+    let cfg = &shared.cfg;
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = FramedRead::with_capacity(
+        rd,
+        FrameDecoder::<Hello>::new(HANDSHAKE_FRAME_BYTES_MAX),
+        64 * 1024,
+    );
+    let hello = timeout(Duration::from_millis(cfg.handshake_timeout_ms), rd.next())
+        .await
+        .map_err(|_| {
+            (
+                None,
+                None,
+                ConnError::new(ConnErrorKind::HandshakeTimeout, "no handshake in time"),
+            )
+        })?;
+    let hello = match hello {
+        None => {
+            return Err((
+                None,
+                None,
+                ConnError::new(ConnErrorKind::Io, "closed before handshake"),
+            ))
+        }
+        Some(Err(e)) => return Err((None, None, e.into())),
+        Some(Ok(h)) => h,
+    };
+    let known = shared.peers.lock().unwrap().contains_key(&hello.from);
+    let refusal = if hello.cluster_id != cfg.cluster_id {
+        Some(format!(
+            "cluster id mismatch: this is cluster {:#x}, you are of cluster {:#x}",
+            cfg.cluster_id, hello.cluster_id
+        ))
+    } else if hello.to != cfg.node_id {
+        Some(format!(
+            "wrong node: you dialled node {} but this is node {}",
+            hello.to, cfg.node_id
+        ))
+    } else if !known {
+        Some(format!(
+            "node {} is not a peer of node {}",
+            hello.from, cfg.node_id
+        ))
+    } else {
+        None
+    };
+    let mut buf = BytesMut::new();
+    let reply = match &refusal {
+        Some(reason) => {
+            let mut reason = reason.clone();
+            reason.truncate(REJECT_REASON_BYTES_MAX);
+            HelloReply::Reject { reason }
+        }
+        None => HelloReply::Accept {
+            cluster_id: cfg.cluster_id,
+            node_id: cfg.node_id,
+        },
+    };
+    let (peer, lane) = (Some(hello.from), Some(hello.lane));
+    encode_frame(&reply, &mut buf, HANDSHAKE_FRAME_BYTES_MAX)
+        .map_err(|e| (peer, lane, e.into()))?;
+    let written = timeout(
+        Duration::from_millis(cfg.handshake_timeout_ms),
+        wr.write_all(&buf),
+    )
+    .await;
+    if let Some(reason) = refusal {
+        let _ = wr.shutdown().await;
+        return Err((
+            peer,
+            lane,
+            ConnError::new(ConnErrorKind::HandshakeRejected, reason),
+        ));
+    }
+    match written {
+        Err(_) => {
+            return Err((
+                peer,
+                lane,
+                ConnError::new(ConnErrorKind::HandshakeTimeout, "reply write stalled"),
+            ))
+        }
+        Ok(Err(e)) => return Err((peer, lane, e.into())),
+        Ok(Ok(())) => {}
+    }
+    let from = hello.from;
+    match hello.lane {
+        Lane::Messages => {
+            let rd = rd.map_decoder(|d| {
+                d.retype_with(cfg.frame_bytes_max, crate::message_codec::decode_message)
+            });
+            read_messages(shared, from, rd, cancel)
+                .await
+                .map_err(|e| (peer, lane, e))
+        }
+        Lane::Snapshots => {
+            let rd = rd.map_decoder(|d| d.retype::<SnapshotFrame>(cfg.frame_bytes_max));
+            receive_snapshots(shared, from, rd, wr)
+                .await
+                .map_err(|e| (peer, lane, e))
+        }
+    }
+}
+
+/// Resets when a frame arrives; fires after `idle` without one. Re-arms the timer only when
+/// it fires, not per frame, so the hot path pays one clock read per frame.
+async fn read_messages(
+    shared: &Arc<Shared>,
+    from: NodeId,
+    mut rd: FramedRead<OwnedReadHalf, FrameDecoder<Message>>,
+    cancel: &CancellationToken,
+) -> Result<(), ConnError> {
+    let idle = Duration::from_millis(shared.cfg.idle_timeout_ms);
+    let conn_id = shared.conn_seq.fetch_add(1, Relaxed);
+    if let Some((_, older)) = shared
+        .inbound_messages
+        .lock()
+        .unwrap()
+        .insert(from, (conn_id, cancel.clone()))
+    {
+        older.cancel();
+    }
+    let result = async {
+        let timer = sleep(idle);
+        tokio::pin!(timer);
+        // Frames seen since the timer was last armed. Counting instead of reading the clock
+        // per frame keeps the hot path cheap; silence is detected within 1-2x idle.
+        let mut frames_since_armed = 0u64;
+        let mut bytes_seen = rd.decoder().frame_bytes();
+        loop {
+            let next = tokio::select! {
+                biased;
+                n = rd.next() => n,
+                _ = &mut timer => {
+                    if frames_since_armed > 0 {
+                        frames_since_armed = 0;
+                        timer.as_mut().reset(Instant::now() + idle);
+                        continue;
+                    }
+                    return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
+                }
+            };
+            let msg = match next {
+                None => return Ok(()),
+                Some(r) => r?,
+            };
+            frames_since_armed += 1;
+            let total = rd.decoder().frame_bytes();
+            Stats::add(&shared.stats.bytes_received, total - bytes_seen);
+            bytes_seen = total;
+            if msg.from != from || msg.to != shared.cfg.node_id {
+                return Err(ConnError::new(
+                    ConnErrorKind::Protocol,
+                    format!(
+                        "message from {} to {} on node {from}'s connection to node {}",
+                        msg.from, msg.to, shared.cfg.node_id
+                    ),
+                ));
+            }
+            Stats::add(&shared.stats.messages_received, 1);
+            // try_send first: the common case (room in the channel) skips the async path.
+            match shared.incoming.try_send(Incoming::Message(msg)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    if shared.incoming.send(item).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // The host dropped its receiver: nothing left to deliver to.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    let mut map = shared.inbound_messages.lock().unwrap();
+    if map.get(&from).map(|(id, _)| *id) == Some(conn_id) {
+        map.remove(&from);
+    }
+    result
+}
+
+async fn receive_snapshots(
+    shared: &Arc<Shared>,
+    from: NodeId,
+    mut rd: FramedRead<OwnedReadHalf, FrameDecoder<SnapshotFrame>>,
+    mut wr: OwnedWriteHalf,
+) -> Result<(), ConnError> {
+    let cfg = &shared.cfg;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let mut out = BytesMut::new();
+    // The snapshot in progress on this connection; put back into `partial_snapshots` if
+    // the connection ends early, so that the next connection resumes it.
+    struct Holder<'a> {
+        shared: &'a Shared,
+        from: NodeId,
+        partial: Option<PartialSnapshot>,
+    }
+    impl Drop for Holder<'_> {
+        fn drop(&mut self) {
+            if let Some(p) = self.partial.take() {
+                self.shared
+                    .partial_snapshots
+                    .lock()
+                    .unwrap()
+                    .insert(self.from, p);
+            }
+        }
+    }
+    let mut holder = Holder {
+        shared,
+        from,
+        partial: None,
+    };
+    loop {
+        let frame = match timeout(idle, rd.next()).await {
+            Err(_) => {
+                return Err(ConnError::new(
+                    ConnErrorKind::IdleTimeout,
+                    "no frame within idle_timeout_ms",
+                ))
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => r?,
+        };
+        let reply = match frame {
+            SnapshotFrame::Offer {
+                snapshot_id,
+                meta,
+                total_bytes,
+                crc32,
+            } => {
+                if total_bytes > cfg.snapshot_bytes_max {
+                    let reason = format!(
+                        "snapshot of {total_bytes} bytes exceeds snapshot_bytes_max {}",
+                        cfg.snapshot_bytes_max
+                    );
+                    out.clear();
+                    encode_frame(
+                        &SnapshotFrame::Abort {
+                            snapshot_id,
+                            reason: reason.clone(),
+                        },
+                        &mut out,
+                        cfg.frame_bytes_max,
+                    )?;
+                    let _ = timeout(idle, wr.write_all(&out)).await;
+                    return Err(ConnError::new(ConnErrorKind::Snapshot, reason));
+                }
+                let kept = shared.partial_snapshots.lock().unwrap().remove(&from);
+                let partial = match kept {
+                    Some(p)
+                        if p.id == snapshot_id && p.total == total_bytes && p.crc32 == crc32 =>
+                    {
+                        p
+                    }
+                    _ => PartialSnapshot {
+                        id: snapshot_id,
+                        meta,
+                        total: total_bytes,
+                        crc32,
+                        // Grown as chunks arrive: an offer alone never allocates its size.
+                        buf: BytesMut::new(),
+                        hasher: crc32fast::Hasher::new(),
+                    },
+                };
+                let offset = partial.buf.len() as u64;
+                holder.partial = Some(partial);
+                SnapshotFrame::Resume {
+                    snapshot_id,
+                    offset,
+                }
+            }
+            SnapshotFrame::Chunk {
+                snapshot_id,
+                offset,
+                crc32,
+                data,
+            } => {
+                let Some(p) = holder.partial.as_mut() else {
+                    return Err(ConnError::new(
+                        ConnErrorKind::Protocol,
+                        "chunk before offer",
+                    ));
+                };
+                if snapshot_id != p.id || offset != p.buf.len() as u64 {
+                    return Err(ConnError::new(
+                        ConnErrorKind::Snapshot,
+                        format!(
+                            "chunk of snapshot {snapshot_id} at {offset}, expected snapshot {} at {}",
+                            p.id,
+                            p.buf.len()
+                        ),
+                    ));
+                }
+                if offset + data.len() as u64 > p.total {
+                    return Err(ConnError::new(
+                        ConnErrorKind::Snapshot,
+                        "chunk beyond the end",
+                    ));
+                }
+                if crc32fast::hash(&data) != crc32 {
+                    // Keep what was verified so far; the sender resumes from there.
+                    return Err(ConnError::new(
+                        ConnErrorKind::Snapshot,
+                        "chunk CRC mismatch",
+                    ));
+                }
+                p.buf.extend_from_slice(&data);
+                p.hasher.update(&data);
+                Stats::add(&shared.stats.snapshot_bytes_received, data.len() as u64);
+                if (p.buf.len() as u64) < p.total {
+                    continue;
+                }
+                let p = holder.partial.take().expect("checked above");
+                if p.hasher.clone().finalize() != p.crc32 {
+                    return Err(ConnError::new(
+                        ConnErrorKind::Snapshot,
+                        "whole-snapshot CRC mismatch; discarded",
+                    ));
+                }
+                Stats::add(&shared.stats.snapshots_received, 1);
+                let incoming = Incoming::Snapshot {
+                    from,
+                    meta: p.meta,
+                    data: p.buf.freeze(),
+                };
+                if shared.incoming.send(incoming).await.is_err() {
+                    return Ok(());
+                }
+                SnapshotFrame::Done { snapshot_id: p.id }
+            }
+            other => {
+                return Err(ConnError::new(
+                    ConnErrorKind::Protocol,
+                    format!("unexpected {} from the sender", frame_name(&other)),
+                ))
+            }
+        };
+        out.clear();
+        encode_frame(&reply, &mut out, cfg.frame_bytes_max)?;
+        timeout(idle, wr.write_all(&out))
+            .await
+            .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "reply write stalled"))??;
+    }
+}

@@ -1,0 +1,817 @@
+//! The transport over loopback: delivery, reconnection, hostile connections, snapshots.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use raft_core::{Membership, Message, MessageBody, SnapshotMeta};
+use raft_net::frame::{encode_frame, FrameDecoder};
+use raft_net::wire::{Hello, HelloReply, Lane, SnapshotFrame};
+use raft_net::{ConnErrorKind, Incoming, Transport, TransportConfig, TransportHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::Receiver;
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+
+const CLUSTER: u64 = 0xC0FFEE;
+
+fn config(id: u64) -> TransportConfig {
+    let mut c = TransportConfig::new(id, CLUSTER, "127.0.0.1:0".parse().unwrap());
+    c.backoff_min_ms = 5;
+    c.backoff_max_ms = 100;
+    c
+}
+
+async fn start(cfg: TransportConfig) -> (TransportHandle, Receiver<Incoming>) {
+    Transport::start(cfg).await.unwrap()
+}
+
+fn heartbeat(from: u64, to: u64, seq: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: 1,
+        body: MessageBody::Heartbeat {
+            commit: seq,
+            read_seq: seq,
+        },
+    }
+}
+
+fn seq_of(incoming: Incoming) -> u64 {
+    match incoming {
+        Incoming::Message(Message {
+            body: MessageBody::Heartbeat { read_seq, .. },
+            ..
+        }) => read_seq,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The one-million-message test. Debug builds run it too: small messages, sent in windows
+/// so that no drop can happen, and every one checked for order.
+async fn deliver_in_order(n: u64) {
+    let mut ca = config(1);
+    ca.queue_messages_max = 65_536;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let started = Instant::now();
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while seq < n {
+                // Stay below the queue bound: the test is about order, not drops.
+                if a.queued(2) > 32_768 {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                for _ in 0..1024.min(n - seq) {
+                    a.send(heartbeat(1, 2, seq)).unwrap();
+                    seq += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for expected in 0..n {
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .expect("delivery stalled")
+            .unwrap();
+        assert_eq!(seq_of(got), expected);
+    }
+    sender.await.unwrap();
+    let elapsed = started.elapsed();
+    let (sa, sb) = (a.stats(), b.stats());
+    println!(
+        "{n} messages in order in {elapsed:?} ({:.0} msg/s); sent {} B, received {} B",
+        n as f64 / elapsed.as_secs_f64(),
+        sa.bytes_sent,
+        sb.bytes_received
+    );
+    assert_eq!(sa.messages_dropped, 0);
+    assert_eq!(sa.messages_sent, n);
+    assert_eq!(sb.messages_received, n);
+    assert_eq!(sa.bytes_sent, sb.bytes_received);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_million_messages_in_order() {
+    deliver_in_order(1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_peer_is_reconnected_and_delivery_resumes() {
+    let (a, _a_rx) = start(config(1)).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    let b_addr = b.local_addr();
+    a.add_peer(2, b_addr);
+    b.add_peer(1, a.local_addr());
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for seq in 0.. {
+                if a.send(heartbeat(1, 2, seq)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut last = None;
+    for _ in 0..50 {
+        let seq = seq_of(b_rx.recv().await.unwrap());
+        assert!(last.is_none_or(|l| seq > l));
+        last = Some(seq);
+    }
+    b.shutdown().await;
+    drop(b_rx);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Same address: the listener sets SO_REUSEADDR.
+    let mut cb = config(2);
+    cb.listen_addr = b_addr;
+    cb.peers.insert(1, a.local_addr());
+    let (b2, mut b2_rx) = start(cb).await;
+    let first = seq_of(
+        timeout(Duration::from_secs(10), b2_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(first > last.unwrap());
+    let mut prev = first;
+    for _ in 0..50 {
+        let seq = seq_of(b2_rx.recv().await.unwrap());
+        assert!(seq > prev, "out of order: {seq} after {prev}");
+        prev = seq;
+    }
+    let stats = a.stats();
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    sender.abort();
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_the_oldest_and_counts() {
+    // A peer that is not listening: the queue fills and nothing drains it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut ca = config(1);
+    ca.queue_messages_max = 10;
+    ca.peers.insert(2, dead_addr);
+    let (a, _rx) = start(ca).await;
+    let started = Instant::now();
+    for seq in 0..100 {
+        a.send(heartbeat(1, 2, seq)).unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "send must not block"
+    );
+    assert_eq!(a.queued(2), 10);
+    assert_eq!(a.stats().messages_dropped, 90);
+    wait_until("a connect error", || {
+        a.stats().errors(ConnErrorKind::Connect) > 0
+    })
+    .await;
+    assert_eq!(
+        a.send(heartbeat(1, 3, 0)),
+        Err(raft_net::SendError::UnknownPeer(3))
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_closed_and_reopened_on_demand() {
+    let mut ca = config(1);
+    ca.idle_timeout_ms = 150;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    a.send(heartbeat(1, 2, 0)).unwrap();
+    assert_eq!(seq_of(b_rx.recv().await.unwrap()), 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.send(heartbeat(1, 2, 1)).unwrap();
+    assert_eq!(seq_of(b_rx.recv().await.unwrap()), 1);
+    let s = a.stats();
+    assert_eq!((s.connects, s.reconnects), (2, 1), "{s:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile connections
+
+async fn raw_handshake(addr: SocketAddr, hello: &Hello) -> (TcpStream, HelloReply) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    encode_frame(hello, &mut buf, 1024).unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rd = FramedRead::new(&mut s, FrameDecoder::<HelloReply>::new(1024));
+    let reply = timeout(Duration::from_secs(5), rd.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(rd.read_buffer().is_empty());
+    (s, reply)
+}
+
+/// Reads until the server closes the connection; returns how long that took.
+async fn closed_by_server(s: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut sink = [0u8; 256];
+    loop {
+        match timeout(Duration::from_secs(5), s.read(&mut sink)).await {
+            Err(_) => panic!("server did not close the connection"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn hello(from: u64, to: u64, lane: Lane) -> Hello {
+    Hello {
+        cluster_id: CLUSTER,
+        from,
+        to,
+        lane,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_connections_are_closed_without_disturbing_others() {
+    let mut cb = config(2);
+    cb.handshake_timeout_ms = 300;
+    cb.idle_timeout_ms = 600;
+    cb.frame_bytes_max = 64 * 1024;
+    cb.snapshot_chunk_bytes = 16 * 1024;
+    cb.peers.insert(9, "127.0.0.1:9".parse().unwrap()); // a peer identity for raw clients
+    let (a, _a_rx) = start(config(1)).await;
+    let (b, mut b_rx) = start(cb).await;
+    let addr = b.local_addr();
+    a.add_peer(2, addr);
+    b.add_peer(1, a.local_addr());
+
+    // A well-behaved peer streams throughout; its messages must keep flowing in order.
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for seq in 0.. {
+                if a.send(heartbeat(1, 2, seq)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let receiver = tokio::spawn(async move {
+        let mut expected = 0;
+        let mut gaps = Vec::new();
+        while let Some(incoming) = b_rx.recv().await {
+            let seq = seq_of(incoming);
+            assert_eq!(seq, expected, "lost or reordered message");
+            expected += 1;
+            gaps.push(Instant::now());
+        }
+        gaps
+    });
+
+    let before = b.stats();
+    // 1. Garbage: an HTTP request. "GET " read as a length is ~1.2 GB: refused unread.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut s).await;
+    // 2. Garbage that frames correctly but has a bad version / undecodable body.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0xee, 1, 2, 3]).await.unwrap();
+    closed_by_server(&mut s).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 3, raft_net::FORMAT_VERSION, 0xff, 0xff])
+        .await
+        .unwrap();
+    closed_by_server(&mut s).await;
+    // 3. Oversized frame after a valid handshake: refused before the body is read.
+    let (mut s, reply) = raw_handshake(addr, &hello(9, 2, Lane::Messages)).await;
+    assert!(matches!(reply, HelloReply::Accept { node_id: 2, .. }));
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    closed_by_server(&mut s).await;
+    // 4. Truncated frame: the header promises 100 bytes, 10 arrive, then EOF.
+    let (mut s, _) = raw_handshake(addr, &hello(9, 2, Lane::Messages)).await;
+    let mut buf = BytesMut::new();
+    buf.put_u32(100);
+    buf.put_slice(&[raft_net::FORMAT_VERSION; 10]);
+    s.write_all(&buf).await.unwrap();
+    s.shutdown().await.unwrap();
+    closed_by_server(&mut s).await;
+    // 5. Wrong handshakes: another cluster, another node, an unknown node.
+    for (h, needle) in [
+        (
+            Hello {
+                cluster_id: 1,
+                ..hello(9, 2, Lane::Messages)
+            },
+            "cluster id mismatch",
+        ),
+        (hello(9, 3, Lane::Messages), "wrong node"),
+        (hello(77, 2, Lane::Snapshots), "not a peer"),
+    ] {
+        let (mut s, reply) = raw_handshake(addr, &h).await;
+        match reply {
+            HelloReply::Reject { reason } => assert!(reason.contains(needle), "{reason}"),
+            other => panic!("accepted {h:?}: {other:?}"),
+        }
+        closed_by_server(&mut s).await;
+    }
+    // 6. Slowloris before the handshake: silent, closed after handshake_timeout_ms.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let took = closed_by_server(&mut s).await;
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    // ... and after it: a frame dribbled too slowly, closed after idle_timeout_ms.
+    let (mut s, _) = raw_handshake(addr, &hello(9, 2, Lane::Messages)).await;
+    s.write_all(&[0, 0]).await.unwrap();
+    let took = closed_by_server(&mut s).await;
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+
+    // The count follows the close by a moment: wait for the last one.
+    wait_until("the idle timeout to be counted", || {
+        b.stats().errors(ConnErrorKind::IdleTimeout) > before.errors(ConnErrorKind::IdleTimeout)
+    })
+    .await;
+    let after = b.stats();
+    let delta = |k| after.errors(k) - before.errors(k);
+    assert_eq!(delta(ConnErrorKind::FrameTooLarge), 2, "{after:?}");
+    assert_eq!(delta(ConnErrorKind::Decode), 2, "{after:?}");
+    assert_eq!(delta(ConnErrorKind::Truncated), 1, "{after:?}");
+    assert_eq!(delta(ConnErrorKind::HandshakeRejected), 3, "{after:?}");
+    assert_eq!(delta(ConnErrorKind::HandshakeTimeout), 1, "{after:?}");
+    assert_eq!(delta(ConnErrorKind::IdleTimeout), 1, "{after:?}");
+    // The good peer was never disturbed: one connection, no errors, no drops.
+    let sa = a.stats();
+    assert_eq!(sa.connects, 1, "{sa:?}");
+    assert!(sa.connection_errors.is_empty(), "{sa:?}");
+    assert_eq!(sa.messages_dropped, 0);
+
+    sender.abort();
+    let _ = sender.await;
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(b); // Closes the incoming channel, ending the receiver task.
+    let arrivals = receiver.await.unwrap();
+    assert!(
+        arrivals.len() > 100,
+        "only {} messages arrived",
+        arrivals.len()
+    );
+    // No stall: the good stream never paused for as long as the hostile timeouts.
+    let worst = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(worst < Duration::from_millis(250), "stalled for {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_node_id_is_refused_on_both_sides() {
+    // Node 1 believes node 3 lives at node 2's address.
+    let (b, _b_rx) = start(config(2)).await;
+    let mut ca = config(1);
+    ca.peers.insert(3, b.local_addr());
+    let (a, _a_rx) = start(ca).await;
+    b.add_peer(1, a.local_addr());
+    a.send(heartbeat(1, 3, 0)).unwrap();
+    wait_until("refusal on both sides", || {
+        a.stats().errors(ConnErrorKind::HandshakeRejected) > 0
+            && b.stats().errors(ConnErrorKind::HandshakeRejected) > 0
+    })
+    .await;
+    // Another cluster entirely.
+    let mut cc = TransportConfig::new(1, CLUSTER + 1, "127.0.0.1:0".parse().unwrap());
+    cc.peers.insert(2, b.local_addr());
+    let (c, _c_rx) = start(cc).await;
+    let before = b.stats().errors(ConnErrorKind::HandshakeRejected);
+    c.send(heartbeat(1, 2, 0)).unwrap();
+    wait_until("cluster refusal on both sides", || {
+        c.stats().errors(ConnErrorKind::HandshakeRejected) > 0
+            && b.stats().errors(ConnErrorKind::HandshakeRejected) > before
+    })
+    .await;
+    assert_eq!(b.stats().messages_received, 0);
+    for t in [a, b, c] {
+        t.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshots
+
+fn snapshot_bytes(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index,
+        term: 2,
+        membership: Membership::new_voters([1, 2]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
+    let mut ca = config(1);
+    ca.snapshot_chunk_bytes = 64 * 1024;
+    ca.snapshot_bytes_per_sec_max = 4 * 1024 * 1024;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let data = snapshot_bytes(2 * 1024 * 1024 + 123);
+    let started = Instant::now();
+    let done = a.send_snapshot(2, meta(10), data.clone()).unwrap();
+    // While the snapshot streams (~0.5 s at 4 MiB/s), messages still arrive promptly.
+    let mut worst = Duration::ZERO;
+    let mut seq = 0;
+    let snapshot = loop {
+        let sent = Instant::now();
+        a.send(heartbeat(1, 2, seq)).unwrap();
+        seq += 1;
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match got {
+            Incoming::Message(_) => worst = worst.max(sent.elapsed()),
+            Incoming::Snapshot { from, meta, data } => break (from, meta, data),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let took = started.elapsed();
+    assert_eq!(snapshot, (1, meta(10), data));
+    assert_eq!(done.await.unwrap(), Ok(()));
+    assert!(
+        took >= Duration::from_millis(400),
+        "rate limit ignored: {took:?}"
+    );
+    assert!(seq > 20, "only {seq} messages during the snapshot");
+    assert!(
+        worst < Duration::from_millis(100),
+        "messages starved: {worst:?}"
+    );
+    assert_eq!(a.stats().snapshots_sent, 1);
+    assert_eq!(b.stats().snapshots_received, 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_resumes_from_the_verified_offset_after_reconnect() {
+    let (b, mut b_rx) = start(config(2)).await;
+    b.add_peer(1, "127.0.0.1:9".parse().unwrap());
+    let addr = b.local_addr();
+    let data = snapshot_bytes(300_000);
+    let chunk = 64 * 1024;
+    let offer = SnapshotFrame::Offer {
+        snapshot_id: 5,
+        meta: meta(7),
+        total_bytes: data.len() as u64,
+        crc32: crc32fast::hash(&data),
+    };
+    let chunk_at = |offset: usize, corrupt: bool| {
+        let end = (offset + chunk).min(data.len());
+        let d = data.slice(offset..end);
+        SnapshotFrame::Chunk {
+            snapshot_id: 5,
+            offset: offset as u64,
+            crc32: crc32fast::hash(&d) ^ corrupt as u32,
+            data: d,
+        }
+    };
+    async fn connect(addr: SocketAddr) -> (TcpStream, FrameDecoder<SnapshotFrame>) {
+        let (s, reply) = raw_handshake(addr, &hello(1, 2, Lane::Snapshots)).await;
+        assert!(matches!(reply, HelloReply::Accept { .. }));
+        (s, FrameDecoder::new(1 << 20))
+    }
+    async fn send(s: &mut TcpStream, f: &SnapshotFrame) {
+        let mut buf = BytesMut::new();
+        encode_frame(f, &mut buf, 1 << 20).unwrap();
+        s.write_all(&buf).await.unwrap();
+    }
+    async fn recv(s: &mut TcpStream, d: FrameDecoder<SnapshotFrame>) -> SnapshotFrame {
+        let mut rd = FramedRead::new(s, d);
+        timeout(Duration::from_secs(5), rd.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    // First connection: two chunks, then the connection drops.
+    let (mut s, d) = connect(addr).await;
+    send(&mut s, &offer).await;
+    assert_eq!(
+        recv(&mut s, d).await,
+        SnapshotFrame::Resume {
+            snapshot_id: 5,
+            offset: 0
+        }
+    );
+    send(&mut s, &chunk_at(0, false)).await;
+    send(&mut s, &chunk_at(chunk, false)).await;
+    drop(s);
+    // Second: resumes at 2 chunks; a corrupt chunk closes it without losing verified bytes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut s, d) = connect(addr).await;
+    send(&mut s, &offer).await;
+    assert_eq!(
+        recv(&mut s, d).await,
+        SnapshotFrame::Resume {
+            snapshot_id: 5,
+            offset: 2 * chunk as u64
+        }
+    );
+    send(&mut s, &chunk_at(2 * chunk, true)).await;
+    closed_by_server(&mut s).await;
+    assert_eq!(b.stats().errors(ConnErrorKind::Snapshot), 1);
+    // Third: resumes at the same offset and finishes.
+    let (mut s, d) = connect(addr).await;
+    send(&mut s, &offer).await;
+    assert_eq!(
+        recv(&mut s, d).await,
+        SnapshotFrame::Resume {
+            snapshot_id: 5,
+            offset: 2 * chunk as u64
+        }
+    );
+    let mut offset = 2 * chunk;
+    while offset < data.len() {
+        send(&mut s, &chunk_at(offset, false)).await;
+        offset += chunk;
+    }
+    assert_eq!(
+        recv(&mut s, FrameDecoder::new(1 << 20)).await,
+        SnapshotFrame::Done { snapshot_id: 5 }
+    );
+    let got = timeout(Duration::from_secs(5), b_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Incoming::Snapshot {
+            from: 1,
+            meta: meta(7),
+            data
+        }
+    );
+    assert_eq!(b.stats().snapshot_bytes_received, 300_000);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_snapshot_is_refused_and_reported() {
+    let (a, _a_rx) = start(config(1)).await;
+    let mut cb = config(2);
+    cb.snapshot_bytes_max = 1000;
+    let (b, _b_rx) = start(cb).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let done = a.send_snapshot(2, meta(1), snapshot_bytes(5000)).unwrap();
+    let outcome = timeout(Duration::from_secs(5), done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&outcome, Err(raft_net::SnapshotSendError::Refused(r)) if r.contains("snapshot_bytes_max")),
+        "{outcome:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The real sender against a scripted receiver that drops the first connection after one
+/// chunk: the sender reconnects, is told the verified offset, and resumes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut ca = config(1);
+    ca.snapshot_chunk_bytes = 32 * 1024;
+    ca.peers.insert(2, listener.local_addr().unwrap());
+    let (a, _a_rx) = start(ca).await;
+    let data = snapshot_bytes(100_000);
+    let done = a.send_snapshot(2, meta(3), data.clone()).unwrap();
+
+    async fn accept(
+        listener: &tokio::net::TcpListener,
+    ) -> FramedRead<TcpStream, FrameDecoder<SnapshotFrame>> {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut rd = FramedRead::new(s, FrameDecoder::<Hello>::new(1024));
+        let h = rd.next().await.unwrap().unwrap();
+        assert_eq!(h, hello(1, 2, Lane::Snapshots));
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &HelloReply::Accept {
+                cluster_id: CLUSTER,
+                node_id: 2,
+            },
+            &mut buf,
+            1024,
+        )
+        .unwrap();
+        rd.get_mut().write_all(&buf).await.unwrap();
+        rd.map_decoder(|d| d.retype(1 << 20))
+    }
+    async fn reply(rd: &mut FramedRead<TcpStream, FrameDecoder<SnapshotFrame>>, f: SnapshotFrame) {
+        let mut buf = BytesMut::new();
+        encode_frame(&f, &mut buf, 1 << 20).unwrap();
+        rd.get_mut().write_all(&buf).await.unwrap();
+    }
+    let mut received = BytesMut::new();
+    // First connection: accept one chunk, then vanish.
+    let mut rd = accept(&listener).await;
+    let SnapshotFrame::Offer {
+        snapshot_id,
+        total_bytes,
+        crc32,
+        ..
+    } = rd.next().await.unwrap().unwrap()
+    else {
+        panic!("expected an offer");
+    };
+    assert_eq!((total_bytes, crc32), (100_000, crc32fast::hash(&data)));
+    reply(
+        &mut rd,
+        SnapshotFrame::Resume {
+            snapshot_id,
+            offset: 0,
+        },
+    )
+    .await;
+    match rd.next().await.unwrap().unwrap() {
+        SnapshotFrame::Chunk {
+            offset: 0,
+            data: d,
+            crc32,
+            ..
+        } => {
+            assert_eq!(crc32, crc32fast::hash(&d));
+            received.extend_from_slice(&d);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(rd);
+    // Second connection: the sender must resume where the receiver says it stands.
+    let mut rd = accept(&listener).await;
+    assert!(
+        matches!(rd.next().await.unwrap().unwrap(), SnapshotFrame::Offer { snapshot_id: id, .. } if id == snapshot_id)
+    );
+    reply(
+        &mut rd,
+        SnapshotFrame::Resume {
+            snapshot_id,
+            offset: received.len() as u64,
+        },
+    )
+    .await;
+    while received.len() < data.len() {
+        match rd.next().await.unwrap().unwrap() {
+            SnapshotFrame::Chunk {
+                offset, data: d, ..
+            } => {
+                assert_eq!(
+                    offset,
+                    received.len() as u64,
+                    "did not resume at the held offset"
+                );
+                received.extend_from_slice(&d);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(received.freeze(), data);
+    reply(&mut rd, SnapshotFrame::Done { snapshot_id }).await;
+    assert_eq!(
+        timeout(Duration::from_secs(5), done)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ok(())
+    );
+    let s = a.stats();
+    assert_eq!((s.snapshots_sent, s.reconnects), (1, 1), "{s:?}");
+    // Sent bytes also count what the first connection swallowed before it dropped.
+    assert!(s.snapshot_bytes_sent >= 100_000 + 32 * 1024, "{s:?}");
+    a.shutdown().await;
+}
+
+/// Large payloads take the zero-copy paths (vectored write, sliced decode) and must arrive
+/// intact, including when writes are cut short by a full socket buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_payloads_arrive_intact() {
+    use raft_core::{Entry, EntryPayload};
+    let mut ca = config(1);
+    ca.queue_messages_max = 1000;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(config(2)).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let msg = |i: u64| Message {
+        from: 1,
+        to: 2,
+        term: 4,
+        body: MessageBody::AppendEntries {
+            prev_log_index: i,
+            prev_log_term: 4,
+            entries: [64 * 1024 + i as usize, 100, 3000, 0]
+                .into_iter()
+                .enumerate()
+                .map(|(k, len)| Entry {
+                    index: i * 4 + k as u64,
+                    term: 4,
+                    payload: EntryPayload::Command(snapshot_bytes(len).slice(0..len)),
+                })
+                .chain([Entry {
+                    index: 0,
+                    term: 0,
+                    payload: EntryPayload::Membership(Membership::new_voters([1, 2, 3])),
+                }])
+                .collect(),
+            leader_commit: i,
+        },
+    };
+    for i in 0..300 {
+        a.send(msg(i)).unwrap();
+    }
+    for i in 0..300 {
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Incoming::Message(msg(i)), "message {i}");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.bytes_sent, sb.bytes_received);
+    assert_eq!(sa.messages_dropped, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A rate limit so low that a full chunk would take longer than the idle timeout: chunks
+/// shrink, and the receiver never mistakes the pacing for a dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_snapshot_is_not_taken_for_an_idle_connection() {
+    let mut ca = config(1);
+    ca.idle_timeout_ms = 200;
+    ca.snapshot_bytes_per_sec_max = 100_000;
+    ca.snapshot_chunk_bytes = 40_000; // 0.4 s apart at this rate, were they not shrunk
+    let mut cb = config(2);
+    cb.idle_timeout_ms = 200;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(cb).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let data = snapshot_bytes(50_000); // ~0.5 s at 100 kB/s
+    let done = a.send_snapshot(2, meta(4), data.clone()).unwrap();
+    let got = timeout(Duration::from_secs(10), b_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Incoming::Snapshot {
+            from: 1,
+            meta: meta(4),
+            data
+        }
+    );
+    assert_eq!(done.await.unwrap(), Ok(()));
+    assert_eq!(b.stats().errors(ConnErrorKind::IdleTimeout), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
