@@ -154,6 +154,14 @@ pub struct NodeConfig {
     /// Start with no membership and wait for the leader to add this node (as a learner).
     #[serde(default)]
     pub join: bool,
+    /// Identifies the cluster on the wire: peers of another cluster are refused at the
+    /// handshake. The same on every node.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: u64,
+}
+
+fn default_cluster_id() -> u64 {
+    1
 }
 
 impl NodeConfig {

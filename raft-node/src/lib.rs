@@ -4,7 +4,8 @@
 //! CLI over this library.
 //!
 //! - [`runtime`]: the one task that owns the `RawNode` and the state machine.
-//! - [`store`] and [`transport`]: the seams where the disk log and the network plug in.
+//! - [`store`] and [`transport`]: the seams where the disk log and the network plug in;
+//!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
@@ -20,3 +21,4 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod transport_net;

@@ -179,6 +179,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
                 snapshot_entries_max: 100_000,
                 initial_voters: None,
                 join: false,
+                cluster_id: 1,
             }
         }
     };
@@ -307,6 +308,7 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
             snapshot_entries_max: 100_000,
             initial_voters: None,
             join: false,
+            cluster_id: 1,
         };
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),

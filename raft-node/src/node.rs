@@ -23,7 +23,8 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::{self, NodeHandle, RuntimeParts};
 use crate::store::NodeStore;
-use crate::transport::{Inbound, PeerTransport, TcpTransport};
+use crate::transport::{Inbound, PeerTransport};
+use crate::transport_net::NetTransport;
 use crate::{http, server};
 
 /// Inbound peer messages queued at most before they are dropped.
@@ -171,13 +172,11 @@ impl RunningNode {
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
-        let peer_listener = bind(peer_addr, "peer_addr").await?;
         let client_listener = bind(client_addr, "client_addr").await?;
         let http_listener = match config.http_addr {
             Some(a) => Some(bind(a, "http_addr").await?),
             None => None,
         };
-        let peer_addr = peer_listener.local_addr().unwrap_or(peer_addr);
         let client_addr = client_listener.local_addr().unwrap_or(client_addr);
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
 
@@ -190,13 +189,18 @@ impl RunningNode {
             .filter(|p| p.id != config.id)
             .map(|p| (p.id, p.addr))
             .collect();
-        let transport = TcpTransport::start(
-            peer_listener,
+        let transport = NetTransport::start(
+            config.id,
+            config.cluster_id,
+            peer_addr,
             others,
             inbound_tx,
             metrics.clone(),
             shutdown_rx.clone(),
-        );
+        )
+        .await
+        .map_err(|e| ConfigError::new("peer_addr", format!("cannot listen on {peer_addr}: {e}")))?;
+        let peer_addr = transport.local_addr();
         let mut client_addrs: HashMap<u64, String> = config
             .peers
             .iter()
