@@ -391,7 +391,10 @@ impl Client {
                 } => {
                     tracing::debug!(attempts, %reason, "retrying request");
                     last_error = reason;
-                    last_refusal = refusal;
+                    // The most recent refusal by a node says more than a later network error.
+                    if refusal.is_some() {
+                        last_refusal = refusal;
+                    }
                     if backoff {
                         let pause = Duration::from_millis(self.config.retry_backoff_ms);
                         tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;

@@ -372,6 +372,23 @@ fn minority_refuses_reads_and_writes() {
             cluster.kill(n);
         }
         let lone = cluster.node_client(leader, 6_000);
+        // Whatever it believed a moment ago (leadership may have moved before the kill),
+        // the lone node refuses at once, never hangs.
+        let started = Instant::now();
+        let first = lone.set("during", "x").await;
+        assert!(first.is_err(), "write on a minority: {first:?}");
+        assert!(started.elapsed() < Duration::from_secs(8));
+        // Once it knows there is no leader, every request is refused as unavailable.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lone
+            .status()
+            .await
+            .map(|s| s.leader.is_some())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "lone node still names a leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let started = Instant::now();
         let write = lone.set("during", "x").await;
         assert!(
@@ -482,7 +499,8 @@ fn cli_adds_promotes_removes_and_transfers() {
                 .ok()
                 .flatten()
                 .is_some();
-            if s.voters == vec![1, 2, 3, 4] && caught_up {
+            let own_view = joined.status().await.map(|s| s.voters).unwrap_or_default();
+            if s.voters == vec![1, 2, 3, 4] && own_view == s.voters && caught_up {
                 break;
             }
             assert!(
