@@ -56,3 +56,34 @@ async fn malformed_frames_close_only_their_connection() {
     assert_eq!(other.get("k").await.unwrap().as_deref(), Some(&b"w"[..]));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_beyond_the_in_flight_bound_are_refused_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (peer, client) = (free_addr(), free_addr());
+    let config = NodeConfig::from_toml(&format!(
+        "id = 1\ndata_dir = {:?}\nproposals_in_flight_max = 2\n\
+         [[peers]]\nid = 1\naddr = \"{peer}\"\nclient_addr = \"{client}\"\n",
+        dir.path().display().to_string(),
+    ))
+    .unwrap();
+    let node = RunningNode::start(config).await.unwrap();
+    // Wait for the single node to lead.
+    let c = Client::new(ClientConfig::new([node.client_addr.to_string()]));
+    c.set("warm", "up").await.unwrap();
+    let set = raft_client::KvCommand::Set {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let data = raft_node::kv::log_command(None, set.encode());
+    let results =
+        futures::future::join_all((0..200).map(|_| node.handle.propose(data.clone()))).await;
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(raft_client::NodeError::Busy)))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(busy + ok, 200, "{results:?}");
+    assert!(busy > 0 && ok >= 2, "busy {busy}, ok {ok}");
+    node.shutdown().await;
+}
