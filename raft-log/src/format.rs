@@ -124,6 +124,8 @@ pub enum RecordError {
     Crc,
     /// The CRC matched but the payload is not a valid entry.
     Decode,
+    /// The padding after the payload is not zero (the CRC does not cover it).
+    Padding,
 }
 
 impl RecordError {
@@ -134,6 +136,7 @@ impl RecordError {
             RecordError::TooLarge => "record length above entry_bytes_max",
             RecordError::Crc => "record CRC mismatch",
             RecordError::Decode => "record payload is not a valid entry",
+            RecordError::Padding => "record padding is not zero",
         }
     }
 }
@@ -169,13 +172,18 @@ pub fn read_frame(buf: &[u8], offset: usize, payload_bytes_max: usize) -> Result
     if record_crc(&header[0..4], payload) != u32_at(header, 4) {
         return Err(RecordError::Crc);
     }
+    let end_offset = offset + record_bytes(len);
+    let padding = buf.get(payload_offset + len..end_offset.min(buf.len())).unwrap_or(&[]);
+    if padding.iter().any(|&b| b != 0) {
+        return Err(RecordError::Padding);
+    }
     let ((index, term), _) = postcard::take_from_bytes::<(Index, Term)>(payload).map_err(|_| RecordError::Decode)?;
     Ok(RecordFrame {
         index,
         term,
         payload_offset,
         payload_bytes: len,
-        end_offset: offset + record_bytes(len),
+        end_offset,
     })
 }
 

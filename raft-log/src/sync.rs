@@ -112,7 +112,10 @@ impl Shared {
     ) -> io::Result<()> {
         let mut dirty = lock(&self.dirty);
         let target = if dirty.slot_seqs[0] == dirty.durable_seq { 1 } else { 0 };
-        debug_assert_ne!(dirty.slot_seqs[target], dirty.durable_seq, "overwriting the durable slot");
+        debug_assert!(
+            dirty.durable_seq == 0 || dirty.slot_seqs[target] != dirty.durable_seq,
+            "overwriting the durable slot"
+        );
         // Whatever happens to the write, the slot no longer reliably holds its old record.
         dirty.slot_seqs[target] = seq;
         if let Err(e) = write(target) {
