@@ -691,13 +691,18 @@ impl Log {
             let index = entries[done].index;
             let needs_roll = match self.segments.last() {
                 None => true,
-                Some(s) => s.next_index() != index || s.write_offset + first_len > s.capacity,
+                Some(s) => {
+                    s.next_index() != index
+                        || s.write_offset + first_len > s.capacity
+                        // An oversized segment holds its one big entry and nothing else.
+                        || (s.capacity > self.options.segment_bytes && !s.offsets.is_empty())
+                }
             };
             if needs_roll {
                 self.roll(index, first_len)?;
             }
             let seg = self.segments.last_mut().expect("rolled");
-            let room = seg.capacity - seg.write_offset;
+            let room = if seg.capacity > self.options.segment_bytes { first_len } else { seg.capacity - seg.write_offset };
             // Records of this batch that fit in the active segment go in one write.
             let mut end = done + 1;
             while end < entries.len() && (record_ends[end] - start) as u64 <= room {
