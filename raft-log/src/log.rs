@@ -27,6 +27,9 @@ const SEGMENT_NAME_DIGITS: usize = 20;
 const PAGE_BYTES: u64 = 4096;
 /// Bytes of zeroes written per call when erasing a truncated region.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// How often, and how far apart, a held lock is tried again before `Locked` is returned.
+const LOCK_RETRIES: u32 = 5;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Upper bound on `segment_bytes` and `entry_bytes_max`: record offsets are kept as `u32`.
 const SEGMENT_BYTES_LIMIT: u64 = 1 << 31;
 
@@ -172,16 +175,24 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| LogError::io(&path, e))?;
-    // SAFETY: flock on a valid descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::WouldBlock {
-            return Err(LogError::Locked { path: dir.to_owned() });
+    // A process that forks (to spawn a child) shares the lock until the child execs, so a
+    // log closed just before by this very process can look locked for a moment: retry
+    // briefly before calling it held by someone else.
+    for attempt in 0..=LOCK_RETRIES {
+        // SAFETY: flock on a valid descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
         }
-        return Err(LogError::io(&path, err));
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(LogError::io(&path, err));
+        }
+        if attempt < LOCK_RETRIES {
+            std::thread::sleep(LOCK_RETRY_PAUSE);
+        }
     }
-    Ok(file)
+    Err(LogError::Locked { path: dir.to_owned() })
 }
 
 fn preallocate(shared: &Shared, file: &FileRef, bytes: u64) -> Result<(), LogError> {
