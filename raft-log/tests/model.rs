@@ -146,9 +146,9 @@ fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
-    fn log_matches_memlog(ops in proptest::collection::vec(op(), 1..60)) {
+    fn log_matches_memlog(ops in proptest::collection::vec(op(), 1..50)) {
         run(ops);
     }
 }
