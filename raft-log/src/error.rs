@@ -17,13 +17,21 @@ pub enum LogError {
     },
     /// Stored data is invalid somewhere other than a torn tail. Nothing has been deleted.
     #[error("corrupt log file {} at byte offset {offset}: {reason}", path.display())]
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// Another process (or another `Log` in this process) holds the directory's lock file.
     #[error("log directory {} is locked by another process", path.display())]
     Locked { path: PathBuf },
     /// An entry's encoding exceeds `Options::entry_bytes_max`.
     #[error("entry {index} encodes to {bytes} bytes, above entry_bytes_max {entry_bytes_max}")]
-    EntryTooLarge { index: Index, bytes: u64, entry_bytes_max: u64 },
+    EntryTooLarge {
+        index: Index,
+        bytes: u64,
+        entry_bytes_max: u64,
+    },
     /// The hard state and snapshot metadata do not fit in a state slot.
     #[error("state record of {bytes} bytes does not fit a {slot_bytes}-byte slot")]
     StateTooLarge { bytes: usize, slot_bytes: usize },
@@ -48,7 +56,11 @@ impl LogError {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> LogError {
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> LogError {
         LogError::Corrupt {
             path: path.into(),
             offset,

@@ -55,7 +55,9 @@ impl SegmentHeader {
 
     /// Decodes a header, or says why it is invalid.
     pub fn decode(buf: &[u8]) -> Result<SegmentHeader, &'static str> {
-        let buf = buf.get(..SEGMENT_HEADER_BYTES).ok_or("file shorter than a segment header")?;
+        let buf = buf
+            .get(..SEGMENT_HEADER_BYTES)
+            .ok_or("file shorter than a segment header")?;
         if buf[0..8] != SEGMENT_MAGIC {
             return Err("bad segment magic");
         }
@@ -155,7 +157,11 @@ pub struct RecordFrame {
 
 /// Reads and CRC-checks the record at `offset` of `buf`, decoding only its index and term.
 /// Never panics, whatever `buf` holds.
-pub fn read_frame(buf: &[u8], offset: usize, payload_bytes_max: usize) -> Result<RecordFrame, RecordError> {
+pub fn read_frame(
+    buf: &[u8],
+    offset: usize,
+    payload_bytes_max: usize,
+) -> Result<RecordFrame, RecordError> {
     let header = offset
         .checked_add(RECORD_HEADER_BYTES)
         .and_then(|end| buf.get(offset..end))
@@ -168,16 +174,21 @@ pub fn read_frame(buf: &[u8], offset: usize, payload_bytes_max: usize) -> Result
         return Err(RecordError::TooLarge);
     }
     let payload_offset = offset + RECORD_HEADER_BYTES;
-    let payload = buf.get(payload_offset..payload_offset + len).ok_or(RecordError::Short)?;
+    let payload = buf
+        .get(payload_offset..payload_offset + len)
+        .ok_or(RecordError::Short)?;
     if record_crc(&header[0..4], payload) != u32_at(header, 4) {
         return Err(RecordError::Crc);
     }
     let end_offset = offset + record_bytes(len);
-    let padding = buf.get(payload_offset + len..end_offset.min(buf.len())).unwrap_or(&[]);
+    let padding = buf
+        .get(payload_offset + len..end_offset.min(buf.len()))
+        .unwrap_or(&[]);
     if padding.iter().any(|&b| b != 0) {
         return Err(RecordError::Padding);
     }
-    let ((index, term), _) = postcard::take_from_bytes::<(Index, Term)>(payload).map_err(|_| RecordError::Decode)?;
+    let ((index, term), _) =
+        postcard::take_from_bytes::<(Index, Term)>(payload).map_err(|_| RecordError::Decode)?;
     Ok(RecordFrame {
         index,
         term,
@@ -206,7 +217,8 @@ struct EntryRef<'a> {
 /// Decodes a full entry from a CRC-checked payload. When `backing` is given, `payload` must
 /// lie inside it, and a command's bytes become a slice of `backing` instead of a copy.
 pub fn decode_entry(payload: &[u8], backing: Option<&Bytes>) -> Result<Entry, RecordError> {
-    let (entry, rest) = postcard::take_from_bytes::<EntryRef<'_>>(payload).map_err(|_| RecordError::Decode)?;
+    let (entry, rest) =
+        postcard::take_from_bytes::<EntryRef<'_>>(payload).map_err(|_| RecordError::Decode)?;
     if !rest.is_empty() {
         return Err(RecordError::Decode);
     }
@@ -301,14 +313,18 @@ mod tests {
             let frame = read_frame(&backing, offset, 1 << 20).unwrap();
             assert_eq!((frame.index, frame.term), (e.index, e.term));
             assert_eq!(frame.end_offset % RECORD_ALIGN_BYTES, 0);
-            let payload = &backing[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
+            let payload =
+                &backing[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
             let decoded = decode_entry(payload, Some(&backing)).unwrap();
             assert_eq!(&decoded, e);
             // The postcard encoding of the borrowed mirror must equal `Entry`'s own.
             assert_eq!(postcard::to_stdvec(e).unwrap(), payload);
             offset = frame.end_offset;
         }
-        assert_eq!(read_frame(&backing, offset, 1 << 20), Err(RecordError::Short));
+        assert_eq!(
+            read_frame(&backing, offset, 1 << 20),
+            Err(RecordError::Short)
+        );
     }
 
     #[test]
@@ -331,7 +347,11 @@ mod tests {
         for bit in 0..image.len() * 8 {
             let mut bad = image.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(decode_state_slot(&bad), None, "flip of bit {bit} went unnoticed");
+            assert_eq!(
+                decode_state_slot(&bad),
+                None,
+                "flip of bit {bit} went unnoticed"
+            );
         }
     }
 }

@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_record, encode_state_slot, read_frame, RecordError, SegmentHeader, StateRecord,
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STATE_SLOT_BYTES,
+    self, decode_state_slot, encode_record, encode_state_slot, read_frame, RecordError,
+    SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STATE_SLOT_BYTES,
 };
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
 
@@ -75,7 +75,8 @@ impl Options {
                 self.segment_bytes
             )));
         }
-        if self.entry_bytes_max == 0 || self.entry_bytes_max > SEGMENT_BYTES_LIMIT - 2 * PAGE_BYTES {
+        if self.entry_bytes_max == 0 || self.entry_bytes_max > SEGMENT_BYTES_LIMIT - 2 * PAGE_BYTES
+        {
             return Err(LogError::Options(format!(
                 "entry_bytes_max {} outside 1..={}",
                 self.entry_bytes_max,
@@ -128,7 +129,10 @@ pub struct Log {
 }
 
 fn segment_name(first_index: Index) -> String {
-    format!("{first_index:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS)
+    format!(
+        "{first_index:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
 }
 
 fn parse_segment_name(name: &str) -> Option<Index> {
@@ -141,7 +145,9 @@ fn parse_segment_name(name: &str) -> Option<Index> {
 
 fn is_all_zero(bytes: &[u8]) -> bool {
     // OR-folding fixed chunks vectorises; `iter().all` would not.
-    bytes.chunks(4096).all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    bytes
+        .chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Offset just past the last non-zero byte of `bytes` (0 if all zero).
@@ -162,7 +168,8 @@ fn map_file(file: &FileRef) -> Result<Bytes, LogError> {
     // SAFETY: the mapping is read-only and the log never shrinks a mapped file, so every
     // mapped page stays backed. Other processes are kept out by the lock file; a process that
     // ignores it and truncates a segment could make reads fault, which no check can prevent.
-    let map = unsafe { memmap2::MmapOptions::new().map(&file.file) }.map_err(|e| LogError::io(&file.path, e))?;
+    let map = unsafe { memmap2::MmapOptions::new().map(&file.file) }
+        .map_err(|e| LogError::io(&file.path, e))?;
     Ok(Bytes::from_owner(map))
 }
 
@@ -192,12 +199,17 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
             std::thread::sleep(LOCK_RETRY_PAUSE);
         }
     }
-    Err(LogError::Locked { path: dir.to_owned() })
+    Err(LogError::Locked {
+        path: dir.to_owned(),
+    })
 }
 
 fn preallocate(shared: &Shared, file: &FileRef, bytes: u64) -> Result<(), LogError> {
-    shared.fault(FaultPoint::Allocate).map_err(|e| LogError::io(&file.path, e))?;
-    let len = libc::off_t::try_from(bytes).map_err(|_| LogError::Options(format!("file size {bytes} too large")))?;
+    shared
+        .fault(FaultPoint::Allocate)
+        .map_err(|e| LogError::io(&file.path, e))?;
+    let len = libc::off_t::try_from(bytes)
+        .map_err(|_| LogError::Options(format!("file size {bytes} too large")))?;
     // posix_fallocate reserves the blocks, so later writes inside the file neither fail for
     // lack of space nor change its size (which would make every fdatasync a journal commit).
     // SAFETY: valid descriptor; the call only reads its arguments.
@@ -238,7 +250,12 @@ struct Scan {
 
 /// Looks for a valid record at an aligned offset at or after `from` whose index is at
 /// least `index_min`. Such a record after a bad one means the bad one is not a torn tail.
-fn find_valid_record(map: &[u8], from: usize, index_min: Index, payload_bytes_max: usize) -> Option<usize> {
+fn find_valid_record(
+    map: &[u8],
+    from: usize,
+    index_min: Index,
+    payload_bytes_max: usize,
+) -> Option<usize> {
     let mut at = format::align_up(from);
     while at + RECORD_HEADER_BYTES <= map.len() {
         let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes"));
@@ -296,7 +313,11 @@ fn scan_segment(
         }
     };
     if !is_last {
-        return Err(LogError::corrupt(path, at as u64, format!("{reason} in a sealed segment")));
+        return Err(LogError::corrupt(
+            path,
+            at as u64,
+            format!("{reason} in a sealed segment"),
+        ));
     }
     if let Some(valid) = find_valid_record(map, at + RECORD_HEADER_BYTES, next, payload_bytes_max) {
         return Err(LogError::corrupt(
@@ -375,7 +396,11 @@ impl Log {
                     warn!(file = %state_path.display(), "state file holds no valid slot and there is no segment: initialising");
                 }
                 None => {
-                    return Err(LogError::corrupt(&state_path, 0, "neither state slot is valid"));
+                    return Err(LogError::corrupt(
+                        &state_path,
+                        0,
+                        "neither state slot is valid",
+                    ));
                 }
             }
             file
@@ -384,7 +409,10 @@ impl Log {
                 return Err(LogError::corrupt(
                     path,
                     0,
-                    format!("segments exist but the state file {} is missing", state_path.display()),
+                    format!(
+                        "segments exist but the state file {} is missing",
+                        state_path.display()
+                    ),
                 ));
             }
             OpenOptions::new()
@@ -401,7 +429,12 @@ impl Log {
 
         let fresh = slots.is_none();
         let (slot_seqs, state_seq, state) = slots.unwrap_or(([0, 0], 0, StateRecord::default()));
-        let shared = Arc::new(Shared::new(dir_file, slot_seqs, state_seq, options.fault_hook.clone()));
+        let shared = Arc::new(Shared::new(
+            dir_file,
+            slot_seqs,
+            state_seq,
+            options.fault_hook.clone(),
+        ));
         let mut log = Log {
             options,
             _lock: lock,
@@ -440,7 +473,11 @@ impl Log {
                 .map_err(|e| LogError::io(&path, e))?;
             let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
             let file = Arc::new(FileRef { path, file });
-            let map = if len == 0 { Bytes::new() } else { map_file(&file)? };
+            let map = if len == 0 {
+                Bytes::new()
+            } else {
+                map_file(&file)?
+            };
             let header = match SegmentHeader::decode(&map) {
                 Ok(h) => h,
                 Err(_) if is_last && is_all_zero(&map[..map.len().min(SEGMENT_HEADER_BYTES)]) => {
@@ -456,7 +493,10 @@ impl Log {
                 return Err(LogError::corrupt(
                     &file.path,
                     24,
-                    format!("header says first index {} but the name says {name_index}", header.first_index),
+                    format!(
+                        "header says first index {} but the name says {name_index}",
+                        header.first_index
+                    ),
                 ));
             }
             if header.epoch < self.state.epoch {
@@ -469,7 +509,10 @@ impl Log {
                 return Err(LogError::corrupt(
                     &file.path,
                     16,
-                    format!("segment epoch {} is newer than the state's {}", header.epoch, self.state.epoch),
+                    format!(
+                        "segment epoch {} is newer than the state's {}",
+                        header.epoch, self.state.epoch
+                    ),
                 ));
             }
             opened.push((header.first_index, file, map));
@@ -499,16 +542,27 @@ impl Log {
                     return Err(LogError::corrupt(
                         &file.path,
                         0,
-                        format!("segment starts at {first_index} but the previous one ends at {last}"),
+                        format!(
+                            "segment starts at {first_index} but the previous one ends at {last}"
+                        ),
                     ));
                 }
                 _ => {}
             }
             let term_min = prev_last.map_or(0, |(_, t)| t);
-            let scan = scan_segment(&file.path, &map, first_index, term_min, is_last, payload_bytes_max)?;
+            let scan = scan_segment(
+                &file.path,
+                &map,
+                first_index,
+                term_min,
+                is_last,
+                payload_bytes_max,
+            )?;
             if let Some(garbage_end) = scan.garbage_end {
                 write_zeroes(&self.shared, &file, scan.end as u64, garbage_end as u64)?;
-                file.file.sync_data().map_err(|e| LogError::io(&file.path, e))?;
+                file.file
+                    .sync_data()
+                    .map_err(|e| LogError::io(&file.path, e))?;
             }
             let segment = Segment {
                 first_index,
@@ -519,7 +573,11 @@ impl Log {
                 file,
             };
             if segment.offsets.is_empty() && !is_last {
-                return Err(LogError::corrupt(&segment.file.path, SEGMENT_HEADER_BYTES as u64, "sealed segment holds no record"));
+                return Err(LogError::corrupt(
+                    &segment.file.path,
+                    SEGMENT_HEADER_BYTES as u64,
+                    "sealed segment holds no record",
+                ));
             }
             if let Some(&(_, term)) = scan.term_runs.last() {
                 prev_last = Some((segment.next_index() - 1, term));
@@ -533,7 +591,10 @@ impl Log {
             }
             self.segments.push(segment);
         }
-        let last_entry = self.segments.last().map_or(0, |s| s.next_index().saturating_sub(1));
+        let last_entry = self
+            .segments
+            .last()
+            .map_or(0, |s| s.next_index().saturating_sub(1));
         self.last_index = last_entry.max(snapshot_index);
         self.trim_term_runs();
         Ok(())
@@ -542,7 +603,10 @@ impl Log {
     /// Drops term runs wholly before the first held entry.
     fn trim_term_runs(&mut self) {
         let first = self.first_index();
-        let keep_from = self.term_runs.partition_point(|&(start, _)| start <= first).saturating_sub(1);
+        let keep_from = self
+            .term_runs
+            .partition_point(|&(start, _)| start <= first)
+            .saturating_sub(1);
         self.term_runs.drain(..keep_from);
     }
 
@@ -582,17 +646,19 @@ impl Log {
 
     fn write_state(&mut self) -> Result<(), LogError> {
         let seq = self.state_seq + 1;
-        let image = encode_state_slot(seq, &self.state).map_err(|bytes| LogError::StateTooLarge {
-            bytes,
-            slot_bytes: STATE_SLOT_BYTES - format::STATE_SLOT_HEADER_BYTES,
-        })?;
+        let image =
+            encode_state_slot(seq, &self.state).map_err(|bytes| LogError::StateTooLarge {
+                bytes,
+                slot_bytes: STATE_SLOT_BYTES - format::STATE_SLOT_HEADER_BYTES,
+            })?;
         debug_assert_eq!(decode_state_slot(&image).map(|d| d.0), Some(seq));
         let shared = &self.shared;
         let file = &self.state_file;
         shared
             .write_state_slot(file, seq, |slot| {
                 shared.fault(FaultPoint::Write)?;
-                file.file.write_all_at(&image, (slot * STATE_SLOT_BYTES) as u64)
+                file.file
+                    .write_all_at(&image, (slot * STATE_SLOT_BYTES) as u64)
             })
             .map_err(|e| LogError::io(&file.path, e))?;
         self.state_seq = seq;
@@ -624,7 +690,9 @@ impl Log {
     /// been appended: `last_index()` tells how far it got, and the log stays usable.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
         self.shared.check_poisoned()?;
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let snapshot_index = self.state.snapshot.index;
         if first.index <= snapshot_index || first.index > self.last_index + 1 {
             return Err(LogError::Invalid(format!(
@@ -632,7 +700,9 @@ impl Log {
                 first.index, self.last_index
             )));
         }
-        let mut term_prev = self.term(first.index - 1).map_err(|e| LogError::Invalid(e.to_string()))?;
+        let mut term_prev = self
+            .term(first.index - 1)
+            .map_err(|e| LogError::Invalid(e.to_string()))?;
         for (i, e) in entries.iter().enumerate() {
             if e.index != first.index + i as Index || e.term < term_prev {
                 return Err(LogError::Invalid(format!(
@@ -661,9 +731,9 @@ impl Log {
         let mut record_ends = std::mem::take(&mut self.record_ends);
         buf.clear();
         record_ends.clear();
-        let result = self.encode_batch(entries, &mut buf, &mut record_ends).and_then(|()| {
-            self.write_batch(entries, &buf, &record_ends)
-        });
+        let result = self
+            .encode_batch(entries, &mut buf, &mut record_ends)
+            .and_then(|()| self.write_batch(entries, &buf, &record_ends));
         // Keep big buffers from a one-off huge batch from pinning memory forever.
         if buf.capacity() > 64 << 20 {
             buf = Vec::new();
@@ -673,11 +743,17 @@ impl Log {
         result
     }
 
-    fn encode_batch(&self, entries: &[Entry], buf: &mut Vec<u8>, record_ends: &mut Vec<usize>) -> Result<(), LogError> {
+    fn encode_batch(
+        &self,
+        entries: &[Entry],
+        buf: &mut Vec<u8>,
+        record_ends: &mut Vec<usize>,
+    ) -> Result<(), LogError> {
         for e in entries {
             let start = buf.len();
-            let payload_bytes =
-                encode_record(e, buf).map_err(|err| LogError::Invalid(format!("entry {} does not encode: {err}", e.index)))?;
+            let payload_bytes = encode_record(e, buf).map_err(|err| {
+                LogError::Invalid(format!("entry {} does not encode: {err}", e.index))
+            })?;
             if payload_bytes as u64 > self.options.entry_bytes_max {
                 return Err(LogError::EntryTooLarge {
                     index: e.index,
@@ -694,7 +770,12 @@ impl Log {
         Ok(())
     }
 
-    fn write_batch(&mut self, entries: &[Entry], buf: &[u8], record_ends: &[usize]) -> Result<(), LogError> {
+    fn write_batch(
+        &mut self,
+        entries: &[Entry],
+        buf: &[u8],
+        record_ends: &[usize],
+    ) -> Result<(), LogError> {
         let mut done = 0;
         while done < entries.len() {
             let start = if done == 0 { 0 } else { record_ends[done - 1] };
@@ -713,7 +794,11 @@ impl Log {
                 self.roll(index, first_len)?;
             }
             let seg = self.segments.last_mut().expect("rolled");
-            let room = if seg.capacity > self.options.segment_bytes { first_len } else { seg.capacity - seg.write_offset };
+            let room = if seg.capacity > self.options.segment_bytes {
+                first_len
+            } else {
+                seg.capacity - seg.write_offset
+            };
             // Records of this batch that fit in the active segment go in one write.
             let mut end = done + 1;
             while end < entries.len() && (record_ends[end] - start) as u64 <= room {
@@ -722,7 +807,12 @@ impl Log {
             let bytes = &buf[start..record_ends[end - 1]];
             if let Err(e) = write_at(&self.shared, &seg.file, bytes, seg.write_offset) {
                 // Keep "zero past write_offset" true for recovery, if the disk lets us.
-                let _ = write_zeroes(&self.shared, &seg.file, seg.write_offset, seg.write_offset + bytes.len() as u64);
+                let _ = write_zeroes(
+                    &self.shared,
+                    &seg.file,
+                    seg.write_offset,
+                    seg.write_offset + bytes.len() as u64,
+                );
                 return Err(e);
             }
             let mut at = seg.write_offset;
@@ -803,7 +893,11 @@ impl Log {
     }
 
     fn shared_dir(&self) -> PathBuf {
-        self.state_file.path.parent().map(Path::to_owned).unwrap_or_default()
+        self.state_file
+            .path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default()
     }
 
     /// Drops every entry at or after `index`. Durable when it returns: it syncs, because a
@@ -820,10 +914,12 @@ impl Log {
         if index > self.last_index {
             return Ok(());
         }
-        let position = self
-            .segment_position(index)
-            .ok_or_else(|| LogError::Invalid(format!("index {index} is not held in any segment")))?;
-        let result = self.truncate_from(position, index).and_then(|()| self.shared.sync());
+        let position = self.segment_position(index).ok_or_else(|| {
+            LogError::Invalid(format!("index {index} is not held in any segment"))
+        })?;
+        let result = self
+            .truncate_from(position, index)
+            .and_then(|()| self.shared.sync());
         if result.is_err() {
             // Memory and disk may now disagree on where the log ends.
             self.shared.poison();
@@ -864,7 +960,9 @@ impl Log {
                 meta.index, self.last_index
             )));
         }
-        let held = self.term(meta.index).map_err(|e| LogError::Invalid(e.to_string()))?;
+        let held = self
+            .term(meta.index)
+            .map_err(|e| LogError::Invalid(e.to_string()))?;
         if held != meta.term {
             return Err(LogError::Invalid(format!(
                 "snapshot term {} disagrees with the log's term {held} at {}",
@@ -908,7 +1006,10 @@ impl Log {
 
     /// Position in `segments` of the segment holding `index`.
     fn segment_position(&self, index: Index) -> Option<usize> {
-        let position = self.segments.partition_point(|s| s.first_index <= index).checked_sub(1)?;
+        let position = self
+            .segments
+            .partition_point(|s| s.first_index <= index)
+            .checked_sub(1)?;
         (index < self.segments[position].next_index()).then_some(position)
     }
 
@@ -918,9 +1019,14 @@ impl Log {
             .ok_or_else(|| StorageError::Io(format!("index {index} is not in any segment")))?;
         let seg = &self.segments[position];
         let offset = seg.offsets[(index - seg.first_index) as usize] as usize;
-        let bad = |reason: &str| StorageError::Io(format!("{} at byte {offset}: {reason}", seg.file.path.display()));
-        let frame =
-            read_frame(&seg.map, offset, self.options.entry_bytes_max as usize).map_err(|e| bad(e.describe()))?;
+        let bad = |reason: &str| {
+            StorageError::Io(format!(
+                "{} at byte {offset}: {reason}",
+                seg.file.path.display()
+            ))
+        };
+        let frame = read_frame(&seg.map, offset, self.options.entry_bytes_max as usize)
+            .map_err(|e| bad(e.describe()))?;
         if frame.index != index {
             return Err(bad("record holds another index"));
         }
@@ -976,7 +1082,12 @@ impl LogStore for Log {
             .ok_or_else(|| StorageError::Io(format!("no term known for index {index}")))
     }
 
-    fn entries(&self, low: Index, high: Index, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+    fn entries(
+        &self,
+        low: Index,
+        high: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         if low <= self.state.snapshot.index {
             return Err(StorageError::Compacted);
         }

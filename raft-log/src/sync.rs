@@ -58,7 +58,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(dir: FileRef, slot_seqs: [u64; 2], durable_seq: u64, fault_hook: Option<FaultHook>) -> Shared {
+    pub fn new(
+        dir: FileRef,
+        slot_seqs: [u64; 2],
+        durable_seq: u64,
+        fault_hook: Option<FaultHook>,
+    ) -> Shared {
         Shared {
             dir,
             sync_lock: Mutex::new(()),
@@ -111,7 +116,11 @@ impl Shared {
         write: impl FnOnce(usize) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut dirty = lock(&self.dirty);
-        let target = if dirty.slot_seqs[0] == dirty.durable_seq { 1 } else { 0 };
+        let target = if dirty.slot_seqs[0] == dirty.durable_seq {
+            1
+        } else {
+            0
+        };
         debug_assert!(
             dirty.durable_seq == 0 || dirty.slot_seqs[target] != dirty.durable_seq,
             "overwriting the durable slot"
@@ -139,13 +148,20 @@ impl Shared {
         self.check_poisoned()?;
         let (files, dir, seqs_before) = {
             let mut dirty = lock(&self.dirty);
-            (std::mem::take(&mut dirty.files), std::mem::take(&mut dirty.dir), dirty.slot_seqs)
+            (
+                std::mem::take(&mut dirty.files),
+                std::mem::take(&mut dirty.dir),
+                dirty.slot_seqs,
+            )
         };
         if files.is_empty() && !dir {
             return Ok(());
         }
         for f in &files {
-            if let Err(e) = self.fault(FaultPoint::Sync).and_then(|()| f.file.sync_data()) {
+            if let Err(e) = self
+                .fault(FaultPoint::Sync)
+                .and_then(|()| f.file.sync_data())
+            {
                 // After a failed fsync the kernel may have dropped the dirty pages and a retry
                 // would report success for data that is gone: refuse to go on.
                 self.poison();
@@ -153,16 +169,19 @@ impl Shared {
             }
         }
         if dir {
-            if let Err(e) = self.fault(FaultPoint::Sync).and_then(|()| self.dir.file.sync_all()) {
+            if let Err(e) = self
+                .fault(FaultPoint::Sync)
+                .and_then(|()| self.dir.file.sync_all())
+            {
                 self.poison();
                 return Err(LogError::io(&self.dir.path, e));
             }
         }
         let mut dirty = lock(&self.dirty);
-        for slot in 0..2 {
+        for (before, now) in seqs_before.into_iter().zip(dirty.slot_seqs) {
             // A slot unchanged across the flush held the same record before it began.
-            if dirty.slot_seqs[slot] == seqs_before[slot] && seqs_before[slot] > dirty.durable_seq {
-                dirty.durable_seq = seqs_before[slot];
+            if now == before && before > dirty.durable_seq {
+                dirty.durable_seq = before;
             }
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +212,8 @@ impl SyncHandle {
 
 impl std::fmt::Debug for SyncHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncHandle").field("dir", &self.shared.dir.path).finish()
+        f.debug_struct("SyncHandle")
+            .field("dir", &self.shared.dir.path)
+            .finish()
     }
 }

@@ -27,7 +27,9 @@ fn expected_entry(index: u64) -> Entry {
         index,
         term: 1 + index / 1000,
         payload: EntryPayload::Command(Bytes::from(
-            (0..len).map(|i| (index as usize + i) as u8).collect::<Vec<u8>>(),
+            (0..len)
+                .map(|i| (index as usize + i) as u8)
+                .collect::<Vec<u8>>(),
         )),
     }
 }
@@ -53,7 +55,9 @@ impl Rng {
 
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else { return };
+    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else {
+        return;
+    };
     let seed: u64 = std::env::var(CHILD_SEED_VAR).unwrap().parse().unwrap();
     let mut rng = Rng(seed | 1);
     let mut log = Log::open(&dir, options()).expect("child open");
@@ -98,7 +102,13 @@ impl Drop for ChildGuard {
 
 fn spawn_child(dir: &Path, seed: u64) -> ChildGuard {
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env(CHILD_DIR_VAR, dir)
         .env(CHILD_SEED_VAR, seed.to_string())
         .stdout(Stdio::piped())
@@ -111,7 +121,10 @@ fn spawn_child(dir: &Path, seed: u64) -> ChildGuard {
 fn verify(dir: &Path, synced: u64) -> u64 {
     let log = Log::open(dir, options()).unwrap_or_else(|e| panic!("reopen after kill: {e}"));
     let (first, last) = (log.first_index(), log.last_index());
-    assert!(last >= synced, "synced index {synced} lost: log ends at {last}");
+    assert!(
+        last >= synced,
+        "synced index {synced} lost: log ends at {last}"
+    );
     let meta = log.snapshot_meta();
     assert_eq!(log.term(meta.index), Ok(meta.term));
     if meta.index > 0 {
@@ -119,10 +132,17 @@ fn verify(dir: &Path, synced: u64) -> u64 {
     }
     for index in first..=last {
         let got = log.entries(index, index + 1, usize::MAX).unwrap().remove(0);
-        assert!(got == expected_entry(index), "entry {index} is garbage after a crash");
+        assert!(
+            got == expected_entry(index),
+            "entry {index} is garbage after a crash"
+        );
     }
     let hs = log.hard_state();
-    assert!(hs.commit >= synced && hs.commit <= last, "commit {} vs synced {synced}, last {last}", hs.commit);
+    assert!(
+        hs.commit >= synced && hs.commit <= last,
+        "commit {} vs synced {synced}, last {last}",
+        hs.commit
+    );
     last
 }
 

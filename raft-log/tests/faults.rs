@@ -47,7 +47,11 @@ fn a_failed_segment_allocation_is_an_error_and_the_log_recovers() {
     assert!(is_enospc(&err), "{err}");
     let reached = log.last_index();
     assert!(reached < 200);
-    assert_eq!(all_entries(&log), entries[..reached as usize], "a prefix went in");
+    assert_eq!(
+        all_entries(&log),
+        entries[..reached as usize],
+        "a prefix went in"
+    );
     log.sync().unwrap();
     full.store(false, Ordering::SeqCst);
     log.append(&entries[reached as usize..]).unwrap();
@@ -65,15 +69,29 @@ fn a_failed_write_is_an_error_and_the_log_recovers() {
     log.append(&[entry(1, 1, 10), entry(2, 1, 10)]).unwrap();
     failing.store(true, Ordering::SeqCst);
     assert!(is_enospc(&log.append(&[entry(3, 1, 10)]).unwrap_err()));
-    assert!(is_enospc(&log.set_hard_state(raft_core::HardState { term: 1, vote: Some(1), commit: 0 }).unwrap_err()));
+    assert!(is_enospc(
+        &log.set_hard_state(raft_core::HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0
+        })
+        .unwrap_err()
+    ));
     assert_eq!(log.last_index(), 2);
-    assert_eq!(log.hard_state(), Default::default(), "a failed write leaves the old hard state");
+    assert_eq!(
+        log.hard_state(),
+        Default::default(),
+        "a failed write leaves the old hard state"
+    );
     failing.store(false, Ordering::SeqCst);
     log.append(&[entry(3, 1, 10)]).unwrap();
     log.sync().unwrap();
     drop(log);
     let log = Log::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(all_entries(&log), vec![entry(1, 1, 10), entry(2, 1, 10), entry(3, 1, 10)]);
+    assert_eq!(
+        all_entries(&log),
+        vec![entry(1, 1, 10), entry(2, 1, 10), entry(3, 1, 10)]
+    );
 }
 
 #[test]
@@ -86,7 +104,10 @@ fn a_failed_sync_poisons_the_log_until_reopened() {
     assert!(is_enospc(&log.sync().unwrap_err()));
     failing.store(false, Ordering::SeqCst);
     assert!(matches!(log.sync(), Err(LogError::Poisoned)));
-    assert!(matches!(log.append(&[entry(2, 1, 10)]), Err(LogError::Poisoned)));
+    assert!(matches!(
+        log.append(&[entry(2, 1, 10)]),
+        Err(LogError::Poisoned)
+    ));
     drop(log);
     let mut log = Log::open(dir.path(), Options::default()).unwrap();
     assert!(log.last_index() <= 1);
@@ -111,7 +132,10 @@ impl Tmpfs {
             .stderr(std::process::Stdio::null())
             .status()
             .ok()?;
-        status.success().then_some(Tmpfs { path, _parent: parent })
+        status.success().then_some(Tmpfs {
+            path,
+            _parent: parent,
+        })
     }
 
     fn path(&self) -> &Path {

@@ -12,13 +12,28 @@ use raft_log::{Log, Options};
 enum Op {
     /// Append `count` entries starting `back` entries before the end, `bump` terms above
     /// the term of the entry before them.
-    Append { back: u64, count: u64, bump: u64 },
+    Append {
+        back: u64,
+        count: u64,
+        bump: u64,
+    },
     Sync,
-    Truncate { back: u64 },
+    Truncate {
+        back: u64,
+    },
     /// Compact to the entry `back` before the end.
-    Compact { back: u64 },
-    Install { ahead: u64, bump: u64 },
-    HardState { term: u64, vote: Option<u64>, commit: u64 },
+    Compact {
+        back: u64,
+    },
+    Install {
+        ahead: u64,
+        bump: u64,
+    },
+    HardState {
+        term: u64,
+        vote: Option<u64>,
+        commit: u64,
+    },
     Reopen,
 }
 
@@ -48,13 +63,23 @@ fn check(log: &Log, model: &MemLog) {
     let got = all_entries(log);
     assert_eq!(got.len(), model.all_entries().len(), "entry count");
     for (g, m) in got.iter().zip(model.all_entries()) {
-        assert!(g == m, "entry {} differs: {} vs {}", m.index, summary(g), summary(m));
+        assert!(
+            g == m,
+            "entry {} differs: {} vs {}",
+            m.index,
+            summary(g),
+            summary(m)
+        );
     }
     if model.last_index() >= model.first_index() {
         // The byte limit stops early exactly as the model does.
         let (low, high) = (model.first_index(), model.last_index() + 1);
         let got = log.entries(low, high, 500).unwrap();
-        assert_eq!(got.len(), model.entries(low, high, 500).unwrap().len(), "limited read");
+        assert_eq!(
+            got.len(),
+            model.entries(low, high, 500).unwrap().len(),
+            "limited read"
+        );
     }
 }
 
@@ -92,15 +117,22 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Append { back, count, bump } => {
-                let start = (model.last_index() + 1).saturating_sub(back).max(model.first_index());
+                let start = (model.last_index() + 1)
+                    .saturating_sub(back)
+                    .max(model.first_index());
                 let term = model.term(start - 1).unwrap() + bump;
-                let entries: Vec<Entry> = (start..start + count).map(|i| entry(i, term, len_of(i, term))).collect();
+                let entries: Vec<Entry> = (start..start + count)
+                    .map(|i| entry(i, term, len_of(i, term)))
+                    .collect();
                 log.append(&entries).unwrap();
                 model.append(&entries);
             }
             Op::Sync => log.sync().unwrap(),
             Op::Truncate { back } => {
-                let index = model.last_index().saturating_sub(back).max(model.first_index());
+                let index = model
+                    .last_index()
+                    .saturating_sub(back)
+                    .max(model.first_index());
                 log.truncate_suffix(index).unwrap();
                 model.truncate_suffix(index);
             }

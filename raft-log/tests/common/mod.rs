@@ -14,10 +14,16 @@ pub fn entry(index: Index, term: Term, len: usize) -> Entry {
         0 => EntryPayload::Noop,
         1 => EntryPayload::Membership(Membership::new_voters([1, 2, index % 5 + 3])),
         _ => EntryPayload::Command(Bytes::from(
-            (0..len).map(|i| (index as usize * 31 + term as usize * 7 + i) as u8).collect::<Vec<u8>>(),
+            (0..len)
+                .map(|i| (index as usize * 31 + term as usize * 7 + i) as u8)
+                .collect::<Vec<u8>>(),
         )),
     };
-    Entry { index, term, payload }
+    Entry {
+        index,
+        term,
+        payload,
+    }
 }
 
 pub fn small_options() -> Options {
@@ -32,7 +38,8 @@ pub fn all_entries(log: &Log) -> Vec<Entry> {
     if log.last_index() < log.first_index() {
         return Vec::new();
     }
-    log.entries(log.first_index(), log.last_index() + 1, usize::MAX).expect("read back")
+    log.entries(log.first_index(), log.last_index() + 1, usize::MAX)
+        .expect("read back")
 }
 
 /// Segment files in `dir`, sorted by name (so by first index).
