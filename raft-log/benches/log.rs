@@ -81,7 +81,13 @@ impl RawAppender {
 
     fn create(dir: &Path, n: u64, capacity: u64) -> (File, PathBuf) {
         let path = dir.join(format!("raw-{n}"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         fallocate(&file, capacity);
         (file, path)
     }
@@ -91,7 +97,8 @@ impl RawAppender {
         if self.offset + bytes.len() as u64 > self.capacity {
             std::fs::remove_file(&self.path).unwrap();
             self.files += 1;
-            let (file, path) = Self::create(&self.dir, self.files, self.capacity.max(bytes.len() as u64));
+            let (file, path) =
+                Self::create(&self.dir, self.files, self.capacity.max(bytes.len() as u64));
             self.file = file;
             self.path = path;
             self.offset = 0;
@@ -134,7 +141,8 @@ impl LogAppender {
         if self.log.last_index() * self.payload.len() as u64 > LOG_BYTES_MAX {
             let old = self.dir.join(format!("log-{}", self.generation));
             self.generation += 1;
-            self.log = Log::open(self.dir.join(format!("log-{}", self.generation)), options()).unwrap();
+            self.log =
+                Log::open(self.dir.join(format!("log-{}", self.generation)), options()).unwrap();
             std::fs::remove_dir_all(old).unwrap();
         }
         let next = self.log.last_index() + 1;
@@ -202,9 +210,10 @@ fn bench_append(c: &mut Criterion, dir: &Path) {
             drop(log);
             let bytes = framed(entry_bytes, batch);
             let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES);
-            group.bench_function(BenchmarkId::new("raw_pwrite", format!("batch{batch}")), |b| {
-                b.iter(|| raw.append_sync(&bytes))
-            });
+            group.bench_function(
+                BenchmarkId::new("raw_pwrite", format!("batch{batch}")),
+                |b| b.iter(|| raw.append_sync(&bytes)),
+            );
             drop(raw);
             std::fs::remove_dir_all(&case_dir).unwrap();
         }
@@ -222,7 +231,13 @@ struct MsyncAppender {
 impl MsyncAppender {
     fn new(dir: &Path, capacity: u64) -> MsyncAppender {
         let path = dir.join("msync");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
         fallocate(&file, capacity);
         // SAFETY: a private benchmark file nobody else touches or truncates.
         let map = unsafe { memmap2::MmapOptions::new().map_mut(&file) }.unwrap();
@@ -255,10 +270,14 @@ fn bench_write_path(c: &mut Criterion, dir: &Path) {
         let case_dir = dir.join("write-path");
         std::fs::create_dir_all(&case_dir).unwrap();
         let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES);
-        group.bench_function(BenchmarkId::new("pwrite_fdatasync", bytes.len()), |b| b.iter(|| raw.append_sync(&bytes)));
+        group.bench_function(BenchmarkId::new("pwrite_fdatasync", bytes.len()), |b| {
+            b.iter(|| raw.append_sync(&bytes))
+        });
         drop(raw);
         let mut msync = MsyncAppender::new(&case_dir, SEGMENT_BYTES);
-        group.bench_function(BenchmarkId::new("mmap_msync", bytes.len()), |b| b.iter(|| msync.append_sync(&bytes)));
+        group.bench_function(BenchmarkId::new("mmap_msync", bytes.len()), |b| {
+            b.iter(|| msync.append_sync(&bytes))
+        });
         drop(msync);
         std::fs::remove_dir_all(&case_dir).unwrap();
     }
@@ -266,7 +285,10 @@ fn bench_write_path(c: &mut Criterion, dir: &Path) {
 }
 
 fn open_bytes() -> u64 {
-    std::env::var("RAFT_LOG_BENCH_OPEN_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
+    std::env::var("RAFT_LOG_BENCH_OPEN_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
 }
 
 /// Builds a log of about `bytes` of 1 KiB entries.
@@ -309,7 +331,11 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     let bytes = open_bytes();
     let start = Instant::now();
     let last = build_log(&path, bytes);
-    eprintln!("built a {} MiB log ({last} entries) in {:?}", bytes >> 20, start.elapsed());
+    eprintln!(
+        "built a {} MiB log ({last} entries) in {:?}",
+        bytes >> 20,
+        start.elapsed()
+    );
 
     let mut group = c.benchmark_group(format!("open_{}MiB", bytes >> 20));
     group.sampling_mode(SamplingMode::Flat);
@@ -317,7 +343,9 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     group.warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Bytes(bytes));
-    group.bench_function("raft_log_open", |b| b.iter(|| Log::open(&path, options()).unwrap().last_index()));
+    group.bench_function("raft_log_open", |b| {
+        b.iter(|| Log::open(&path, options()).unwrap().last_index())
+    });
     group.bench_function("raw_mmap_crc32", |b| b.iter(|| raw_scan(&path)));
     group.finish();
 
@@ -328,7 +356,9 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     group.warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(1));
     group.throughput(Throughput::Bytes(4096 * 1024));
-    group.bench_function("raft_log_entries_4MiB", |b| b.iter(|| log.entries(low, high, usize::MAX).unwrap().len()));
+    group.bench_function("raft_log_entries_4MiB", |b| {
+        b.iter(|| log.entries(low, high, usize::MAX).unwrap().len())
+    });
     let (file, offset, len) = range_location(&path, low, high);
     let mut buf = vec![0u8; len];
     group.bench_function("raw_pread_crc32_4MiB", |b| {
@@ -349,8 +379,19 @@ fn range_location(path: &Path, low: u64, high: u64) -> (File, u64, usize) {
         .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .collect();
     segments.sort();
-    let name_index = |p: &PathBuf| p.file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
-    let seg = segments.iter().rev().find(|p| name_index(p) <= low).unwrap();
+    let name_index = |p: &PathBuf| {
+        p.file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let seg = segments
+        .iter()
+        .rev()
+        .find(|p| name_index(p) <= low)
+        .unwrap();
     let file = File::open(seg).unwrap();
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
@@ -378,7 +419,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn ratio_pass(dir: &Path) {
     println!();
     println!("interleaved ratios (p50 per sync; throughput ratio = raw p50 / log p50, target >= 0.90; latency ratio = log p50 / raw p50, target <= 1.10)");
-    println!("{:>8} {:>6} {:>12} {:>12} {:>10} {:>10} {:>12}", "entry", "batch", "log p50", "raw p50", "thr ratio", "lat ratio", "log MiB/s");
+    println!(
+        "{:>8} {:>6} {:>12} {:>12} {:>10} {:>10} {:>12}",
+        "entry", "batch", "log p50", "raw p50", "thr ratio", "lat ratio", "log MiB/s"
+    );
     for entry_bytes in ENTRY_SIZES {
         for batch in BATCHES {
             let bytes_per_sync = entry_bytes * batch;

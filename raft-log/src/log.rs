@@ -42,6 +42,13 @@ pub struct Options {
     /// [`LogError::EntryTooLarge`]. An entry that does not fit `segment_bytes` gets a segment
     /// of its own. Default 64 MiB.
     pub entry_bytes_max: u64,
+    /// Whether a sync also forces a hard state that differs from the previous one only in
+    /// its commit index. Default `false`: raft-core treats the persisted commit index as an
+    /// optimisation and clamps it on restart, so a sync after a commit-only change costs one
+    /// `fdatasync` (the segment) instead of two; the state write still reaches the disk with
+    /// the kernel's writeback or the next forced state write. Term, vote and snapshot changes
+    /// are always forced.
+    pub sync_commit_index: bool,
     /// Fault injection for tests; `None` in production.
     #[doc(hidden)]
     pub fault_hook: Option<FaultHook>,
@@ -52,6 +59,7 @@ impl Default for Options {
         Options {
             segment_bytes: 64 << 20,
             entry_bytes_max: 64 << 20,
+            sync_commit_index: false,
             fault_hook: None,
         }
     }
@@ -62,6 +70,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("segment_bytes", &self.segment_bytes)
             .field("entry_bytes_max", &self.entry_bytes_max)
+            .field("sync_commit_index", &self.sync_commit_index)
             .field("fault_hook", &self.fault_hook.is_some())
             .finish()
     }
@@ -451,11 +460,17 @@ impl Log {
         };
         if fresh {
             preallocate(&log.shared, &log.state_file, 2 * STATE_SLOT_BYTES as u64)?;
-            log.write_state()?;
             log.shared.mark_dir_dirty();
-            log.shared.sync()?;
+            log.write_state(true)?;
         }
+        // What was read back may sit only in the page cache (the last process died before
+        // syncing it) and the node will act on it: flush it before going on.
+        log.shared.mark_state_dirty(&log.state_file);
         log.recover_segments(segment_names)?;
+        if let Some(last) = log.segments.last() {
+            log.shared.mark_dirty(&last.file);
+        }
+        log.shared.sync()?;
         Ok(log)
     }
 
@@ -644,7 +659,7 @@ impl Log {
         self.segments.len()
     }
 
-    fn write_state(&mut self) -> Result<(), LogError> {
+    fn write_state(&mut self, force: bool) -> Result<(), LogError> {
         let seq = self.state_seq + 1;
         let image =
             encode_state_slot(seq, &self.state).map_err(|bytes| LogError::StateTooLarge {
@@ -655,7 +670,7 @@ impl Log {
         let shared = &self.shared;
         let file = &self.state_file;
         shared
-            .write_state_slot(file, seq, |slot| {
+            .write_state_slot(file, seq, force, |slot| {
                 shared.fault(FaultPoint::Write)?;
                 file.file
                     .write_all_at(&image, (slot * STATE_SLOT_BYTES) as u64)
@@ -672,7 +687,13 @@ impl Log {
         if self.state == old {
             return Ok(());
         }
-        self.write_state().inspect_err(|_| self.state = old)
+        let new = &self.state;
+        let commit_only = new.snapshot == old.snapshot
+            && new.epoch == old.epoch
+            && new.hard_state.term == old.hard_state.term
+            && new.hard_state.vote == old.hard_state.vote;
+        let force = self.options.sync_commit_index || !commit_only;
+        self.write_state(force).inspect_err(|_| self.state = old)
     }
 
     /// Records the hard state; durable after the next sync. Unchanged values write nothing.

@@ -38,6 +38,8 @@ struct Dirty {
     slot_seqs: [u64; 2],
     /// The highest state sequence number known durable; its slot is never overwritten.
     durable_seq: u64,
+    /// A state write that the next sync must force to disk is pending.
+    state_pending: bool,
 }
 
 pub(crate) struct Shared {
@@ -103,16 +105,28 @@ impl Shared {
         }
     }
 
+    /// Makes the next sync flush the state file and count its slots as durable.
+    pub fn mark_state_dirty(&self, state_file: &Arc<FileRef>) {
+        let mut dirty = lock(&self.dirty);
+        dirty.state_pending = true;
+        if !dirty.files.iter().any(|f| Arc::ptr_eq(f, state_file)) {
+            dirty.files.push(state_file.clone());
+        }
+    }
+
     pub fn mark_dir_dirty(&self) {
         lock(&self.dirty).dir = true;
     }
 
     /// Writes a state slot image with `write`, choosing the slot that does not hold the
-    /// newest durable record, and remembers `seq` as that slot's content.
+    /// newest durable record, and remembers `seq` as that slot's content. With `force` the
+    /// next sync flushes the state file; without, the write reaches the disk whenever the
+    /// kernel writes it back (or with the next forced one).
     pub fn write_state_slot(
         &self,
         state_file: &Arc<FileRef>,
         seq: u64,
+        force: bool,
         write: impl FnOnce(usize) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut dirty = lock(&self.dirty);
@@ -132,8 +146,11 @@ impl Shared {
             dirty.slot_seqs[target] = 0;
             return Err(e);
         }
-        if !dirty.files.iter().any(|f| Arc::ptr_eq(f, state_file)) {
-            dirty.files.push(state_file.clone());
+        if force {
+            dirty.state_pending = true;
+            if !dirty.files.iter().any(|f| Arc::ptr_eq(f, state_file)) {
+                dirty.files.push(state_file.clone());
+            }
         }
         Ok(())
     }
@@ -146,12 +163,13 @@ impl Shared {
     pub fn sync(&self) -> Result<(), LogError> {
         let _serial = lock(&self.sync_lock);
         self.check_poisoned()?;
-        let (files, dir, seqs_before) = {
+        let (files, dir, seqs_before, state_synced) = {
             let mut dirty = lock(&self.dirty);
             (
                 std::mem::take(&mut dirty.files),
                 std::mem::take(&mut dirty.dir),
                 dirty.slot_seqs,
+                std::mem::take(&mut dirty.state_pending),
             )
         };
         if files.is_empty() && !dir {
@@ -178,6 +196,9 @@ impl Shared {
             }
         }
         let mut dirty = lock(&self.dirty);
+        // Unforced state writes are not flushed, so they must not count as durable: their
+        // slot may still be overwritten.
+        let seqs_before = if state_synced { seqs_before } else { [0, 0] };
         for (before, now) in seqs_before.into_iter().zip(dirty.slot_seqs) {
             // A slot unchanged across the flush held the same record before it began.
             if now == before && before > dirty.durable_seq {
@@ -193,7 +214,8 @@ impl Shared {
 ///
 /// Guarantee: when [`SyncHandle::sync`] returns `Ok`, every append, truncation, hard-state
 /// and snapshot update whose call on the [`Log`](crate::Log) *returned before `sync` was
-/// called* is durable (its data and the directory entries of files it created are flushed).
+/// called* is durable (for a hard state that changed only its commit index, see
+/// [`Options::sync_commit_index`](crate::Options::sync_commit_index); its data and the directory entries of files it created are flushed).
 /// Writes that run concurrently with the call may or may not be included. Syncs from several
 /// handles are serialised. A failed sync poisons the log: every later write or sync returns
 /// [`LogError::Poisoned`].

@@ -37,7 +37,7 @@ fn is_enospc(e: &LogError) -> bool {
 
 #[test]
 fn a_failed_segment_allocation_is_an_error_and_the_log_recovers() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let full = Arc::new(AtomicBool::new(false));
     let mut log = Log::open(dir.path(), options_with(FaultPoint::Allocate, full.clone())).unwrap();
     let entries: Vec<Entry> = (1..=200).map(|i| entry(i, 1, 100)).collect();
@@ -63,7 +63,7 @@ fn a_failed_segment_allocation_is_an_error_and_the_log_recovers() {
 
 #[test]
 fn a_failed_write_is_an_error_and_the_log_recovers() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let failing = Arc::new(AtomicBool::new(false));
     let mut log = Log::open(dir.path(), options_with(FaultPoint::Write, failing.clone())).unwrap();
     log.append(&[entry(1, 1, 10), entry(2, 1, 10)]).unwrap();
@@ -96,7 +96,7 @@ fn a_failed_write_is_an_error_and_the_log_recovers() {
 
 #[test]
 fn a_failed_sync_poisons_the_log_until_reopened() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let failing = Arc::new(AtomicBool::new(false));
     let mut log = Log::open(dir.path(), options_with(FaultPoint::Sync, failing.clone())).unwrap();
     log.append(&[entry(1, 1, 10)]).unwrap();
@@ -189,4 +189,51 @@ fn a_full_file_system_is_an_error_and_the_log_recovers_when_space_returns() {
     let log = Log::open(&dir, options).unwrap();
     assert_eq!(log.last_index(), last + 199);
     assert_eq!(all_entries(&log).last(), batch.last());
+}
+
+#[test]
+fn a_commit_only_hard_state_change_costs_no_extra_fdatasync() {
+    let dir = common::test_dir();
+    let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = syncs.clone();
+    let options = Options {
+        fault_hook: Some(Arc::new(move |p| {
+            if p == FaultPoint::Sync {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })),
+        ..Options::default()
+    };
+    let mut log = Log::open(dir.path(), options).unwrap();
+    log.append(&[entry(1, 1, 10)]).unwrap();
+    log.sync().unwrap();
+    let hs = |term, vote, commit| raft_core::HardState { term, vote, commit };
+    log.set_hard_state(hs(1, Some(1), 0)).unwrap();
+    log.append(&[entry(2, 1, 10)]).unwrap();
+    let before = syncs.load(Ordering::SeqCst);
+    log.sync().unwrap();
+    assert_eq!(
+        syncs.load(Ordering::SeqCst) - before,
+        2,
+        "a vote is forced: segment and state file"
+    );
+    for commit in 1..=2 {
+        log.set_hard_state(hs(1, Some(1), commit)).unwrap();
+        log.append(&[entry(2 + commit, 1, 10)]).unwrap();
+        let before = syncs.load(Ordering::SeqCst);
+        log.sync().unwrap();
+        assert_eq!(
+            syncs.load(Ordering::SeqCst) - before,
+            1,
+            "a commit-only change rides along unforced"
+        );
+    }
+    drop(log);
+    let log = Log::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(
+        log.hard_state(),
+        hs(1, Some(1), 2),
+        "a clean close keeps the unforced commit"
+    );
 }

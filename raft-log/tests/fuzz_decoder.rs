@@ -64,7 +64,7 @@ proptest! {
 
     #[test]
     fn a_last_segment_of_arbitrary_bytes_never_panics_open(tail in proptest::collection::vec(any::<u8>(), 0..600), keep in 0usize..40) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::test_dir();
         {
             let mut log = Log::open(dir.path(), common::small_options()).unwrap();
             let entries: Vec<_> = (1..=40).map(|i| common::entry(i, 1, 30)).collect();

@@ -111,7 +111,7 @@ fn options() -> Options {
 }
 
 fn run(ops: Vec<Op>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let mut log = Log::open(dir.path(), options()).unwrap();
     let mut model = MemLog::new();
     for op in ops {
@@ -178,7 +178,7 @@ fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn log_matches_memlog(ops in proptest::collection::vec(op(), 1..50)) {
         run(ops);

@@ -53,7 +53,7 @@ fn assert_prefix(log: &Log, written: &[Entry]) {
 
 #[test]
 fn every_truncation_point_of_the_tail_recovers_a_prefix() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let written = fill(dir.path(), 80, 100);
     let segments = segment_files(dir.path());
     assert!(segments.len() >= 2, "the test wants sealed segments too");
@@ -104,7 +104,7 @@ fn every_truncation_point_of_the_tail_recovers_a_prefix() {
 
 #[test]
 fn every_bit_flip_in_the_tail_gives_a_prefix_or_a_corruption_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let written = fill(dir.path(), 40, 60);
     let last = segment_files(dir.path()).last().unwrap().clone();
     let image = fs::read(&last).unwrap();
@@ -151,7 +151,7 @@ fn every_bit_flip_in_the_tail_gives_a_prefix_or_a_corruption_error() {
 
 #[test]
 fn a_bit_flip_in_a_sealed_segment_is_corruption_and_deletes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     fill(dir.path(), 80, 100);
     let segments = segment_files(dir.path());
     let sealed = segments[0].clone();
@@ -177,7 +177,7 @@ fn a_bit_flip_in_a_sealed_segment_is_corruption_and_deletes_nothing() {
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let _log = Log::open(dir.path(), small_options()).unwrap();
     assert!(matches!(
         Log::open(dir.path(), small_options()),
@@ -187,7 +187,7 @@ fn a_second_open_of_the_same_directory_is_refused() {
 
 #[test]
 fn unknown_files_are_reported_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     fill(dir.path(), 5, 10);
     let stray = dir.path().join("notes.txt");
     fs::write(&stray, b"hello").unwrap();
@@ -198,7 +198,7 @@ fn unknown_files_are_reported_and_kept() {
 
 #[test]
 fn oversized_entries_are_refused_and_big_ones_get_their_own_segment() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let options = raft_log::Options {
         segment_bytes: 4096,
         entry_bytes_max: 20_000,
@@ -232,7 +232,7 @@ fn oversized_entries_are_refused_and_big_ones_get_their_own_segment() {
 
 #[test]
 fn command_payloads_are_slices_of_the_mapping() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     fill(dir.path(), 10, 200);
     let log = Log::open(dir.path(), small_options()).unwrap();
     let command = |log: &Log| {
@@ -255,7 +255,7 @@ fn command_payloads_are_slices_of_the_mapping() {
 
 #[test]
 fn a_torn_state_slot_falls_back_to_the_previous_hard_state() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let first = HardState {
         term: 3,
         vote: Some(2),
@@ -292,7 +292,7 @@ fn a_torn_state_slot_falls_back_to_the_previous_hard_state() {
 
 #[test]
 fn unsynced_updates_never_overwrite_the_durable_slot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let mut log = Log::open(dir.path(), small_options()).unwrap();
     let durable = HardState {
         term: 7,
@@ -308,13 +308,21 @@ fn unsynced_updates_never_overwrite_the_durable_slot() {
                 .is_some_and(|d| d.1.hard_state == durable)
         })
         .unwrap();
-    for term in 8..20 {
+    for step in 0..40u64 {
+        // Unforced (commit-only) writes with syncs that force nothing of the state, so must
+        // not make their slot "durable"; then forced (term) writes without a sync.
+        let term = if step < 30 { 7 } else { step };
         log.set_hard_state(HardState {
             term,
-            vote: None,
-            commit: 0,
+            vote: Some(1),
+            commit: step + 1,
         })
         .unwrap();
+        if step % 2 == 0 && step < 30 {
+            let next = log.last_index() + 1;
+            log.append(&[common::entry(next, 1, 10)]).unwrap();
+            log.sync().unwrap();
+        }
         let now = fs::read(dir.path().join("state")).unwrap();
         let range = durable_slot * 16 * 1024..(durable_slot + 1) * 16 * 1024;
         assert_eq!(
@@ -327,7 +335,7 @@ fn unsynced_updates_never_overwrite_the_durable_slot() {
 
 #[test]
 fn compaction_deletes_whole_segments_and_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let written = fill(dir.path(), 60, 300);
     let mut log = Log::open(dir.path(), small_options()).unwrap();
     let before = log.segment_count();
@@ -348,7 +356,7 @@ fn compaction_deletes_whole_segments_and_survives_reopen() {
 
 #[test]
 fn sync_handle_syncs_from_another_thread() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::test_dir();
     let mut log = Log::open(dir.path(), small_options()).unwrap();
     let handle = log.sync_handle();
     let syncer = std::thread::spawn(move || {

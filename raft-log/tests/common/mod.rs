@@ -33,6 +33,20 @@ pub fn small_options() -> Options {
     }
 }
 
+/// A fresh directory for a test log: on `/dev/shm` (tmpfs) where there is one, because
+/// the recovery tests open logs thousands of times and every open flushes the disk; the
+/// logic under test does not depend on the file system. The crash and benchmark code use
+/// the real disk.
+pub fn test_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
 /// Every entry the log holds.
 pub fn all_entries(log: &Log) -> Vec<Entry> {
     if log.last_index() < log.first_index() {
