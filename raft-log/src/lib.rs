@@ -35,6 +35,7 @@
 mod error;
 pub mod format;
 mod log;
+mod spare;
 mod sync;
 
 pub use error::LogError;
