@@ -10,7 +10,8 @@
 //! disk hits both alike) prints the ratios the targets are stated in.
 //!
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
-//! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios).
+//! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
+//! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -51,9 +52,20 @@ fn fallocate(file: &File, bytes: u64) {
     assert_eq!(rc, 0, "posix_fallocate failed");
 }
 
-/// The baseline: the same bytes appended with `pwrite` + `fdatasync` into preallocated files
-/// of the log's segment size, a new file (and a directory fsync) whenever one fills up.
+/// How the raw baseline's file was preallocated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// One file filled with real zeroes (and synced) before timing; appends wrap around at
+    /// its end. Every write is an overwrite of written blocks: the fastest durable append.
+    Overwrite,
+    /// Fresh `posix_fallocate`d files (unwritten extents), a new one (and a directory
+    /// fsync) whenever one fills up.
+    Fallocate,
+}
+
+/// The baseline: the same bytes written with `pwrite` + `fdatasync` into a preallocated file.
 struct RawAppender {
+    mode: Raw,
     dir: PathBuf,
     dir_file: File,
     file: File,
@@ -64,11 +76,15 @@ struct RawAppender {
 }
 
 impl RawAppender {
-    fn new(dir: &Path, capacity: u64) -> RawAppender {
-        let dir = dir.join("raw");
+    fn new(dir: &Path, capacity: u64, mode: Raw) -> RawAppender {
+        let dir = dir.join(match mode {
+            Raw::Overwrite => "raw-overwrite",
+            Raw::Fallocate => "raw-fallocate",
+        });
         std::fs::create_dir_all(&dir).unwrap();
-        let (file, path) = Self::create(&dir, 0, capacity);
+        let (file, path) = Self::create(&dir, 0, capacity, mode);
         RawAppender {
+            mode,
             dir_file: File::open(&dir).unwrap(),
             dir,
             file,
@@ -79,7 +95,7 @@ impl RawAppender {
         }
     }
 
-    fn create(dir: &Path, n: u64, capacity: u64) -> (File, PathBuf) {
+    fn create(dir: &Path, n: u64, capacity: u64, mode: Raw) -> (File, PathBuf) {
         let path = dir.join(format!("raw-{n}"));
         let file = OpenOptions::new()
             .read(true)
@@ -89,20 +105,33 @@ impl RawAppender {
             .open(&path)
             .unwrap();
         fallocate(&file, capacity);
+        if mode == Raw::Overwrite {
+            let zeroes = vec![0u8; 1 << 20];
+            for at in (0..capacity).step_by(zeroes.len()) {
+                file.write_all_at(&zeroes[..(capacity - at).min(1 << 20) as usize], at)
+                    .unwrap();
+            }
+            file.sync_all().unwrap();
+        }
         (file, path)
     }
 
     fn append_sync(&mut self, bytes: &[u8]) {
         let mut rolled = false;
         if self.offset + bytes.len() as u64 > self.capacity {
-            std::fs::remove_file(&self.path).unwrap();
-            self.files += 1;
-            let (file, path) =
-                Self::create(&self.dir, self.files, self.capacity.max(bytes.len() as u64));
-            self.file = file;
-            self.path = path;
-            self.offset = 0;
-            rolled = true;
+            match self.mode {
+                Raw::Overwrite => self.offset = 0,
+                Raw::Fallocate => {
+                    std::fs::remove_file(&self.path).unwrap();
+                    self.files += 1;
+                    let (file, path) =
+                        Self::create(&self.dir, self.files, self.capacity, self.mode);
+                    self.file = file;
+                    self.path = path;
+                    self.offset = 0;
+                    rolled = true;
+                }
+            }
         }
         self.file.write_all_at(bytes, self.offset).unwrap();
         self.offset += bytes.len() as u64;
@@ -162,9 +191,21 @@ impl LogAppender {
 }
 
 fn options() -> Options {
+    let defaults = Options::default();
     Options {
         segment_bytes: SEGMENT_BYTES,
-        ..Options::default()
+        segment_zero_fill: std::env::var_os("RAFT_LOG_BENCH_NO_ZERO_FILL").is_none(),
+        ..defaults
+    }
+}
+
+/// `RAFT_LOG_BENCH_CASES=100x1,16384x1024` limits the ratio pass to those cases.
+fn case_selected(entry_bytes: usize, batch: usize) -> bool {
+    match std::env::var("RAFT_LOG_BENCH_CASES") {
+        Ok(cases) => cases
+            .split(',')
+            .any(|c| c.trim() == format!("{entry_bytes}x{batch}")),
+        Err(_) => true,
     }
 }
 
@@ -209,7 +250,7 @@ fn bench_append(c: &mut Criterion, dir: &Path) {
             });
             drop(log);
             let bytes = framed(entry_bytes, batch);
-            let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES);
+            let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Overwrite);
             group.bench_function(
                 BenchmarkId::new("raw_pwrite", format!("batch{batch}")),
                 |b| b.iter(|| raw.append_sync(&bytes)),
@@ -239,6 +280,8 @@ impl MsyncAppender {
             .open(path)
             .unwrap();
         fallocate(&file, capacity);
+        file.write_all_at(&vec![0u8; capacity as usize], 0).unwrap();
+        file.sync_all().unwrap();
         // SAFETY: a private benchmark file nobody else touches or truncates.
         let map = unsafe { memmap2::MmapOptions::new().map_mut(&file) }.unwrap();
         MsyncAppender {
@@ -269,7 +312,7 @@ fn bench_write_path(c: &mut Criterion, dir: &Path) {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         let case_dir = dir.join("write-path");
         std::fs::create_dir_all(&case_dir).unwrap();
-        let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES);
+        let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Overwrite);
         group.bench_function(BenchmarkId::new("pwrite_fdatasync", bytes.len()), |b| {
             b.iter(|| raw.append_sync(&bytes))
         });
@@ -418,52 +461,58 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Log and raw alternate round by round, so disk noise from other tenants hits both.
 fn ratio_pass(dir: &Path) {
     println!();
-    println!("interleaved ratios (p50 per sync; throughput ratio = raw p50 / log p50, target >= 0.90; latency ratio = log p50 / raw p50, target <= 1.10)");
+    println!("interleaved ratios, p50 of append+sync per round; baseline = pwrite+fdatasync of the same bytes into a zero-filled preallocated file");
+    println!("throughput ratio = raw p50 / log p50 (target >= 0.90); latency ratio = log p50 / raw p50 (target <= 1.10); raw-falloc = same into fresh fallocated files, for context");
     println!(
-        "{:>8} {:>6} {:>12} {:>12} {:>10} {:>10} {:>12}",
-        "entry", "batch", "log p50", "raw p50", "thr ratio", "lat ratio", "log MiB/s"
+        "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>11}",
+        "entry", "batch", "log p50", "raw p50", "raw-falloc", "thr ratio", "lat ratio", "log MiB/s"
     );
     for entry_bytes in ENTRY_SIZES {
         for batch in BATCHES {
+            if !case_selected(entry_bytes, batch) {
+                continue;
+            }
             let bytes_per_sync = entry_bytes * batch;
-            let rounds = (64 << 20) / bytes_per_sync.max(1);
-            let rounds = rounds.clamp(12, 300);
+            let rounds = ((64 << 20) / bytes_per_sync.max(1)).clamp(16, 300);
             let case_dir = dir.join(format!("ratio-{entry_bytes}-{batch}"));
             std::fs::create_dir_all(&case_dir).unwrap();
             let mut log = LogAppender::new(&case_dir, entry_bytes, batch);
-            let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES);
+            // The log's first segment is made on the first append: keep that out of the
+            // timed rounds, as the raw files are made before them.
+            let first = log.next_batch();
+            log.append_sync(&first);
+            let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Overwrite);
+            let mut falloc = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Fallocate);
             let bytes = framed(entry_bytes, batch);
-            let (mut log_times, mut raw_times) = (Vec::new(), Vec::new());
+            let (mut log_times, mut raw_times, mut falloc_times) =
+                (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 let entries = log.next_batch();
-                let mut time_log = || {
+                let mut order = [0, 1, 2];
+                order.rotate_left(round % 3);
+                for which in order {
                     let start = Instant::now();
-                    log.append_sync(&entries);
-                    start.elapsed()
-                };
-                let mut time_raw = || {
-                    let start = Instant::now();
-                    raw.append_sync(&bytes);
-                    start.elapsed()
-                };
-                if round % 2 == 0 {
-                    log_times.push(time_log());
-                    raw_times.push(time_raw());
-                } else {
-                    raw_times.push(time_raw());
-                    log_times.push(time_log());
+                    match which {
+                        0 => log.append_sync(&entries),
+                        1 => raw.append_sync(&bytes),
+                        _ => falloc.append_sync(&bytes),
+                    }
+                    let took = start.elapsed();
+                    [&mut log_times, &mut raw_times, &mut falloc_times][which].push(took);
                 }
             }
-            let (log_p50, raw_p50) = (median(log_times), median(raw_times));
+            let (log_p50, raw_p50, falloc_p50) =
+                (median(log_times), median(raw_times), median(falloc_times));
             let thr = raw_p50.as_secs_f64() / log_p50.as_secs_f64();
             let lat = log_p50.as_secs_f64() / raw_p50.as_secs_f64();
             let mib_s = bytes_per_sync as f64 / log_p50.as_secs_f64() / (1 << 20) as f64;
             println!(
-                "{:>7}B {:>6} {:>12?} {:>12?} {:>10.3} {:>10.3} {:>12.1}",
-                entry_bytes, batch, log_p50, raw_p50, thr, lat, mib_s
+                "{:>7}B {:>6} {:>12.1?} {:>12.1?} {:>12.1?} {:>10.3} {:>10.3} {:>11.1}",
+                entry_bytes, batch, log_p50, raw_p50, falloc_p50, thr, lat, mib_s
             );
             drop(log);
             drop(raw);
+            drop(falloc);
             std::fs::remove_dir_all(&case_dir).unwrap();
         }
     }

@@ -50,13 +50,12 @@ pub struct Options {
     /// the kernel's writeback or the next forced state write. Term, vote and snapshot changes
     /// are always forced.
     pub sync_commit_index: bool,
-    /// A new segment is filled with real zeroes (so later syncs into it only flush data)
-    /// when the append that needs it writes fewer bytes than this; bigger appends get a
-    /// `posix_fallocate`d segment, whose one-off extent conversion per sync is amortised
-    /// over the batch and whose zero-fill would double the bytes written. While small
-    /// appends go on, a background thread keeps the next segment zero-filled ahead of need.
-    /// 0 disables zero-filling. Default 256 KiB.
-    pub segment_zero_fill_below_bytes: u64,
+    /// Fill new segments with real zeroes (on a background thread, one segment ahead of
+    /// need) rather than only `posix_fallocate` them. On ext4 a write into fallocated
+    /// (unwritten) blocks makes the following `fdatasync` also journal the extent
+    /// conversion; measured here that costs more than writing the zeroes, for small and
+    /// large syncs alike (see ARCHITECTURE.md). Default `true`.
+    pub segment_zero_fill: bool,
     /// Fault injection for tests; `None` in production.
     #[doc(hidden)]
     pub fault_hook: Option<FaultHook>,
@@ -68,7 +67,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             entry_bytes_max: 64 << 20,
             sync_commit_index: false,
-            segment_zero_fill_below_bytes: 256 << 10,
+            segment_zero_fill: true,
             fault_hook: None,
         }
     }
@@ -80,10 +79,7 @@ impl std::fmt::Debug for Options {
             .field("segment_bytes", &self.segment_bytes)
             .field("entry_bytes_max", &self.entry_bytes_max)
             .field("sync_commit_index", &self.sync_commit_index)
-            .field(
-                "segment_zero_fill_below_bytes",
-                &self.segment_zero_fill_below_bytes,
-            )
+            .field("segment_zero_fill", &self.segment_zero_fill)
             .field("fault_hook", &self.fault_hook.is_some())
             .finish()
     }
@@ -832,7 +828,7 @@ impl Log {
                 }
             };
             if needs_roll {
-                self.roll(index, first_len, (buf.len() - start) as u64)?;
+                self.roll(index, first_len)?;
             }
             let seg = self.segments.last_mut().expect("rolled");
             let room = if seg.capacity > self.options.segment_bytes {
@@ -876,12 +872,7 @@ impl Log {
 
     /// Seals the active segment (durably, so a bad record in a sealed segment is always
     /// corruption) and starts a new one at `first_index` with room for `record_bytes`.
-    fn roll(
-        &mut self,
-        first_index: Index,
-        record_bytes: u64,
-        batch_bytes: u64,
-    ) -> Result<(), LogError> {
+    fn roll(&mut self, first_index: Index, record_bytes: u64) -> Result<(), LogError> {
         if self.segments.last().is_some_and(|s| s.offsets.is_empty()) {
             // An empty segment must not be sealed: recovery treats that as a gap.
             let seg = self.segments.pop().expect("checked");
@@ -903,7 +894,7 @@ impl Log {
             .max((SEGMENT_HEADER_BYTES as u64 + record_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES);
         let path = self.shared_dir().join(segment_name(first_index));
         let normal = capacity == self.options.segment_bytes;
-        let zero = normal && batch_bytes < self.options.segment_zero_fill_below_bytes;
+        let zero = normal && self.options.segment_zero_fill;
         let spare = if normal {
             self.preparer.as_ref().and_then(|p| p.take(capacity))
         } else {
