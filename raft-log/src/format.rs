@@ -106,6 +106,74 @@ pub fn encode_record(entry: &Entry, out: &mut Vec<u8>) -> Result<usize, postcard
     Ok(payload_bytes)
 }
 
+/// Command payloads at least this long are not copied into the encoding buffer: the record
+/// is written with `pwritev` straight from the entry's `Bytes` (see [`encode_record_parts`]).
+pub const VECTORED_MIN_BYTES: usize = 512;
+/// postcard's variant index of `EntryPayload::Command`.
+const COMMAND_VARIANT: u32 = 1;
+
+/// How one record was encoded by [`encode_record_parts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordParts {
+    /// Bytes appended to the buffer: the whole record, or its frame header and the payload's
+    /// prefix when `borrowed`.
+    pub head_bytes: usize,
+    /// The command's bytes follow the head, taken from the entry itself, then `pad` zeroes.
+    pub borrowed: bool,
+    pub pad: usize,
+    /// The record's size on disk, padding included.
+    pub record_bytes: usize,
+    pub payload_bytes: usize,
+}
+
+/// Like [`encode_record`], but for a large command leaves the command's bytes out of `out`:
+/// the record on disk is `out[head] ++ data ++ zeroes(pad)`. Same bytes, one copy fewer.
+pub fn encode_record_parts(
+    entry: &Entry,
+    out: &mut Vec<u8>,
+) -> Result<RecordParts, postcard::Error> {
+    let data = match &entry.payload {
+        EntryPayload::Command(data) if data.len() >= VECTORED_MIN_BYTES => data,
+        _ => {
+            let start = out.len();
+            let payload_bytes = encode_record(entry, out)?;
+            return Ok(RecordParts {
+                head_bytes: out.len() - start,
+                borrowed: false,
+                pad: 0,
+                record_bytes: out.len() - start,
+                payload_bytes,
+            });
+        }
+    };
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    let taken = std::mem::take(out);
+    // The prefix postcard writes for `Entry` before a command's bytes: index, term, variant
+    // and the bytes' length, all varints.
+    *out = postcard::to_extend(
+        &(entry.index, entry.term, COMMAND_VARIANT, data.len() as u64),
+        taken,
+    )?;
+    let prefix = start + RECORD_HEADER_BYTES..out.len();
+    let payload_bytes = prefix.len() + data.len();
+    let len = u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&out[prefix.clone()]);
+    h.update(data);
+    out[start + 4..start + 8].copy_from_slice(&h.finalize().to_le_bytes());
+    let record_bytes = record_bytes(payload_bytes);
+    Ok(RecordParts {
+        head_bytes: out.len() - start,
+        borrowed: true,
+        pad: record_bytes - RECORD_HEADER_BYTES - payload_bytes,
+        record_bytes,
+        payload_bytes,
+    })
+}
+
 fn record_crc(len: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(len);
@@ -325,6 +393,38 @@ mod tests {
             read_frame(&backing, offset, 1 << 20),
             Err(RecordError::Short)
         );
+    }
+
+    #[test]
+    fn record_parts_equal_the_whole_record() {
+        for len in [
+            0,
+            1,
+            VECTORED_MIN_BYTES - 1,
+            VECTORED_MIN_BYTES,
+            1000,
+            70_000,
+        ] {
+            for (index, term) in [(1, 0), (300, 5), (u64::MAX, u64::MAX)] {
+                let entry = Entry {
+                    index,
+                    term,
+                    payload: EntryPayload::Command(Bytes::from(vec![0xAB; len])),
+                };
+                let mut whole = Vec::new();
+                encode_record(&entry, &mut whole).unwrap();
+                let mut parts = vec![9u8; 3];
+                let p = encode_record_parts(&entry, &mut parts).unwrap();
+                let mut joined = parts[3..3 + p.head_bytes].to_vec();
+                if p.borrowed {
+                    joined.extend_from_slice(&vec![0xAB; len]);
+                    joined.extend(std::iter::repeat_n(0u8, p.pad));
+                }
+                assert_eq!(joined, whole, "len {len} index {index}");
+                assert_eq!(p.record_bytes, whole.len());
+                assert_eq!(p.borrowed, len >= VECTORED_MIN_BYTES);
+            }
+        }
     }
 
     #[test]

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::{Entry, HardState, Index, LogStore, SnapshotMeta, StorageError, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, Index, LogStore, SnapshotMeta, StorageError, Term,
+};
 use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_record, encode_state_slot, read_frame, RecordError,
-    SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STATE_SLOT_BYTES,
+    self, decode_state_slot, encode_record_parts, encode_state_slot, read_frame, RecordError,
+    RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    STATE_SLOT_BYTES,
 };
 use crate::spare::{zero_fill, Preparer, SPARE_FILE};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
@@ -142,8 +145,8 @@ pub struct Log {
     unknown_files: Vec<PathBuf>,
     /// Encoding buffer reused across appends.
     buf: Vec<u8>,
-    /// End offset in `buf` of each record encoded by the current append.
-    record_ends: Vec<usize>,
+    /// Where in `buf` each record of the current append starts, and how it was encoded.
+    records: Vec<(usize, RecordParts)>,
     /// Prepares zero-filled spare segments; started on first need.
     preparer: Option<Preparer>,
 }
@@ -245,6 +248,90 @@ fn write_at(shared: &Shared, file: &FileRef, data: &[u8], offset: u64) -> Result
         .fault(FaultPoint::Write)
         .and_then(|()| file.file.write_all_at(data, offset))
         .map_err(|e| LogError::io(&file.path, e))
+}
+
+/// The byte slices making up `records` on disk, in order: heads from `buf` (merged when
+/// adjacent), borrowed command bytes, padding.
+fn record_slices<'a>(
+    entries: &'a [Entry],
+    buf: &'a [u8],
+    records: &[(usize, RecordParts)],
+) -> Vec<&'a [u8]> {
+    static PAD: [u8; format::RECORD_ALIGN_BYTES] = [0; format::RECORD_ALIGN_BYTES];
+    let mut slices: Vec<&'a [u8]> = Vec::new();
+    let mut pending: Option<(usize, usize)> = None;
+    for (entry, &(start, parts)) in entries.iter().zip(records) {
+        let head = (start, start + parts.head_bytes);
+        pending = match pending {
+            Some((a, b)) if b == head.0 => Some((a, head.1)),
+            Some((a, b)) => {
+                slices.push(&buf[a..b]);
+                Some(head)
+            }
+            None => Some(head),
+        };
+        if parts.borrowed {
+            let EntryPayload::Command(data) = &entry.payload else {
+                unreachable!("only commands are borrowed")
+            };
+            let (a, b) = pending.take().expect("set above");
+            slices.push(&buf[a..b]);
+            slices.push(data);
+            if parts.pad > 0 {
+                slices.push(&PAD[..parts.pad]);
+            }
+        }
+    }
+    if let Some((a, b)) = pending {
+        slices.push(&buf[a..b]);
+    }
+    slices
+}
+
+/// `pwritev` of all of `slices` at `offset`, in calls of at most `IOV_MAX` slices.
+fn write_vectored_at(
+    shared: &Shared,
+    file: &FileRef,
+    slices: &[&[u8]],
+    mut offset: u64,
+) -> Result<(), LogError> {
+    const IOV_MAX: usize = 1024;
+    shared
+        .fault(FaultPoint::Write)
+        .map_err(|e| LogError::io(&file.path, e))?;
+    let mut iovs: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+    let mut rest: &mut [io::IoSlice<'_>] = &mut iovs;
+    while !rest.is_empty() {
+        let count = rest.len().min(IOV_MAX);
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| LogError::io(&file.path, io::Error::other("offset overflow")))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and the slices outlive
+        // the call.
+        let written = unsafe {
+            libc::pwritev(
+                file.file.as_raw_fd(),
+                rest.as_ptr().cast(),
+                count as libc::c_int,
+                at,
+            )
+        };
+        if written < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(LogError::io(&file.path, err));
+        }
+        if written == 0 {
+            return Err(LogError::io(
+                &file.path,
+                io::Error::from(io::ErrorKind::WriteZero),
+            ));
+        }
+        offset += written as u64;
+        io::IoSlice::advance_slices(&mut rest, written as usize);
+    }
+    Ok(())
 }
 
 fn write_zeroes(shared: &Shared, file: &FileRef, mut from: u64, to: u64) -> Result<(), LogError> {
@@ -471,7 +558,7 @@ impl Log {
             last_index: 0,
             unknown_files,
             buf: Vec::new(),
-            record_ends: Vec::new(),
+            records: Vec::new(),
             preparer: None,
         };
         if fresh {
@@ -765,7 +852,7 @@ impl Log {
         }
 
         let mut buf = std::mem::take(&mut self.buf);
-        let mut record_ends = std::mem::take(&mut self.record_ends);
+        let mut record_ends = std::mem::take(&mut self.records);
         buf.clear();
         record_ends.clear();
         let result = self
@@ -776,7 +863,7 @@ impl Log {
             buf = Vec::new();
         }
         self.buf = buf;
-        self.record_ends = record_ends;
+        self.records = record_ends;
         result
     }
 
@@ -784,25 +871,32 @@ impl Log {
         &self,
         entries: &[Entry],
         buf: &mut Vec<u8>,
-        record_ends: &mut Vec<usize>,
+        records: &mut Vec<(usize, RecordParts)>,
     ) -> Result<(), LogError> {
         for e in entries {
             let start = buf.len();
-            let payload_bytes = encode_record(e, buf).map_err(|err| {
+            let parts = encode_record_parts(e, buf).map_err(|err| {
                 LogError::Invalid(format!("entry {} does not encode: {err}", e.index))
             })?;
-            if payload_bytes as u64 > self.options.entry_bytes_max {
+            if parts.payload_bytes as u64 > self.options.entry_bytes_max {
                 return Err(LogError::EntryTooLarge {
                     index: e.index,
-                    bytes: payload_bytes as u64,
+                    bytes: parts.payload_bytes as u64,
                     entry_bytes_max: self.options.entry_bytes_max,
                 });
             }
             debug_assert!(
-                read_frame(&buf[start..], 0, payload_bytes).is_ok_and(|f| f.index == e.index),
+                {
+                    let mut whole = buf[start..start + parts.head_bytes].to_vec();
+                    if let (true, EntryPayload::Command(data)) = (parts.borrowed, &e.payload) {
+                        whole.extend_from_slice(data);
+                        whole.resize(parts.record_bytes, 0);
+                    }
+                    read_frame(&whole, 0, parts.payload_bytes).is_ok_and(|f| f.index == e.index)
+                },
                 "record fails its own CRC before being written"
             );
-            record_ends.push(buf.len());
+            records.push((start, parts));
         }
         Ok(())
     }
@@ -811,12 +905,11 @@ impl Log {
         &mut self,
         entries: &[Entry],
         buf: &[u8],
-        record_ends: &[usize],
+        records: &[(usize, RecordParts)],
     ) -> Result<(), LogError> {
         let mut done = 0;
         while done < entries.len() {
-            let start = if done == 0 { 0 } else { record_ends[done - 1] };
-            let first_len = (record_ends[done] - start) as u64;
+            let first_len = records[done].1.record_bytes as u64;
             let index = entries[done].index;
             let needs_roll = match self.segments.last() {
                 None => true,
@@ -836,30 +929,30 @@ impl Log {
             } else {
                 seg.capacity - seg.write_offset
             };
-            // Records of this batch that fit in the active segment go in one write.
+            // Records of this batch that fit in the active segment go in one vectored write.
             let mut end = done + 1;
-            while end < entries.len() && (record_ends[end] - start) as u64 <= room {
+            let mut run_bytes = first_len;
+            while end < entries.len() && run_bytes + records[end].1.record_bytes as u64 <= room {
+                run_bytes += records[end].1.record_bytes as u64;
                 end += 1;
             }
-            let bytes = &buf[start..record_ends[end - 1]];
-            if let Err(e) = write_at(&self.shared, &seg.file, bytes, seg.write_offset) {
+            let slices = record_slices(&entries[done..end], buf, &records[done..end]);
+            if let Err(e) = write_vectored_at(&self.shared, &seg.file, &slices, seg.write_offset) {
                 // Keep "zero past write_offset" true for recovery, if the disk lets us.
                 let _ = write_zeroes(
                     &self.shared,
                     &seg.file,
                     seg.write_offset,
-                    seg.write_offset + bytes.len() as u64,
+                    seg.write_offset + run_bytes,
                 );
                 return Err(e);
             }
             let mut at = seg.write_offset;
-            for i in done..end {
+            for (entry, (_, parts)) in entries[done..end].iter().zip(&records[done..end]) {
                 seg.offsets.push(at as u32);
-                let prev_end = if i == 0 { 0 } else { record_ends[i - 1] };
-                at += (record_ends[i] - prev_end) as u64;
-                let term = entries[i].term;
-                if self.term_runs.last().is_none_or(|&(_, t)| t != term) {
-                    self.term_runs.push((entries[i].index, term));
+                at += parts.record_bytes as u64;
+                if self.term_runs.last().is_none_or(|&(_, t)| t != entry.term) {
+                    self.term_runs.push((entry.index, entry.term));
                 }
             }
             seg.write_offset = at;
