@@ -11,7 +11,8 @@
 //!
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
 //! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
-//! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`.
+//! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`,
+//! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -334,12 +335,20 @@ fn open_bytes() -> u64 {
         .unwrap_or(1 << 30)
 }
 
-/// Builds a log of about `bytes` of 1 KiB entries.
+fn open_entry_bytes() -> u64 {
+    std::env::var("RAFT_LOG_BENCH_OPEN_ENTRY_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Builds a log of about `bytes` of entries of `open_entry_bytes()` (default 1 KiB).
 fn build_log(path: &Path, bytes: u64) -> u64 {
     let mut log = Log::open(path, options()).unwrap();
-    let payload = Bytes::from(vec![0x5Au8; 1024]);
+    let entry_bytes = open_entry_bytes();
+    let payload = Bytes::from(vec![0x5Au8; entry_bytes as usize]);
     let batch = 4096u64;
-    while log.last_index() * 1024 < bytes {
+    while log.last_index() * entry_bytes < bytes {
         let next = log.last_index() + 1;
         let entries: Vec<Entry> = (next..next + batch)
             .map(|index| Entry {
@@ -403,6 +412,24 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
         b.iter(|| log.entries(low, high, usize::MAX).unwrap().len())
     });
     let (file, offset, len) = range_location(&path, low, high);
+    // The decode step alone, zero-copy (command bytes sliced from the mapping) vs copying,
+    // over the same mapped records.
+    // SAFETY: read-only mapping of a file nobody modifies during the bench.
+    let map = Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+    let decode_all = |zero_copy: bool| {
+        let mut at = offset as usize;
+        let mut n = 0;
+        while at < offset as usize + len {
+            let frame = raft_log::format::read_frame(&map, at, 1 << 20).unwrap();
+            let payload = &map[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
+            let entry = raft_log::format::decode_entry(payload, zero_copy.then_some(&map)).unwrap();
+            n += entry.size_bytes();
+            at = frame.end_offset;
+        }
+        n
+    };
+    group.bench_function("decode_zero_copy_4MiB", |b| b.iter(|| decode_all(true)));
+    group.bench_function("decode_copying_4MiB", |b| b.iter(|| decode_all(false)));
     let mut buf = vec![0u8; len];
     group.bench_function("raw_pread_crc32_4MiB", |b| {
         b.iter(|| {
