@@ -19,7 +19,7 @@ use crate::format::{
     RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     STATE_SLOT_BYTES,
 };
-use crate::spare::{zero_fill, Preparer, SPARE_FILE};
+use crate::spare::{is_spare_name, zero_fill, Preparer};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
 
 const LOCK_FILE: &str = "LOCK";
@@ -469,7 +469,7 @@ impl Log {
             let name = dirent.file_name();
             match name.to_str() {
                 Some(LOCK_FILE) => {}
-                Some(SPARE_FILE) => {
+                Some(n) if is_spare_name(n) => {
                     // A spare segment being prepared when the last process stopped.
                     fs::remove_file(dirent.path()).map_err(|e| LogError::io(dirent.path(), e))?;
                 }
@@ -998,11 +998,11 @@ impl Log {
             first_index,
         }
         .encode();
-        let renamed = spare.and_then(|(spare_path, spare)| match fs::rename(&spare_path, &path) {
+        let renamed = spare.and_then(|spare| match fs::rename(&spare.path, &path) {
             Ok(()) => Some(spare.file),
             Err(e) => {
                 warn!(error = %e, "cannot rename the spare segment into place; making one inline");
-                let _ = fs::remove_file(&spare_path);
+                let _ = fs::remove_file(&spare.path);
                 None
             }
         });
@@ -1039,9 +1039,9 @@ impl Log {
         self.shared.mark_dir_dirty();
         if zero {
             let shared = &self.shared;
-            let spare_path = file.path.with_file_name(SPARE_FILE);
+            let dir = self.shared_dir();
             self.preparer
-                .get_or_insert_with(|| Preparer::new(shared.clone(), spare_path))
+                .get_or_insert_with(|| Preparer::new(shared.clone(), dir))
                 .request(capacity);
         }
         self.segments.push(Segment {

@@ -16,12 +16,22 @@ use tracing::warn;
 use crate::error::LogError;
 use crate::sync::{FaultPoint, FileRef, Shared};
 
-/// Name of the spare segment file while it waits to be renamed into place.
-pub const SPARE_FILE: &str = "spare.tmp";
+/// Spare segment files are named `spare-{n}.tmp` while they wait to be renamed into place;
+/// every preparation uses a new name, so a file being prepared is never one handed out.
+pub const SPARE_PREFIX: &str = "spare-";
+pub const SPARE_SUFFIX: &str = ".tmp";
+
+/// Whether `name` is a spare segment file's.
+pub fn is_spare_name(name: &str) -> bool {
+    name.strip_prefix(SPARE_PREFIX)
+        .and_then(|rest| rest.strip_suffix(SPARE_SUFFIX))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
-/// A zero-filled, synced file of `capacity` bytes, ready to become a segment.
+/// A zero-filled, synced file of `capacity` bytes at `path`, ready to become a segment.
 pub struct Spare {
+    pub path: PathBuf,
     pub file: File,
     pub capacity: u64,
 }
@@ -30,6 +40,8 @@ pub struct Spare {
 struct State {
     /// Capacity of the spare asked for, if one is wanted.
     wanted: Option<u64>,
+    /// A spare is being prepared.
+    busy: bool,
     spare: Option<Spare>,
     stop: bool,
 }
@@ -47,7 +59,6 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 pub struct Preparer {
     inner: Arc<Inner>,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
 }
 
 /// Creates `file` with `capacity` bytes of real zeroes and syncs it. `stop` is polled
@@ -83,25 +94,21 @@ pub fn zero_fill(
 }
 
 impl Preparer {
-    pub fn new(shared: Arc<Shared>, path: PathBuf) -> Preparer {
+    /// Starts the thread, which makes spares in `dir`.
+    pub fn new(shared: Arc<Shared>, dir: PathBuf) -> Preparer {
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
         let thread_inner = inner.clone();
-        let thread_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-spare".into())
-            .spawn(move || run(&thread_inner, &shared, thread_path))
+            .spawn(move || run(&thread_inner, &shared, dir))
             .ok();
         if thread.is_none() {
             warn!("cannot start the spare-segment thread; segments will be zero-filled inline");
         }
-        Preparer {
-            inner,
-            thread,
-            path,
-        }
+        Preparer { inner, thread }
     }
 
     /// Asks for a spare of `capacity` bytes to be prepared in the background.
@@ -110,7 +117,8 @@ impl Preparer {
             return;
         }
         let mut state = lock(&self.inner.state);
-        if state.spare.as_ref().is_some_and(|s| s.capacity == capacity) {
+        // One spare at a time: one ready or in the making is enough.
+        if state.spare.is_some() || state.busy {
             return;
         }
         state.wanted = Some(capacity);
@@ -118,10 +126,10 @@ impl Preparer {
     }
 
     /// The prepared spare, if it is ready and of the right size; never waits.
-    pub fn take(&self, capacity: u64) -> Option<(PathBuf, Spare)> {
+    pub fn take(&self, capacity: u64) -> Option<Spare> {
         let mut state = lock(&self.inner.state);
         match state.spare.take() {
-            Some(spare) if spare.capacity == capacity => Some((self.path.clone(), spare)),
+            Some(spare) if spare.capacity == capacity => Some(spare),
             other => {
                 state.spare = other;
                 None
@@ -130,8 +138,8 @@ impl Preparer {
     }
 }
 
-fn run(inner: &Inner, shared: &Shared, path: PathBuf) {
-    loop {
+fn run(inner: &Inner, shared: &Shared, dir: PathBuf) {
+    for n in 0u64.. {
         let capacity = {
             let mut state = lock(&inner.state);
             loop {
@@ -139,13 +147,14 @@ fn run(inner: &Inner, shared: &Shared, path: PathBuf) {
                     return;
                 }
                 if let Some(capacity) = state.wanted.take() {
+                    state.busy = true;
                     break capacity;
                 }
                 state = inner.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
         let stop = || lock(&inner.state).stop;
-        let _ = fs::remove_file(&path);
+        let path = dir.join(format!("{SPARE_PREFIX}{n}{SPARE_SUFFIX}"));
         let made = OpenOptions::new()
             .read(true)
             .write(true)
@@ -159,11 +168,22 @@ fn run(inner: &Inner, shared: &Shared, path: PathBuf) {
                 };
                 zero_fill(shared, &file, capacity, &stop).map(|()| file.file)
             });
+        let mut state = lock(&inner.state);
+        state.busy = false;
         match made {
-            Ok(file) => lock(&inner.state).spare = Some(Spare { file, capacity }),
+            Ok(file) if state.spare.is_none() && !state.stop => {
+                state.spare = Some(Spare {
+                    path,
+                    file,
+                    capacity,
+                })
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&path);
+            }
             Err(e) => {
                 let _ = fs::remove_file(&path);
-                if !stop() {
+                if !state.stop {
                     warn!(error = %e, "preparing a spare segment failed; the next one is made inline");
                 }
             }

@@ -392,12 +392,33 @@ fn spare_segments_are_used_and_a_leftover_spare_is_cleaned_up() {
     assert!(log.segment_count() > 3);
     drop(log);
     // A spare left behind (the thread's work, or a crash in the middle of it) is ours.
-    fs::write(dir.path().join("spare.tmp"), b"half made").unwrap();
+    fs::write(dir.path().join("spare-7.tmp"), b"half made").unwrap();
     let log = Log::open(dir.path(), small_options()).unwrap();
     assert!(log.unknown_files().is_empty());
-    assert!(!dir.path().join("spare.tmp").exists());
+    assert!(!dir.path().join("spare-7.tmp").exists());
     assert_eq!(all_entries(&log).len(), 200);
     for seg in segment_files(dir.path()) {
         assert_eq!(fs::metadata(&seg).unwrap().len(), 4096, "{}", seg.display());
     }
+}
+
+#[test]
+fn many_fast_rolls_keep_every_segment_named_by_its_header() {
+    // Rolls faster than the spare thread can keep up with, then a check of every file.
+    let dir = common::test_dir();
+    let written: Vec<Entry> = (1..=1500).map(|i| entry(i, 1, 1500)).collect();
+    let mut log = Log::open(dir.path(), small_options()).unwrap();
+    for batch in written.chunks(3) {
+        log.append(batch).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    for seg in segment_files(dir.path()) {
+        let image = fs::read(&seg).unwrap();
+        let header = raft_log::format::SegmentHeader::decode(&image).unwrap();
+        let name: u64 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(header.first_index, name, "{}", seg.display());
+    }
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert!(all_entries(&log) == written);
 }
