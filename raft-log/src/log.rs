@@ -757,6 +757,14 @@ impl Log {
         &self.options
     }
 
+    /// Whether the background thread is idle (the next spare segment is ready, or none is
+    /// needed). For benchmarks that want to time the steady state apart from the one-off
+    /// zero-filling of the next segment.
+    #[doc(hidden)]
+    pub fn spare_idle(&self) -> bool {
+        self.preparer.as_ref().is_none_or(Preparer::idle)
+    }
+
     /// Number of segment files held.
     pub fn segment_count(&self) -> usize {
         self.segments.len()

@@ -125,6 +125,12 @@ impl Preparer {
         self.inner.wake.notify_all();
     }
 
+    /// Whether no spare is wanted or being made (one is ready, or none was asked for).
+    pub fn idle(&self) -> bool {
+        let state = lock(&self.inner.state);
+        state.wanted.is_none() && !state.busy
+    }
+
     /// The prepared spare, if it is ready and of the right size; never waits.
     pub fn take(&self, capacity: u64) -> Option<Spare> {
         let mut state = lock(&self.inner.state);

@@ -92,3 +92,46 @@ proptest! {
         }
     }
 }
+
+fn arb_entry() -> impl Strategy<Value = raft_core::Entry> {
+    use raft_core::{Entry, EntryPayload, Membership};
+    let payload = prop_oneof![
+        Just(EntryPayload::Noop),
+        proptest::collection::vec(any::<u8>(), 0..2000)
+            .prop_map(|d| EntryPayload::Command(d.into())),
+        (
+            proptest::collection::btree_set(any::<u64>(), 0..6),
+            proptest::collection::btree_set(any::<u64>(), 0..3)
+        )
+            .prop_map(|(voters, learners)| EntryPayload::Membership(Membership {
+                voters,
+                voters_outgoing: Default::default(),
+                learners,
+            })),
+    ];
+    (any::<u64>(), any::<u64>(), payload).prop_map(|(index, term, payload)| Entry {
+        index,
+        term,
+        payload,
+    })
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    #[test]
+    fn same_bytes_as_postcard(entry in arb_entry()) {
+        let mut record = Vec::new();
+        let payload_bytes = encode_record(&entry, &mut record).unwrap();
+        let postcard = postcard::to_stdvec(&entry).unwrap();
+        prop_assert_eq!(&record[8..8 + payload_bytes], &postcard[..]);
+        let mut parts = Vec::new();
+        let p = raft_log::format::encode_record_parts(&entry, &mut parts).unwrap();
+        if p.borrowed {
+            let raft_core::EntryPayload::Command(data) = &entry.payload else { unreachable!() };
+            parts.extend_from_slice(data);
+            parts.resize(p.record_bytes, 0);
+        }
+        prop_assert_eq!(parts, record);
+    }
+}
