@@ -1024,7 +1024,12 @@ impl Log {
                     .open(&path)
                     .map_err(|e| LogError::io(&path, e))?;
                 let file = Arc::new(FileRef { path, file });
-                let prepared = if zero {
+                // Zero-filling inline stalls the append for a whole segment's worth of
+                // writes: do it only for the first segment a log opens (when nothing can
+                // have been prepared yet). Later, a spare that is not ready means the log
+                // fills segments faster than they can be zeroed, and the extent conversion
+                // of a fallocated one costs less than that stall.
+                let prepared = if zero && self.preparer.is_none() {
                     zero_fill(&self.shared, &file, capacity, &|| false)
                 } else {
                     preallocate(&self.shared, &file, capacity)
