@@ -10,13 +10,19 @@
 //!   (magic, version, CRC, epoch, first index) is followed by 8-byte aligned records
 //!   `len u32 | crc32(len ‖ payload) u32 | payload | zero padding`, the payload being the
 //!   postcard encoding of a [`raft_core::Entry`]. Everything after the last record is zero.
+//!   Segments are filled with real zeroes (see [`Options::segment_zero_fill`]) by a
+//!   background thread one segment ahead of need, as `spare-{n}.tmp`, then renamed in place.
 //!
 //! # Durability
-//! Appends and hard-state updates are positioned writes (`pwrite`) that become durable at the
-//! next [`Log::sync`] or [`SyncHandle::sync`] (group commit: one `fdatasync` per dirty file,
-//! normally one). Truncation, compaction and snapshot install sync before they return,
-//! because what they remove must never come back after a crash. Sealed segments are synced
-//! when the next segment is started, so a bad record in a sealed segment is corruption.
+//! Appends and hard-state updates are positioned writes (`pwritev`; large commands go
+//! straight from their `Bytes`) that become durable at the next [`Log::sync`] or
+//! [`SyncHandle::sync`] (group commit: one `fdatasync` per dirty file, normally only the
+//! active segment; a hard state that changed only its commit index is not forced, see
+//! [`Options::sync_commit_index`]). Truncation, compaction and snapshot install sync before
+//! they return, because what they remove must never come back after a crash. Sealed
+//! segments are synced when the next segment is started, so a bad record in a sealed segment
+//! is corruption. Open flushes what it recovered, since it may have been read back from the
+//! page cache of a process that died before syncing it.
 //!
 //! # Recovery
 //! Only the tail of the last segment may be torn: a zero, short or CRC-bad record there with
@@ -26,7 +32,7 @@
 //! snapshot) are removed; unknown files are reported by [`Log::unknown_files`] and kept.
 //!
 //! # Zero-copy reads
-//! A `Command` payload returned by [`LogStore::entries`] is a `Bytes` slice of the segment's
+//! A `Command` payload returned by [`LogStore::entries`](raft_core::LogStore::entries) is a `Bytes` slice of the segment's
 //! read-only mapping, not a copy. The bytes stay valid after the segment is deleted (the
 //! mapping pins the inode), but a truncated entry's bytes are overwritten in place by later
 //! appends: do not keep entries past a `truncate_suffix` (or conflicting `append`) that
