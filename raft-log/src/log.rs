@@ -1284,6 +1284,14 @@ impl LogStore for Log {
     }
 }
 
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Stop the spare thread before the lock is released, so that no other process can
+        // open the directory while it still writes there.
+        self.preparer.take();
+    }
+}
+
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
