@@ -158,7 +158,7 @@ fn sigkill_at_random_moments_loses_no_synced_entry() {
     for round in 0..KILLS {
         let mut child = spawn_child(dir.path(), rng.next());
         let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
-        let wanted = 1 + rng.next() % 20;
+        let wanted = 1 + rng.next() % 8;
         let mut line = String::new();
         let mut seen = 0;
         while seen < wanted {
