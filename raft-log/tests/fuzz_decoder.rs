@@ -97,7 +97,7 @@ fn arb_entry() -> impl Strategy<Value = raft_core::Entry> {
     use raft_core::{Entry, EntryPayload, Membership};
     let payload = prop_oneof![
         Just(EntryPayload::Noop),
-        proptest::collection::vec(any::<u8>(), 0..2000)
+        proptest::collection::vec(any::<u8>(), 0..6000)
             .prop_map(|d| EntryPayload::Command(d.into())),
         (
             proptest::collection::btree_set(any::<u64>(), 0..6),
