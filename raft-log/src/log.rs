@@ -59,6 +59,13 @@ pub struct Options {
     /// conversion; measured here that costs more than writing the zeroes, for small and
     /// large syncs alike (see ARCHITECTURE.md). Default `true`.
     pub segment_zero_fill: bool,
+    /// How open treats a bad record in the last segment that is followed by a valid one.
+    /// `false` (default): as corruption, the open fails and nothing is deleted, because a
+    /// flipped bit in synced data must not silently drop acknowledged entries. `true`: as a
+    /// torn tail, cut there (logged). A power loss in the middle of an unsynced batch can
+    /// leave such a hole when the disk wrote its pages out of order; an operator who knows
+    /// that is what happened reopens with `true`.
+    pub recovery_point_in_time: bool,
     /// Fault injection for tests; `None` in production.
     #[doc(hidden)]
     pub fault_hook: Option<FaultHook>,
@@ -71,6 +78,7 @@ impl Default for Options {
             entry_bytes_max: 64 << 20,
             sync_commit_index: false,
             segment_zero_fill: true,
+            recovery_point_in_time: false,
             fault_hook: None,
         }
     }
@@ -83,6 +91,7 @@ impl std::fmt::Debug for Options {
             .field("entry_bytes_max", &self.entry_bytes_max)
             .field("sync_commit_index", &self.sync_commit_index)
             .field("segment_zero_fill", &self.segment_zero_fill)
+            .field("recovery_point_in_time", &self.recovery_point_in_time)
             .field("fault_hook", &self.fault_hook.is_some())
             .finish()
     }
@@ -385,6 +394,7 @@ fn scan_segment(
     term_min: Term,
     is_last: bool,
     payload_bytes_max: usize,
+    point_in_time: bool,
 ) -> Result<Scan, LogError> {
     let mut offsets = Vec::new();
     let mut term_runs: Vec<(Index, Term)> = Vec::new();
@@ -427,11 +437,19 @@ fn scan_segment(
         ));
     }
     if let Some(valid) = find_valid_record(map, at + RECORD_HEADER_BYTES, next, payload_bytes_max) {
-        return Err(LogError::corrupt(
-            path,
-            at as u64,
-            format!("{reason}, followed by a valid record at byte {valid}"),
-        ));
+        if !point_in_time {
+            return Err(LogError::corrupt(
+                path,
+                at as u64,
+                format!("{reason}, followed by a valid record at byte {valid}"),
+            ));
+        }
+        warn!(
+            file = %path.display(),
+            offset = at,
+            valid_record_at = valid,
+            "bad record followed by a valid one in the last segment: cutting there (point-in-time recovery)"
+        );
     }
     warn!(
         file = %path.display(),
@@ -675,6 +693,7 @@ impl Log {
                 term_min,
                 is_last,
                 payload_bytes_max,
+                self.options.recovery_point_in_time,
             )?;
             if let Some(garbage_end) = scan.garbage_end {
                 write_zeroes(&self.shared, &file, scan.end as u64, garbage_end as u64)?;

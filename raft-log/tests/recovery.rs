@@ -422,3 +422,34 @@ fn many_fast_rolls_keep_every_segment_named_by_its_header() {
     let log = Log::open(dir.path(), small_options()).unwrap();
     assert!(all_entries(&log) == written);
 }
+
+#[test]
+fn a_hole_before_valid_records_fails_open_unless_point_in_time_recovery_is_asked() {
+    let dir = common::test_dir();
+    let written = fill(dir.path(), 80, 100);
+    let last = segment_files(dir.path()).last().unwrap().clone();
+    let mut image = fs::read(&last).unwrap();
+    let ends = record_ends(&image);
+    // Zero one record in the middle of the tail, as an out-of-order page writeback might.
+    let (from, to) = (ends[ends.len() - 4], ends[ends.len() - 3]);
+    image[from..to].fill(0);
+    fs::write(&last, &image).unwrap();
+    match Log::open(dir.path(), small_options()) {
+        Err(LogError::Corrupt { path, offset, .. }) => {
+            assert_eq!((path, offset as usize), (last.clone(), from))
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert_eq!(
+        fs::read(&last).unwrap(),
+        image,
+        "a failed open changed nothing"
+    );
+    let options = raft_log::Options {
+        recovery_point_in_time: true,
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    assert_prefix(&log, &written);
+    assert_eq!(log.last_index() as usize, written.len() - 3);
+}
