@@ -453,3 +453,11 @@ fn a_hole_before_valid_records_fails_open_unless_point_in_time_recovery_is_asked
     assert_prefix(&log, &written);
     assert_eq!(log.last_index() as usize, written.len() - 3);
 }
+
+#[test]
+fn the_log_moves_between_threads_and_sync_handles_are_shared() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send::<Log>();
+    send_sync::<raft_log::SyncHandle>();
+}
