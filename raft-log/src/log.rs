@@ -343,7 +343,12 @@ fn write_vectored_at(
     Ok(())
 }
 
-fn write_zeroes(shared: &Shared, file: &FileRef, mut from: u64, to: u64) -> Result<(), LogError> {
+pub(crate) fn write_zeroes(
+    shared: &Shared,
+    file: &FileRef,
+    mut from: u64,
+    to: u64,
+) -> Result<(), LogError> {
     static ZEROES: [u8; ZERO_CHUNK_BYTES] = [0; ZERO_CHUNK_BYTES];
     while from < to {
         let n = (to - from).min(ZERO_CHUNK_BYTES as u64) as usize;

@@ -69,8 +69,6 @@ pub fn zero_fill(
     capacity: u64,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), LogError> {
-    use std::os::unix::fs::FileExt;
-    static ZEROES: [u8; ZERO_CHUNK_BYTES] = [0; ZERO_CHUNK_BYTES];
     crate::log::preallocate(shared, file, capacity)?;
     let mut at = 0;
     while at < capacity {
@@ -80,12 +78,9 @@ pub fn zero_fill(
                 std::io::Error::other("log closing"),
             ));
         }
-        let n = (capacity - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        shared
-            .fault(FaultPoint::Write)
-            .and_then(|()| file.file.write_all_at(&ZEROES[..n], at))
-            .map_err(|e| LogError::io(&file.path, e))?;
-        at += n as u64;
+        let next = (at + ZERO_CHUNK_BYTES as u64).min(capacity);
+        crate::log::write_zeroes(shared, file, at, next)?;
+        at = next;
     }
     shared
         .fault(FaultPoint::Sync)
