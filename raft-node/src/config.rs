@@ -158,6 +158,21 @@ pub struct NodeConfig {
     /// handshake. The same on every node.
     #[serde(default = "default_cluster_id")]
     pub cluster_id: u64,
+    /// Where the log lives: `disk` (raft-log under `DATA_DIR/log`, the default) or `memory`
+    /// (nothing survives a restart; for experiments only).
+    #[serde(default)]
+    pub storage: StorageKind,
+}
+
+/// Where a node keeps its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// raft-log's write-ahead log under `DATA_DIR/log`.
+    #[default]
+    Disk,
+    /// In memory: a restarted node comes back empty, which is unsafe under the same ID.
+    Memory,
 }
 
 fn default_cluster_id() -> u64 {

@@ -20,5 +20,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod store_log;
 pub mod transport;
 pub mod transport_net;

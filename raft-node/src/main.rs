@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, NodeStatus};
-use raft_node::config::{ConfigError, NodeConfig, PeerConfig};
+use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
 use raft_node::node::RunningNode;
 use raft_node::runtime::RuntimeConfig;
 
@@ -122,6 +122,10 @@ struct RunArgs {
     /// (`raft-node admin add-learner`, then `promote`).
     #[arg(long)]
     join: bool,
+    /// Where the log lives: disk (raft-log under DATA_DIR/log) or memory (lost on restart;
+    /// for experiments only) [default: disk].
+    #[arg(long, value_enum)]
+    storage: Option<StorageKind>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +145,9 @@ struct DevArgs {
     /// Node N's HTTP port is this plus N.
     #[arg(long, default_value_t = 8080)]
     http_port_base: u16,
+    /// Where the nodes keep their logs.
+    #[arg(long, value_enum, default_value_t = StorageKind::Disk)]
+    storage: StorageKind,
     /// Delete the data folder first and start a new cluster (otherwise a previous dev
     /// cluster's data is reused).
     #[arg(long)]
@@ -180,6 +187,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
                 initial_voters: None,
                 join: false,
                 cluster_id: 1,
+                storage: StorageKind::Disk,
             }
         }
     };
@@ -216,6 +224,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         cfg.initial_voters = Some(args.initial_voters);
     }
     cfg.join |= args.join;
+    cfg.storage = args.storage.unwrap_or(cfg.storage);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -309,6 +318,7 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
             initial_voters: None,
             join: false,
             cluster_id: 1,
+            storage: args.storage,
         };
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),

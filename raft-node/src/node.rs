@@ -17,12 +17,13 @@ use raft_snapshot::{
     restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig, StateMachine,
 };
 
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::{self, NodeHandle, RuntimeParts};
 use crate::store::NodeStore;
+use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
 use crate::{http, server};
@@ -216,13 +217,21 @@ impl RunningNode {
             metrics,
             shutdown: shutdown_rx.clone(),
         };
-        // Storage seam: the in-memory log until raft-log is wired (see `store`). A fresh
-        // cluster starts from a snapshot-like configuration entry naming the initial voters.
-        let store = MemLog::with_snapshot(SnapshotMeta {
-            membership: Membership::new_voters(config.bootstrap_voters()),
-            ..Default::default()
-        });
-        let (handle, runtime_task) = spawn_runtime(&config, store, parts)?;
+        // A fresh cluster starts from a snapshot-like configuration naming the initial voters.
+        let voters = config.bootstrap_voters();
+        let (handle, runtime_task) = match config.storage {
+            StorageKind::Disk => {
+                let log = open_log(&config.data_dir.join("log"), voters)?;
+                spawn_runtime(&config, log, parts)?
+            }
+            StorageKind::Memory => {
+                let log = MemLog::with_snapshot(SnapshotMeta {
+                    membership: Membership::new_voters(voters),
+                    ..Default::default()
+                });
+                spawn_runtime(&config, log, parts)?
+            }
+        };
 
         let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
         forward_addrs.sort();

@@ -419,6 +419,48 @@ fn minority_refuses_reads_and_writes() {
 }
 
 #[test]
+fn killed_leader_restarts_from_its_disk_and_catches_up() {
+    let mut cluster = Cluster::start(3);
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let client = cluster.client();
+        for i in 0..20 {
+            client.set(format!("a{i}"), format!("{i}")).await.unwrap();
+        }
+        cluster.kill(leader);
+        for i in 20..40 {
+            client.set(format!("a{i}"), format!("{i}")).await.unwrap();
+        }
+        let target = client.status().await.unwrap().commit_index;
+        cluster.spawn(leader);
+        let probe = cluster.node_client(leader, 1_000);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = probe.status().await {
+                if s.applied_index >= target {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restarted node did not catch up\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in [0, 19, 39] {
+            let v = probe.get_stale(format!("a{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(i.to_string().as_bytes()), "a{i}");
+        }
+        let log = std::fs::read_to_string(cluster.log_path(leader)).unwrap();
+        assert!(
+            !log.contains("installed a snapshot"),
+            "caught up from its own log: {log}"
+        );
+    });
+}
+
+#[test]
 fn wiped_follower_rejoins_through_a_snapshot() {
     let mut cluster = Cluster::start_with(3, &["--snapshot-entries-max", "20"]);
     runtime().block_on(async {

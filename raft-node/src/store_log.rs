@@ -1,0 +1,64 @@
+//! raft-log's disk WAL behind the storage seam.
+
+use std::io;
+use std::path::Path;
+
+use raft_core::{Entry, HardState, LogStore, Membership, NodeId, SnapshotMeta};
+use raft_log::{Log, Options};
+
+use crate::config::ConfigError;
+use crate::store::{NodeStore, SyncJob};
+
+impl NodeStore for Log {
+    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
+        self.append(entries).map_err(io::Error::other)
+    }
+
+    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        self.set_hard_state(hard_state).map_err(io::Error::other)
+    }
+
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()> {
+        self.install_snapshot(meta).map_err(io::Error::other)
+    }
+
+    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()> {
+        self.compact(meta).map_err(io::Error::other)
+    }
+
+    fn sync_job(&mut self) -> SyncJob {
+        // The handle syncs every write issued before it runs (group commit), on the sync
+        // thread, while the runtime goes on appending.
+        let handle = self.sync_handle();
+        Box::new(move || handle.sync().map_err(io::Error::other))
+    }
+
+    fn describe(&self) -> String {
+        format!("raft-log, {} segments", self.segment_count())
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
+
+/// Opens (or creates) the log in `dir`. A brand-new log of a bootstrapping node records the
+/// initial voters as its snapshot-0 membership, like `MemLog::with_snapshot`; a joining node
+/// (`voters` empty) starts with none and waits to be added.
+pub fn open_log(dir: &Path, voters: Vec<NodeId>) -> Result<Log, ConfigError> {
+    let field = |m: String| ConfigError::new("data_dir", m);
+    let mut log = Log::open(dir, Options::default())
+        .map_err(|e| field(format!("opening the log in {}: {e}", dir.display())))?;
+    let fresh = log.last_index() == 0
+        && log.hard_state() == HardState::default()
+        && log.snapshot_meta().membership == Membership::default();
+    if fresh && !voters.is_empty() {
+        log.install_snapshot(SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: Membership::new_voters(voters),
+        })
+        .map_err(|e| field(format!("bootstrapping the log: {e}")))?;
+    }
+    Ok(log)
+}
