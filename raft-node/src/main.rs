@@ -13,7 +13,13 @@ use raft_node::runtime::RuntimeConfig;
 /// A replicated key-value store on Raft, served over RESP (any Redis client), a native
 /// protocol (raft-client) and HTTP.
 #[derive(Parser, Debug)]
-#[command(name = "raft-node", version, about, long_about = None)]
+#[command(
+    name = "raft-node",
+    version,
+    about = "A replicated key-value store on Raft, served over RESP (any Redis client), a native \
+             protocol (raft-client) and HTTP. Try `raft-node dev`.",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -126,6 +132,10 @@ struct RunArgs {
     /// for experiments only) [default: disk].
     #[arg(long, value_enum)]
     storage: Option<StorageKind>,
+    /// Identifies the cluster on the wire; peers with another ID are refused. The same on
+    /// every node [default: 1].
+    #[arg(long)]
+    cluster_id: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,6 +235,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     }
     cfg.join |= args.join;
     cfg.storage = args.storage.unwrap_or(cfg.storage);
+    cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
     cfg.validate()?;
     Ok(cfg)
 }

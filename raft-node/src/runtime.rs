@@ -921,7 +921,8 @@ impl<S: NodeStore> Runtime<S> {
     fn observe(&mut self) {
         let role = self.raw.role();
         if role != self.last_role {
-            if role == Role::Candidate || role == Role::PreCandidate {
+            // A pre-vote round that fails leaves the term alone; only real elections count.
+            if role == Role::Candidate {
                 Metrics::add(&self.metrics.elections, 1);
             }
             tracing::info!(

@@ -3,11 +3,10 @@
 //!
 //! Writes happen on the runtime task (they only reach the OS page cache or memory); the
 //! durability barrier is a [`SyncJob`] the runtime runs on its sync thread, off the task that
-//! owns the protocol. `raft_core::MemLog` implements it today (nothing is durable: a node
-//! that restarts comes back empty, so restarting a killed node under the same ID is unsafe
-//! until the disk log is wired). raft-log's `Log` plugs in here by implementing the same
-//! trait with its `append`/`set_hard_state`/`install_snapshot`/`compact` and a sync job
-//! built from its `SyncHandle`.
+//! owns the protocol. raft-log's `Log` implements it in [`crate::store_log`] (the default,
+//! `storage = "disk"`); `raft_core::MemLog` implements it below for `storage = "memory"`,
+//! where nothing is durable and a restarted node comes back empty (unsafe under the same ID:
+//! it may vote twice in a term).
 
 use std::io;
 
