@@ -536,11 +536,21 @@ impl Client {
                     refusal: Some(e),
                 }
             }
-            Response::Error(e @ (NodeError::Busy | NodeError::Unavailable(_))) => Attempt::Retry {
+            Response::Error(e @ NodeError::Busy) => Attempt::Retry {
                 reason: e.to_string(),
                 backoff: true,
                 refusal: Some(e),
             },
+            Response::Error(e @ NodeError::Unavailable(_)) => {
+                // That node may be the one cut off (or removed): another may know a leader.
+                inner.conn = None;
+                self.rotate(inner);
+                Attempt::Retry {
+                    reason: e.to_string(),
+                    backoff: true,
+                    refusal: Some(e),
+                }
+            }
             Response::Error(NodeError::ShuttingDown) => {
                 inner.conn = None;
                 self.rotate(inner);

@@ -872,7 +872,10 @@ impl<S: NodeStore> Runtime<S> {
                 // between writing the file and compacting): those entries are in it already.
                 EntryPayload::Command(_) if entry.index <= self.sm.applied_index() => None,
                 EntryPayload::Command(data) => Some(self.sm.apply(entry.index, data)),
-                EntryPayload::Noop | EntryPayload::Membership(_) => None,
+                EntryPayload::Noop | EntryPayload::Membership(_) => {
+                    self.sm.skip_to(entry.index);
+                    None
+                }
             };
             if let Some(p) = self.pending_writes.remove(&entry.index) {
                 match response {
