@@ -306,6 +306,30 @@ impl Client {
         }
     }
 
+    /// MGET, linearizable: one value per key, in order.
+    pub async fn mget(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>, ClientError> {
+        match self.kv(KvCommand::MGet { keys }).await? {
+            KvResponse::Values(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// EXISTS, linearizable: how many of `keys` exist.
+    pub async fn exists(&self, keys: Vec<Bytes>) -> Result<i64, ClientError> {
+        match self.kv(KvCommand::Exists { keys }).await? {
+            KvResponse::Int(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// MSET: sets every pair in one log entry.
+    pub async fn mset(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), ClientError> {
+        match self.kv(KvCommand::MSet { pairs }).await? {
+            KvResponse::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// DEL: how many of `keys` existed.
     pub async fn del(&self, keys: Vec<Bytes>) -> Result<i64, ClientError> {
         match self.kv(KvCommand::Del { keys }).await? {

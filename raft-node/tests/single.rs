@@ -54,6 +54,31 @@ async fn malformed_frames_close_only_their_connection() {
     client.set("k", "w").await.unwrap();
     let other = Client::new(ClientConfig::new([addr.to_string()]));
     assert_eq!(other.get("k").await.unwrap().as_deref(), Some(&b"w"[..]));
+    // The typed helpers, end to end.
+    other
+        .mset(vec![("a".into(), "1".into()), ("b".into(), "2".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.mget(vec!["a".into(), "zz".into()]).await.unwrap(),
+        vec![Some("1".into()), None]
+    );
+    assert_eq!(
+        other
+            .exists(vec!["a".into(), "b".into(), "c".into()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(other.incr_by("a", 41).await.unwrap(), 42);
+    assert_eq!(
+        other
+            .compare_and_set("b", Some("2".into()), Some("3".into()))
+            .await
+            .unwrap(),
+        (true, Some("3".into()))
+    );
+    assert_eq!(other.del(vec!["a".into(), "c".into()]).await.unwrap(), 1);
     node.shutdown().await;
 }
 
