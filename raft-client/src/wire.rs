@@ -93,7 +93,17 @@ pub enum KvCommand {
         /// The value to store.
         new: Option<Bytes>,
     },
+    /// Several write commands applied in order in one log entry (a RESP pipeline's run of
+    /// writes): one entry instead of many, the same result as applying them one by one.
+    /// At most [`BATCH_COMMANDS_MAX`]; no nested batches.
+    Batch {
+        /// The commands, in order.
+        commands: Vec<KvCommand>,
+    },
 }
+
+/// Commands in one [`KvCommand::Batch`] at most.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
 
 impl KvCommand {
     /// Whether the command only reads, so that it can be served by ReadIndex instead of the log.
@@ -135,6 +145,8 @@ pub enum KvResponse {
         /// The key's value after the command.
         current: Option<Bytes>,
     },
+    /// A batch's answers, one per command, in order.
+    Batch(Vec<KvResponse>),
     /// The command was applied (or refused) deterministically with an error.
     Error(KvError),
 }

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvError, KvResponse, LogCommand, Session};
+use raft_client::wire::{KvCommand, KvError, KvResponse, LogCommand, Session, BATCH_COMMANDS_MAX};
 use raft_core::Index;
 use raft_snapshot::{DigestHasher, RestoreError, SnapshotSource, StateDigest, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -201,10 +201,25 @@ fn read(map: &BTreeMap<Bytes, Bytes>, cmd: &KvCommand) -> KvResponse {
 }
 
 fn execute(map: &mut BTreeMap<Bytes, Bytes>, op: &[u8]) -> KvResponse {
-    let Some(cmd) = KvCommand::decode(op) else {
-        return KvResponse::Error(KvError::Malformed);
-    };
+    match KvCommand::decode(op) {
+        Some(KvCommand::Batch { commands }) => {
+            if commands.len() > BATCH_COMMANDS_MAX
+                || commands
+                    .iter()
+                    .any(|c| matches!(c, KvCommand::Batch { .. }))
+            {
+                return KvResponse::Error(KvError::Malformed);
+            }
+            KvResponse::Batch(commands.into_iter().map(|c| execute_one(map, c)).collect())
+        }
+        Some(cmd) => execute_one(map, cmd),
+        None => KvResponse::Error(KvError::Malformed),
+    }
+}
+
+fn execute_one(map: &mut BTreeMap<Bytes, Bytes>, cmd: KvCommand) -> KvResponse {
     match cmd {
+        KvCommand::Batch { .. } => KvResponse::Error(KvError::Malformed),
         KvCommand::Get { .. } | KvCommand::MGet { .. } | KvCommand::Exists { .. } => {
             read(map, &cmd)
         }
@@ -465,6 +480,38 @@ mod tests {
                 .encode()
             ),
             KvResponse::Error(KvError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_in_one_entry() {
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        let batch = KvCommand::Batch {
+            commands: vec![
+                KvCommand::Set {
+                    key: b("n"),
+                    value: b("5"),
+                },
+                KvCommand::IncrBy { key: b("n"), by: 2 },
+                KvCommand::Get { key: b("n") },
+                KvCommand::IncrBy { key: b("x"), by: 1 },
+            ],
+        };
+        assert_eq!(
+            sm.apply(1, &cmd(None, batch)),
+            KvResponse::Batch(vec![
+                KvResponse::Ok,
+                KvResponse::Int(7),
+                KvResponse::Value(Some(b("7"))),
+                KvResponse::Int(1),
+            ])
+        );
+        let nested = KvCommand::Batch {
+            commands: vec![KvCommand::Batch { commands: vec![] }],
+        };
+        assert_eq!(
+            sm.apply(2, &cmd(None, nested)),
+            KvResponse::Error(KvError::Malformed)
         );
     }
 

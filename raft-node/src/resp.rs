@@ -326,6 +326,7 @@ pub fn kv_reply(r: KvResponse) -> Value {
         KvResponse::Values(vs) => Value::Array(vs.into_iter().map(Value::Bulk).collect()),
         KvResponse::Int(n) => Value::Int(n),
         KvResponse::Cas { swapped, .. } => Value::Int(i64::from(swapped)),
+        KvResponse::Batch(rs) => Value::Array(rs.into_iter().map(kv_reply).collect()),
         KvResponse::Error(KvError::NotAnInteger) => {
             Value::Error("ERR value is not an integer or out of range".into())
         }

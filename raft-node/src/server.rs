@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use raft_client::wire::{
-    NodeError, Request, RequestFrame, Response, ResponseFrame, FRAME_BYTES_MAX,
+    KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame,
+    BATCH_COMMANDS_MAX, FRAME_BYTES_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +24,11 @@ use crate::runtime::{AdminOp, NodeHandle};
 /// Client connections served at once; more are accepted and closed at once.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 /// Requests of one connection being served at once (pipelining depth).
-const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Also the largest run of pipelined writes put into one batch entry.
+const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = BATCH_COMMANDS_MAX;
+/// A run of writes larger than this is proposed command by command instead of as one batch
+/// entry, which keeps forwarded frames and log entries small.
+const BATCH_BYTES_MAX: usize = 1 << 20;
 
 /// Serves the client port until `shutdown`.
 pub async fn serve(
@@ -173,6 +178,10 @@ async fn serve_resp(
                 while let Some(next) = parsed.next_if(|p| p.is_write() == kind) {
                     run.push(next);
                 }
+                if kind && run.len() > 1 && batchable(&run) {
+                    replies.extend(write_batch(&router, run, lane).await);
+                    continue;
+                }
                 let answers: Vec<Value> = run
                     .into_iter()
                     .map(|p| {
@@ -201,6 +210,40 @@ async fn serve_resp(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+fn batchable(run: &[resp::Parsed]) -> bool {
+    let mut bytes = 0;
+    for p in run {
+        let resp::Parsed::Kv(cmd, _) = p else {
+            return false;
+        };
+        bytes += cmd.encode().len();
+        if bytes > BATCH_BYTES_MAX {
+            return false;
+        }
+    }
+    true
+}
+
+/// A run of pipelined writes as one log entry: one proposal, one replication round, and the
+/// same answers as running them one by one.
+async fn write_batch(router: &Router, run: Vec<resp::Parsed>, lane: usize) -> Vec<Value> {
+    let count = run.len();
+    let commands: Vec<KvCommand> = run
+        .into_iter()
+        .filter_map(|p| match p {
+            resp::Parsed::Kv(cmd, _) => Some(cmd),
+            _ => None,
+        })
+        .collect();
+    match router.kv(KvCommand::Batch { commands }, true, lane).await {
+        Ok(KvResponse::Batch(rs)) if rs.len() == count => {
+            rs.into_iter().map(resp::kv_reply).collect()
+        }
+        Ok(other) => vec![resp::kv_reply(other); count],
+        Err(e) => vec![node_error(e); count],
     }
 }
 
