@@ -343,7 +343,45 @@ fn writes_survive_leader_kill_and_retries_apply_once() {
         );
         let kv = http_get(http, "/kv/k7").await;
         assert!(kv.ends_with("v7"), "{kv}");
+        // PUT and DELETE through every survivor (followers forward), read back from another.
+        let survivors: Vec<SocketAddr> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.http)
+            .collect();
+        let put = http_request(survivors[0], "PUT", "/kv/h%20key", "hv").await;
+        assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+        let got = http_request(survivors[1], "GET", "/kv/h%20key", "").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("hv"),
+            "{got}"
+        );
+        let stale = http_request(survivors[1], "GET", "/kv/h%20key?stale=1", "").await;
+        assert!(stale.ends_with("hv"), "{stale}");
+        let del = http_request(survivors[1], "DELETE", "/kv/h%20key", "").await;
+        assert!(del.starts_with("HTTP/1.1 200"), "{del}");
+        let gone = http_request(survivors[0], "GET", "/kv/h%20key", "").await;
+        assert!(gone.starts_with("HTTP/1.1 404"), "{gone}");
     });
+}
+
+async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("http answer in time")
+        .unwrap();
+    out
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
