@@ -17,6 +17,8 @@
 //! Requests through one [`Client`] are sent one at a time (a `seq` is acknowledged before
 //! the next is used); use several clients for concurrency.
 
+#![warn(missing_docs)]
+
 pub mod wire;
 
 use std::collections::hash_map::RandomState;

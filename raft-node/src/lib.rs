@@ -10,6 +10,8 @@
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod http;
 pub mod kv;
