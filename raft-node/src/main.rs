@@ -404,10 +404,17 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Run(args) => {
                 let cfg = build_config(*args).map_err(|e| e.to_string())?;
-                let node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
-                shutdown_signal().await;
-                node.shutdown().await;
-                Ok(())
+                let mut node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
+                tokio::select! {
+                    _ = shutdown_signal() => {
+                        node.shutdown().await;
+                        Ok(())
+                    }
+                    _ = node.failed() => {
+                        node.shutdown().await;
+                        Err("the node stopped after a storage failure (see the log)".to_string())
+                    }
+                }
             }
             Cmd::Dev(args) => dev(args).await.map_err(|e| e.to_string()),
             Cmd::Status { addr } => {

@@ -273,7 +273,15 @@ impl RunningNode {
     /// `ShuttingDown`, and releases the data directory.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.runtime_task.await;
+        if !self.runtime_task.is_finished() {
+            let _ = self.runtime_task.await;
+        }
         tracing::info!(id = self.id, "node stopped");
+    }
+
+    /// Resolves if the runtime stops on its own (a failed log write or sync): the node no
+    /// longer takes part and its process should exit rather than look alive.
+    pub async fn failed(&mut self) {
+        let _ = (&mut self.runtime_task).await;
     }
 }

@@ -351,37 +351,34 @@ impl<S: NodeStore> Runtime<S> {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Wait for any input, then take what else is queued on every channel (bounded),
+            // so that peers, clients and disk completions are all served each iteration and
+            // their work lands in one Ready.
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(done) = sync_done.recv() => {
-                    self.on_sync_done(done);
-                    for _ in 0..INPUT_BATCH_MAX {
-                        match sync_done.try_recv() {
-                            Ok(done) => self.on_sync_done(done),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(done) = sync_done.recv() => self.on_sync_done(done),
                 Some(bg) = background.recv() => self.on_background(bg),
                 _ = ticker.tick() => self.on_tick(),
-                Some(msg) = inbound.recv() => {
-                    self.on_inbound(msg);
-                    for _ in 0..INPUT_BATCH_MAX {
-                        match inbound.try_recv() {
-                            Ok(msg) => self.on_inbound(msg),
-                            Err(_) => break,
-                        }
-                    }
+                Some(msg) = inbound.recv() => self.on_inbound(msg),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+            }
+            for _ in 0..INPUT_BATCH_MAX {
+                match sync_done.try_recv() {
+                    Ok(done) => self.on_sync_done(done),
+                    Err(_) => break,
                 }
-                Some(cmd) = commands.recv() => {
-                    self.on_command(cmd);
-                    for _ in 0..INPUT_BATCH_MAX {
-                        match commands.try_recv() {
-                            Ok(cmd) => self.on_command(cmd),
-                            Err(_) => break,
-                        }
-                    }
+            }
+            for _ in 0..INPUT_BATCH_MAX {
+                match inbound.try_recv() {
+                    Ok(msg) => self.on_inbound(msg),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..INPUT_BATCH_MAX {
+                match commands.try_recv() {
+                    Ok(cmd) => self.on_command(cmd),
+                    Err(_) => break,
                 }
             }
             if self.failed {

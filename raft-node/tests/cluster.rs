@@ -16,10 +16,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 const REQUEST_TIMEOUT_MS: u64 = 1_500;
 
 fn free_addr() -> SocketAddr {
-    // Bind to port 0, remember the port, release it for the child. Another process could
-    // take it in between; on loopback in a test run that is rare enough.
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
+    free_addrs(1)[0]
+}
+
+/// `n` distinct ephemeral ports: all are held until all are chosen, so the OS cannot hand
+/// the same one out twice; then released for the children. Another process could take one
+/// in between; on loopback in a test run that is rare enough.
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr"))
+        .collect()
 }
 
 struct NodeProc {
@@ -60,8 +69,12 @@ impl Cluster {
     /// spawned until [`spawn`](Self::spawn) is called for them.
     fn start_custom(size: u64, extra: &[&str], joiners: &[u64]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_addrs(3 * size as usize);
         let addrs: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (1..=size)
-            .map(|id| (id, free_addr(), free_addr(), free_addr()))
+            .map(|id| {
+                let i = 3 * (id as usize - 1);
+                (id, ports[i], ports[i + 1], ports[i + 2])
+            })
             .collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -667,7 +680,10 @@ fn config_errors_name_the_field_and_exit_nonzero() {
     assert!(err.contains("`peer_addr`"), "{err}");
 
     // A data directory in use by a running node is refused; SIGTERM stops that node cleanly.
-    let (peer, client) = (free_addr(), free_addr());
+    let (peer, client) = {
+        let a = free_addrs(2);
+        (a[0], a[1])
+    };
     let node_args = |dir: &std::path::Path| -> Vec<String> {
         vec![
             "run".into(),
@@ -704,7 +720,10 @@ fn config_errors_name_the_field_and_exit_nonzero() {
     let second = Command::new(BIN)
         .args(["run", "--id", "1", "--data-dir"])
         .arg(dir.path())
-        .args(["--peer", &format!("1={},{}", free_addr(), free_addr())])
+        .args(["--peer", &{
+            let a = free_addrs(2);
+            format!("1={},{}", a[0], a[1])
+        }])
         .output()
         .unwrap();
     assert!(!second.status.success());

@@ -8,20 +8,21 @@ use raft_node::node::RunningNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Two distinct ephemeral ports (both held until both are chosen).
+fn two_free_addrs() -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_close_only_their_connection() {
     let dir = tempfile::tempdir().unwrap();
+    let (peer_addr, client_addr) = two_free_addrs();
     let peer = PeerConfig {
         id: 1,
-        addr: free_addr(),
-        client_addr: Some(free_addr()),
+        addr: peer_addr,
+        client_addr: Some(client_addr),
     };
     let config: NodeConfig = NodeConfig::from_toml(&format!(
         "id = 1\ndata_dir = {:?}\n[[peers]]\nid = 1\naddr = \"{}\"\nclient_addr = \"{}\"\n",
@@ -85,7 +86,7 @@ async fn malformed_frames_close_only_their_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_beyond_the_in_flight_bound_are_refused_busy() {
     let dir = tempfile::tempdir().unwrap();
-    let (peer, client) = (free_addr(), free_addr());
+    let (peer, client) = two_free_addrs();
     let config = NodeConfig::from_toml(&format!(
         "id = 1\ndata_dir = {:?}\nproposals_in_flight_max = 2\n\
          [[peers]]\nid = 1\naddr = \"{peer}\"\nclient_addr = \"{client}\"\n",
