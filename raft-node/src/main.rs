@@ -240,12 +240,27 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     Ok(cfg)
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT handlers, installed before any listener is bound: a signal that
+/// arrives while the node starts must stop it cleanly, not kill it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -282,7 +297,7 @@ fn print_status(s: &NodeStatus) {
     }
 }
 
-async fn dev(args: DevArgs) -> Result<(), ConfigError> {
+async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
     let n: u64 = args
         .nodes
         .parse()
@@ -369,7 +384,7 @@ async fn dev(args: DevArgs) -> Result<(), ConfigError> {
         println!("  curl http://{h}/status");
     }
     println!("Ctrl-C to stop.");
-    shutdown_signal().await;
+    signals.recv().await;
     println!("shutting down");
     for node in nodes {
         node.shutdown().await;
@@ -401,12 +416,20 @@ fn main() -> ExitCode {
         }
     };
     let result: Result<(), String> = rt.block_on(async move {
+        // Only the long-running commands take over Ctrl-C; `status` and `admin` keep the
+        // default (exit at once).
+        let mut signals = match cli.command {
+            Cmd::Run(_) | Cmd::Dev(_) => Some(
+                Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?,
+            ),
+            _ => None,
+        };
         match cli.command {
             Cmd::Run(args) => {
                 let cfg = build_config(*args).map_err(|e| e.to_string())?;
                 let mut node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
                 tokio::select! {
-                    _ = shutdown_signal() => {
+                    _ = signals.as_mut().expect("installed for run").recv() => {
                         node.shutdown().await;
                         Ok(())
                     }
@@ -416,7 +439,10 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Dev(args) => dev(args).await.map_err(|e| e.to_string()),
+            Cmd::Dev(args) => {
+                let signals = signals.as_mut().expect("installed for dev");
+                dev(args, signals).await.map_err(|e| e.to_string())
+            }
             Cmd::Status { addr } => {
                 let client = admin_client(addr).await;
                 let status = client.status().await.map_err(|e| e.to_string())?;
