@@ -42,8 +42,16 @@ pub fn run(ctx: &Ctx, raw: &mut RawFile, rows: &mut Vec<Row>) -> std::io::Result
         n += 1;
     }
     let fsync_p50 = us(&h, 0.5);
-    rows.push(Row::new("baseline_fdatasync_4KiB_latency_us_p50", "us", fsync_p50));
-    rows.push(Row::new("baseline_fdatasync_4KiB_latency_us_p99", "us", us(&h, 0.99)));
+    rows.push(Row::new(
+        "baseline_fdatasync_4KiB_latency_us_p50",
+        "us",
+        fsync_p50,
+    ));
+    rows.push(Row::new(
+        "baseline_fdatasync_4KiB_latency_us_p99",
+        "us",
+        us(&h, 0.99),
+    ));
 
     let h = ping_pong(ctx.scale(Duration::from_secs(3)))?;
     let rtt_p50 = us(&h, 0.5);

@@ -147,7 +147,8 @@ pub fn run(ctx: &Ctx, raw: &mut RawFile, rows: &mut Vec<Row>) -> Result<(), Stri
                             if i >= OPS_PER_ROUND_MIN && Instant::now() >= deadline {
                                 break;
                             }
-                            raw_side.time(|| raw.append_sync(&framed).map_err(|e| e.to_string()))?;
+                            raw_side
+                                .time(|| raw.append_sync(&framed).map_err(|e| e.to_string()))?;
                         }
                     }
                 }
@@ -157,8 +158,12 @@ pub fn run(ctx: &Ctx, raw: &mut RawFile, rows: &mut Vec<Row>) -> Result<(), Stri
                 (s.ops * batch as u64 * entry_bytes as u64) as f64 / s.busy.as_secs_f64() / 1e6
             };
             rows.push(
-                Row::new(format!("log_{case}_payload_MB_per_s"), "MB/s", mbps(&log_side))
-                    .vs(format!("raw_{case}_payload_MB_per_s"), mbps(&raw_side)),
+                Row::new(
+                    format!("log_{case}_payload_MB_per_s"),
+                    "MB/s",
+                    mbps(&log_side),
+                )
+                .vs(format!("raw_{case}_payload_MB_per_s"), mbps(&raw_side)),
             );
             for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
                 rows.push(

@@ -31,9 +31,17 @@ pub struct Ctx {
     /// `--quick`: the same measurements with a quarter of the time each.
     pub quick: bool,
     pub scratch: PathBuf,
+    /// `--only a,b`: run just these sections (for profiling one of them).
+    pub only: Option<Vec<String>>,
 }
 
 impl Ctx {
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+
     /// A full-run duration, shortened for `--quick`.
     pub fn scale(&self, full: Duration) -> Duration {
         if self.quick {
@@ -47,15 +55,32 @@ impl Ctx {
 /// Size of the raw baseline file: room for the largest batch (16 KiB x 1024 entries).
 const RAW_FILE_BYTES: u64 = 64 << 20;
 
+const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
+
 pub fn main(args: &[String]) -> ExitCode {
-    let quick = match args {
-        [] => false,
-        [q] if q == "--quick" => true,
-        _ => {
-            eprintln!("usage: cargo xtask bench [--quick]");
-            return ExitCode::from(2);
-        }
+    let usage = || {
+        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] (sections: {SECTIONS:?})");
+        ExitCode::from(2)
     };
+    let mut quick = false;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => match it.next() {
+                Some(list) => {
+                    let list: Vec<String> = list.split(',').map(str::to_string).collect();
+                    if list.iter().any(|s| !SECTIONS.contains(&s.as_str())) {
+                        return usage();
+                    }
+                    only = Some(list);
+                }
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
     let root = util::bench_root();
     let scratch = match util::ScratchDir::create(&root) {
         Ok(s) => s,
@@ -67,6 +92,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let ctx = Ctx {
         quick,
         scratch: scratch.path().to_owned(),
+        only,
     };
     print_machine(&ctx);
     let started = Instant::now();
@@ -97,22 +123,38 @@ pub fn main(args: &[String]) -> ExitCode {
 
 fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     let section = |name: &str| eprintln!("bench: {name}...");
-    section("baselines (disk, loopback)");
-    let mut raw = util::RawFile::create(&ctx.scratch.join("raw-baseline"), RAW_FILE_BYTES)
-        .map_err(|e| format!("raw baseline file: {e}"))?;
-    let baselines = baseline::run(ctx, &mut raw, rows).map_err(|e| format!("baselines: {e}"))?;
-    section("core: 3 RawNodes in memory");
-    core::run(ctx, rows).map_err(|e| format!("core: {e}"))?;
-    section("raft-log append+sync vs raw");
-    log::run(ctx, &mut raw, rows).map_err(|e| format!("raft-log: {e}"))?;
+    let mut raw = None;
+    if ctx.runs("baseline") || ctx.runs("log") {
+        raw = Some(
+            util::RawFile::create(&ctx.scratch.join("raw-baseline"), RAW_FILE_BYTES)
+                .map_err(|e| format!("raw baseline file: {e}"))?,
+        );
+    }
+    let mut baselines = None;
+    if let (true, Some(raw)) = (ctx.runs("baseline"), raw.as_mut()) {
+        section("baselines (disk, loopback)");
+        baselines = Some(baseline::run(ctx, raw, rows).map_err(|e| format!("baselines: {e}"))?);
+    }
+    if ctx.runs("core") {
+        section("core: 3 RawNodes in memory");
+        core::run(ctx, rows).map_err(|e| format!("core: {e}"))?;
+    }
+    if let (true, Some(raw)) = (ctx.runs("log"), raw.as_mut()) {
+        section("raft-log append+sync vs raw");
+        log::run(ctx, raw, rows).map_err(|e| format!("raft-log: {e}"))?;
+    }
     drop(raw);
-    section("raft-net vs raw TCP");
-    net::run(ctx, rows).map_err(|e| format!("raft-net: {e}"))?;
-    let target = util::bench_root()
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    rows.extend(cluster::run(&target, &baselines));
+    if ctx.runs("net") {
+        section("raft-net vs raw TCP");
+        net::run(ctx, rows).map_err(|e| format!("raft-net: {e}"))?;
+    }
+    if ctx.runs("cluster") {
+        let target = util::bench_root()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        rows.extend(cluster::run(&target, baselines.as_ref()));
+    }
     Ok(())
 }
 

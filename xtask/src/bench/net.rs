@@ -91,7 +91,9 @@ fn run_on(ctx: &Ctx, rt: &Runtime, rows: &mut Vec<Row>) -> Result<(), String> {
             return Err(e);
         }
         if dropped > 0 {
-            return Err(format!("transport dropped {dropped} messages: queue too small"));
+            return Err(format!(
+                "transport dropped {dropped} messages: queue too small"
+            ));
         }
         let label = size_label(size);
         let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64();
@@ -146,12 +148,8 @@ fn run_on(ctx: &Ctx, rt: &Runtime, rows: &mut Vec<Row>) -> Result<(), String> {
     }
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
         rows.push(
-            Row::new(
-                format!("net_heartbeat_rtt_us_{label}"),
-                "us",
-                us(&t_h, q),
-            )
-            .vs(format!("raw_tcp_rtt_64B_us_{label}"), us(&r_h, q)),
+            Row::new(format!("net_heartbeat_rtt_us_{label}"), "us", us(&t_h, q))
+                .vs(format!("raw_tcp_rtt_64B_us_{label}"), us(&r_h, q)),
         );
     }
     Ok(())

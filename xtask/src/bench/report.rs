@@ -113,7 +113,9 @@ pub fn print_table(rows: &[Row]) {
             .map_or(("-".to_string(), "-".to_string()), |(n, v)| {
                 (n.clone(), fmt_num(*v))
             });
-        let ratio = r.ratio().map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
+        let ratio = r
+            .ratio()
+            .map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
         let mut line = format!(
             "{:<name_w$}  {:>12}  {:<16}  {:<base_w$}  {:>12}  {:>7}",
             r.name, value, r.unit, bn, bv, ratio

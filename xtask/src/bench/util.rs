@@ -106,7 +106,10 @@ impl RawFile {
     }
 
     pub fn append_sync(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        assert!(bytes.len() as u64 <= self.capacity, "write larger than the file");
+        assert!(
+            bytes.len() as u64 <= self.capacity,
+            "write larger than the file"
+        );
         if self.offset + bytes.len() as u64 > self.capacity {
             self.offset = 0;
         }
