@@ -54,53 +54,89 @@ struct Flags {
 }
 
 pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    for clients in CLIENTS {
-        let duration = ctx.scale(Duration::from_secs(8));
-        let warmup = duration / 8;
-        let r = run_one(clients, workers, warmup, duration)?;
-        let commits = r.ops as f64 / r.measured.as_secs_f64();
-        let mut row = Row::new(
-            format!("core_{clients}_clients_commits_per_s"),
-            "commits/s",
-            commits,
-        );
-        if clients == 256 {
-            row = row.vs(
-                "target_core_256_clients_commits_per_s",
-                TARGET_COMMITS_PER_S_AT_256,
-            );
+    // Two runtime shapes, alternated per client count so drifting load hits both: one worker
+    // per core (what a node would run), and a single worker, where every hand-off between
+    // tasks stays on one core and no worker ever parks or is woken by another.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shapes = if cores > 1 { vec![cores, 1] } else { vec![1] };
+    for (i, clients) in CLIENTS.into_iter().enumerate() {
+        let mut order = shapes.clone();
+        if i % 2 == 1 {
+            order.reverse();
         }
-        if r.snapshots_sent > 0 || r.refused > 0 {
-            row = row.note(format!(
-                "{} snapshots sent to lagging followers, {} proposals refused",
-                r.snapshots_sent, r.refused
-            ));
+        let mut results = Vec::new();
+        for workers in order {
+            let duration = ctx.scale(Duration::from_secs(6));
+            let warmup = duration / 6;
+            results.push((workers, run_one(clients, workers, warmup, duration)?));
         }
-        rows.push(row);
-        let us = |q| r.latency.value_at_quantile(q) as f64 / 1000.0;
-        rows.push(Row::new(
-            format!("core_{clients}_clients_latency_us_p50"),
-            "us",
-            us(0.5),
-        ));
-        rows.push(Row::new(
-            format!("core_{clients}_clients_latency_us_p99"),
-            "us",
-            us(0.99),
-        ));
-        rows.push(Row::new(
-            format!("core_{clients}_clients_entries_per_append"),
-            "entries",
-            r.entries_per_append,
-        ));
+        results.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
+        for (workers, r) in results {
+            push_rows(rows, clients, workers, &r);
+        }
     }
     Ok(())
+}
+
+fn push_rows(rows: &mut Vec<Row>, clients: usize, workers: usize, r: &Outcome) {
+    let p = format!(
+        "core_{workers}worker{}_{clients}_clients",
+        if workers == 1 { "" } else { "s" }
+    );
+    let commits = r.ops as f64 / r.measured.as_secs_f64();
+    let mut row = Row::new(format!("{p}_commits_per_s"), "commits/s", commits);
+    if clients == 256 {
+        row = row.vs(
+            "target_core_256_clients_commits_per_s",
+            TARGET_COMMITS_PER_S_AT_256,
+        );
+    }
+    if r.snapshots_sent > 0 || r.refused > 0 {
+        row = row.note(format!(
+            "{} snapshots sent to lagging followers, {} proposals refused",
+            r.snapshots_sent, r.refused
+        ));
+    }
+    rows.push(row);
+    let us = |q| r.latency.value_at_quantile(q) as f64 / 1000.0;
+    rows.push(Row::new(format!("{p}_latency_us_p50"), "us", us(0.5)));
+    rows.push(Row::new(format!("{p}_latency_us_p99"), "us", us(0.99)));
+    // CPU time of the whole process per commit: unlike commits/s it does not drop when
+    // other users of this machine take our cores away.
+    if r.ops > 0 {
+        rows.push(Row::new(
+            format!("{p}_cpu_us_per_commit"),
+            "us",
+            r.cpu.as_secs_f64() * 1e6 / r.ops as f64,
+        ));
+        rows.push(Row::new(
+            format!("{p}_cpu_cores_used"),
+            "cores",
+            r.cpu.as_secs_f64() / r.measured.as_secs_f64(),
+        ));
+    }
+    rows.push(Row::new(
+        format!("{p}_entries_per_append_msg"),
+        "entries",
+        r.entries_per_append,
+    ));
+}
+
+/// User + system CPU time of this process, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 struct Outcome {
     ops: u64,
     measured: Duration,
+    cpu: Duration,
     latency: Histogram<u64>,
     snapshots_sent: u64,
     refused: u64,
@@ -223,11 +259,13 @@ fn run_one(
         }
         tokio::time::sleep(warmup).await;
         let a0 = (appends.0.load(Relaxed), appends.1.load(Relaxed));
+        let cpu0 = process_cpu();
         flags.measuring.store(true, Relaxed);
         let start = Instant::now();
         tokio::time::sleep(duration - warmup).await;
         flags.measuring.store(false, Relaxed);
         let measured = start.elapsed();
+        let cpu = process_cpu().saturating_sub(cpu0);
         let a1 = (appends.0.load(Relaxed), appends.1.load(Relaxed));
         flags.stop.store(true, Relaxed);
 
@@ -261,6 +299,7 @@ fn run_one(
         Ok(Outcome {
             ops,
             measured,
+            cpu,
             latency,
             snapshots_sent: counters.snapshots_sent.load(Relaxed),
             refused: counters.proposals_refused.load(Relaxed),
