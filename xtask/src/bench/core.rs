@@ -32,6 +32,9 @@ const COMPACT_AT: u64 = 1 << 17;
 const KEEP: u64 = 1 << 16;
 const TICK: Duration = Duration::from_millis(100);
 const OPS_PER_CLIENT_MAX: u64 = 100_000_000;
+const HOST_ROUNDS_MAX: u64 = 1 << 40;
+/// An hour of ticks: far beyond any run.
+const TICKS_MAX: u64 = 36_000;
 /// Ticks allowed for node 1 to win the bootstrap election (timeout is 10-20 ticks).
 const BOOTSTRAP_TICKS_MAX: u32 = 1000;
 
@@ -244,7 +247,10 @@ fn run_one(
             let flags = flags.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(TICK);
-                while !flags.stop.load(Relaxed) {
+                for _ in 0..TICKS_MAX {
+                    if flags.stop.load(Relaxed) {
+                        break;
+                    }
                     interval.tick().await;
                     for tx in &txs {
                         let _ = tx.send(Input::Tick);
@@ -364,7 +370,9 @@ impl Host {
     async fn run(mut self, mut rx: UnboundedReceiver<Input>) {
         let mut inbox = Vec::with_capacity(DRAIN_MAX);
         let mut out: Vec<Vec<Message>> = (0..NODES).map(|_| Vec::new()).collect();
-        loop {
+        // Ends at Stop; the count bound only guards against a lost Stop (the runtime's
+        // shutdown bounds it in time).
+        for _ in 0..HOST_ROUNDS_MAX {
             if !self.node.has_ready() && rx.recv_many(&mut inbox, DRAIN_MAX).await == 0 {
                 return;
             }

@@ -28,7 +28,7 @@ use report::Row;
 
 /// What every section needs to know about this run.
 pub struct Ctx {
-    /// `--quick`: the same measurements with a quarter of the time each.
+    /// `--quick`: the same measurements with half the time each and half the rounds.
     pub quick: bool,
     pub scratch: PathBuf,
     /// `--only a,b`: run just these sections (for profiling one of them).
@@ -45,7 +45,7 @@ impl Ctx {
     /// A full-run duration, shortened for `--quick`.
     pub fn scale(&self, full: Duration) -> Duration {
         if self.quick {
-            full / 4
+            full / 2
         } else {
             full
         }
