@@ -61,8 +61,23 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     // per core (what a node would run), and a single worker, where every hand-off between
     // tasks stays on one core and no worker ever parks or is woken by another.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let shapes = if cores > 1 { vec![cores, 1] } else { vec![1] };
-    for (i, clients) in CLIENTS.into_iter().enumerate() {
+    let mut shapes = if cores > 1 { vec![cores, 1] } else { vec![1] };
+    let mut client_counts = CLIENTS.to_vec();
+    // `XTASK_BENCH_CORE_ONLY=<workers>x<clients>` runs one configuration, to profile it
+    // (e.g. under `valgrind --tool=callgrind`) without the others mixed in.
+    if let Ok(only) = std::env::var("XTASK_BENCH_CORE_ONLY") {
+        let parsed = only
+            .split_once('x')
+            .and_then(|(w, c)| Some((w.parse().ok()?, c.parse().ok()?)));
+        let Some((w, c)) = parsed else {
+            return Err(format!(
+                "XTASK_BENCH_CORE_ONLY={only}: want <workers>x<clients>"
+            ));
+        };
+        shapes = vec![w];
+        client_counts = vec![c];
+    }
+    for (i, clients) in client_counts.into_iter().enumerate() {
         let mut order = shapes.clone();
         if i % 2 == 1 {
             order.reverse();
