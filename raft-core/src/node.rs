@@ -1398,16 +1398,19 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
-    fn maybe_commit(&mut self) {
-        let id = self.id;
-        let persisted = self.persisted_index;
-        let quorum_index = self.membership().committed_index(|peer| {
-            if peer == id {
-                persisted
+    /// The highest value a quorum has reached: this node's `own`, each follower's `of_peer`.
+    fn quorum_value(&self, own: u64, of_peer: impl Fn(&Progress) -> u64) -> u64 {
+        self.membership().committed_index(|peer| {
+            if peer == self.id {
+                own
             } else {
-                self.progress.get(&peer).map_or(0, |p| p.match_index)
+                self.progress.get(&peer).map_or(0, &of_peer)
             }
-        });
+        })
+    }
+
+    fn maybe_commit(&mut self) {
+        let quorum_index = self.quorum_value(self.persisted_index, |p| p.match_index);
         if quorum_index <= self.commit {
             return;
         }
@@ -1682,15 +1685,7 @@ impl<S: LogStore> RawNode<S> {
 
     /// Confirms the reads whose heartbeat round a quorum has answered, and extends the lease.
     fn process_read_acks(&mut self) {
-        let id = self.id;
-        let own = self.read_seq;
-        let confirmed = self.membership().committed_index(|peer| {
-            if peer == id {
-                own
-            } else {
-                self.progress.get(&peer).map_or(0, |p| p.read_seq_acked)
-            }
-        });
+        let confirmed = self.quorum_value(self.read_seq, |p| p.read_seq_acked);
         while self
             .reads_unconfirmed
             .front()

@@ -13,11 +13,15 @@ use raft_core::sim::{run_seed_caught, run_seeds, SimOptions};
 /// - 16366, 18531: a paused leader's tick clock stood still, so it served lease reads after its
 ///   lease had expired; resumed nodes now catch up on missed ticks first (and `Config::lease_read`
 ///   documents that hosts must do the same).
+/// - 50781, 80006, 87559, 94682: a leader that removed itself kept a client's write pending
+///   forever (the write committed under the next leader, but the removed node never applies
+///   it); a removed node now answers "outcome unknown" at once.
 ///
 /// The fault model has grown since some of these failed, so a seed no longer replays the exact
 /// run that failed; each still runs a full faulted history.
 const REGRESSION_SEEDS: &[u64] = &[
-    13, 159, 207, 269, 327, 511, 545, 609, 756, 822, 955, 1221, 16366, 18531,
+    13, 159, 207, 269, 327, 511, 545, 609, 756, 822, 955, 1221, 16366, 18531, 50781, 80006, 87559,
+    94682,
 ];
 
 fn threads() -> usize {

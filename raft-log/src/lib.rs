@@ -1,1 +1,49 @@
-//! Segmented, memory-mapped write-ahead log implementing `raft_core::LogStore` on disk. Not yet implemented (issue 3).
+//! A segmented, memory-mapped write-ahead log implementing [`raft_core::LogStore`] on disk.
+//!
+//! # Layout of a log directory
+//! - `LOCK`: held with `flock` while a [`Log`] is open, so two processes never share a log.
+//! - `state`: two 16 KiB slots, each `magic | crc32 | seq | len | postcard(StateRecord)`,
+//!   holding the hard state, the latest snapshot's metadata (with its membership) and the
+//!   segment epoch. Writes alternate so that the newest *durable* slot is never overwritten;
+//!   open takes the valid slot with the highest sequence number.
+//! - `{first_index:020}.seg`: preallocated segment files (default 64 MiB). A 32-byte header
+//!   (magic, version, CRC, epoch, first index) is followed by 8-byte aligned records
+//!   `len u32 | crc32(len ‖ payload) u32 | payload | zero padding`, the payload being the
+//!   postcard encoding of a [`raft_core::Entry`]. Everything after the last record is zero.
+//!   Segments are filled with real zeroes (see [`Options::segment_zero_fill`]) by a
+//!   background thread one segment ahead of need, as `spare-{n}.tmp`, then renamed in place.
+//!
+//! # Durability
+//! Appends and hard-state updates are positioned writes (`pwritev`; large commands go
+//! straight from their `Bytes`) that become durable at the next [`Log::sync`] or
+//! [`SyncHandle::sync`] (group commit: one `fdatasync` per dirty file, normally only the
+//! active segment; a hard state that changed only its commit index is not forced, see
+//! [`Options::sync_commit_index`]). Truncation, compaction and snapshot install sync before
+//! they return, because what they remove must never come back after a crash. Sealed
+//! segments are synced when the next segment is started, so a bad record in a sealed segment
+//! is corruption. Open flushes what it recovered, since it may have been read back from the
+//! page cache of a process that died before syncing it.
+//!
+//! # Recovery
+//! Only the tail of the last segment may be torn: a zero, short or CRC-bad record there with
+//! no valid record after it is cut off (logged with file and offset) and the cut region
+//! zeroed. Anything else is [`LogError::Corrupt`] with the file and byte offset, and nothing
+//! is deleted. Known-stale files (segments of an older epoch, or wholly covered by the
+//! snapshot) are removed; unknown files are reported by [`Log::unknown_files`] and kept.
+//!
+//! # Zero-copy reads
+//! A `Command` payload returned by [`LogStore::entries`](raft_core::LogStore::entries) is a `Bytes` slice of the segment's
+//! read-only mapping, not a copy. The bytes stay valid after the segment is deleted (the
+//! mapping pins the inode), but a truncated entry's bytes are overwritten in place by later
+//! appends: do not keep entries past a `truncate_suffix` (or conflicting `append`) that
+//! removes them.
+
+mod error;
+pub mod format;
+mod log;
+mod spare;
+mod sync;
+
+pub use error::LogError;
+pub use log::{Log, Options};
+pub use sync::{FaultHook, FaultPoint, SyncHandle};

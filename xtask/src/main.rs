@@ -1,6 +1,10 @@
 //! Project chores, run as `cargo xtask <task>`:
 //! - `sim`: the deterministic cluster simulation (`--seeds N`, `--first S`, `--seed X` to
-//!   replay one seed, `--steps S` fault steps per seed, `--threads T`).
+//!   replay one seed, `--steps S` fault steps per seed, `--threads T`);
+//! - `chaos`: real `raft-node` processes under faults, with a linearizability check
+//!   (`--nodes N`, `--duration 60s`, `--seed S`, `--clients C`, `--keys K`, `--no-build`).
+
+mod chaos;
 
 use std::process::ExitCode;
 
@@ -10,8 +14,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sim") => sim(&args[1..]),
+        Some("chaos") => chaos::main(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
+            eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
             ExitCode::from(2)
         }
     }

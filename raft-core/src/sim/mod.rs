@@ -320,9 +320,19 @@ struct PendingSync {
 }
 
 enum Outcome {
-    WriteOk { index: Index, term: Term },
-    ReadOk { value: Option<u64>, served: Index },
-    Failed { leader: Option<NodeId> },
+    /// The node can no longer tell (it left the cluster): the client retries elsewhere.
+    Unknown,
+    WriteOk {
+        index: Index,
+        term: Term,
+    },
+    ReadOk {
+        value: Option<u64>,
+        served: Index,
+    },
+    Failed {
+        leader: Option<NodeId>,
+    },
 }
 
 struct SimNode {
@@ -589,6 +599,23 @@ impl SimNode {
                 self.snapshot_data = data;
                 ctx.stats.snapshots_taken += 1;
             }
+        }
+        self.answer_pending_if_removed(ctx);
+    }
+
+    /// A node removed from the cluster stops receiving entries, so what it still has pending
+    /// may never be applied here: it answers "outcome unknown" at once, as a real node must,
+    /// and the client retries elsewhere with the same request.
+    fn answer_pending_if_removed(&mut self, ctx: &mut Ctx) {
+        let Some(raw) = self.raw.as_ref() else { return };
+        if raw.membership().contains(self.id) {
+            return;
+        }
+        for (_, (_, op)) in std::mem::take(&mut self.pending_writes) {
+            ctx.completions.push((op, Outcome::Unknown));
+        }
+        for (op, _) in std::mem::take(&mut self.pending_reads) {
+            ctx.completions.push((op, Outcome::Unknown));
         }
     }
 
@@ -1260,6 +1287,16 @@ impl World {
             OpKind::Read { key }
         };
         let target = self.clients[c].target;
+        if self.trace {
+            let what = match kind {
+                OpKind::Write { key, value } => format!("write {key}={value}"),
+                OpKind::Read { key } => format!("read {key}"),
+            };
+            eprintln!(
+                "{} client {c} op {op_id}: {what} at node {target}",
+                self.step
+            );
+        }
         self.clients[c].current = Some(OpInFlight {
             op_id,
             kind,
@@ -1318,6 +1355,15 @@ impl World {
         };
         let op = self.clients[c].current.take().expect("found");
         let step = self.step;
+        if self.trace {
+            let what = match &outcome {
+                Outcome::WriteOk { index, term } => format!("ok at {index}/{term}"),
+                Outcome::ReadOk { value, served } => format!("read {value:?} at {served}"),
+                Outcome::Failed { leader } => format!("failed (leader hint {leader:?})"),
+                Outcome::Unknown => "unknown".to_string(),
+            };
+            eprintln!("{step} op {op_id}: {what}");
+        }
         match (outcome, op.kind) {
             (Outcome::WriteOk { index, term }, OpKind::Write { .. }) => {
                 self.checker.on_write_acked(step, index, term, op_id);
@@ -1340,6 +1386,10 @@ impl World {
                 }
                 self.completed_max = self.completed_max.max(served);
                 self.stats.reads_ok += 1;
+            }
+            (Outcome::Unknown, _) => {
+                self.stats.ops_unknown += 1;
+                self.clients[c].target = self.random_member();
             }
             (Outcome::Failed { leader }, _) => {
                 self.stats.ops_failed += 1;

@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, Index, LogStore, Membership, Term};
+use raft_log::{Log, Options};
+
+/// A deterministic entry: the same (index, term, len) always gives the same bytes, so a
+/// rewrite with the same index and term is the same entry (Raft's log matching property).
+pub fn entry(index: Index, term: Term, len: usize) -> Entry {
+    let payload = match (index + term) % 7 {
+        0 => EntryPayload::Noop,
+        1 => EntryPayload::Membership(Membership::new_voters([1, 2, index % 5 + 3])),
+        _ => EntryPayload::Command(Bytes::from(
+            (0..len)
+                .map(|i| (index as usize * 31 + term as usize * 7 + i) as u8)
+                .collect::<Vec<u8>>(),
+        )),
+    };
+    Entry {
+        index,
+        term,
+        payload,
+    }
+}
+
+pub fn small_options() -> Options {
+    Options {
+        segment_bytes: 4096,
+        ..Options::default()
+    }
+}
+
+/// A fresh directory for a test log: on `/dev/shm` (tmpfs) where there is one, because
+/// the recovery tests open logs thousands of times and every open flushes the disk; the
+/// logic under test does not depend on the file system. The crash and benchmark code use
+/// the real disk.
+pub fn test_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Every entry the log holds.
+pub fn all_entries(log: &Log) -> Vec<Entry> {
+    if log.last_index() < log.first_index() {
+        return Vec::new();
+    }
+    log.entries(log.first_index(), log.last_index() + 1, usize::MAX)
+        .expect("read back")
+}
+
+/// Segment files in `dir`, sorted by name (so by first index).
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
