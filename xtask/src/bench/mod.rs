@@ -1,0 +1,201 @@
+//! `cargo xtask bench [--quick]`: the system measured against the hardware's limits in the
+//! same run (issue 7). Sections, in order:
+//! - [`baseline`]: fdatasync of a 4 KiB write, 64-byte TCP ping-pong, one TCP stream, and
+//!   the floor of a replicated commit (fdatasync p50 + round trip p50);
+//! - [`core`]: 3 `RawNode`s on tokio tasks, in memory, closed-loop clients;
+//! - [`log`]: raft-log append+sync beside raw pwrite+fdatasync of the same bytes;
+//! - [`net`]: raft-net throughput and round trip beside raw TCP;
+//! - [`cluster`]: the end-to-end and etcd rows, skipped until `raft-node` exists.
+//!
+//! Every figure is one [`report::Row`], printed as a table and written to
+//! `target/bench/report.json`. Scratch files live in `target/bench/tmp-<pid>` (the project's
+//! filesystem) and are removed on exit, on failure too.
+
+mod baseline;
+mod cluster;
+mod core;
+mod log;
+mod net;
+mod report;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub use baseline::Baselines;
+use report::Row;
+
+/// What every section needs to know about this run.
+pub struct Ctx {
+    /// `--quick`: the same measurements with half the time each and half the rounds.
+    pub quick: bool,
+    pub scratch: PathBuf,
+    /// `--only a,b`: run just these sections (for profiling one of them).
+    pub only: Option<Vec<String>>,
+}
+
+impl Ctx {
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+
+    /// A full-run duration, shortened for `--quick`.
+    pub fn scale(&self, full: Duration) -> Duration {
+        if self.quick {
+            full / 2
+        } else {
+            full
+        }
+    }
+}
+
+/// Size of the raw baseline file: room for the largest batch (16 KiB x 1024 entries).
+const RAW_FILE_BYTES: u64 = 64 << 20;
+
+const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
+
+pub fn main(args: &[String]) -> ExitCode {
+    let usage = || {
+        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] (sections: {SECTIONS:?})");
+        ExitCode::from(2)
+    };
+    let mut quick = false;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => match it.next() {
+                Some(list) => {
+                    let list: Vec<String> = list.split(',').map(str::to_string).collect();
+                    if list.iter().any(|s| !SECTIONS.contains(&s.as_str())) {
+                        return usage();
+                    }
+                    only = Some(list);
+                }
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let root = util::bench_root();
+    let scratch = match util::ScratchDir::create(&root) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xtask bench: cannot create {}: {e}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = Ctx {
+        quick,
+        scratch: scratch.path().to_owned(),
+        only,
+    };
+    print_machine(&ctx);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let outcome = run_all(&ctx, &mut rows);
+    drop(scratch);
+    rows.push(Row::new(
+        "bench_duration_s",
+        "s",
+        started.elapsed().as_secs_f64(),
+    ));
+    println!();
+    report::print_table(&rows);
+    let json = root.join("report.json");
+    if let Err(e) = report::write_json(&json, &rows) {
+        eprintln!("xtask bench: cannot write {}: {e}", json.display());
+        return ExitCode::FAILURE;
+    }
+    println!("\nreport: {}", json.display());
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    let section = |name: &str| eprintln!("bench: {name}...");
+    let mut raw = None;
+    if ctx.runs("baseline") || ctx.runs("log") {
+        raw = Some(
+            util::RawFile::create(&ctx.scratch.join("raw-baseline"), RAW_FILE_BYTES)
+                .map_err(|e| format!("raw baseline file: {e}"))?,
+        );
+    }
+    let mut baselines = None;
+    if let (true, Some(raw)) = (ctx.runs("baseline"), raw.as_mut()) {
+        section("baselines (disk, loopback)");
+        baselines = Some(baseline::run(ctx, raw, rows).map_err(|e| format!("baselines: {e}"))?);
+    }
+    if ctx.runs("core") {
+        section("core: 3 RawNodes in memory");
+        core::run(ctx, rows).map_err(|e| format!("core: {e}"))?;
+    }
+    if let (true, Some(raw)) = (ctx.runs("log"), raw.as_mut()) {
+        section("raft-log append+sync vs raw");
+        log::run(ctx, raw, rows).map_err(|e| format!("raft-log: {e}"))?;
+    }
+    drop(raw);
+    if ctx.runs("net") {
+        section("raft-net vs raw TCP");
+        net::run(ctx, rows).map_err(|e| format!("raft-net: {e}"))?;
+    }
+    if ctx.runs("cluster") {
+        let target = util::bench_root()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        rows.extend(cluster::run(&target, baselines.as_ref()));
+    }
+    Ok(())
+}
+
+/// The machine the figures belong to, for the README's figures section.
+fn print_machine(ctx: &Ctx) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "machine: {cores} cores, {cpu}; kernel {kernel}; scratch filesystem {}; mode {}",
+        fs_type(&ctx.scratch),
+        if ctx.quick { "--quick" } else { "full" }
+    );
+}
+
+fn fs_type(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return "unknown".into();
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed statfs for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    match st.f_type as i64 {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        other => format!("0x{other:x}"),
+    }
+}

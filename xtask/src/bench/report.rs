@@ -1,0 +1,141 @@
+//! Rows of the report: printed as one table and written to `target/bench/report.json`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// One figure. `ratio` is `value / baseline_value`, so for latencies above 1 is slower than
+/// the baseline and for throughputs below 1 is slower.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub unit: &'static str,
+    /// `None` only for a skipped measurement: a gap in the report must never look like a number.
+    pub value: Option<f64>,
+    pub baseline: Option<(String, f64)>,
+    /// Why a row is skipped, or a caveat a reader must see beside the number.
+    pub note: Option<String>,
+}
+
+impl Row {
+    pub fn new(name: impl Into<String>, unit: &'static str, value: f64) -> Row {
+        Row {
+            name: name.into(),
+            unit,
+            value: Some(value),
+            baseline: None,
+            note: None,
+        }
+    }
+
+    pub fn skipped(name: impl Into<String>, unit: &'static str, why: impl Into<String>) -> Row {
+        Row {
+            name: name.into(),
+            unit,
+            value: None,
+            baseline: None,
+            note: Some(why.into()),
+        }
+    }
+
+    pub fn vs(mut self, baseline_name: impl Into<String>, baseline_value: f64) -> Row {
+        self.baseline = Some((baseline_name.into(), baseline_value));
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Row {
+        self.note = Some(note.into());
+        self
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        match (self.value, &self.baseline) {
+            (Some(v), Some((_, b))) if *b != 0.0 && b.is_finite() => Some(v / b),
+            _ => None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "name": self.name,
+            "unit": self.unit,
+            "value": self.value,
+            "baseline_name": self.baseline.as_ref().map(|b| b.0.clone()),
+            "baseline_value": self.baseline.as_ref().map(|b| b.1),
+            "ratio": self.ratio(),
+        });
+        // Only skipped or caveated rows carry it, so scripts reading the six fixed keys are
+        // unaffected.
+        if let Some(note) = &self.note {
+            v["note"] = json!(note);
+        }
+        v
+    }
+}
+
+/// Three significant digits at any magnitude: throughputs run to millions, latencies to
+/// fractions of a microsecond, and a fixed number of decimals would lose one or the other.
+pub fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{:.0}", v)
+    } else if a >= 100.0 {
+        format!("{:.1}", v)
+    } else if a >= 10.0 {
+        format!("{:.2}", v)
+    } else {
+        format!("{:.3}", v)
+    }
+}
+
+pub fn print_table(rows: &[Row]) {
+    let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let base_w = rows
+        .iter()
+        .filter_map(|r| r.baseline.as_ref().map(|b| b.0.len()))
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:<name_w$}  {:>12}  {:<16}  {:<base_w$}  {:>12}  {:>7}",
+        "name", "value", "unit", "baseline", "base_value", "ratio"
+    );
+    println!("{}", "-".repeat(name_w + base_w + 59));
+    for r in rows {
+        let value = r.value.map_or_else(|| "skipped".to_string(), fmt_num);
+        let (bn, bv) = r
+            .baseline
+            .as_ref()
+            .map_or(("-".to_string(), "-".to_string()), |(n, v)| {
+                (n.clone(), fmt_num(*v))
+            });
+        let ratio = r
+            .ratio()
+            .map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
+        let mut line = format!(
+            "{:<name_w$}  {:>12}  {:<16}  {:<base_w$}  {:>12}  {:>7}",
+            r.name, value, r.unit, bn, bv, ratio
+        );
+        if let Some(note) = &r.note {
+            line.push_str("  # ");
+            line.push_str(note);
+        }
+        println!("{line}");
+    }
+}
+
+pub fn write_json(path: &Path, rows: &[Row]) -> std::io::Result<()> {
+    let doc = Value::Array(rows.iter().map(Row::to_json).collect());
+    // Written aside and renamed, so a script never reads a half-written report.
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut f, &doc)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
