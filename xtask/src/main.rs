@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
             eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
+            eprintln!("       cargo xtask bench [--quick]");
             ExitCode::from(2)
         }
     }
