@@ -5,7 +5,8 @@
 //! (one per direction and pair, so a link can be cut one way), runs concurrent clients doing
 //! reads, writes and compare-and-set on a few keys, and injects faults on a schedule drawn from
 //! the seed: SIGKILL and restart, SIGSTOP and SIGCONT, an isolated node, a minority/majority
-//! split, a one-way cut, a bridge, and leadership transfers. Every operation's invocation and
+//! split, a one-way cut, a bridge, lossy links (connections dropped at random, with what
+//! was in flight on them), and leadership transfers. Every operation's invocation and
 //! completion is recorded; at the end the faults heal, the history (with a final read of every
 //! key) is checked for linearizability per key, acknowledged writes are checked against the
 //! final state, and every replica's copy of every key is compared.
@@ -523,7 +524,7 @@ async fn run(args: Args) -> Result<bool, String> {
         };
         let hold = Duration::from_millis(rng.range(1000, 4000));
         faults += 1;
-        match rng.range(0, 7) {
+        match rng.range(0, 8) {
             0 => {
                 timeline.push(format!(
                     "{at_ms} ms: SIGKILL node {target}, restart after {} ms",
@@ -612,6 +613,24 @@ async fn run(args: Args) -> Result<bool, String> {
                     }
                 }
                 tokio::time::sleep(hold).await;
+                cluster.heal_links();
+            }
+            6 => {
+                // Message loss: links drop their connections (and whatever was in flight on
+                // them) at random moments; raft-net reconnects, Raft retransmits.
+                timeline.push(format!(
+                    "{at_ms} ms: lossy links for {} ms",
+                    hold.as_millis()
+                ));
+                let until = Instant::now() + hold;
+                let keys: Vec<(u64, u64)> = cluster.links.keys().copied().collect();
+                while Instant::now() < until {
+                    let link = keys[rng.range(0, keys.len() as u64) as usize];
+                    cluster.set_link(link.0, link.1, true);
+                    tokio::time::sleep(Duration::from_millis(rng.range(10, 60))).await;
+                    cluster.set_link(link.0, link.1, false);
+                    tokio::time::sleep(Duration::from_millis(rng.range(10, 100))).await;
+                }
                 cluster.heal_links();
             }
             _ => {
