@@ -1,10 +1,13 @@
 //! Project chores, run as `cargo xtask <task>`:
 //! - `sim`: the deterministic cluster simulation (`--seeds N`, `--first S`, `--seed X` to
-//!   replay one seed, `--steps S` fault steps per seed, `--threads T`).
+//!   replay one seed, `--steps S` fault steps per seed, `--threads T`);
+//! - `chaos`: real `raft-node` processes under faults, with a linearizability check
+//!   (`--nodes N`, `--duration 60s`, `--seed S`, `--clients C`, `--keys K`, `--no-build`);
 //! - `bench`: the system against the hardware's limits (`--quick`: under 2 minutes); see
 //!   `bench/mod.rs`.
 
 mod bench;
+mod chaos;
 
 use std::process::ExitCode;
 
@@ -14,9 +17,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sim") => sim(&args[1..]),
+        Some("chaos") => chaos::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
+            eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
             eprintln!("       cargo xtask bench [--quick]");
             ExitCode::from(2)
         }
