@@ -195,7 +195,8 @@ impl LogStore for MemLog {
         }
         let start = (low - self.snapshot.index - 1) as usize;
         let end = (high - self.snapshot.index - 1) as usize;
-        let mut out = Vec::new();
+        // Presized, but bounded: `max_bytes` may stop the copy long before `end`.
+        let mut out = Vec::with_capacity((end - start).min(1024));
         let mut bytes = 0;
         for entry in &self.entries[start..end] {
             bytes += entry.size_bytes();
