@@ -180,6 +180,30 @@ fn default_cluster_id() -> u64 {
 }
 
 impl NodeConfig {
+    /// Node `id` with data under `data_dir`, in the cluster `peers`, and every other setting at
+    /// its default (the same defaults a TOML file gets for fields it leaves out).
+    pub fn with_defaults(id: NodeId, data_dir: PathBuf, peers: Vec<PeerConfig>) -> NodeConfig {
+        NodeConfig {
+            id,
+            peer_addr: None,
+            client_addr: None,
+            http_addr: None,
+            data_dir,
+            peers,
+            tick_interval_ms: default_tick_interval_ms(),
+            election_timeout_ticks_min: default_election_min(),
+            election_timeout_ticks_max: default_election_max(),
+            heartbeat_interval_ticks: default_heartbeat(),
+            request_timeout_ms: default_request_timeout_ms(),
+            proposals_in_flight_max: default_proposals_in_flight_max(),
+            snapshot_entries_max: default_snapshot_entries_max(),
+            initial_voters: None,
+            join: false,
+            cluster_id: default_cluster_id(),
+            storage: StorageKind::default(),
+        }
+    }
+
     /// Parses a TOML configuration.
     pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, NodeStatus};
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
 use raft_node::node::RunningNode;
-use raft_node::runtime::RuntimeConfig;
 
 /// A replicated key-value store on Raft, served over RESP (any Redis client), a native
 /// protocol (raft-client) and HTTP.
@@ -179,26 +178,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
             let data_dir = args.data_dir.clone().ok_or_else(|| {
                 ConfigError::new("data_dir", "missing: give --data-dir or --config")
             })?;
-            let d = RuntimeConfig::default();
-            NodeConfig {
-                id,
-                peer_addr: None,
-                client_addr: None,
-                http_addr: None,
-                data_dir,
-                peers: Vec::new(),
-                tick_interval_ms: d.tick_interval_ms,
-                election_timeout_ticks_min: d.election_timeout_ticks_min,
-                election_timeout_ticks_max: d.election_timeout_ticks_max,
-                heartbeat_interval_ticks: d.heartbeat_interval_ticks,
-                request_timeout_ms: d.request_timeout_ms,
-                proposals_in_flight_max: d.proposals_in_flight_max,
-                snapshot_entries_max: 100_000,
-                initial_voters: None,
-                join: false,
-                cluster_id: 1,
-                storage: StorageKind::Disk,
-            }
+            NodeConfig::with_defaults(id, data_dir, Vec::new())
         }
     };
     if let Some(v) = args.id {
@@ -324,28 +304,12 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
             client_addr: Some(port(args.client_port_base, i)?),
         });
     }
-    let d = RuntimeConfig::default();
     let mut nodes = Vec::new();
     for i in 1..=n {
-        let cfg = NodeConfig {
-            id: i,
-            peer_addr: None,
-            client_addr: None,
-            http_addr: Some(port(args.http_port_base, i)?),
-            data_dir: args.data_dir.join(format!("node-{i}")),
-            peers: peers.clone(),
-            tick_interval_ms: d.tick_interval_ms,
-            election_timeout_ticks_min: d.election_timeout_ticks_min,
-            election_timeout_ticks_max: d.election_timeout_ticks_max,
-            heartbeat_interval_ticks: d.heartbeat_interval_ticks,
-            request_timeout_ms: d.request_timeout_ms,
-            proposals_in_flight_max: d.proposals_in_flight_max,
-            snapshot_entries_max: 100_000,
-            initial_voters: None,
-            join: false,
-            cluster_id: 1,
-            storage: args.storage,
-        };
+        let mut cfg =
+            NodeConfig::with_defaults(i, args.data_dir.join(format!("node-{i}")), peers.clone());
+        cfg.http_addr = Some(port(args.http_port_base, i)?);
+        cfg.storage = args.storage;
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),
             Err(e) => {
