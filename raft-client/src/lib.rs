@@ -32,7 +32,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-pub use wire::{KvCommand, KvError, KvResponse, NodeError, NodeId, NodeStatus, PeerInfo};
+pub use wire::{
+    AntiEntropyStatus, DigestInfo, DivergentReplica, KvCommand, KvError, KvResponse, NodeError,
+    NodeId, NodeStatus, PeerInfo,
+};
 pub use wire::{Request, Response};
 use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
 

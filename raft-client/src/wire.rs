@@ -316,7 +316,8 @@ pub struct NodeStatus {
     pub first_index: u64,
     /// Last index held in the log.
     pub last_index: u64,
-    /// Index covered by the latest snapshot.
+    /// Index of this node's newest state-machine snapshot (taken or installed). The log
+    /// keeps a trailing margin below it, so `first_index` may be well below it.
     pub snapshot_index: u64,
     /// The log's storage and its layout (for a disk log, its segments).
     pub storage: String,
@@ -328,6 +329,47 @@ pub struct NodeStatus {
     pub elections: u64,
     /// The leader's view of each follower (empty on followers).
     pub peers: Vec<PeerInfo>,
+    /// This node's most recent state digests, taken at every multiple of
+    /// `digest_interval_entries`, oldest first (a bounded window).
+    pub digests: Vec<DigestInfo>,
+    /// What the leader found comparing every replica's digests (empty on followers).
+    pub anti_entropy: AntiEntropyStatus,
+}
+
+/// One state digest a node recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestInfo {
+    /// The log index the state was digested at (every entry up to it applied, none after).
+    pub index: u64,
+    /// The XXH3-128 digest of the state, 32 hex digits.
+    pub digest: String,
+}
+
+/// The leader's anti-entropy view: replicas whose state digest differs from the majority's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyStatus {
+    /// The highest index whose digests were compared.
+    pub compared_index: u64,
+    /// Indexes compared since this node became leader.
+    pub comparisons: u64,
+    /// Divergences found so far (one per replica and index), as in
+    /// `raft_replica_divergence_total`.
+    pub divergence_total: u64,
+    /// The replicas diverged at the latest index compared for each, ascending by node.
+    pub divergent: Vec<DivergentReplica>,
+}
+
+/// A replica whose digest differs from the majority at some index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergentReplica {
+    /// The replica.
+    pub node: NodeId,
+    /// The index compared.
+    pub index: u64,
+    /// Its digest there.
+    pub digest: String,
+    /// The digest a strict majority of the replicas reported, if one did.
+    pub majority_digest: Option<String>,
 }
 
 /// The leader's view of one follower.

@@ -105,6 +105,12 @@ fn default_request_timeout_ms() -> u64 {
 fn default_snapshot_entries_max() -> u64 {
     100_000
 }
+fn default_snapshot_log_margin_entries() -> u64 {
+    raft_snapshot::SnapshotPolicy::default().trailing_margin_entries
+}
+fn default_digest_interval_entries() -> u64 {
+    RuntimeConfig::default().digest_interval_entries
+}
 fn default_proposals_in_flight_max() -> usize {
     RuntimeConfig::default().proposals_in_flight_max
 }
@@ -144,9 +150,21 @@ pub struct NodeConfig {
     /// Writes in flight at most before clients get "busy, retry".
     #[serde(default = "default_proposals_in_flight_max")]
     pub proposals_in_flight_max: usize,
-    /// Take a snapshot (and compact the log to it) after this many applied entries.
+    /// Take a snapshot (and compact the log below it) after this many applied entries.
     #[serde(default = "default_snapshot_entries_max")]
     pub snapshot_entries_max: u64,
+    /// Entries kept in the log below the newest snapshot, so that a follower slightly
+    /// behind is sent entries rather than the whole snapshot. 0 compacts to the snapshot.
+    #[serde(default = "default_snapshot_log_margin_entries")]
+    pub snapshot_log_margin_entries: u64,
+    /// Digest the state machine at every log index that is a multiple of this, for the
+    /// leader's anti-entropy comparison (0: never). The same on every node.
+    #[serde(default = "default_digest_interval_entries")]
+    pub digest_interval_entries: u64,
+    /// FAULT INJECTION for tests (flag `--debug-corrupt-apply-at`, never read from a file):
+    /// corrupt this replica's state after applying this index.
+    #[serde(skip)]
+    pub debug_corrupt_apply_at: Option<u64>,
     /// The voters a new cluster starts with; defaults to every member of `peers`. Peers
     /// outside this list are known addresses that can be added later.
     #[serde(default)]
@@ -197,6 +215,9 @@ impl NodeConfig {
             request_timeout_ms: default_request_timeout_ms(),
             proposals_in_flight_max: default_proposals_in_flight_max(),
             snapshot_entries_max: default_snapshot_entries_max(),
+            snapshot_log_margin_entries: default_snapshot_log_margin_entries(),
+            digest_interval_entries: default_digest_interval_entries(),
+            debug_corrupt_apply_at: None,
             initial_voters: None,
             join: false,
             cluster_id: default_cluster_id(),
@@ -253,6 +274,8 @@ impl NodeConfig {
             heartbeat_interval_ticks: self.heartbeat_interval_ticks,
             request_timeout_ms: self.request_timeout_ms,
             proposals_in_flight_max: self.proposals_in_flight_max,
+            digest_interval_entries: self.digest_interval_entries,
+            debug_corrupt_apply_at: self.debug_corrupt_apply_at,
             ..RuntimeConfig::default()
         }
     }

@@ -223,6 +223,18 @@ fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
             "id": p.id, "match_index": p.match_index, "next_index": p.next_index,
             "state": p.state, "active": p.active,
         })).collect::<Vec<_>>(),
+        "digests": s.digests.iter().map(|d| serde_json::json!({
+            "index": d.index, "digest": d.digest,
+        })).collect::<Vec<_>>(),
+        "anti_entropy": {
+            "compared_index": s.anti_entropy.compared_index,
+            "comparisons": s.anti_entropy.comparisons,
+            "divergence_total": s.anti_entropy.divergence_total,
+            "divergent": s.anti_entropy.divergent.iter().map(|d| serde_json::json!({
+                "node": d.node, "index": d.index, "digest": d.digest,
+                "majority_digest": d.majority_digest,
+            })).collect::<Vec<_>>(),
+        },
     })
 }
 

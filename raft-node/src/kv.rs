@@ -106,6 +106,17 @@ impl KvStateMachine {
         }
     }
 
+    /// FAULT INJECTION, for tests only: stores a key no client wrote, so that this replica's
+    /// state (and digest) differs from the others'. Reachable only through the runtime's
+    /// `debug_corrupt_apply_at`.
+    pub fn debug_corrupt(&mut self, index: Index) {
+        let state = Arc::make_mut(&mut self.state);
+        state.map.insert(
+            Bytes::from_static(b"\0fault-injection"),
+            Bytes::from(index.to_string()),
+        );
+    }
+
     /// Answers a read-only command from the current state, without touching sessions.
     pub fn query(&self, command: &[u8]) -> KvResponse {
         match KvCommand::decode(command) {

@@ -8,10 +8,12 @@
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
+//! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
 
 #![warn(missing_docs)]
 
+pub mod anti_entropy;
 pub mod config;
 pub mod http;
 pub mod kv;

@@ -119,6 +119,19 @@ struct RunArgs {
     /// [default: 100000].
     #[arg(long)]
     snapshot_entries_max: Option<u64>,
+    /// Entries kept in the log below the newest snapshot, so that a follower slightly
+    /// behind gets entries rather than a whole snapshot; 0 compacts to the snapshot
+    /// [default: 10000].
+    #[arg(long)]
+    snapshot_log_margin_entries: Option<u64>,
+    /// Digest the state at every log index that is a multiple of this, so that the leader
+    /// can compare replicas (anti-entropy); the same on every node; 0 turns it off
+    /// [default: 100000].
+    #[arg(long)]
+    digest_interval_entries: Option<u64>,
+    /// FAULT INJECTION for tests: corrupt this replica's state after applying this index.
+    #[arg(long, hide = true, value_name = "INDEX")]
+    debug_corrupt_apply_at: Option<u64>,
     /// A voter of the new cluster's first configuration; repeat for each
     /// [default: every --peer]. Peers not named are addresses for nodes added later.
     #[arg(long = "initial-voter", value_name = "ID")]
@@ -210,6 +223,16 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.snapshot_entries_max = args
         .snapshot_entries_max
         .unwrap_or(cfg.snapshot_entries_max);
+    cfg.snapshot_log_margin_entries = args
+        .snapshot_log_margin_entries
+        .unwrap_or(cfg.snapshot_log_margin_entries);
+    cfg.digest_interval_entries = args
+        .digest_interval_entries
+        .unwrap_or(cfg.digest_interval_entries);
+    if let Some(at) = args.debug_corrupt_apply_at {
+        eprintln!("raft-node: FAULT INJECTION enabled: this replica's state will be corrupted at index {at}");
+        cfg.debug_corrupt_apply_at = Some(at);
+    }
     if !args.initial_voters.is_empty() {
         cfg.initial_voters = Some(args.initial_voters);
     }
@@ -274,6 +297,26 @@ fn print_status(s: &NodeStatus) {
                 p.id, p.match_index, p.next_index, p.state, p.active
             );
         }
+    }
+    match s.digests.last() {
+        Some(d) => println!("digest      {} at {}", d.digest, d.index),
+        None => println!("digest      none yet"),
+    }
+    let ae = &s.anti_entropy;
+    if ae.comparisons > 0 {
+        println!(
+            "anti-entropy compared up to {} ({} indexes), {} divergences",
+            ae.compared_index, ae.comparisons, ae.divergence_total
+        );
+    }
+    for d in &ae.divergent {
+        println!(
+            "DIVERGED    node {} at {}: digest {} (majority {})",
+            d.node,
+            d.index,
+            d.digest,
+            d.majority_digest.as_deref().unwrap_or("none")
+        );
     }
 }
 

@@ -1,8 +1,12 @@
 //! Counters and histograms for `GET /metrics` (Prometheus text format), updated with relaxed
 //! atomics from the runtime and the servers.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use raft_client::wire::AntiEntropyStatus;
 
 /// Upper bounds of the latency buckets, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -66,6 +70,14 @@ pub struct Metrics {
     pub snapshots_taken: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub snapshots_sent: AtomicU64,
+    pub digests_taken: AtomicU64,
+    pub digests_skipped: AtomicU64,
+    /// Divergent (replica, index) pairs the leader found (see [`crate::anti_entropy`]).
+    pub replica_divergence: AtomicU64,
+    /// The leader's anti-entropy view, written by its poll loop, read by the status.
+    pub anti_entropy: Mutex<AntiEntropyStatus>,
+    /// Per replica: 1 if its latest compared digest diverged, else 0 (leader only).
+    pub replica_diverged: Mutex<BTreeMap<u64, u64>>,
     pub proposal_latency: Histogram,
     pub fsync_latency: Histogram,
 }
@@ -197,6 +209,58 @@ impl Metrics {
             "Log syncs.",
             &self.syncs,
         );
+        g(
+            &mut out,
+            "raft_snapshots_taken_total",
+            "counter",
+            "Snapshots written by this node.",
+            &self.snapshots_taken,
+        );
+        g(
+            &mut out,
+            "raft_snapshots_installed_total",
+            "counter",
+            "Snapshots installed from the leader.",
+            &self.snapshots_installed,
+        );
+        g(
+            &mut out,
+            "raft_snapshots_sent_total",
+            "counter",
+            "Snapshots sent to followers.",
+            &self.snapshots_sent,
+        );
+        g(
+            &mut out,
+            "raft_state_digests_total",
+            "counter",
+            "State digests taken at multiples of digest_interval_entries.",
+            &self.digests_taken,
+        );
+        g(
+            &mut out,
+            "raft_state_digests_skipped_total",
+            "counter",
+            "Digest points skipped because the previous digest was still being computed.",
+            &self.digests_skipped,
+        );
+        g(
+            &mut out,
+            "raft_replica_divergence_total",
+            "counter",
+            "Replicas found (by the leader, per index) with a state digest differing from the majority's.",
+            &self.replica_divergence,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raft_replica_diverged 1 if the replica's latest compared state digest differs from the majority's (leader only).\n# TYPE raft_replica_diverged gauge"
+        );
+        for (peer, v) in self.replica_diverged.lock().expect("not poisoned").iter() {
+            let _ = writeln!(
+                out,
+                "raft_replica_diverged{{node=\"{node_id}\",peer=\"{peer}\"}} {v}"
+            );
+        }
         self.proposal_latency.render(
             "raft_proposal_latency_seconds",
             "Time from proposal to apply on the leader.",

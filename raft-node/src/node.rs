@@ -125,6 +125,7 @@ fn spawn_runtime<S: NodeStore>(
     let (snapshots, state_machine) = open_snapshots(config, &store)?;
     let snapshot_policy = SnapshotPolicy {
         entries_since_snapshot_max: config.snapshot_entries_max,
+        trailing_margin_entries: config.snapshot_log_margin_entries,
         ..SnapshotPolicy::default()
     };
     runtime::spawn(RuntimeParts {
@@ -244,6 +245,11 @@ impl RunningNode {
             client_listener,
             handle.clone(),
             router.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::anti_entropy::run(
+            handle.clone(),
+            client_addrs.clone(),
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {

@@ -374,6 +374,21 @@ pub fn info_text(s: &NodeStatus) -> String {
             ),
         );
     }
+    if let Some(d) = s.digests.last() {
+        line("state_digest", format!("{}@{}", d.digest, d.index));
+    }
+    let ae = &s.anti_entropy;
+    line("anti_entropy_compared_index", ae.compared_index.to_string());
+    line(
+        "anti_entropy_divergence_total",
+        ae.divergence_total.to_string(),
+    );
+    let divergent: Vec<String> = ae
+        .divergent
+        .iter()
+        .map(|d| format!("{}@{}", d.node, d.index))
+        .collect();
+    line("anti_entropy_divergent", divergent.join(","));
     out
 }
 

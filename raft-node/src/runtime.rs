@@ -23,10 +23,13 @@ use raft_core::{
     ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
     ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
 };
-use raft_snapshot::{SnapshotPolicy, SnapshotStore, SnapshotTrigger, StateMachine};
+use raft_snapshot::{
+    SnapshotPolicy, SnapshotSource, SnapshotStore, SnapshotTrigger, StateDigest, StateMachine,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::anti_entropy::{digest_infos, DIGESTS_KEPT_MAX};
 use crate::kv::KvStateMachine;
 use crate::metrics::Metrics;
 use crate::store::{NodeStore, SyncJob};
@@ -64,6 +67,13 @@ pub struct RuntimeConfig {
     pub reads_in_flight_max: usize,
     /// Requests parked while no leader is known, at most.
     pub requests_waiting_max: usize,
+    /// Digest the state at every log index that is a multiple of this (0: never), for
+    /// anti-entropy. Must be the same on every node so that digests compare.
+    pub digest_interval_entries: u64,
+    /// FAULT INJECTION, for tests only: corrupt this replica's state right after applying
+    /// the first command at or after this index, so that anti-entropy has something to
+    /// find. `None` (the default) in every real deployment.
+    pub debug_corrupt_apply_at: Option<Index>,
 }
 
 impl Default for RuntimeConfig {
@@ -79,6 +89,8 @@ impl Default for RuntimeConfig {
             proposals_in_flight_max: 8192,
             reads_in_flight_max: 8192,
             requests_waiting_max: 8192,
+            digest_interval_entries: 100_000,
+            debug_corrupt_apply_at: None,
         }
     }
 }
@@ -202,6 +214,11 @@ enum SnapshotEvent {
     Queued {
         to: CoreId,
     },
+    /// The state digest at `index`, computed from a frozen copy.
+    Digested {
+        index: Index,
+        digest: StateDigest,
+    },
 }
 
 struct SyncDone {
@@ -300,6 +317,9 @@ pub fn spawn<S: NodeStore>(
         last_role: Role::Follower,
         ticks: 0,
         failed: false,
+        digests: VecDeque::new(),
+        digest_in_flight: false,
+        corrupted: false,
     };
     let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
     Ok((handle, task))
@@ -336,6 +356,12 @@ struct Runtime<S: NodeStore> {
     ticks: u64,
     /// A store write failed: the node stops taking part rather than diverge from its disk.
     failed: bool,
+    /// The latest state digests, oldest first, at most `DIGESTS_KEPT_MAX`.
+    digests: VecDeque<(Index, StateDigest)>,
+    /// A digest is being computed off the task (never two at once).
+    digest_in_flight: bool,
+    /// The fault-injection hook has fired (it fires once).
+    corrupted: bool,
 }
 
 impl<S: NodeStore> Runtime<S> {
@@ -473,6 +499,15 @@ impl<S: NodeStore> Runtime<S> {
             },
             SnapshotEvent::Queued { to } => {
                 self.snapshots_sending.remove(&to);
+            }
+            SnapshotEvent::Digested { index, digest } => {
+                self.digest_in_flight = false;
+                Metrics::add(&self.metrics.digests_taken, 1);
+                if self.digests.len() >= DIGESTS_KEPT_MAX {
+                    self.digests.pop_front();
+                }
+                self.digests.push_back((index, digest));
+                tracing::debug!(index, %digest, "state digest");
             }
             SnapshotEvent::SendFailed { to, why } => {
                 self.snapshots_sending.remove(&to);
@@ -868,12 +903,23 @@ impl<S: NodeStore> Runtime<S> {
                 // A restored snapshot may be ahead of the log's own snapshot point (a crash
                 // between writing the file and compacting): those entries are in it already.
                 EntryPayload::Command(_) if entry.index <= self.sm.applied_index() => None,
-                EntryPayload::Command(data) => Some(self.sm.apply(entry.index, data)),
+                EntryPayload::Command(data) => {
+                    let response = self.sm.apply(entry.index, data);
+                    self.maybe_inject_corruption(entry.index);
+                    Some(response)
+                }
                 EntryPayload::Noop | EntryPayload::Membership(_) => {
                     self.sm.skip_to(entry.index);
                     None
                 }
             };
+            let interval = self.config.digest_interval_entries;
+            // Only when the state is exactly the one after this index (a restored snapshot
+            // ahead of the log has no state at the earlier indexes).
+            if interval > 0 && entry.index % interval == 0 && self.sm.applied_index() == entry.index
+            {
+                self.take_digest(entry.index);
+            }
             if let Some(p) = self.pending_writes.remove(&entry.index) {
                 match response {
                     Some(r) if p.term == entry.term => {
@@ -893,6 +939,39 @@ impl<S: NodeStore> Runtime<S> {
         self.raw.advance_applied(last);
         if self.trigger.on_applied(last, batch_bytes).is_some() {
             self.take_snapshot(last);
+        }
+    }
+
+    /// Freezes the state (O(1)) and hashes the copy on a blocking thread. At most one digest
+    /// is in flight; a point reached while one is still running is skipped and counted, so
+    /// a state too large to hash within one interval costs a bounded share of a core.
+    fn take_digest(&mut self, index: Index) {
+        if self.digest_in_flight {
+            Metrics::add(&self.metrics.digests_skipped, 1);
+            return;
+        }
+        self.digest_in_flight = true;
+        let frozen = self.sm.freeze();
+        let bg = self.bg_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let digest = frozen.digest();
+            let _ = bg.send(SnapshotEvent::Digested { index, digest });
+        });
+    }
+
+    /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): makes this replica's state
+    /// differ from every other's, once, as a non-deterministic state machine would.
+    fn maybe_inject_corruption(&mut self, index: Index) {
+        match self.config.debug_corrupt_apply_at {
+            Some(at) if index >= at && !self.corrupted => {
+                self.corrupted = true;
+                self.sm.debug_corrupt(index);
+                tracing::warn!(
+                    index,
+                    "FAULT INJECTION: corrupted this replica's state on purpose"
+                );
+            }
+            _ => {}
         }
     }
 
@@ -974,6 +1053,13 @@ impl<S: NodeStore> Runtime<S> {
                     active: p.recent_active,
                 })
                 .collect(),
+            digests: digest_infos(self.digests.iter()),
+            anti_entropy: self
+                .metrics
+                .anti_entropy
+                .lock()
+                .expect("not poisoned")
+                .clone(),
         }
     }
 
