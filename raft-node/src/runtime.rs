@@ -263,6 +263,7 @@ pub fn spawn<S: NodeStore>(
     parts: RuntimeParts<S>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), raft_core::Error> {
     let id = parts.raft.id;
+    let log_snapshot = parts.store.snapshot_meta();
     let raw = RawNode::new(parts.raft, parts.store)?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncRequest>(SYNC_QUEUE_MAX);
@@ -320,6 +321,8 @@ pub fn spawn<S: NodeStore>(
         digests: VecDeque::new(),
         digest_in_flight: false,
         corrupted: false,
+        memberships: VecDeque::from([(log_snapshot.index, log_snapshot.membership)]),
+        snapshot_index_latest: snapshot_index,
     };
     let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
     Ok((handle, task))
@@ -362,6 +365,13 @@ struct Runtime<S: NodeStore> {
     digest_in_flight: bool,
     /// The fault-injection hook has fired (it fires once).
     corrupted: bool,
+    /// `(index, configuration)` from the log's compaction point on, ascending: what a
+    /// compaction below the newest snapshot must record (the core forgets configurations
+    /// once they are applied). Bounded: trimmed at each compaction, and at most one
+    /// change is in flight per committed entry between snapshots.
+    memberships: VecDeque<(Index, raft_core::Membership)>,
+    /// The index of the newest snapshot this node wrote or installed.
+    snapshot_index_latest: Index,
 }
 
 impl<S: NodeStore> Runtime<S> {
@@ -474,22 +484,19 @@ impl<S: NodeStore> Runtime<S> {
             SnapshotEvent::Written { meta, result } => match result {
                 Ok(()) => {
                     Metrics::add(&self.metrics.snapshots_taken, 1);
-                    let _ = self
+                    self.snapshot_index_latest = self.snapshot_index_latest.max(meta.index);
+                    let through = self
                         .trigger
                         .on_snapshot_done(meta.index, self.raw.first_index());
-                    // Compact to the snapshot itself, not below it: the log's snapshot
-                    // metadata must name a snapshot this node can send.
-                    if meta.index > self.raw.storage().snapshot_meta().index {
-                        if let Err(e) = self.raw.storage_mut().compact_to(meta.clone()) {
-                            tracing::error!(error = %e, "log compaction failed; stopping the node");
-                            self.failed = true;
-                            return;
-                        }
+                    let compacted = through.and_then(|through| self.compact_log_through(through));
+                    if self.failed {
+                        return;
                     }
                     tracing::info!(
                         index = meta.index,
                         term = meta.term,
-                        "snapshot taken, log compacted"
+                        log_compacted_through = ?compacted,
+                        "snapshot taken"
                     );
                 }
                 Err(e) => {
@@ -517,8 +524,38 @@ impl<S: NodeStore> Runtime<S> {
         }
     }
 
+    /// Drops the log's prefix through `through` (the snapshot's index less the trailing
+    /// margin). The log records the entry there as its compaction point, with the
+    /// configuration in force at it; that point need not be a snapshot file, because a
+    /// follower behind it is sent the newest snapshot file instead (`send_snapshot`).
+    fn compact_log_through(&mut self, through: Index) -> Option<Index> {
+        if through <= self.raw.storage().snapshot_meta().index {
+            return None;
+        }
+        let term = self.raw.log_term(through)?;
+        let pos = self.memberships.iter().rposition(|(i, _)| *i <= through)?;
+        let meta = SnapshotMeta {
+            index: through,
+            term,
+            membership: self.memberships[pos].1.clone(),
+        };
+        if let Err(e) = self.raw.storage_mut().compact_to(meta) {
+            tracing::error!(error = %e, "log compaction failed; stopping the node");
+            self.failed = true;
+            return None;
+        }
+        self.memberships.drain(..pos);
+        Some(through)
+    }
+
     /// Loads the snapshot named by an `InstallSnapshot` message off the task and sends it.
-    fn send_snapshot(&mut self, msg: Message) {
+    ///
+    /// The core names the log's compaction point, which lies a trailing margin below the
+    /// newest snapshot file; the newest file at or after that point is sent instead, with
+    /// the message's metadata rewritten to match it. That is safe: the file is a state this
+    /// node applied, so committed, and the follower's acknowledgement of the higher index
+    /// moves the leader's progress past the point it asked for.
+    fn send_snapshot(&mut self, mut msg: Message) {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
             return;
         };
@@ -538,10 +575,16 @@ impl<S: NodeStore> Runtime<S> {
                     .list()
                     .map_err(|e| e.to_string())?
                     .into_iter()
-                    .find(|f| f.index == index && f.term == term)
-                    .ok_or_else(|| format!("no snapshot file for index {index} term {term}"))?;
+                    .filter(|f| f.index > index || (f.index == index && f.term == term))
+                    .max_by_key(|f| f.index)
+                    .ok_or_else(|| {
+                        format!("no snapshot file at or after index {index} (term {term})")
+                    })?;
                 let mut reader =
                     raft_snapshot::SnapshotReader::open(&file.path).map_err(|e| e.to_string())?;
+                msg.body = MessageBody::InstallSnapshot {
+                    meta: reader.header().meta.clone(),
+                };
                 if reader.header().body_bytes > SNAPSHOT_BYTES_MAX as u64 {
                     return Err("snapshot too large for the transport".into());
                 }
@@ -872,6 +915,8 @@ impl<S: NodeStore> Runtime<S> {
             .map_err(|e| e.to_string())?;
         self.sm = sm;
         self.trigger.on_snapshot_installed(meta.index);
+        self.memberships = VecDeque::from([(meta.index, meta.membership.clone())]);
+        self.snapshot_index_latest = meta.index;
         Metrics::add(&self.metrics.snapshots_installed, 1);
         // Writes waiting at covered indexes can no longer be told apart from others'.
         let covered: Vec<Index> = self
@@ -908,7 +953,18 @@ impl<S: NodeStore> Runtime<S> {
                     self.maybe_inject_corruption(entry.index);
                     Some(response)
                 }
-                EntryPayload::Noop | EntryPayload::Membership(_) => {
+                EntryPayload::Membership(m) => {
+                    if self
+                        .memberships
+                        .back()
+                        .is_none_or(|(i, _)| *i < entry.index)
+                    {
+                        self.memberships.push_back((entry.index, m.clone()));
+                    }
+                    self.sm.skip_to(entry.index);
+                    None
+                }
+                EntryPayload::Noop => {
                     self.sm.skip_to(entry.index);
                     None
                 }
@@ -1034,7 +1090,7 @@ impl<S: NodeStore> Runtime<S> {
             persisted_index: s.persisted,
             first_index: s.first_index,
             last_index: s.last_index,
-            snapshot_index: s.snapshot_index,
+            snapshot_index: self.snapshot_index_latest,
             storage: self.raw.storage().describe(),
             voters: s.membership.voters.iter().copied().collect(),
             learners: s.membership.learners.iter().copied().collect(),

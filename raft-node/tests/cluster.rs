@@ -534,7 +534,16 @@ fn killed_leader_restarts_from_its_disk_and_catches_up() {
 
 #[test]
 fn wiped_follower_rejoins_through_a_snapshot() {
-    let mut cluster = Cluster::start_with(3, &["--snapshot-entries-max", "20"]);
+    // A margin smaller than the gap: the leader no longer holds what the follower lacks.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-entries-max",
+            "20",
+            "--snapshot-log-margin-entries",
+            "5",
+        ],
+    );
     runtime().block_on(async {
         let leader = cluster.wait_leader(Duration::from_secs(15)).await;
         let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
@@ -933,5 +942,73 @@ fn anti_entropy_is_quiet_on_a_healthy_cluster() {
         let digests: Vec<_> = all.iter().filter_map(at).collect();
         assert_eq!(digests.len(), 3, "{all:?}");
         assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    });
+}
+
+#[test]
+fn compaction_keeps_a_margin_so_a_slow_follower_gets_entries() {
+    const MARGIN: u64 = 50;
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-entries-max",
+            "20",
+            "--snapshot-log-margin-entries",
+            "50",
+        ],
+    );
+    runtime().block_on(async {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+        let client = cluster.client();
+        for i in 0..80 {
+            client.set(format!("m{i}"), format!("{i}")).await.unwrap();
+        }
+        cluster.kill(follower);
+        // Fewer entries than the margin while it is away: the leader snapshots and compacts,
+        // but keeps everything the follower lacks.
+        for i in 80..110 {
+            client.set(format!("m{i}"), format!("{i}")).await.unwrap();
+        }
+        let target = client.status().await.unwrap().commit_index;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            let s = cluster.node_client(leader, 1_000).status().await.unwrap();
+            if s.snapshot_index > MARGIN && s.first_index == s.snapshot_index - MARGIN + 1 {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader never compacted to its snapshot less the margin: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.first_index > 1, "the prefix was dropped: {status:?}");
+
+        cluster.spawn(follower);
+        let probe = cluster.node_client(follower, 1_000);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = probe.status().await {
+                if s.applied_index >= target {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "follower did not catch up\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
+        assert!(
+            !log.contains("installed a snapshot from the leader"),
+            "the follower got a snapshot although the leader kept the entries it lacked\n{log}"
+        );
+        for i in [0, 79, 109] {
+            let v = probe.get_stale(format!("m{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(i.to_string().as_bytes()), "m{i}");
+        }
     });
 }
