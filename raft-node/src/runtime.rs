@@ -214,11 +214,28 @@ enum SnapshotEvent {
     Queued {
         to: CoreId,
     },
+    /// A leader's snapshot restored and written to its file, ready to install.
+    Prepared {
+        meta: SnapshotMeta,
+        result: Result<Box<KvStateMachine>, String>,
+    },
     /// The state digest at `index`, computed from a frozen copy.
     Digested {
         index: Index,
         digest: StateDigest,
     },
+}
+
+/// A leader's snapshot on its way in: its body restored and written off the task, then its
+/// `InstallSnapshot` message stepped into the core.
+#[derive(Default)]
+struct InstallState {
+    /// `(index, term)` of the body being prepared.
+    preparing: Option<(Index, Term)>,
+    /// The `InstallSnapshot` that arrived while its body was being prepared.
+    held: Option<Message>,
+    /// A prepared snapshot, kept until the core hands it back in a Ready.
+    prepared: Option<(SnapshotMeta, Box<KvStateMachine>)>,
 }
 
 struct SyncDone {
@@ -300,7 +317,7 @@ pub fn spawn<S: NodeStore>(
         sm: parts.state_machine,
         snapshots: parts.snapshots,
         trigger: SnapshotTrigger::new(parts.snapshot_policy, snapshot_index),
-        incoming_snapshot: None,
+        install: InstallState::default(),
         snapshots_sending: std::collections::HashSet::new(),
         bg_tx,
         config: parts.runtime,
@@ -333,8 +350,8 @@ struct Runtime<S: NodeStore> {
     sm: KvStateMachine,
     snapshots: SnapshotStore,
     trigger: SnapshotTrigger,
-    /// The body of the latest `InstallSnapshot` received: `(index, term, body)`.
-    incoming_snapshot: Option<(Index, Term, Bytes)>,
+    /// A leader's snapshot on its way in (see `prepare_snapshot`).
+    install: InstallState,
     /// Followers a snapshot is being loaded or sent to (one at a time each).
     snapshots_sending: std::collections::HashSet<CoreId>,
     /// Completions of snapshot work; at most one write and one send per peer are in flight,
@@ -454,33 +471,108 @@ impl<S: NodeStore> Runtime<S> {
 
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound {
-            Inbound::SnapshotBody { meta, body } => {
-                // Only the newest matters; an older one would be refused by the core anyway.
-                self.incoming_snapshot = Some((meta.index, meta.term, body));
-            }
+            Inbound::SnapshotBody { meta, body } => self.prepare_snapshot(meta, body),
             Inbound::Message(msg) => {
-                if let MessageBody::InstallSnapshot { meta } = &msg.body {
-                    let have = self
-                        .incoming_snapshot
-                        .as_ref()
-                        .is_some_and(|(i, t, _)| *i == meta.index && *t == meta.term);
-                    if !have {
-                        // Stepping it would make the core expect a body we lack; the leader
-                        // sends it again after its retry timeout.
-                        tracing::debug!(
-                            index = meta.index,
-                            "InstallSnapshot without its body; ignored"
-                        );
-                        return;
-                    }
+                if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+                    self.on_install_message(msg);
+                    return;
                 }
                 self.step(msg);
             }
         }
     }
 
+    /// Restores a state machine from a leader's snapshot body and writes the snapshot file,
+    /// both on a blocking thread: the core is told nothing until that is done, so it goes on
+    /// answering heartbeats (and the node keeps its leader) however large the snapshot.
+    /// One at a time; a body arriving meanwhile is dropped (the leader resends it after its
+    /// retry timeout).
+    fn prepare_snapshot(&mut self, meta: SnapshotMeta, body: Bytes) {
+        let key = (meta.index, meta.term);
+        if self.install.preparing.is_some() {
+            tracing::debug!(
+                index = meta.index,
+                "a snapshot is already being prepared; body dropped"
+            );
+            return;
+        }
+        if self
+            .install
+            .prepared
+            .as_ref()
+            .is_some_and(|(m, _)| (m.index, m.term) == key)
+        {
+            return;
+        }
+        self.install.preparing = Some(key);
+        let mut sm = self.sm.empty_like();
+        let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<KvStateMachine, String> {
+                sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
+                if sm.applied_index() != meta.index {
+                    return Err(format!(
+                        "snapshot body is at index {}, its message says {}",
+                        sm.applied_index(),
+                        meta.index
+                    ));
+                }
+                // The file is written (and synced) before the core or the log hear of it: a
+                // crash in between leaves a snapshot of committed state ahead of the log,
+                // which a restart handles, never a log that points at a missing snapshot.
+                store
+                    .write_snapshot(meta.clone(), &sm.freeze())
+                    .map_err(|e| e.to_string())?;
+                Ok(sm)
+            })();
+            let _ = bg.send(SnapshotEvent::Prepared {
+                meta,
+                result: result.map(Box::new),
+            });
+        });
+    }
+
+    /// Steps an `InstallSnapshot` once its snapshot is prepared; holds it while it is
+    /// being prepared; drops it when no body came (the leader sends both again).
+    fn on_install_message(&mut self, msg: Message) {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return;
+        };
+        let key = (meta.index, meta.term);
+        if self
+            .install
+            .prepared
+            .as_ref()
+            .is_some_and(|(m, _)| (m.index, m.term) == key)
+        {
+            self.step(msg);
+        } else if self.install.preparing == Some(key) {
+            self.install.held = Some(msg);
+        } else {
+            tracing::debug!(
+                index = meta.index,
+                "InstallSnapshot without its body; ignored"
+            );
+        }
+    }
+
     fn on_background(&mut self, bg: SnapshotEvent) {
         match bg {
+            SnapshotEvent::Prepared { meta, result } => {
+                self.install.preparing = None;
+                let held = self.install.held.take();
+                match result {
+                    Ok(sm) => {
+                        self.install.prepared = Some((meta, sm));
+                        if let Some(msg) = held {
+                            self.on_install_message(msg);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(index = meta.index, error = %e, "a snapshot from the leader was refused");
+                    }
+                }
+            }
             SnapshotEvent::Written { meta, result } => match result {
                 Ok(()) => {
                     Metrics::add(&self.metrics.snapshots_taken, 1);
@@ -824,6 +916,15 @@ impl<S: NodeStore> Runtime<S> {
                 self.failed = true;
                 return;
             }
+        } else if self
+            .install
+            .prepared
+            .as_ref()
+            .is_some_and(|(m, _)| m.index <= self.raw.commit_index())
+        {
+            // The core did without it (it already held the snapshot's last entry): free the
+            // copy. Its file is a snapshot of committed state, kept like any other.
+            self.install.prepared = None;
         }
         let store = self.raw.storage_mut();
         let mut write = || -> std::io::Result<()> {
@@ -888,27 +989,15 @@ impl<S: NodeStore> Runtime<S> {
         }
     }
 
-    /// Replaces the state machine and the log with the leader's snapshot. The file is written
-    /// (and synced) before the log records the snapshot, so a crash in between leaves the
-    /// old log, never a log that points at a missing snapshot. Runs on the task: rare, and
-    /// the node cannot do anything useful until it is done.
+    /// Replaces the state machine and the log with the leader's snapshot, prepared (restored
+    /// and written to its file) off the task by `prepare_snapshot` before the core saw the
+    /// message. What is left here is the log's switch to the snapshot: one state write and
+    /// sync, and the removal of the old segments.
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
-        let body = match self.incoming_snapshot.take() {
-            Some((index, term, body)) if index == meta.index && term == meta.term => body,
-            _ => return Err("no snapshot body arrived with the message".into()),
+        let sm = match self.install.prepared.take() {
+            Some((m, sm)) if m.index == meta.index && m.term == meta.term => *sm,
+            _ => return Err("the snapshot was not prepared before the core took it".into()),
         };
-        let mut sm = self.sm.empty_like();
-        sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
-        if sm.applied_index() != meta.index {
-            return Err(format!(
-                "snapshot body is at index {}, its message says {}",
-                sm.applied_index(),
-                meta.index
-            ));
-        }
-        self.snapshots
-            .write_snapshot(meta.clone(), &sm.freeze())
-            .map_err(|e| e.to_string())?;
         self.raw
             .storage_mut()
             .install_snapshot_meta(meta.clone())
