@@ -41,6 +41,21 @@ pub struct LogCommand {
     pub op: Bytes,
 }
 
+impl LogCommand {
+    /// The bytes stored in the log (postcard).
+    pub fn encode(&self) -> Bytes {
+        postcard::to_allocvec(self)
+            .expect("a LogCommand always serializes")
+            .into()
+    }
+
+    /// Reads what [`LogCommand::encode`] wrote; `None` for anything else. A hosted state
+    /// machine decodes each applied command with this.
+    pub fn decode(bytes: &[u8]) -> Option<LogCommand> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
 /// A command of the built-in key-value state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {

@@ -318,6 +318,28 @@ impl SnapshotSource for KvFrozen {
     }
 }
 
+impl crate::runtime::HostedMachine for KvStateMachine {
+    fn query(&self, op: &[u8]) -> Bytes {
+        KvStateMachine::query(self, op).encode()
+    }
+
+    fn encode_response(response: &KvResponse) -> Bytes {
+        response.encode()
+    }
+
+    fn skip_to(&mut self, index: Index) {
+        KvStateMachine::skip_to(self, index);
+    }
+
+    fn empty_like(&self) -> Self {
+        KvStateMachine::empty_like(self)
+    }
+
+    fn debug_corrupt(&mut self, index: Index) {
+        KvStateMachine::debug_corrupt(self, index);
+    }
+}
+
 impl StateMachine for KvStateMachine {
     type Response = KvResponse;
     type Frozen = KvFrozen;

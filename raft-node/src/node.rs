@@ -13,15 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use raft_snapshot::{
-    restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig, StateMachine,
-};
+use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::runtime::{self, NodeHandle, RuntimeParts};
+use crate::runtime::{self, HostedMachine, NodeHandle, RuntimeParts};
 use crate::store::NodeStore;
 use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
@@ -71,10 +69,11 @@ impl DirLock {
 
 /// Opens `DATA_DIR/snapshots` and restores the state machine from the newest valid snapshot
 /// that the log can continue from.
-fn open_snapshots<S: NodeStore>(
+fn open_snapshots<S: NodeStore, M: HostedMachine>(
     config: &NodeConfig,
     store: &S,
-) -> Result<(SnapshotStore, KvStateMachine), ConfigError> {
+    mut sm: M,
+) -> Result<(SnapshotStore, M), ConfigError> {
     let field = |m: String| ConfigError::new("data_dir", m);
     let dir = config.data_dir.join("snapshots");
     if !store.is_durable() && dir.exists() {
@@ -85,7 +84,6 @@ fn open_snapshots<S: NodeStore>(
     }
     let (snapshots, _report) = SnapshotStore::open(&dir, SnapshotStoreConfig::default())
         .map_err(|e| field(format!("snapshot store: {e}")))?;
-    let mut sm = KvStateMachine::new(KvLimits::default());
     let latest = snapshots
         .open_latest()
         .map_err(|e| field(format!("snapshot store: {e}")))?;
@@ -117,12 +115,13 @@ struct SharedParts {
 }
 
 /// Restores the state machine against `store` and starts the runtime on it.
-fn spawn_runtime<S: NodeStore>(
+fn spawn_runtime<S: NodeStore, M: HostedMachine>(
     config: &NodeConfig,
     store: S,
+    machine: M,
     parts: SharedParts,
 ) -> Result<(NodeHandle, JoinHandle<()>), ConfigError> {
-    let (snapshots, state_machine) = open_snapshots(config, &store)?;
+    let (snapshots, state_machine) = open_snapshots(config, &store, machine)?;
     let snapshot_policy = SnapshotPolicy {
         entries_since_snapshot_max: config.snapshot_entries_max,
         trailing_margin_entries: config.snapshot_log_margin_entries,
@@ -168,8 +167,22 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, ConfigError>
 }
 
 impl RunningNode {
-    /// Validates `config`, locks the data directory, binds every listener and starts the node.
+    /// Validates `config`, locks the data directory, binds every listener and starts the node
+    /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
+        Self::start_with(config, KvStateMachine::new(KvLimits::default())).await
+    }
+
+    /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest
+    /// snapshot if the data directory has one) instead of the key-value store. Clients
+    /// reach it with raft-client's `propose` and `query`; status, metrics, administration,
+    /// snapshots and anti-entropy work as for the built-in store, while RESP's key-value
+    /// commands and HTTP `/kv` speak the built-in store's commands and answer with an error
+    /// for another machine's responses.
+    pub async fn start_with<M: HostedMachine>(
+        config: NodeConfig,
+        machine: M,
+    ) -> Result<RunningNode, ConfigError> {
         config.validate()?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
@@ -223,14 +236,14 @@ impl RunningNode {
         let (handle, runtime_task) = match config.storage {
             StorageKind::Disk => {
                 let log = open_log(&config.data_dir.join("log"), voters)?;
-                spawn_runtime(&config, log, parts)?
+                spawn_runtime(&config, log, machine, parts)?
             }
             StorageKind::Memory => {
                 let log = MemLog::with_snapshot(SnapshotMeta {
                     membership: Membership::new_voters(voters),
                     ..Default::default()
                 });
-                spawn_runtime(&config, log, parts)?
+                spawn_runtime(&config, log, machine, parts)?
             }
         };
 

@@ -30,7 +30,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::anti_entropy::{digest_infos, DIGESTS_KEPT_MAX};
-use crate::kv::KvStateMachine;
 use crate::metrics::Metrics;
 use crate::store::{NodeStore, SyncJob};
 use crate::transport::{Inbound, PeerTransport, SNAPSHOT_BYTES_MAX};
@@ -44,6 +43,32 @@ const SYNC_QUEUE_MAX: usize = 64;
 
 /// Ticks between copies of the transport's counters into the metrics.
 const METRICS_REFRESH_TICKS: u64 = 100;
+
+/// A state machine the node can host: raft-snapshot's [`StateMachine`] plus what the
+/// node's client paths need. The built-in [`crate::kv::KvStateMachine`] is one; a library
+/// user embeds the node (log, transport, snapshots, servers) with their own through
+/// [`crate::node::RunningNode::start_with`].
+///
+/// Each command `apply` receives is the bytes the client proposed as they are stored in the
+/// log: a postcard [`raft_client::wire::LogCommand`], the client's exactly-once session (if
+/// any) and its `op`. Honouring the session (answering a duplicate `(client_id, seq)` with
+/// the cached response) is the machine's part, as [`crate::kv`] shows; a machine that
+/// ignores it applies a retried request again.
+pub trait HostedMachine: StateMachine + Send + 'static {
+    /// Answers a read-only query (`Request::Read`'s `op`) from the current state.
+    fn query(&self, op: &[u8]) -> Bytes;
+    /// The bytes a client receives for `response`.
+    fn encode_response(response: &Self::Response) -> Bytes;
+    /// The entry at `index` carried no command (a leader's no-op, a membership change):
+    /// the machine's applied index must still reach it, because a snapshot taken right
+    /// after is labelled with it and a restored one is checked against it.
+    fn skip_to(&mut self, index: Index);
+    /// A fresh, empty machine with the same settings, to restore a snapshot into.
+    fn empty_like(&self) -> Self;
+    /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): make this replica's state
+    /// differ from the others'. The default does nothing.
+    fn debug_corrupt(&mut self, _index: Index) {}
+}
 
 /// What a reply channel carries: the state machine's encoded response.
 pub type Reply = oneshot::Sender<Result<Bytes, NodeError>>;
@@ -201,7 +226,7 @@ struct SyncRequest {
 }
 
 /// Work finished off the runtime task.
-enum SnapshotEvent {
+enum SnapshotEvent<M> {
     Written {
         meta: SnapshotMeta,
         result: Result<(), String>,
@@ -217,25 +242,41 @@ enum SnapshotEvent {
     /// A leader's snapshot restored and written to its file, ready to install.
     Prepared {
         meta: SnapshotMeta,
-        result: Result<Box<KvStateMachine>, String>,
+        result: Result<Box<M>, String>,
     },
-    /// The state digest at `index`, computed from a frozen copy.
+    /// The state digest at `index`, computed from a frozen copy (or why not).
     Digested {
         index: Index,
-        digest: StateDigest,
+        digest: Result<StateDigest, String>,
     },
 }
 
 /// A leader's snapshot on its way in: its body restored and written off the task, then its
 /// `InstallSnapshot` message stepped into the core.
-#[derive(Default)]
-struct InstallState {
+struct InstallState<M> {
     /// `(index, term)` of the body being prepared.
     preparing: Option<(Index, Term)>,
     /// The `InstallSnapshot` that arrived while its body was being prepared.
     held: Option<Message>,
     /// A prepared snapshot, kept until the core hands it back in a Ready.
-    prepared: Option<(SnapshotMeta, Box<KvStateMachine>)>,
+    prepared: Option<(SnapshotMeta, Box<M>)>,
+}
+
+impl<M> Default for InstallState<M> {
+    fn default() -> Self {
+        InstallState {
+            preparing: None,
+            held: None,
+            prepared: None,
+        }
+    }
+}
+
+/// Runs work that a blocking thread does for the runtime, turning a panic into an error, so
+/// that the completion the runtime waits for is always sent.
+fn off_task<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err("the work panicked".to_string()))
 }
 
 struct SyncDone {
@@ -246,7 +287,7 @@ struct SyncDone {
 }
 
 /// Everything the runtime needs to start.
-pub struct RuntimeParts<S: NodeStore> {
+pub struct RuntimeParts<S: NodeStore, M: HostedMachine> {
     /// The raft-core settings (ID, seed, tick counts).
     pub raft: Config,
     /// The runtime's own settings.
@@ -258,7 +299,7 @@ pub struct RuntimeParts<S: NodeStore> {
     /// Inbound peer messages.
     pub inbound: mpsc::Receiver<Inbound>,
     /// The state machine, restored from the newest snapshot if there is one.
-    pub state_machine: KvStateMachine,
+    pub state_machine: M,
     /// Where snapshots are written and read.
     pub snapshots: SnapshotStore,
     /// When to take them.
@@ -276,8 +317,8 @@ pub const COMMAND_QUEUE_MAX: usize = 16_384;
 
 /// Starts the runtime task. Returns the handle and the task, which ends after shutdown once
 /// in-flight syncs are done.
-pub fn spawn<S: NodeStore>(
-    parts: RuntimeParts<S>,
+pub fn spawn<S: NodeStore, M: HostedMachine>(
+    parts: RuntimeParts<S, M>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), raft_core::Error> {
     let id = parts.raft.id;
     let log_snapshot = parts.store.snapshot_meta();
@@ -345,18 +386,18 @@ pub fn spawn<S: NodeStore>(
     Ok((handle, task))
 }
 
-struct Runtime<S: NodeStore> {
+struct Runtime<S: NodeStore, M: HostedMachine> {
     raw: RawNode<S>,
-    sm: KvStateMachine,
+    sm: M,
     snapshots: SnapshotStore,
     trigger: SnapshotTrigger,
     /// A leader's snapshot on its way in (see `prepare_snapshot`).
-    install: InstallState,
+    install: InstallState<M>,
     /// Followers a snapshot is being loaded or sent to (one at a time each).
     snapshots_sending: std::collections::HashSet<CoreId>,
     /// Completions of snapshot work; at most one write and one send per peer are in flight,
     /// so this channel is bounded by construction.
-    bg_tx: mpsc::UnboundedSender<SnapshotEvent>,
+    bg_tx: mpsc::UnboundedSender<SnapshotEvent<M>>,
     config: RuntimeConfig,
     transport: Arc<dyn PeerTransport>,
     client_addrs: HashMap<NodeId, String>,
@@ -391,13 +432,13 @@ struct Runtime<S: NodeStore> {
     snapshot_index_latest: Index,
 }
 
-impl<S: NodeStore> Runtime<S> {
+impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut inbound: mpsc::Receiver<Inbound>,
         mut sync_done: mpsc::UnboundedReceiver<SyncDone>,
-        mut background: mpsc::UnboundedReceiver<SnapshotEvent>,
+        mut background: mpsc::UnboundedReceiver<SnapshotEvent<M>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let period = Duration::from_millis(self.config.tick_interval_ms.max(1));
@@ -508,7 +549,7 @@ impl<S: NodeStore> Runtime<S> {
         let mut sm = self.sm.empty_like();
         let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<KvStateMachine, String> {
+            let result = off_task(|| -> Result<M, String> {
                 sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
                 if sm.applied_index() != meta.index {
                     return Err(format!(
@@ -524,7 +565,7 @@ impl<S: NodeStore> Runtime<S> {
                     .write_snapshot(meta.clone(), &sm.freeze())
                     .map_err(|e| e.to_string())?;
                 Ok(sm)
-            })();
+            });
             let _ = bg.send(SnapshotEvent::Prepared {
                 meta,
                 result: result.map(Box::new),
@@ -556,7 +597,7 @@ impl<S: NodeStore> Runtime<S> {
         }
     }
 
-    fn on_background(&mut self, bg: SnapshotEvent) {
+    fn on_background(&mut self, bg: SnapshotEvent<M>) {
         match bg {
             SnapshotEvent::Prepared { meta, result } => {
                 self.install.preparing = None;
@@ -601,6 +642,13 @@ impl<S: NodeStore> Runtime<S> {
             }
             SnapshotEvent::Digested { index, digest } => {
                 self.digest_in_flight = false;
+                let digest = match digest {
+                    Ok(digest) => digest,
+                    Err(e) => {
+                        tracing::error!(index, error = %e, "taking a state digest failed");
+                        return;
+                    }
+                };
                 Metrics::add(&self.metrics.digests_taken, 1);
                 if self.digests.len() >= DIGESTS_KEPT_MAX {
                     self.digests.pop_front();
@@ -662,7 +710,7 @@ impl<S: NodeStore> Runtime<S> {
         let (index, term, to) = (meta.index, meta.term, msg.to);
         Metrics::add(&self.metrics.snapshots_sent, 1);
         tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<(), String> {
+            let result = off_task(|| -> Result<(), String> {
                 let file = store
                     .list()
                     .map_err(|e| e.to_string())?
@@ -683,7 +731,7 @@ impl<S: NodeStore> Runtime<S> {
                 let mut body = Vec::new();
                 std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
                 transport.send_snapshot(msg, body.into())
-            })();
+            });
             let _ = bg.send(match result {
                 Ok(()) => SnapshotEvent::Queued { to },
                 Err(why) => SnapshotEvent::SendFailed { to, why },
@@ -818,7 +866,7 @@ impl<S: NodeStore> Runtime<S> {
     fn read(&mut self, op: Bytes, linearizable: bool, reply: Reply, deadline: Instant) {
         if !linearizable {
             Metrics::add(&self.metrics.reads, 1);
-            let _ = reply.send(Ok(self.sm.query(&op).encode()));
+            let _ = reply.send(Ok(self.sm.query(&op)));
             return;
         }
         if self.pending_reads.len() >= self.config.reads_in_flight_max {
@@ -971,7 +1019,7 @@ impl<S: NodeStore> Runtime<S> {
                 Ok(index) => {
                     debug_assert!(self.raw.applied_index() >= index);
                     Metrics::add(&self.metrics.reads, 1);
-                    let _ = p.reply.send(Ok(self.sm.query(&p.op).encode()));
+                    let _ = p.reply.send(Ok(self.sm.query(&p.op)));
                 }
                 Err(ReadError::Busy) => {
                     let _ = p.reply.send(Err(NodeError::Busy));
@@ -1070,7 +1118,7 @@ impl<S: NodeStore> Runtime<S> {
                     Some(r) if p.term == entry.term => {
                         let us = p.started.elapsed().as_micros() as u64;
                         self.metrics.proposal_latency.observe_us(us);
-                        let _ = p.reply.send(Ok(r.encode()));
+                        let _ = p.reply.send(Ok(M::encode_response(&r)));
                     }
                     _ => {
                         // Another leader's entry took this index: ours was never committed.
@@ -1099,7 +1147,8 @@ impl<S: NodeStore> Runtime<S> {
         let frozen = self.sm.freeze();
         let bg = self.bg_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let digest = frozen.digest();
+            // A panicking machine must not leave `digest_in_flight` set for ever.
+            let digest = off_task(|| Ok(frozen.digest()));
             let _ = bg.send(SnapshotEvent::Digested { index, digest });
         });
     }
@@ -1134,10 +1183,12 @@ impl<S: NodeStore> Runtime<S> {
         let frozen = self.sm.freeze();
         let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let result = store
-                .write_snapshot(meta.clone(), &frozen)
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let result = off_task(|| {
+                store
+                    .write_snapshot(meta.clone(), &frozen)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
             let _ = bg.send(SnapshotEvent::Written { meta, result });
         });
     }
