@@ -420,6 +420,26 @@ addr = "127.0.0.1:7002"
     }
 
     #[test]
+    fn snapshot_and_digest_settings_parse_and_fault_injection_stays_off_files() {
+        let text = base().replacen(
+            "id = 1\n",
+            "id = 1\nsnapshot_log_margin_entries = 7\ndigest_interval_entries = 0\n",
+            1,
+        );
+        let cfg = NodeConfig::from_toml(&text).unwrap();
+        assert_eq!(cfg.snapshot_log_margin_entries, 7);
+        assert_eq!(cfg.runtime().digest_interval_entries, 0);
+        let defaults = NodeConfig::from_toml(&base()).unwrap();
+        assert_eq!(defaults.snapshot_log_margin_entries, 10_000);
+        assert_eq!(defaults.debug_corrupt_apply_at, None);
+        // The fault-injection hook is a command-line flag only: a config file cannot turn it
+        // on by accident.
+        let text = base().replacen("id = 1\n", "id = 1\ndebug_corrupt_apply_at = 5\n", 1);
+        let e = NodeConfig::from_toml(&text).unwrap_err();
+        assert_eq!(e.field, "debug_corrupt_apply_at", "{e}");
+    }
+
+    #[test]
     fn peer_flag_syntax() {
         let p: PeerConfig = "3=127.0.0.1:7003,127.0.0.1:6003".parse().unwrap();
         assert_eq!(p.id, 3);

@@ -478,3 +478,63 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `run --help` states each default by hand: it must say what `NodeConfig` really uses.
+    #[test]
+    fn run_help_states_the_real_defaults() {
+        let d = NodeConfig::with_defaults(1, PathBuf::from("x"), Vec::new());
+        let expected = [
+            ("tick-interval-ms", d.tick_interval_ms.to_string()),
+            (
+                "election-timeout-ticks-min",
+                d.election_timeout_ticks_min.to_string(),
+            ),
+            (
+                "election-timeout-ticks-max",
+                d.election_timeout_ticks_max.to_string(),
+            ),
+            (
+                "heartbeat-interval-ticks",
+                d.heartbeat_interval_ticks.to_string(),
+            ),
+            ("request-timeout-ms", d.request_timeout_ms.to_string()),
+            (
+                "proposals-in-flight-max",
+                d.proposals_in_flight_max.to_string(),
+            ),
+            ("snapshot-entries-max", d.snapshot_entries_max.to_string()),
+            (
+                "snapshot-log-margin-entries",
+                d.snapshot_log_margin_entries.to_string(),
+            ),
+            (
+                "digest-interval-entries",
+                d.digest_interval_entries.to_string(),
+            ),
+            ("cluster-id", d.cluster_id.to_string()),
+            ("storage", "disk".to_string()),
+        ];
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        for (flag, default) in expected {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag} missing"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "--{flag}: `{help}` should state [default: {default}]"
+            );
+        }
+        // Every visible flag explains itself.
+        for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
+            assert!(arg.get_help().is_some(), "{:?} has no help", arg.get_id());
+        }
+    }
+}
