@@ -8,10 +8,15 @@ mod machine;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use machine::{add, value_of, Counter};
 use raft_client::{Client, ClientConfig};
+use raft_core::Index;
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
+use raft_node::runtime::HostedMachine;
+use raft_snapshot::{RestoreError, SnapshotSource, StateDigest, StateMachine};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
     let held: Vec<TcpListener> = (0..n)
@@ -114,6 +119,137 @@ async fn a_custom_machine_is_replicated_snapshotted_and_compared() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+}
+
+/// Set while a [`SlowRestore`] is inside `restore`.
+static RESTORING: AtomicBool = AtomicBool::new(false);
+/// How long [`SlowRestore::restore`] takes: many election timeouts.
+const RESTORE_DELAY: Duration = Duration::from_secs(3);
+
+/// The counter, with a restore that takes [`RESTORE_DELAY`]: a stand-in for a large snapshot.
+#[derive(Debug, Default)]
+struct SlowRestore(Counter);
+
+impl SnapshotSource for SlowRestore {
+    fn snapshot(&self, writer: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.0.snapshot(writer)
+    }
+
+    fn digest(&self) -> StateDigest {
+        self.0.digest()
+    }
+}
+
+impl StateMachine for SlowRestore {
+    type Response = i64;
+    type Frozen = Counter;
+
+    fn apply(&mut self, index: Index, command: &[u8]) -> i64 {
+        self.0.apply(index, command)
+    }
+
+    fn applied_index(&self) -> Index {
+        self.0.applied_index()
+    }
+
+    fn freeze(&self) -> Counter {
+        self.0.freeze()
+    }
+
+    fn restore(&mut self, reader: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        RESTORING.store(true, Ordering::SeqCst);
+        std::thread::sleep(RESTORE_DELAY);
+        let result = self.0.restore(reader);
+        RESTORING.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+impl HostedMachine for SlowRestore {
+    fn query(&self, op: &[u8]) -> Bytes {
+        self.0.query(op)
+    }
+
+    fn encode_response(response: &i64) -> Bytes {
+        Counter::encode_response(response)
+    }
+
+    fn skip_to(&mut self, index: Index) {
+        self.0.skip_to(index);
+    }
+
+    fn empty_like(&self) -> Self {
+        SlowRestore::default()
+    }
+}
+
+/// A snapshot from the leader is restored off the task that runs the protocol: while a
+/// slow restore runs, the node goes on answering (and so on hearing heartbeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_snapshot_install_does_not_stall_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_addrs(6);
+    let peers: Vec<PeerConfig> = (1..=3u64)
+        .map(|id| PeerConfig {
+            id,
+            addr: ports[2 * (id as usize - 1)],
+            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+        })
+        .collect();
+    // Nodes 1 and 2 are a majority: they commit and compact without node 3.
+    let mut nodes = Vec::new();
+    for id in 1..=2 {
+        let node = RunningNode::start_with(config(id, dir.path(), &peers), Counter::default());
+        nodes.push(node.await.unwrap());
+    }
+    let addrs: Vec<String> = peers[..2]
+        .iter()
+        .map(|p| p.client_addr.unwrap().to_string())
+        .collect();
+    let client = Client::new(ClientConfig::new(addrs));
+    for i in 1..=60 {
+        client.propose(add(i)).await.unwrap();
+    }
+    let total: i64 = (1..=60).sum();
+    // Node 3 starts empty, behind the leader's compaction point: it needs the snapshot.
+    let slow = RunningNode::start_with(config(3, dir.path(), &peers), SlowRestore::default());
+    nodes.push(slow.await.unwrap());
+    let probe = one_node_client(peers[2].client_addr.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !RESTORING.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never began restoring a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answered = 0;
+    while RESTORING.load(Ordering::SeqCst) {
+        // The probe gives up after 1 s: a node busy restoring on its protocol task would
+        // not answer for the whole RESTORE_DELAY.
+        let status = probe.status().await;
+        assert!(status.is_ok(), "node 3 stalled while restoring: {status:?}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered >= 3, "only {answered} answers during the restore");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(v) = probe.query(Vec::new(), false).await {
+            if value_of(&v) == Some(total) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up: {:?}",
+            probe.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in nodes {
         node.shutdown().await;
     }
 }
