@@ -9,6 +9,8 @@
 //!   fsync, rename, directory fsync).
 //! - `raw_tcp_copy_fsync`: read the same bytes from a plain file, write them to a loopback
 //!   TCP socket, read them on the other side, write them to a file and fsync it.
+//! - `raw_tcp_transfer_only` and `lane_transfer_only`: the network halves alone (bytes in
+//!   memory to bytes in memory), to tell the transport's share from the disk's.
 //!
 //! `RAFT_SNAPSHOT_BENCH_MIB` sets the body size (default 64). The sender's file was just
 //! written, so both read it from the page cache.
@@ -73,6 +75,20 @@ fn write_fsync(path: &Path, bytes: &[u8]) {
     file.sync_all().unwrap();
 }
 
+/// The snapshot with `index`, once the lane delivered it whole and CRC-checked.
+async fn receive(rx: &mut tokio::sync::mpsc::Receiver<Incoming>, index: u64) -> Bytes {
+    tokio::time::timeout(INSTALL_TIMEOUT, async {
+        loop {
+            match rx.recv().await.expect("transport open") {
+                Incoming::Snapshot { meta: m, data, .. } if m.index == index => break data,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("snapshot arrived in time")
+}
+
 fn benches(c: &mut Criterion) {
     let len = body_bytes();
     let body = body(len);
@@ -88,7 +104,7 @@ fn benches(c: &mut Criterion) {
     let snapshot = writer.finish(StateDigest(0)).unwrap();
     let raw_path = dir.path().join("raw-source");
     write_fsync(&raw_path, &body);
-    drop(body);
+    let body_copy = Bytes::from(body);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -146,6 +162,37 @@ fn benches(c: &mut Criterion) {
         })
     });
     let mut index = 1;
+    // The network halves alone (no file read, no file write), to tell where the time goes.
+    let mut received = vec![0u8; len];
+    let source = &body_copy;
+    group.bench_function(BenchmarkId::new("raw_tcp_transfer_only", mib), |bench| {
+        bench.iter(|| {
+            std::thread::scope(|s| {
+                let mut out = &raw_out;
+                s.spawn(move || {
+                    for piece in source.chunks(PIECE_BYTES) {
+                        out.write_all(piece).unwrap();
+                    }
+                });
+                raw_in.read_exact(&mut received).unwrap();
+            })
+        })
+    });
+    group.bench_function(BenchmarkId::new("lane_transfer_only", mib), |bench| {
+        bench.iter(|| {
+            index += 1;
+            let done = a.send_snapshot(2, meta(index), source.clone()).unwrap();
+            rt.block_on(async {
+                let got = receive(&mut b_rx, index).await;
+                tokio::time::timeout(INSTALL_TIMEOUT, done)
+                    .await
+                    .expect("sender told in time")
+                    .expect("sender alive")
+                    .expect("sent");
+                got
+            })
+        })
+    });
     group.bench_function(BenchmarkId::new("lane_install", mib), |bench| {
         bench.iter(|| {
             index += 1;
@@ -154,18 +201,7 @@ fn benches(c: &mut Criterion) {
             reader.read_to_end(&mut data).unwrap();
             let done = a.send_snapshot(2, meta(index), Bytes::from(data)).unwrap();
             let data = rt.block_on(async {
-                let got = tokio::time::timeout(INSTALL_TIMEOUT, async {
-                    loop {
-                        match b_rx.recv().await.expect("transport open") {
-                            Incoming::Snapshot { meta: m, data, .. } if m.index == index => {
-                                break data
-                            }
-                            _ => continue,
-                        }
-                    }
-                })
-                .await
-                .expect("snapshot arrived in time");
+                let got = receive(&mut b_rx, index).await;
                 tokio::time::timeout(INSTALL_TIMEOUT, done)
                     .await
                     .expect("sender told in time")
