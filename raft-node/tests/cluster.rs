@@ -688,6 +688,20 @@ fn config_errors_name_the_field_and_exit_nonzero() {
         "{err}"
     );
 
+    // A data directory that cannot be one (a regular file) names `data_dir`.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(&file)
+        .args(["--peer", &format!("1={},{}", free_addr(), free_addr())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("`data_dir`"), "{err}");
+
     // A port in use names the listener's field.
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap();
