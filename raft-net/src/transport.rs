@@ -2,8 +2,10 @@
 //! outbound snapshot connection, each driven by its own task.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -32,8 +34,10 @@ use crate::wire::{
 /// What the transport hands to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// A message from a peer, in the order that peer's transport sent it on one connection.
-    Message(Message),
+    /// Messages from one peer, in the order that peer's transport sent them on one
+    /// connection: every whole frame a read brought in, at most
+    /// [`TransportConfig::incoming_batch_messages_max`] of them, never empty.
+    Messages(Vec<Message>),
     /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
     /// `InstallSnapshot` message carrying the same `meta`.
     Snapshot {
@@ -63,6 +67,44 @@ pub enum SnapshotSendError {
     Refused(String),
     #[error("the peer was removed or the transport shut down")]
     Cancelled,
+}
+
+/// The host's channel, whatever its item type: readers send into it directly, with no
+/// forwarding task in between.
+trait Sink: Send + Sync + 'static {
+    fn deliver(&self, item: Incoming) -> Delivery<'_>;
+}
+
+enum Delivery<'a> {
+    Done,
+    /// The host dropped its receiver.
+    Closed,
+    /// The channel is full: this future waits for room (false if the host went away).
+    Full(Pin<Box<dyn Future<Output = bool> + Send + 'a>>),
+}
+
+impl<T: From<Incoming> + Send + 'static> Sink for mpsc::Sender<T> {
+    fn deliver(&self, item: Incoming) -> Delivery<'_> {
+        // try_send first: the common case (room in the channel) skips the async path and
+        // its allocation.
+        match self.try_send(T::from(item)) {
+            Ok(()) => Delivery::Done,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                Delivery::Full(Box::pin(async move { self.send(item).await.is_ok() }))
+            }
+        }
+    }
+}
+
+/// Hand `item` to the host, waiting while its channel is full (TCP then pushes back on the
+/// sender). False when the host dropped its receiver.
+async fn deliver(shared: &Shared, item: Incoming) -> bool {
+    match shared.incoming.deliver(item) {
+        Delivery::Done => true,
+        Delivery::Closed => false,
+        Delivery::Full(wait) => wait.await,
+    }
 }
 
 /// A connection-level failure: counted by kind, logged with its detail.
@@ -107,10 +149,55 @@ struct OutSnapshot {
     done: Option<oneshot::Sender<Result<(), SnapshotSendError>>>,
 }
 
+/// A peer's outbound message lane. One lock covers the queue and the connection, so that
+/// `send`'s direct writes and the writer task's batches never interleave bytes or reorder
+/// messages: `send` writes only when nothing is queued, unsent or being written.
+struct Outbox {
+    queue: VecDeque<Message>,
+    /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
+    writer_busy: bool,
+    /// The established message connection, for direct writes; `None` while (re)connecting.
+    conn: Option<Arc<OwnedWriteHalf>>,
+    /// The tail of a direct write that the socket did not take at once. The writer task
+    /// writes it before anything else; it is dropped with its connection.
+    unsent: Vec<Bytes>,
+    /// When the last write on `conn` ended (direct or by the writer task).
+    write_ended: std::time::Instant,
+    /// The direct writes' encode buffer, kept between sends.
+    scratch: SegmentedBuf,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            writer_busy: false,
+            conn: None,
+            unsent: Vec::new(),
+            write_ended: std::time::Instant::now(),
+            scratch: SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES),
+        }
+    }
+
+    /// The connection ended: what was not written on it is lost with it.
+    fn disconnect(&mut self) {
+        self.conn = None;
+        self.unsent.clear();
+    }
+}
+
+/// Initial room of the direct-write encode buffer; a larger message grows it.
+const DIRECT_WRITE_BUF_BYTES: usize = 4096;
+/// A direct-write buffer grown past this by a large message is not kept.
+const DIRECT_WRITE_BUF_BYTES_MAX: usize = 64 * 1024;
+/// Segments per vectored write.
+const IOVECS_MAX: usize = 64;
+
 struct Peer {
     id: NodeId,
     addr: Mutex<SocketAddr>,
-    queue: Mutex<VecDeque<Message>>,
+    out: Mutex<Outbox>,
+    /// Wakes the writer task: a message queued into an empty queue, or `unsent` bytes.
     queue_notify: Notify,
     snapshot: Mutex<Option<OutSnapshot>>,
     snapshot_notify: Notify,
@@ -131,7 +218,7 @@ struct Shared {
     cfg: TransportConfig,
     stats: Stats,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: Box<dyn Sink>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
@@ -164,7 +251,7 @@ impl Transport {
     /// b.add_peer(1, a.local_addr());
     /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
     /// a.send(msg.clone()).unwrap();
-    /// assert_eq!(b_rx.recv().await, Some(Incoming::Message(msg)));
+    /// assert_eq!(b_rx.recv().await, Some(Incoming::Messages(vec![msg])));
     /// a.shutdown().await;
     /// b.shutdown().await;
     /// # });
@@ -172,17 +259,55 @@ impl Transport {
     pub async fn start(
         config: TransportConfig,
     ) -> io::Result<(TransportHandle, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(config.incoming_batches_max);
+        let handle = Self::start_with_sender(config, tx).await?;
+        Ok((handle, rx))
+    }
+
+    /// Like [`Transport::start`], but deliver into the host's own channel, of any item type
+    /// an [`Incoming`] converts into: no task sits between the readers and the host. The
+    /// channel's bound takes the place of `incoming_batches_max`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Incoming, Transport, TransportConfig};
+    ///
+    /// enum HostEvent { Net(Incoming), Tick }
+    /// impl From<Incoming> for HostEvent {
+    ///     fn from(i: Incoming) -> Self { HostEvent::Net(i) }
+    /// }
+    /// let (tx, mut events) = tokio::sync::mpsc::channel::<HostEvent>(64);
+    /// let b = Transport::start_with_sender(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()), tx)
+    ///     .await.unwrap();
+    /// let (a, _a_rx) = Transport::start(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// a.send(msg.clone()).unwrap();
+    /// match events.recv().await {
+    ///     Some(HostEvent::Net(Incoming::Messages(ms))) => assert_eq!(ms, vec![msg]),
+    ///     _ => panic!("expected the message"),
+    /// }
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start_with_sender<T: From<Incoming> + Send + 'static>(
+        config: TransportConfig,
+        incoming: mpsc::Sender<T>,
+    ) -> io::Result<TransportHandle> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen_addr).await?;
         let local_addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(config.incoming_messages_max);
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             stats: Stats::default(),
             peers: Mutex::new(HashMap::new()),
-            incoming: tx,
+            incoming: Box::new(incoming),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             partial_snapshots: Mutex::new(HashMap::new()),
@@ -206,7 +331,7 @@ impl Transport {
             local_addr,
             _guard: Arc::new(cancel.drop_guard()),
         };
-        Ok((handle, rx))
+        Ok(handle)
     }
 }
 
@@ -225,7 +350,11 @@ impl TransportHandle {
         self.local_addr
     }
 
-    /// Queue `msg` for `msg.to`. Never blocks and never awaits: if that peer's queue holds
+    /// Send `msg` to `msg.to`. Never blocks and never awaits. When the connection is idle
+    /// (nothing queued or being written, and no write in the last
+    /// [`TransportConfig::direct_write_idle_us_min`]) the message is written to the socket
+    /// here, without a hand-off to the writer task. Otherwise it is queued, and the writer
+    /// task sends everything queued together; if that peer's queue holds
     /// `queue_messages_max` messages, the oldest is dropped (and counted) to make room,
     /// since Raft recovers from lost messages but not from a stalled core.
     ///
@@ -236,9 +365,29 @@ impl TransportHandle {
     /// ```
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         let peer = self.peer(msg.to)?;
+        let cfg = &self.shared.cfg;
         let (dropped, was_empty) = {
-            let mut q = peer.queue.lock().unwrap();
-            let dropped = if q.len() >= self.shared.cfg.queue_messages_max {
+            let mut out = peer.out.lock().unwrap();
+            let out = &mut *out;
+            let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
+                match &out.conn {
+                    Some(conn)
+                        if out.write_ended.elapsed()
+                            >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
+                    {
+                        let conn = conn.clone();
+                        match write_direct(&self.shared, &peer, out, &conn, msg) {
+                            None => return Ok(()),
+                            Some(msg) => msg,
+                        }
+                    }
+                    _ => msg,
+                }
+            } else {
+                msg
+            };
+            let q = &mut out.queue;
+            let dropped = if q.len() >= cfg.queue_messages_max {
                 q.pop_front().is_some()
             } else {
                 false
@@ -307,7 +456,7 @@ impl TransportHandle {
     /// Messages waiting in `to`'s queue.
     pub fn queued(&self, to: NodeId) -> usize {
         self.peer(to)
-            .map(|p| p.queue.lock().unwrap().len())
+            .map(|p| p.out.lock().unwrap().queue.len())
             .unwrap_or(0)
     }
 
@@ -356,7 +505,7 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
     let peer = Arc::new(Peer {
         id,
         addr: Mutex::new(addr),
-        queue: Mutex::new(VecDeque::new()),
+        out: Mutex::new(Outbox::new()),
         queue_notify: Notify::new(),
         snapshot: Mutex::new(None),
         snapshot_notify: Notify::new(),
@@ -456,7 +605,7 @@ fn log_conn_error(shared: &Shared, peer: NodeId, lane: Lane, e: &ConnError) {
 /// Wait until `peer`'s queue is non-empty. Returns false on cancellation.
 async fn wait_for_messages(peer: &Peer) -> bool {
     loop {
-        if !peer.queue.lock().unwrap().is_empty() {
+        if !peer.out.lock().unwrap().queue.is_empty() {
             return true;
         }
         tokio::select! {
@@ -464,6 +613,137 @@ async fn wait_for_messages(peer: &Peer) -> bool {
             _ = peer.queue_notify.notified() => {}
         }
     }
+}
+
+/// Write `msg` to `conn` from the caller, under the outbox lock. `None`: written (or
+/// unencodable, and counted); what the socket did not take is left in `out.unsent` for the
+/// writer task. `Some(msg)`: nothing could be written, queue it.
+fn write_direct(
+    shared: &Shared,
+    peer: &Peer,
+    out: &mut Outbox,
+    conn: &OwnedWriteHalf,
+    msg: Message,
+) -> Option<Message> {
+    let cfg = &shared.cfg;
+    out.scratch.clear();
+    if let Err(e) = encode_message(&msg, &mut out.scratch, cfg.frame_bytes_max) {
+        Stats::add(&shared.stats.messages_unencodable, 1);
+        warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
+        return None;
+    }
+    let total = out.scratch.len();
+    let segments = out.scratch.finish();
+    let written = match try_write_now(conn, segments) {
+        // Broken, or no room at all: the writer task finds out which and deals with it.
+        Ok(0) | Err(_) => return Some(msg),
+        Ok(n) => n,
+    };
+    if written < total {
+        out.unsent = remaining(segments, written);
+        out.writer_busy = true;
+        peer.queue_notify.notify_one();
+    } else {
+        out.write_ended = std::time::Instant::now();
+    }
+    // The message is committed to this connection; the rest of its bytes are counted when
+    // the writer task writes them.
+    Stats::add(&shared.stats.messages_sent, 1);
+    Stats::add(&shared.stats.bytes_sent, written as u64);
+    if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
+        out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
+    }
+    None
+}
+
+/// Write as much of `segments` as the socket takes without waiting. An error only when
+/// nothing at all was written.
+fn try_write_now(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<usize> {
+    let mut cursor = SegmentCursor::default();
+    let mut written = 0;
+    let mut slices = Vec::new();
+    while !cursor.done(segments) {
+        cursor.slices(segments, &mut slices);
+        match wr.try_write_vectored(&slices) {
+            Ok(0) => break,
+            Ok(n) => {
+                written += n;
+                cursor.advance(segments, n);
+            }
+            Err(e) if written == 0 && e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(written)
+}
+
+/// The bytes of `segments` after the first `skip`, without copying them.
+fn remaining(segments: &[Bytes], mut skip: usize) -> Vec<Bytes> {
+    let mut rest = Vec::new();
+    for s in segments {
+        if skip >= s.len() {
+            skip -= s.len();
+        } else {
+            rest.push(s.slice(skip..));
+            skip = 0;
+        }
+    }
+    rest
+}
+
+/// A position in a list of segments being written.
+#[derive(Default)]
+struct SegmentCursor {
+    segment: usize,
+    offset: usize,
+}
+
+impl SegmentCursor {
+    fn done(&self, segments: &[Bytes]) -> bool {
+        self.segment >= segments.len()
+    }
+
+    /// The next at most `IOVECS_MAX` slices to write.
+    fn slices<'a>(&self, segments: &'a [Bytes], out: &mut Vec<IoSlice<'a>>) {
+        out.clear();
+        out.push(IoSlice::new(&segments[self.segment][self.offset..]));
+        out.extend(
+            segments[self.segment + 1..]
+                .iter()
+                .take(IOVECS_MAX - 1)
+                .map(|s| IoSlice::new(s)),
+        );
+    }
+
+    fn advance(&mut self, segments: &[Bytes], mut n: usize) {
+        while self.segment < segments.len() {
+            let left = segments[self.segment].len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.segment += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// Write all of `segments`. Through the socket's non-blocking interface, as `send`'s
+/// direct writes do, since the two share the connection.
+async fn write_segments(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<()> {
+    let mut cursor = SegmentCursor::default();
+    let mut slices = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
+    while !cursor.done(segments) {
+        cursor.slices(segments, &mut slices);
+        match wr.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => cursor.advance(segments, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
@@ -481,7 +761,7 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
             _ = peer.cancel.cancelled() => return,
             r = dial(&shared, &peer, Lane::Messages) => r,
         };
-        let (mut rd, mut wr) = match conn {
+        let (mut rd, wr) = match conn {
             Ok(c) => c,
             Err(e) => {
                 log_conn_error(&shared, peer.id, Lane::Messages, &e);
@@ -500,7 +780,17 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
             Stats::add(&shared.stats.reconnects, 1);
         }
         connected_before = true;
-        let result = pump_messages(&shared, &peer, &mut rd, &mut wr, &mut buf, &mut batch).await;
+        let wr = Arc::new(wr);
+        {
+            let mut out = peer.out.lock().unwrap();
+            out.conn = Some(wr.clone());
+            // Until the writer has looked at the queue, nothing may overtake it.
+            out.writer_busy = true;
+        }
+        let result = pump_messages(&shared, &peer, &mut rd, &wr, &mut buf, &mut batch).await;
+        peer.out.lock().unwrap().disconnect();
+        // What the writer took but did not write belongs to the closed connection.
+        batch.clear();
         match result {
             Ok(true) => {}
             Ok(false) => return,
@@ -525,7 +815,7 @@ async fn pump_messages(
     shared: &Shared,
     peer: &Peer,
     rd: &mut FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
-    wr: &mut OwnedWriteHalf,
+    wr: &OwnedWriteHalf,
     buf: &mut SegmentedBuf,
     batch: &mut VecDeque<Message>,
 ) -> Result<bool, ConnError> {
@@ -537,25 +827,36 @@ async fn pump_messages(
     tokio::pin!(cancelled);
     let idle_timer = sleep(idle);
     tokio::pin!(idle_timer);
-    let mut wrote_since_armed = false;
     // The acceptor never writes after the handshake: anything readable is EOF or an error,
     // i.e. the peer went away. Notice it now, not at the next write.
     let peer_gone = rd.get_mut().read_u8();
     tokio::pin!(peer_gone);
     loop {
-        {
-            let mut q = peer.queue.lock().unwrap();
-            std::mem::swap(&mut *q, batch);
-        }
-        if batch.is_empty() {
+        let unsent = {
+            let mut out = peer.out.lock().unwrap();
+            std::mem::swap(&mut out.queue, batch);
+            let unsent = std::mem::take(&mut out.unsent);
+            out.writer_busy = !batch.is_empty() || !unsent.is_empty();
+            unsent
+        };
+        if batch.is_empty() && unsent.is_empty() {
+            // Idle: `send` may write directly meanwhile.
             tokio::select! {
                 _ = &mut cancelled => return Ok(false),
                 _ = peer.queue_notify.notified() => continue,
                 _ = &mut idle_timer => {
-                    if std::mem::take(&mut wrote_since_armed) {
-                        idle_timer.as_mut().reset(Instant::now() + idle);
+                    let mut out = peer.out.lock().unwrap();
+                    if !out.queue.is_empty() || !out.unsent.is_empty() {
                         continue;
                     }
+                    // Direct writes count as activity too; the check and the close happen
+                    // under one lock, so no direct write slips in between.
+                    let since = out.write_ended.elapsed();
+                    if since < idle {
+                        idle_timer.as_mut().reset(Instant::now() + (idle - since));
+                        continue;
+                    }
+                    out.disconnect();
                     debug!(node = cfg.node_id, peer = peer.id, "closing idle connection");
                     return Ok(true);
                 }
@@ -567,7 +868,14 @@ async fn pump_messages(
                 }
             }
         }
-        wrote_since_armed = true;
+        // The tail of a direct write goes first: it precedes everything queued after it.
+        if !unsent.is_empty() {
+            let total: usize = unsent.iter().map(Bytes::len).sum();
+            timeout(idle, write_segments(wr, &unsent))
+                .await
+                .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
+            Stats::add(&shared.stats.bytes_sent, total as u64);
+        }
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
         // with as few syscalls as the kernel allows. Large payloads are not copied into the
         // buffer but written from where they are, in the same (vectored) write.
@@ -589,6 +897,7 @@ async fn pump_messages(
         if !buf.is_empty() {
             write_batch(shared, wr, buf, count, idle).await?;
         }
+        peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
         if buf.buf.capacity() > 4 * cfg.write_batch_bytes_max {
             *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
@@ -596,49 +905,16 @@ async fn pump_messages(
     }
 }
 
-/// Write every segment of `buf` (then clear it), with vectored writes of at most
-/// `IOVECS_MAX` segments each.
+/// Write every segment of `buf` (then clear it).
 async fn write_batch(
     shared: &Shared,
-    wr: &mut OwnedWriteHalf,
+    wr: &OwnedWriteHalf,
     buf: &mut SegmentedBuf,
     count: u64,
     idle: Duration,
 ) -> Result<(), ConnError> {
-    const IOVECS_MAX: usize = 64;
     let total = buf.len();
-    let segments = buf.finish();
-    let write = async {
-        let (mut i, mut off) = (0usize, 0usize);
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
-        while i < segments.len() {
-            slices.clear();
-            slices.push(IoSlice::new(&segments[i][off..]));
-            slices.extend(
-                segments[i + 1..]
-                    .iter()
-                    .take(IOVECS_MAX - 1)
-                    .map(|s| IoSlice::new(s)),
-            );
-            let mut n = wr.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            while n > 0 {
-                let left = segments[i].len() - off;
-                if n >= left {
-                    n -= left;
-                    i += 1;
-                    off = 0;
-                } else {
-                    off += n;
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
-    };
-    timeout(idle, write)
+    timeout(idle, write_segments(wr, buf.finish()))
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
     buf.clear();
@@ -1008,10 +1284,9 @@ async fn serve_inbound_inner(
     let from = hello.from;
     match hello.lane {
         Lane::Messages => {
-            let rd = rd.map_decoder(|d| {
-                d.retype_with(cfg.frame_bytes_max, crate::message_codec::decode_message)
-            });
-            read_messages(shared, from, rd, cancel)
+            // Whatever arrived behind the handshake stays in the buffer and is read first.
+            let buf = std::mem::take(rd.read_buffer_mut());
+            read_messages(shared, from, rd.into_inner(), buf, cancel)
                 .await
                 .map_err(|e| (peer, lane, e))
         }
@@ -1024,15 +1299,19 @@ async fn serve_inbound_inner(
     }
 }
 
-/// Resets when a frame arrives; fires after `idle` without one. Re-arms the timer only when
-/// it fires, not per frame, so the hot path pays one clock read per frame.
+/// Read a message connection: every read pulls in as many bytes as the socket holds (up
+/// to the buffer's room, at least `READ_BYTES_MIN`), every whole frame in the buffer is
+/// decoded in one pass, and they go to the host as one batch: one channel send and one
+/// wake-up per read, not per message.
 async fn read_messages(
     shared: &Arc<Shared>,
     from: NodeId,
-    mut rd: FramedRead<OwnedReadHalf, FrameDecoder<Message>>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
     cancel: &CancellationToken,
 ) -> Result<(), ConnError> {
-    let idle = Duration::from_millis(shared.cfg.idle_timeout_ms);
+    let cfg = &shared.cfg;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let conn_id = shared.conn_seq.fetch_add(1, Relaxed);
     if let Some((_, older)) = shared
         .inbound_messages
@@ -1043,16 +1322,58 @@ async fn read_messages(
         older.cancel();
     }
     let result = async {
+        let mut dec = FrameDecoder::messages(cfg.frame_bytes_max);
+        let batch_max = cfg.incoming_batch_messages_max;
+        // The idle timer is re-armed only when it fires, not per read, so the hot path
+        // reads no clock; silence is detected within 1-2x idle.
         let timer = sleep(idle);
         tokio::pin!(timer);
-        // Frames seen since the timer was last armed. Counting instead of reading the clock
-        // per frame keeps the hot path cheap; silence is detected within 1-2x idle.
         let mut frames_since_armed = 0u64;
-        let mut bytes_seen = rd.decoder().frame_bytes();
+        let mut bytes_seen = 0u64;
+        // Sized like the last batch: a steady stream allocates each batch once.
+        let mut batch_hint = 1usize;
         loop {
-            let next = tokio::select! {
+            let mut batch = Vec::with_capacity(batch_hint);
+            let mut drained = false;
+            while batch.len() < batch_max {
+                match dec.decode(&mut buf)? {
+                    Some(msg) => {
+                        if msg.from != from || msg.to != cfg.node_id {
+                            return Err(ConnError::new(
+                                ConnErrorKind::Protocol,
+                                format!(
+                                    "message from {} to {} on node {from}'s connection to node {}",
+                                    msg.from, msg.to, cfg.node_id
+                                ),
+                            ));
+                        }
+                        batch.push(msg);
+                    }
+                    None => {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let n = batch.len() as u64;
+                batch_hint = batch.len();
+                frames_since_armed += n;
+                let total = dec.frame_bytes();
+                Stats::add(&shared.stats.bytes_received, total - bytes_seen);
+                bytes_seen = total;
+                Stats::add(&shared.stats.messages_received, n);
+                if !deliver(shared, Incoming::Messages(batch)).await {
+                    // The host dropped its receiver: nothing left to deliver to.
+                    return Ok(());
+                }
+            }
+            if !drained {
+                continue; // A full batch: more whole frames may wait in the buffer.
+            }
+            let read = tokio::select! {
                 biased;
-                n = rd.next() => n,
+                r = rd.read_buf(&mut buf) => r?,
                 _ = &mut timer => {
                     if frames_since_armed > 0 {
                         frames_since_armed = 0;
@@ -1062,34 +1383,12 @@ async fn read_messages(
                     return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
                 }
             };
-            let msg = match next {
-                None => return Ok(()),
-                Some(r) => r?,
-            };
-            frames_since_armed += 1;
-            let total = rd.decoder().frame_bytes();
-            Stats::add(&shared.stats.bytes_received, total - bytes_seen);
-            bytes_seen = total;
-            if msg.from != from || msg.to != shared.cfg.node_id {
-                return Err(ConnError::new(
-                    ConnErrorKind::Protocol,
-                    format!(
-                        "message from {} to {} on node {from}'s connection to node {}",
-                        msg.from, msg.to, shared.cfg.node_id
-                    ),
-                ));
-            }
-            Stats::add(&shared.stats.messages_received, 1);
-            // try_send first: the common case (room in the channel) skips the async path.
-            match shared.incoming.try_send(Incoming::Message(msg)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    if shared.incoming.send(item).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                // The host dropped its receiver: nothing left to deliver to.
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            if read == 0 {
+                // Every whole frame was decoded above: anything left is a cut-off frame.
+                return match dec.decode_eof(&mut buf)? {
+                    None => Ok(()),
+                    Some(_) => unreachable!("decode found no whole frame in this same buffer"),
+                };
             }
         }
     }
@@ -1246,7 +1545,7 @@ async fn receive_snapshots(
                     meta: p.meta,
                     data: p.buf.freeze(),
                 };
-                if shared.incoming.send(incoming).await.is_err() {
+                if !deliver(shared, incoming).await {
                     return Ok(());
                 }
                 SnapshotFrame::Done { snapshot_id: p.id }

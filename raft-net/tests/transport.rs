@@ -1,5 +1,6 @@
 //! The transport over loopback: delivery, reconnection, hostile connections, snapshots.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,39 @@ fn config(id: u64) -> TransportConfig {
     c
 }
 
-async fn start(cfg: TransportConfig) -> (TransportHandle, Receiver<Incoming>) {
-    Transport::start(cfg).await.unwrap()
+/// The host's end, one item at a time: each message of a batch comes out as a batch of one.
+struct Inbox {
+    rx: Receiver<Incoming>,
+    ready: VecDeque<Incoming>,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Incoming> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            match self.rx.recv().await? {
+                Incoming::Messages(batch) => {
+                    assert!(!batch.is_empty(), "empty batch delivered");
+                    self.ready
+                        .extend(batch.into_iter().map(|m| Incoming::Messages(vec![m])));
+                }
+                snapshot => return Some(snapshot),
+            }
+        }
+    }
+}
+
+async fn start(cfg: TransportConfig) -> (TransportHandle, Inbox) {
+    let (h, rx) = Transport::start(cfg).await.unwrap();
+    (
+        h,
+        Inbox {
+            rx,
+            ready: VecDeque::new(),
+        },
+    )
 }
 
 fn heartbeat(from: u64, to: u64, seq: u64) -> Message {
@@ -42,10 +74,13 @@ fn heartbeat(from: u64, to: u64, seq: u64) -> Message {
 
 fn seq_of(incoming: Incoming) -> u64 {
     match incoming {
-        Incoming::Message(Message {
-            body: MessageBody::Heartbeat { read_seq, .. },
-            ..
-        }) => read_seq,
+        Incoming::Messages(batch) => match &batch[..] {
+            [Message {
+                body: MessageBody::Heartbeat { read_seq, .. },
+                ..
+            }] => *read_seq,
+            other => panic!("unexpected {other:?}"),
+        },
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -467,7 +502,7 @@ async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
             .unwrap()
             .unwrap();
         match got {
-            Incoming::Message(_) => worst = worst.max(sent.elapsed()),
+            Incoming::Messages(_) => worst = worst.max(sent.elapsed()),
             Incoming::Snapshot { from, meta, data } => break (from, meta, data),
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -773,7 +808,7 @@ async fn large_and_small_payloads_arrive_intact() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got, Incoming::Message(msg(i)), "message {i}");
+        assert_eq!(got, Incoming::Messages(vec![msg(i)]), "message {i}");
     }
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!(sa.bytes_sent, sb.bytes_received);
