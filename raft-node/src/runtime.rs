@@ -422,6 +422,11 @@ impl<S: NodeStore> Runtime<S> {
                 // Only the newest matters; an older one would be refused by the core anyway.
                 self.incoming_snapshot = Some((meta.index, meta.term, body));
             }
+            Inbound::Messages(msgs) => {
+                for msg in msgs {
+                    self.on_inbound(Inbound::Message(msg));
+                }
+            }
             Inbound::Message(msg) => {
                 if let MessageBody::InstallSnapshot { meta } = &msg.body {
                     let have = self
