@@ -23,12 +23,15 @@ pub const ZERO_COPY_BYTES_MIN: usize = 2048;
 /// Smallest encoding of one entry (index, term, payload tag): bounds a hostile entry count.
 const ENTRY_BYTES_MIN: usize = 3;
 
-struct Cursor {
-    frame: Bytes,
+struct Cursor<'a> {
+    frame: &'a [u8],
+    /// The frame as `Bytes`, to slice large payloads out of; without it every payload is
+    /// copied.
+    owner: Option<&'a Bytes>,
     pos: usize,
 }
 
-impl Cursor {
+impl Cursor<'_> {
     fn rest(&self) -> &[u8] {
         &self.frame[self.pos..]
     }
@@ -95,10 +98,9 @@ impl Cursor {
         }
         let (start, end) = (self.pos, self.pos + len as usize);
         self.pos = end;
-        Ok(if end - start >= ZERO_COPY_BYTES_MIN {
-            self.frame.slice(start..end)
-        } else {
-            Bytes::copy_from_slice(&self.frame[start..end])
+        Ok(match self.owner {
+            Some(owner) if end - start >= ZERO_COPY_BYTES_MIN => owner.slice(start..end),
+            _ => Bytes::copy_from_slice(&self.frame[start..end]),
         })
     }
 
@@ -197,11 +199,25 @@ impl Cursor {
 /// Decode one de-framed body (version byte + postcard `Message`), slicing large command
 /// payloads out of `frame`. Accepts exactly what `postcard::from_bytes` accepts.
 pub fn decode_message(frame: Bytes) -> Result<Message, FrameError> {
+    decode_from(&frame, Some(&frame))
+}
+
+/// [`decode_message`] from a borrowed body, copying every payload: for frames too short
+/// to hold a payload worth slicing, which then need not be split off the read buffer.
+pub fn decode_message_slice(frame: &[u8]) -> Result<Message, FrameError> {
+    decode_from(frame, None)
+}
+
+fn decode_from(frame: &[u8], owner: Option<&Bytes>) -> Result<Message, FrameError> {
     let (&version, _) = frame.split_first().ok_or(FrameError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(FrameError::BadVersion(version));
     }
-    let mut c = Cursor { frame, pos: 1 };
+    let mut c = Cursor {
+        frame,
+        owner,
+        pos: 1,
+    };
     let msg = Message {
         from: c.varint()?,
         to: c.varint()?,

@@ -850,3 +850,114 @@ async fn slow_snapshot_is_not_taken_for_an_idle_connection() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A burst arrives in batches: every whole frame a read brought in, never more than
+/// `incoming_batch_messages_max` and never an empty batch, in order, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_delivered_in_bounded_batches() {
+    const N: u64 = 4000;
+    let mut ca = config(1);
+    ca.queue_messages_max = N as usize;
+    let mut cb = config(2);
+    cb.incoming_batch_messages_max = 8;
+    // Room for the whole burst, so the reader delivers it all before the host reads.
+    cb.incoming_batches_max = N as usize;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = Transport::start(cb).await.unwrap();
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    for seq in 0..N {
+        a.send(heartbeat(1, 2, seq)).unwrap();
+    }
+    wait_until("the burst to arrive", || b.stats().messages_received == N).await;
+    let (mut next, mut batches, mut largest) = (0u64, 0u64, 0usize);
+    while next < N {
+        let Some(Incoming::Messages(batch)) =
+            timeout(Duration::from_secs(10), b_rx.recv()).await.unwrap()
+        else {
+            panic!("expected a batch");
+        };
+        assert!(
+            !batch.is_empty() && batch.len() <= 8,
+            "batch of {}",
+            batch.len()
+        );
+        largest = largest.max(batch.len());
+        batches += 1;
+        for m in batch {
+            assert_eq!(m, heartbeat(1, 2, next), "lost or reordered message");
+            next += 1;
+        }
+    }
+    // Sent in one burst, the frames came in many per read.
+    assert_eq!(largest, 8, "no read carried more than one frame");
+    assert!(batches < N, "{batches} batches for {N} messages");
+    assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// With every send on an idle connection written by the caller, sends written directly,
+/// sends queued behind them, and direct writes the socket only half took (the receiving
+/// host is not reading, so the socket fills) all arrive intact and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_queued_writes_keep_order_even_when_the_socket_fills() {
+    const BIG: usize = 1 << 20;
+    let mut ca = config(1);
+    ca.direct_write_idle_us_min = 0;
+    ca.queue_messages_max = 10_000;
+    let mut cb = config(2);
+    cb.incoming_batches_max = 1;
+    cb.incoming_batch_messages_max = 1;
+    let (a, _a_rx) = start(ca).await;
+    let (b, mut b_rx) = start(cb).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let append = |seq: u64, len: usize| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::AppendEntries {
+            prev_log_index: seq,
+            prev_log_term: 1,
+            entries: vec![raft_core::Entry {
+                index: seq + 1,
+                term: 1,
+                payload: raft_core::EntryPayload::Command(Bytes::from(vec![seq as u8; len])),
+            }],
+            leader_commit: 0,
+        },
+    };
+    // Singles with pauses (direct), bursts (one direct, the rest queued), and megabyte
+    // messages that no loopback socket buffer takes in one write.
+    let mut sent = Vec::new();
+    for round in 0..60u64 {
+        let len = if round % 10 == 9 { BIG } else { 100 };
+        for _ in 0..(round % 4 + 1) {
+            let m = append(sent.len() as u64, len);
+            a.send(m.clone()).unwrap();
+            sent.push(m);
+        }
+        if round % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Only now does the host start reading.
+    for (i, want) in sent.iter().enumerate() {
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Incoming::Messages(vec![want.clone()]), "message {i}");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.messages_dropped, 0);
+    assert_eq!(sa.messages_sent, sent.len() as u64);
+    wait_until("byte counts to agree", || {
+        a.stats().bytes_sent == b.stats().bytes_received
+    })
+    .await;
+    assert_eq!(sb.connection_errors.values().sum::<u64>(), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
