@@ -5,7 +5,9 @@
 //!   checked against `frame_bytes_max` before anything is allocated.
 //! * **Handshake** ([`wire::Hello`]): cluster ID and both node IDs; a mismatch is refused
 //!   with a reason that both ends log.
-//! * **Messages**: per peer one outbound connection. A send on an idle connection is
+//! * **Messages**: per peer one connection, used both ways: a node answers on the
+//!   connection its peer dialled rather than dialling its own, so replies travel with the
+//!   requests and TCP's acknowledgements ride on them. A send on an idle connection is
 //!   written by the caller at once; otherwise it joins a bounded queue that drops its
 //!   oldest message when full, and everything queued goes out in one write. The receiver
 //!   decodes every whole frame a read brought in and hands them to the host as one

@@ -1,5 +1,5 @@
-//! The transport: one listener, and per peer one outbound message connection and one
-//! outbound snapshot connection, each driven by its own task.
+//! The transport: one listener, and per peer one message connection (dialled by either
+//! end, used both ways) and one outbound snapshot connection, each driven by its own task.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -179,8 +179,13 @@ struct Outbox {
     queue: VecDeque<Message>,
     /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
     writer_busy: bool,
-    /// The established message connection, for direct writes; `None` while (re)connecting.
-    conn: Option<Arc<OwnedWriteHalf>>,
+    /// The message connection the writer task is sending on (and `send` may write to
+    /// directly); `None` while there is none.
+    conn: Option<Arc<Link>>,
+    /// The message connection this peer dialled to us, open while its reader runs: the
+    /// writer sends on it rather than dialling a second connection, so that replies travel
+    /// with the requests and TCP's acknowledgements ride on them.
+    inbound: Option<Arc<Link>>,
     /// The tail of a direct write that the socket did not take at once. The writer task
     /// writes it before anything else; it is dropped with its connection.
     unsent: Vec<Bytes>,
@@ -196,6 +201,7 @@ impl Outbox {
             queue: VecDeque::new(),
             writer_busy: false,
             conn: None,
+            inbound: None,
             unsent: Vec::new(),
             write_ended: std::time::Instant::now(),
             scratch: SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES),
@@ -206,6 +212,41 @@ impl Outbox {
     fn disconnect(&mut self) {
         self.conn = None;
         self.unsent.clear();
+    }
+}
+
+/// One message connection, as a way to send to its peer: dialled by us or by the peer, and
+/// read by a reader task that delivers whatever the peer sends on it.
+struct Link {
+    wr: OwnedWriteHalf,
+    dialed_by_us: bool,
+    /// Cancelled when the connection ends (its reader stopped, or we closed it).
+    closed: CancellationToken,
+    /// Set (under the outbox lock) when a better link to the same peer appeared: the writer
+    /// finishes any half-written frame, then moves over.
+    retired: AtomicBool,
+    /// Writes and delivered batches, so that either side's idle timer counts traffic in
+    /// both directions.
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl Link {
+    fn new(wr: OwnedWriteHalf, dialed_by_us: bool, closed: CancellationToken) -> Arc<Link> {
+        Arc::new(Link {
+            wr,
+            dialed_by_us,
+            closed,
+            retired: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        })
+    }
+
+    fn activity(&self) -> u64 {
+        self.writes
+            .load(Relaxed)
+            .wrapping_add(self.reads.load(Relaxed))
     }
 }
 
@@ -246,7 +287,7 @@ struct Shared {
     tracker: TaskTracker,
     partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
     /// The current inbound message connection per peer: a newer one closes the older, so a
-    /// peer holds at most one and its messages are never interleaved from two connections.
+    /// peer holds at most one accepted connection (and at most one we dialled).
     inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     conn_seq: AtomicU64,
     snapshot_seq: AtomicU64,
@@ -401,8 +442,9 @@ impl TransportHandle {
             let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
                 match &out.conn {
                     Some(conn)
-                        if out.write_ended.elapsed()
-                            >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
+                        if !conn.retired.load(Relaxed)
+                            && out.write_ended.elapsed()
+                                >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
                     {
                         let conn = conn.clone();
                         match write_direct(&self.shared, peer, out, &conn, msg) {
@@ -651,7 +693,7 @@ fn write_direct(
     shared: &Shared,
     peer: &Peer,
     out: &mut Outbox,
-    conn: &OwnedWriteHalf,
+    conn: &Link,
     msg: Message,
 ) -> Option<Message> {
     let cfg = &shared.cfg;
@@ -663,7 +705,7 @@ fn write_direct(
     }
     let total = out.scratch.len();
     let segments = out.scratch.finish();
-    let written = match try_write_now(conn, segments) {
+    let written = match try_write_now(&conn.wr, segments) {
         // Broken, or no room at all: the writer task finds out which and deals with it.
         Ok(0) | Err(_) => return Some(msg),
         Ok(n) => n,
@@ -675,6 +717,7 @@ fn write_direct(
     } else {
         out.write_ended = std::time::Instant::now();
     }
+    conn.writes.fetch_add(1, Relaxed);
     // The message is committed to this connection; the rest of its bytes are counted when
     // the writer task writes them.
     Stats::add(&shared.stats.messages_sent, 1);
@@ -786,43 +829,92 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
         if !wait_for_messages(&peer).await {
             return;
         }
-        let conn = tokio::select! {
-            _ = peer.cancel.cancelled() => return,
-            r = dial(&shared, &peer, Lane::Messages) => r,
+        // The connection the peer dialled to us, if one is open, carries our messages too.
+        let adopted = {
+            let out = peer.out.lock().unwrap();
+            out.inbound
+                .clone()
+                .filter(|l| !l.closed.is_cancelled() && !l.retired.load(Relaxed))
         };
-        let (mut rd, wr) = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                log_conn_error(&shared, peer.id, Lane::Messages, &e);
-                let delay = backoff_ms(cfg, peer.id, failures);
-                failures = failures.saturating_add(1);
-                tokio::select! {
+        let link = match adopted {
+            Some(link) => link,
+            None => {
+                let conn = tokio::select! {
                     _ = peer.cancel.cancelled() => return,
-                    _ = sleep(Duration::from_millis(delay)) => {}
+                    r = dial(&shared, &peer, Lane::Messages) => r,
+                };
+                let (rd, wr) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log_conn_error(&shared, peer.id, Lane::Messages, &e);
+                        let delay = backoff_ms(cfg, peer.id, failures);
+                        failures = failures.saturating_add(1);
+                        tokio::select! {
+                            _ = peer.cancel.cancelled() => return,
+                            _ = sleep(Duration::from_millis(delay)) => {}
+                        }
+                        continue;
+                    }
+                };
+                failures = 0;
+                Stats::add(&shared.stats.connects, 1);
+                if connected_before {
+                    Stats::add(&shared.stats.reconnects, 1);
                 }
-                continue;
+                connected_before = true;
+                let link = Link::new(wr, true, peer.cancel.child_token());
+                // The acceptor may answer on this connection: read it like an inbound one.
+                let mut rd = rd;
+                let buf = std::mem::take(rd.read_buffer_mut());
+                shared.tracker.spawn(read_dialed(
+                    shared.clone(),
+                    peer.id,
+                    rd.into_inner(),
+                    buf,
+                    link.clone(),
+                ));
+                link
             }
         };
-        failures = 0;
-        Stats::add(&shared.stats.connects, 1);
-        if connected_before {
-            Stats::add(&shared.stats.reconnects, 1);
-        }
-        connected_before = true;
-        let wr = Arc::new(wr);
-        {
+        let link = {
             let mut out = peer.out.lock().unwrap();
-            out.conn = Some(wr.clone());
+            // The peer's own dial won the race to us meanwhile: of two connections, both
+            // ends keep the one the lower node ID dialled.
+            let link = match out.inbound.clone() {
+                Some(inbound)
+                    if link.dialed_by_us
+                        && peer.id < cfg.node_id
+                        && !inbound.closed.is_cancelled() =>
+                {
+                    // Dropped here, not at the end of this loop: the socket closes once
+                    // its reader task lets go of it too.
+                    link.closed.cancel();
+                    drop(link);
+                    inbound
+                }
+                _ => link,
+            };
+            out.conn = Some(link.clone());
             // Until the writer has looked at the queue, nothing may overtake it.
             out.writer_busy = true;
+            link
+        };
+        let result = pump_messages(&shared, &peer, &link, &mut buf, &mut batch).await;
+        {
+            let mut out = peer.out.lock().unwrap();
+            if out.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link)) {
+                out.disconnect();
+            }
         }
-        let result = pump_messages(&shared, &peer, &mut rd, &wr, &mut buf, &mut batch).await;
-        peer.out.lock().unwrap().disconnect();
         // What the writer took but did not write belongs to the closed connection.
         batch.clear();
+        if link.dialed_by_us {
+            // Ours to close; a link the peer dialled is closed by its reader.
+            link.closed.cancel();
+        }
         match result {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(PumpEnd::Idle | PumpEnd::Closed | PumpEnd::Retired) => {}
+            Ok(PumpEnd::Cancelled) => return,
             Err(e) => {
                 log_conn_error(&shared, peer.id, Lane::Messages, &e);
                 // The write may have failed half-way: what was in flight is lost, which
@@ -838,62 +930,100 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     }
 }
 
-/// Drive one established message connection. `Ok(true)`: closed for idleness, reconnect
-/// when there is something to send; `Ok(false)`: cancelled.
+/// Why the writer stopped sending on a link.
+enum PumpEnd {
+    /// Nothing went either way for `idle_timeout_ms`.
+    Idle,
+    /// The connection ended; its reader logged why.
+    Closed,
+    /// A link the peer dialled replaced it.
+    Retired,
+    /// The peer was removed or the transport shut down.
+    Cancelled,
+}
+
+/// Read what the acceptor sends back on a connection we dialled. Its end (EOF, a bad
+/// frame) closes the link, which stops the writer; silence does not, since a connection
+/// used one way only is normal.
+async fn read_dialed(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    link: Arc<Link>,
+) {
+    let result = tokio::select! {
+        _ = link.closed.cancelled() => return,
+        r = read_messages(&shared, peer, rd, buf, &link, false) => r,
+    };
+    if let Err(e) = result {
+        log_conn_error(&shared, peer, Lane::Messages, &e);
+    }
+    link.closed.cancel();
+}
+
+/// Send on one established message connection until it goes idle, closes or is retired.
 async fn pump_messages(
     shared: &Shared,
     peer: &Peer,
-    rd: &mut FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
-    wr: &OwnedWriteHalf,
+    link: &Link,
     buf: &mut SegmentedBuf,
     batch: &mut VecDeque<Message>,
-) -> Result<bool, ConnError> {
+) -> Result<PumpEnd, ConnError> {
     let cfg = &shared.cfg;
+    let wr = &link.wr;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     // Long-lived futures, armed once per connection rather than each time the queue runs
     // dry (which, under request/response traffic, is after every message).
     let cancelled = peer.cancel.cancelled();
     tokio::pin!(cancelled);
+    let closed = link.closed.cancelled();
+    tokio::pin!(closed);
     let idle_timer = sleep(idle);
     tokio::pin!(idle_timer);
-    // The acceptor never writes after the handshake: anything readable is EOF or an error,
-    // i.e. the peer went away. Notice it now, not at the next write.
-    let peer_gone = rd.get_mut().read_u8();
-    tokio::pin!(peer_gone);
+    let mut activity_armed = link.activity();
     loop {
-        let unsent = {
+        let (unsent, retiring) = {
             let mut out = peer.out.lock().unwrap();
-            std::mem::swap(&mut out.queue, batch);
+            let retiring = link.retired.load(Relaxed);
+            // A retiring link sends only the tail of a half-written frame; the queue waits
+            // for the next link.
+            if !retiring {
+                std::mem::swap(&mut out.queue, batch);
+            }
             let unsent = std::mem::take(&mut out.unsent);
-            out.writer_busy = !batch.is_empty() || !unsent.is_empty();
-            unsent
+            out.writer_busy = retiring || !batch.is_empty() || !unsent.is_empty();
+            (unsent, retiring)
         };
+        if retiring && unsent.is_empty() {
+            return Ok(PumpEnd::Retired);
+        }
+        if link.closed.is_cancelled() {
+            return Ok(PumpEnd::Closed);
+        }
         if batch.is_empty() && unsent.is_empty() {
             // Idle: `send` may write directly meanwhile.
             tokio::select! {
-                _ = &mut cancelled => return Ok(false),
+                _ = &mut cancelled => return Ok(PumpEnd::Cancelled),
+                _ = &mut closed => return Ok(PumpEnd::Closed),
                 _ = peer.queue_notify.notified() => continue,
                 _ = &mut idle_timer => {
                     let mut out = peer.out.lock().unwrap();
                     if !out.queue.is_empty() || !out.unsent.is_empty() {
                         continue;
                     }
-                    // Direct writes count as activity too; the check and the close happen
-                    // under one lock, so no direct write slips in between.
-                    let since = out.write_ended.elapsed();
-                    if since < idle {
-                        idle_timer.as_mut().reset(Instant::now() + (idle - since));
+                    // Direct writes and the peer's messages count as activity too; the
+                    // check and the close happen under one lock, so no direct write slips
+                    // in between.
+                    let activity = link.activity();
+                    if activity != activity_armed {
+                        activity_armed = activity;
+                        idle_timer.as_mut().reset(Instant::now() + idle);
                         continue;
                     }
                     out.disconnect();
                     debug!(node = cfg.node_id, peer = peer.id, "closing idle connection");
-                    return Ok(true);
-                }
-                r = &mut peer_gone => {
-                    return Err(match r {
-                        Ok(_) => ConnError::new(ConnErrorKind::Protocol, "unexpected bytes from acceptor"),
-                        Err(e) => ConnError::new(ConnErrorKind::Io, format!("peer closed: {e}")),
-                    });
+                    return Ok(PumpEnd::Idle);
                 }
             }
         }
@@ -904,6 +1034,7 @@ async fn pump_messages(
                 .await
                 .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
             Stats::add(&shared.stats.bytes_sent, total as u64);
+            link.writes.fetch_add(1, Relaxed);
         }
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
         // with as few syscalls as the kernel allows. Large payloads are not copied into the
@@ -919,12 +1050,12 @@ async fn pump_messages(
                 }
             }
             if buf.len() >= cfg.write_batch_bytes_max {
-                write_batch(shared, wr, buf, count, idle).await?;
+                write_batch(shared, link, buf, count, idle).await?;
                 count = 0;
             }
         }
         if !buf.is_empty() {
-            write_batch(shared, wr, buf, count, idle).await?;
+            write_batch(shared, link, buf, count, idle).await?;
         }
         peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
@@ -937,16 +1068,17 @@ async fn pump_messages(
 /// Write every segment of `buf` (then clear it).
 async fn write_batch(
     shared: &Shared,
-    wr: &OwnedWriteHalf,
+    link: &Link,
     buf: &mut SegmentedBuf,
     count: u64,
     idle: Duration,
 ) -> Result<(), ConnError> {
     let total = buf.len();
-    timeout(idle, write_segments(wr, buf.finish()))
+    timeout(idle, write_segments(&link.wr, buf.finish()))
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
     buf.clear();
+    link.writes.fetch_add(1, Relaxed);
     Stats::add(&shared.stats.bytes_sent, total as u64);
     Stats::add(&shared.stats.messages_sent, count);
     Ok(())
@@ -1315,7 +1447,7 @@ async fn serve_inbound_inner(
         Lane::Messages => {
             // Whatever arrived behind the handshake stays in the buffer and is read first.
             let buf = std::mem::take(rd.read_buffer_mut());
-            read_messages(shared, from, rd.into_inner(), buf, cancel)
+            serve_inbound_messages(shared, from, rd.into_inner(), buf, wr, cancel)
                 .await
                 .map_err(|e| (peer, lane, e))
         }
@@ -1328,19 +1460,16 @@ async fn serve_inbound_inner(
     }
 }
 
-/// Read a message connection: every read pulls in as many bytes as the socket holds (up
-/// to the buffer's room, at least `READ_BYTES_MIN`), every whole frame in the buffer is
-/// decoded in one pass, and they go to the host as one batch: one channel send and one
-/// wake-up per read, not per message.
-async fn read_messages(
+/// An accepted message connection: read it, and offer it to the writer as the way to send
+/// to this peer (see [`Outbox::inbound`]).
+async fn serve_inbound_messages(
     shared: &Arc<Shared>,
     from: NodeId,
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    wr: OwnedWriteHalf,
     cancel: &CancellationToken,
 ) -> Result<(), ConnError> {
-    let cfg = &shared.cfg;
-    let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let conn_id = shared.conn_seq.fetch_add(1, Relaxed);
     if let Some((_, older)) = shared
         .inbound_messages
@@ -1350,7 +1479,81 @@ async fn read_messages(
     {
         older.cancel();
     }
-    let result = async {
+    let link = Link::new(wr, false, cancel.child_token());
+    let peer = shared.peers.lock().unwrap().get(&from).cloned();
+    if let Some(peer) = &peer {
+        let mut out = peer.out.lock().unwrap();
+        out.inbound = Some(link.clone());
+        // Both ends dialled: each keeps the connection the lower node ID dialled, so that
+        // the two converge on one.
+        if let Some(conn) = &out.conn {
+            if conn.dialed_by_us && from < shared.cfg.node_id {
+                conn.retired.store(true, Relaxed);
+                peer.queue_notify.notify_one();
+            }
+        }
+    }
+    // Undone however this ends, cancellation (which drops this future) included: the
+    // link's socket must not outlive its reader.
+    struct Unregister<'a> {
+        shared: &'a Shared,
+        from: NodeId,
+        conn_id: u64,
+        peer: Option<Arc<Peer>>,
+        link: Arc<Link>,
+    }
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.link.closed.cancel();
+            if let Some(peer) = &self.peer {
+                let mut out = peer.out.lock().unwrap();
+                if out
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+                {
+                    out.inbound = None;
+                }
+                if out
+                    .conn
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+                {
+                    out.disconnect();
+                }
+            }
+            let mut map = self.shared.inbound_messages.lock().unwrap();
+            if map.get(&self.from).map(|(id, _)| *id) == Some(self.conn_id) {
+                map.remove(&self.from);
+            }
+        }
+    }
+    let _unregister = Unregister {
+        shared,
+        from,
+        conn_id,
+        peer,
+        link: link.clone(),
+    };
+    read_messages(shared, from, rd, buf, &link, true).await
+}
+
+/// Read a message connection: every read pulls in as many bytes as the socket holds (up
+/// to the buffer's room, at least `READ_BYTES_MIN`), every whole frame in the buffer is
+/// decoded in one pass, and they go to the host as one batch: one channel send and one
+/// wake-up per read, not per message. With `idle_close`, a connection on which nothing
+/// went either way for `idle_timeout_ms` is closed.
+async fn read_messages(
+    shared: &Shared,
+    from: NodeId,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    link: &Link,
+    idle_close: bool,
+) -> Result<(), ConnError> {
+    let cfg = &shared.cfg;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    async {
         let mut dec = FrameDecoder::messages(cfg.frame_bytes_max);
         let batch_max = cfg.incoming_batch_messages_max;
         // The idle timer is re-armed only when it fires, not per read, so the hot path
@@ -1358,6 +1561,7 @@ async fn read_messages(
         let timer = sleep(idle);
         tokio::pin!(timer);
         let mut frames_since_armed = 0u64;
+        let mut writes_armed = link.writes.load(Relaxed);
         let mut bytes_seen = 0u64;
         // Sized like the last batch: a steady stream allocates each batch once.
         let mut batch_hint = 1usize;
@@ -1392,6 +1596,7 @@ async fn read_messages(
                 Stats::add(&shared.stats.bytes_received, total - bytes_seen);
                 bytes_seen = total;
                 Stats::add(&shared.stats.messages_received, n);
+                link.reads.fetch_add(1, Relaxed);
                 if !deliver(shared, Incoming::Messages(batch)).await {
                     // The host dropped its receiver: nothing left to deliver to.
                     return Ok(());
@@ -1403,9 +1608,11 @@ async fn read_messages(
             let read = tokio::select! {
                 biased;
                 r = rd.read_buf(&mut buf) => r?,
-                _ = &mut timer => {
-                    if frames_since_armed > 0 {
+                _ = &mut timer, if idle_close => {
+                    let writes = link.writes.load(Relaxed);
+                    if frames_since_armed > 0 || writes != writes_armed {
                         frames_since_armed = 0;
+                        writes_armed = writes;
                         timer.as_mut().reset(Instant::now() + idle);
                         continue;
                     }
@@ -1421,12 +1628,7 @@ async fn read_messages(
             }
         }
     }
-    .await;
-    let mut map = shared.inbound_messages.lock().unwrap();
-    if map.get(&from).map(|(id, _)| *id) == Some(conn_id) {
-        map.remove(&from);
-    }
-    result
+    .await
 }
 
 async fn receive_snapshots(
