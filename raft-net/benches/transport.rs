@@ -8,6 +8,10 @@
 //!   counts them.
 //! * `round_trip/{transport,raw_tcp}`: a Heartbeat answered by a HeartbeatResponse from the
 //!   host task on the other node, versus a raw ping-pong of the same frame bytes.
+//!
+//! The closing paired section also prints the process's CPU time per message and per
+//! round trip on each side: on a machine shared with other work, wall-time ratios swing
+//! with the load, CPU-time ratios much less.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -101,6 +105,16 @@ fn on_worker<T: Send + 'static>(
     rt.block_on(rt.spawn(f)).unwrap()
 }
 
+/// Messages in the batches a host received.
+fn messages_in(got: &[Incoming]) -> usize {
+    got.iter()
+        .map(|i| match i {
+            Incoming::Messages(batch) => batch.len(),
+            Incoming::Snapshot { .. } => 0,
+        })
+        .sum()
+}
+
 fn throughput(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("throughput");
@@ -118,7 +132,7 @@ fn throughput(c: &mut Criterion) {
                 let (a, mut rx, payload) = (a.clone(), b_rx.take().unwrap(), payload.clone());
                 let (total, rx) = on_worker(&rt, async move {
                     let mut total = Duration::ZERO;
-                    // A host drains its channel in batches.
+                    // A host drains its channel in batches (of batches).
                     let mut got = Vec::with_capacity(1024);
                     for _ in 0..iters {
                         let msgs: Vec<_> = (0..batch).map(|i| append(&payload, i)).collect();
@@ -129,7 +143,8 @@ fn throughput(c: &mut Criterion) {
                         let mut n = 0;
                         while n < batch as usize {
                             got.clear();
-                            n += rx.recv_many(&mut got, 1024).await;
+                            rx.recv_many(&mut got, 1024).await;
+                            n += messages_in(&got);
                         }
                         total += start.elapsed();
                     }
@@ -228,16 +243,18 @@ fn round_trip(c: &mut Criterion) {
     let echo = {
         let b = b.clone();
         rt.spawn(async move {
-            while let Some(Incoming::Message(m)) = b_rx.recv().await {
-                if let MessageBody::Heartbeat { read_seq, .. } = m.body {
-                    let reply = Message {
-                        from: 2,
-                        to: 1,
-                        term: m.term,
-                        body: MessageBody::HeartbeatResponse { read_seq },
-                    };
-                    if b.send(reply).is_err() {
-                        return;
+            while let Some(Incoming::Messages(batch)) = b_rx.recv().await {
+                for m in batch {
+                    if let MessageBody::Heartbeat { read_seq, .. } = m.body {
+                        let reply = Message {
+                            from: 2,
+                            to: 1,
+                            term: m.term,
+                            body: MessageBody::HeartbeatResponse { read_seq },
+                        };
+                        if b.send(reply).is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -332,6 +349,20 @@ fn summary(_: &mut Criterion) {
     }
 }
 
+/// CPU time this process has used, every thread counted: unlike wall time it hardly
+/// changes when other work competes for the cores, so it tells what each side costs on a
+/// shared, loaded machine.
+fn cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -342,7 +373,8 @@ const PAIRED_ROUNDS: usize = 21;
 /// Drift-proof ratios. Criterion measures its benchmarks one after the other, and on a
 /// machine shared with other work the load changes in between; here the same work goes
 /// alternately through the transport and raw TCP, round after round (the order swapped
-/// every round), and the medians are compared.
+/// every round), and the medians are compared. Beside wall time, the process's CPU time
+/// per message (all threads: sender, writer, reader, host) is compared the same way.
 fn paired(_: &mut Criterion) {
     let rt = runtime();
     let write_batch =
@@ -350,7 +382,7 @@ fn paired(_: &mut Criterion) {
     println!("\n== paired, interleaved: {PAIRED_ROUNDS} rounds, medians ==");
     for (label, size, batch) in [("100B", 100usize, 20_000u64), ("16KiB", 16 * 1024, 2_000)] {
         let payload = Bytes::from(vec![0xAB; size]);
-        let (t, r) = on_worker(&rt, async move {
+        let ((t, r), (tc, rc)) = on_worker(&rt, async move {
             let (a, _a_rx, b, mut b_rx) = pair(batch as usize * 2).await;
             let mut wire = BytesMut::new();
             for i in 0..batch {
@@ -374,40 +406,47 @@ fn paired(_: &mut Criterion) {
                 }
             });
             let (mut ts, mut rs) = (Vec::new(), Vec::new());
+            let (mut tcs, mut rcs) = (Vec::new(), Vec::new());
             let mut got = Vec::with_capacity(1024);
             for round in 0..=PAIRED_ROUNDS {
                 for raw_turn in [round % 2 == 1, round % 2 == 0] {
                     if raw_turn {
-                        let start = Instant::now();
+                        let (start, cpu) = (Instant::now(), cpu_s());
                         for chunk in wire.chunks(write_batch) {
                             tx.write_all(chunk).await.unwrap();
                         }
                         done_rx.recv().await.unwrap();
                         rs.push(start.elapsed().as_secs_f64());
+                        rcs.push(cpu_s() - cpu);
                     } else {
                         let msgs: Vec<_> = (0..batch).map(|i| append(&payload, i)).collect();
-                        let start = Instant::now();
+                        let (start, cpu) = (Instant::now(), cpu_s());
                         for m in msgs {
                             a.send(m).unwrap();
                         }
                         let mut n = 0;
                         while n < batch as usize {
                             got.clear();
-                            n += b_rx.recv_many(&mut got, 1024).await;
+                            b_rx.recv_many(&mut got, 1024).await;
+                            n += messages_in(&got);
                         }
+                        got.clear();
                         ts.push(start.elapsed().as_secs_f64());
+                        tcs.push(cpu_s() - cpu);
                     }
                 }
             }
             // Round 0 was the warm-up.
-            ts.remove(0);
-            rs.remove(0);
+            for v in [&mut ts, &mut rs, &mut tcs, &mut rcs] {
+                v.remove(0);
+            }
             drop(tx);
             reader.await.unwrap();
             assert_eq!(a.stats().messages_dropped, 0);
             a.shutdown().await;
             b.shutdown().await;
-            (median(ts) / batch as f64, median(rs) / batch as f64)
+            let per = |v: Vec<f64>| median(v) / batch as f64;
+            ((per(ts), per(rs)), (per(tcs), per(rcs)))
         });
         println!(
             "throughput {label:>5}: transport {:>10.0} msg/s {:>8.1} MB/s | raw {:>10.0} msg/s {:>8.1} MB/s | ratio {:.2} (target >= 0.80)",
@@ -417,23 +456,31 @@ fn paired(_: &mut Criterion) {
             size as f64 / r / 1e6,
             r / t
         );
+        println!(
+            "  cpu per message, all threads: transport {:>8.0} ns | raw {:>8.0} ns | ratio {:.2}",
+            tc * 1e9,
+            rc * 1e9,
+            rc / tc
+        );
     }
 
     const RTTS: u64 = 2_000;
-    let (t, r) = on_worker(&rt, async move {
+    let ((t, r), (tc, rc)) = on_worker(&rt, async move {
         let (a, mut a_rx, b, mut b_rx) = pair(1024).await;
         let echo = {
             let b = b.clone();
             tokio::spawn(async move {
-                while let Some(Incoming::Message(m)) = b_rx.recv().await {
-                    let reply = Message {
-                        from: 2,
-                        to: 1,
-                        term: m.term,
-                        body: MessageBody::HeartbeatResponse { read_seq: 0 },
-                    };
-                    if b.send(reply).is_err() {
-                        return;
+                while let Some(Incoming::Messages(batch)) = b_rx.recv().await {
+                    for m in batch {
+                        let reply = Message {
+                            from: 2,
+                            to: 1,
+                            term: m.term,
+                            body: MessageBody::HeartbeatResponse { read_seq: 0 },
+                        };
+                        if b.send(reply).is_err() {
+                            return;
+                        }
                     }
                 }
             })
@@ -452,9 +499,10 @@ fn paired(_: &mut Criterion) {
         });
         let mut buf = vec![0u8; n];
         let (mut ts, mut rs) = (Vec::new(), Vec::new());
+        let (mut tcs, mut rcs) = (Vec::new(), Vec::new());
         for round in 0..=PAIRED_ROUNDS {
             for raw_turn in [round % 2 == 1, round % 2 == 0] {
-                let start = Instant::now();
+                let (start, cpu) = (Instant::now(), cpu_s());
                 for i in 0..RTTS {
                     if raw_turn {
                         cl.write_all(&frame).await.unwrap();
@@ -465,27 +513,37 @@ fn paired(_: &mut Criterion) {
                     }
                 }
                 let took = start.elapsed().as_secs_f64() / RTTS as f64;
+                let cpu = (cpu_s() - cpu) / RTTS as f64;
                 if raw_turn {
                     rs.push(took);
+                    rcs.push(cpu);
                 } else {
                     ts.push(took);
+                    tcs.push(cpu);
                 }
             }
         }
-        ts.remove(0);
-        rs.remove(0);
+        for v in [&mut ts, &mut rs, &mut tcs, &mut rcs] {
+            v.remove(0);
+        }
         drop(cl);
         server.await.unwrap();
         a.shutdown().await;
         b.shutdown().await;
         echo.abort();
-        (median(ts), median(rs))
+        ((median(ts), median(rs)), (median(tcs), median(rcs)))
     });
     println!(
         "round trip: transport {:.1} us | raw {:.1} us | ratio {:.2} (target <= 1.20)",
         t * 1e6,
         r * 1e6,
         t / r
+    );
+    println!(
+        "  cpu per round trip, both ends: transport {:.1} us | raw {:.1} us | ratio {:.2}",
+        tc * 1e6,
+        rc * 1e6,
+        tc / rc
     );
 }
 

@@ -30,11 +30,20 @@ pub struct TransportConfig {
     pub frame_bytes_max: usize,
     /// Per-peer outbound queue bound; when full the oldest queued message is dropped.
     pub queue_messages_max: usize,
-    /// Bound of the channel delivering [`crate::Incoming`] to the host. When it is full the
-    /// readers stop reading, and TCP pushes back on the senders.
-    pub incoming_messages_max: usize,
+    /// Bound of the channel delivering [`crate::Incoming`] to the host, in items (each a
+    /// batch of messages, or a snapshot). When it is full the readers stop reading, and TCP
+    /// pushes back on the senders.
+    pub incoming_batches_max: usize,
+    /// Most messages in one [`crate::Incoming::Messages`] batch. A reader hands over every
+    /// whole frame one read brought in, up to this many, with one channel send.
+    pub incoming_batch_messages_max: usize,
     /// A batch is written out once it has grown to this many bytes.
     pub write_batch_bytes_max: usize,
+    /// `send` writes a message to the socket itself, saving the hand-off to the peer's
+    /// writer task, when nothing is queued or being written and the connection's last write
+    /// ended at least this long ago. Sends closer together than this are queued and go out
+    /// together in one write by the writer task. `u64::MAX` turns direct writes off.
+    pub direct_write_idle_us_min: u64,
     /// Time allowed to connect and to complete the handshake, in both directions.
     pub handshake_timeout_ms: u64,
     /// A connection on which no complete frame arrived (or no write completed) for this
@@ -68,8 +77,10 @@ impl TransportConfig {
             peers: HashMap::new(),
             frame_bytes_max: DEFAULT_FRAME_BYTES_MAX,
             queue_messages_max: 4096,
-            incoming_messages_max: 4096,
+            incoming_batches_max: 64,
+            incoming_batch_messages_max: 512,
             write_batch_bytes_max: 256 * 1024,
+            direct_write_idle_us_min: 5,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
             backoff_min_ms: 10,
@@ -89,7 +100,10 @@ impl TransportConfig {
         if self.peers.contains_key(&self.node_id) {
             return Err("peers must not contain this node".into());
         }
-        if self.queue_messages_max == 0 || self.incoming_messages_max == 0 {
+        if self.queue_messages_max == 0
+            || self.incoming_batches_max == 0
+            || self.incoming_batch_messages_max == 0
+        {
             return Err("queue bounds must be positive".into());
         }
         if self.frame_bytes_max < 64 || self.frame_bytes_max > u32::MAX as usize {

@@ -68,25 +68,40 @@ pub struct FrameDecoder<T> {
     /// Turns a de-framed body into a `T`: postcard through serde, or a specialised decoder
     /// such as [`crate::message_codec::decode_message`].
     body: fn(Bytes) -> Result<T, FrameError>,
+    /// Decodes a body shorter than the given length in place, from the read buffer: no
+    /// split, no reference count per frame. Longer frames go through `body`.
+    body_in_place: Option<(BodyInPlace<T>, usize)>,
     _t: PhantomData<fn() -> T>,
 }
+
+type BodyInPlace<T> = fn(&[u8]) -> Result<T, FrameError>;
 
 impl<T: DeserializeOwned> FrameDecoder<T> {
     /// A decoder refusing frames longer than `frame_bytes_max` (version byte + body).
     pub fn new(frame_bytes_max: usize) -> Self {
-        Self::with_body_decoder(frame_bytes_max, |b| decode_body(&b))
+        let mut d = Self::with_body_decoder(frame_bytes_max, |b| decode_body(&b));
+        d.body_in_place = Some((decode_body::<T>, usize::MAX));
+        d
     }
 
     /// Reuse the buffered state for frames of another type (handshake, then messages).
     pub fn retype<U: DeserializeOwned>(self, frame_bytes_max: usize) -> FrameDecoder<U> {
-        self.retype_with(frame_bytes_max, |b| decode_body(&b))
+        let mut d = self.retype_with(frame_bytes_max, |b| decode_body(&b));
+        d.body_in_place = Some((decode_body::<U>, usize::MAX));
+        d
     }
 }
 
 impl FrameDecoder<raft_core::Message> {
     /// The message lane's decoder: slices large command payloads out of the read buffer.
     pub fn messages(frame_bytes_max: usize) -> Self {
-        Self::with_body_decoder(frame_bytes_max, crate::message_codec::decode_message)
+        let mut d = Self::with_body_decoder(frame_bytes_max, crate::message_codec::decode_message);
+        // A frame shorter than the zero-copy threshold holds no payload worth slicing.
+        d.body_in_place = Some((
+            crate::message_codec::decode_message_slice,
+            crate::message_codec::ZERO_COPY_BYTES_MIN,
+        ));
+        d
     }
 }
 
@@ -106,6 +121,7 @@ impl<T> FrameDecoder<T> {
             bytes: 0,
             mid_frame: false,
             body,
+            body_in_place: None,
             _t: PhantomData,
         }
     }
@@ -129,6 +145,7 @@ impl<T> FrameDecoder<T> {
             bytes: self.bytes,
             mid_frame: self.mid_frame,
             body,
+            body_in_place: None,
             _t: PhantomData,
         }
     }
@@ -152,6 +169,21 @@ impl<T> Decoder for FrameDecoder<T> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, FrameError> {
+        // The fast path: a whole small frame at the front of the buffer (the inner codec
+        // holds no header of its own), decoded where it lies. Anything else, including
+        // every error about the length, is the inner codec's.
+        if let (false, Some((in_place, below))) = (self.mid_frame, self.body_in_place) {
+            if let Some(header) = src.first_chunk::<LENGTH_PREFIX_BYTES>() {
+                let len = u32::from_be_bytes(*header) as usize;
+                let whole = LENGTH_PREFIX_BYTES + len;
+                if len <= self.max && len < below && src.len() >= whole {
+                    let value = in_place(&src[LENGTH_PREFIX_BYTES..whole]);
+                    src.advance(whole);
+                    self.bytes += whole as u64;
+                    return value.map(Some);
+                }
+            }
+        }
         let before = src.len();
         match self.inner.decode(src) {
             Ok(Some(frame)) => {

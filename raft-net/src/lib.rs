@@ -5,8 +5,14 @@
 //!   checked against `frame_bytes_max` before anything is allocated.
 //! * **Handshake** ([`wire::Hello`]): cluster ID and both node IDs; a mismatch is refused
 //!   with a reason that both ends log.
-//! * **Messages**: per peer one outbound connection fed by a bounded queue that drops its
-//!   oldest message when full; everything queued goes out in one write.
+//! * **Messages**: per peer one connection, used both ways: a node answers on the
+//!   connection its peer dialled rather than dialling its own, so replies travel with the
+//!   requests and TCP's acknowledgements ride on them. A send on an idle connection is
+//!   written by the caller at once; otherwise it joins a bounded queue that drops its
+//!   oldest message when full, and everything queued goes out in one write. The receiver
+//!   decodes every whole frame a read brought in and hands them to the host as one
+//!   [`Incoming::Messages`] batch, straight into the host's channel
+//!   ([`Transport::start_with_sender`]).
 //! * **Snapshots**: a separate connection per peer, so appends and heartbeats never wait
 //!   behind snapshot bytes; CRC32-checked chunks, resumable, rate-limited.
 //!
@@ -35,7 +41,7 @@
 //! a.send(Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 0, read_seq: 1 } })
 //!     .unwrap();
 //! match b_in.recv().await.unwrap() {
-//!     Incoming::Message(m) => assert_eq!(m.term, 3),
+//!     Incoming::Messages(batch) => assert_eq!(batch[0].term, 3),
 //!     other => panic!("{other:?}"),
 //! }
 //! a.shutdown().await;

@@ -15,7 +15,7 @@ use raft_core::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::frame::{FrameError, FORMAT_VERSION};
+use crate::frame::{FrameError, FORMAT_VERSION, LENGTH_PREFIX_BYTES};
 
 /// Command payloads at least this long are sliced out of the frame rather than copied.
 pub const ZERO_COPY_BYTES_MIN: usize = 2048;
@@ -23,62 +23,79 @@ pub const ZERO_COPY_BYTES_MIN: usize = 2048;
 /// Smallest encoding of one entry (index, term, payload tag): bounds a hostile entry count.
 const ENTRY_BYTES_MIN: usize = 3;
 
-struct Cursor {
-    frame: Bytes,
+struct Cursor<'a> {
+    frame: &'a [u8],
+    /// The frame as `Bytes`, to slice large payloads out of; without it every payload is
+    /// copied.
+    owner: Option<&'a Bytes>,
     pos: usize,
 }
 
-impl Cursor {
+/// Postcard's error: one byte, cheap to return from every field read.
+type DecodeError = postcard::Error;
+
+impl Cursor<'_> {
     fn rest(&self) -> &[u8] {
         &self.frame[self.pos..]
     }
 
-    fn byte(&mut self) -> Result<u8, FrameError> {
-        let b = *self.frame.get(self.pos).ok_or(FrameError::Decode(
-            postcard::Error::DeserializeUnexpectedEnd,
-        ))?;
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self
+            .frame
+            .get(self.pos)
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
         self.pos += 1;
         Ok(b)
     }
 
     /// LEB128 as postcard writes it: at most 10 bytes, no bits beyond 64.
-    fn varint(&mut self) -> Result<u64, FrameError> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Most fields (small IDs, terms, counts, lengths) take one byte.
+        if let Some(&b) = self.frame.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_multi_byte()
+    }
+
+    fn varint_multi_byte(&mut self) -> Result<u64, DecodeError> {
         let mut out = 0u64;
         for i in 0..10 {
             let b = self.byte()?;
             if i == 9 && b > 1 {
-                return Err(FrameError::Decode(postcard::Error::DeserializeBadVarint));
+                return Err(postcard::Error::DeserializeBadVarint);
             }
             out |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(out);
             }
         }
-        Err(FrameError::Decode(postcard::Error::DeserializeBadVarint))
+        Err(postcard::Error::DeserializeBadVarint)
     }
 
-    fn varint_u32(&mut self) -> Result<u32, FrameError> {
-        u32::try_from(self.varint()?)
-            .map_err(|_| FrameError::Decode(postcard::Error::DeserializeBadVarint))
+    fn varint_u32(&mut self) -> Result<u32, DecodeError> {
+        u32::try_from(self.varint()?).map_err(|_| postcard::Error::DeserializeBadVarint)
     }
 
-    fn bool(&mut self) -> Result<bool, FrameError> {
+    fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
-            _ => Err(FrameError::Decode(postcard::Error::DeserializeBadBool)),
+            _ => Err(postcard::Error::DeserializeBadBool),
         }
     }
 
-    fn option_tag(&mut self) -> Result<bool, FrameError> {
+    fn option_tag(&mut self) -> Result<bool, DecodeError> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
-            _ => Err(FrameError::Decode(postcard::Error::DeserializeBadOption)),
+            _ => Err(postcard::Error::DeserializeBadOption),
         }
     }
 
-    fn opt_u64(&mut self) -> Result<Option<u64>, FrameError> {
+    fn opt_u64(&mut self) -> Result<Option<u64>, DecodeError> {
         Ok(if self.option_tag()? {
             Some(self.varint()?)
         } else {
@@ -86,39 +103,35 @@ impl Cursor {
         })
     }
 
-    fn bytes(&mut self) -> Result<Bytes, FrameError> {
+    fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.varint()?;
         if len > self.rest().len() as u64 {
-            return Err(FrameError::Decode(
-                postcard::Error::DeserializeUnexpectedEnd,
-            ));
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
         }
         let (start, end) = (self.pos, self.pos + len as usize);
         self.pos = end;
-        Ok(if end - start >= ZERO_COPY_BYTES_MIN {
-            self.frame.slice(start..end)
-        } else {
-            Bytes::copy_from_slice(&self.frame[start..end])
+        Ok(match self.owner {
+            Some(owner) if end - start >= ZERO_COPY_BYTES_MIN => owner.slice(start..end),
+            _ => Bytes::copy_from_slice(&self.frame[start..end]),
         })
     }
 
     /// The rarely sent, set-shaped parts go through postcard itself.
-    fn postcard<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+    fn postcard<T: DeserializeOwned>(&mut self) -> Result<T, DecodeError> {
         let before = self.rest().len();
-        let (value, rest) =
-            postcard::take_from_bytes::<T>(self.rest()).map_err(FrameError::Decode)?;
+        let (value, rest) = postcard::take_from_bytes::<T>(self.rest())?;
         self.pos += before - rest.len();
         Ok(value)
     }
 
-    fn entry(&mut self) -> Result<Entry, FrameError> {
+    fn entry(&mut self) -> Result<Entry, DecodeError> {
         let index = self.varint()?;
         let term = self.varint()?;
         let payload = match self.varint_u32()? {
             0 => EntryPayload::Noop,
             1 => EntryPayload::Command(self.bytes()?),
             2 => EntryPayload::Membership(self.postcard::<Membership>()?),
-            _ => return Err(FrameError::Decode(postcard::Error::DeserializeBadEnum)),
+            _ => return Err(postcard::Error::DeserializeBadEnum),
         };
         Ok(Entry {
             index,
@@ -127,7 +140,16 @@ impl Cursor {
         })
     }
 
-    fn body(&mut self) -> Result<MessageBody, FrameError> {
+    fn message(&mut self) -> Result<Message, DecodeError> {
+        Ok(Message {
+            from: self.varint()?,
+            to: self.varint()?,
+            term: self.varint()?,
+            body: self.body()?,
+        })
+    }
+
+    fn body(&mut self) -> Result<MessageBody, DecodeError> {
         Ok(match self.varint_u32()? {
             0 => MessageBody::RequestVote {
                 pre_vote: self.bool()?,
@@ -145,9 +167,7 @@ impl Cursor {
                 let count = self.varint()?;
                 if count > (self.rest().len() / ENTRY_BYTES_MIN) as u64 {
                     // Cannot fit: refuse before reserving room for a hostile count.
-                    return Err(FrameError::Decode(
-                        postcard::Error::DeserializeUnexpectedEnd,
-                    ));
+                    return Err(postcard::Error::DeserializeUnexpectedEnd);
                 }
                 let mut entries = Vec::with_capacity(count as usize);
                 for _ in 0..count {
@@ -189,7 +209,7 @@ impl Cursor {
                 index: self.opt_u64()?,
             },
             9 => MessageBody::TimeoutNow,
-            _ => return Err(FrameError::Decode(postcard::Error::DeserializeBadEnum)),
+            _ => return Err(postcard::Error::DeserializeBadEnum),
         })
     }
 }
@@ -197,17 +217,26 @@ impl Cursor {
 /// Decode one de-framed body (version byte + postcard `Message`), slicing large command
 /// payloads out of `frame`. Accepts exactly what `postcard::from_bytes` accepts.
 pub fn decode_message(frame: Bytes) -> Result<Message, FrameError> {
+    decode_from(&frame, Some(&frame))
+}
+
+/// [`decode_message`] from a borrowed body, copying every payload: for frames too short
+/// to hold a payload worth slicing, which then need not be split off the read buffer.
+pub fn decode_message_slice(frame: &[u8]) -> Result<Message, FrameError> {
+    decode_from(frame, None)
+}
+
+fn decode_from(frame: &[u8], owner: Option<&Bytes>) -> Result<Message, FrameError> {
     let (&version, _) = frame.split_first().ok_or(FrameError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(FrameError::BadVersion(version));
     }
-    let mut c = Cursor { frame, pos: 1 };
-    let msg = Message {
-        from: c.varint()?,
-        to: c.varint()?,
-        term: c.varint()?,
-        body: c.body()?,
+    let mut c = Cursor {
+        frame,
+        owner,
+        pos: 1,
     };
+    let msg = c.message().map_err(FrameError::Decode)?;
     if !c.rest().is_empty() {
         return Err(FrameError::TrailingBytes(c.rest().len()));
     }
@@ -378,16 +407,48 @@ pub fn encode_message(
     out: &mut SegmentedBuf,
     frame_bytes_max: usize,
 ) -> Result<usize, FrameError> {
-    let len = 1 + message_len(msg);
+    let zero_copy = match &msg.body {
+        MessageBody::AppendEntries { entries, .. } => entries.iter().any(
+            |e| matches!(&e.payload, EntryPayload::Command(b) if b.len() >= ZERO_COPY_BYTES_MIN),
+        ),
+        _ => false,
+    };
+    if zero_copy {
+        // The length goes out before the payloads it counts, which leave in segments of
+        // their own: it must be known first.
+        let len = 1 + message_len(msg);
+        if len > frame_bytes_max || len > u32::MAX as usize {
+            return Err(FrameError::TooLarge {
+                len,
+                max: frame_bytes_max,
+            });
+        }
+        out.buf.reserve(64);
+        out.buf.put_u32(len as u32);
+        put_body(msg, out);
+        return Ok(len + LENGTH_PREFIX_BYTES);
+    }
+    // Everything lands in `buf`: write first, then patch the length in, one pass fewer
+    // over the message.
+    let start = out.buf.len();
+    out.buf.reserve(64);
+    out.buf.put_u32(0);
+    put_body(msg, out);
+    let len = out.buf.len() - start - LENGTH_PREFIX_BYTES;
     if len > frame_bytes_max || len > u32::MAX as usize {
+        out.buf.truncate(start);
         return Err(FrameError::TooLarge {
             len,
             max: frame_bytes_max,
         });
     }
+    out.buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(len + LENGTH_PREFIX_BYTES)
+}
+
+/// The version byte and the postcard body of `msg`.
+fn put_body(msg: &Message, out: &mut SegmentedBuf) {
     let buf = &mut out.buf;
-    buf.reserve(64);
-    buf.put_u32(len as u32);
     buf.put_u8(FORMAT_VERSION);
     put_varint(buf, msg.from);
     put_varint(buf, msg.to);
@@ -479,5 +540,4 @@ pub fn encode_message(
         }
         MessageBody::TimeoutNow => buf.put_u8(9),
     }
-    Ok(len + 4)
 }

@@ -1,9 +1,12 @@
-//! The transport: one listener, and per peer one outbound message connection and one
-//! outbound snapshot connection, each driven by its own task.
+//! The transport: one listener, and per peer one message connection (dialled by either
+//! end, used both ways) and one outbound snapshot connection, each driven by its own task.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -32,8 +35,10 @@ use crate::wire::{
 /// What the transport hands to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// A message from a peer, in the order that peer's transport sent it on one connection.
-    Message(Message),
+    /// Messages from one peer, in the order that peer's transport sent them on one
+    /// connection: every whole frame a read brought in, at most
+    /// [`TransportConfig::incoming_batch_messages_max`] of them, never empty.
+    Messages(Vec<Message>),
     /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
     /// `InstallSnapshot` message carrying the same `meta`.
     Snapshot {
@@ -63,6 +68,44 @@ pub enum SnapshotSendError {
     Refused(String),
     #[error("the peer was removed or the transport shut down")]
     Cancelled,
+}
+
+/// The host's channel, whatever its item type: readers send into it directly, with no
+/// forwarding task in between.
+trait Sink: Send + Sync + 'static {
+    fn deliver(&self, item: Incoming) -> Delivery<'_>;
+}
+
+enum Delivery<'a> {
+    Done,
+    /// The host dropped its receiver.
+    Closed,
+    /// The channel is full: this future waits for room (false if the host went away).
+    Full(Pin<Box<dyn Future<Output = bool> + Send + 'a>>),
+}
+
+impl<T: From<Incoming> + Send + 'static> Sink for mpsc::Sender<T> {
+    fn deliver(&self, item: Incoming) -> Delivery<'_> {
+        // try_send first: the common case (room in the channel) skips the async path and
+        // its allocation.
+        match self.try_send(T::from(item)) {
+            Ok(()) => Delivery::Done,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                Delivery::Full(Box::pin(async move { self.send(item).await.is_ok() }))
+            }
+        }
+    }
+}
+
+/// Hand `item` to the host, waiting while its channel is full (TCP then pushes back on the
+/// sender). False when the host dropped its receiver.
+async fn deliver(shared: &Shared, item: Incoming) -> bool {
+    match shared.incoming.deliver(item) {
+        Delivery::Done => true,
+        Delivery::Closed => false,
+        Delivery::Full(wait) => wait.await,
+    }
 }
 
 /// A connection-level failure: counted by kind, logged with its detail.
@@ -107,10 +150,118 @@ struct OutSnapshot {
     done: Option<oneshot::Sender<Result<(), SnapshotSendError>>>,
 }
 
+/// Hashes the peer map's keys: node IDs, chosen by the operator, not by a remote party, so
+/// one multiplication (Fibonacci hashing, which fills the high bits the map probes with)
+/// does instead of SipHash, on every send.
+#[derive(Default)]
+struct NodeIdHasher(u64);
+
+impl std::hash::Hasher for NodeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A peer's outbound message lane. One lock covers the queue and the connection, so that
+/// `send`'s direct writes and the writer task's batches never interleave bytes or reorder
+/// messages: `send` writes only when nothing is queued, unsent or being written.
+struct Outbox {
+    queue: VecDeque<Message>,
+    /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
+    writer_busy: bool,
+    /// The message connection the writer task is sending on (and `send` may write to
+    /// directly); `None` while there is none.
+    conn: Option<Arc<Link>>,
+    /// The message connection this peer dialled to us, open while its reader runs: the
+    /// writer sends on it rather than dialling a second connection, so that replies travel
+    /// with the requests and TCP's acknowledgements ride on them.
+    inbound: Option<Arc<Link>>,
+    /// The tail of a direct write that the socket did not take at once. The writer task
+    /// writes it before anything else; it is dropped with its connection.
+    unsent: Vec<Bytes>,
+    /// When the last write on `conn` ended (direct or by the writer task).
+    write_ended: std::time::Instant,
+    /// The direct writes' encode buffer, kept between sends.
+    scratch: SegmentedBuf,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            writer_busy: false,
+            conn: None,
+            inbound: None,
+            unsent: Vec::new(),
+            write_ended: std::time::Instant::now(),
+            scratch: SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES),
+        }
+    }
+
+    /// The connection ended: what was not written on it is lost with it.
+    fn disconnect(&mut self) {
+        self.conn = None;
+        self.unsent.clear();
+    }
+}
+
+/// One message connection, as a way to send to its peer: dialled by us or by the peer, and
+/// read by a reader task that delivers whatever the peer sends on it.
+struct Link {
+    wr: OwnedWriteHalf,
+    dialed_by_us: bool,
+    /// Cancelled when the connection ends (its reader stopped, or we closed it).
+    closed: CancellationToken,
+    /// Set (under the outbox lock) when a better link to the same peer appeared: the writer
+    /// finishes any half-written frame, then moves over.
+    retired: AtomicBool,
+    /// Writes and delivered batches, so that either side's idle timer counts traffic in
+    /// both directions.
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl Link {
+    fn new(wr: OwnedWriteHalf, dialed_by_us: bool, closed: CancellationToken) -> Arc<Link> {
+        Arc::new(Link {
+            wr,
+            dialed_by_us,
+            closed,
+            retired: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        })
+    }
+
+    fn activity(&self) -> u64 {
+        self.writes
+            .load(Relaxed)
+            .wrapping_add(self.reads.load(Relaxed))
+    }
+}
+
+/// Initial room of the direct-write encode buffer; a larger message grows it.
+const DIRECT_WRITE_BUF_BYTES: usize = 4096;
+/// A direct-write buffer grown past this by a large message is not kept.
+const DIRECT_WRITE_BUF_BYTES_MAX: usize = 64 * 1024;
+/// Segments per vectored write.
+const IOVECS_MAX: usize = 64;
+
 struct Peer {
     id: NodeId,
     addr: Mutex<SocketAddr>,
-    queue: Mutex<VecDeque<Message>>,
+    out: Mutex<Outbox>,
+    /// Wakes the writer task: a message queued into an empty queue, or `unsent` bytes.
     queue_notify: Notify,
     snapshot: Mutex<Option<OutSnapshot>>,
     snapshot_notify: Notify,
@@ -130,13 +281,13 @@ struct PartialSnapshot {
 struct Shared {
     cfg: TransportConfig,
     stats: Stats,
-    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
-    incoming: mpsc::Sender<Incoming>,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>, BuildHasherDefault<NodeIdHasher>>>,
+    incoming: Box<dyn Sink>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
     /// The current inbound message connection per peer: a newer one closes the older, so a
-    /// peer holds at most one and its messages are never interleaved from two connections.
+    /// peer holds at most one accepted connection (and at most one we dialled).
     inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     conn_seq: AtomicU64,
     snapshot_seq: AtomicU64,
@@ -164,7 +315,7 @@ impl Transport {
     /// b.add_peer(1, a.local_addr());
     /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
     /// a.send(msg.clone()).unwrap();
-    /// assert_eq!(b_rx.recv().await, Some(Incoming::Message(msg)));
+    /// assert_eq!(b_rx.recv().await, Some(Incoming::Messages(vec![msg])));
     /// a.shutdown().await;
     /// b.shutdown().await;
     /// # });
@@ -172,17 +323,55 @@ impl Transport {
     pub async fn start(
         config: TransportConfig,
     ) -> io::Result<(TransportHandle, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(config.incoming_batches_max);
+        let handle = Self::start_with_sender(config, tx).await?;
+        Ok((handle, rx))
+    }
+
+    /// Like [`Transport::start`], but deliver into the host's own channel, of any item type
+    /// an [`Incoming`] converts into: no task sits between the readers and the host. The
+    /// channel's bound takes the place of `incoming_batches_max`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Incoming, Transport, TransportConfig};
+    ///
+    /// enum HostEvent { Net(Incoming), Tick }
+    /// impl From<Incoming> for HostEvent {
+    ///     fn from(i: Incoming) -> Self { HostEvent::Net(i) }
+    /// }
+    /// let (tx, mut events) = tokio::sync::mpsc::channel::<HostEvent>(64);
+    /// let b = Transport::start_with_sender(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()), tx)
+    ///     .await.unwrap();
+    /// let (a, _a_rx) = Transport::start(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// a.send(msg.clone()).unwrap();
+    /// match events.recv().await {
+    ///     Some(HostEvent::Net(Incoming::Messages(ms))) => assert_eq!(ms, vec![msg]),
+    ///     _ => panic!("expected the message"),
+    /// }
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start_with_sender<T: From<Incoming> + Send + 'static>(
+        config: TransportConfig,
+        incoming: mpsc::Sender<T>,
+    ) -> io::Result<TransportHandle> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen_addr).await?;
         let local_addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(config.incoming_messages_max);
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             stats: Stats::default(),
-            peers: Mutex::new(HashMap::new()),
-            incoming: tx,
+            peers: Mutex::new(HashMap::default()),
+            incoming: Box::new(incoming),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             partial_snapshots: Mutex::new(HashMap::new()),
@@ -206,7 +395,7 @@ impl Transport {
             local_addr,
             _guard: Arc::new(cancel.drop_guard()),
         };
-        Ok((handle, rx))
+        Ok(handle)
     }
 }
 
@@ -225,7 +414,11 @@ impl TransportHandle {
         self.local_addr
     }
 
-    /// Queue `msg` for `msg.to`. Never blocks and never awaits: if that peer's queue holds
+    /// Send `msg` to `msg.to`. Never blocks and never awaits. When the connection is idle
+    /// (nothing queued or being written, and no write in the last
+    /// [`TransportConfig::direct_write_idle_us_min`]) the message is written to the socket
+    /// here, without a hand-off to the writer task. Otherwise it is queued, and the writer
+    /// task sends everything queued together; if that peer's queue holds
     /// `queue_messages_max` messages, the oldest is dropped (and counted) to make room,
     /// since Raft recovers from lost messages but not from a stalled core.
     ///
@@ -235,10 +428,37 @@ impl TransportHandle {
     /// # }
     /// ```
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
-        let peer = self.peer(msg.to)?;
+        if self.shared.shut_down.load(Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        // Held to the end rather than cloning the peer's Arc: two atomic operations fewer
+        // per message. A direct write holds it for one non-blocking syscall.
+        let peers = self.shared.peers.lock().unwrap();
+        let peer = peers.get(&msg.to).ok_or(SendError::UnknownPeer(msg.to))?;
+        let cfg = &self.shared.cfg;
         let (dropped, was_empty) = {
-            let mut q = peer.queue.lock().unwrap();
-            let dropped = if q.len() >= self.shared.cfg.queue_messages_max {
+            let mut out = peer.out.lock().unwrap();
+            let out = &mut *out;
+            let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
+                match &out.conn {
+                    Some(conn)
+                        if !conn.retired.load(Relaxed)
+                            && out.write_ended.elapsed()
+                                >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
+                    {
+                        let conn = conn.clone();
+                        match write_direct(&self.shared, peer, out, &conn, msg) {
+                            None => return Ok(()),
+                            Some(msg) => msg,
+                        }
+                    }
+                    _ => msg,
+                }
+            } else {
+                msg
+            };
+            let q = &mut out.queue;
+            let dropped = if q.len() >= cfg.queue_messages_max {
                 q.pop_front().is_some()
             } else {
                 false
@@ -307,7 +527,7 @@ impl TransportHandle {
     /// Messages waiting in `to`'s queue.
     pub fn queued(&self, to: NodeId) -> usize {
         self.peer(to)
-            .map(|p| p.queue.lock().unwrap().len())
+            .map(|p| p.out.lock().unwrap().queue.len())
             .unwrap_or(0)
     }
 
@@ -356,7 +576,7 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
     let peer = Arc::new(Peer {
         id,
         addr: Mutex::new(addr),
-        queue: Mutex::new(VecDeque::new()),
+        out: Mutex::new(Outbox::new()),
         queue_notify: Notify::new(),
         snapshot: Mutex::new(None),
         snapshot_notify: Notify::new(),
@@ -456,7 +676,7 @@ fn log_conn_error(shared: &Shared, peer: NodeId, lane: Lane, e: &ConnError) {
 /// Wait until `peer`'s queue is non-empty. Returns false on cancellation.
 async fn wait_for_messages(peer: &Peer) -> bool {
     loop {
-        if !peer.queue.lock().unwrap().is_empty() {
+        if !peer.out.lock().unwrap().queue.is_empty() {
             return true;
         }
         tokio::select! {
@@ -464,6 +684,138 @@ async fn wait_for_messages(peer: &Peer) -> bool {
             _ = peer.queue_notify.notified() => {}
         }
     }
+}
+
+/// Write `msg` to `conn` from the caller, under the outbox lock. `None`: written (or
+/// unencodable, and counted); what the socket did not take is left in `out.unsent` for the
+/// writer task. `Some(msg)`: nothing could be written, queue it.
+fn write_direct(
+    shared: &Shared,
+    peer: &Peer,
+    out: &mut Outbox,
+    conn: &Link,
+    msg: Message,
+) -> Option<Message> {
+    let cfg = &shared.cfg;
+    out.scratch.clear();
+    if let Err(e) = encode_message(&msg, &mut out.scratch, cfg.frame_bytes_max) {
+        Stats::add(&shared.stats.messages_unencodable, 1);
+        warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
+        return None;
+    }
+    let total = out.scratch.len();
+    let segments = out.scratch.finish();
+    let written = match try_write_now(&conn.wr, segments) {
+        // Broken, or no room at all: the writer task finds out which and deals with it.
+        Ok(0) | Err(_) => return Some(msg),
+        Ok(n) => n,
+    };
+    if written < total {
+        out.unsent = remaining(segments, written);
+        out.writer_busy = true;
+        peer.queue_notify.notify_one();
+    } else {
+        out.write_ended = std::time::Instant::now();
+    }
+    conn.writes.fetch_add(1, Relaxed);
+    // The message is committed to this connection; the rest of its bytes are counted when
+    // the writer task writes them.
+    Stats::add(&shared.stats.messages_sent, 1);
+    Stats::add(&shared.stats.bytes_sent, written as u64);
+    if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
+        out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
+    }
+    None
+}
+
+/// Write as much of `segments` as the socket takes without waiting. An error only when
+/// nothing at all was written.
+fn try_write_now(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<usize> {
+    let mut cursor = SegmentCursor::default();
+    let mut written = 0;
+    let mut slices = Vec::new();
+    while !cursor.done(segments) {
+        cursor.slices(segments, &mut slices);
+        match wr.try_write_vectored(&slices) {
+            Ok(0) => break,
+            Ok(n) => {
+                written += n;
+                cursor.advance(segments, n);
+            }
+            Err(e) if written == 0 && e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(written)
+}
+
+/// The bytes of `segments` after the first `skip`, without copying them.
+fn remaining(segments: &[Bytes], mut skip: usize) -> Vec<Bytes> {
+    let mut rest = Vec::new();
+    for s in segments {
+        if skip >= s.len() {
+            skip -= s.len();
+        } else {
+            rest.push(s.slice(skip..));
+            skip = 0;
+        }
+    }
+    rest
+}
+
+/// A position in a list of segments being written.
+#[derive(Default)]
+struct SegmentCursor {
+    segment: usize,
+    offset: usize,
+}
+
+impl SegmentCursor {
+    fn done(&self, segments: &[Bytes]) -> bool {
+        self.segment >= segments.len()
+    }
+
+    /// The next at most `IOVECS_MAX` slices to write.
+    fn slices<'a>(&self, segments: &'a [Bytes], out: &mut Vec<IoSlice<'a>>) {
+        out.clear();
+        out.push(IoSlice::new(&segments[self.segment][self.offset..]));
+        out.extend(
+            segments[self.segment + 1..]
+                .iter()
+                .take(IOVECS_MAX - 1)
+                .map(|s| IoSlice::new(s)),
+        );
+    }
+
+    fn advance(&mut self, segments: &[Bytes], mut n: usize) {
+        while self.segment < segments.len() {
+            let left = segments[self.segment].len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.segment += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// Write all of `segments`. Through the socket's non-blocking interface, as `send`'s
+/// direct writes do, since the two share the connection.
+async fn write_segments(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<()> {
+    let mut cursor = SegmentCursor::default();
+    let mut slices = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
+    while !cursor.done(segments) {
+        cursor.slices(segments, &mut slices);
+        match wr.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => cursor.advance(segments, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
@@ -477,33 +829,92 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
         if !wait_for_messages(&peer).await {
             return;
         }
-        let conn = tokio::select! {
-            _ = peer.cancel.cancelled() => return,
-            r = dial(&shared, &peer, Lane::Messages) => r,
+        // The connection the peer dialled to us, if one is open, carries our messages too.
+        let adopted = {
+            let out = peer.out.lock().unwrap();
+            out.inbound
+                .clone()
+                .filter(|l| !l.closed.is_cancelled() && !l.retired.load(Relaxed))
         };
-        let (mut rd, mut wr) = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                log_conn_error(&shared, peer.id, Lane::Messages, &e);
-                let delay = backoff_ms(cfg, peer.id, failures);
-                failures = failures.saturating_add(1);
-                tokio::select! {
+        let link = match adopted {
+            Some(link) => link,
+            None => {
+                let conn = tokio::select! {
                     _ = peer.cancel.cancelled() => return,
-                    _ = sleep(Duration::from_millis(delay)) => {}
+                    r = dial(&shared, &peer, Lane::Messages) => r,
+                };
+                let (rd, wr) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log_conn_error(&shared, peer.id, Lane::Messages, &e);
+                        let delay = backoff_ms(cfg, peer.id, failures);
+                        failures = failures.saturating_add(1);
+                        tokio::select! {
+                            _ = peer.cancel.cancelled() => return,
+                            _ = sleep(Duration::from_millis(delay)) => {}
+                        }
+                        continue;
+                    }
+                };
+                failures = 0;
+                Stats::add(&shared.stats.connects, 1);
+                if connected_before {
+                    Stats::add(&shared.stats.reconnects, 1);
                 }
-                continue;
+                connected_before = true;
+                let link = Link::new(wr, true, peer.cancel.child_token());
+                // The acceptor may answer on this connection: read it like an inbound one.
+                let mut rd = rd;
+                let buf = std::mem::take(rd.read_buffer_mut());
+                shared.tracker.spawn(read_dialed(
+                    shared.clone(),
+                    peer.id,
+                    rd.into_inner(),
+                    buf,
+                    link.clone(),
+                ));
+                link
             }
         };
-        failures = 0;
-        Stats::add(&shared.stats.connects, 1);
-        if connected_before {
-            Stats::add(&shared.stats.reconnects, 1);
+        let link = {
+            let mut out = peer.out.lock().unwrap();
+            // The peer's own dial won the race to us meanwhile: of two connections, both
+            // ends keep the one the lower node ID dialled.
+            let link = match out.inbound.clone() {
+                Some(inbound)
+                    if link.dialed_by_us
+                        && peer.id < cfg.node_id
+                        && !inbound.closed.is_cancelled() =>
+                {
+                    // Dropped here, not at the end of this loop: the socket closes once
+                    // its reader task lets go of it too.
+                    link.closed.cancel();
+                    drop(link);
+                    inbound
+                }
+                _ => link,
+            };
+            out.conn = Some(link.clone());
+            // Until the writer has looked at the queue, nothing may overtake it.
+            out.writer_busy = true;
+            link
+        };
+        let result = pump_messages(&shared, &peer, &link, &mut buf, &mut batch).await;
+        {
+            let mut out = peer.out.lock().unwrap();
+            if out.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link)) {
+                out.disconnect();
+            }
         }
-        connected_before = true;
-        let result = pump_messages(&shared, &peer, &mut rd, &mut wr, &mut buf, &mut batch).await;
+        // What the writer took but did not write belongs to the closed connection.
+        batch.clear();
+        if link.dialed_by_us {
+            // Ours to close; a link the peer dialled is closed by its reader.
+            link.closed.cancel();
+        }
         match result {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(PumpEnd::Idle | PumpEnd::Closed | PumpEnd::Retired) => {}
+            Ok(PumpEnd::Cancelled) => return,
             Err(e) => {
                 log_conn_error(&shared, peer.id, Lane::Messages, &e);
                 // The write may have failed half-way: what was in flight is lost, which
@@ -519,55 +930,112 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     }
 }
 
-/// Drive one established message connection. `Ok(true)`: closed for idleness, reconnect
-/// when there is something to send; `Ok(false)`: cancelled.
+/// Why the writer stopped sending on a link.
+enum PumpEnd {
+    /// Nothing went either way for `idle_timeout_ms`.
+    Idle,
+    /// The connection ended; its reader logged why.
+    Closed,
+    /// A link the peer dialled replaced it.
+    Retired,
+    /// The peer was removed or the transport shut down.
+    Cancelled,
+}
+
+/// Read what the acceptor sends back on a connection we dialled. Its end (EOF, a bad
+/// frame) closes the link, which stops the writer; silence does not, since a connection
+/// used one way only is normal.
+async fn read_dialed(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    link: Arc<Link>,
+) {
+    let result = tokio::select! {
+        _ = link.closed.cancelled() => return,
+        r = read_messages(&shared, peer, rd, buf, &link, false) => r,
+    };
+    if let Err(e) = result {
+        log_conn_error(&shared, peer, Lane::Messages, &e);
+    }
+    link.closed.cancel();
+}
+
+/// Send on one established message connection until it goes idle, closes or is retired.
 async fn pump_messages(
     shared: &Shared,
     peer: &Peer,
-    rd: &mut FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
-    wr: &mut OwnedWriteHalf,
+    link: &Link,
     buf: &mut SegmentedBuf,
     batch: &mut VecDeque<Message>,
-) -> Result<bool, ConnError> {
+) -> Result<PumpEnd, ConnError> {
     let cfg = &shared.cfg;
+    let wr = &link.wr;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     // Long-lived futures, armed once per connection rather than each time the queue runs
     // dry (which, under request/response traffic, is after every message).
     let cancelled = peer.cancel.cancelled();
     tokio::pin!(cancelled);
+    let closed = link.closed.cancelled();
+    tokio::pin!(closed);
     let idle_timer = sleep(idle);
     tokio::pin!(idle_timer);
-    let mut wrote_since_armed = false;
-    // The acceptor never writes after the handshake: anything readable is EOF or an error,
-    // i.e. the peer went away. Notice it now, not at the next write.
-    let peer_gone = rd.get_mut().read_u8();
-    tokio::pin!(peer_gone);
+    let mut activity_armed = link.activity();
     loop {
-        {
-            let mut q = peer.queue.lock().unwrap();
-            std::mem::swap(&mut *q, batch);
+        let (unsent, retiring) = {
+            let mut out = peer.out.lock().unwrap();
+            let retiring = link.retired.load(Relaxed);
+            // A retiring link sends only the tail of a half-written frame; the queue waits
+            // for the next link.
+            if !retiring {
+                std::mem::swap(&mut out.queue, batch);
+            }
+            let unsent = std::mem::take(&mut out.unsent);
+            out.writer_busy = retiring || !batch.is_empty() || !unsent.is_empty();
+            (unsent, retiring)
+        };
+        if retiring && unsent.is_empty() {
+            return Ok(PumpEnd::Retired);
         }
-        if batch.is_empty() {
+        if link.closed.is_cancelled() {
+            return Ok(PumpEnd::Closed);
+        }
+        if batch.is_empty() && unsent.is_empty() {
+            // Idle: `send` may write directly meanwhile.
             tokio::select! {
-                _ = &mut cancelled => return Ok(false),
+                _ = &mut cancelled => return Ok(PumpEnd::Cancelled),
+                _ = &mut closed => return Ok(PumpEnd::Closed),
                 _ = peer.queue_notify.notified() => continue,
                 _ = &mut idle_timer => {
-                    if std::mem::take(&mut wrote_since_armed) {
+                    let mut out = peer.out.lock().unwrap();
+                    if !out.queue.is_empty() || !out.unsent.is_empty() {
+                        continue;
+                    }
+                    // Direct writes and the peer's messages count as activity too; the
+                    // check and the close happen under one lock, so no direct write slips
+                    // in between.
+                    let activity = link.activity();
+                    if activity != activity_armed {
+                        activity_armed = activity;
                         idle_timer.as_mut().reset(Instant::now() + idle);
                         continue;
                     }
+                    out.disconnect();
                     debug!(node = cfg.node_id, peer = peer.id, "closing idle connection");
-                    return Ok(true);
-                }
-                r = &mut peer_gone => {
-                    return Err(match r {
-                        Ok(_) => ConnError::new(ConnErrorKind::Protocol, "unexpected bytes from acceptor"),
-                        Err(e) => ConnError::new(ConnErrorKind::Io, format!("peer closed: {e}")),
-                    });
+                    return Ok(PumpEnd::Idle);
                 }
             }
         }
-        wrote_since_armed = true;
+        // The tail of a direct write goes first: it precedes everything queued after it.
+        if !unsent.is_empty() {
+            let total: usize = unsent.iter().map(Bytes::len).sum();
+            timeout(idle, write_segments(wr, &unsent))
+                .await
+                .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
+            Stats::add(&shared.stats.bytes_sent, total as u64);
+            link.writes.fetch_add(1, Relaxed);
+        }
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
         // with as few syscalls as the kernel allows. Large payloads are not copied into the
         // buffer but written from where they are, in the same (vectored) write.
@@ -582,13 +1050,14 @@ async fn pump_messages(
                 }
             }
             if buf.len() >= cfg.write_batch_bytes_max {
-                write_batch(shared, wr, buf, count, idle).await?;
+                write_batch(shared, link, buf, count, idle).await?;
                 count = 0;
             }
         }
         if !buf.is_empty() {
-            write_batch(shared, wr, buf, count, idle).await?;
+            write_batch(shared, link, buf, count, idle).await?;
         }
+        peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
         if buf.buf.capacity() > 4 * cfg.write_batch_bytes_max {
             *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
@@ -596,52 +1065,20 @@ async fn pump_messages(
     }
 }
 
-/// Write every segment of `buf` (then clear it), with vectored writes of at most
-/// `IOVECS_MAX` segments each.
+/// Write every segment of `buf` (then clear it).
 async fn write_batch(
     shared: &Shared,
-    wr: &mut OwnedWriteHalf,
+    link: &Link,
     buf: &mut SegmentedBuf,
     count: u64,
     idle: Duration,
 ) -> Result<(), ConnError> {
-    const IOVECS_MAX: usize = 64;
     let total = buf.len();
-    let segments = buf.finish();
-    let write = async {
-        let (mut i, mut off) = (0usize, 0usize);
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
-        while i < segments.len() {
-            slices.clear();
-            slices.push(IoSlice::new(&segments[i][off..]));
-            slices.extend(
-                segments[i + 1..]
-                    .iter()
-                    .take(IOVECS_MAX - 1)
-                    .map(|s| IoSlice::new(s)),
-            );
-            let mut n = wr.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            while n > 0 {
-                let left = segments[i].len() - off;
-                if n >= left {
-                    n -= left;
-                    i += 1;
-                    off = 0;
-                } else {
-                    off += n;
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
-    };
-    timeout(idle, write)
+    timeout(idle, write_segments(&link.wr, buf.finish()))
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
     buf.clear();
+    link.writes.fetch_add(1, Relaxed);
     Stats::add(&shared.stats.bytes_sent, total as u64);
     Stats::add(&shared.stats.messages_sent, count);
     Ok(())
@@ -1008,10 +1445,9 @@ async fn serve_inbound_inner(
     let from = hello.from;
     match hello.lane {
         Lane::Messages => {
-            let rd = rd.map_decoder(|d| {
-                d.retype_with(cfg.frame_bytes_max, crate::message_codec::decode_message)
-            });
-            read_messages(shared, from, rd, cancel)
+            // Whatever arrived behind the handshake stays in the buffer and is read first.
+            let buf = std::mem::take(rd.read_buffer_mut());
+            serve_inbound_messages(shared, from, rd.into_inner(), buf, wr, cancel)
                 .await
                 .map_err(|e| (peer, lane, e))
         }
@@ -1024,15 +1460,16 @@ async fn serve_inbound_inner(
     }
 }
 
-/// Resets when a frame arrives; fires after `idle` without one. Re-arms the timer only when
-/// it fires, not per frame, so the hot path pays one clock read per frame.
-async fn read_messages(
+/// An accepted message connection: read it, and offer it to the writer as the way to send
+/// to this peer (see [`Outbox::inbound`]).
+async fn serve_inbound_messages(
     shared: &Arc<Shared>,
     from: NodeId,
-    mut rd: FramedRead<OwnedReadHalf, FrameDecoder<Message>>,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    wr: OwnedWriteHalf,
     cancel: &CancellationToken,
 ) -> Result<(), ConnError> {
-    let idle = Duration::from_millis(shared.cfg.idle_timeout_ms);
     let conn_id = shared.conn_seq.fetch_add(1, Relaxed);
     if let Some((_, older)) = shared
         .inbound_messages
@@ -1042,63 +1479,156 @@ async fn read_messages(
     {
         older.cancel();
     }
-    let result = async {
+    let link = Link::new(wr, false, cancel.child_token());
+    let peer = shared.peers.lock().unwrap().get(&from).cloned();
+    if let Some(peer) = &peer {
+        let mut out = peer.out.lock().unwrap();
+        out.inbound = Some(link.clone());
+        // Both ends dialled: each keeps the connection the lower node ID dialled, so that
+        // the two converge on one.
+        if let Some(conn) = &out.conn {
+            if conn.dialed_by_us && from < shared.cfg.node_id {
+                conn.retired.store(true, Relaxed);
+                peer.queue_notify.notify_one();
+            }
+        }
+    }
+    // Undone however this ends, cancellation (which drops this future) included: the
+    // link's socket must not outlive its reader.
+    struct Unregister<'a> {
+        shared: &'a Shared,
+        from: NodeId,
+        conn_id: u64,
+        peer: Option<Arc<Peer>>,
+        link: Arc<Link>,
+    }
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.link.closed.cancel();
+            if let Some(peer) = &self.peer {
+                let mut out = peer.out.lock().unwrap();
+                if out
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+                {
+                    out.inbound = None;
+                }
+                if out
+                    .conn
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+                {
+                    out.disconnect();
+                }
+            }
+            let mut map = self.shared.inbound_messages.lock().unwrap();
+            if map.get(&self.from).map(|(id, _)| *id) == Some(self.conn_id) {
+                map.remove(&self.from);
+            }
+        }
+    }
+    let _unregister = Unregister {
+        shared,
+        from,
+        conn_id,
+        peer,
+        link: link.clone(),
+    };
+    read_messages(shared, from, rd, buf, &link, true).await
+}
+
+/// Read a message connection: every read pulls in as many bytes as the socket holds (up
+/// to the buffer's room, at least `READ_BYTES_MIN`), every whole frame in the buffer is
+/// decoded in one pass, and they go to the host as one batch: one channel send and one
+/// wake-up per read, not per message. With `idle_close`, a connection on which nothing
+/// went either way for `idle_timeout_ms` is closed.
+async fn read_messages(
+    shared: &Shared,
+    from: NodeId,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    link: &Link,
+    idle_close: bool,
+) -> Result<(), ConnError> {
+    let cfg = &shared.cfg;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    async {
+        let mut dec = FrameDecoder::messages(cfg.frame_bytes_max);
+        let batch_max = cfg.incoming_batch_messages_max;
+        // The idle timer is re-armed only when it fires, not per read, so the hot path
+        // reads no clock; silence is detected within 1-2x idle.
         let timer = sleep(idle);
         tokio::pin!(timer);
-        // Frames seen since the timer was last armed. Counting instead of reading the clock
-        // per frame keeps the hot path cheap; silence is detected within 1-2x idle.
         let mut frames_since_armed = 0u64;
-        let mut bytes_seen = rd.decoder().frame_bytes();
+        let mut writes_armed = link.writes.load(Relaxed);
+        let mut bytes_seen = 0u64;
+        // Sized like the last batch: a steady stream allocates each batch once.
+        let mut batch_hint = 1usize;
         loop {
-            let next = tokio::select! {
+            let mut batch = Vec::with_capacity(batch_hint);
+            let mut drained = false;
+            while batch.len() < batch_max {
+                match dec.decode(&mut buf)? {
+                    Some(msg) => {
+                        if msg.from != from || msg.to != cfg.node_id {
+                            return Err(ConnError::new(
+                                ConnErrorKind::Protocol,
+                                format!(
+                                    "message from {} to {} on node {from}'s connection to node {}",
+                                    msg.from, msg.to, cfg.node_id
+                                ),
+                            ));
+                        }
+                        batch.push(msg);
+                    }
+                    None => {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let n = batch.len() as u64;
+                batch_hint = batch.len();
+                frames_since_armed += n;
+                let total = dec.frame_bytes();
+                Stats::add(&shared.stats.bytes_received, total - bytes_seen);
+                bytes_seen = total;
+                Stats::add(&shared.stats.messages_received, n);
+                link.reads.fetch_add(1, Relaxed);
+                if !deliver(shared, Incoming::Messages(batch)).await {
+                    // The host dropped its receiver: nothing left to deliver to.
+                    return Ok(());
+                }
+            }
+            if !drained {
+                continue; // A full batch: more whole frames may wait in the buffer.
+            }
+            let read = tokio::select! {
                 biased;
-                n = rd.next() => n,
-                _ = &mut timer => {
-                    if frames_since_armed > 0 {
+                r = rd.read_buf(&mut buf) => r?,
+                _ = &mut timer, if idle_close => {
+                    let writes = link.writes.load(Relaxed);
+                    if frames_since_armed > 0 || writes != writes_armed {
                         frames_since_armed = 0;
+                        writes_armed = writes;
                         timer.as_mut().reset(Instant::now() + idle);
                         continue;
                     }
                     return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
                 }
             };
-            let msg = match next {
-                None => return Ok(()),
-                Some(r) => r?,
-            };
-            frames_since_armed += 1;
-            let total = rd.decoder().frame_bytes();
-            Stats::add(&shared.stats.bytes_received, total - bytes_seen);
-            bytes_seen = total;
-            if msg.from != from || msg.to != shared.cfg.node_id {
-                return Err(ConnError::new(
-                    ConnErrorKind::Protocol,
-                    format!(
-                        "message from {} to {} on node {from}'s connection to node {}",
-                        msg.from, msg.to, shared.cfg.node_id
-                    ),
-                ));
-            }
-            Stats::add(&shared.stats.messages_received, 1);
-            // try_send first: the common case (room in the channel) skips the async path.
-            match shared.incoming.try_send(Incoming::Message(msg)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    if shared.incoming.send(item).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                // The host dropped its receiver: nothing left to deliver to.
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            if read == 0 {
+                // Every whole frame was decoded above: anything left is a cut-off frame.
+                return match dec.decode_eof(&mut buf)? {
+                    None => Ok(()),
+                    Some(_) => unreachable!("decode found no whole frame in this same buffer"),
+                };
             }
         }
     }
-    .await;
-    let mut map = shared.inbound_messages.lock().unwrap();
-    if map.get(&from).map(|(id, _)| *id) == Some(conn_id) {
-        map.remove(&from);
-    }
-    result
+    .await
 }
 
 async fn receive_snapshots(
@@ -1246,7 +1776,7 @@ async fn receive_snapshots(
                     meta: p.meta,
                     data: p.buf.freeze(),
                 };
-                if shared.incoming.send(incoming).await.is_err() {
+                if !deliver(shared, incoming).await {
                     return Ok(());
                 }
                 SnapshotFrame::Done { snapshot_id: p.id }

@@ -2,8 +2,9 @@
 //! [`crate::frame`] frames. Public so that tests and tools can speak the protocol.
 //!
 //! A connection starts with the dialer's [`Hello`] and the acceptor's [`HelloReply`]. On a
-//! [`Lane::Messages`] connection the dialer then sends only `raft_core::Message` frames and
-//! the acceptor sends nothing. On a [`Lane::Snapshots`] connection the two exchange
+//! [`Lane::Messages`] connection both ends then send only `raft_core::Message` frames: the
+//! acceptor sends its own messages for the dialer there rather than dialling a second
+//! connection (when both dialled, both keep the one the lower node ID dialled). On a [`Lane::Snapshots`] connection the two exchange
 //! [`SnapshotFrame`]s: `Offer` → `Resume` → `Chunk`… → `Done` (or `Abort`).
 
 use bytes::Bytes;

@@ -8,7 +8,9 @@ use raft_core::{
     ConflictHint, Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta,
 };
 use raft_net::frame::{encode_frame, FrameDecoder, FrameError, FORMAT_VERSION};
-use raft_net::message_codec::{decode_message, encode_message, SegmentedBuf, ZERO_COPY_BYTES_MIN};
+use raft_net::message_codec::{
+    decode_message, decode_message_slice, encode_message, SegmentedBuf, ZERO_COPY_BYTES_MIN,
+};
 use raft_net::wire::{Hello, HelloReply, SnapshotFrame};
 use tokio_util::codec::Decoder;
 
@@ -211,8 +213,49 @@ proptest! {
             .map(|(m, _)| m);
         let mut framed = vec![FORMAT_VERSION];
         framed.extend_from_slice(&body);
+        let in_place = decode_message_slice(&framed).ok();
         let fast = decode_message(Bytes::from(framed)).ok();
-        prop_assert_eq!(fast, serde);
+        prop_assert_eq!(&fast, &serde);
+        prop_assert_eq!(in_place, serde);
+    }
+
+    /// Frames decoded where they lie in the read buffer (whole small frames) and frames
+    /// de-framed first (large ones, and any that arrive in pieces) give the same messages:
+    /// fed whole, one byte per read, or in arbitrary pieces.
+    #[test]
+    fn in_place_and_deframed_paths_agree(
+        msgs in vec(message(), 1..8),
+        big in 0usize..3,
+        piece in 1usize..300,
+    ) {
+        let mut msgs = msgs;
+        for (i, m) in msgs.iter_mut().enumerate().take(big) {
+            if let MessageBody::AppendEntries { entries, .. } = &mut m.body {
+                entries.push(Entry {
+                    index: i as u64,
+                    term: 1,
+                    payload: EntryPayload::Command(Bytes::from(vec![7; ZERO_COPY_BYTES_MIN + i])),
+                });
+            }
+        }
+        let mut wire = BytesMut::new();
+        for m in &msgs {
+            encode_frame(m, &mut wire, 1 << 20).unwrap();
+        }
+        for step in [wire.len(), 1, piece] {
+            let mut dec = FrameDecoder::<Message>::messages(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(step) {
+                buf.extend_from_slice(chunk);
+                while let Some(m) = dec.decode(&mut buf).unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert!(dec.decode_eof(&mut buf).unwrap().is_none());
+            prop_assert_eq!(&got, &msgs, "fed {} bytes at a time", step);
+            prop_assert_eq!(dec.frame_bytes(), wire.len() as u64);
+        }
     }
 
     /// Same, with a well-formed header and version so the fuzzing reaches postcard.

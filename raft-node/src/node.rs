@@ -26,8 +26,9 @@ use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
 use crate::{http, server};
 
-/// Inbound peer messages queued at most before they are dropped.
-const INBOUND_QUEUE_MESSAGES_MAX: usize = 16_384;
+/// Inbound batches of peer messages (raft-net caps a batch at `INBOUND_BATCH_MESSAGES_MAX`)
+/// queued at most; when full, raft-net stops reading and TCP pushes back on the peer.
+const INBOUND_QUEUE_BATCHES_MAX: usize = 1_024;
 
 /// An exclusive `flock` on `DATA_DIR/LOCK`, released when dropped or when the process dies
 /// (so a SIGKILLed node leaves no stale lock behind).
@@ -197,7 +198,7 @@ impl RunningNode {
 
         let metrics = Arc::new(Metrics::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MESSAGES_MAX);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_BATCHES_MAX);
         let others = config
             .peers
             .iter()
@@ -210,7 +211,6 @@ impl RunningNode {
             peer_addr,
             others,
             inbound_tx,
-            metrics.clone(),
             shutdown_rx.clone(),
         )
         .await

@@ -513,6 +513,11 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::SnapshotBody { meta, body } => self.prepare_snapshot(meta, body),
+            Inbound::Messages(msgs) => {
+                for msg in msgs {
+                    self.on_inbound(Inbound::Message(msg));
+                }
+            }
             Inbound::Message(msg) => {
                 if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
                     self.on_install_message(msg);

@@ -19,6 +19,8 @@ pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 pub enum Inbound {
     /// A protocol message.
     Message(Message),
+    /// Protocol messages from one peer, in order (raft-net delivers what one read brought in).
+    Messages(Vec<Message>),
     /// A snapshot body, delivered before the `InstallSnapshot` message that names it by
     /// `(meta.index, meta.term)`. A transport with a separate snapshot lane (raft-net)
     /// delivers the body there and the message on the message lane once the body is in.

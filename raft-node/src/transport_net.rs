@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use raft_core::{Message, MessageBody, NodeId};
@@ -12,48 +11,46 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 use crate::transport::{Inbound, PeerTransport};
 
+/// Most messages raft-net hands over in one [`Inbound::Messages`].
+const INBOUND_BATCH_MESSAGES_MAX: usize = 32;
+
 /// raft-net's transport: messages on one connection per peer, snapshots on another.
 pub struct NetTransport {
     handle: TransportHandle,
 }
 
+impl From<Incoming> for Inbound {
+    fn from(incoming: Incoming) -> Self {
+        match incoming {
+            Incoming::Messages(batch) => Inbound::Messages(batch),
+            Incoming::Snapshot { meta, data, .. } => Inbound::SnapshotBody { meta, body: data },
+        }
+    }
+}
+
 impl NetTransport {
-    /// Starts raft-net on `listen` and forwards what it receives into `inbound` until
-    /// `shutdown`.
+    /// Starts raft-net on `listen`, delivering what it receives straight into `inbound`
+    /// (raft-net's readers send into it; when it is full they stop reading and TCP pushes
+    /// back on the peers), until `shutdown`.
     pub async fn start(
         id: NodeId,
         cluster_id: u64,
         listen: SocketAddr,
         peers: Vec<(NodeId, SocketAddr)>,
         inbound: mpsc::Sender<Inbound>,
-        metrics: Arc<Metrics>,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<NetTransport> {
         let mut config = TransportConfig::new(id, cluster_id, listen);
         config.peers = peers.into_iter().collect();
-        let (handle, mut incoming) = Transport::start(config).await?;
+        // `inbound`'s bound now counts batches: small ones keep the messages it can hold
+        // (bound x batch) and the runtime's work per wake-up within reason, while still
+        // sparing the channel send and the wake-up for all but one message in this many.
+        config.incoming_batch_messages_max = INBOUND_BATCH_MESSAGES_MAX;
+        let handle = Transport::start_with_sender(config, inbound).await?;
         let stopper = handle.clone();
         tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.changed() => break,
-                    n = incoming.recv() => n,
-                };
-                match next {
-                    Some(Incoming::Message(m)) => {
-                        if inbound.try_send(Inbound::Message(m)).is_err() {
-                            Metrics::add(&metrics.messages_dropped, 1);
-                        }
-                    }
-                    Some(Incoming::Snapshot { meta, data, .. }) => {
-                        let body = Inbound::SnapshotBody { meta, body: data };
-                        if inbound.send(body).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                }
-            }
+            // Either a shutdown or the node dropping its sender ends the transport.
+            let _ = shutdown.changed().await;
             stopper.shutdown().await;
         });
         Ok(NetTransport { handle })

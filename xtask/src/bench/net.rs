@@ -236,7 +236,15 @@ async fn transport_round(
         while received < n {
             got.clear();
             match tokio::time::timeout(BATCH_TIMEOUT, rx.recv_many(&mut got, 1024)).await {
-                Ok(k) if k > 0 => received += k,
+                Ok(k) if k > 0 => {
+                    received += got
+                        .iter()
+                        .map(|i| match i {
+                            Incoming::Messages(ms) => ms.len(),
+                            Incoming::Snapshot { .. } => 0,
+                        })
+                        .sum::<usize>()
+                }
                 _ => {
                     return ThroughputRound {
                         rx,
@@ -274,19 +282,21 @@ async fn rtt_round_task(
 ) -> RttRound {
     // Node 2's host: answers each heartbeat, for as many as node 1 sends this round.
     let responder = tokio::spawn(async move {
-        while let Some(Incoming::Message(m)) = b_rx.recv().await {
-            if let MessageBody::Heartbeat { read_seq, .. } = m.body {
-                if read_seq == u64::MAX {
-                    break;
-                }
-                let reply = Message {
-                    from: 2,
-                    to: 1,
-                    term: m.term,
-                    body: MessageBody::HeartbeatResponse { read_seq },
-                };
-                if b.send(reply).is_err() {
-                    break;
+        'serve: while let Some(Incoming::Messages(batch)) = b_rx.recv().await {
+            for m in batch {
+                if let MessageBody::Heartbeat { read_seq, .. } = m.body {
+                    if read_seq == u64::MAX {
+                        break 'serve;
+                    }
+                    let reply = Message {
+                        from: 2,
+                        to: 1,
+                        term: m.term,
+                        body: MessageBody::HeartbeatResponse { read_seq },
+                    };
+                    if b.send(reply).is_err() {
+                        break 'serve;
+                    }
                 }
             }
         }
@@ -313,8 +323,10 @@ async fn rtt_round_task(
             break;
         }
         match tokio::time::timeout(BATCH_TIMEOUT, a_rx.recv()).await {
-            Ok(Some(Incoming::Message(m)))
-                if m.body == (MessageBody::HeartbeatResponse { read_seq: seq }) =>
+            // One heartbeat in flight at a time: its response arrives alone.
+            Ok(Some(Incoming::Messages(ms)))
+                if ms.len() == 1
+                    && ms[0].body == (MessageBody::HeartbeatResponse { read_seq: seq }) =>
             {
                 record(&mut h, start.elapsed());
             }
