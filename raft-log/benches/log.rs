@@ -430,11 +430,14 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     // over the same mapped records.
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+    let key = raft_log::format::SegmentHeader::decode(&map)
+        .unwrap()
+        .record_key();
     let decode_all = |zero_copy: bool| {
         let mut at = offset as usize;
         let mut n = 0;
         while at < offset as usize + len {
-            let frame = raft_log::format::read_frame(&map, at, 1 << 20).unwrap();
+            let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
             let payload = &map[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
             let entry = raft_log::format::decode_entry(payload, zero_copy.then_some(&map)).unwrap();
             n += entry.size_bytes();
@@ -479,10 +482,13 @@ fn range_location(path: &Path, low: u64, high: u64) -> (File, u64, usize) {
     let file = File::open(seg).unwrap();
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let key = raft_log::format::SegmentHeader::decode(&map)
+        .unwrap()
+        .record_key();
     let mut at = SEGMENT_HEADER_BYTES;
     let mut start = 0;
     let end = loop {
-        let frame = raft_log::format::read_frame(&map, at, 1 << 20).unwrap();
+        let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
         if frame.index == low {
             start = at;
         }
@@ -664,10 +670,19 @@ fn pipelined_pass(dir: &Path) {
 }
 
 /// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`.
+/// `RAFT_LOG_BENCH_CPU_ROUNDS` (default 50) batches per size, for a profiler to sample;
+/// `RAFT_LOG_BENCH_CASES` selects sizes (`100x1024`).
 fn cpu_profile(dir: &Path) {
+    let rounds: usize = std::env::var("RAFT_LOG_BENCH_CPU_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 100_000);
     for entry_bytes in ENTRY_SIZES {
+        if !case_selected(entry_bytes, 1024) {
+            continue;
+        }
         let mut log = LogAppender::new(&dir.join(format!("cpu-{entry_bytes}")), entry_bytes, 1024);
-        let rounds = 50;
         let mut append = Duration::ZERO;
         for _ in 0..rounds {
             let entries = log.next_batch();
@@ -681,7 +696,13 @@ fn cpu_profile(dir: &Path) {
         for _ in 0..rounds {
             buf.clear();
             for e in &entries {
-                raft_log::format::encode_record_parts(e, &mut buf).unwrap();
+                raft_log::format::encode_record_keyed(
+                    e,
+                    &mut buf,
+                    Default::default(),
+                    raft_log::format::VECTORED_MIN_BYTES,
+                )
+                .unwrap();
             }
         }
         let encode = start.elapsed();
