@@ -692,17 +692,14 @@ fn cpu_profile(dir: &Path) {
         }
         let entries = log.next_batch();
         let mut buf = Vec::new();
+        let encoder = raft_log::format::RecordEncoder::new(Default::default());
         let start = Instant::now();
         for _ in 0..rounds {
             buf.clear();
             for e in &entries {
-                raft_log::format::encode_record_keyed(
-                    e,
-                    &mut buf,
-                    Default::default(),
-                    raft_log::format::VECTORED_MIN_BYTES,
-                )
-                .unwrap();
+                encoder
+                    .encode(e, &mut buf, raft_log::format::VECTORED_MIN_BYTES)
+                    .unwrap();
             }
         }
         let encode = start.elapsed();

@@ -40,10 +40,11 @@ pub fn record_bytes(payload_bytes: usize) -> usize {
 pub enum RecordKey {
     /// Segment version 1: `crc32(len ‖ payload)`.
     V1,
-    /// Segment version 2: the CRC32 of the payload, started from `seed ^ len` instead of 0
-    /// (one `crc32fast` call over contiguous bytes that still covers the length). The seed is
-    /// derived from the segment's epoch and first index, so a record left in a recycled file
-    /// by its earlier life fails the check of the segment it now is.
+    /// Segment version 2: `crc32(payload) ^ seed ^ len`: one pass over contiguous bytes,
+    /// from a hasher cloned per record (each fresh `crc32fast` hasher re-runs CPU feature
+    /// detection, a third of a small record's CRC cost), still covering the length. The
+    /// seed is derived from the segment's epoch and first index, so a record left in a
+    /// recycled file by its earlier life fails the check of the segment it now is.
     V2 { seed: u32 },
 }
 
@@ -175,21 +176,21 @@ fn put_varint(out: &mut [u8; HEAD_BYTES_MAX], mut at: usize, mut v: u64) -> usiz
     at + 1
 }
 
-/// The CRC of a record whose payload is `parts` concatenated, under `key`.
+/// The CRC of a record whose payload is `parts` concatenated, under `key`; `fresh` is a
+/// new hasher (or a clone of one).
 #[inline]
-fn record_crc(key: RecordKey, len: u32, parts: &[&[u8]]) -> u32 {
-    let mut h = match key {
-        RecordKey::V1 => {
-            let mut h = crc32fast::Hasher::new();
-            h.update(&len.to_le_bytes());
-            h
-        }
-        RecordKey::V2 { seed } => crc32fast::Hasher::new_with_initial(seed ^ len),
-    };
+fn record_crc(fresh: crc32fast::Hasher, key: RecordKey, len: u32, parts: &[&[u8]]) -> u32 {
+    let mut h = fresh;
+    if key == RecordKey::V1 {
+        h.update(&len.to_le_bytes());
+    }
     for part in parts {
         h.update(part);
     }
-    h.finalize()
+    match key {
+        RecordKey::V1 => h.finalize(),
+        RecordKey::V2 { seed } => h.finalize() ^ seed ^ len,
+    }
 }
 
 /// Command payloads at least this long are not copied into the encoding buffer: the record
@@ -211,18 +212,81 @@ pub struct RecordParts {
     pub payload_bytes: usize,
 }
 
-/// Appends the record of `entry` under `key` to `out`. A command of at least
-/// `borrow_min_bytes` is left out of `out`: the record on disk is then
-/// `out[head] ++ data ++ zeroes(pad)`, one copy fewer. Noops and commands, the hot path,
-/// are encoded by hand into one `extend` per part, with the CRC in one call (postcard's
-/// generic serializer cost ~60 ns an entry); the `same_bytes_as_postcard` tests hold the
-/// two encodings equal.
+/// Encodes records under one key; holds a fresh hasher to clone for each record.
+#[derive(Clone)]
+pub struct RecordEncoder {
+    key: RecordKey,
+    fresh: crc32fast::Hasher,
+}
+
+impl RecordEncoder {
+    pub fn new(key: RecordKey) -> RecordEncoder {
+        RecordEncoder {
+            key,
+            fresh: crc32fast::Hasher::new(),
+        }
+    }
+
+    pub fn key(&self) -> RecordKey {
+        self.key
+    }
+
+    #[inline]
+    fn crc(&self, len: u32, parts: &[&[u8]]) -> u32 {
+        record_crc(self.fresh.clone(), self.key, len, parts)
+    }
+
+    /// See [`encode_record_keyed`].
+    pub fn encode(
+        &self,
+        entry: &Entry,
+        out: &mut Vec<u8>,
+        borrow_min_bytes: usize,
+    ) -> Result<RecordParts, postcard::Error> {
+        encode_with(self, entry, out, borrow_min_bytes)
+    }
+
+    /// Recomputes the CRC of an encoded record for this encoder's key (a batch that rolled
+    /// over into a new segment). `head` is the record's head in the buffer; `data` the
+    /// borrowed bytes, if any.
+    pub fn rekey(&self, head: &mut [u8], parts: RecordParts, data: &[u8]) {
+        let len = parts.payload_bytes as u32;
+        let crc = if parts.borrowed {
+            self.crc(len, &[&head[RECORD_HEADER_BYTES..parts.head_bytes], data])
+        } else {
+            self.crc(
+                len,
+                &[&head[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + parts.payload_bytes]],
+            )
+        };
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Appends the record of `entry` under `key` to `out`; see [`encode_with`]. Encoding many
+/// records, a [`RecordEncoder`] is cheaper.
 pub fn encode_record_keyed(
     entry: &Entry,
     out: &mut Vec<u8>,
     key: RecordKey,
     borrow_min_bytes: usize,
 ) -> Result<RecordParts, postcard::Error> {
+    RecordEncoder::new(key).encode(entry, out, borrow_min_bytes)
+}
+
+/// Appends the record of `entry` under `key` to `out`. A command of at least
+/// `borrow_min_bytes` is left out of `out`: the record on disk is then
+/// `out[head] ++ data ++ zeroes(pad)`, one copy fewer. Noops and commands, the hot path,
+/// are encoded by hand into one `extend` per part, with the CRC in one call (postcard's
+/// generic serializer cost ~60 ns an entry); the `same_bytes_as_postcard` tests hold the
+/// two encodings equal.
+fn encode_with(
+    encoder: &RecordEncoder,
+    entry: &Entry,
+    out: &mut Vec<u8>,
+    borrow_min_bytes: usize,
+) -> Result<RecordParts, postcard::Error> {
+    let key = encoder.key;
     let start = out.len();
     let data: &[u8] = match &entry.payload {
         EntryPayload::Noop => &[],
@@ -234,7 +298,7 @@ pub fn encode_record_keyed(
             let payload_bytes = out.len() - start - RECORD_HEADER_BYTES;
             let len =
                 u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
-            let crc = record_crc(key, len, &[&out[start + RECORD_HEADER_BYTES..]]);
+            let crc = encoder.crc(len, &[&out[start + RECORD_HEADER_BYTES..]]);
             out[start..start + 4].copy_from_slice(&len.to_le_bytes());
             out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
             let record_bytes = record_bytes(payload_bytes);
@@ -266,7 +330,7 @@ pub fn encode_record_keyed(
     let borrowed = data.len() >= borrow_min_bytes;
     head[0..4].copy_from_slice(&len.to_le_bytes());
     if borrowed || key == RecordKey::V1 {
-        let crc = record_crc(key, len, &[&head[RECORD_HEADER_BYTES..at], data]);
+        let crc = encoder.crc(len, &[&head[RECORD_HEADER_BYTES..at], data]);
         head[4..8].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&head[..at]);
         if !borrowed {
@@ -280,7 +344,7 @@ pub fn encode_record_keyed(
         out.extend_from_slice(data);
         out.extend_from_slice(&ZEROES[..pad]);
         let payload = start + RECORD_HEADER_BYTES..start + RECORD_HEADER_BYTES + payload_bytes;
-        let crc = record_crc(key, len, &[&out[payload]]);
+        let crc = encoder.crc(len, &[&out[payload]]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
     Ok(RecordParts {
@@ -290,27 +354,6 @@ pub fn encode_record_keyed(
         record_bytes,
         payload_bytes,
     })
-}
-
-/// Recomputes the CRC of an encoded record for another key (a batch that rolled over into
-/// a new segment). `head` is the record's head in the buffer; `data` the borrowed bytes, if
-/// any.
-pub fn rekey_record(head: &mut [u8], parts: RecordParts, data: &[u8], key: RecordKey) {
-    let len = parts.payload_bytes as u32;
-    let crc = if parts.borrowed {
-        record_crc(
-            key,
-            len,
-            &[&head[RECORD_HEADER_BYTES..parts.head_bytes], data],
-        )
-    } else {
-        record_crc(
-            key,
-            len,
-            &[&head[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + parts.payload_bytes]],
-        )
-    };
-    head[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Why no record could be read at an offset.
@@ -378,7 +421,7 @@ pub fn read_frame(
     let payload = buf
         .get(payload_offset..payload_offset + len)
         .ok_or(RecordError::Short)?;
-    if record_crc(key, len as u32, &[payload]) != u32_at(header, 4) {
+    if record_crc(crc32fast::Hasher::new(), key, len as u32, &[payload]) != u32_at(header, 4) {
         return Err(RecordError::Crc);
     }
     let end_offset = offset + record_bytes(len);
@@ -582,7 +625,7 @@ mod tests {
                     // Re-keying gives what encoding under the other key gives.
                     for other in keys {
                         let mut rekeyed = parts[3..3 + p.head_bytes].to_vec();
-                        rekey_record(&mut rekeyed, p, &vec![0xAB; len], other);
+                        RecordEncoder::new(other).rekey(&mut rekeyed, p, &vec![0xAB; len]);
                         let mut direct = Vec::new();
                         encode_record_keyed(&entry, &mut direct, other, VECTORED_MIN_BYTES)
                             .unwrap();

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_record_keyed, encode_state_slot, read_frame, rekey_record,
-    RecordError, RecordKey, RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES, STATE_SLOT_BYTES, VECTORED_MIN_BYTES,
+    self, decode_state_slot, encode_state_slot, read_frame, RecordEncoder, RecordError, RecordKey,
+    RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    STATE_SLOT_BYTES, VECTORED_MIN_BYTES,
 };
 use crate::spare::{is_spare_name, zero_fill, Preparer};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
@@ -993,10 +993,11 @@ impl Log {
         key: RecordKey,
     ) -> Result<bool, LogError> {
         records.reserve(entries.len());
+        let encoder = RecordEncoder::new(key);
         let mut any_borrowed = false;
         for e in entries {
             let start = buf.len();
-            let parts = encode_record_keyed(e, buf, key, VECTORED_MIN_BYTES).map_err(|err| {
+            let parts = encoder.encode(e, buf, VECTORED_MIN_BYTES).map_err(|err| {
                 LogError::Invalid(format!("entry {} does not encode: {err}", e.index))
             })?;
             if parts.payload_bytes as u64 > self.options.entry_bytes_max {
@@ -1052,17 +1053,13 @@ impl Log {
             let seg = self.segments.last_mut().expect("rolled");
             if seg.key != key {
                 // The batch rolled over into a new segment, whose records carry its key.
+                let encoder = RecordEncoder::new(seg.key);
                 for (&(start, parts), entry) in records[done..].iter().zip(&entries[done..]) {
                     let data: &[u8] = match (&entry.payload, parts.borrowed) {
                         (EntryPayload::Command(data), true) => data,
                         _ => &[],
                     };
-                    rekey_record(
-                        &mut buf[start..start + parts.head_bytes],
-                        parts,
-                        data,
-                        seg.key,
-                    );
+                    encoder.rekey(&mut buf[start..start + parts.head_bytes], parts, data);
                 }
                 key = seg.key;
             }
