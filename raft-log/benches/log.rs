@@ -12,7 +12,9 @@
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
 //! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
 //! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`,
-//! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024).
+//! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024),
+//! `RAFT_LOG_BENCH_SUSTAINED_MIB` (bytes each variant of the sustained pass writes, default
+//! 768 MiB), `RAFT_LOG_BENCH_SUSTAINED_ONLY` (print only the sustained pass).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -151,19 +153,25 @@ struct LogAppender {
     /// Log directories are replaced when they grow past this, to bound disk use.
     dir: PathBuf,
     generation: u64,
+    options: Options,
 }
 
 const LOG_BYTES_MAX: u64 = 1 << 30;
 
 impl LogAppender {
     fn new(dir: &Path, entry_bytes: usize, batch: usize) -> LogAppender {
+        Self::with_options(dir, entry_bytes, batch, options())
+    }
+
+    fn with_options(dir: &Path, entry_bytes: usize, batch: usize, options: Options) -> LogAppender {
         let path = dir.join("log-0");
         let mut appender = LogAppender {
-            log: Log::open(&path, options()).unwrap(),
+            log: Log::open(&path, options.clone()).unwrap(),
             payload: Bytes::from(vec![0xA5u8; entry_bytes]),
             batch,
             dir: dir.to_owned(),
             generation: 0,
+            options,
         };
         // The first append makes the first segment (zero-filled inline) and starts the
         // background zero-fill of the next; like the raw baseline's file, both are made
@@ -185,8 +193,11 @@ impl LogAppender {
         if self.log.last_index() * self.payload.len() as u64 > LOG_BYTES_MAX {
             let old = self.dir.join(format!("log-{}", self.generation));
             self.generation += 1;
-            self.log =
-                Log::open(self.dir.join(format!("log-{}", self.generation)), options()).unwrap();
+            self.log = Log::open(
+                self.dir.join(format!("log-{}", self.generation)),
+                self.options.clone(),
+            )
+            .unwrap();
             std::fs::remove_dir_all(old).unwrap();
         }
         let next = self.log.last_index() + 1;
@@ -720,10 +731,141 @@ fn cpu_profile(dir: &Path) {
     }
 }
 
+/// Variants take turns this many times in the sustained pass, each writing its share.
+const SUSTAINED_REPEATS: usize = 3;
+
+/// One variant of the sustained pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sustained {
+    /// The log, compacted after every sync to about one segment behind its end, as a node
+    /// that snapshots does: new segments reuse the files compaction frees.
+    LogCompacting,
+    /// The same with `Options::segment_reuse` off: freed files are deleted and new
+    /// segments are new files, as before reuse existed.
+    LogCompactingNoReuse,
+    /// The log growing: every new segment is a new file (zero-filled by the spare thread if
+    /// it keeps up, else fallocated).
+    LogGrowing,
+    /// pwrite + fdatasync of the same bytes round a zero-filled 64 MiB file.
+    Raw,
+}
+
+/// `rounds` append+sync rounds of `batch` x `entry_bytes` back to back; per-round times.
+fn sustained_run(
+    dir: &Path,
+    which: Sustained,
+    entry_bytes: usize,
+    batch: usize,
+    rounds: usize,
+) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(rounds);
+    let case_dir = dir.join("sustained");
+    std::fs::create_dir_all(&case_dir).unwrap();
+    if which == Sustained::Raw {
+        let bytes = framed(entry_bytes, batch);
+        let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Overwrite);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            raw.append_sync(&bytes);
+            times.push(start.elapsed());
+        }
+    } else {
+        let options = Options {
+            segment_reuse: which != Sustained::LogCompactingNoReuse,
+            ..options()
+        };
+        let mut log = LogAppender::with_options(&case_dir, entry_bytes, batch, options);
+        let compacting = matches!(
+            which,
+            Sustained::LogCompacting | Sustained::LogCompactingNoReuse
+        );
+        let entries_per_segment = SEGMENT_BYTES / (entry_bytes as u64 + 16);
+        for _ in 0..rounds {
+            let entries = log.next_batch();
+            let start = Instant::now();
+            log.append_sync(&entries);
+            times.push(start.elapsed());
+            let last = log.log.last_index();
+            if compacting && last > entries_per_segment {
+                let index = last - entries_per_segment;
+                let term = log.log.term(index).unwrap();
+                log.log
+                    .compact(raft_core::SnapshotMeta {
+                        index,
+                        term,
+                        membership: Default::default(),
+                    })
+                    .unwrap();
+            }
+        }
+    }
+    std::fs::remove_dir_all(&case_dir).unwrap();
+    times
+}
+
+/// Sustained writes, each variant back to back for `RAFT_LOG_BENCH_SUSTAINED_MIB` (so work
+/// the log does in the background, like zero-filling the next segment, is not hidden in
+/// another variant's turn as it is in the interleaved pass). Variants alternate, twice.
+fn sustained_pass(dir: &Path) {
+    let total_bytes: usize = std::env::var("RAFT_LOG_BENCH_SUSTAINED_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(768usize)
+        .clamp(16, 8192)
+        << 20;
+    println!();
+    println!("sustained append+sync, back to back, {} MiB per variant in {SUSTAINED_REPEATS} turns; p50 and mean per sync; ratio = raw mean / log mean (throughput)", total_bytes >> 20);
+    println!(
+        "{:>8} {:>6} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "entry", "batch", "variant", "p50", "mean", "MiB/s", "ratio"
+    );
+    for (entry_bytes, batch) in [(16384, 1024), (1024, 1024), (16384, 64)] {
+        if !case_selected(entry_bytes, batch) {
+            continue;
+        }
+        let rounds = (total_bytes / (entry_bytes * batch)).clamp(4, 100_000);
+        let variants = [
+            Sustained::Raw,
+            Sustained::LogCompacting,
+            Sustained::LogCompactingNoReuse,
+            Sustained::LogGrowing,
+        ];
+        let mut all: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..SUSTAINED_REPEATS {
+            for (i, &which) in variants.iter().enumerate() {
+                let rounds = (rounds / SUSTAINED_REPEATS).max(4);
+                all[i].extend(sustained_run(dir, which, entry_bytes, batch, rounds));
+            }
+        }
+        let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
+        let raw_mean = mean(&all[0]);
+        for (i, name) in ["raw", "log-compacting", "log-no-reuse", "log-growing"]
+            .into_iter()
+            .enumerate()
+        {
+            let m = mean(&all[i]);
+            println!(
+                "{:>7}B {:>6} {:>16} {:>10.1?} {:>10.1?} {:>10.1} {:>10.3}",
+                entry_bytes,
+                batch,
+                name,
+                median(all[i].clone()),
+                m,
+                (entry_bytes * batch) as f64 / m.as_secs_f64() / (1 << 20) as f64,
+                raw_mean.as_secs_f64() / m.as_secs_f64()
+            );
+        }
+    }
+}
+
 fn main() {
     let (_guard, dir) = bench_dir();
     if std::env::var_os("RAFT_LOG_BENCH_CPU").is_some() {
         cpu_profile(&dir);
+        return;
+    }
+    if std::env::var_os("RAFT_LOG_BENCH_SUSTAINED_ONLY").is_some() {
+        sustained_pass(&dir);
         return;
     }
     let mut c = Criterion::default().configure_from_args();
@@ -737,5 +879,6 @@ fn main() {
     if std::env::args().any(|a| a == "--bench") {
         ratio_pass(&dir);
         pipelined_pass(&dir);
+        sustained_pass(&dir);
     }
 }

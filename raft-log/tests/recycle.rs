@@ -342,3 +342,34 @@ fn an_earlier_life_record_with_the_next_index_fails_the_segment_key() {
     assert_eq!(log.last_index(), next - 1);
     assert_prefix(&log, &reused.written, next - 1);
 }
+
+#[test]
+fn with_reuse_off_compaction_deletes_freed_segments() {
+    let dir = common::test_dir();
+    let options = raft_log::Options {
+        segment_reuse: false,
+        ..small_options()
+    };
+    let mut log = Log::open(dir.path(), options).unwrap();
+    let written: Vec<Entry> = (1..=150).map(|i| entry(i, 1, ENTRY_BYTES)).collect();
+    append_synced(&mut log, &written);
+    let before = segment_files(dir.path()).len();
+    let second_first: u64 = segment_files(dir.path())[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    compact_to(&mut log, second_first);
+    assert_eq!(log.recycled_count(), 0);
+    assert_eq!(segment_files(dir.path()).len(), before - 1);
+    assert!(
+        !fs::read_dir(dir.path()).unwrap().any(|d| d
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("recycle-")),
+        "no file kept for reuse"
+    );
+}
