@@ -750,14 +750,17 @@ enum Sustained {
     Raw,
 }
 
-/// `rounds` append+sync rounds of `batch` x `entry_bytes` back to back; per-round times.
+/// `rounds` append+sync rounds of `batch` x `entry_bytes` back to back; per-round times,
+/// and for the log the time to reopen it afterwards (with reuse, its last segment is a
+/// reused file whose earlier records recovery must look through).
 fn sustained_run(
     dir: &Path,
     which: Sustained,
     entry_bytes: usize,
     batch: usize,
     rounds: usize,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, Option<Duration>) {
+    let mut reopen = None;
     let mut times = Vec::with_capacity(rounds);
     let case_dir = dir.join("sustained");
     std::fs::create_dir_all(&case_dir).unwrap();
@@ -806,9 +809,16 @@ fn sustained_run(
                     .unwrap();
             }
         }
+        let path = case_dir.join(format!("log-{}", log.generation));
+        let options = log.options.clone();
+        drop(log);
+        let start = Instant::now();
+        let reopened = Log::open(&path, options).unwrap();
+        reopen = Some(start.elapsed());
+        drop(reopened);
     }
     std::fs::remove_dir_all(&case_dir).unwrap();
-    times
+    (times, reopen)
 }
 
 /// Sustained writes, each variant back to back for `RAFT_LOG_BENCH_SUSTAINED_MIB` (so work
@@ -839,10 +849,13 @@ fn sustained_pass(dir: &Path) {
             Sustained::LogGrowing,
         ];
         let mut all: [Vec<Duration>; 4] = Default::default();
+        let mut reopens: [Vec<Duration>; 4] = Default::default();
         for _ in 0..SUSTAINED_REPEATS {
             for (i, &which) in variants.iter().enumerate() {
                 let rounds = (rounds / SUSTAINED_REPEATS).max(4);
-                all[i].extend(sustained_run(dir, which, entry_bytes, batch, rounds));
+                let (times, reopen) = sustained_run(dir, which, entry_bytes, batch, rounds);
+                all[i].extend(times);
+                reopens[i].extend(reopen);
             }
         }
         let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
@@ -863,6 +876,13 @@ fn sustained_pass(dir: &Path) {
                 raw_mean.as_secs_f64() / m.as_secs_f64()
             );
         }
+        println!(
+            "{:>8} {:>6} reopen after the run (max of {SUSTAINED_REPEATS}): compacting {:.1?}, no-reuse {:.1?}, growing {:.1?}",
+            "", "",
+            reopens[1].iter().max().unwrap(),
+            reopens[2].iter().max().unwrap(),
+            reopens[3].iter().max().unwrap()
+        );
     }
 }
 
