@@ -214,6 +214,24 @@ impl LogAppender {
         self.log.append(entries).unwrap();
         self.log.sync().unwrap();
     }
+
+    /// Compacts to about one segment behind the end, as a node that snapshots does, so the
+    /// log stays bounded (like the raw baseline's ring) and freed segments are reused.
+    fn compact_behind(&mut self) {
+        let entries_per_segment = SEGMENT_BYTES / (self.payload.len() as u64 + 16);
+        let last = self.log.last_index();
+        if last > entries_per_segment {
+            let index = last - entries_per_segment;
+            let term = self.log.term(index).unwrap();
+            self.log
+                .compact(raft_core::SnapshotMeta {
+                    index,
+                    term,
+                    membership: Default::default(),
+                })
+                .unwrap();
+        }
+    }
 }
 
 fn options() -> Options {
@@ -521,6 +539,7 @@ fn ratio_pass(dir: &Path) {
     println!();
     println!("interleaved ratios, p50 of append+sync per round; baseline = pwrite+fdatasync of the same bytes into a zero-filled preallocated file");
     println!("throughput ratio = raw p50 / log p50 (target >= 0.90); latency ratio = log p50 / raw p50 (target <= 1.10); raw-falloc = same into fresh fallocated files, for context");
+    println!("the log is compacted (untimed) to one segment behind its end after every round, as a node that snapshots is, so it stays bounded like the raw ring and reuses freed segments");
     println!(
         "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>11}",
         "entry", "batch", "log p50", "raw p50", "raw-falloc", "thr ratio", "lat ratio", "log MiB/s"
@@ -554,6 +573,8 @@ fn ratio_pass(dir: &Path) {
                     let took = start.elapsed();
                     [&mut log_times, &mut raw_times, &mut falloc_times][which].push(took);
                 }
+                // Untimed, as a node's snapshot-driven compaction is not part of a sync.
+                log.compact_behind();
             }
             let (log_p50, raw_p50, falloc_p50) =
                 (median(log_times), median(raw_times), median(falloc_times));
@@ -782,7 +803,6 @@ fn sustained_run(
             which,
             Sustained::LogCompacting | Sustained::LogCompactingNoReuse
         );
-        let entries_per_segment = SEGMENT_BYTES / (entry_bytes as u64 + 16);
         // Untimed warm-up to the steady state: two segments filled, so that compaction has
         // freed one and (with reuse) a freed file has become a segment; then the spare
         // thread's one-off work is waited for.
@@ -796,17 +816,8 @@ fn sustained_run(
             } else if round == 2 * rounds_per_segment {
                 log.wait_for_spare();
             }
-            let last = log.log.last_index();
-            if compacting && last > entries_per_segment {
-                let index = last - entries_per_segment;
-                let term = log.log.term(index).unwrap();
-                log.log
-                    .compact(raft_core::SnapshotMeta {
-                        index,
-                        term,
-                        membership: Default::default(),
-                    })
-                    .unwrap();
+            if compacting {
+                log.compact_behind();
             }
         }
         let path = case_dir.join(format!("log-{}", log.generation));
