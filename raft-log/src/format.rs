@@ -259,8 +259,10 @@ impl RecordEncoder {
     }
 }
 
-/// Appends the record of `entry` under `key` to `out`; see [`encode_with`]. Encoding many
-/// records, a [`RecordEncoder`] is cheaper.
+/// Appends the record of `entry` under `key` to `out`. A command of at least
+/// `borrow_min_bytes` is left out of `out`: the record on disk is then
+/// `out[head] ++ data ++ zeroes(pad)`, one copy fewer. Encoding many records, a
+/// [`RecordEncoder`] is cheaper.
 pub fn encode_record_keyed(
     entry: &Entry,
     out: &mut Vec<u8>,
@@ -270,12 +272,9 @@ pub fn encode_record_keyed(
     RecordEncoder::new(key).encode(entry, out, borrow_min_bytes)
 }
 
-/// Appends the record of `entry` under `key` to `out`. A command of at least
-/// `borrow_min_bytes` is left out of `out`: the record on disk is then
-/// `out[head] ++ data ++ zeroes(pad)`, one copy fewer. Noops and commands, the hot path,
-/// are encoded by hand into one `extend` per part, with the CRC in one call (postcard's
-/// generic serializer cost ~60 ns an entry); the `same_bytes_as_postcard` tests hold the
-/// two encodings equal.
+/// See [`encode_record_keyed`]. Noops and commands, the hot path, are encoded by hand, with
+/// the CRC in one pass over the payload (postcard's generic serializer cost ~60 ns an
+/// entry); the `same_bytes_as_postcard` tests hold the two encodings equal.
 fn encode_with(
     encoder: &RecordEncoder,
     entry: &Entry,
