@@ -419,6 +419,10 @@ struct Scan {
 /// Looks for a valid record (under `key`) at an aligned offset at or after `from` whose
 /// index is at least `index_min`. Such a record after a bad one means the bad one is not a
 /// torn tail.
+///
+/// A reused segment's tail can be tens of MiB of earlier records and payload bytes, every
+/// aligned word a candidate length: before a candidate's CRC is computed (over up to
+/// `payload_bytes_max` bytes), it must look like part of a run of this log's records.
 fn find_valid_record(
     map: &[u8],
     from: usize,
@@ -427,16 +431,11 @@ fn find_valid_record(
     key: RecordKey,
 ) -> Option<usize> {
     // Records written after `index_min - 1` in this segment are at least 8 bytes each, so
-    // no valid one can hold an index beyond this; checking the index before the CRC keeps a
-    // scan through a recycled file's stale records (lower indexes) from CRC-ing them all.
+    // no valid one can hold an index beyond this.
     let index_max = index_min.saturating_add((map.len() / format::RECORD_ALIGN_BYTES) as Index);
     let mut at = format::align_up(from);
     while at + RECORD_HEADER_BYTES <= map.len() {
-        let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes"));
-        if len != 0
-            && len as usize <= payload_bytes_max
-            && format::peek_index(map, at).is_some_and(|i| (index_min..=index_max).contains(&i))
-        {
+        if plausible_record(map, at, index_min, index_max, payload_bytes_max) {
             if let Ok(frame) = read_frame(map, at, payload_bytes_max, key) {
                 if frame.index >= index_min {
                     return Some(at);
@@ -446,6 +445,37 @@ fn find_valid_record(
         at += format::RECORD_ALIGN_BYTES;
     }
     None
+}
+
+/// Cheap checks, without the CRC: a length that fits, zero padding, an index in range, and
+/// after it either a zeroed record header, the end of the file, or a record claiming the
+/// next index (the way a run of real records continues; stale records of a reused file hold
+/// lower indexes and fail the range).
+fn plausible_record(
+    map: &[u8],
+    at: usize,
+    index_min: Index,
+    index_max: Index,
+    payload_bytes_max: usize,
+) -> bool {
+    let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > payload_bytes_max {
+        return false;
+    }
+    let payload_end = at + RECORD_HEADER_BYTES + len;
+    let end = format::align_up(payload_end);
+    if end > map.len() || map[payload_end..end].iter().any(|&b| b != 0) {
+        return false;
+    }
+    let Some(index) = format::peek_index(map, at).filter(|i| (index_min..=index_max).contains(i))
+    else {
+        return false;
+    };
+    match map.get(end..end + RECORD_HEADER_BYTES) {
+        None => true,
+        Some(next) if next.iter().all(|&b| b == 0) => true,
+        Some(_) => format::peek_index(map, end) == index.checked_add(1),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

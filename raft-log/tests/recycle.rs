@@ -373,3 +373,32 @@ fn with_reuse_off_compaction_deletes_freed_segments() {
         "no file kept for reuse"
     );
 }
+
+#[test]
+fn a_stale_tail_of_length_like_words_is_not_crc_checked_at_every_offset() {
+    // Every aligned word after the data claims a 4 MiB record with zero padding and an
+    // index in range. Checking each one's CRC would read ~4 MiB at ~500,000 offsets; the
+    // chain check (the next record must continue the run) turns them away first.
+    let dir = common::test_dir();
+    let options = raft_log::Options {
+        segment_bytes: 8 << 20,
+        segment_zero_fill: false,
+        ..raft_log::Options::default()
+    };
+    let written: Vec<Entry> = (1..=7).map(|i| entry(i, 1, ENTRY_BYTES)).collect();
+    {
+        let mut log = Log::open(dir.path(), options.clone()).unwrap();
+        append_synced(&mut log, &written);
+    }
+    let path = segment_files(dir.path()).pop().unwrap();
+    let mut image = fs::read(&path).unwrap();
+    let end = records_end(&image);
+    let word = [8u8, 0, 0x40, 0, 0xAA, 0xAA, 0xAA, 0xAA];
+    for chunk in image[end + 8..].chunks_mut(8) {
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    fs::write(&path, &image).unwrap();
+    let log = Log::open(dir.path(), options).unwrap();
+    assert_eq!(log.last_index(), 7);
+    assert!(all_entries(&log) == written);
+}
