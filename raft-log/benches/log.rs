@@ -12,7 +12,9 @@
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
 //! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
 //! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`,
-//! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024).
+//! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024),
+//! `RAFT_LOG_BENCH_SUSTAINED_MIB` (bytes each variant of the sustained pass writes, default
+//! 768 MiB), `RAFT_LOG_BENCH_SUSTAINED_ONLY` (print only the sustained pass).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -151,19 +153,25 @@ struct LogAppender {
     /// Log directories are replaced when they grow past this, to bound disk use.
     dir: PathBuf,
     generation: u64,
+    options: Options,
 }
 
 const LOG_BYTES_MAX: u64 = 1 << 30;
 
 impl LogAppender {
     fn new(dir: &Path, entry_bytes: usize, batch: usize) -> LogAppender {
+        Self::with_options(dir, entry_bytes, batch, options())
+    }
+
+    fn with_options(dir: &Path, entry_bytes: usize, batch: usize, options: Options) -> LogAppender {
         let path = dir.join("log-0");
         let mut appender = LogAppender {
-            log: Log::open(&path, options()).unwrap(),
+            log: Log::open(&path, options.clone()).unwrap(),
             payload: Bytes::from(vec![0xA5u8; entry_bytes]),
             batch,
             dir: dir.to_owned(),
             generation: 0,
+            options,
         };
         // The first append makes the first segment (zero-filled inline) and starts the
         // background zero-fill of the next; like the raw baseline's file, both are made
@@ -185,8 +193,11 @@ impl LogAppender {
         if self.log.last_index() * self.payload.len() as u64 > LOG_BYTES_MAX {
             let old = self.dir.join(format!("log-{}", self.generation));
             self.generation += 1;
-            self.log =
-                Log::open(self.dir.join(format!("log-{}", self.generation)), options()).unwrap();
+            self.log = Log::open(
+                self.dir.join(format!("log-{}", self.generation)),
+                self.options.clone(),
+            )
+            .unwrap();
             std::fs::remove_dir_all(old).unwrap();
         }
         let next = self.log.last_index() + 1;
@@ -202,6 +213,24 @@ impl LogAppender {
     fn append_sync(&mut self, entries: &[Entry]) {
         self.log.append(entries).unwrap();
         self.log.sync().unwrap();
+    }
+
+    /// Compacts to about one segment behind the end, as a node that snapshots does, so the
+    /// log stays bounded (like the raw baseline's ring) and freed segments are reused.
+    fn compact_behind(&mut self) {
+        let entries_per_segment = SEGMENT_BYTES / (self.payload.len() as u64 + 16);
+        let last = self.log.last_index();
+        if last > entries_per_segment {
+            let index = last - entries_per_segment;
+            let term = self.log.term(index).unwrap();
+            self.log
+                .compact(raft_core::SnapshotMeta {
+                    index,
+                    term,
+                    membership: Default::default(),
+                })
+                .unwrap();
+        }
     }
 }
 
@@ -430,11 +459,14 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     // over the same mapped records.
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+    let key = raft_log::format::SegmentHeader::decode(&map)
+        .unwrap()
+        .record_key();
     let decode_all = |zero_copy: bool| {
         let mut at = offset as usize;
         let mut n = 0;
         while at < offset as usize + len {
-            let frame = raft_log::format::read_frame(&map, at, 1 << 20).unwrap();
+            let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
             let payload = &map[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
             let entry = raft_log::format::decode_entry(payload, zero_copy.then_some(&map)).unwrap();
             n += entry.size_bytes();
@@ -479,10 +511,13 @@ fn range_location(path: &Path, low: u64, high: u64) -> (File, u64, usize) {
     let file = File::open(seg).unwrap();
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let key = raft_log::format::SegmentHeader::decode(&map)
+        .unwrap()
+        .record_key();
     let mut at = SEGMENT_HEADER_BYTES;
     let mut start = 0;
     let end = loop {
-        let frame = raft_log::format::read_frame(&map, at, 1 << 20).unwrap();
+        let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
         if frame.index == low {
             start = at;
         }
@@ -504,6 +539,7 @@ fn ratio_pass(dir: &Path) {
     println!();
     println!("interleaved ratios, p50 of append+sync per round; baseline = pwrite+fdatasync of the same bytes into a zero-filled preallocated file");
     println!("throughput ratio = raw p50 / log p50 (target >= 0.90); latency ratio = log p50 / raw p50 (target <= 1.10); raw-falloc = same into fresh fallocated files, for context");
+    println!("the log is compacted (untimed) to one segment behind its end after every round, as a node that snapshots is, so it stays bounded like the raw ring and reuses freed segments");
     println!(
         "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>11}",
         "entry", "batch", "log p50", "raw p50", "raw-falloc", "thr ratio", "lat ratio", "log MiB/s"
@@ -537,6 +573,8 @@ fn ratio_pass(dir: &Path) {
                     let took = start.elapsed();
                     [&mut log_times, &mut raw_times, &mut falloc_times][which].push(took);
                 }
+                // Untimed, as a node's snapshot-driven compaction is not part of a sync.
+                log.compact_behind();
             }
             let (log_p50, raw_p50, falloc_p50) =
                 (median(log_times), median(raw_times), median(falloc_times));
@@ -664,24 +702,52 @@ fn pipelined_pass(dir: &Path) {
 }
 
 /// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`.
+/// CPU time this thread has used: unlike wall time, not inflated by waiting for a core on
+/// a loaded machine.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `RAFT_LOG_BENCH_CPU_ROUNDS` (default 50) batches per size, for a profiler to sample;
+/// `RAFT_LOG_BENCH_CASES` selects sizes (`100x1024`).
 fn cpu_profile(dir: &Path) {
+    let rounds: usize = std::env::var("RAFT_LOG_BENCH_CPU_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 100_000);
     for entry_bytes in ENTRY_SIZES {
+        if !case_selected(entry_bytes, 1024) {
+            continue;
+        }
         let mut log = LogAppender::new(&dir.join(format!("cpu-{entry_bytes}")), entry_bytes, 1024);
-        let rounds = 50;
         let mut append = Duration::ZERO;
+        let mut append_cpu = Duration::ZERO;
         for _ in 0..rounds {
             let entries = log.next_batch();
-            let start = Instant::now();
+            let (start, start_cpu) = (Instant::now(), thread_cpu());
             log.log.append(&entries).unwrap();
+            append_cpu += thread_cpu() - start_cpu;
             append += start.elapsed();
+            log.compact_behind();
         }
         let entries = log.next_batch();
         let mut buf = Vec::new();
+        let encoder = raft_log::format::RecordEncoder::new(Default::default());
         let start = Instant::now();
         for _ in 0..rounds {
             buf.clear();
             for e in &entries {
-                raft_log::format::encode_record_parts(e, &mut buf).unwrap();
+                encoder
+                    .encode(e, &mut buf, raft_log::format::VECTORED_MIN_BYTES)
+                    .unwrap();
             }
         }
         let encode = start.elapsed();
@@ -694,10 +760,156 @@ fn cpu_profile(dir: &Path) {
         let crc = start.elapsed();
         let per = |d: Duration| d.as_nanos() as f64 / (rounds * 1024) as f64;
         println!(
-            "{entry_bytes:>6}B x1024: append (no sync) {:.0} ns/entry, encode {:.0} ns/entry, crc32 of the bytes {:.0} ns/entry ({x})",
+            "{entry_bytes:>6}B x1024: append (no sync) {:.0} ns/entry (thread CPU {:.0}), encode {:.0} ns/entry, crc32 of the bytes {:.0} ns/entry ({x})",
             per(append),
+            per(append_cpu),
             per(encode),
             per(crc)
+        );
+    }
+}
+
+/// Variants take turns this many times in the sustained pass, each writing its share.
+const SUSTAINED_REPEATS: usize = 3;
+
+/// One variant of the sustained pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sustained {
+    /// The log, compacted after every sync to about one segment behind its end, as a node
+    /// that snapshots does: new segments reuse the files compaction frees.
+    LogCompacting,
+    /// The same with `Options::segment_reuse` off: freed files are deleted and new
+    /// segments are new files, as before reuse existed.
+    LogCompactingNoReuse,
+    /// The log growing: every new segment is a new file (zero-filled by the spare thread if
+    /// it keeps up, else fallocated).
+    LogGrowing,
+    /// pwrite + fdatasync of the same bytes round a zero-filled 64 MiB file.
+    Raw,
+}
+
+/// `rounds` append+sync rounds of `batch` x `entry_bytes` back to back; per-round times,
+/// and for the log the time to reopen it afterwards (with reuse, its last segment is a
+/// reused file whose earlier records recovery must look through).
+fn sustained_run(
+    dir: &Path,
+    which: Sustained,
+    entry_bytes: usize,
+    batch: usize,
+    rounds: usize,
+) -> (Vec<Duration>, Option<Duration>) {
+    let mut reopen = None;
+    let mut times = Vec::with_capacity(rounds);
+    let case_dir = dir.join("sustained");
+    std::fs::create_dir_all(&case_dir).unwrap();
+    if which == Sustained::Raw {
+        let bytes = framed(entry_bytes, batch);
+        let mut raw = RawAppender::new(&case_dir, SEGMENT_BYTES, Raw::Overwrite);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            raw.append_sync(&bytes);
+            times.push(start.elapsed());
+        }
+    } else {
+        let options = Options {
+            segment_reuse: which != Sustained::LogCompactingNoReuse,
+            ..options()
+        };
+        let mut log = LogAppender::with_options(&case_dir, entry_bytes, batch, options);
+        let compacting = matches!(
+            which,
+            Sustained::LogCompacting | Sustained::LogCompactingNoReuse
+        );
+        // Untimed warm-up to the steady state: two segments filled, so that compaction has
+        // freed one and (with reuse) a freed file has become a segment; then the spare
+        // thread's one-off work is waited for.
+        let rounds_per_segment = (SEGMENT_BYTES as usize).div_ceil(entry_bytes * batch);
+        for round in 0..2 * rounds_per_segment + 1 + rounds {
+            let entries = log.next_batch();
+            let start = Instant::now();
+            log.append_sync(&entries);
+            if round > 2 * rounds_per_segment {
+                times.push(start.elapsed());
+            } else if round == 2 * rounds_per_segment {
+                log.wait_for_spare();
+            }
+            if compacting {
+                log.compact_behind();
+            }
+        }
+        let path = case_dir.join(format!("log-{}", log.generation));
+        let options = log.options.clone();
+        drop(log);
+        let start = Instant::now();
+        let reopened = Log::open(&path, options).unwrap();
+        reopen = Some(start.elapsed());
+        drop(reopened);
+    }
+    std::fs::remove_dir_all(&case_dir).unwrap();
+    (times, reopen)
+}
+
+/// Sustained writes, each variant back to back for `RAFT_LOG_BENCH_SUSTAINED_MIB` (so work
+/// the log does in the background, like zero-filling the next segment, is not hidden in
+/// another variant's turn as it is in the interleaved pass). Variants alternate, twice.
+fn sustained_pass(dir: &Path) {
+    let total_bytes: usize = std::env::var("RAFT_LOG_BENCH_SUSTAINED_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(768usize)
+        .clamp(16, 8192)
+        << 20;
+    println!();
+    println!("sustained append+sync, back to back, {} MiB per variant in {SUSTAINED_REPEATS} turns; p50 and mean per sync; ratio = raw mean / log mean (throughput)", total_bytes >> 20);
+    println!(
+        "{:>8} {:>6} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "entry", "batch", "variant", "p50", "mean", "MiB/s", "ratio"
+    );
+    for (entry_bytes, batch) in [(16384, 1024), (1024, 1024), (16384, 64)] {
+        if !case_selected(entry_bytes, batch) {
+            continue;
+        }
+        let rounds = (total_bytes / (entry_bytes * batch)).clamp(4, 100_000);
+        let variants = [
+            Sustained::Raw,
+            Sustained::LogCompacting,
+            Sustained::LogCompactingNoReuse,
+            Sustained::LogGrowing,
+        ];
+        let mut all: [Vec<Duration>; 4] = Default::default();
+        let mut reopens: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..SUSTAINED_REPEATS {
+            for (i, &which) in variants.iter().enumerate() {
+                let rounds = (rounds / SUSTAINED_REPEATS).max(4);
+                let (times, reopen) = sustained_run(dir, which, entry_bytes, batch, rounds);
+                all[i].extend(times);
+                reopens[i].extend(reopen);
+            }
+        }
+        let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
+        let raw_mean = mean(&all[0]);
+        for (i, name) in ["raw", "log-compacting", "log-no-reuse", "log-growing"]
+            .into_iter()
+            .enumerate()
+        {
+            let m = mean(&all[i]);
+            println!(
+                "{:>7}B {:>6} {:>16} {:>10.1?} {:>10.1?} {:>10.1} {:>10.3}",
+                entry_bytes,
+                batch,
+                name,
+                median(all[i].clone()),
+                m,
+                (entry_bytes * batch) as f64 / m.as_secs_f64() / (1 << 20) as f64,
+                raw_mean.as_secs_f64() / m.as_secs_f64()
+            );
+        }
+        println!(
+            "{:>8} {:>6} reopen after the run (max of {SUSTAINED_REPEATS}): compacting {:.1?}, no-reuse {:.1?}, growing {:.1?}",
+            "", "",
+            reopens[1].iter().max().unwrap(),
+            reopens[2].iter().max().unwrap(),
+            reopens[3].iter().max().unwrap()
         );
     }
 }
@@ -706,6 +918,10 @@ fn main() {
     let (_guard, dir) = bench_dir();
     if std::env::var_os("RAFT_LOG_BENCH_CPU").is_some() {
         cpu_profile(&dir);
+        return;
+    }
+    if std::env::var_os("RAFT_LOG_BENCH_SUSTAINED_ONLY").is_some() {
+        sustained_pass(&dir);
         return;
     }
     let mut c = Criterion::default().configure_from_args();
@@ -719,5 +935,6 @@ fn main() {
     if std::env::args().any(|a| a == "--bench") {
         ratio_pass(&dir);
         pipelined_pass(&dir);
+        sustained_pass(&dir);
     }
 }

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes before the first record of a segment.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
-/// Identifies a segment file and its format version.
+/// Identifies a segment file; the version follows it in the header.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RAFTLOG1";
+/// Version of the segments this code writes. Version 1 (CRC over `len ‖ payload`, no seed)
+/// is still read; see [`RecordKey`].
+pub const SEGMENT_VERSION: u32 = 2;
 /// Bytes of a record's frame before its payload: length (u32) and CRC32 (u32).
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Records start at multiples of this.
@@ -32,9 +35,31 @@ pub fn record_bytes(payload_bytes: usize) -> usize {
     align_up(RECORD_HEADER_BYTES + payload_bytes)
 }
 
+/// How the records of one segment are checksummed, from the segment's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKey {
+    /// Segment version 1: `crc32(len ‖ payload)`.
+    V1,
+    /// Segment version 2: `crc32(payload) ^ seed ^ len`: one pass over contiguous bytes,
+    /// from a hasher cloned per record (each fresh `crc32fast` hasher re-runs CPU feature
+    /// detection, a third of a small record's CRC cost), still covering the length. The
+    /// seed is derived from the segment's epoch and first index, so a record left in a
+    /// recycled file by its earlier life fails the check of the segment it now is.
+    V2 { seed: u32 },
+}
+
+impl Default for RecordKey {
+    /// Version 2 with seed 0, for records that belong to no segment (benchmarks, tests).
+    fn default() -> Self {
+        RecordKey::V2 { seed: 0 }
+    }
+}
+
 /// The fixed header of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// [`SEGMENT_VERSION`] when written by this code; 1 for older segments.
+    pub version: u32,
     /// Incremented by every snapshot install; segments of an older epoch are stale.
     pub epoch: u64,
     /// Index of the segment's first record.
@@ -42,10 +67,34 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
+    /// A header of the current version.
+    pub fn new(epoch: u64, first_index: Index) -> SegmentHeader {
+        SegmentHeader {
+            version: SEGMENT_VERSION,
+            epoch,
+            first_index,
+        }
+    }
+
+    /// The checksum key of this segment's records.
+    pub fn record_key(&self) -> RecordKey {
+        match self.version {
+            1 => RecordKey::V1,
+            _ => {
+                let mut ident = [0u8; 16];
+                ident[..8].copy_from_slice(&self.epoch.to_le_bytes());
+                ident[8..].copy_from_slice(&self.first_index.to_le_bytes());
+                RecordKey::V2 {
+                    seed: crc32fast::hash(&ident),
+                }
+            }
+        }
+    }
+
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        out[8..12].copy_from_slice(&1u32.to_le_bytes());
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
         out[16..24].copy_from_slice(&self.epoch.to_le_bytes());
         out[24..32].copy_from_slice(&self.first_index.to_le_bytes());
         let crc = segment_header_crc(&out);
@@ -61,13 +110,15 @@ impl SegmentHeader {
         if buf[0..8] != SEGMENT_MAGIC {
             return Err("bad segment magic");
         }
-        if u32_at(buf, 8) != 1 {
-            return Err("unsupported segment version");
+        let version = u32_at(buf, 8);
+        if !(1..=SEGMENT_VERSION).contains(&version) {
+            return Err("unsupported segment version (written by a newer raft-log?)");
         }
         if u32_at(buf, 12) != segment_header_crc(buf) {
             return Err("segment header CRC mismatch");
         }
         Ok(SegmentHeader {
+            version,
             epoch: u64_at(buf, 16),
             first_index: u64_at(buf, 24),
         })
@@ -89,27 +140,31 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Appends `entry` to `out` as one framed record (length, CRC, postcard payload, padding).
-/// Returns the payload's length.
+/// Appends `entry` to `out` as one framed record (length, CRC, postcard payload, padding)
+/// under [`RecordKey::default`]. Returns the payload's length.
 pub fn encode_record(entry: &Entry, out: &mut Vec<u8>) -> Result<usize, postcard::Error> {
     let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
-    encode_payload(entry, out)?;
-    let payload_bytes = out.len() - start - RECORD_HEADER_BYTES;
-    let len = u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    let crc = record_crc(&out[start..start + 4], &out[start + RECORD_HEADER_BYTES..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + record_bytes(payload_bytes), 0);
-    Ok(payload_bytes)
+    let parts = encode_record_keyed(entry, out, RecordKey::default(), usize::MAX)?;
+    if parts.borrowed {
+        let EntryPayload::Command(data) = &entry.payload else {
+            unreachable!("only commands are borrowed")
+        };
+        out.extend_from_slice(data);
+        out.resize(start + parts.record_bytes, 0);
+    }
+    Ok(parts.payload_bytes)
 }
 
 /// postcard's variant indexes of `EntryPayload`.
 const NOOP_VARIANT: u64 = 0;
 const COMMAND_VARIANT: u64 = 1;
+/// Longest postcard varint of a u64.
+const VARINT_BYTES_MAX: usize = 10;
+static ZEROES: [u8; RECORD_ALIGN_BYTES] = [0; RECORD_ALIGN_BYTES];
 
 /// Appends postcard's unsigned varint (LEB128) of `v`.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+#[inline]
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -117,38 +172,29 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Appends the postcard encoding of `entry`. Noops and commands, the hot path, are written
-/// by hand (postcard's generic serializer cost ~60 ns an entry, most of a small append);
-/// the `same_bytes_as_postcard` tests hold the two encodings equal.
-fn encode_payload(entry: &Entry, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
-    match &entry.payload {
-        EntryPayload::Noop => {
-            put_varint(out, entry.index);
-            put_varint(out, entry.term);
-            put_varint(out, NOOP_VARIANT);
-        }
-        EntryPayload::Command(data) => {
-            out.reserve(40 + data.len());
-            put_varint(out, entry.index);
-            put_varint(out, entry.term);
-            put_varint(out, COMMAND_VARIANT);
-            put_varint(out, data.len() as u64);
-            out.extend_from_slice(data);
-        }
-        EntryPayload::Membership(_) => {
-            let taken = std::mem::take(out);
-            *out = postcard::to_extend(entry, taken)?;
-        }
+/// The CRC of a record whose payload is `parts` concatenated, under `key`; `fresh` is a
+/// new hasher (or a clone of one).
+#[inline]
+fn record_crc(fresh: crc32fast::Hasher, key: RecordKey, len: u32, parts: &[&[u8]]) -> u32 {
+    let mut h = fresh;
+    if key == RecordKey::V1 {
+        h.update(&len.to_le_bytes());
     }
-    Ok(())
+    for part in parts {
+        h.update(part);
+    }
+    match key {
+        RecordKey::V1 => h.finalize(),
+        RecordKey::V2 { seed } => h.finalize() ^ seed ^ len,
+    }
 }
 
 /// Command payloads at least this long are not copied into the encoding buffer: the record
-/// is written with `pwritev` straight from the entry's `Bytes` (see [`encode_record_parts`]).
+/// is written with `pwritev` straight from the entry's `Bytes` (see [`encode_record_keyed`]).
 /// Below a page, an extra iovec per entry is not clearly cheaper than the copy.
 pub const VECTORED_MIN_BYTES: usize = 4096;
 
-/// How one record was encoded by [`encode_record_parts`].
+/// How one record was encoded by [`encode_record_keyed`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordParts {
     /// Bytes appended to the buffer: the whole record, or its frame header and the payload's
@@ -162,58 +208,144 @@ pub struct RecordParts {
     pub payload_bytes: usize,
 }
 
-/// Like [`encode_record`], but for a large command leaves the command's bytes out of `out`:
-/// the record on disk is `out[head] ++ data ++ zeroes(pad)`. Same bytes, one copy fewer.
-pub fn encode_record_parts(
+/// Encodes records under one key; holds a fresh hasher to clone for each record.
+#[derive(Clone)]
+pub struct RecordEncoder {
+    key: RecordKey,
+    fresh: crc32fast::Hasher,
+}
+
+impl RecordEncoder {
+    pub fn new(key: RecordKey) -> RecordEncoder {
+        RecordEncoder {
+            key,
+            fresh: crc32fast::Hasher::new(),
+        }
+    }
+
+    pub fn key(&self) -> RecordKey {
+        self.key
+    }
+
+    #[inline]
+    fn crc(&self, len: u32, parts: &[&[u8]]) -> u32 {
+        record_crc(self.fresh.clone(), self.key, len, parts)
+    }
+
+    /// See [`encode_record_keyed`].
+    pub fn encode(
+        &self,
+        entry: &Entry,
+        out: &mut Vec<u8>,
+        borrow_min_bytes: usize,
+    ) -> Result<RecordParts, postcard::Error> {
+        encode_with(self, entry, out, borrow_min_bytes)
+    }
+
+    /// Recomputes the CRC of an encoded record for this encoder's key (a batch that rolled
+    /// over into a new segment). `head` is the record's head in the buffer; `data` the
+    /// borrowed bytes, if any.
+    pub fn rekey(&self, head: &mut [u8], parts: RecordParts, data: &[u8]) {
+        let len = parts.payload_bytes as u32;
+        let crc = if parts.borrowed {
+            self.crc(len, &[&head[RECORD_HEADER_BYTES..parts.head_bytes], data])
+        } else {
+            self.crc(
+                len,
+                &[&head[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + parts.payload_bytes]],
+            )
+        };
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Appends the record of `entry` under `key` to `out`. A command of at least
+/// `borrow_min_bytes` is left out of `out`: the record on disk is then
+/// `out[head] ++ data ++ zeroes(pad)`, one copy fewer. Encoding many records, a
+/// [`RecordEncoder`] is cheaper.
+pub fn encode_record_keyed(
     entry: &Entry,
     out: &mut Vec<u8>,
+    key: RecordKey,
+    borrow_min_bytes: usize,
 ) -> Result<RecordParts, postcard::Error> {
-    let data = match &entry.payload {
-        EntryPayload::Command(data) if data.len() >= VECTORED_MIN_BYTES => data,
-        _ => {
-            let start = out.len();
-            let payload_bytes = encode_record(entry, out)?;
+    RecordEncoder::new(key).encode(entry, out, borrow_min_bytes)
+}
+
+/// See [`encode_record_keyed`]. Noops and commands, the hot path, are encoded by hand, with
+/// the CRC in one pass over the payload (postcard's generic serializer cost ~60 ns an
+/// entry); the `same_bytes_as_postcard` tests hold the two encodings equal.
+fn encode_with(
+    encoder: &RecordEncoder,
+    entry: &Entry,
+    out: &mut Vec<u8>,
+    borrow_min_bytes: usize,
+) -> Result<RecordParts, postcard::Error> {
+    let start = out.len();
+    let data: &[u8] = match &entry.payload {
+        EntryPayload::Noop => &[],
+        EntryPayload::Command(data) => data,
+        EntryPayload::Membership(_) => {
+            out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+            let taken = std::mem::take(out);
+            *out = postcard::to_extend(entry, taken)?;
+            let payload_bytes = out.len() - start - RECORD_HEADER_BYTES;
+            let len =
+                u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
+            let crc = encoder.crc(len, &[&out[start + RECORD_HEADER_BYTES..]]);
+            out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            let record_bytes = record_bytes(payload_bytes);
+            out.resize(start + record_bytes, 0);
             return Ok(RecordParts {
-                head_bytes: out.len() - start,
+                head_bytes: record_bytes,
                 borrowed: false,
                 pad: 0,
-                record_bytes: out.len() - start,
+                record_bytes,
                 payload_bytes,
             });
         }
     };
-    let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     // The prefix postcard writes for `Entry` before a command's bytes: index, term, variant
-    // and the bytes' length, all varints.
-    put_varint(out, entry.index);
-    put_varint(out, entry.term);
-    put_varint(out, COMMAND_VARIANT);
-    put_varint(out, data.len() as u64);
-    let prefix = start + RECORD_HEADER_BYTES..out.len();
-    let payload_bytes = prefix.len() + data.len();
+    // and (for a command) the bytes' length, all varints, pushed straight into `out`:
+    // building it on the stack and copying it over measured slower (the copy's loads wait
+    // for the byte stores to retire instead of forwarding from them).
+    out.reserve(RECORD_HEADER_BYTES + 4 * VARINT_BYTES_MAX + data.len() + RECORD_ALIGN_BYTES);
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    push_varint(out, entry.index);
+    push_varint(out, entry.term);
+    if matches!(entry.payload, EntryPayload::Noop) {
+        push_varint(out, NOOP_VARIANT);
+    } else {
+        push_varint(out, COMMAND_VARIANT);
+        push_varint(out, data.len() as u64);
+    }
+    let prefix_end = out.len();
+    let payload_bytes = prefix_end - start - RECORD_HEADER_BYTES + data.len();
     let len = u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len.to_le_bytes());
-    h.update(&out[prefix.clone()]);
-    h.update(data);
-    out[start + 4..start + 8].copy_from_slice(&h.finalize().to_le_bytes());
     let record_bytes = record_bytes(payload_bytes);
+    let pad = record_bytes - RECORD_HEADER_BYTES - payload_bytes;
+    let borrowed = data.len() >= borrow_min_bytes;
+    let crc = if borrowed {
+        encoder.crc(len, &[&out[start + RECORD_HEADER_BYTES..prefix_end], data])
+    } else {
+        out.extend_from_slice(data);
+        out.extend_from_slice(&ZEROES[..pad]);
+        // One pass over the contiguous payload.
+        encoder.crc(
+            len,
+            &[&out[start + RECORD_HEADER_BYTES..start + RECORD_HEADER_BYTES + payload_bytes]],
+        )
+    };
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(RecordParts {
         head_bytes: out.len() - start,
-        borrowed: true,
-        pad: record_bytes - RECORD_HEADER_BYTES - payload_bytes,
+        borrowed,
+        pad,
         record_bytes,
         payload_bytes,
     })
-}
-
-fn record_crc(len: &[u8], payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(len);
-    h.update(payload);
-    h.finalize()
 }
 
 /// Why no record could be read at an offset.
@@ -264,6 +396,7 @@ pub fn read_frame(
     buf: &[u8],
     offset: usize,
     payload_bytes_max: usize,
+    key: RecordKey,
 ) -> Result<RecordFrame, RecordError> {
     let header = offset
         .checked_add(RECORD_HEADER_BYTES)
@@ -280,7 +413,7 @@ pub fn read_frame(
     let payload = buf
         .get(payload_offset..payload_offset + len)
         .ok_or(RecordError::Short)?;
-    if record_crc(&header[0..4], payload) != u32_at(header, 4) {
+    if record_crc(crc32fast::Hasher::new(), key, len as u32, &[payload]) != u32_at(header, 4) {
         return Err(RecordError::Crc);
     }
     let end_offset = offset + record_bytes(len);
@@ -299,6 +432,16 @@ pub fn read_frame(
         payload_bytes: len,
         end_offset,
     })
+}
+
+/// The index a record at `offset` would hold, read without checking its CRC: a cheap filter
+/// before [`read_frame`] when looking through bytes that are mostly not records.
+pub fn peek_index(buf: &[u8], offset: usize) -> Option<Index> {
+    let payload = buf.get(offset.checked_add(RECORD_HEADER_BYTES)?..)?;
+    let end = payload.len().min(VARINT_BYTES_MAX);
+    postcard::take_from_bytes::<Index>(&payload[..end])
+        .ok()
+        .map(|(index, _)| index)
 }
 
 /// Mirrors `EntryPayload` with the command's bytes borrowed, so decoding copies nothing.
@@ -413,7 +556,7 @@ mod tests {
         let backing = Bytes::from(buf);
         let mut offset = 0;
         for e in &entries {
-            let frame = read_frame(&backing, offset, 1 << 20).unwrap();
+            let frame = read_frame(&backing, offset, 1 << 20, RecordKey::default()).unwrap();
             assert_eq!((frame.index, frame.term), (e.index, e.term));
             assert_eq!(frame.end_offset % RECORD_ALIGN_BYTES, 0);
             let payload =
@@ -425,13 +568,18 @@ mod tests {
             offset = frame.end_offset;
         }
         assert_eq!(
-            read_frame(&backing, offset, 1 << 20),
+            read_frame(&backing, offset, 1 << 20, RecordKey::default()),
             Err(RecordError::Short)
         );
     }
 
     #[test]
     fn record_parts_equal_the_whole_record() {
+        let keys = [
+            RecordKey::V1,
+            RecordKey::default(),
+            SegmentHeader::new(3, 77).record_key(),
+        ];
         for len in [
             0,
             1,
@@ -441,25 +589,77 @@ mod tests {
             70_000,
         ] {
             for (index, term) in [(1, 0), (300, 5), (u64::MAX, u64::MAX)] {
-                let entry = Entry {
-                    index,
-                    term,
-                    payload: EntryPayload::Command(Bytes::from(vec![0xAB; len])),
-                };
-                let mut whole = Vec::new();
-                encode_record(&entry, &mut whole).unwrap();
-                let mut parts = vec![9u8; 3];
-                let p = encode_record_parts(&entry, &mut parts).unwrap();
-                let mut joined = parts[3..3 + p.head_bytes].to_vec();
-                if p.borrowed {
-                    joined.extend_from_slice(&vec![0xAB; len]);
-                    joined.extend(std::iter::repeat_n(0u8, p.pad));
+                for key in keys {
+                    let entry = Entry {
+                        index,
+                        term,
+                        payload: EntryPayload::Command(Bytes::from(vec![0xAB; len])),
+                    };
+                    let mut whole = Vec::new();
+                    encode_record_keyed(&entry, &mut whole, key, usize::MAX).unwrap();
+                    let mut parts = vec![9u8; 3];
+                    let p =
+                        encode_record_keyed(&entry, &mut parts, key, VECTORED_MIN_BYTES).unwrap();
+                    let mut joined = parts[3..3 + p.head_bytes].to_vec();
+                    if p.borrowed {
+                        joined.extend_from_slice(&vec![0xAB; len]);
+                        joined.extend(std::iter::repeat_n(0u8, p.pad));
+                    }
+                    assert_eq!(joined, whole, "len {len} index {index}");
+                    assert_eq!(p.record_bytes, whole.len());
+                    assert_eq!(p.borrowed, len >= VECTORED_MIN_BYTES);
+                    let frame = read_frame(&whole, 0, 1 << 20, key).unwrap();
+                    assert_eq!((frame.index, frame.term), (index, term));
+                    // Another segment's key rejects the record.
+                    for other in keys.into_iter().filter(|&k| k != key) {
+                        assert_eq!(read_frame(&whole, 0, 1 << 20, other), Err(RecordError::Crc));
+                    }
+                    // Re-keying gives what encoding under the other key gives.
+                    for other in keys {
+                        let mut rekeyed = parts[3..3 + p.head_bytes].to_vec();
+                        RecordEncoder::new(other).rekey(&mut rekeyed, p, &vec![0xAB; len]);
+                        let mut direct = Vec::new();
+                        encode_record_keyed(&entry, &mut direct, other, VECTORED_MIN_BYTES)
+                            .unwrap();
+                        assert_eq!(rekeyed, direct);
+                    }
                 }
-                assert_eq!(joined, whole, "len {len} index {index}");
-                assert_eq!(p.record_bytes, whole.len());
-                assert_eq!(p.borrowed, len >= VECTORED_MIN_BYTES);
             }
         }
+    }
+
+    #[test]
+    fn version_1_headers_and_records_still_read() {
+        let header = SegmentHeader {
+            version: 1,
+            epoch: 2,
+            first_index: 5,
+        };
+        let decoded = SegmentHeader::decode(&header.encode()).unwrap();
+        assert_eq!(decoded, header);
+        assert_eq!(decoded.record_key(), RecordKey::V1);
+        // A version-1 record: crc32(len ‖ payload), written out by hand.
+        let entry = Entry {
+            index: 5,
+            term: 2,
+            payload: EntryPayload::Command(Bytes::from_static(b"old")),
+        };
+        let payload = postcard::to_stdvec(&entry).unwrap();
+        let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&record);
+        h.update(&payload);
+        record.extend_from_slice(&h.finalize().to_le_bytes());
+        record.extend_from_slice(&payload);
+        record.resize(record_bytes(payload.len()), 0);
+        let frame = read_frame(&record, 0, 1 << 20, RecordKey::V1).unwrap();
+        assert_eq!(frame.index, 5);
+        let mut encoded = Vec::new();
+        encode_record_keyed(&entry, &mut encoded, RecordKey::V1, usize::MAX).unwrap();
+        assert_eq!(encoded, record);
+        let mut future = SegmentHeader::new(0, 1).encode();
+        future[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(SegmentHeader::decode(&future).is_err());
     }
 
     #[test]

@@ -8,11 +8,19 @@
 //!   open takes the valid slot with the highest sequence number.
 //! - `{first_index:020}.seg`: preallocated segment files (default 64 MiB). A 32-byte header
 //!   (magic, version, CRC, epoch, first index) is followed by 8-byte aligned records
-//!   `len u32 | crc32(len ‖ payload) u32 | payload | zero padding`, the payload being the
-//!   postcard encoding of a [`raft_core::Entry`]. Everything after the last record is zero.
-//!   Segments are filled with real zeroes (see [`Options::segment_zero_fill`]) by a
-//!   background thread one segment ahead of need, as `spare-{n}.tmp`, then renamed in place.
-//!
+//!   `len u32 | crc u32 | payload | zero padding`, the payload being the postcard encoding
+//!   of a [`raft_core::Entry`]. In version 2 (written now) `crc = crc32(payload) ^ seed ^ len`,
+//!   the seed derived from the segment's epoch and first index; version 1 segments
+//!   (`crc32(len ‖ payload)`) are still read. New segments are filled with real zeroes (see
+//!   [`Options::segment_zero_fill`]) by a background thread one segment ahead of need, as
+//!   `spare-{n}.tmp`, then renamed in place.
+//! - `recycle-{n}.tmp`: up to two segment files freed by compaction, kept to become the next
+//!   segments instead of new files (no zero-filling, and the disk overwrites blocks it has
+//!   already written). A reused file still holds records of its earlier life after the new
+//!   ones; they fail the new segment's seeded CRC, and every write leaves a zeroed record
+//!   header after its last record, so recovery sees where the data ends. Sealing a reused
+//!   segment zeroes its tail. Removed on open and on close.
+
 //! # Durability
 //! Appends and hard-state updates are positioned writes (`pwritev`; large commands go
 //! straight from their `Bytes`) that become durable at the next [`Log::sync`] or
@@ -27,14 +35,16 @@
 //! # Recovery
 //! Only the tail of the last segment may be torn: a zero, short or CRC-bad record there with
 //! no valid record after it is cut off (logged with file and offset) and the cut region
-//! zeroed. Anything else is [`LogError::Corrupt`] with the file and byte offset, and nothing
+//! zeroed; a zeroed record header followed only by bytes that are not records of this
+//! segment is the end of a reused segment's data and left as it is. Anything else is [`LogError::Corrupt`] with the file and byte offset, and nothing
 //! is deleted. Known-stale files (segments of an older epoch, or wholly covered by the
 //! snapshot) are removed; unknown files are reported by [`Log::unknown_files`] and kept.
 //!
 //! # Zero-copy reads
 //! A `Command` payload returned by [`LogStore::entries`](raft_core::LogStore::entries) is a `Bytes` slice of the segment's
-//! read-only mapping, not a copy. The bytes stay valid after the segment is deleted (the
-//! mapping pins the inode), but a truncated entry's bytes are overwritten in place by later
+//! read-only mapping, not a copy. The bytes stay valid after compaction frees the segment
+//! (a segment whose mapping still has slices out is deleted, which the mapping survives,
+//! rather than reused), but a truncated entry's bytes are overwritten in place by later
 //! appends: do not keep entries past a `truncate_suffix` (or conflicting `append`) that
 //! removes them.
 

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_record_parts, encode_state_slot, read_frame, RecordError,
+    self, decode_state_slot, encode_state_slot, read_frame, RecordEncoder, RecordError, RecordKey,
     RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-    STATE_SLOT_BYTES,
+    STATE_SLOT_BYTES, VECTORED_MIN_BYTES,
 };
 use crate::spare::{is_spare_name, zero_fill, Preparer};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
@@ -36,6 +36,18 @@ const LOCK_RETRIES: u32 = 5;
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Upper bound on `segment_bytes` and `entry_bytes_max`: record offsets are kept as `u32`.
 const SEGMENT_BYTES_LIMIT: u64 = 1 << 31;
+/// Segments freed by compaction wait under these names to be reused (see `Log::retire`).
+const RECYCLE_PREFIX: &str = "recycle-";
+const RECYCLE_SUFFIX: &str = ".tmp";
+/// Freed segment files kept for reuse; more are deleted. Two cover a compaction that frees
+/// one segment while the previous one is still waiting.
+const RECYCLED_FILES_MAX: usize = 2;
+
+fn is_recycle_name(name: &str) -> bool {
+    name.strip_prefix(RECYCLE_PREFIX)
+        .and_then(|rest| rest.strip_suffix(RECYCLE_SUFFIX))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Tunables of a [`Log`].
 #[derive(Clone)]
@@ -59,6 +71,12 @@ pub struct Options {
     /// conversion; measured here that costs more than writing the zeroes, for small and
     /// large syncs alike (see ARCHITECTURE.md). Default `true`.
     pub segment_zero_fill: bool,
+    /// Keep up to two segment files freed by compaction and reuse them for new segments
+    /// instead of creating (and zero-filling) new files. A reused file is overwritten in
+    /// place: no zero-filling competes with appends for the disk, and the disk overwrites
+    /// blocks it has already written, which on this machine's disk is much faster than
+    /// writing new ones (see ARCHITECTURE.md). Default `true`.
+    pub segment_reuse: bool,
     /// How open treats a bad record in the last segment that is followed by a valid one.
     /// `false` (default): as corruption, the open fails and nothing is deleted, because a
     /// flipped bit in synced data must not silently drop acknowledged entries. `true`: as a
@@ -78,6 +96,7 @@ impl Default for Options {
             entry_bytes_max: 64 << 20,
             sync_commit_index: false,
             segment_zero_fill: true,
+            segment_reuse: true,
             recovery_point_in_time: false,
             fault_hook: None,
         }
@@ -91,6 +110,7 @@ impl std::fmt::Debug for Options {
             .field("entry_bytes_max", &self.entry_bytes_max)
             .field("sync_commit_index", &self.sync_commit_index)
             .field("segment_zero_fill", &self.segment_zero_fill)
+            .field("segment_reuse", &self.segment_reuse)
             .field("recovery_point_in_time", &self.recovery_point_in_time)
             .field("fault_hook", &self.fault_hook.is_some())
             .finish()
@@ -120,13 +140,23 @@ impl Options {
 /// One segment file: records of consecutive indexes starting at `first_index`.
 struct Segment {
     first_index: Index,
+    /// How its records are checksummed (from its header).
+    key: RecordKey,
     file: Arc<FileRef>,
     /// Read-only shared mapping of the whole (preallocated) file; command payloads handed
     /// out by reads are slices of it.
     map: Bytes,
+    /// The mapping `map` (and every slice of it handed out) keeps alive: when this is the
+    /// last reference, nobody holds bytes of the file and it may be reused.
+    map_owner: Arc<memmap2::Mmap>,
     capacity: u64,
-    /// Where the next record goes; everything from here to `capacity` is zero on disk.
+    /// Where the next record goes. Everything from here to `capacity` is zero on disk,
+    /// unless `stale_tail`.
     write_offset: u64,
+    /// The file is a recycled one: past `write_offset` it may hold records of its earlier
+    /// life (which fail this segment's CRC key) behind a zeroed record header. Only the last
+    /// segment can have one: sealing zeroes it.
+    stale_tail: bool,
     /// `offsets[i]` is where the record of index `first_index + i` starts.
     offsets: Vec<u32>,
 }
@@ -158,6 +188,10 @@ pub struct Log {
     records: Vec<(usize, RecordParts)>,
     /// Prepares zero-filled spare segments; started on first need.
     preparer: Option<Preparer>,
+    /// Segment files freed by compaction, waiting to be reused by `roll`.
+    recycled: Vec<PathBuf>,
+    /// Numbers the names of recycled files.
+    recycle_seq: u64,
 }
 
 fn segment_name(first_index: Index) -> String {
@@ -196,13 +230,23 @@ fn nonzero_end(bytes: &[u8]) -> usize {
     0
 }
 
-fn map_file(file: &FileRef) -> Result<Bytes, LogError> {
+/// Lets a `Bytes` own a shared mapping.
+struct MapOwner(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn map_file(file: &FileRef) -> Result<(Bytes, Arc<memmap2::Mmap>), LogError> {
     // SAFETY: the mapping is read-only and the log never shrinks a mapped file, so every
     // mapped page stays backed. Other processes are kept out by the lock file; a process that
     // ignores it and truncates a segment could make reads fault, which no check can prevent.
     let map = unsafe { memmap2::MmapOptions::new().map(&file.file) }
         .map_err(|e| LogError::io(&file.path, e))?;
-    Ok(Bytes::from_owner(map))
+    let owner = Arc::new(map);
+    Ok((Bytes::from_owner(MapOwner(owner.clone())), owner))
 }
 
 fn lock_dir(dir: &Path) -> Result<File, LogError> {
@@ -367,21 +411,32 @@ struct Scan {
     end: usize,
     /// A torn tail was found at `end`; bytes up to `garbage_end` must be erased.
     garbage_end: Option<usize>,
+    /// The data ends at a zeroed record header followed by bytes that are not records of
+    /// this segment: a recycled file's earlier life.
+    stale_tail: bool,
 }
 
-/// Looks for a valid record at an aligned offset at or after `from` whose index is at
-/// least `index_min`. Such a record after a bad one means the bad one is not a torn tail.
+/// Looks for a valid record (under `key`) at an aligned offset at or after `from` whose
+/// index is at least `index_min`. Such a record after a bad one means the bad one is not a
+/// torn tail.
+///
+/// A reused segment's tail can be tens of MiB of earlier records and payload bytes, every
+/// aligned word a candidate length: before a candidate's CRC is computed (over up to
+/// `payload_bytes_max` bytes), it must look like part of a run of this log's records.
 fn find_valid_record(
     map: &[u8],
     from: usize,
     index_min: Index,
     payload_bytes_max: usize,
+    key: RecordKey,
 ) -> Option<usize> {
+    // Records written after `index_min - 1` in this segment are at least 8 bytes each, so
+    // no valid one can hold an index beyond this.
+    let index_max = index_min.saturating_add((map.len() / format::RECORD_ALIGN_BYTES) as Index);
     let mut at = format::align_up(from);
     while at + RECORD_HEADER_BYTES <= map.len() {
-        let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes"));
-        if len != 0 {
-            if let Ok(frame) = read_frame(map, at, payload_bytes_max) {
+        if plausible_record(map, at, index_min, index_max, payload_bytes_max) {
+            if let Ok(frame) = read_frame(map, at, payload_bytes_max, key) {
                 if frame.index >= index_min {
                     return Some(at);
                 }
@@ -392,10 +447,43 @@ fn find_valid_record(
     None
 }
 
+/// Cheap checks, without the CRC: a length that fits, zero padding, an index in range, and
+/// after it either a zeroed record header, the end of the file, or a record claiming the
+/// next index (the way a run of real records continues; stale records of a reused file hold
+/// lower indexes and fail the range).
+fn plausible_record(
+    map: &[u8],
+    at: usize,
+    index_min: Index,
+    index_max: Index,
+    payload_bytes_max: usize,
+) -> bool {
+    let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > payload_bytes_max {
+        return false;
+    }
+    let payload_end = at + RECORD_HEADER_BYTES + len;
+    let end = format::align_up(payload_end);
+    if end > map.len() || map[payload_end..end].iter().any(|&b| b != 0) {
+        return false;
+    }
+    let Some(index) = format::peek_index(map, at).filter(|i| (index_min..=index_max).contains(i))
+    else {
+        return false;
+    };
+    match map.get(end..end + RECORD_HEADER_BYTES) {
+        None => true,
+        Some(next) if next.iter().all(|&b| b == 0) => true,
+        Some(_) => format::peek_index(map, end) == index.checked_add(1),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn scan_segment(
     path: &Path,
     map: &[u8],
     first_index: Index,
+    key: RecordKey,
     term_min: Term,
     is_last: bool,
     payload_bytes_max: usize,
@@ -407,7 +495,7 @@ fn scan_segment(
     let mut next = first_index;
     let mut last_term = term_min;
     let reason = loop {
-        match read_frame(map, at, payload_bytes_max) {
+        match read_frame(map, at, payload_bytes_max, key) {
             Ok(frame) if frame.index == next && frame.term >= last_term => {
                 if term_runs.last().is_none_or(|&(_, t)| t != frame.term) {
                     term_runs.push((frame.index, frame.term));
@@ -429,6 +517,7 @@ fn scan_segment(
                     term_runs,
                     end: at.min(map.len()),
                     garbage_end: None,
+                    stale_tail: false,
                 });
             }
             Err(e) => break e.describe().to_owned(),
@@ -441,7 +530,21 @@ fn scan_segment(
             format!("{reason} in a sealed segment"),
         ));
     }
-    if let Some(valid) = find_valid_record(map, at + RECORD_HEADER_BYTES, next, payload_bytes_max) {
+    // A recycled segment's data ends at a zeroed record header (every write puts one after
+    // its last record) followed by the file's earlier records, which fail this segment's key.
+    let zero_header = key != RecordKey::V1
+        && is_all_zero(&map[at.min(map.len())..(at + RECORD_HEADER_BYTES).min(map.len())]);
+    let valid = find_valid_record(map, at + RECORD_HEADER_BYTES, next, payload_bytes_max, key);
+    if zero_header && valid.is_none() {
+        return Ok(Scan {
+            offsets,
+            term_runs,
+            end: at.min(map.len()),
+            garbage_end: None,
+            stale_tail: true,
+        });
+    }
+    if let Some(valid) = valid {
         if !point_in_time {
             return Err(LogError::corrupt(
                 path,
@@ -467,6 +570,7 @@ fn scan_segment(
         term_runs,
         end: at,
         garbage_end: Some(nonzero_end(map).max(at)),
+        stale_tail: false,
     })
 }
 
@@ -492,7 +596,7 @@ impl Log {
             let name = dirent.file_name();
             match name.to_str() {
                 Some(LOCK_FILE) => {}
-                Some(n) if is_spare_name(n) => {
+                Some(n) if is_spare_name(n) || is_recycle_name(n) => {
                     // A spare segment being prepared when the last process stopped.
                     fs::remove_file(dirent.path()).map_err(|e| LogError::io(dirent.path(), e))?;
                 }
@@ -583,6 +687,8 @@ impl Log {
             buf: Vec::new(),
             records: Vec::new(),
             preparer: None,
+            recycled: Vec::new(),
+            recycle_seq: 0,
         };
         if fresh {
             preallocate(&log.shared, &log.state_file, 2 * STATE_SLOT_BYTES as u64)?;
@@ -604,7 +710,8 @@ impl Log {
         let snapshot_index = self.state.snapshot.index;
         let payload_bytes_max = self.options.entry_bytes_max as usize;
         let count = names.len();
-        let mut opened: Vec<(Index, Arc<FileRef>, Bytes)> = Vec::new();
+        type Opened = (SegmentHeader, Arc<FileRef>, Bytes, Arc<memmap2::Mmap>);
+        let mut opened: Vec<Opened> = Vec::new();
         for (position, (name_index, path)) in names.into_iter().enumerate() {
             let is_last = position + 1 == count;
             let file = OpenOptions::new()
@@ -614,11 +721,17 @@ impl Log {
                 .map_err(|e| LogError::io(&path, e))?;
             let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
             let file = Arc::new(FileRef { path, file });
-            let map = if len == 0 {
-                Bytes::new()
-            } else {
-                map_file(&file)?
-            };
+            if len == 0 {
+                let empty = SegmentHeader::decode(&[]).expect_err("empty");
+                if is_last {
+                    warn!(file = %file.path.display(), "removing an empty last segment file");
+                    fs::remove_file(&file.path).map_err(|e| LogError::io(&file.path, e))?;
+                    self.shared.mark_dir_dirty();
+                    continue;
+                }
+                return Err(LogError::corrupt(&file.path, 0, empty));
+            }
+            let (map, map_owner) = map_file(&file)?;
             let header = match SegmentHeader::decode(&map) {
                 Ok(h) => h,
                 Err(_) if is_last && is_all_zero(&map[..map.len().min(SEGMENT_HEADER_BYTES)]) => {
@@ -656,12 +769,12 @@ impl Log {
                     ),
                 ));
             }
-            opened.push((header.first_index, file, map));
+            opened.push((header, file, map, map_owner));
         }
         // Segments wholly covered by the snapshot are leftovers of a compaction that crashed
         // before its deletions reached the disk.
-        while opened.len() > 1 && opened[1].0 <= snapshot_index + 1 {
-            let (_, file, _) = opened.remove(0);
+        while opened.len() > 1 && opened[1].0.first_index <= snapshot_index + 1 {
+            let (_, file, _, _) = opened.remove(0);
             info!(file = %file.path.display(), "removing a segment covered by the snapshot");
             fs::remove_file(&file.path).map_err(|e| LogError::io(&file.path, e))?;
             self.shared.mark_dir_dirty();
@@ -669,8 +782,10 @@ impl Log {
 
         let count = opened.len();
         let mut prev_last: Option<(Index, Term)> = None;
-        for (position, (first_index, file, map)) in opened.into_iter().enumerate() {
+        for (position, (header, file, map, map_owner)) in opened.into_iter().enumerate() {
             let is_last = position + 1 == count;
+            let first_index = header.first_index;
+            let key = header.record_key();
             match prev_last {
                 None if first_index > snapshot_index + 1 => {
                     return Err(LogError::corrupt(
@@ -695,6 +810,7 @@ impl Log {
                 &file.path,
                 &map,
                 first_index,
+                key,
                 term_min,
                 is_last,
                 payload_bytes_max,
@@ -708,9 +824,12 @@ impl Log {
             }
             let segment = Segment {
                 first_index,
+                key,
                 capacity: map.len() as u64,
                 map,
+                map_owner,
                 write_offset: scan.end as u64,
+                stale_tail: scan.stale_tail,
                 offsets: scan.offsets,
                 file,
             };
@@ -887,9 +1006,12 @@ impl Log {
         let mut record_ends = std::mem::take(&mut self.records);
         buf.clear();
         record_ends.clear();
+        let key = self.segments.last().map_or(RecordKey::default(), |s| s.key);
         let result = self
-            .encode_batch(entries, &mut buf, &mut record_ends)
-            .and_then(|()| self.write_batch(entries, &buf, &record_ends));
+            .encode_batch(entries, &mut buf, &mut record_ends, key)
+            .and_then(|any_borrowed| {
+                self.write_batch(entries, &mut buf, &record_ends, key, any_borrowed)
+            });
         // Keep big buffers from a one-off huge batch from pinning memory forever.
         if buf.capacity() > 64 << 20 {
             buf = Vec::new();
@@ -899,15 +1021,21 @@ impl Log {
         result
     }
 
+    /// Encodes `entries` into `buf` under `key`; returns whether any record borrows its
+    /// command's bytes (is not wholly in `buf`).
     fn encode_batch(
         &self,
         entries: &[Entry],
         buf: &mut Vec<u8>,
         records: &mut Vec<(usize, RecordParts)>,
-    ) -> Result<(), LogError> {
+        key: RecordKey,
+    ) -> Result<bool, LogError> {
+        records.reserve(entries.len());
+        let encoder = RecordEncoder::new(key);
+        let mut any_borrowed = false;
         for e in entries {
             let start = buf.len();
-            let parts = encode_record_parts(e, buf).map_err(|err| {
+            let parts = encoder.encode(e, buf, VECTORED_MIN_BYTES).map_err(|err| {
                 LogError::Invalid(format!("entry {} does not encode: {err}", e.index))
             })?;
             if parts.payload_bytes as u64 > self.options.entry_bytes_max {
@@ -924,21 +1052,26 @@ impl Log {
                         whole.extend_from_slice(data);
                         whole.resize(parts.record_bytes, 0);
                     }
-                    read_frame(&whole, 0, parts.payload_bytes).is_ok_and(|f| f.index == e.index)
+                    read_frame(&whole, 0, parts.payload_bytes, key)
+                        .is_ok_and(|f| f.index == e.index)
                 },
                 "record fails its own CRC before being written"
             );
+            any_borrowed |= parts.borrowed;
             records.push((start, parts));
         }
-        Ok(())
+        Ok(any_borrowed)
     }
 
     fn write_batch(
         &mut self,
         entries: &[Entry],
-        buf: &[u8],
+        buf: &mut [u8],
         records: &[(usize, RecordParts)],
+        mut key: RecordKey,
+        any_borrowed: bool,
     ) -> Result<(), LogError> {
+        static MARKER: [u8; RECORD_HEADER_BYTES] = [0; RECORD_HEADER_BYTES];
         let mut done = 0;
         while done < entries.len() {
             let first_len = records[done].1.record_bytes as u64;
@@ -956,20 +1089,60 @@ impl Log {
                 self.roll(index, first_len)?;
             }
             let seg = self.segments.last_mut().expect("rolled");
+            if seg.key != key {
+                // The batch rolled over into a new segment, whose records carry its key.
+                let encoder = RecordEncoder::new(seg.key);
+                for (&(start, parts), entry) in records[done..].iter().zip(&entries[done..]) {
+                    let data: &[u8] = match (&entry.payload, parts.borrowed) {
+                        (EntryPayload::Command(data), true) => data,
+                        _ => &[],
+                    };
+                    encoder.rekey(&mut buf[start..start + parts.head_bytes], parts, data);
+                }
+                key = seg.key;
+            }
             let room = if seg.capacity > self.options.segment_bytes {
                 first_len
             } else {
                 seg.capacity - seg.write_offset
             };
-            // Records of this batch that fit in the active segment go in one vectored write.
+            // Records of this batch that fit in the active segment go in one write.
             let mut end = done + 1;
             let mut run_bytes = first_len;
             while end < entries.len() && run_bytes + records[end].1.record_bytes as u64 <= room {
                 run_bytes += records[end].1.record_bytes as u64;
                 end += 1;
             }
-            let slices = record_slices(&entries[done..end], buf, &records[done..end]);
-            if let Err(e) = write_vectored_at(&self.shared, &seg.file, &slices, seg.write_offset) {
+            // A recycled segment keeps a zeroed record header after its last record: where
+            // recovery sees its data end (see `scan_segment`).
+            let marker = if seg.stale_tail {
+                (seg.capacity - seg.write_offset - run_bytes).min(RECORD_HEADER_BYTES as u64)
+                    as usize
+            } else {
+                0
+            };
+            let written = if !any_borrowed {
+                // Whole records lie back to back in `buf`: one plain write.
+                let from = records[done].0;
+                let run = &buf[from..from + run_bytes as usize];
+                if marker == 0 {
+                    write_at(&self.shared, &seg.file, run, seg.write_offset)
+                } else {
+                    write_vectored_at(
+                        &self.shared,
+                        &seg.file,
+                        &[run, &MARKER[..marker]],
+                        seg.write_offset,
+                    )
+                }
+            } else {
+                let mut slices = record_slices(&entries[done..end], buf, &records[done..end]);
+                if marker > 0 {
+                    slices.push(&MARKER[..marker]);
+                }
+                write_vectored_at(&self.shared, &seg.file, &slices, seg.write_offset)
+            };
+            if let Err(e) = written {
                 // Keep "zero past write_offset" true for recovery, if the disk lets us.
                 let _ = write_zeroes(
                     &self.shared,
@@ -979,6 +1152,7 @@ impl Log {
                 );
                 return Err(e);
             }
+            seg.offsets.reserve(end - done);
             let mut at = seg.write_offset;
             for (entry, (_, parts)) in entries[done..end].iter().zip(&records[done..end]) {
                 seg.offsets.push(at as u32);
@@ -1004,7 +1178,19 @@ impl Log {
             fs::remove_file(&seg.file.path).map_err(|e| LogError::io(&seg.file.path, e))?;
             self.shared.mark_dir_dirty();
         }
-        if let Some(active) = self.segments.last() {
+        if let Some(active) = self.segments.last_mut() {
+            if active.stale_tail {
+                // A sealed segment is zero past its last record (recovery's rule for sealed
+                // segments), so a recycled one's earlier records go before it is sealed:
+                // normally less than one record's worth, since it rolls when full.
+                write_zeroes(
+                    &self.shared,
+                    &active.file,
+                    active.write_offset,
+                    active.capacity,
+                )?;
+                active.stale_tail = false;
+            }
             self.shared
                 .fault(FaultPoint::Sync)
                 .and_then(|()| active.file.file.sync_data())
@@ -1020,16 +1206,20 @@ impl Log {
         let path = self.shared_dir().join(segment_name(first_index));
         let normal = capacity == self.options.segment_bytes;
         let zero = normal && self.options.segment_zero_fill;
-        let spare = if normal {
-            self.preparer.as_ref().and_then(|p| p.take(capacity))
+        let header = SegmentHeader::new(self.state.epoch, first_index);
+        let header_bytes = header.encode();
+        // A file freed by compaction first (its blocks are overwritten, not allocated anew,
+        // and a zero-filled spare, if ready, stays ready), then the spare.
+        let recycled = if normal {
+            self.reuse_recycled(&path, &header_bytes)
         } else {
             None
         };
-        let header = SegmentHeader {
-            epoch: self.state.epoch,
-            first_index,
-        }
-        .encode();
+        let stale_tail = recycled.is_some();
+        let spare = match (&recycled, &self.preparer) {
+            (None, Some(preparer)) if normal => preparer.take(capacity),
+            _ => None,
+        };
         let renamed = spare.and_then(|spare| match fs::rename(&spare.path, &path) {
             Ok(()) => Some(spare.file),
             Err(e) => {
@@ -1038,7 +1228,7 @@ impl Log {
                 None
             }
         });
-        let (file, prepared) = match renamed {
+        let (file, prepared) = match recycled.or(renamed) {
             Some(file) => (Arc::new(FileRef { path, file }), Ok(())),
             None => {
                 let file = OpenOptions::new()
@@ -1062,9 +1252,13 @@ impl Log {
             }
         };
         let created = prepared
-            .and_then(|()| write_at(&self.shared, &file, &header, 0))
+            .and_then(|()| match stale_tail {
+                // A reused file got its header before it was renamed into place.
+                true => Ok(()),
+                false => write_at(&self.shared, &file, &header_bytes, 0),
+            })
             .and_then(|()| map_file(&file));
-        let map = match created {
+        let (map, map_owner) = match created {
             Ok(map) => map,
             Err(e) => {
                 // Leave no half-made segment behind: it would have to be told apart on open.
@@ -1074,7 +1268,7 @@ impl Log {
         };
         self.shared.mark_dirty(&file);
         self.shared.mark_dir_dirty();
-        if zero {
+        if zero && self.recycled.is_empty() {
             let shared = &self.shared;
             let dir = self.shared_dir();
             self.preparer
@@ -1083,13 +1277,92 @@ impl Log {
         }
         self.segments.push(Segment {
             first_index,
+            key: header.record_key(),
             file,
+            capacity: map.len() as u64,
             map,
-            capacity,
+            map_owner,
             write_offset: SEGMENT_HEADER_BYTES as u64,
+            stale_tail,
             offsets: Vec::new(),
         });
         Ok(())
+    }
+
+    /// A recycled file made into the segment at `path`, with `header` and a zeroed record
+    /// header after it written and synced before the rename: a crash leaves either a
+    /// `recycle-*` file (deleted on open) or a segment whose header matches its name and
+    /// whose data ends at once. `None` if there is none, or it fails (then it is deleted).
+    fn reuse_recycled(&mut self, path: &Path, header: &[u8]) -> Option<File> {
+        while let Some(from) = self.recycled.pop() {
+            let mut head = [0u8; SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES];
+            head[..SEGMENT_HEADER_BYTES].copy_from_slice(header);
+            let shared = &self.shared;
+            let reused = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&from)
+                .and_then(|file| {
+                    shared.fault(FaultPoint::Write)?;
+                    file.write_all_at(&head, 0)?;
+                    shared.fault(FaultPoint::Sync)?;
+                    file.sync_data()?;
+                    fs::rename(&from, path)?;
+                    Ok(file)
+                });
+            match reused {
+                Ok(file) => return Some(file),
+                Err(e) => {
+                    warn!(file = %from.display(), error = %e, "cannot reuse a recycled segment file; deleting it");
+                    let _ = fs::remove_file(&from);
+                }
+            }
+        }
+        None
+    }
+
+    /// Disposes of a segment that compaction freed: its file is kept for reuse by `roll`
+    /// (no zero-filling, and its blocks are overwritten rather than allocated anew) when it
+    /// has the normal size, the pool has room, and nobody holds bytes of its mapping (reads
+    /// hand out slices of it, and a reused file is overwritten). Otherwise it is deleted.
+    fn retire(&mut self, seg: Segment) -> Result<(), LogError> {
+        let Segment {
+            file,
+            map,
+            map_owner,
+            capacity,
+            ..
+        } = seg;
+        drop(map);
+        let reusable = self.options.segment_reuse
+            && capacity == self.options.segment_bytes
+            && self.recycled.len() < RECYCLED_FILES_MAX
+            && Arc::strong_count(&map_owner) == 1;
+        drop(map_owner);
+        self.shared.mark_dir_dirty();
+        if reusable {
+            let to = self.shared_dir().join(format!(
+                "{RECYCLE_PREFIX}{}{RECYCLE_SUFFIX}",
+                self.recycle_seq
+            ));
+            self.recycle_seq += 1;
+            match fs::rename(&file.path, &to) {
+                Ok(()) => {
+                    self.recycled.push(to);
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(file = %file.path.display(), error = %e, "cannot keep a compacted segment for reuse; deleting it")
+                }
+            }
+        }
+        fs::remove_file(&file.path).map_err(|e| LogError::io(&file.path, e))
+    }
+
+    /// Files kept for reuse, for tests.
+    #[doc(hidden)]
+    pub fn recycled_count(&self) -> usize {
+        self.recycled.len()
     }
 
     fn shared_dir(&self) -> PathBuf {
@@ -1173,10 +1446,8 @@ impl Log {
         self.update_state(|s| s.snapshot = meta)?;
         self.shared.sync()?;
         while self.segments.len() > 1 && self.segments[1].first_index <= index + 1 {
-            let path = self.segments[0].file.path.clone();
-            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
-            self.segments.remove(0);
-            self.shared.mark_dir_dirty();
+            let seg = self.segments.remove(0);
+            self.retire(seg)?;
         }
         self.trim_term_runs();
         Ok(())
@@ -1225,8 +1496,13 @@ impl Log {
                 seg.file.path.display()
             ))
         };
-        let frame = read_frame(&seg.map, offset, self.options.entry_bytes_max as usize)
-            .map_err(|e| bad(e.describe()))?;
+        let frame = read_frame(
+            &seg.map,
+            offset,
+            self.options.entry_bytes_max as usize,
+            seg.key,
+        )
+        .map_err(|e| bad(e.describe()))?;
         if frame.index != index {
             return Err(bad("record holds another index"));
         }
@@ -1313,6 +1589,9 @@ impl Drop for Log {
         // Stop the spare thread before the lock is released, so that no other process can
         // open the directory while it still writes there.
         self.preparer.take();
+        for path in &self.recycled {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::LogStore;
 use raft_log::format::{
-    decode_entry, decode_state_slot, encode_record, read_frame, SegmentHeader, SEGMENT_HEADER_BYTES,
+    decode_entry, decode_state_slot, encode_record, read_frame, RecordKey, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
 };
 use raft_log::Log;
 
@@ -25,7 +26,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(buf in proptest::collection::vec(any::<u8>(), 0..512), offset in 0usize..600) {
-        if let Ok(frame) = read_frame(&buf, offset, 1 << 20) {
+        if let Ok(frame) = read_frame(&buf, offset, 1 << 20, RecordKey::default()) {
             prop_assert!(frame.end_offset <= buf.len() + 7);
             let payload = &buf[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
             let backing = Bytes::from(buf.clone());
@@ -35,6 +36,8 @@ proptest! {
         let _ = decode_entry(&buf, None);
         let _ = decode_state_slot(&buf);
         let _ = SegmentHeader::decode(&buf);
+        let _ = raft_log::format::peek_index(&buf, offset);
+        let _ = read_frame(&buf, offset, 1 << 20, RecordKey::V1);
     }
 
     #[test]
@@ -47,7 +50,7 @@ proptest! {
         let entry = raft_core::Entry { index, term, payload: raft_core::EntryPayload::Command(data.into()) };
         let mut buf = Vec::new();
         encode_record(&entry, &mut buf).unwrap();
-        let frame = read_frame(&buf, 0, 1 << 20).unwrap();
+        let frame = read_frame(&buf, 0, 1 << 20, RecordKey::default()).unwrap();
         prop_assert_eq!(decode_entry(&buf[frame.payload_offset..frame.payload_offset + frame.payload_bytes], None).unwrap(), entry);
         let len = buf.len();
         let flips: std::collections::BTreeSet<(usize, u8)> = flips.into_iter().map(|(at, bit)| (at % len, bit)).collect();
@@ -55,7 +58,7 @@ proptest! {
             buf[at] ^= 1 << bit;
         }
         // CRC32 detects every burst of up to 32 bits, so up to three flips never pass.
-        prop_assert!(read_frame(&buf, 0, 1 << 20).is_err());
+        prop_assert!(read_frame(&buf, 0, 1 << 20, RecordKey::default()).is_err());
     }
 }
 
@@ -73,10 +76,11 @@ proptest! {
         }
         let path = common::segment_files(dir.path()).pop().unwrap();
         let mut image = std::fs::read(&path).unwrap();
+        let key = SegmentHeader::decode(&image).unwrap().record_key();
         // Keep a few records, then overwrite with the arbitrary bytes.
         let mut at = SEGMENT_HEADER_BYTES;
         for _ in 0..keep {
-            match read_frame(&image, at, 1 << 20) {
+            match read_frame(&image, at, 1 << 20, key) {
                 Ok(frame) => at = frame.end_offset,
                 Err(_) => break,
             }
@@ -126,7 +130,7 @@ proptest! {
         let postcard = postcard::to_stdvec(&entry).unwrap();
         prop_assert_eq!(&record[8..8 + payload_bytes], &postcard[..]);
         let mut parts = Vec::new();
-        let p = raft_log::format::encode_record_parts(&entry, &mut parts).unwrap();
+        let p = raft_log::format::encode_record_keyed(&entry, &mut parts, RecordKey::default(), raft_log::format::VECTORED_MIN_BYTES).unwrap();
         if p.borrowed {
             let raft_core::EntryPayload::Command(data) = &entry.payload else { unreachable!() };
             parts.extend_from_slice(data);

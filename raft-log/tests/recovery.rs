@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{all_entries, entry, segment_files, small_options};
 use raft_core::{Entry, EntryPayload, HardState, LogStore, SnapshotMeta};
-use raft_log::format::{read_frame, SEGMENT_HEADER_BYTES};
+use raft_log::format::{read_frame, SegmentHeader, SEGMENT_HEADER_BYTES};
 use raft_log::{Log, LogError};
 
 /// Writes `count` entries of about `len` bytes in batches of 4, syncing each batch.
@@ -34,8 +34,9 @@ fn record_ends(image: &[u8]) -> Vec<usize> {
 /// Where each record's payload ends and where its padding ends.
 fn payload_and_record_ends(image: &[u8]) -> Vec<(usize, usize)> {
     let mut ends = Vec::new();
+    let key = SegmentHeader::decode(image).unwrap().record_key();
     let mut at = SEGMENT_HEADER_BYTES;
-    while let Ok(frame) = read_frame(image, at, 1 << 20) {
+    while let Ok(frame) = read_frame(image, at, 1 << 20, key) {
         at = frame.end_offset;
         ends.push((frame.payload_offset + frame.payload_bytes, at));
     }
