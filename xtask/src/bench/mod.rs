@@ -5,7 +5,8 @@
 //! - [`core`]: 3 `RawNode`s on tokio tasks, in memory, closed-loop clients;
 //! - [`log`]: raft-log append+sync beside raw pwrite+fdatasync of the same bytes;
 //! - [`net`]: raft-net throughput and round trip beside raw TCP;
-//! - [`cluster`]: the end-to-end and etcd rows, skipped until `raft-node` exists.
+//! - [`cluster`]: 3 `raft-node` processes end to end, the same workloads against etcd, and
+//!   a node's restart time.
 //!
 //! Every figure is one [`report::Row`], printed as a table and written to
 //! `target/bench/report.json`. Scratch files live in `target/bench/tmp-<pid>` (the project's
@@ -33,6 +34,8 @@ pub struct Ctx {
     pub scratch: PathBuf,
     /// `--only a,b`: run just these sections (for profiling one of them).
     pub only: Option<Vec<String>>,
+    /// `--soak-s N`: length of the cluster's RSS-growth run (default 60 s, none in --quick).
+    pub soak: Option<Duration>,
 }
 
 impl Ctx {
@@ -55,15 +58,19 @@ impl Ctx {
 /// Size of the raw baseline file: room for the largest batch (16 KiB x 1024 entries).
 const RAW_FILE_BYTES: u64 = 64 << 20;
 
+/// The longest RSS-growth run `--soak-s` accepts (an hour): every load loop is bounded.
+const SOAK_S_MAX: u64 = 3600;
+
 const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
 
 pub fn main(args: &[String]) -> ExitCode {
     let usage = || {
-        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] (sections: {SECTIONS:?})");
+        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] [--soak-s N (<= {SOAK_S_MAX})] (sections: {SECTIONS:?})");
         ExitCode::from(2)
     };
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
+    let mut soak = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -77,6 +84,10 @@ pub fn main(args: &[String]) -> ExitCode {
                     only = Some(list);
                 }
                 None => return usage(),
+            },
+            "--soak-s" => match it.next().and_then(|s| s.parse::<u64>().ok()) {
+                Some(secs) if secs <= SOAK_S_MAX => soak = Some(Duration::from_secs(secs)),
+                _ => return usage(),
             },
             _ => return usage(),
         }
@@ -93,6 +104,7 @@ pub fn main(args: &[String]) -> ExitCode {
         quick,
         scratch: scratch.path().to_owned(),
         only,
+        soak,
     };
     print_machine(&ctx);
     let started = Instant::now();
@@ -123,6 +135,11 @@ pub fn main(args: &[String]) -> ExitCode {
 
 fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     let section = |name: &str| eprintln!("bench: {name}...");
+    if ctx.runs("cluster") {
+        // Before any measurement, so a compile never overlaps one.
+        section("building raft-node (release)");
+        cluster::prepare().map_err(|e| format!("cluster: {e}"))?;
+    }
     let mut raw = None;
     if ctx.runs("baseline") || ctx.runs("log") {
         raw = Some(
@@ -153,7 +170,9 @@ fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_default();
-        rows.extend(cluster::run(&target, baselines.as_ref()));
+        section("cluster: raft-node and etcd end to end");
+        cluster::run(ctx, &target, baselines.as_ref(), rows)
+            .map_err(|e| format!("cluster: {e}"))?;
     }
     Ok(())
 }

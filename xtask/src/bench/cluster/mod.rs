@@ -1,0 +1,622 @@
+//! The end-to-end measurements of issue 7: a real 3-node cluster on loopback with real
+//! fsync, driven by this process as the load generator, and the same workloads against a
+//! 3-member etcd when `etcd` is on PATH.
+//!
+//! - Nodes: `target/release/raft-node` (built by [`prepare`]), 3 processes on 127.0.0.1
+//!   ephemeral ports, data under the run's scratch dir, killed by PID on every exit path
+//!   ([`procs::Procs`] kills on drop, also when a panic unwinds; `PR_SET_PDEATHSIG` covers a
+//!   bench that is itself killed).
+//! - Load ([`load`]): closed-loop clients at [`CLIENTS`], each one connection with one
+//!   request outstanding, doing SET of 16-byte keys (100,000-key space) and 100-byte values,
+//!   then linearizable GETs, each for a fixed time after a warm-up; latency from write to
+//!   answer in hdrhistogram. Then an open-loop run of each at half the 64-client throughput,
+//!   latency from each request's due time, so queueing is not hidden. All clients talk to the
+//!   leader, in both systems. The generator runs on one thread (a current-thread tokio
+//!   runtime), so at most one of the two cores is the generator's.
+//! - Protocol: RESP for every `cluster_*` row (what redis-benchmark does); one row measures
+//!   the native protocol at 64 clients against it, which is how the choice was made.
+//! - Resources: node CPU seconds per 1,000 operations (utime+stime of the 3 nodes from
+//!   `/proc/<pid>/stat`, before and after each workload); peak RSS of each node (`VmHWM`);
+//!   and the slope of RSS over a longer SET run (`--soak-s`, 60 s by default, off in
+//!   `--quick`), fitted over its second half.
+//! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
+//!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
+//!   figure of the same workload as its baseline.
+//! - Restart ([`restart`]): a node holding 1M entries (100k in `--quick`), by full replay
+//!   and from a snapshot.
+
+mod etcd;
+mod load;
+mod procs;
+mod restart;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use self::load::{closed_loop, open_loop, LoadResult, Op, Proto, Workload};
+use self::procs::{cpu_s_sum, find_on_path, free_addr, status_mib, Proc, Procs};
+use super::report::Row;
+use super::util::us;
+use super::{Baselines, Ctx};
+
+/// Concurrent clients of the end-to-end workloads.
+pub const CLIENTS: [usize; 4] = [1, 16, 64, 256];
+/// The workloads `--quick` runs against etcd: the ones the issue's targets name.
+const ETCD_QUICK: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
+/// Connections of the open-loop runs; the rate is half of what 64 closed-loop clients did.
+const OPEN_LOOP_CONNS: usize = 64;
+const OPEN_LOOP_CLIENTS_REF: usize = 64;
+const OPEN_LOOP_RATE_FRACTION: f64 = 0.5;
+const NODES: u64 = 3;
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const ROWS_PROTO: Proto = Proto::Resp;
+/// RSS samples during the soak run, one per second at most.
+const SOAK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Settings {
+    warmup: Duration,
+    duration: Duration,
+    soak: Duration,
+    restart_entries: u64,
+    etcd_all: bool,
+}
+
+impl Settings {
+    fn of(ctx: &Ctx) -> Settings {
+        if ctx.quick {
+            Settings {
+                warmup: Duration::from_millis(500),
+                duration: Duration::from_secs(2),
+                soak: ctx.soak.unwrap_or(Duration::ZERO),
+                restart_entries: 100_000,
+                etcd_all: false,
+            }
+        } else {
+            Settings {
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(10),
+                soak: ctx.soak.unwrap_or(Duration::from_secs(60)),
+                restart_entries: 1_000_000,
+                etcd_all: true,
+            }
+        }
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Set => "set",
+        Op::Get => "get",
+    }
+}
+
+fn node_binary(workspace_target: &Path) -> PathBuf {
+    workspace_target.join("release").join("raft-node")
+}
+
+/// Builds the node binary (a no-op when it is fresh), so the cluster rows never measure a
+/// stale build. Run before any section, so a compile does not land in the middle of the
+/// measurements.
+pub fn prepare() -> Result<(), String> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "raft-node"])
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release -p raft-node failed".into());
+    }
+    Ok(())
+}
+
+/// One workload's figures: load result and CPU of the servers during it.
+struct Measured {
+    load: LoadResult,
+    cpu_s: Option<f64>,
+}
+
+impl Measured {
+    fn cpu_s_per_1000_ops(&self) -> Option<f64> {
+        self.cpu_s.map(|c| c / self.load.ops as f64 * 1000.0)
+    }
+}
+
+async fn measure(w: &Workload, clients: usize, pids: &[u32]) -> Result<Measured, String> {
+    let before = cpu_s_sum(pids);
+    let load = closed_loop(w, clients).await?;
+    let after = cpu_s_sum(pids);
+    load.check(&format!(
+        "{} {:?} {clients} clients",
+        op_name(w.op),
+        w.proto
+    ))?;
+    // The window excludes warm-up but the CPU counters include it: scale to the window.
+    let share = w.duration.as_secs_f64() / (w.warmup + w.duration).as_secs_f64();
+    Ok(Measured {
+        load,
+        cpu_s: before.zip(after).map(|(b, a)| (a - b) * share),
+    })
+}
+
+/// Everything the section measured, turned into rows at the end so that each of ours can
+/// carry the etcd figure of the same workload.
+#[derive(Default)]
+struct Results {
+    ours: BTreeMap<(&'static str, usize), Measured>,
+    etcd: BTreeMap<(&'static str, usize), Measured>,
+    etcd_why: Option<String>,
+    etcd_version: Option<String>,
+}
+
+pub fn run(
+    ctx: &Ctx,
+    workspace_target: &Path,
+    baselines: Option<&Baselines>,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let binary = node_binary(workspace_target);
+    if !binary.is_file() {
+        return Err(format!("{} missing after the build", binary.display()));
+    }
+    let settings = Settings::of(ctx);
+    // One thread: the generator gets at most one core, and never fights its own workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let mut results = Results::default();
+    let mut extra = Vec::new();
+    // Processes are spawned inside `block_on`, i.e. on this thread, which outlives them.
+    let outcome = rt.block_on(run_all(ctx, &settings, &binary, &mut results, &mut extra));
+    push_rows(&settings, baselines, &results, rows);
+    rows.extend(extra);
+    outcome
+}
+
+async fn run_all(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    eprintln!("bench: cluster: 3 raft-node processes");
+    run_ours(ctx, s, binary, results, rows).await?;
+    match find_on_path("etcd") {
+        None => {
+            results.etcd_why =
+                Some("skipped: etcd not on PATH (Debian: apt-get install etcd-server)".into());
+        }
+        Some(etcd_bin) => {
+            eprintln!("bench: cluster: 3 etcd members");
+            results.etcd_version = Some(etcd::version(&etcd_bin));
+            if let Err(e) = run_etcd(ctx, s, &etcd_bin, results).await {
+                eprintln!("bench: etcd: {e}");
+                results.etcd_why = Some(format!("skipped: etcd run failed: {e}"));
+            }
+        }
+    }
+    eprintln!("bench: cluster: restart with {} entries", s.restart_entries);
+    let name = |what: &str| {
+        format!(
+            "node_restart_{}_entries_{what}_ms",
+            count_name(s.restart_entries)
+        )
+    };
+    match restart::run(binary, &ctx.scratch, s.restart_entries).await {
+        Ok(r) => {
+            rows.push(Row::new(name("replay"), "ms", r.replay_ms).note(format!(
+                "single node, log to index {}, no snapshot; spawn to first linearizable GET, incl. a 30-60 ms election; loaded at {:.0} entries/s",
+                r.log_last_index, r.load_entries_per_s
+            )));
+            rows.push(
+                Row::new(name("from_snapshot"), "ms", r.snapshot_ms)
+                    .vs(name("replay"), r.replay_ms)
+                    .note(format!(
+                        "snapshot plus a tail of {} entries",
+                        r.snapshot_tail_entries
+                    )),
+            );
+        }
+        Err(e) => {
+            rows.push(Row::skipped(name("replay"), "ms", format!("failed: {e}")));
+            rows.push(Row::skipped(
+                name("from_snapshot"),
+                "ms",
+                format!("failed: {e}"),
+            ));
+            return Err(format!("restart: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn count_name(n: u64) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+struct Cluster {
+    procs: Procs,
+    client_addrs: Vec<String>,
+}
+
+fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut peers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..NODES {
+        peers.push(free_addr().map_err(io)?);
+        clients.push(free_addr().map_err(io)?);
+    }
+    let mut procs = Procs::default();
+    for id in 1..=NODES {
+        let mut args = vec![
+            "run".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.join(format!("node-{id}")).display().to_string(),
+        ];
+        for peer in 1..=NODES {
+            let i = (peer - 1) as usize;
+            args.push("--peer".into());
+            args.push(format!("{peer}={},{}", peers[i], clients[i]));
+        }
+        procs.0.push(Proc::new(
+            format!("raft-node {id}"),
+            binary,
+            args,
+            dir.join(format!("node-{id}.log")),
+        ));
+    }
+    for p in &mut procs.0 {
+        p.start().map_err(|e| format!("starting {}: {e}", p.name))?;
+    }
+    Ok(Cluster {
+        procs,
+        client_addrs: clients.iter().map(|a| a.to_string()).collect(),
+    })
+}
+
+impl Cluster {
+    /// The leader's client address, once every node answers and names the same leader.
+    async fn wait_leader(&mut self) -> Result<String, String> {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            self.procs.check_alive()?;
+            let mut leaders = Vec::new();
+            for addr in &self.client_addrs {
+                let mut config = raft_client::ClientConfig::new([addr.clone()]);
+                config.request_timeout_ms = 500;
+                config.attempt_timeout_ms = 500;
+                config.connect_timeout_ms = 200;
+                if let Ok(st) = raft_client::Client::new(config).status().await {
+                    leaders.push(st.leader);
+                }
+            }
+            if leaders.len() == self.client_addrs.len() {
+                if let Some(Some(l)) = leaders.first() {
+                    if leaders.iter().all(|x| *x == Some(*l)) {
+                        return Ok(self.client_addrs[(*l - 1) as usize].clone());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no leader within {LEADER_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn run_ours(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let mut cluster = start_cluster(binary, &ctx.scratch)?;
+    let leader = cluster.wait_leader().await?;
+    let pids = cluster.procs.pids();
+    let workload = |op: Op, proto: Proto, seed: u64| Workload {
+        proto,
+        op,
+        addr: leader.clone(),
+        warmup: s.warmup,
+        duration: s.duration,
+        seed,
+    };
+    for op in [Op::Set, Op::Get] {
+        for c in CLIENTS {
+            let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &pids).await?;
+            eprintln!(
+                "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
+                op_name(op),
+                m.load.ops_per_s(),
+                us(&m.load.hist, 0.5)
+            );
+            results.ours.insert((op_name(op), c), m);
+            cluster.procs.check_alive()?;
+        }
+    }
+
+    // The native protocol against RESP, same workload.
+    let native = measure(&workload(Op::Set, Proto::Native, 99), 64, &pids).await?;
+    let resp_64 = results.ours[&("set", 64)].load.ops_per_s();
+    rows.push(
+        Row::new(
+            "cluster_set_64_clients_native_protocol_ops_per_s",
+            "ops/s",
+            native.load.ops_per_s(),
+        )
+        .vs("cluster_set_64_clients_ops_per_s", resp_64)
+        .note("raft-client's framing with exactly-once sessions, against RESP"),
+    );
+
+    for op in [Op::Set, Op::Get] {
+        let reference = results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
+            .load
+            .ops_per_s();
+        let rate = reference * OPEN_LOOP_RATE_FRACTION;
+        let w = workload(op, ROWS_PROTO, 4242);
+        let (r, achieved) = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        r.check(&format!("open-loop {}", op_name(op)))?;
+        let p = format!("cluster_{}_open_loop", op_name(op));
+        rows.push(
+            Row::new(format!("{p}_rate_ops_per_s"), "ops/s", achieved)
+                .vs(format!("{p}_scheduled_ops_per_s"), rate)
+                .note(format!(
+            "half of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections"
+        )),
+        );
+        for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+            rows.push(
+                Row::new(format!("{p}_latency_us_{qn}"), "us", us(&r.hist, q))
+                    .note("from each request's due time"),
+            );
+        }
+        cluster.procs.check_alive()?;
+    }
+
+    if s.soak > Duration::ZERO {
+        soak(s, &workload(Op::Set, ROWS_PROTO, 777), &pids, rows).await?;
+    } else {
+        rows.push(Row::skipped(
+            "cluster_soak_rss_growth_MiB_per_min",
+            "MiB/min",
+            "skipped in --quick (add --soak-s N to run it)",
+        ));
+    }
+    for (i, &pid) in pids.iter().enumerate() {
+        let name = format!("cluster_node{}_rss_peak_MiB", i + 1);
+        match status_mib(pid, "VmHWM") {
+            Some(v) => rows.push(Row::new(name, "MiB", v)),
+            None => rows.push(Row::skipped(name, "MiB", "VmHWM unreadable")),
+        }
+    }
+    cluster.procs.check_alive()?;
+    Ok(())
+}
+
+/// 64 clients of SET for the soak duration, RSS of each node sampled every second; the
+/// growth is the least-squares slope of each node's RSS over the run's second half (the
+/// first half fills the key space and the log up to its first snapshots).
+async fn soak(s: &Settings, w: &Workload, pids: &[u32], rows: &mut Vec<Row>) -> Result<(), String> {
+    eprintln!("bench: cluster: soak {:?}", s.soak);
+    let w = Workload {
+        warmup: Duration::ZERO,
+        duration: s.soak,
+        ..w.clone()
+    };
+    let start = Instant::now();
+    let sampler = async {
+        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); pids.len()];
+        while start.elapsed() < s.soak {
+            for (i, &pid) in pids.iter().enumerate() {
+                if let Some(rss) = status_mib(pid, "VmRSS") {
+                    samples[i].push((start.elapsed().as_secs_f64(), rss));
+                }
+            }
+            tokio::time::sleep(SOAK_SAMPLE_INTERVAL).await;
+        }
+        samples
+    };
+    let (load, samples) = tokio::join!(closed_loop(&w, 64), sampler);
+    let load = load?;
+    load.check("soak")?;
+    let half = s.soak.as_secs_f64() / 2.0;
+    let mut worst: Option<f64> = None;
+    let mut notes = Vec::new();
+    for (i, node) in samples.iter().enumerate() {
+        let tail: Vec<(f64, f64)> = node.iter().copied().filter(|(t, _)| *t >= half).collect();
+        if let (Some(slope), Some(first), Some(last)) = (slope(&tail), node.first(), node.last()) {
+            let per_min = slope * 60.0;
+            worst = Some(worst.map_or(per_min, |w: f64| w.max(per_min)));
+            notes.push(format!(
+                "node{} {:.0}->{:.0} MiB ({:+.2}/min)",
+                i + 1,
+                first.1,
+                last.1,
+                per_min
+            ));
+        }
+    }
+    let name = "cluster_soak_rss_growth_MiB_per_min";
+    match worst {
+        Some(v) => rows.push(Row::new(name, "MiB/min", v).note(format!(
+            "largest of 3 nodes, SET 64 clients for {} s at {:.0} ops/s, slope over the second half; {}",
+            s.soak.as_secs(),
+            load.ops_per_s(),
+            notes.join(", ")
+        ))),
+        None => rows.push(Row::skipped(name, "MiB/min", "too few RSS samples")),
+    }
+    Ok(())
+}
+
+/// Least-squares slope of y over x.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+async fn run_etcd(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let mut etcd = etcd::start(binary, &ctx.scratch)?;
+    let leader = etcd.wait_leader().await?;
+    let pids = etcd.procs.pids();
+    for op in [Op::Set, Op::Get] {
+        for c in CLIENTS {
+            if !s.etcd_all && !ETCD_QUICK.contains(&(op, c)) {
+                continue;
+            }
+            let w = Workload {
+                proto: Proto::EtcdHttp,
+                op,
+                addr: leader.clone(),
+                warmup: s.warmup,
+                duration: s.duration,
+                seed: c as u64,
+            };
+            let m = measure(&w, c, &pids).await?;
+            eprintln!(
+                "bench: etcd {} {c} clients: {:.0} ops/s, p50 {:.0} us",
+                op_name(op),
+                m.load.ops_per_s(),
+                us(&m.load.hist, 0.5)
+            );
+            results.etcd.insert((op_name(op), c), m);
+            etcd.procs.check_alive()?;
+        }
+    }
+    Ok(())
+}
+
+fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mut Vec<Row>) {
+    let etcd_note = |what: &str| {
+        r.etcd_why
+            .clone()
+            .unwrap_or_else(|| format!("etcd {what} not run in --quick"))
+    };
+    let mut out = Vec::new();
+    for op in ["set", "get"] {
+        for c in CLIENTS {
+            let p = format!("cluster_{op}_{c}_clients");
+            let e = format!("etcd_{op}_{c}_clients");
+            let Some(m) = r.ours.get(&(op, c)) else {
+                out.push(Row::skipped(
+                    format!("{p}_ops_per_s"),
+                    "ops/s",
+                    "not measured (an earlier step failed)",
+                ));
+                continue;
+            };
+            let theirs = r.etcd.get(&(op, c));
+            let mut row = Row::new(format!("{p}_ops_per_s"), "ops/s", m.load.ops_per_s());
+            if let Some(t) = theirs {
+                row = row.vs(format!("{e}_ops_per_s"), t.load.ops_per_s());
+            }
+            if m.load.errors > 0 {
+                row = row.note(format!("{} requests failed", m.load.errors));
+            }
+            out.push(row);
+            for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+                let mut row = Row::new(format!("{p}_latency_us_{qn}"), "us", us(&m.load.hist, q));
+                if let (true, Some(b)) = (op == "set" && c == 1 && qn == "p50", baselines) {
+                    row = row
+                        .vs("floor_commit_us", b.floor_commit_us())
+                        .note("target: ratio <= 2");
+                } else if let Some(t) = theirs {
+                    row = row.vs(format!("{e}_latency_us_{qn}"), us(&t.load.hist, q));
+                }
+                out.push(row);
+            }
+            let name = format!("{p}_node_cpu_s_per_1000_ops");
+            match m.cpu_s_per_1000_ops() {
+                Some(v) => {
+                    let mut row = Row::new(name, "s", v).note("3 nodes summed");
+                    if let Some(t) = theirs.and_then(Measured::cpu_s_per_1000_ops) {
+                        row = row.vs(format!("{e}_cpu_s_per_1000_ops"), t);
+                    }
+                    out.push(row);
+                }
+                None => out.push(Row::skipped(name, "s", "/proc/<pid>/stat unreadable")),
+            }
+        }
+    }
+    // Target rows: the issue's ratios, stated where a reader looks for them.
+    for (op, c, what) in [("set", 64, "write"), ("get", 16, "linearizable read")] {
+        let name = format!("target_{op}_{c}_clients_vs_etcd");
+        match (r.ours.get(&(op, c)), r.etcd.get(&(op, c))) {
+            (Some(m), Some(t)) => out.push(
+                Row::new(name, "ops/s", m.load.ops_per_s())
+                    .vs(
+                        format!("etcd_{op}_{c}_clients_ops_per_s"),
+                        t.load.ops_per_s(),
+                    )
+                    .note(format!("{what} throughput; target: ratio >= 5")),
+            ),
+            _ => out.push(Row::skipped(name, "ops/s", etcd_note("comparison"))),
+        }
+    }
+    for op in ["set", "get"] {
+        for c in CLIENTS {
+            let e = format!("etcd_{op}_{c}_clients");
+            match r.etcd.get(&(op, c)) {
+                Some(t) => {
+                    let mut row = Row::new(format!("{e}_ops_per_s"), "ops/s", t.load.ops_per_s());
+                    if let Some(v) = &r.etcd_version {
+                        row = row.note(format!("{v}, v3 JSON gateway, keep-alive HTTP/1.1"));
+                    }
+                    out.push(row);
+                    for (q, qn) in [(0.5, "p50"), (0.99, "p99")] {
+                        out.push(Row::new(
+                            format!("{e}_latency_us_{qn}"),
+                            "us",
+                            us(&t.load.hist, q),
+                        ));
+                    }
+                    if let Some(cpu) = t.cpu_s_per_1000_ops() {
+                        out.push(
+                            Row::new(format!("{e}_cpu_s_per_1000_ops"), "s", cpu)
+                                .note("3 members summed"),
+                        );
+                    }
+                }
+                None if s.etcd_all
+                    || ETCD_QUICK.iter().any(|&(o, n)| op_name(o) == op && n == c)
+                    || r.etcd_why.is_some() =>
+                {
+                    out.push(Row::skipped(
+                        format!("{e}_ops_per_s"),
+                        "ops/s",
+                        etcd_note("workload"),
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    rows.extend(out);
+}
