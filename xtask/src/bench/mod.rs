@@ -106,7 +106,8 @@ pub fn main(args: &[String]) -> ExitCode {
         only,
         soak,
     };
-    print_machine(&ctx);
+    let machine = machine_line(&ctx);
+    println!("machine: {machine}");
     let started = Instant::now();
     let mut rows = Vec::new();
     let outcome = run_all(&ctx, &mut rows);
@@ -124,6 +125,11 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("\nreport: {}", json.display());
+    let md_path = root.join("report.md");
+    match std::fs::write(&md_path, report::markdown(&machine, &rows)) {
+        Ok(()) => println!("markdown (for README's Figures): {}", md_path.display()),
+        Err(e) => eprintln!("xtask bench: cannot write {}: {e}", md_path.display()),
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -178,7 +184,7 @@ fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
 }
 
 /// The machine the figures belong to, for the README's figures section.
-fn print_machine(ctx: &Ctx) {
+fn machine_line(ctx: &Ctx) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -192,11 +198,16 @@ fn print_machine(ctx: &Ctx) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    println!(
-        "machine: {cores} cores, {cpu}; kernel {kernel}; scratch filesystem {}; mode {}",
+    // Load average at the start: a shared machine's figures need it beside them.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{cores} cores, {cpu}; kernel {kernel}; scratch filesystem {}; mode {}; load average {load} at start",
         fs_type(&ctx.scratch),
         if ctx.quick { "--quick" } else { "full" }
-    );
+    )
 }
 
 fn fs_type(path: &std::path::Path) -> String {

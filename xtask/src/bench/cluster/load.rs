@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use raft_client::wire::{
-    KvCommand, KvResponse, Request, RequestFrame, Response, ResponseFrame, Session, FRAME_BYTES_MAX,
+    KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame, Session,
+    FRAME_BYTES_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -80,6 +81,27 @@ impl Rng {
     }
 }
 
+/// Redirects one request follows at most (a leader change mid-run moves it once or twice).
+const REDIRECTS_MAX: usize = 4;
+
+enum Failure {
+    /// Not the leader; the leader's client address.
+    Redirect(String),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Other(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Failure {
+        Failure::Other(e.to_string())
+    }
+}
+
 /// One client connection with one request outstanding at a time.
 pub struct Conn {
     proto: Proto,
@@ -113,8 +135,28 @@ impl Conn {
         })
     }
 
-    /// Sends one request and waits for its answer; an error reply is an `Err`.
+    /// Sends one request and waits for its answer, following a native `NotLeader` redirect
+    /// (a new connection to the named leader, the request sent again: what raft-client does)
+    /// at most [`REDIRECTS_MAX`] times. An error reply is an `Err`.
     pub async fn call(&mut self, op: Op, key: &[u8]) -> Result<(), String> {
+        for _ in 0..REDIRECTS_MAX {
+            match self.call_once(op, key).await {
+                Err(Failure::Redirect(addr)) => {
+                    let fresh = Conn::connect(self.proto, &addr, self.client_id).await?;
+                    // Keep the session's numbering: the same client, a new connection.
+                    let (seq, frame_id) = (self.seq, self.frame_id);
+                    *self = fresh;
+                    self.seq = seq;
+                    self.frame_id = frame_id;
+                }
+                Err(Failure::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Err(format!("still redirected after {REDIRECTS_MAX} tries"))
+    }
+
+    async fn call_once(&mut self, op: Op, key: &[u8]) -> Result<(), Failure> {
         self.wbuf.clear();
         match self.proto {
             Proto::Resp => self.encode_resp(op, key),
@@ -127,14 +169,14 @@ impl Conn {
                 .await
                 .map_err(|e| format!("write: {e}"))?;
             match self.proto {
-                Proto::Resp => self.read_resp().await,
+                Proto::Resp => self.read_resp().await.map_err(Failure::Other),
                 Proto::Native => self.read_native().await,
-                Proto::EtcdHttp => self.read_http().await,
+                Proto::EtcdHttp => self.read_http().await.map_err(Failure::Other),
             }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|_| Failure::Other(format!("no answer within {REQUEST_TIMEOUT:?}")))?
     }
 
     // ----- RESP ----------------------------------------------------------------------------
@@ -214,12 +256,12 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_native(&mut self) -> Result<(), String> {
+    async fn read_native(&mut self) -> Result<(), Failure> {
         loop {
             if self.rbuf.len() >= 4 {
                 let len = u32::from_be_bytes(self.rbuf[..4].try_into().expect("4 bytes")) as usize;
                 if len > FRAME_BYTES_MAX {
-                    return Err(format!("frame of {len} bytes"));
+                    return Err(format!("frame of {len} bytes").into());
                 }
                 if self.rbuf.len() >= 4 + len {
                     self.rbuf.advance(4);
@@ -227,16 +269,22 @@ impl Conn {
                     let reply: ResponseFrame =
                         postcard::from_bytes(&body).map_err(|e| format!("decode: {e}"))?;
                     if reply.id != self.frame_id {
-                        return Err(format!("reply {} to request {}", reply.id, self.frame_id));
+                        return Err(
+                            format!("reply {} to request {}", reply.id, self.frame_id).into()
+                        );
                     }
                     return match reply.body {
                         Response::Applied(b) => match KvResponse::decode(&b) {
-                            Some(KvResponse::Error(e)) => Err(format!("kv error: {e}")),
+                            Some(KvResponse::Error(e)) => Err(format!("kv error: {e}").into()),
                             Some(_) => Ok(()),
                             None => Err("undecodable KvResponse".into()),
                         },
-                        Response::Error(e) => Err(format!("node error: {e:?}")),
-                        other => Err(format!("unexpected reply {other:?}")),
+                        Response::Error(NodeError::NotLeader {
+                            leader_addr: Some(addr),
+                            ..
+                        }) => Err(Failure::Redirect(addr)),
+                        Response::Error(e) => Err(format!("node error: {e:?}").into()),
+                        other => Err(format!("unexpected reply {other:?}").into()),
                     };
                 }
             }
@@ -427,6 +475,8 @@ pub fn base64_into(out: &mut String, bytes: &[u8]) {
 pub struct LoadResult {
     /// Successful operations inside the measured window.
     pub ops: u64,
+    /// Successful operations of the whole run, warm-up included.
+    pub ops_all: u64,
     pub errors: u64,
     pub first_error: Option<String>,
     pub window: Duration,
@@ -441,6 +491,7 @@ impl LoadResult {
 
     fn merge(&mut self, other: LoadResult) {
         self.ops += other.ops;
+        self.ops_all += other.ops_all;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -451,6 +502,7 @@ impl LoadResult {
     fn empty(window: Duration) -> LoadResult {
         LoadResult {
             ops: 0,
+            ops_all: 0,
             errors: 0,
             first_error: None,
             window,
@@ -511,9 +563,10 @@ pub async fn closed_loop(w: &Workload, clients: usize) -> Result<LoadResult, Str
                 match outcome {
                     Ok(()) if measured => {
                         r.ops += 1;
+                        r.ops_all += 1;
                         record(&mut r.hist, end - start);
                     }
-                    Ok(()) => {}
+                    Ok(()) => r.ops_all += 1,
                     Err(e) => {
                         r.errors += 1;
                         r.first_error.get_or_insert(e);
@@ -540,12 +593,20 @@ pub async fn closed_loop(w: &Workload, clients: usize) -> Result<LoadResult, Str
 /// An open-loop run: requests are due at a fixed rate whatever happened to earlier ones, and
 /// latency runs from when a request was *due*, so time spent waiting for a free connection
 /// (queueing) counts. `conns` connections take the next due request when they are free.
-/// Returns the result and the rate achieved.
+pub struct OpenLoopResult {
+    /// Latency from due time to answer.
+    pub load: LoadResult,
+    /// From due time to the request's write: waiting for a free connection, or for the
+    /// generator's own wake-up (on a busy machine), in nanoseconds.
+    pub send_delay: Histogram<u64>,
+    pub achieved_per_s: f64,
+}
+
 pub async fn open_loop(
     w: &Workload,
     rate_per_s: f64,
     conns: usize,
-) -> Result<(LoadResult, f64), String> {
+) -> Result<OpenLoopResult, String> {
     assert!(rate_per_s > 0.0, "open-loop rate must be positive");
     let total_s = (w.warmup + w.duration).as_secs_f64();
     let due_total = (rate_per_s * total_s) as u64;
@@ -565,7 +626,7 @@ pub async fn open_loop(
         let mut rng = Rng::new(w.seed.wrapping_add(c as u64 * 104_729));
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::empty(Duration::ZERO);
-            let mut done = 0u64;
+            let mut delay = histogram();
             loop {
                 let i = next.fetch_add(1, Relaxed);
                 if i >= due_total || r.errors >= ERRORS_MAX {
@@ -577,34 +638,42 @@ pub async fn open_loop(
                     break;
                 }
                 let k = key(rng.below(KEY_SPACE));
+                let sent = Instant::now();
                 let outcome = conn.call(op, &k).await;
                 let end = Instant::now();
                 match outcome {
                     Ok(()) if due >= measure_from => {
                         r.ops += 1;
-                        done += 1;
+                        r.ops_all += 1;
                         record(&mut r.hist, end - due);
+                        record(&mut delay, sent.saturating_duration_since(due));
                     }
-                    Ok(()) => {}
+                    Ok(()) => r.ops_all += 1,
                     Err(e) => {
                         r.errors += 1;
                         r.first_error.get_or_insert(e);
                     }
                 }
             }
-            (r, done)
+            (r, delay)
         }));
     }
     let mut total = LoadResult::empty(w.duration);
+    let mut send_delay = histogram();
     for t in tasks {
-        let (r, _) = t.await.map_err(|e| format!("open-loop task: {e}"))?;
+        let (r, delay) = t.await.map_err(|e| format!("open-loop task: {e}"))?;
         total.merge(r);
+        send_delay.add(&delay).expect("same histogram bounds");
     }
     // Achieved rate: measured completions over the measured window plus whatever time the
     // backlog took to drain beyond it.
     let took = (Instant::now() - measure_from).max(w.duration);
-    let achieved = total.ops as f64 / took.as_secs_f64();
-    Ok((total, achieved))
+    let achieved_per_s = total.ops as f64 / took.as_secs_f64();
+    Ok(OpenLoopResult {
+        load: total,
+        send_delay,
+        achieved_per_s,
+    })
 }
 
 #[cfg(test)]

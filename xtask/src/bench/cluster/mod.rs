@@ -13,8 +13,10 @@
 //!   latency from each request's due time, so queueing is not hidden. All clients talk to the
 //!   leader, in both systems. The generator runs on one thread (a current-thread tokio
 //!   runtime), so at most one of the two cores is the generator's.
-//! - Protocol: RESP for every `cluster_*` row (what redis-benchmark does); one row measures
-//!   the native protocol at 64 clients against it, which is how the choice was made.
+//! - Protocol: the native protocol (raft-client's length-prefixed postcard frames, writes
+//!   with an exactly-once session) for every `cluster_*` row; the `*_resp_*` rows run some
+//!   of the same workloads over RESP (what redis-benchmark does) against them, which is how
+//!   the choice was made: native measured up to 1.8x RESP's throughput here.
 //! - Resources: node CPU seconds per 1,000 operations (utime+stime of the 3 nodes from
 //!   `/proc/<pid>/stat`, before and after each workload); peak RSS of each node (`VmHWM`);
 //!   and the slope of RSS over a longer SET run (`--soak-s`, 60 s by default, off in
@@ -29,6 +31,7 @@ mod etcd;
 mod load;
 mod procs;
 mod restart;
+mod scrape;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,8 +55,14 @@ const OPEN_LOOP_CONNS: usize = 64;
 const OPEN_LOOP_CLIENTS_REF: usize = 64;
 const OPEN_LOOP_RATE_FRACTION: f64 = 0.5;
 const NODES: u64 = 3;
+/// How long the idle nodes' CPU is sampled (the kernel counts in 10 ms ticks).
+const IDLE_SAMPLE: Duration = Duration::from_secs(2);
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const ROWS_PROTO: Proto = Proto::Resp;
+/// The protocol of every `cluster_*` row: raft-client's native frames, which measured
+/// faster than RESP on the same node (see the `*_resp_*` rows of each run).
+const ROWS_PROTO: Proto = Proto::Native;
+/// Workloads also run over RESP, for the comparison rows (`--quick`: the middle one only).
+const RESP_COMPARE: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
 /// RSS samples during the soak run, one per second at most.
 const SOAK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -112,22 +121,40 @@ pub fn prepare() -> Result<(), String> {
     Ok(())
 }
 
-/// One workload's figures: load result and CPU of the servers during it.
+/// One workload's figures: load result, and CPU and counters of the servers during it.
 struct Measured {
     load: LoadResult,
     cpu_s: Option<f64>,
+    /// Increase of each [`scrape::COUNTERS`] entry over the whole run (warm-up included).
+    counters: BTreeMap<&'static str, f64>,
+    /// Operations of the whole run, warm-up included, to divide the counters by.
+    ops_all: u64,
 }
 
 impl Measured {
     fn cpu_s_per_1000_ops(&self) -> Option<f64> {
         self.cpu_s.map(|c| c / self.load.ops as f64 * 1000.0)
     }
+
+    fn per_1000_ops(&self, counter: &str) -> Option<f64> {
+        let v = self.counters.get(counter)?;
+        (self.ops_all > 0).then(|| v / self.ops_all as f64 * 1000.0)
+    }
 }
 
-async fn measure(w: &Workload, clients: usize, pids: &[u32]) -> Result<Measured, String> {
-    let before = cpu_s_sum(pids);
+/// The servers a workload runs against: their PIDs and metrics endpoints.
+struct Servers {
+    pids: Vec<u32>,
+    system: scrape::System,
+    metrics_addrs: Vec<String>,
+}
+
+async fn measure(w: &Workload, clients: usize, servers: &Servers) -> Result<Measured, String> {
+    let before = cpu_s_sum(&servers.pids);
+    let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
     let load = closed_loop(w, clients).await?;
-    let after = cpu_s_sum(pids);
+    let after = cpu_s_sum(&servers.pids);
+    let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
     load.check(&format!(
         "{} {:?} {clients} clients",
         op_name(w.op),
@@ -135,9 +162,19 @@ async fn measure(w: &Workload, clients: usize, pids: &[u32]) -> Result<Measured,
     ))?;
     // The window excludes warm-up but the CPU counters include it: scale to the window.
     let share = w.duration.as_secs_f64() / (w.warmup + w.duration).as_secs_f64();
+    let mut counters = BTreeMap::new();
+    if let (Some(b), Some(a)) = (counters_before, counters_after) {
+        for (k, v) in a {
+            if let Some(old) = b.get(k) {
+                counters.insert(k, v - old);
+            }
+        }
+    }
     Ok(Measured {
-        load,
         cpu_s: before.zip(after).map(|(b, a)| (a - b) * share),
+        counters,
+        ops_all: load.ops_all,
+        load,
     })
 }
 
@@ -247,15 +284,18 @@ fn count_name(n: u64) -> String {
 struct Cluster {
     procs: Procs,
     client_addrs: Vec<String>,
+    http_addrs: Vec<String>,
 }
 
 fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut peers = Vec::new();
     let mut clients = Vec::new();
+    let mut https = Vec::new();
     for _ in 0..NODES {
         peers.push(free_addr().map_err(io)?);
         clients.push(free_addr().map_err(io)?);
+        https.push(free_addr().map_err(io)?);
     }
     let mut procs = Procs::default();
     for id in 1..=NODES {
@@ -265,6 +305,8 @@ fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
             id.to_string(),
             "--data-dir".into(),
             dir.join(format!("node-{id}")).display().to_string(),
+            "--http-addr".into(),
+            https[(id - 1) as usize].to_string(),
         ];
         for peer in 1..=NODES {
             let i = (peer - 1) as usize;
@@ -284,6 +326,7 @@ fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
     Ok(Cluster {
         procs,
         client_addrs: clients.iter().map(|a| a.to_string()).collect(),
+        http_addrs: https.iter().map(|a| a.to_string()).collect(),
     })
 }
 
@@ -328,6 +371,24 @@ async fn run_ours(
     let mut cluster = start_cluster(binary, &ctx.scratch)?;
     let leader = cluster.wait_leader().await?;
     let pids = cluster.procs.pids();
+    let servers = Servers {
+        pids: pids.clone(),
+        system: scrape::System::RaftNode,
+        metrics_addrs: cluster.http_addrs.clone(),
+    };
+    // What the nodes burn with no load (ticks, heartbeats): a floor under the per-op CPU.
+    let before = cpu_s_sum(&pids);
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    if let Some((b, a)) = before.zip(cpu_s_sum(&pids)) {
+        rows.push(
+            Row::new(
+                "cluster_idle_node_cpu_s_per_s",
+                "s/s",
+                (a - b) / IDLE_SAMPLE.as_secs_f64(),
+            )
+            .note("3 nodes summed, no load"),
+        );
+    }
     let workload = |op: Op, proto: Proto, seed: u64| Workload {
         proto,
         op,
@@ -338,7 +399,7 @@ async fn run_ours(
     };
     for op in [Op::Set, Op::Get] {
         for c in CLIENTS {
-            let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &pids).await?;
+            let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
             eprintln!(
                 "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
                 op_name(op),
@@ -350,18 +411,32 @@ async fn run_ours(
         }
     }
 
-    // The native protocol against RESP, same workload.
-    let native = measure(&workload(Op::Set, Proto::Native, 99), 64, &pids).await?;
-    let resp_64 = results.ours[&("set", 64)].load.ops_per_s();
-    rows.push(
-        Row::new(
-            "cluster_set_64_clients_native_protocol_ops_per_s",
-            "ops/s",
-            native.load.ops_per_s(),
-        )
-        .vs("cluster_set_64_clients_ops_per_s", resp_64)
-        .note("raft-client's framing with exactly-once sessions, against RESP"),
-    );
+    // RESP against the native protocol, same workloads: how the rows' protocol was chosen,
+    // and what a Redis client gets.
+    let compare: &[(Op, usize)] = if s.etcd_all {
+        &RESP_COMPARE
+    } else {
+        &RESP_COMPARE[1..2]
+    };
+    for &(op, c) in compare {
+        let m = measure(&workload(op, Proto::Resp, 99 + c as u64), c, &servers).await?;
+        let p = format!("cluster_{}_{c}_clients", op_name(op));
+        let native = &results.ours[&(op_name(op), c)].load;
+        rows.push(
+            Row::new(format!("{p}_resp_ops_per_s"), "ops/s", m.load.ops_per_s())
+                .vs(format!("{p}_ops_per_s"), native.ops_per_s())
+                .note("RESP (redis-benchmark's way) against the native protocol"),
+        );
+        rows.push(
+            Row::new(
+                format!("{p}_resp_latency_us_p50"),
+                "us",
+                us(&m.load.hist, 0.5),
+            )
+            .vs(format!("{p}_latency_us_p50"), us(&native.hist, 0.5)),
+        );
+        cluster.procs.check_alive()?;
+    }
 
     for op in [Op::Set, Op::Get] {
         let reference = results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
@@ -369,22 +444,48 @@ async fn run_ours(
             .ops_per_s();
         let rate = reference * OPEN_LOOP_RATE_FRACTION;
         let w = workload(op, ROWS_PROTO, 4242);
-        let (r, achieved) = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
-        r.check(&format!("open-loop {}", op_name(op)))?;
+        let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        o.load.check(&format!("open-loop {}", op_name(op)))?;
         let p = format!("cluster_{}_open_loop", op_name(op));
         rows.push(
-            Row::new(format!("{p}_rate_ops_per_s"), "ops/s", achieved)
+            Row::new(format!("{p}_rate_ops_per_s"), "ops/s", o.achieved_per_s)
                 .vs(format!("{p}_scheduled_ops_per_s"), rate)
                 .note(format!(
-            "half of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections"
-        )),
+                    "half of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections"
+                )),
         );
         for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
             rows.push(
-                Row::new(format!("{p}_latency_us_{qn}"), "us", us(&r.hist, q))
+                Row::new(format!("{p}_latency_us_{qn}"), "us", us(&o.load.hist, q))
                     .note("from each request's due time"),
             );
         }
+        if let (Some(b), Some(a)) = (counters_before, counters_after) {
+            for counter in ["syncs", "peer_messages"] {
+                if let (Some(x), Some(y), true) =
+                    (b.get(counter), a.get(counter), o.load.ops_all > 0)
+                {
+                    rows.push(
+                        Row::new(
+                            format!("{p}_{counter}_per_1000_ops"),
+                            "count",
+                            (y - x) / o.load.ops_all as f64 * 1000.0,
+                        )
+                        .note("3 nodes summed"),
+                    );
+                }
+            }
+        }
+        rows.push(
+            Row::new(
+                format!("{p}_send_delay_us_p99"),
+                "us",
+                us(&o.send_delay, 0.99),
+            )
+            .note("due time to write: no free connection, or the generator woke late (tokio timers: 1 ms)"),
+        );
         cluster.procs.check_alive()?;
     }
 
@@ -485,7 +586,11 @@ async fn run_etcd(
 ) -> Result<(), String> {
     let mut etcd = etcd::start(binary, &ctx.scratch)?;
     let leader = etcd.wait_leader().await?;
-    let pids = etcd.procs.pids();
+    let servers = Servers {
+        pids: etcd.procs.pids(),
+        system: scrape::System::Etcd,
+        metrics_addrs: etcd.client_addrs.clone(),
+    };
     for op in [Op::Set, Op::Get] {
         for c in CLIENTS {
             if !s.etcd_all && !ETCD_QUICK.contains(&(op, c)) {
@@ -499,7 +604,7 @@ async fn run_etcd(
                 duration: s.duration,
                 seed: c as u64,
             };
-            let m = measure(&w, c, &pids).await?;
+            let m = measure(&w, c, &servers).await?;
             eprintln!(
                 "bench: etcd {} {c} clients: {:.0} ops/s, p50 {:.0} us",
                 op_name(op),
@@ -537,8 +642,15 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
             if let Some(t) = theirs {
                 row = row.vs(format!("{e}_ops_per_s"), t.load.ops_per_s());
             }
+            let mut notes = Vec::new();
             if m.load.errors > 0 {
-                row = row.note(format!("{} requests failed", m.load.errors));
+                notes.push(format!("{} requests failed", m.load.errors));
+            }
+            if let Some(&n) = m.counters.get("elections").filter(|&&n| n > 0.0) {
+                notes.push(format!("{n} elections during the run"));
+            }
+            if !notes.is_empty() {
+                row = row.note(notes.join("; "));
             }
             out.push(row);
             for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
@@ -562,6 +674,22 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
                     out.push(row);
                 }
                 None => out.push(Row::skipped(name, "s", "/proc/<pid>/stat unreadable")),
+            }
+            for (counter, _, etcd_name) in scrape::COUNTERS {
+                if counter == "elections" {
+                    continue;
+                }
+                let Some(v) = m.per_1000_ops(counter) else {
+                    continue;
+                };
+                let mut row = Row::new(format!("{p}_{counter}_per_1000_ops"), "count", v)
+                    .note("3 nodes summed");
+                if let (Some(t), Some(_)) =
+                    (theirs.and_then(|t| t.per_1000_ops(counter)), etcd_name)
+                {
+                    row = row.vs(format!("{e}_{counter}_per_1000_ops"), t);
+                }
+                out.push(row);
             }
         }
     }
