@@ -78,8 +78,8 @@ impl Settings {
     fn of(ctx: &Ctx) -> Settings {
         if ctx.quick {
             Settings {
-                warmup: Duration::from_millis(500),
-                duration: Duration::from_secs(2),
+                warmup: Duration::from_millis(300),
+                duration: Duration::from_millis(1500),
                 soak: ctx.soak.unwrap_or(Duration::ZERO),
                 restart_entries: 100_000,
                 etcd_all: false,
@@ -220,7 +220,13 @@ async fn run_all(
     results: &mut Results,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    eprintln!("bench: cluster: 3 raft-node processes");
+    eprintln!(
+        "bench: cluster: 3 raft-node processes{}",
+        match extra_node_args() {
+            a if a.is_empty() => String::new(),
+            a => format!(" with {}", a.join(" ")),
+        }
+    );
     run_ours(ctx, s, binary, results, rows).await?;
     match find_on_path("etcd") {
         None => {
@@ -313,6 +319,7 @@ fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
             args.push("--peer".into());
             args.push(format!("{peer}={},{}", peers[i], clients[i]));
         }
+        args.extend(extra_node_args());
         procs.0.push(Proc::new(
             format!("raft-node {id}"),
             binary,
@@ -473,7 +480,7 @@ async fn run_ours(
                             "count",
                             (y - x) / o.load.ops_all as f64 * 1000.0,
                         )
-                        .note("3 nodes summed"),
+                        .note(counter_note(counter)),
                     );
                 }
             }
@@ -520,12 +527,17 @@ async fn soak(s: &Settings, w: &Workload, pids: &[u32], rows: &mut Vec<Row>) -> 
         ..w.clone()
     };
     let start = Instant::now();
+    // Two series per node: all resident memory, and the anonymous part alone (heap), which
+    // tells a leak from log segments the page cache has mapped in.
+    let fields = ["VmRSS", "RssAnon"];
     let sampler = async {
-        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); pids.len()];
+        let mut samples: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); pids.len()]; 2];
         while start.elapsed() < s.soak {
-            for (i, &pid) in pids.iter().enumerate() {
-                if let Some(rss) = status_mib(pid, "VmRSS") {
-                    samples[i].push((start.elapsed().as_secs_f64(), rss));
+            for (f, field) in fields.iter().enumerate() {
+                for (i, &pid) in pids.iter().enumerate() {
+                    if let Some(mib) = status_mib(pid, field) {
+                        samples[f][i].push((start.elapsed().as_secs_f64(), mib));
+                    }
                 }
             }
             tokio::time::sleep(SOAK_SAMPLE_INTERVAL).await;
@@ -536,33 +548,60 @@ async fn soak(s: &Settings, w: &Workload, pids: &[u32], rows: &mut Vec<Row>) -> 
     let load = load?;
     load.check("soak")?;
     let half = s.soak.as_secs_f64() / 2.0;
-    let mut worst: Option<f64> = None;
-    let mut notes = Vec::new();
-    for (i, node) in samples.iter().enumerate() {
-        let tail: Vec<(f64, f64)> = node.iter().copied().filter(|(t, _)| *t >= half).collect();
-        if let (Some(slope), Some(first), Some(last)) = (slope(&tail), node.first(), node.last()) {
-            let per_min = slope * 60.0;
-            worst = Some(worst.map_or(per_min, |w: f64| w.max(per_min)));
-            notes.push(format!(
-                "node{} {:.0}->{:.0} MiB ({:+.2}/min)",
-                i + 1,
-                first.1,
-                last.1,
-                per_min
-            ));
+    for (f, name) in [
+        "cluster_soak_rss_growth_MiB_per_min",
+        "cluster_soak_rss_anon_growth_MiB_per_min",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut worst: Option<f64> = None;
+        let mut notes = Vec::new();
+        for (i, node) in samples[f].iter().enumerate() {
+            let tail: Vec<(f64, f64)> = node.iter().copied().filter(|(t, _)| *t >= half).collect();
+            if let (Some(slope), Some(first), Some(last)) =
+                (slope(&tail), node.first(), node.last())
+            {
+                let per_min = slope * 60.0;
+                worst = Some(worst.map_or(per_min, |w: f64| w.max(per_min)));
+                notes.push(format!(
+                    "node{} {:.0}->{:.0} MiB ({:+.2}/min)",
+                    i + 1,
+                    first.1,
+                    last.1,
+                    per_min
+                ));
+            }
+        }
+        match worst {
+            Some(v) => rows.push(Row::new(name, "MiB/min", v).note(format!(
+                "{}, largest of 3 nodes, SET 64 clients for {} s at {:.0} ops/s, slope over the second half; {}",
+                fields[f],
+                s.soak.as_secs(),
+                load.ops_per_s(),
+                notes.join(", ")
+            ))),
+            None => rows.push(Row::skipped(name, "MiB/min", "too few samples")),
         }
     }
-    let name = "cluster_soak_rss_growth_MiB_per_min";
-    match worst {
-        Some(v) => rows.push(Row::new(name, "MiB/min", v).note(format!(
-            "largest of 3 nodes, SET 64 clients for {} s at {:.0} ops/s, slope over the second half; {}",
-            s.soak.as_secs(),
-            load.ops_per_s(),
-            notes.join(", ")
-        ))),
-        None => rows.push(Row::skipped(name, "MiB/min", "too few RSS samples")),
-    }
     Ok(())
+}
+
+fn counter_note(counter: &str) -> &'static str {
+    match counter {
+        // raft_syncs_total counts completions of the sync thread; raft-log skips the
+        // fdatasync of a job that finds nothing dirty, but the hand-off costs two wake-ups.
+        "syncs" => "sync jobs (raft_syncs_total), 3 nodes summed; a job with nothing dirty does no fdatasync",
+        _ => "3 nodes summed",
+    }
+}
+
+/// `XTASK_BENCH_NODE_ARGS`: extra `raft-node run` flags for the 3-node cluster (split on
+/// whitespace), to measure another configuration, e.g. `--snapshot-entries-max 1000000000`.
+fn extra_node_args() -> Vec<String> {
+    std::env::var("XTASK_BENCH_NODE_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// Least-squares slope of y over x.
@@ -683,7 +722,7 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
                     continue;
                 };
                 let mut row = Row::new(format!("{p}_{counter}_per_1000_ops"), "count", v)
-                    .note("3 nodes summed");
+                    .note(counter_note(counter));
                 if let (Some(t), Some(_)) =
                     (theirs.and_then(|t| t.per_1000_ops(counter)), etcd_name)
                 {
