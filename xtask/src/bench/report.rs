@@ -226,6 +226,7 @@ pub fn markdown(machine: &str, rows: &[Row]) -> String {
             )),
         }
     }
+    md.push_str(&cluster_table(rows));
     md.push_str("\n| name | value | unit | baseline | baseline value | ratio | note |\n");
     md.push_str("|---|---|---|---|---|---|---|\n");
     for r in rows {
@@ -247,6 +248,48 @@ pub fn markdown(machine: &str, rows: &[Row]) -> String {
         ));
     }
     md
+}
+
+/// The end-to-end workloads side by side with etcd's, one line each.
+fn cluster_table(rows: &[Row]) -> String {
+    let get = |name: &str| rows.iter().find(|r| r.name == name).and_then(|r| r.value);
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), fmt_num);
+    let mut md = String::from(
+        "\n| workload | ops/s | p50 us | p99 us | p999 us | node CPU s per 1,000 ops | etcd ops/s | etcd p50 us | etcd CPU s per 1,000 ops | ops/s ours/etcd |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for (op, what) in [("set", "SET"), ("get", "linearizable GET")] {
+        for c in [1, 16, 64, 256] {
+            let p = format!("cluster_{op}_{c}_clients");
+            let e = format!("etcd_{op}_{c}_clients");
+            let ours = get(&format!("{p}_ops_per_s"));
+            if ours.is_none() {
+                continue;
+            }
+            any = true;
+            let theirs = get(&format!("{e}_ops_per_s"));
+            md.push_str(&format!(
+                "| {what}, {c} client{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                if c == 1 { "" } else { "s" },
+                cell(ours),
+                cell(get(&format!("{p}_latency_us_p50"))),
+                cell(get(&format!("{p}_latency_us_p99"))),
+                cell(get(&format!("{p}_latency_us_p999"))),
+                cell(get(&format!("{p}_node_cpu_s_per_1000_ops"))),
+                cell(theirs),
+                cell(get(&format!("{e}_latency_us_p50"))),
+                cell(get(&format!("{e}_cpu_s_per_1000_ops"))),
+                ours.zip(theirs)
+                    .filter(|(_, t)| *t > 0.0)
+                    .map_or_else(|| "-".to_string(), |(o, t)| format!("{:.2}", o / t)),
+            ));
+        }
+    }
+    if any {
+        md
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]
