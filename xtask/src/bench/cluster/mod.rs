@@ -717,7 +717,7 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
                 None => out.push(Row::skipped(name, "s", "/proc/<pid>/stat unreadable")),
             }
             for (counter, _, etcd_name) in scrape::COUNTERS {
-                if counter == "elections" {
+                if !["syncs", "peer_messages"].contains(&counter) {
                     continue;
                 }
                 let Some(v) = m.per_1000_ops(counter) else {
@@ -732,6 +732,38 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
                 }
                 out.push(row);
             }
+        }
+    }
+    // Where a write's time goes, from the nodes' own histograms (means over the run): the
+    // sync thread's sync, and the leader's proposal-to-apply; the client sees the rest as
+    // hops between client, runtime and peers.
+    for c in CLIENTS {
+        let Some(m) = r.ours.get(&("set", c)) else {
+            continue;
+        };
+        let p = format!("cluster_set_{c}_clients");
+        let mean_us = |sum: &str, count: &str, m: &Measured| {
+            let (s, n) = (m.counters.get(sum)?, m.counters.get(count)?);
+            (*n > 0.0).then(|| s / n * 1e6)
+        };
+        if let Some(v) = mean_us("sync_s", "syncs", m) {
+            let mut row = Row::new(format!("{p}_sync_us_mean"), "us", v)
+                .note("raft_fsync_latency_seconds, mean of the 3 nodes' sync jobs");
+            if let Some(t) = r
+                .etcd
+                .get(&("set", c))
+                .and_then(|t| mean_us("sync_s", "syncs", t))
+            {
+                row = row.vs(format!("etcd_set_{c}_clients_wal_fsync_us_mean"), t);
+            }
+            out.push(row);
+        }
+        if let Some(v) = mean_us("proposal_s", "proposals", m) {
+            out.push(
+                Row::new(format!("{p}_leader_propose_to_apply_us_mean"), "us", v)
+                    .vs(format!("{p}_latency_us_mean"), m.load.hist.mean() / 1000.0)
+                    .note("raft_proposal_latency_seconds on the leader, against the client's mean latency"),
+            );
         }
     }
     // Target rows: the ratios, stated where a reader looks for them.

@@ -13,7 +13,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a row calls a counter, and its name in each system's `/metrics`.
 /// etcd counts peer traffic in bytes only, so it has no peer-message counter.
-pub const COUNTERS: [(&str, &str, Option<&str>); 3] = [
+pub const COUNTERS: [(&str, &str, Option<&str>); 6] = [
     (
         "syncs",
         "raft_syncs_total",
@@ -25,6 +25,13 @@ pub const COUNTERS: [(&str, &str, Option<&str>); 3] = [
         "raft_elections_total",
         Some("etcd_server_leader_changes_seen_total"),
     ),
+    (
+        "sync_s",
+        "raft_fsync_latency_seconds_sum",
+        Some("etcd_disk_wal_fsync_duration_seconds_sum"),
+    ),
+    ("proposal_s", "raft_proposal_latency_seconds_sum", None),
+    ("proposals", "raft_proposal_latency_seconds_count", None),
 ];
 
 #[derive(Clone, Copy)]
