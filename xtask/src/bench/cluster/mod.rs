@@ -454,8 +454,41 @@ async fn run_ours(
         let rate = reference * OPEN_LOOP_RATE_FRACTION;
         let w = workload(op, ROWS_PROTO, 4242);
         let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        let cpu_before = cpu_s_sum(&servers.pids);
+        let own = std::process::id();
+        let (own_before, wall) = (procs::cpu_s(own), Instant::now());
         let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        let cpu_after = cpu_s_sum(&servers.pids);
+        if let (Some(b), Some(a)) = (own_before, procs::cpu_s(own)) {
+            // A generator near one full core is itself the bottleneck of an open-loop run.
+            rows.push(
+                Row::new(
+                    format!("cluster_{}_open_loop_generator_cpu_cores", op_name(op)),
+                    "cores",
+                    (a - b) / wall.elapsed().as_secs_f64(),
+                )
+                .note("this process (one runtime thread) during the run; 1.0 = saturated"),
+            );
+        }
         let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        if let (Some(b), Some(a), true) = (cpu_before, cpu_after, o.load.ops_all > 0) {
+            // Whole run over all its operations: requests that arrive spread out are batched
+            // less than a closed loop's bursts, and this shows what that costs.
+            rows.push(
+                Row::new(
+                    format!("cluster_{}_open_loop_node_cpu_s_per_1000_ops", op_name(op)),
+                    "s",
+                    (a - b) / o.load.ops_all as f64 * 1000.0,
+                )
+                .vs(
+                    format!("cluster_{}_64_clients_node_cpu_s_per_1000_ops", op_name(op)),
+                    results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
+                        .cpu_s_per_1000_ops()
+                        .unwrap_or(f64::NAN),
+                )
+                .note("3 nodes summed"),
+            );
+        }
         o.load.check(&format!("open-loop {}", op_name(op)))?;
         let p = format!("cluster_{}_open_loop", op_name(op));
         rows.push(
