@@ -23,6 +23,11 @@
 //!   `/proc/<pid>/stat`, before and after each workload); peak RSS of each node (`VmHWM`);
 //!   and the slope of RSS over a longer SET run (`--soak-s`, 60 s by default, off in
 //!   `--quick`), fitted over its second half.
+//! - Counters ([`scrape`]): each server's `/metrics` before and after each workload: log
+//!   syncs and peer messages per 1,000 operations, elections during a run, the mean sync and
+//!   the leader's mean proposal-to-apply time (where a write's time goes).
+//! - `XTASK_BENCH_NODE_ARGS="--flag value ..."` adds `raft-node run` flags to the 3 nodes, to
+//!   measure another configuration with the same workloads.
 //! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
 //!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
 //!   figure of the same workload as its baseline.
