@@ -3,7 +3,8 @@
 //!   replay one seed, `--steps S` fault steps per seed, `--threads T`);
 //! - `chaos`: real `raft-node` processes under faults, with a linearizability check
 //!   (`--nodes N`, `--duration 60s`, `--seed S`, `--clients C`, `--keys K`, `--no-build`);
-//! - `bench`: the system against the hardware's limits (`--quick`: under 2 minutes); see
+//! - `bench`: the system against the hardware's limits (`--quick`: under 2 minutes;
+//!   `--only baseline,core,log,net,cluster`; `--soak-s N` for the RSS-growth run); see
 //!   `bench/mod.rs`.
 
 mod bench;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
             eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
-            eprintln!("       cargo xtask bench [--quick]");
+            eprintln!("       cargo xtask bench [--quick] [--only SECTION,...] [--soak-s N]");
             ExitCode::from(2)
         }
     }

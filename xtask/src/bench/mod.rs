@@ -5,7 +5,8 @@
 //! - [`core`]: 3 `RawNode`s on tokio tasks, in memory, closed-loop clients;
 //! - [`log`]: raft-log append+sync beside raw pwrite+fdatasync of the same bytes;
 //! - [`net`]: raft-net throughput and round trip beside raw TCP;
-//! - [`cluster`]: the end-to-end and etcd rows, skipped until `raft-node` exists.
+//! - [`cluster`]: 3 `raft-node` processes end to end, the same workloads against etcd, and
+//!   a node's restart time.
 //!
 //! Every figure is one [`report::Row`], printed as a table and written to
 //! `target/bench/report.json`. Scratch files live in `target/bench/tmp-<pid>` (the project's
@@ -33,6 +34,8 @@ pub struct Ctx {
     pub scratch: PathBuf,
     /// `--only a,b`: run just these sections (for profiling one of them).
     pub only: Option<Vec<String>>,
+    /// `--soak-s N`: length of the cluster's RSS-growth run (default 60 s, none in --quick).
+    pub soak: Option<Duration>,
 }
 
 impl Ctx {
@@ -55,15 +58,19 @@ impl Ctx {
 /// Size of the raw baseline file: room for the largest batch (16 KiB x 1024 entries).
 const RAW_FILE_BYTES: u64 = 64 << 20;
 
+/// The longest RSS-growth run `--soak-s` accepts (an hour): every load loop is bounded.
+const SOAK_S_MAX: u64 = 3600;
+
 const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
 
 pub fn main(args: &[String]) -> ExitCode {
     let usage = || {
-        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] (sections: {SECTIONS:?})");
+        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] [--soak-s N (<= {SOAK_S_MAX})] (sections: {SECTIONS:?})");
         ExitCode::from(2)
     };
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
+    let mut soak = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -77,6 +84,10 @@ pub fn main(args: &[String]) -> ExitCode {
                     only = Some(list);
                 }
                 None => return usage(),
+            },
+            "--soak-s" => match it.next().and_then(|s| s.parse::<u64>().ok()) {
+                Some(secs) if secs <= SOAK_S_MAX => soak = Some(Duration::from_secs(secs)),
+                _ => return usage(),
             },
             _ => return usage(),
         }
@@ -93,8 +104,10 @@ pub fn main(args: &[String]) -> ExitCode {
         quick,
         scratch: scratch.path().to_owned(),
         only,
+        soak,
     };
-    print_machine(&ctx);
+    let machine = machine_line(&ctx);
+    println!("machine: {machine}");
     let started = Instant::now();
     let mut rows = Vec::new();
     let outcome = run_all(&ctx, &mut rows);
@@ -112,6 +125,11 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("\nreport: {}", json.display());
+    let md_path = root.join("report.md");
+    match std::fs::write(&md_path, report::markdown(&machine, &rows)) {
+        Ok(()) => println!("markdown (for README's Figures): {}", md_path.display()),
+        Err(e) => eprintln!("xtask bench: cannot write {}: {e}", md_path.display()),
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -123,6 +141,11 @@ pub fn main(args: &[String]) -> ExitCode {
 
 fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     let section = |name: &str| eprintln!("bench: {name}...");
+    if ctx.runs("cluster") {
+        // Before any measurement, so a compile never overlaps one.
+        section("building raft-node (release)");
+        cluster::prepare().map_err(|e| format!("cluster: {e}"))?;
+    }
     let mut raw = None;
     if ctx.runs("baseline") || ctx.runs("log") {
         raw = Some(
@@ -153,13 +176,15 @@ fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_default();
-        rows.extend(cluster::run(&target, baselines.as_ref()));
+        section("cluster: raft-node and etcd end to end");
+        cluster::run(ctx, &target, baselines.as_ref(), rows)
+            .map_err(|e| format!("cluster: {e}"))?;
     }
     Ok(())
 }
 
 /// The machine the figures belong to, for the README's figures section.
-fn print_machine(ctx: &Ctx) {
+fn machine_line(ctx: &Ctx) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -173,11 +198,16 @@ fn print_machine(ctx: &Ctx) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    println!(
-        "machine: {cores} cores, {cpu}; kernel {kernel}; scratch filesystem {}; mode {}",
+    // Load average at the start: a shared machine's figures need it beside them.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{cores} cores, {cpu}; kernel {kernel}; scratch filesystem {}; mode {}; load average {load} at start",
         fs_type(&ctx.scratch),
         if ctx.quick { "--quick" } else { "full" }
-    );
+    )
 }
 
 fn fs_type(path: &std::path::Path) -> String {

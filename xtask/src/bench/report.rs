@@ -139,3 +139,181 @@ pub fn write_json(path: &Path, rows: &[Row]) -> std::io::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path)
 }
+
+/// One of issue 7's targets, checked on a row's ratio.
+struct Target {
+    what: &'static str,
+    /// Rows that can meet it; the best ratio among those present counts.
+    rows: &'static [&'static str],
+    ratio_min: Option<f64>,
+    ratio_max: Option<f64>,
+}
+
+const TARGETS: [Target; 4] = [
+    Target {
+        what: "1-client write latency p50 vs the floor (fdatasync p50 + RTT p50)",
+        rows: &["cluster_set_1_clients_latency_us_p50"],
+        ratio_min: None,
+        ratio_max: Some(2.0),
+    },
+    Target {
+        what: "64-client write throughput vs etcd",
+        rows: &["target_set_64_clients_vs_etcd"],
+        ratio_min: Some(5.0),
+        ratio_max: None,
+    },
+    Target {
+        what: "16-client linearizable read throughput vs etcd",
+        rows: &["target_get_16_clients_vs_etcd"],
+        ratio_min: Some(5.0),
+        ratio_max: None,
+    },
+    Target {
+        what: "core alone, 256 clients, vs 1,000,000 commits/s",
+        rows: &[
+            "core_1worker_256_clients_commits_per_s",
+            "core_2workers_256_clients_commits_per_s",
+        ],
+        ratio_min: Some(1.0),
+        ratio_max: None,
+    },
+];
+
+/// The markdown the README's "Figures" section is made from: the issue's targets, met or
+/// missed, then every row. Written beside report.json so that a rerun regenerates it.
+pub fn markdown(machine: &str, rows: &[Row]) -> String {
+    let mut md = String::new();
+    md.push_str(&format!("Machine: {machine}\n\n"));
+    md.push_str("| target | figure | baseline | ratio | goal | met |\n|---|---|---|---|---|---|\n");
+    for t in &TARGETS {
+        let best = rows
+            .iter()
+            .filter(|r| t.rows.contains(&r.name.as_str()))
+            .filter_map(|r| r.ratio().map(|x| (r, x)))
+            .max_by(|a, b| {
+                let (a, b) = (a.1, b.1);
+                // Lower is better for an upper bound.
+                if t.ratio_max.is_some() {
+                    b.total_cmp(&a)
+                } else {
+                    a.total_cmp(&b)
+                }
+            });
+        let goal = match (t.ratio_min, t.ratio_max) {
+            (Some(m), _) => format!(">= {m}"),
+            (_, Some(m)) => format!("<= {m}"),
+            _ => "-".into(),
+        };
+        match best {
+            Some((r, x)) => {
+                let met = t.ratio_min.is_none_or(|m| x >= m) && t.ratio_max.is_none_or(|m| x <= m);
+                let (bn, bv) = r.baseline.clone().unwrap_or_default();
+                md.push_str(&format!(
+                    "| {} | {} {} | {} {} | {:.2} | {} | {} |\n",
+                    t.what,
+                    fmt_num(r.value.unwrap_or(f64::NAN)),
+                    r.unit,
+                    bn,
+                    fmt_num(bv),
+                    x,
+                    goal,
+                    if met { "yes" } else { "no" }
+                ));
+            }
+            None => md.push_str(&format!(
+                "| {} | not measured | - | - | {goal} | - |\n",
+                t.what
+            )),
+        }
+    }
+    md.push_str(&cluster_table(rows));
+    md.push_str("\n| name | value | unit | baseline | baseline value | ratio | note |\n");
+    md.push_str("|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let (bn, bv) = r
+            .baseline
+            .as_ref()
+            .map_or(("".to_string(), "".to_string()), |(n, v)| {
+                (n.clone(), fmt_num(*v))
+            });
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.value.map_or_else(|| "skipped".into(), fmt_num),
+            r.unit,
+            bn,
+            bv,
+            r.ratio().map_or_else(String::new, |x| format!("{x:.3}")),
+            r.note.as_deref().unwrap_or("").replace('|', "/")
+        ));
+    }
+    md
+}
+
+/// The end-to-end workloads side by side with etcd's, one line each.
+fn cluster_table(rows: &[Row]) -> String {
+    let get = |name: &str| rows.iter().find(|r| r.name == name).and_then(|r| r.value);
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), fmt_num);
+    let mut md = String::from(
+        "\n| workload | ops/s | p50 us | p99 us | p999 us | node CPU s per 1,000 ops | etcd ops/s | etcd p50 us | etcd CPU s per 1,000 ops | ops/s ours/etcd |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for (op, what) in [("set", "SET"), ("get", "linearizable GET")] {
+        for c in [1, 16, 64, 256] {
+            let p = format!("cluster_{op}_{c}_clients");
+            let e = format!("etcd_{op}_{c}_clients");
+            let ours = get(&format!("{p}_ops_per_s"));
+            if ours.is_none() {
+                continue;
+            }
+            any = true;
+            let theirs = get(&format!("{e}_ops_per_s"));
+            md.push_str(&format!(
+                "| {what}, {c} client{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                if c == 1 { "" } else { "s" },
+                cell(ours),
+                cell(get(&format!("{p}_latency_us_p50"))),
+                cell(get(&format!("{p}_latency_us_p99"))),
+                cell(get(&format!("{p}_latency_us_p999"))),
+                cell(get(&format!("{p}_node_cpu_s_per_1000_ops"))),
+                cell(theirs),
+                cell(get(&format!("{e}_latency_us_p50"))),
+                cell(get(&format!("{e}_cpu_s_per_1000_ops"))),
+                ours.zip(theirs)
+                    .filter(|(_, t)| *t > 0.0)
+                    .map_or_else(|| "-".to_string(), |(o, t)| format!("{:.2}", o / t)),
+            ));
+        }
+    }
+    if any {
+        md
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_judges_targets_on_ratios() {
+        let rows = vec![
+            Row::new("cluster_set_1_clients_latency_us_p50", "us", 300.0)
+                .vs("floor_commit_us", 200.0),
+            Row::new("target_set_64_clients_vs_etcd", "ops/s", 40_000.0).vs("etcd", 10_000.0),
+            Row::skipped("target_get_16_clients_vs_etcd", "ops/s", "no etcd"),
+        ];
+        let md = markdown("test machine", &rows);
+        assert!(md.contains("| 1-client write latency p50 vs the floor (fdatasync p50 + RTT p50) | 300.0 us | floor_commit_us 200.0 | 1.50 | <= 2 | yes |"), "{md}");
+        assert!(md.contains("| 4.00 | >= 5 | no |"), "{md}");
+        assert!(
+            md.contains("| 16-client linearizable read throughput vs etcd | not measured |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| target_get_16_clients_vs_etcd | skipped | ops/s |  |  |  | no etcd |"),
+            "{md}"
+        );
+    }
+}

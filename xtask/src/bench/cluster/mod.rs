@@ -1,0 +1,861 @@
+//! The end-to-end measurements of issue 7: a real 3-node cluster on loopback with real
+//! fsync, driven by this process as the load generator, and the same workloads against a
+//! 3-member etcd when `etcd` is on PATH.
+//!
+//! - Nodes: `target/release/raft-node` (built by [`prepare`]), 3 processes on 127.0.0.1
+//!   ephemeral ports, data under the run's scratch dir, killed by PID on every exit path
+//!   ([`procs::Procs`] kills on drop, also when a panic unwinds; `PR_SET_PDEATHSIG` covers a
+//!   bench that is itself killed).
+//! - Load ([`load`]): closed-loop clients at [`CLIENTS`], each one connection with one
+//!   request outstanding, doing SET of 16-byte keys (100,000-key space) and 100-byte values,
+//!   then linearizable GETs, each for a fixed time after a warm-up; latency from write to
+//!   answer in hdrhistogram. Then an open-loop run of each at half the 64-client throughput,
+//!   latency from each request's due time, so queueing is not hidden. All clients talk to the
+//!   leader, in both systems. The generator runs on one thread (a current-thread tokio
+//!   runtime), so at most one of the two cores is the generator's.
+//! - Protocol: the native protocol (raft-client's length-prefixed postcard frames, writes
+//!   with an exactly-once session) for every `cluster_*` row; the `*_resp_*` rows run some
+//!   of the same workloads over RESP (what redis-benchmark does) against them, which is how
+//!   the choice was made: RESP reached 0.43-0.90x native's SET throughput at 64 clients and
+//!   0.49x its GET throughput at 16 in most runs here (though not in every one: the
+//!   shared machine moves both).
+//! - Resources: node CPU seconds per 1,000 operations (utime+stime of the 3 nodes from
+//!   `/proc/<pid>/stat`, before and after each workload); peak RSS of each node (`VmHWM`);
+//!   and the slope of RSS over a longer SET run (`--soak-s`, 60 s by default, off in
+//!   `--quick`), fitted over its second half.
+//! - Counters ([`scrape`]): each server's `/metrics` before and after each workload: log
+//!   syncs and peer messages per 1,000 operations, elections during a run, the mean sync and
+//!   the leader's mean proposal-to-apply time (where a write's time goes).
+//! - `XTASK_BENCH_NODE_ARGS="--flag value ..."` adds `raft-node run` flags to the 3 nodes, to
+//!   measure another configuration with the same workloads.
+//! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
+//!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
+//!   figure of the same workload as its baseline.
+//! - Restart ([`restart`]): a node holding 1M entries (100k in `--quick`), by full replay
+//!   and from a snapshot.
+
+mod etcd;
+mod load;
+mod procs;
+mod restart;
+mod scrape;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use self::load::{closed_loop, open_loop, LoadResult, Op, Proto, Workload};
+use self::procs::{cpu_s_sum, find_on_path, free_addr, status_mib, Proc, Procs};
+use super::report::Row;
+use super::util::us;
+use super::{Baselines, Ctx};
+
+/// Concurrent clients of the end-to-end workloads.
+pub const CLIENTS: [usize; 4] = [1, 16, 64, 256];
+/// The workloads `--quick` runs against etcd: the ones the issue's targets name.
+const ETCD_QUICK: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
+/// Connections of the open-loop runs; the rate is half of what 64 closed-loop clients did.
+const OPEN_LOOP_CONNS: usize = 64;
+const OPEN_LOOP_CLIENTS_REF: usize = 64;
+const OPEN_LOOP_RATE_FRACTION: f64 = 0.5;
+const NODES: u64 = 3;
+/// How long the idle nodes' CPU is sampled (the kernel counts in 10 ms ticks).
+const IDLE_SAMPLE: Duration = Duration::from_secs(2);
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The protocol of every `cluster_*` row: raft-client's native frames, which measured
+/// faster than RESP on the same node in most runs (see the `*_resp_*` rows of each run).
+const ROWS_PROTO: Proto = Proto::Native;
+/// Workloads also run over RESP, for the comparison rows (`--quick`: the middle one only).
+const RESP_COMPARE: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
+/// RSS samples during the soak run, one per second at most.
+const SOAK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Settings {
+    warmup: Duration,
+    duration: Duration,
+    soak: Duration,
+    restart_entries: u64,
+    etcd_all: bool,
+}
+
+impl Settings {
+    fn of(ctx: &Ctx) -> Settings {
+        if ctx.quick {
+            Settings {
+                warmup: Duration::from_millis(300),
+                duration: Duration::from_millis(1500),
+                soak: ctx.soak.unwrap_or(Duration::ZERO),
+                restart_entries: 100_000,
+                etcd_all: false,
+            }
+        } else {
+            Settings {
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(10),
+                soak: ctx.soak.unwrap_or(Duration::from_secs(60)),
+                restart_entries: 1_000_000,
+                etcd_all: true,
+            }
+        }
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Set => "set",
+        Op::Get => "get",
+    }
+}
+
+fn node_binary(workspace_target: &Path) -> PathBuf {
+    workspace_target.join("release").join("raft-node")
+}
+
+/// Builds the node binary (a no-op when it is fresh), so the cluster rows never measure a
+/// stale build. Run before any section, so a compile does not land in the middle of the
+/// measurements.
+pub fn prepare() -> Result<(), String> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "raft-node"])
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release -p raft-node failed".into());
+    }
+    Ok(())
+}
+
+/// One workload's figures: load result, and CPU and counters of the servers during it.
+struct Measured {
+    load: LoadResult,
+    cpu_s: Option<f64>,
+    /// Increase of each [`scrape::COUNTERS`] entry over the whole run (warm-up included).
+    counters: BTreeMap<&'static str, f64>,
+    /// Operations of the whole run, warm-up included, to divide the counters by.
+    ops_all: u64,
+}
+
+impl Measured {
+    fn cpu_s_per_1000_ops(&self) -> Option<f64> {
+        self.cpu_s.map(|c| c / self.load.ops as f64 * 1000.0)
+    }
+
+    fn per_1000_ops(&self, counter: &str) -> Option<f64> {
+        let v = self.counters.get(counter)?;
+        (self.ops_all > 0).then(|| v / self.ops_all as f64 * 1000.0)
+    }
+}
+
+/// The servers a workload runs against: their PIDs and metrics endpoints.
+struct Servers {
+    pids: Vec<u32>,
+    system: scrape::System,
+    metrics_addrs: Vec<String>,
+}
+
+async fn measure(w: &Workload, clients: usize, servers: &Servers) -> Result<Measured, String> {
+    let before = cpu_s_sum(&servers.pids);
+    let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
+    let load = closed_loop(w, clients).await?;
+    let after = cpu_s_sum(&servers.pids);
+    let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
+    load.check(&format!(
+        "{} {:?} {clients} clients",
+        op_name(w.op),
+        w.proto
+    ))?;
+    // The window excludes warm-up but the CPU counters include it: scale to the window.
+    let share = w.duration.as_secs_f64() / (w.warmup + w.duration).as_secs_f64();
+    let mut counters = BTreeMap::new();
+    if let (Some(b), Some(a)) = (counters_before, counters_after) {
+        for (k, v) in a {
+            if let Some(old) = b.get(k) {
+                counters.insert(k, v - old);
+            }
+        }
+    }
+    Ok(Measured {
+        cpu_s: before.zip(after).map(|(b, a)| (a - b) * share),
+        counters,
+        ops_all: load.ops_all,
+        load,
+    })
+}
+
+/// Everything the section measured, turned into rows at the end so that each of ours can
+/// carry the etcd figure of the same workload.
+#[derive(Default)]
+struct Results {
+    ours: BTreeMap<(&'static str, usize), Measured>,
+    etcd: BTreeMap<(&'static str, usize), Measured>,
+    etcd_why: Option<String>,
+    etcd_version: Option<String>,
+}
+
+pub fn run(
+    ctx: &Ctx,
+    workspace_target: &Path,
+    baselines: Option<&Baselines>,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let binary = node_binary(workspace_target);
+    if !binary.is_file() {
+        return Err(format!("{} missing after the build", binary.display()));
+    }
+    let settings = Settings::of(ctx);
+    // One thread: the generator gets at most one core, and never fights its own workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let mut results = Results::default();
+    let mut extra = Vec::new();
+    // Processes are spawned inside `block_on`, i.e. on this thread, which outlives them.
+    let outcome = rt.block_on(run_all(ctx, &settings, &binary, &mut results, &mut extra));
+    push_rows(&settings, baselines, &results, rows);
+    rows.extend(extra);
+    outcome
+}
+
+async fn run_all(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    eprintln!(
+        "bench: cluster: 3 raft-node processes{}",
+        match extra_node_args() {
+            a if a.is_empty() => String::new(),
+            a => format!(" with {}", a.join(" ")),
+        }
+    );
+    run_ours(ctx, s, binary, results, rows).await?;
+    match find_on_path("etcd") {
+        None => {
+            results.etcd_why =
+                Some("skipped: etcd not on PATH (Debian: apt-get install etcd-server)".into());
+        }
+        Some(etcd_bin) => {
+            eprintln!("bench: cluster: 3 etcd members");
+            results.etcd_version = Some(etcd::version(&etcd_bin));
+            if let Err(e) = run_etcd(ctx, s, &etcd_bin, results).await {
+                eprintln!("bench: etcd: {e}");
+                results.etcd_why = Some(format!("skipped: etcd run failed: {e}"));
+            }
+        }
+    }
+    eprintln!("bench: cluster: restart with {} entries", s.restart_entries);
+    let name = |what: &str| {
+        format!(
+            "node_restart_{}_entries_{what}_ms",
+            count_name(s.restart_entries)
+        )
+    };
+    match restart::run(binary, &ctx.scratch, s.restart_entries).await {
+        Ok(r) => {
+            rows.push(Row::new(name("replay"), "ms", r.replay_ms).note(format!(
+                "single node, log to index {}, no snapshot; spawn to first linearizable GET, incl. a 30-60 ms election; loaded at {:.0} entries/s",
+                r.log_last_index, r.load_entries_per_s
+            )));
+            rows.push(
+                Row::new(name("from_snapshot"), "ms", r.snapshot_ms)
+                    .vs(name("replay"), r.replay_ms)
+                    .note(format!(
+                        "snapshot plus a tail of {} entries",
+                        r.snapshot_tail_entries
+                    )),
+            );
+        }
+        Err(e) => {
+            rows.push(Row::skipped(name("replay"), "ms", format!("failed: {e}")));
+            rows.push(Row::skipped(
+                name("from_snapshot"),
+                "ms",
+                format!("failed: {e}"),
+            ));
+            return Err(format!("restart: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn count_name(n: u64) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+struct Cluster {
+    procs: Procs,
+    client_addrs: Vec<String>,
+    http_addrs: Vec<String>,
+}
+
+fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut peers = Vec::new();
+    let mut clients = Vec::new();
+    let mut https = Vec::new();
+    for _ in 0..NODES {
+        peers.push(free_addr().map_err(io)?);
+        clients.push(free_addr().map_err(io)?);
+        https.push(free_addr().map_err(io)?);
+    }
+    let mut procs = Procs::default();
+    for id in 1..=NODES {
+        let mut args = vec![
+            "run".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.join(format!("node-{id}")).display().to_string(),
+            "--http-addr".into(),
+            https[(id - 1) as usize].to_string(),
+        ];
+        for peer in 1..=NODES {
+            let i = (peer - 1) as usize;
+            args.push("--peer".into());
+            args.push(format!("{peer}={},{}", peers[i], clients[i]));
+        }
+        args.extend(extra_node_args());
+        procs.0.push(Proc::new(
+            format!("raft-node {id}"),
+            binary,
+            args,
+            dir.join(format!("node-{id}.log")),
+        ));
+    }
+    for p in &mut procs.0 {
+        p.start().map_err(|e| format!("starting {}: {e}", p.name))?;
+    }
+    Ok(Cluster {
+        procs,
+        client_addrs: clients.iter().map(|a| a.to_string()).collect(),
+        http_addrs: https.iter().map(|a| a.to_string()).collect(),
+    })
+}
+
+impl Cluster {
+    /// The leader's client address, once every node answers and names the same leader.
+    async fn wait_leader(&mut self) -> Result<String, String> {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            self.procs.check_alive()?;
+            let mut leaders = Vec::new();
+            for addr in &self.client_addrs {
+                let mut config = raft_client::ClientConfig::new([addr.clone()]);
+                config.request_timeout_ms = 500;
+                config.attempt_timeout_ms = 500;
+                config.connect_timeout_ms = 200;
+                if let Ok(st) = raft_client::Client::new(config).status().await {
+                    leaders.push(st.leader);
+                }
+            }
+            if leaders.len() == self.client_addrs.len() {
+                if let Some(Some(l)) = leaders.first() {
+                    if leaders.iter().all(|x| *x == Some(*l)) {
+                        return Ok(self.client_addrs[(*l - 1) as usize].clone());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no leader within {LEADER_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn run_ours(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let mut cluster = start_cluster(binary, &ctx.scratch)?;
+    let leader = cluster.wait_leader().await?;
+    let pids = cluster.procs.pids();
+    let servers = Servers {
+        pids: pids.clone(),
+        system: scrape::System::RaftNode,
+        metrics_addrs: cluster.http_addrs.clone(),
+    };
+    // What the nodes burn with no load (ticks, heartbeats): a floor under the per-op CPU.
+    let before = cpu_s_sum(&pids);
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    if let Some((b, a)) = before.zip(cpu_s_sum(&pids)) {
+        rows.push(
+            Row::new(
+                "cluster_idle_node_cpu_s_per_s",
+                "s/s",
+                (a - b) / IDLE_SAMPLE.as_secs_f64(),
+            )
+            .note("3 nodes summed, no load"),
+        );
+    }
+    let workload = |op: Op, proto: Proto, seed: u64| Workload {
+        proto,
+        op,
+        addr: leader.clone(),
+        warmup: s.warmup,
+        duration: s.duration,
+        seed,
+    };
+    for op in [Op::Set, Op::Get] {
+        for c in CLIENTS {
+            let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
+            eprintln!(
+                "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
+                op_name(op),
+                m.load.ops_per_s(),
+                us(&m.load.hist, 0.5)
+            );
+            results.ours.insert((op_name(op), c), m);
+            cluster.procs.check_alive()?;
+        }
+    }
+
+    // RESP against the native protocol, same workloads: how the rows' protocol was chosen,
+    // and what a Redis client gets.
+    let compare: &[(Op, usize)] = if s.etcd_all {
+        &RESP_COMPARE
+    } else {
+        &RESP_COMPARE[1..2]
+    };
+    for &(op, c) in compare {
+        let m = measure(&workload(op, Proto::Resp, 99 + c as u64), c, &servers).await?;
+        let p = format!("cluster_{}_{c}_clients", op_name(op));
+        let native = &results.ours[&(op_name(op), c)].load;
+        rows.push(
+            Row::new(format!("{p}_resp_ops_per_s"), "ops/s", m.load.ops_per_s())
+                .vs(format!("{p}_ops_per_s"), native.ops_per_s())
+                .note("RESP (redis-benchmark's way) against the native protocol"),
+        );
+        rows.push(
+            Row::new(
+                format!("{p}_resp_latency_us_p50"),
+                "us",
+                us(&m.load.hist, 0.5),
+            )
+            .vs(format!("{p}_latency_us_p50"), us(&native.hist, 0.5)),
+        );
+        cluster.procs.check_alive()?;
+    }
+
+    for op in [Op::Set, Op::Get] {
+        let reference = results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
+            .load
+            .ops_per_s();
+        let rate = reference * OPEN_LOOP_RATE_FRACTION;
+        let w = workload(op, ROWS_PROTO, 4242);
+        let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        let cpu_before = cpu_s_sum(&servers.pids);
+        let own = std::process::id();
+        let (own_before, wall) = (procs::cpu_s(own), Instant::now());
+        let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        let cpu_after = cpu_s_sum(&servers.pids);
+        if let (Some(b), Some(a)) = (own_before, procs::cpu_s(own)) {
+            // A generator near one full core is itself the bottleneck of an open-loop run.
+            rows.push(
+                Row::new(
+                    format!("cluster_{}_open_loop_generator_cpu_cores", op_name(op)),
+                    "cores",
+                    (a - b) / wall.elapsed().as_secs_f64(),
+                )
+                .note("this process (one runtime thread) during the run; 1.0 = saturated"),
+            );
+        }
+        let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
+        if let (Some(b), Some(a), true) = (cpu_before, cpu_after, o.load.ops_all > 0) {
+            // Whole run over all its operations: requests that arrive spread out are batched
+            // less than a closed loop's bursts, and this shows what that costs.
+            rows.push(
+                Row::new(
+                    format!("cluster_{}_open_loop_node_cpu_s_per_1000_ops", op_name(op)),
+                    "s",
+                    (a - b) / o.load.ops_all as f64 * 1000.0,
+                )
+                .vs(
+                    format!("cluster_{}_64_clients_node_cpu_s_per_1000_ops", op_name(op)),
+                    results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
+                        .cpu_s_per_1000_ops()
+                        .unwrap_or(f64::NAN),
+                )
+                .note("3 nodes summed"),
+            );
+        }
+        o.load.check(&format!("open-loop {}", op_name(op)))?;
+        let p = format!("cluster_{}_open_loop", op_name(op));
+        rows.push(
+            Row::new(format!("{p}_rate_ops_per_s"), "ops/s", o.achieved_per_s)
+                .vs(format!("{p}_scheduled_ops_per_s"), rate)
+                .note(format!(
+                    "half of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections"
+                )),
+        );
+        for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+            rows.push(
+                Row::new(format!("{p}_latency_us_{qn}"), "us", us(&o.load.hist, q))
+                    .note("from each request's due time"),
+            );
+        }
+        if let (Some(b), Some(a)) = (counters_before, counters_after) {
+            for counter in ["syncs", "peer_messages"] {
+                if let (Some(x), Some(y), true) =
+                    (b.get(counter), a.get(counter), o.load.ops_all > 0)
+                {
+                    rows.push(
+                        Row::new(
+                            format!("{p}_{counter}_per_1000_ops"),
+                            "count",
+                            (y - x) / o.load.ops_all as f64 * 1000.0,
+                        )
+                        .note(counter_note(counter)),
+                    );
+                }
+            }
+        }
+        rows.push(
+            Row::new(
+                format!("{p}_send_delay_us_p99"),
+                "us",
+                us(&o.send_delay, 0.99),
+            )
+            .note("due time to write: no free connection, or the generator woke late (tokio timers: 1 ms)"),
+        );
+        cluster.procs.check_alive()?;
+    }
+
+    if s.soak > Duration::ZERO {
+        soak(s, &workload(Op::Set, ROWS_PROTO, 777), &pids, rows).await?;
+    } else {
+        rows.push(Row::skipped(
+            "cluster_soak_rss_growth_MiB_per_min",
+            "MiB/min",
+            "skipped in --quick (add --soak-s N to run it)",
+        ));
+    }
+    for (i, &pid) in pids.iter().enumerate() {
+        let name = format!("cluster_node{}_rss_peak_MiB", i + 1);
+        match status_mib(pid, "VmHWM") {
+            Some(v) => rows.push(Row::new(name, "MiB", v)),
+            None => rows.push(Row::skipped(name, "MiB", "VmHWM unreadable")),
+        }
+    }
+    cluster.procs.check_alive()?;
+    Ok(())
+}
+
+/// 64 clients of SET for the soak duration, RSS of each node sampled every second; the
+/// growth is the least-squares slope of each node's RSS over the run's second half (the
+/// first half fills the key space and the log up to its first snapshots).
+async fn soak(s: &Settings, w: &Workload, pids: &[u32], rows: &mut Vec<Row>) -> Result<(), String> {
+    eprintln!("bench: cluster: soak {:?}", s.soak);
+    let w = Workload {
+        warmup: Duration::ZERO,
+        duration: s.soak,
+        ..w.clone()
+    };
+    let start = Instant::now();
+    // Two series per node: all resident memory, and the anonymous part alone (heap), which
+    // tells a leak from log segments the page cache has mapped in.
+    let fields = ["VmRSS", "RssAnon"];
+    let sampler = async {
+        let mut samples: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); pids.len()]; 2];
+        while start.elapsed() < s.soak {
+            for (f, field) in fields.iter().enumerate() {
+                for (i, &pid) in pids.iter().enumerate() {
+                    if let Some(mib) = status_mib(pid, field) {
+                        samples[f][i].push((start.elapsed().as_secs_f64(), mib));
+                    }
+                }
+            }
+            tokio::time::sleep(SOAK_SAMPLE_INTERVAL).await;
+        }
+        samples
+    };
+    let (load, samples) = tokio::join!(closed_loop(&w, 64), sampler);
+    let load = load?;
+    load.check("soak")?;
+    let half = s.soak.as_secs_f64() / 2.0;
+    for (f, name) in [
+        "cluster_soak_rss_growth_MiB_per_min",
+        "cluster_soak_rss_anon_growth_MiB_per_min",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut worst: Option<f64> = None;
+        let mut notes = Vec::new();
+        for (i, node) in samples[f].iter().enumerate() {
+            let tail: Vec<(f64, f64)> = node.iter().copied().filter(|(t, _)| *t >= half).collect();
+            if let (Some(slope), Some(first), Some(last)) =
+                (slope(&tail), node.first(), node.last())
+            {
+                let per_min = slope * 60.0;
+                worst = Some(worst.map_or(per_min, |w: f64| w.max(per_min)));
+                notes.push(format!(
+                    "node{} {:.0}->{:.0} MiB ({:+.2}/min)",
+                    i + 1,
+                    first.1,
+                    last.1,
+                    per_min
+                ));
+            }
+        }
+        match worst {
+            Some(v) => rows.push(Row::new(name, "MiB/min", v).note(format!(
+                "{}, largest of 3 nodes, SET 64 clients for {} s at {:.0} ops/s, slope over the second half; {}",
+                fields[f],
+                s.soak.as_secs(),
+                load.ops_per_s(),
+                notes.join(", ")
+            ))),
+            None => rows.push(Row::skipped(name, "MiB/min", "too few samples")),
+        }
+    }
+    Ok(())
+}
+
+fn counter_note(counter: &str) -> &'static str {
+    match counter {
+        // raft_syncs_total counts completions of the sync thread; raft-log skips the
+        // fdatasync of a job that finds nothing dirty, but the hand-off costs two wake-ups.
+        "syncs" => "sync jobs (raft_syncs_total), 3 nodes summed; a job with nothing dirty does no fdatasync",
+        _ => "3 nodes summed",
+    }
+}
+
+/// `XTASK_BENCH_NODE_ARGS`: extra `raft-node run` flags for the 3-node cluster (split on
+/// whitespace), to measure another configuration, e.g. `--snapshot-entries-max 1000000000`.
+fn extra_node_args() -> Vec<String> {
+    std::env::var("XTASK_BENCH_NODE_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Least-squares slope of y over x.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+async fn run_etcd(
+    ctx: &Ctx,
+    s: &Settings,
+    binary: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let mut etcd = etcd::start(binary, &ctx.scratch)?;
+    let leader = etcd.wait_leader().await?;
+    let servers = Servers {
+        pids: etcd.procs.pids(),
+        system: scrape::System::Etcd,
+        metrics_addrs: etcd.client_addrs.clone(),
+    };
+    for op in [Op::Set, Op::Get] {
+        for c in CLIENTS {
+            if !s.etcd_all && !ETCD_QUICK.contains(&(op, c)) {
+                continue;
+            }
+            let w = Workload {
+                proto: Proto::EtcdHttp,
+                op,
+                addr: leader.clone(),
+                warmup: s.warmup,
+                duration: s.duration,
+                seed: c as u64,
+            };
+            let m = measure(&w, c, &servers).await?;
+            eprintln!(
+                "bench: etcd {} {c} clients: {:.0} ops/s, p50 {:.0} us",
+                op_name(op),
+                m.load.ops_per_s(),
+                us(&m.load.hist, 0.5)
+            );
+            results.etcd.insert((op_name(op), c), m);
+            etcd.procs.check_alive()?;
+        }
+    }
+    Ok(())
+}
+
+fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mut Vec<Row>) {
+    let etcd_note = |what: &str| {
+        r.etcd_why
+            .clone()
+            .unwrap_or_else(|| format!("etcd {what} not run in --quick"))
+    };
+    let mut out = Vec::new();
+    for op in ["set", "get"] {
+        for c in CLIENTS {
+            let p = format!("cluster_{op}_{c}_clients");
+            let e = format!("etcd_{op}_{c}_clients");
+            let Some(m) = r.ours.get(&(op, c)) else {
+                out.push(Row::skipped(
+                    format!("{p}_ops_per_s"),
+                    "ops/s",
+                    "not measured (an earlier step failed)",
+                ));
+                continue;
+            };
+            let theirs = r.etcd.get(&(op, c));
+            let mut row = Row::new(format!("{p}_ops_per_s"), "ops/s", m.load.ops_per_s());
+            if let Some(t) = theirs {
+                row = row.vs(format!("{e}_ops_per_s"), t.load.ops_per_s());
+            }
+            let mut notes = Vec::new();
+            if m.load.errors > 0 {
+                notes.push(format!("{} requests failed", m.load.errors));
+            }
+            if let Some(&n) = m.counters.get("elections").filter(|&&n| n > 0.0) {
+                notes.push(format!("{n} elections during the run"));
+            }
+            if !notes.is_empty() {
+                row = row.note(notes.join("; "));
+            }
+            out.push(row);
+            for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+                let mut row = Row::new(format!("{p}_latency_us_{qn}"), "us", us(&m.load.hist, q));
+                if let (true, Some(b)) = (op == "set" && c == 1 && qn == "p50", baselines) {
+                    row = row
+                        .vs("floor_commit_us", b.floor_commit_us())
+                        .note("target: ratio <= 2");
+                } else if let Some(t) = theirs {
+                    row = row.vs(format!("{e}_latency_us_{qn}"), us(&t.load.hist, q));
+                }
+                out.push(row);
+            }
+            let name = format!("{p}_node_cpu_s_per_1000_ops");
+            match m.cpu_s_per_1000_ops() {
+                Some(v) => {
+                    let mut row = Row::new(name, "s", v).note("3 nodes summed");
+                    if let Some(t) = theirs.and_then(Measured::cpu_s_per_1000_ops) {
+                        row = row.vs(format!("{e}_cpu_s_per_1000_ops"), t);
+                    }
+                    out.push(row);
+                }
+                None => out.push(Row::skipped(name, "s", "/proc/<pid>/stat unreadable")),
+            }
+            for (counter, _, etcd_name) in scrape::COUNTERS {
+                if !["syncs", "peer_messages"].contains(&counter) {
+                    continue;
+                }
+                let Some(v) = m.per_1000_ops(counter) else {
+                    continue;
+                };
+                let mut row = Row::new(format!("{p}_{counter}_per_1000_ops"), "count", v)
+                    .note(counter_note(counter));
+                if let (Some(t), Some(_)) =
+                    (theirs.and_then(|t| t.per_1000_ops(counter)), etcd_name)
+                {
+                    row = row.vs(format!("{e}_{counter}_per_1000_ops"), t);
+                }
+                out.push(row);
+            }
+        }
+    }
+    // Where a write's time goes, from the nodes' own histograms (means over the run): the
+    // sync thread's sync, and the leader's proposal-to-apply; the client sees the rest as
+    // hops between client, runtime and peers.
+    for c in CLIENTS {
+        let Some(m) = r.ours.get(&("set", c)) else {
+            continue;
+        };
+        let p = format!("cluster_set_{c}_clients");
+        let mean_us = |sum: &str, count: &str, m: &Measured| {
+            let (s, n) = (m.counters.get(sum)?, m.counters.get(count)?);
+            (*n > 0.0).then(|| s / n * 1e6)
+        };
+        if let Some(v) = mean_us("sync_s", "syncs", m) {
+            let mut row = Row::new(format!("{p}_sync_us_mean"), "us", v)
+                .note("raft_fsync_latency_seconds, mean of the 3 nodes' sync jobs");
+            if let Some(t) = r
+                .etcd
+                .get(&("set", c))
+                .and_then(|t| mean_us("sync_s", "syncs", t))
+            {
+                row = row.vs(format!("etcd_set_{c}_clients_wal_fsync_us_mean"), t);
+            }
+            out.push(row);
+        }
+        if let Some(v) = mean_us("proposal_s", "proposals", m) {
+            out.push(
+                Row::new(format!("{p}_leader_propose_to_apply_us_mean"), "us", v)
+                    .vs(format!("{p}_latency_us_mean"), m.load.hist.mean() / 1000.0)
+                    .note("raft_proposal_latency_seconds on the leader, against the client's mean latency"),
+            );
+        }
+    }
+    // Target rows: the issue's ratios, stated where a reader looks for them.
+    for (op, c, what) in [("set", 64, "write"), ("get", 16, "linearizable read")] {
+        let name = format!("target_{op}_{c}_clients_vs_etcd");
+        match (r.ours.get(&(op, c)), r.etcd.get(&(op, c))) {
+            (Some(m), Some(t)) => out.push(
+                Row::new(name, "ops/s", m.load.ops_per_s())
+                    .vs(
+                        format!("etcd_{op}_{c}_clients_ops_per_s"),
+                        t.load.ops_per_s(),
+                    )
+                    .note(format!("{what} throughput; target: ratio >= 5")),
+            ),
+            _ => out.push(Row::skipped(name, "ops/s", etcd_note("comparison"))),
+        }
+    }
+    for op in ["set", "get"] {
+        for c in CLIENTS {
+            let e = format!("etcd_{op}_{c}_clients");
+            match r.etcd.get(&(op, c)) {
+                Some(t) => {
+                    let mut row = Row::new(format!("{e}_ops_per_s"), "ops/s", t.load.ops_per_s());
+                    if let Some(v) = &r.etcd_version {
+                        row = row.note(format!("{v}, v3 JSON gateway, keep-alive HTTP/1.1"));
+                    }
+                    out.push(row);
+                    for (q, qn) in [(0.5, "p50"), (0.99, "p99")] {
+                        out.push(Row::new(
+                            format!("{e}_latency_us_{qn}"),
+                            "us",
+                            us(&t.load.hist, q),
+                        ));
+                    }
+                    if let Some(cpu) = t.cpu_s_per_1000_ops() {
+                        out.push(
+                            Row::new(format!("{e}_cpu_s_per_1000_ops"), "s", cpu)
+                                .note("3 members summed"),
+                        );
+                    }
+                }
+                None if s.etcd_all
+                    || ETCD_QUICK.iter().any(|&(o, n)| op_name(o) == op && n == c)
+                    || r.etcd_why.is_some() =>
+                {
+                    out.push(Row::skipped(
+                        format!("{e}_ops_per_s"),
+                        "ops/s",
+                        etcd_note("workload"),
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    rows.extend(out);
+}

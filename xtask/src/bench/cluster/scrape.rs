@@ -1,0 +1,107 @@
+//! Counters from the servers' Prometheus endpoints, summed over the members, read before and
+//! after each workload: how many log syncs and peer messages an operation cost, and whether
+//! an election happened in the middle of a measurement.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REPLY_BYTES_MAX: u64 = 4 << 20;
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a row calls a counter, and its name in each system's `/metrics`.
+/// etcd counts peer traffic in bytes only, so it has no peer-message counter.
+pub const COUNTERS: [(&str, &str, Option<&str>); 6] = [
+    (
+        "syncs",
+        "raft_syncs_total",
+        Some("etcd_disk_wal_fsync_duration_seconds_count"),
+    ),
+    ("peer_messages", "raft_net_messages_sent_total", None),
+    (
+        "elections",
+        "raft_elections_total",
+        Some("etcd_server_leader_changes_seen_total"),
+    ),
+    (
+        "sync_s",
+        "raft_fsync_latency_seconds_sum",
+        Some("etcd_disk_wal_fsync_duration_seconds_sum"),
+    ),
+    ("proposal_s", "raft_proposal_latency_seconds_sum", None),
+    ("proposals", "raft_proposal_latency_seconds_count", None),
+];
+
+#[derive(Clone, Copy)]
+pub enum System {
+    RaftNode,
+    Etcd,
+}
+
+/// Every counter of [`COUNTERS`] that all `addrs` report, summed; `None` if any member did
+/// not answer.
+pub async fn counters(system: System, addrs: &[String]) -> Option<BTreeMap<&'static str, f64>> {
+    let mut sum = BTreeMap::new();
+    for addr in addrs {
+        let text = tokio::time::timeout(SCRAPE_TIMEOUT, get_metrics(addr))
+            .await
+            .ok()??;
+        for (row, ours, etcd) in COUNTERS {
+            let name = match system {
+                System::RaftNode => Some(ours),
+                System::Etcd => etcd,
+            };
+            if let Some(v) = name.and_then(|n| value(&text, n)) {
+                *sum.entry(row).or_insert(0.0) += v;
+            }
+        }
+    }
+    Some(sum)
+}
+
+/// The sum over label sets of one metric in Prometheus text.
+fn value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let v: f64 = rest.rsplit(' ').next()?.trim().parse().ok()?;
+        *found.get_or_insert(0.0) += v;
+    }
+    found
+}
+
+async fn get_metrics(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    (&mut s)
+        .take(REPLY_BYTES_MAX)
+        .read_to_end(&mut buf)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_a_metric_over_its_labels_and_ignores_longer_names() {
+        let text = "# HELP x\nraft_syncs_total 12\nraft_syncs_total_other 99\n\
+                    etcd_x{to=\"a\"} 2\netcd_x{to=\"b\"} 3.5\n";
+        assert_eq!(value(text, "raft_syncs_total"), Some(12.0));
+        assert_eq!(value(text, "etcd_x"), Some(5.5));
+        assert_eq!(value(text, "missing"), None);
+    }
+}
