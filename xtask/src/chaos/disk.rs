@@ -51,6 +51,10 @@ impl Tmpfs {
 
     /// Writes a ballast file until the file system refuses more; returns the bytes written.
     pub fn fill(&self) -> Result<u64, String> {
+        // Never fill the disk under it: the mount may have gone (say, undone by hand).
+        if !is_tmpfs(&self.path) {
+            return Err(format!("{} is no longer a tmpfs", self.path.display()));
+        }
         let path = self.path.join(BALLAST);
         let mut file = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let big = vec![0xA5u8; 1 << 20];
@@ -109,6 +113,19 @@ impl Tmpfs {
         } else {
             Err(format!("cp -a exited with {status}"))
         }
+    }
+}
+
+fn is_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) writes into the zeroed struct we pass; the path is a valid C string.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == TMPFS_MAGIC
     }
 }
 

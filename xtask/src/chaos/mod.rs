@@ -1,18 +1,23 @@
 //! `cargo xtask chaos`: real `raft-node` processes, real disks and sockets, real crashes,
 //! checked the way Jepsen checks databases.
 //!
-//! The tool starts a cluster on 127.0.0.1 whose peer links each pass through a proxy of ours
-//! (one per direction and pair, so a link can be cut one way), runs concurrent clients doing
-//! reads, writes and compare-and-set on a few keys, and injects faults on a schedule drawn from
-//! the seed: SIGKILL and restart, SIGSTOP and SIGCONT, an isolated node, a minority/majority
-//! split, a one-way cut, a bridge, lossy links (connections dropped at random, with what
-//! was in flight on them), and leadership transfers. Every operation's invocation and
-//! completion is recorded; at the end the faults heal, the history (with a final read of every
-//! key) is checked for linearizability per key, acknowledged writes are checked against the
-//! final state, and every replica's copy of every key is compared.
+//! The tool starts a cluster whose peer links it can cut: as root, each node runs in a network
+//! namespace of its own behind a veth pair to a bridge, and links are cut (or made lossy) with
+//! iptables (`netns.rs`); otherwise, or with `--net proxy`, the nodes listen on 127.0.0.1 and
+//! every directed link passes through a proxy of ours. Concurrent clients read, write and
+//! compare-and-set a few keys while faults from a schedule drawn from the seed
+//! (`schedule.rs`) hit the cluster: SIGKILL and restart, SIGSTOP and SIGCONT, an isolated node,
+//! a minority/majority split, a one-way cut, a bridge, lossy links, leadership transfers,
+//! membership changes (remove and re-add; replace with an empty node that joins as a learner
+//! and is promoted) and a full disk on the node whose data directory is a small tmpfs
+//! (`disk.rs`). Every operation's invocation and completion is recorded; at the end the faults
+//! heal, every node is made a voter again, the history (with a final read of every key) is
+//! checked for linearizability per key, acknowledged writes are checked against the final
+//! state, and every replica's copy of every key is compared.
 
 mod disk;
 mod linearizability;
+mod netns;
 mod schedule;
 
 use std::collections::BTreeMap;
@@ -54,6 +59,16 @@ struct Args {
     clients: usize,
     keys: usize,
     build: bool,
+    net: NetMode,
+}
+
+/// How to connect the nodes (`--net`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetMode {
+    /// Network namespaces when root and they can be made, else proxies.
+    Auto,
+    Proxy,
+    Netns,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -64,6 +79,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         clients: 4,
         keys: 4,
         build: true,
+        net: NetMode::Auto,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -85,6 +101,14 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 parsed.duration = Duration::from_secs(secs);
             }
             "--no-build" => parsed.build = false,
+            "--net" => {
+                parsed.net = match value()?.as_str() {
+                    "auto" => NetMode::Auto,
+                    "proxy" => NetMode::Proxy,
+                    "netns" => NetMode::Netns,
+                    other => return Err(format!("--net {other}: give auto, proxy or netns")),
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -103,7 +127,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("xtask chaos: {e}");
-            eprintln!("usage: cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S] [--clients 4] [--keys 4] [--no-build]");
+            eprintln!("usage: cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S] [--clients 4] [--keys 4] [--net auto|proxy|netns] [--no-build]");
             return ExitCode::from(2);
         }
     };
@@ -186,10 +210,101 @@ async fn run_proxy(listener: TcpListener, target: SocketAddr, blocked: watch::Re
     }
 }
 
+/// How the nodes are connected.
+enum Net {
+    /// On 127.0.0.1, every directed link through a proxy of ours: links[(from, to)].
+    Proxy(BTreeMap<(u64, u64), Link>),
+    /// A network namespace per node, links cut with iptables.
+    Netns(netns::Netns),
+}
+
+impl Net {
+    fn describe(&self) -> String {
+        match self {
+            Net::Proxy(_) => "127.0.0.1, a TCP proxy per directed link".into(),
+            Net::Netns(net) => format!(
+                "a network namespace per node ({}), veth pairs to a bridge, iptables",
+                net.namespace(1)
+            ),
+        }
+    }
+}
+
+/// The net, with the address node `from` dials to reach `to` (`peer_addrs[(from, to)]`, also
+/// for `from == to`: its own listening address), the client addresses, and what each node's
+/// command is run under.
+struct Wiring {
+    net: Net,
+    peer_addrs: BTreeMap<(u64, u64), SocketAddr>,
+    client_addrs: BTreeMap<u64, SocketAddr>,
+    prefixes: BTreeMap<u64, Vec<String>>,
+}
+
+async fn wire(mode: NetMode, ids: &[u64]) -> Result<Wiring, String> {
+    if mode != NetMode::Proxy {
+        match netns::Netns::create(ids) {
+            Ok(net) => {
+                let mut peer_addrs = BTreeMap::new();
+                for &from in ids {
+                    for &to in ids {
+                        peer_addrs.insert((from, to), net.peer_addr(to));
+                    }
+                }
+                return Ok(Wiring {
+                    peer_addrs,
+                    client_addrs: ids.iter().map(|&id| (id, net.client_addr(id))).collect(),
+                    prefixes: ids.iter().map(|&id| (id, net.command_prefix(id))).collect(),
+                    net: Net::Netns(net),
+                });
+            }
+            Err(e) if mode == NetMode::Netns => {
+                return Err(format!("network namespaces: {e}"));
+            }
+            Err(e) => {
+                println!("xtask chaos: no network namespaces ({e}); using TCP proxies instead")
+            }
+        }
+    }
+    let mut own_addrs = BTreeMap::new();
+    let mut client_addrs = BTreeMap::new();
+    for &id in ids {
+        own_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
+        client_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
+    }
+    let mut links = BTreeMap::new();
+    let mut peer_addrs = BTreeMap::new();
+    for &from in ids {
+        for &to in ids {
+            if from == to {
+                peer_addrs.insert((from, to), own_addrs[&to]);
+                continue;
+            }
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            peer_addrs.insert(
+                (from, to),
+                listener.local_addr().map_err(|e| e.to_string())?,
+            );
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(run_proxy(listener, own_addrs[&to], rx));
+            links.insert((from, to), Link { blocked: tx });
+        }
+    }
+    Ok(Wiring {
+        net: Net::Proxy(links),
+        peer_addrs,
+        client_addrs,
+        prefixes: BTreeMap::new(),
+    })
+}
+
 // ----- processes ---------------------------------------------------------------------------
 
 struct NodeProc {
     id: u64,
+    /// Program and arguments the node's command runs under (`ip netns exec NS`), if any.
+    prefix: Vec<String>,
     args: Vec<String>,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -206,7 +321,28 @@ impl NodeProc {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = Command::new(binary)
+        let mut command = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        // SAFETY: prctl(2) only, which is async-signal-safe, between fork and exec. The node
+        // dies with the thread that started it (one of xtask's runtime threads, which live as
+        // long as xtask), so a killed xtask leaves no node behind; `ip netns exec` execs the
+        // node in place, and the setting survives exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args(&self.args)
             .args(self.join.then_some("--join"))
             .env("RUST_LOG", "info")
@@ -431,12 +567,12 @@ async fn inject(
             ));
             for other in cluster.ids() {
                 if other != target {
-                    cluster.set_link(target, other, true);
-                    cluster.set_link(other, target, true);
+                    cluster.set_link(target, other, true)?;
+                    cluster.set_link(other, target, true)?;
                 }
             }
             tokio::time::sleep(hold(*hold_ms)).await;
-            cluster.heal_links();
+            cluster.heal_links()?;
         }
         Fault::Split { minority, hold_ms } => {
             timeline.push(format!(
@@ -446,12 +582,12 @@ async fn inject(
             for &a in &ids {
                 for &b in &ids {
                     if minority.contains(&a) != minority.contains(&b) {
-                        cluster.set_link(a, b, true);
+                        cluster.set_link(a, b, true)?;
                     }
                 }
             }
             tokio::time::sleep(hold(*hold_ms)).await;
-            cluster.heal_links();
+            cluster.heal_links()?;
         }
         Fault::OneWay { from, to, hold_ms } => {
             let from = cluster.resolve(from).await;
@@ -461,9 +597,9 @@ async fn inject(
             timeline.push(format!(
                 "{at_ms} ms: cut {from} -> {to} one way for {hold_ms} ms"
             ));
-            cluster.set_link(from, *to, true);
+            cluster.set_link(from, *to, true)?;
             tokio::time::sleep(hold(*hold_ms)).await;
-            cluster.heal_links();
+            cluster.heal_links()?;
         }
         Fault::Bridge {
             through,
@@ -478,28 +614,41 @@ async fn inject(
             for (i, &a) in ids.iter().enumerate() {
                 for (j, &b) in ids.iter().enumerate() {
                     if sides[i] != sides[j] && a != through && b != through {
-                        cluster.set_link(a, b, true);
+                        cluster.set_link(a, b, true)?;
                     }
                 }
             }
             tokio::time::sleep(hold(*hold_ms)).await;
-            cluster.heal_links();
+            cluster.heal_links()?;
         }
         Fault::Lossy { hold_ms, seed } => {
             // Message loss: links drop their connections (and whatever was in flight on
             // them) at random moments; raft-net reconnects, Raft retransmits.
-            timeline.push(format!("{at_ms} ms: lossy links for {hold_ms} ms"));
             let mut rng = SplitMix64::new(*seed);
             let until = Instant::now() + hold(*hold_ms);
-            let keys: Vec<(u64, u64)> = cluster.links.keys().copied().collect();
-            while Instant::now() < until {
-                let link = keys[rng.range(0, keys.len() as u64) as usize];
-                cluster.set_link(link.0, link.1, true);
-                tokio::time::sleep(Duration::from_millis(rng.range(10, 60))).await;
-                cluster.set_link(link.0, link.1, false);
-                tokio::time::sleep(Duration::from_millis(rng.range(10, 100))).await;
+            match &mut cluster.net {
+                Net::Netns(net) => {
+                    // Packet loss proper: iptables' statistic match drops peer packets.
+                    let percent = rng.range(5, 30);
+                    timeline.push(format!(
+                        "{at_ms} ms: lossy links ({percent}% of peer packets dropped) for {hold_ms} ms"
+                    ));
+                    net.set_loss(percent)?;
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                Net::Proxy(links) => {
+                    timeline.push(format!("{at_ms} ms: lossy links for {hold_ms} ms"));
+                    let keys: Vec<(u64, u64)> = links.keys().copied().collect();
+                    while Instant::now() < until {
+                        let link = keys[rng.range(0, keys.len() as u64) as usize];
+                        cluster.set_link(link.0, link.1, true)?;
+                        tokio::time::sleep(Duration::from_millis(rng.range(10, 60))).await;
+                        cluster.set_link(link.0, link.1, false)?;
+                        tokio::time::sleep(Duration::from_millis(rng.range(10, 100))).await;
+                    }
+                }
             }
-            cluster.heal_links();
+            cluster.heal_links()?;
         }
         Fault::Transfer { to } => {
             timeline.push(format!("{at_ms} ms: transfer leadership to node {to}"));
@@ -637,8 +786,7 @@ struct Cluster {
     procs: Processes,
     /// Node `id`'s client address is `client_addrs[id - 1]`.
     client_addrs: Vec<String>,
-    /// links[(from, to)]
-    links: BTreeMap<(u64, u64), Link>,
+    net: Net,
     /// The node whose data directory is a small tmpfs, with the mount.
     disk: Option<(u64, disk::Tmpfs)>,
     /// Why there is no small file system, when there is none.
@@ -658,15 +806,27 @@ impl Cluster {
             .expect("known node")
     }
 
-    fn set_link(&self, from: u64, to: u64, blocked: bool) {
-        if let Some(link) = self.links.get(&(from, to)) {
-            link.blocked.send_replace(blocked);
+    fn set_link(&mut self, from: u64, to: u64, blocked: bool) -> Result<(), String> {
+        match &mut self.net {
+            Net::Netns(net) => net.set_link(from, to, blocked),
+            Net::Proxy(links) => {
+                if let Some(link) = links.get(&(from, to)) {
+                    link.blocked.send_replace(blocked);
+                }
+                Ok(())
+            }
         }
     }
 
-    fn heal_links(&self) {
-        for link in self.links.values() {
-            link.blocked.send_replace(false);
+    fn heal_links(&mut self) -> Result<(), String> {
+        match &mut self.net {
+            Net::Netns(net) => net.heal(),
+            Net::Proxy(links) => {
+                for link in links.values() {
+                    link.blocked.send_replace(false);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -824,36 +984,17 @@ async fn run(args: Args) -> Result<bool, String> {
         ));
     }
     let run_dir = root.join(format!("target/chaos/seed-{}", args.seed));
+    // Two runs of one seed would share the folder (and wipe each other's nodes): the second
+    // is refused while the first holds the lock.
+    let _seed_lock = lock_seed(&run_dir)?;
     disk::unmount_stale(&run_dir);
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
 
     let ids: Vec<u64> = (1..=args.nodes).collect();
-    let mut peer_addrs = BTreeMap::new();
-    let mut client_addrs = BTreeMap::new();
-    for &id in &ids {
-        peer_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
-        client_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
-    }
-    let mut links = BTreeMap::new();
-    let mut proxy_addrs = BTreeMap::new();
-    for &from in &ids {
-        for &to in &ids {
-            if from == to {
-                continue;
-            }
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| e.to_string())?;
-            proxy_addrs.insert(
-                (from, to),
-                listener.local_addr().map_err(|e| e.to_string())?,
-            );
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(run_proxy(listener, peer_addrs[&to], rx));
-            links.insert((from, to), Link { blocked: tx });
-        }
-    }
+    let wiring = wire(args.net, &ids).await?;
+    let mut timeline: Vec<String> = Vec::new();
+    timeline.push(format!("network: {}", wiring.net.describe()));
     let plan = schedule::plan(args.seed, args.nodes, args.duration.as_millis() as u64);
     let mut procs = Vec::new();
     for &id in &ids {
@@ -868,16 +1009,16 @@ async fn run(args: Args) -> Result<bool, String> {
             "2000".into(),
         ];
         for &peer in &ids {
-            let addr = if peer == id {
-                peer_addrs[&id]
-            } else {
-                proxy_addrs[&(id, peer)]
-            };
             node_args.push("--peer".into());
-            node_args.push(format!("{peer}={addr},{}", client_addrs[&peer]));
+            node_args.push(format!(
+                "{peer}={},{}",
+                wiring.peer_addrs[&(id, peer)],
+                wiring.client_addrs[&peer]
+            ));
         }
         procs.push(NodeProc {
             id,
+            prefix: wiring.prefixes.get(&id).cloned().unwrap_or_default(),
             args: node_args,
             data_dir,
             log_path: run_dir.join(format!("node-{id}.log")),
@@ -886,7 +1027,6 @@ async fn run(args: Args) -> Result<bool, String> {
             join: false,
         });
     }
-    let mut timeline: Vec<String> = Vec::new();
     let disk_dir = run_dir.join(format!("node-{}", plan.disk_node));
     let (disk, disk_skipped) = match disk::Tmpfs::mount(&disk_dir) {
         Ok(fs) => {
@@ -907,8 +1047,12 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut cluster = Cluster {
         binary,
         procs: Processes(procs),
-        client_addrs: client_addrs.values().map(|a| a.to_string()).collect(),
-        links,
+        client_addrs: wiring
+            .client_addrs
+            .values()
+            .map(|a| a.to_string())
+            .collect(),
+        net: wiring.net,
         disk,
         disk_skipped,
     };
@@ -966,7 +1110,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     // Heal: every link open, every process running, every node a voter, then wait for the
     // replicas to converge.
-    cluster.heal_links();
+    cluster.heal_links()?;
     for id in cluster.ids() {
         let node = cluster.node(id);
         if node.paused {
@@ -1113,6 +1257,30 @@ async fn run(args: Args) -> Result<bool, String> {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(passed)
+}
+
+/// Takes `<run_dir>.lock` for the life of the returned file.
+fn lock_seed(run_dir: &Path) -> Result<File, String> {
+    use std::os::fd::AsRawFd;
+    let path = run_dir.with_extension("lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; the lock goes when the file is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another run of this seed is using {} (lock {})",
+            run_dir.display(),
+            path.display()
+        ));
+    }
+    Ok(file)
 }
 
 /// Acknowledged writes of `key` that the final value contradicts: the final value was written
