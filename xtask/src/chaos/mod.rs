@@ -1354,3 +1354,46 @@ fn write_report(dir: &Path, history: &[Record], timeline: &[String]) -> std::io:
     }
     std::fs::write(dir.join("faults.txt"), timeline.join("\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Args, String> {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        parse_args(&args)
+    }
+
+    #[test]
+    fn flags_parse_and_bad_ones_are_refused() {
+        let a = parse("--nodes 3 --duration 60s --seed 7 --net proxy --no-build").unwrap();
+        assert_eq!(
+            (a.nodes, a.seed, a.net, a.build),
+            (3, 7, NetMode::Proxy, false)
+        );
+        assert_eq!(a.duration, Duration::from_secs(60));
+        assert_eq!(parse("").unwrap().net, NetMode::Auto);
+        assert_eq!(parse("--net netns").unwrap().net, NetMode::Netns);
+        assert!(parse("--net tc")
+            .unwrap_err()
+            .contains("auto, proxy or netns"));
+        assert!(parse("--nodes 9").is_err());
+        assert!(parse("--seed").unwrap_err().contains("needs a value"));
+        assert!(parse("--frobnicate").is_err());
+    }
+
+    #[test]
+    fn a_second_run_of_a_seed_is_refused_while_the_first_holds_the_lock() {
+        let dir = std::env::temp_dir().join(format!("chaos-lock-test-{}", std::process::id()));
+        let run_dir = dir.join("seed-5");
+        let first = lock_seed(&run_dir).unwrap();
+        assert!(lock_seed(&run_dir)
+            .unwrap_err()
+            .contains("another run of this seed"));
+        drop(first);
+        let again = lock_seed(&run_dir);
+        assert!(again.is_ok());
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
