@@ -1229,7 +1229,25 @@ async fn run(args: Args) -> Result<bool, String> {
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
     println!("faults by kind: {}", kinds.join(" "));
-    if !passed {
+    // A node that panicked is a bug even when the history checks out: say so, and keep the
+    // logs (the exit status still follows the checks).
+    let mut panics = 0;
+    for id in cluster.ids() {
+        let log_path = cluster.node(id).log_path.clone();
+        let text = std::fs::read(&log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.contains("panicked at") {
+                panics += 1;
+                let message = lines.next().unwrap_or("");
+                println!("node {id} panicked: {} {message}", line.trim());
+            }
+        }
+    }
+    let keep = !passed || panics > 0;
+    if keep {
         if let Some((id, fs)) = &cluster.disk {
             // The tmpfs goes with the run: keep a copy of what the node had on it.
             let copy = run_dir.join(format!("node-{id}-tmpfs-copy"));
@@ -1244,8 +1262,13 @@ async fn run(args: Args) -> Result<bool, String> {
             "history, fault timeline and node logs: {}",
             run_dir.display()
         );
+        let net = match args.net {
+            NetMode::Auto => "",
+            NetMode::Proxy => " --net proxy",
+            NetMode::Netns => " --net netns",
+        };
         println!(
-            "replay the schedule: cargo xtask chaos --nodes {} --duration {}s --seed {}",
+            "replay the schedule: cargo xtask chaos --nodes {} --duration {}s --seed {}{net}",
             args.nodes,
             args.duration.as_secs(),
             args.seed
@@ -1253,7 +1276,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     println!("{line}");
     drop(cluster);
-    if passed {
+    if !keep {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(passed)
