@@ -60,6 +60,9 @@ struct Args {
     keys: usize,
     build: bool,
     net: NetMode,
+    /// Extra arguments for every node (`--node-arg --storage=memory` checks that the checks
+    /// catch a node that forgets its log on restart).
+    node_args: Vec<String>,
 }
 
 /// How to connect the nodes (`--net`).
@@ -80,6 +83,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         keys: 4,
         build: true,
         net: NetMode::Auto,
+        node_args: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -101,6 +105,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 parsed.duration = Duration::from_secs(secs);
             }
             "--no-build" => parsed.build = false,
+            "--node-arg" => parsed.node_args.push(value()?.clone()),
             "--net" => {
                 parsed.net = match value()?.as_str() {
                     "auto" => NetMode::Auto,
@@ -127,7 +132,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("xtask chaos: {e}");
-            eprintln!("usage: cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S] [--clients 4] [--keys 4] [--net auto|proxy|netns] [--no-build]");
+            eprintln!("usage: cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S] [--clients 4] [--keys 4] [--net auto|proxy|netns] [--node-arg ARG]... [--no-build]");
             return ExitCode::from(2);
         }
     };
@@ -1008,6 +1013,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "--snapshot-entries-max".into(),
             "2000".into(),
         ];
+        node_args.extend(args.node_args.iter().cloned());
         for &peer in &ids {
             node_args.push("--peer".into());
             node_args.push(format!(
@@ -1267,8 +1273,13 @@ async fn run(args: Args) -> Result<bool, String> {
             NetMode::Proxy => " --net proxy",
             NetMode::Netns => " --net netns",
         };
+        let extra: String = args
+            .node_args
+            .iter()
+            .map(|a| format!(" --node-arg {a}"))
+            .collect();
         println!(
-            "replay the schedule: cargo xtask chaos --nodes {} --duration {}s --seed {}{net}",
+            "replay the schedule: cargo xtask chaos --nodes {} --duration {}s --seed {}{net}{extra}",
             args.nodes,
             args.duration.as_secs(),
             args.seed
@@ -1389,7 +1400,11 @@ mod tests {
 
     #[test]
     fn flags_parse_and_bad_ones_are_refused() {
-        let a = parse("--nodes 3 --duration 60s --seed 7 --net proxy --no-build").unwrap();
+        let a = parse(
+            "--nodes 3 --duration 60s --seed 7 --net proxy --no-build --node-arg --storage=memory",
+        )
+        .unwrap();
+        assert_eq!(a.node_args, ["--storage=memory"]);
         assert_eq!(
             (a.nodes, a.seed, a.net, a.build),
             (3, 7, NetMode::Proxy, false)
