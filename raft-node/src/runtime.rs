@@ -444,7 +444,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         let period = Duration::from_millis(self.config.tick_interval_ms.max(1));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // Once a write, sync or snapshot install has failed, the core is ahead of what the
+        // disk holds: it must not be called again (not even ticked), or it would act on (and
+        // assert about) a log the disk does not have. Every step below checks `failed`.
+        while !self.failed {
             // Wait for any input, then take what else is queued on every channel (bounded),
             // so that peers, clients and disk completions are all served each iteration and
             // their work lands in one Ready.
@@ -459,20 +462,20 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             }
             for _ in 0..INPUT_BATCH_MAX {
                 match sync_done.try_recv() {
-                    Ok(done) => self.on_sync_done(done),
-                    Err(_) => break,
+                    Ok(done) if !self.failed => self.on_sync_done(done),
+                    _ => break,
                 }
             }
             for _ in 0..INPUT_BATCH_MAX {
                 match inbound.try_recv() {
-                    Ok(msg) => self.on_inbound(msg),
-                    Err(_) => break,
+                    Ok(msg) if !self.failed => self.on_inbound(msg),
+                    _ => break,
                 }
             }
             for _ in 0..INPUT_BATCH_MAX {
                 match commands.try_recv() {
-                    Ok(cmd) => self.on_command(cmd),
-                    Err(_) => break,
+                    Ok(cmd) if !self.failed => self.on_command(cmd),
+                    _ => break,
                 }
             }
             if self.failed {
