@@ -53,6 +53,11 @@ pub struct SnapshotTrigger {
     /// The index of the snapshot being written, if one is: never two at once, since a
     /// second would only compete for the disk with the first.
     in_flight: Option<Index>,
+    /// Failed attempts since the last snapshot that was written: each doubles the wait
+    /// before the next, so a full disk costs a bounded number of attempts (and warnings).
+    failures_in_a_row: u32,
+    /// No new attempt before this index is applied.
+    retry_after_index: Index,
 }
 
 impl SnapshotTrigger {
@@ -64,6 +69,8 @@ impl SnapshotTrigger {
             applied_index: last_snapshot_index,
             bytes_since_snapshot: 0,
             in_flight: None,
+            failures_in_a_row: 0,
+            retry_after_index: 0,
         }
     }
 
@@ -82,7 +89,7 @@ impl SnapshotTrigger {
         }
         self.applied_index = index;
         self.bytes_since_snapshot = self.bytes_since_snapshot.saturating_add(entry_bytes);
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || index < self.retry_after_index {
             return None;
         }
         let entries = self.applied_index - self.last_snapshot_index;
@@ -102,6 +109,8 @@ impl SnapshotTrigger {
         if self.in_flight == Some(index) {
             self.in_flight = None;
         }
+        self.failures_in_a_row = 0;
+        self.retry_after_index = 0;
         if index > self.last_snapshot_index {
             // Bytes applied after `index` are not known separately; counting all of them as
             // still outstanding would re-trigger at once, so the byte count restarts. The
@@ -113,11 +122,20 @@ impl SnapshotTrigger {
             .compact_through(self.last_snapshot_index, log_first_index)
     }
 
-    /// The snapshot at `index` could not be written; the next applied entry may retry.
+    /// The snapshot at `index` could not be written. The next attempt waits for more
+    /// entries to be applied: 1/16 of the entry threshold after the first failure, doubling
+    /// with each failure in a row up to the whole threshold.
     pub fn on_snapshot_failed(&mut self, index: Index) {
         if self.in_flight == Some(index) {
             self.in_flight = None;
         }
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        let threshold = self.policy.entries_since_snapshot_max.max(1);
+        let base = (threshold / 16).max(1);
+        let wait = base
+            .saturating_mul(1u64 << (self.failures_in_a_row - 1).min(32))
+            .min(threshold);
+        self.retry_after_index = self.applied_index.saturating_add(wait);
     }
 
     /// A snapshot from the leader replaced the state at `index`.
@@ -181,6 +199,39 @@ mod tests {
         t.on_snapshot_failed(8);
         assert_eq!(t.in_flight(), None);
         assert_eq!(t.on_applied(9, 10), Some(9), "retries after a failure");
+        t.on_snapshot_failed(9);
+        assert_eq!(
+            t.on_applied(10, 10),
+            None,
+            "a second failure waits 2 entries"
+        );
+        assert_eq!(t.on_applied(11, 10), Some(11));
+        assert_eq!(t.on_snapshot_done(11, 1), Some(10));
+        assert_eq!(
+            t.on_applied(15, 10),
+            Some(15),
+            "success forgets the failures"
+        );
+    }
+
+    #[test]
+    fn failed_snapshots_back_off_up_to_the_threshold() {
+        let mut t = SnapshotTrigger::new(policy(1_600, u64::MAX, 0), 0);
+        let mut index = 1_601;
+        assert_eq!(t.on_applied(index, 1), Some(index));
+        let mut attempts = 1;
+        // Every attempt fails for 100,000 entries: each wait doubles from 100 to 1,600.
+        while index < 101_600 {
+            t.on_snapshot_failed(index);
+            loop {
+                index += 1;
+                if t.on_applied(index, 1).is_some() {
+                    break;
+                }
+            }
+            attempts += 1;
+        }
+        assert!(attempts < 70, "{attempts} attempts");
     }
 
     #[test]
