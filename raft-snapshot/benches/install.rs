@@ -18,62 +18,18 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use raft_core::rng::SplitMix64;
-use raft_core::{Membership, SnapshotMeta};
 use raft_net::{Incoming, Transport, TransportConfig};
-use raft_snapshot::{SnapshotReader, SnapshotStore, SnapshotStoreConfig, StateDigest};
+use raft_snapshot::{SnapshotReader, StateDigest};
 
-const PIECE_BYTES: usize = 1 << 20;
+mod common;
+use common::{body, body_bytes, meta, store, write_fsync, WRITE_PIECE_BYTES};
+
 /// One install must finish within this, or the bench fails rather than hangs.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn body_bytes() -> usize {
-    std::env::var("RAFT_SNAPSHOT_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(64)
-        .clamp(1, 512)
-        << 20
-}
-
-fn body(len: usize) -> Vec<u8> {
-    let mut rng = SplitMix64::new(7);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta {
-        index,
-        term: 1,
-        membership: Membership::new_voters([1, 2, 3]),
-    }
-}
-
-fn store(dir: &Path) -> SnapshotStore {
-    let config = SnapshotStoreConfig {
-        snapshots_kept_max: 1,
-        ..Default::default()
-    };
-    SnapshotStore::open(dir, config).unwrap().0
-}
-
-fn write_fsync(path: &Path, bytes: &[u8]) {
-    let mut file = File::create(path).unwrap();
-    for piece in bytes.chunks(PIECE_BYTES) {
-        file.write_all(piece).unwrap();
-    }
-    file.sync_all().unwrap();
-}
 
 /// The snapshot with `index`, once the lane delivered it whole and CRC-checked.
 async fn receive(rx: &mut tokio::sync::mpsc::Receiver<Incoming>, index: u64) -> Bytes {
@@ -90,15 +46,15 @@ async fn receive(rx: &mut tokio::sync::mpsc::Receiver<Incoming>, index: u64) -> 
 }
 
 fn benches(c: &mut Criterion) {
-    let len = body_bytes();
-    let body = body(len);
+    let len = body_bytes(512);
+    let body = body(len, 7);
     let dir = tempfile::tempdir().unwrap();
     let mib = len >> 20;
 
     // The sender's files: a snapshot and a plain file holding the same body.
     let sender = store(&dir.path().join("sender"));
     let mut writer = sender.begin(meta(1)).unwrap();
-    for piece in body.chunks(PIECE_BYTES) {
+    for piece in body.chunks(WRITE_PIECE_BYTES) {
         writer.write_all(piece).unwrap();
     }
     let snapshot = writer.finish(StateDigest(0)).unwrap();
@@ -146,7 +102,7 @@ fn benches(c: &mut Criterion) {
                 let mut out = &raw_out;
                 s.spawn(move || {
                     let mut file = File::open(source).unwrap();
-                    let mut piece = vec![0u8; PIECE_BYTES];
+                    let mut piece = vec![0u8; WRITE_PIECE_BYTES];
                     loop {
                         let n = file.read(&mut piece).unwrap();
                         if n == 0 {
@@ -170,7 +126,7 @@ fn benches(c: &mut Criterion) {
             std::thread::scope(|s| {
                 let mut out = &raw_out;
                 s.spawn(move || {
-                    for piece in source.chunks(PIECE_BYTES) {
+                    for piece in source.chunks(WRITE_PIECE_BYTES) {
                         out.write_all(piece).unwrap();
                     }
                 });
@@ -210,7 +166,7 @@ fn benches(c: &mut Criterion) {
                 got
             });
             let mut writer = receiver.begin(meta(index)).unwrap();
-            for piece in data.chunks(PIECE_BYTES) {
+            for piece in data.chunks(WRITE_PIECE_BYTES) {
                 writer.write_all(piece).unwrap();
             }
             writer.finish(StateDigest::of(&data)).unwrap()

@@ -6,65 +6,19 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use raft_core::rng::SplitMix64;
-use raft_core::{Membership, SnapshotMeta};
-use raft_snapshot::{
-    SnapshotChunks, SnapshotReader, SnapshotStore, SnapshotStoreConfig, StateDigest,
-};
+use raft_snapshot::{SnapshotChunks, SnapshotReader, StateDigest};
 
-const WRITE_PIECE_BYTES: usize = 1 << 20;
+mod common;
+use common::{body, body_bytes, meta, store, write_fsync, WRITE_PIECE_BYTES};
+
 const TRANSFER_CHUNK_BYTES: usize = 1 << 20;
 
-fn body_bytes() -> usize {
-    std::env::var("RAFT_SNAPSHOT_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(64)
-        .clamp(1, 4096)
-        << 20
-}
-
-fn body(len: usize) -> Vec<u8> {
-    let mut rng = SplitMix64::new(42);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta {
-        index,
-        term: 1,
-        membership: Membership::new_voters([1, 2, 3]),
-    }
-}
-
-fn store(dir: &Path) -> SnapshotStore {
-    let config = SnapshotStoreConfig {
-        snapshots_kept_max: 1,
-        ..Default::default()
-    };
-    SnapshotStore::open(dir, config).unwrap().0
-}
-
-fn raw_write(path: &Path, body: &[u8]) {
-    let mut file = File::create(path).unwrap();
-    for piece in body.chunks(WRITE_PIECE_BYTES) {
-        file.write_all(piece).unwrap();
-    }
-    file.sync_all().unwrap();
-}
-
 fn benches(c: &mut Criterion) {
-    let len = body_bytes();
-    let body = body(len);
+    let len = body_bytes(4096);
+    let body = body(len, 42);
     let dir = tempfile::tempdir().unwrap();
     let mib = len >> 20;
 
@@ -75,7 +29,7 @@ fn benches(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(8));
     let raw_path = dir.path().join("raw");
     group.bench_function(BenchmarkId::new("raw_write_fsync", mib), |b| {
-        b.iter(|| raw_write(&raw_path, &body))
+        b.iter(|| write_fsync(&raw_path, &body))
     });
     let snapshots = store(&dir.path().join("snapshots"));
     let mut index = 0;
@@ -92,7 +46,7 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     // Fixtures for the read and install groups, also when a filter skipped the writes.
-    raw_write(&raw_path, &body);
+    write_fsync(&raw_path, &body);
     let snapshot = match snapshots.list().unwrap().pop() {
         Some(snapshot) => snapshot,
         None => {
