@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raft_client::wire::NodeStatus;
 use raft_client::{Client, ClientConfig, ClientError, KvCommand, NodeError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
@@ -204,6 +205,26 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Waits up to 15 s until node `id` answers a status that satisfies `done`, and returns
+    /// a client of that node; panics naming `what`, with the logs, otherwise.
+    async fn wait_status(&self, id: u64, what: &str, done: impl Fn(&NodeStatus) -> bool) -> Client {
+        let probe = self.node_client(id, 1_000);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = probe.status().await {
+                if done(&s) {
+                    return probe;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited in vain for {what}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The leader as seen by a live node, once one is known and serving, within `limit`.
@@ -505,21 +526,11 @@ fn killed_leader_restarts_from_its_disk_and_catches_up() {
         }
         let target = client.status().await.unwrap().commit_index;
         cluster.spawn(leader);
-        let probe = cluster.node_client(leader, 1_000);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(s) = probe.status().await {
-                if s.applied_index >= target {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "restarted node did not catch up\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let probe = cluster
+            .wait_status(leader, "restarted node to catch up", |s| {
+                s.applied_index >= target
+            })
+            .await;
         for i in [0, 19, 39] {
             let v = probe.get_stale(format!("a{i}")).await.unwrap();
             assert_eq!(v.as_deref(), Some(i.to_string().as_bytes()), "a{i}");
@@ -559,21 +570,11 @@ fn wiped_follower_rejoins_through_a_snapshot() {
         }
         let target = client.status().await.unwrap().commit_index;
         cluster.spawn(follower);
-        let probe = cluster.node_client(follower, 1_000);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(s) = probe.status().await {
-                if s.applied_index >= target && s.snapshot_index > 0 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wiped follower did not catch up\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let probe = cluster
+            .wait_status(follower, "wiped follower to catch up", |s| {
+                s.applied_index >= target && s.snapshot_index > 0
+            })
+            .await;
         let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
         assert!(
             log.contains("installed a snapshot from the leader"),
@@ -1000,21 +1001,11 @@ fn compaction_keeps_a_margin_so_a_slow_follower_gets_entries() {
         assert!(status.first_index > 1, "the prefix was dropped: {status:?}");
 
         cluster.spawn(follower);
-        let probe = cluster.node_client(follower, 1_000);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(s) = probe.status().await {
-                if s.applied_index >= target {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "follower did not catch up\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let probe = cluster
+            .wait_status(follower, "follower to catch up", |s| {
+                s.applied_index >= target
+            })
+            .await;
         let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
         assert!(
             !log.contains("installed a snapshot from the leader"),
