@@ -155,6 +155,15 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the next sync has anything to flush (or must report poisoning).
+    pub fn sync_needed(&self) -> bool {
+        if self.poisoned.load(Ordering::Acquire) {
+            return true;
+        }
+        let dirty = lock(&self.dirty);
+        !dirty.files.is_empty() || dirty.dir
+    }
+
     /// Number of successful syncs that flushed at least one file.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
@@ -229,6 +238,14 @@ impl SyncHandle {
     /// just the active segment).
     pub fn sync(&self) -> Result<(), LogError> {
         self.shared.sync()
+    }
+
+    /// Whether [`SyncHandle::sync`] would flush anything now: `false` when every write issued
+    /// so far is already durable, or is a hard state whose only change is its commit index
+    /// (written unforced). A caller may then treat those writes as durable without a sync.
+    /// `true` after a failed sync, so that the caller hears of it from `sync`.
+    pub fn sync_needed(&self) -> bool {
+        self.shared.sync_needed()
     }
 }
 
