@@ -256,3 +256,41 @@ impl std::fmt::Debug for SyncHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raft_core::{Entry, EntryPayload, HardState};
+
+    use crate::{Log, Options};
+
+    #[test]
+    fn sync_needed_only_for_writes_that_must_be_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), Options::default()).unwrap();
+        let handle = log.sync_handle();
+        log.sync().unwrap();
+        assert!(!handle.sync_needed(), "nothing written since the sync");
+        let entry = |index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Noop,
+        };
+        log.append(&[entry(1)]).unwrap();
+        assert!(handle.sync_needed(), "an appended entry");
+        handle.sync().unwrap();
+        assert!(!handle.sync_needed());
+        let hs = HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        };
+        log.set_hard_state(hs).unwrap();
+        assert!(handle.sync_needed(), "a new term and vote");
+        handle.sync().unwrap();
+        log.set_hard_state(HardState { commit: 1, ..hs }).unwrap();
+        assert!(
+            !handle.sync_needed(),
+            "a commit-only change is written unforced"
+        );
+    }
+}
