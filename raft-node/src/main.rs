@@ -149,8 +149,7 @@ struct RunArgs {
     #[arg(long)]
     cluster_id: Option<u64>,
     /// Worker threads of the process's async runtime; 1 runs every task on one thread,
-    /// which costs the fewest context switches when several nodes share few cores
-    /// [default: 2].
+    /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
     runtime_worker_threads: Option<usize>,
 }
