@@ -155,6 +155,15 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the next sync has anything to flush (or must report poisoning).
+    pub fn sync_needed(&self) -> bool {
+        if self.poisoned.load(Ordering::Acquire) {
+            return true;
+        }
+        let dirty = lock(&self.dirty);
+        !dirty.files.is_empty() || dirty.dir
+    }
+
     /// Number of successful syncs that flushed at least one file.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
@@ -230,6 +239,14 @@ impl SyncHandle {
     pub fn sync(&self) -> Result<(), LogError> {
         self.shared.sync()
     }
+
+    /// Whether [`SyncHandle::sync`] would flush anything now: `false` when every write issued
+    /// so far is already durable, or is a hard state whose only change is its commit index
+    /// (written unforced). A caller may then treat those writes as durable without a sync.
+    /// `true` after a failed sync, so that the caller hears of it from `sync`.
+    pub fn sync_needed(&self) -> bool {
+        self.shared.sync_needed()
+    }
 }
 
 impl std::fmt::Debug for SyncHandle {
@@ -237,5 +254,43 @@ impl std::fmt::Debug for SyncHandle {
         f.debug_struct("SyncHandle")
             .field("dir", &self.shared.dir.path)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_core::{Entry, EntryPayload, HardState};
+
+    use crate::{Log, Options};
+
+    #[test]
+    fn sync_needed_only_for_writes_that_must_be_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), Options::default()).unwrap();
+        let handle = log.sync_handle();
+        log.sync().unwrap();
+        assert!(!handle.sync_needed(), "nothing written since the sync");
+        let entry = |index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Noop,
+        };
+        log.append(&[entry(1)]).unwrap();
+        assert!(handle.sync_needed(), "an appended entry");
+        handle.sync().unwrap();
+        assert!(!handle.sync_needed());
+        let hs = HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        };
+        log.set_hard_state(hs).unwrap();
+        assert!(handle.sync_needed(), "a new term and vote");
+        handle.sync().unwrap();
+        log.set_hard_state(HardState { commit: 1, ..hs }).unwrap();
+        assert!(
+            !handle.sync_needed(),
+            "a commit-only change is written unforced"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod node;
+mod read_batch;
 pub mod resp;
 pub mod router;
 pub mod runtime;

@@ -70,7 +70,7 @@ enum AdminCmd {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 struct RunArgs {
     /// TOML configuration file; flags given as well override its values.
     #[arg(long, short = 'c')]
@@ -148,6 +148,10 @@ struct RunArgs {
     /// every node [default: 1].
     #[arg(long)]
     cluster_id: Option<u64>,
+    /// Worker threads of the process's async runtime; 1 runs every task on one thread,
+    /// the fewest context switches; more pays only with cores to spare [default: 1].
+    #[arg(long)]
+    runtime_worker_threads: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -238,6 +242,9 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     }
     cfg.join |= args.join;
     cfg.storage = args.storage.unwrap_or(cfg.storage);
+    cfg.runtime_worker_threads = args
+        .runtime_worker_threads
+        .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
     cfg.validate()?;
     Ok(cfg)
@@ -415,7 +422,33 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    // `run` reads its configuration first: it says how many threads the runtime gets.
+    let mut run_config = match &cli.command {
+        Cmd::Run(args) => match build_config((**args).clone()) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("raft-node: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let workers = run_config
+        .as_ref()
+        .map_or(raft_node::config::RUNTIME_WORKER_THREADS_DEFAULT, |c| {
+            c.runtime_worker_threads
+        });
+    let rt = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raft-node: cannot start the async runtime: {e}");
@@ -432,8 +465,8 @@ fn main() -> ExitCode {
             _ => None,
         };
         match cli.command {
-            Cmd::Run(args) => {
-                let cfg = build_config(*args).map_err(|e| e.to_string())?;
+            Cmd::Run(_) => {
+                let cfg = run_config.take().expect("built before the runtime");
                 let mut node = RunningNode::start(cfg).await.map_err(|e| e.to_string())?;
                 tokio::select! {
                     _ = signals.as_mut().expect("installed for run").recv() => {
@@ -517,6 +550,10 @@ mod tests {
                 d.digest_interval_entries.to_string(),
             ),
             ("cluster-id", d.cluster_id.to_string()),
+            (
+                "runtime-worker-threads",
+                d.runtime_worker_threads.to_string(),
+            ),
             ("storage", "disk".to_string()),
         ];
         let cli = Cli::command();

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::anti_entropy::{digest_infos, DIGESTS_KEPT_MAX};
 use crate::metrics::Metrics;
+use crate::read_batch::ReadBatcher;
 use crate::store::{NodeStore, SyncJob};
 use crate::transport::{Inbound, PeerTransport, SNAPSHOT_BYTES_MAX};
 
@@ -279,11 +280,61 @@ fn off_task<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
         .unwrap_or_else(|_| Err("the work panicked".to_string()))
 }
 
+/// One pass of the sync thread: every job it took off the queue at once, made durable by
+/// one sync.
 struct SyncDone {
+    /// The highest `seq` of the pass: every Ready up to it is durable.
     seq: u64,
-    messages: Vec<Message>,
+    /// Sync requests the pass covered.
+    jobs: usize,
     result: std::io::Result<()>,
     elapsed_us: u64,
+}
+
+/// The sync thread: takes every request queued (up to `SYNC_QUEUE_MAX`), runs only the
+/// newest job (a job flushes every write issued before it was created, so it covers the
+/// older ones: one fdatasync for the lot), sends their `messages_after_persist` itself,
+/// in order, the moment they are durable (no hop through the runtime task on the way to the
+/// socket), then reports the pass for `on_persisted`. After a failed sync nothing is sent.
+fn sync_thread(
+    requests: std::sync::mpsc::Receiver<SyncRequest>,
+    done: mpsc::UnboundedSender<SyncDone>,
+    transport: Arc<dyn PeerTransport>,
+) {
+    let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE_MAX);
+    while let Ok(first) = requests.recv() {
+        batch.push(first);
+        while batch.len() < SYNC_QUEUE_MAX {
+            match requests.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let start = std::time::Instant::now();
+        let jobs = batch.len();
+        let newest = batch.last_mut().expect("one request at least");
+        let seq = newest.seq;
+        let job = std::mem::replace(&mut newest.job, Box::new(|| Ok(())));
+        let result = job();
+        let elapsed_us = start.elapsed().as_micros() as u64;
+        if result.is_ok() {
+            for req in batch.drain(..) {
+                for m in req.messages {
+                    transport.send(m);
+                }
+            }
+        }
+        batch.clear();
+        let pass = SyncDone {
+            seq,
+            jobs,
+            result,
+            elapsed_us,
+        };
+        if done.send(pass).is_err() {
+            return;
+        }
+    }
 }
 
 /// Everything the runtime needs to start.
@@ -328,23 +379,10 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
     // At most SYNC_QUEUE_MAX + 1 completions exist at once, so this channel is bounded by
     // construction.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let sync_transport = parts.transport.clone();
     std::thread::Builder::new()
         .name(format!("raft-sync-{id}"))
-        .spawn(move || {
-            while let Ok(req) = sync_rx.recv() {
-                let start = std::time::Instant::now();
-                let result = (req.job)();
-                let done = SyncDone {
-                    seq: req.seq,
-                    messages: req.messages,
-                    result,
-                    elapsed_us: start.elapsed().as_micros() as u64,
-                };
-                if done_tx.send(done).is_err() {
-                    return;
-                }
-            }
-        })
+        .spawn(move || sync_thread(sync_rx, done_tx, sync_transport))
         .expect("spawn sync thread");
     let (bg_tx, bg_rx) = mpsc::unbounded_channel();
     let snapshot_index = parts.state_machine.applied_index();
@@ -372,6 +410,7 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         pending_reads: HashMap::new(),
         read_deadlines: VecDeque::new(),
         next_read_ctx: 1,
+        read_batch: ReadBatcher::default(),
         waiting: VecDeque::new(),
         last_role: Role::Follower,
         ticks: 0,
@@ -407,10 +446,14 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     pending_writes: BTreeMap<Index, PendingWrite>,
     /// `(deadline, index, term)` in proposal order; deadlines only grow.
     write_deadlines: VecDeque<(Instant, Index, Term)>,
+    /// Linearizable reads admitted and not yet answered, by read ID.
     pending_reads: HashMap<u64, PendingRead>,
-    /// `(deadline, ctx)` in request order.
+    /// `(deadline, read ID)` in request order.
     read_deadlines: VecDeque<(Instant, u64)>,
+    /// Read IDs and ReadIndex round ctxs come from this one counter.
     next_read_ctx: u64,
+    /// Which reads wait for a ReadIndex round and which one is in flight.
+    read_batch: ReadBatcher,
     /// Requests parked while no leader is known (an election is under way).
     waiting: VecDeque<(Instant, Command)>,
     last_role: Role,
@@ -487,7 +530,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         self.sync_tx = None;
         while self.syncs_in_flight > 0 {
             match tokio::time::timeout(Duration::from_secs(5), sync_done.recv()).await {
-                Ok(Some(_)) => self.syncs_in_flight -= 1,
+                Ok(Some(done)) => {
+                    self.syncs_in_flight = self.syncs_in_flight.saturating_sub(done.jobs)
+                }
                 _ => break,
             }
         }
@@ -775,14 +820,30 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 let _ = p.reply.send(Err(self.unavailable("write")));
             }
         }
-        while let Some(&(deadline, ctx)) = self.read_deadlines.front() {
+        let mut reads_expired = false;
+        while let Some(&(deadline, id)) = self.read_deadlines.front() {
             if deadline > now {
                 break;
             }
             self.read_deadlines.pop_front();
-            if let Some(p) = self.pending_reads.remove(&ctx) {
+            if let Some(p) = self.pending_reads.remove(&id) {
+                reads_expired = true;
                 let _ = p.reply.send(Err(self.unavailable("read")));
             }
+        }
+        if reads_expired {
+            let pending = &self.pending_reads;
+            self.read_batch.retain(|id| pending.contains_key(&id));
+        }
+        // The core answers every round (confirmed, leadership lost, or a forwarded read timed
+        // out after two election timeouts); this only guards against one it never answers,
+        // so that the reads behind it are not held until their deadline.
+        let round_ticks_max = 4 * u64::from(self.config.election_timeout_ticks_max.max(1));
+        if self
+            .read_batch
+            .abandon_if_started_before(self.ticks.saturating_sub(round_ticks_max))
+        {
+            tracing::debug!("a ReadIndex round got no outcome; its reads go to the next one");
         }
         // Retry parked requests: a leader may be known now. Each is retried at most once
         // per tick; a request that fails again is parked again until its deadline.
@@ -881,31 +942,65 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             let _ = reply.send(Err(NodeError::Busy));
             return;
         }
+        // Only queued here: the round that serves it starts after every input of this
+        // iteration is in (`start_read_round`), so reads arriving together share it.
+        let id = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.pending_reads.insert(
+            id,
+            PendingRead {
+                op,
+                reply,
+                deadline,
+            },
+        );
+        self.read_deadlines.push_back((deadline, id));
+        self.read_batch.push(id);
+    }
+
+    /// Starts a ReadIndex round for every queued read, unless one is in flight (see
+    /// `read_batch` for why that keeps reads linearizable).
+    fn start_read_round(&mut self) {
+        if !self.read_batch.should_start() {
+            return;
+        }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        match self.raw.read_index(ctx) {
+        let err = match self.raw.read_index(ctx) {
             Ok(()) => {
-                self.pending_reads.insert(
-                    ctx,
-                    PendingRead {
-                        op,
-                        reply,
-                        deadline,
-                    },
-                );
-                self.read_deadlines.push_back((deadline, ctx));
+                self.read_batch.start(ctx, self.ticks);
+                return;
+            }
+            Err(e) => e,
+        };
+        for id in self.read_batch.take_queued() {
+            let Some(p) = self.pending_reads.remove(&id) else {
+                continue;
+            };
+            self.finish_read(p, Err(err));
+        }
+    }
+
+    /// Answers a read from its round's outcome, or parks it to be asked again when
+    /// leadership is in doubt (its deadline stays).
+    fn finish_read(&mut self, p: PendingRead, result: Result<Index, ReadError>) {
+        match result {
+            Ok(index) => {
+                debug_assert!(self.raw.applied_index() >= index);
+                Metrics::add(&self.metrics.reads, 1);
+                let _ = p.reply.send(Ok(self.sm.query(&p.op)));
             }
             Err(ReadError::Busy) => {
-                let _ = reply.send(Err(NodeError::Busy));
+                let _ = p.reply.send(Err(NodeError::Busy));
             }
-            Err(_) => self.park(
-                deadline,
-                Command::Read {
-                    op,
-                    linearizable,
-                    reply,
-                },
-            ),
+            Err(_) => {
+                let cmd = Command::Read {
+                    op: p.op,
+                    linearizable: true,
+                    reply: p.reply,
+                };
+                self.park(p.deadline, cmd);
+            }
         }
     }
 
@@ -938,7 +1033,8 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     }
 
     fn on_sync_done(&mut self, done: SyncDone) {
-        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
+        debug_assert!(done.jobs <= self.syncs_in_flight);
+        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(done.jobs);
         if let Err(e) = done.result {
             // The disk may have lost writes the node already counted on: stop, never vote or
             // acknowledge on a log that is not what the protocol believes.
@@ -948,14 +1044,15 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
         Metrics::add(&self.metrics.syncs, 1);
         self.metrics.fsync_latency.observe_us(done.elapsed_us);
-        for m in done.messages {
-            self.transport.send(m);
-        }
+        // Its messages_after_persist already left from the sync thread.
         self.raw.on_persisted(done.seq);
     }
 
     fn handle_readies(&mut self) {
         for _ in 0..READIES_PER_ITERATION_MAX {
+            // Before each Ready: a round that just finished lets the reads queued behind it
+            // start the next one, whose heartbeats then leave in this Ready.
+            self.start_read_round();
             if self.failed || !self.raw.has_ready() {
                 break;
             }
@@ -1004,7 +1101,15 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 self.transport.send(m);
             }
         }
-        if ready.seq > 0 {
+        if ready.seq > 0 && self.syncs_in_flight == 0 && !self.raw.storage().sync_needed() {
+            // Nothing to flush (e.g. only the commit index moved, which need not be durable)
+            // and no earlier sync pending, whose writes `on_persisted(seq)` would vouch for
+            // too: complete it here rather than with a round trip through the sync thread.
+            for m in ready.messages_after_persist {
+                self.transport.send(m);
+            }
+            self.raw.on_persisted(ready.seq);
+        } else if ready.seq > 0 {
             let job = self.raw.storage_mut().sync_job();
             let req = SyncRequest {
                 seq: ready.seq,
@@ -1020,26 +1125,12 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
         self.apply(ready.committed_entries);
         for rs in ready.read_states {
-            let Some(p) = self.pending_reads.remove(&rs.ctx) else {
+            let Some(ids) = self.read_batch.finish(rs.ctx) else {
                 continue;
             };
-            match rs.result {
-                Ok(index) => {
-                    debug_assert!(self.raw.applied_index() >= index);
-                    Metrics::add(&self.metrics.reads, 1);
-                    let _ = p.reply.send(Ok(self.sm.query(&p.op)));
-                }
-                Err(ReadError::Busy) => {
-                    let _ = p.reply.send(Err(NodeError::Busy));
-                }
-                Err(_) => {
-                    // Leadership moved while the read waited: ask again (its deadline stays).
-                    let cmd = Command::Read {
-                        op: p.op,
-                        linearizable: true,
-                        reply: p.reply,
-                    };
-                    self.park(p.deadline, cmd);
+            for id in ids {
+                if let Some(p) = self.pending_reads.remove(&id) {
+                    self.finish_read(p, rs.result);
                 }
             }
         }
@@ -1274,6 +1365,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         for (_, p) in std::mem::take(&mut self.pending_reads) {
             let _ = p.reply.send(Err(err.clone()));
         }
+        self.read_batch.clear();
         for (_, cmd) in std::mem::take(&mut self.waiting) {
             self.fail_command(cmd, err.clone());
         }

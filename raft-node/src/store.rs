@@ -27,6 +27,12 @@ pub trait NodeStore: LogStore + Send + 'static {
     fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()>;
     /// A job that makes the writes issued so far durable.
     fn sync_job(&mut self) -> SyncJob;
+    /// Whether a sync job would have anything to flush now. `false` only when every write
+    /// issued so far is durable or need not be (a commit-only hard state change), so the
+    /// runtime may count them durable without handing a job to the sync thread.
+    fn sync_needed(&self) -> bool {
+        true
+    }
     /// Short description for status views (`"memory"`, `"raft-log: 3 segments"`).
     fn describe(&self) -> String;
     /// Whether the log survives a restart. A node on a volatile log starts empty, so it
@@ -57,6 +63,10 @@ impl NodeStore for MemLog {
 
     fn sync_job(&mut self) -> SyncJob {
         Box::new(|| Ok(()))
+    }
+
+    fn sync_needed(&self) -> bool {
+        false
     }
 
     fn describe(&self) -> String {

@@ -33,6 +33,10 @@ impl NodeStore for Log {
         Box::new(move || handle.sync().map_err(io::Error::other))
     }
 
+    fn sync_needed(&self) -> bool {
+        self.sync_handle().sync_needed()
+    }
+
     fn describe(&self) -> String {
         format!("raft-log, {} segments", self.segment_count())
     }
