@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{all_entries, entry, segment_files, small_options};
+use common::{all_entries, entry, segment_files, segment_first_index, small_options};
 use raft_core::{Entry, EntryPayload, LogStore, SnapshotMeta};
 use raft_log::format::{read_frame, RecordKey, SegmentHeader, SEGMENT_HEADER_BYTES};
 use raft_log::{Log, LogError};
@@ -61,13 +61,7 @@ fn reused_last_segment(dir: &Path) -> Reused {
     let first = segments[0].clone();
     let old_image = fs::read(&first).unwrap();
     let old_inode = fs::metadata(&first).unwrap().ino();
-    let second_first: u64 = segments[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_first = segment_first_index(&segments[1]);
     compact_to(&mut log, second_first);
     assert_eq!(
         log.recycled_count(),
@@ -141,14 +135,7 @@ fn a_write_into_a_reused_segment_torn_anywhere_is_cut_back_to_whole_records() {
     // never an earlier record, and never a corruption error.
     let dir = common::test_dir();
     let reused = reused_last_segment(dir.path());
-    let name_first: u64 = reused
-        .path
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let name_first = segment_first_index(&reused.path);
     let end = records_end(&reused.new_image);
     for cut in SEGMENT_HEADER_BYTES..=end + 8 {
         let mut image = reused.new_image[..cut].to_vec();
@@ -238,13 +225,7 @@ fn a_segment_whose_bytes_are_held_is_deleted_not_reused() {
         .collect();
     append_synced(&mut log, &written);
     let held = log.entries(1, 2, usize::MAX).unwrap();
-    let second_first: u64 = segment_files(dir.path())[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_first = segment_first_index(&segment_files(dir.path())[1]);
     compact_to(&mut log, second_first);
     assert_eq!(
         log.recycled_count(),
@@ -354,13 +335,7 @@ fn with_reuse_off_compaction_deletes_freed_segments() {
     let written: Vec<Entry> = (1..=150).map(|i| entry(i, 1, ENTRY_BYTES)).collect();
     append_synced(&mut log, &written);
     let before = segment_files(dir.path()).len();
-    let second_first: u64 = segment_files(dir.path())[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_first = segment_first_index(&segment_files(dir.path())[1]);
     compact_to(&mut log, second_first);
     assert_eq!(log.recycled_count(), 0);
     assert_eq!(segment_files(dir.path()).len(), before - 1);

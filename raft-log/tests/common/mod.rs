@@ -66,3 +66,11 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// The first log index a segment file holds, from its name.
+pub fn segment_first_index(path: &Path) -> u64 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a segment file name: {}", path.display()))
+}
