@@ -3,7 +3,8 @@
 //! The length counts the version byte and the body. It is checked against the configured
 //! maximum before a single byte of the frame is buffered beyond the header, so a hostile
 //! length costs nothing. The decoder is generic over any `DeserializeOwned` type; the
-//! transport uses it for handshakes, [`raft_core::Message`]s and snapshot frames.
+//! transport uses it for handshakes and snapshot frames (the message lane reads with
+//! [`crate::message_reader`], which decodes `raft_core::Message`s without copying payloads).
 
 use std::io;
 use std::marker::PhantomData;
@@ -66,7 +67,7 @@ pub struct FrameDecoder<T> {
     /// The inner codec consumed a header whose body has not fully arrived.
     mid_frame: bool,
     /// Turns a de-framed body into a `T`: postcard through serde, or a specialised decoder
-    /// such as [`crate::message_codec::decode_message`].
+    /// such as [`crate::message_codec::decode_message`] (see [`Self::with_body_decoder`]).
     body: fn(Bytes) -> Result<T, FrameError>,
     /// Decodes a body shorter than the given length in place, from the read buffer: no
     /// split, no reference count per frame. Longer frames go through `body`.
@@ -88,19 +89,6 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
     pub fn retype<U: DeserializeOwned>(self, frame_bytes_max: usize) -> FrameDecoder<U> {
         let mut d = self.retype_with(frame_bytes_max, |b| decode_body(&b));
         d.body_in_place = Some((decode_body::<U>, usize::MAX));
-        d
-    }
-}
-
-impl FrameDecoder<raft_core::Message> {
-    /// The message lane's decoder: slices large command payloads out of the read buffer.
-    pub fn messages(frame_bytes_max: usize) -> Self {
-        let mut d = Self::with_body_decoder(frame_bytes_max, crate::message_codec::decode_message);
-        // A frame shorter than the zero-copy threshold holds no payload worth slicing.
-        d.body_in_place = Some((
-            crate::message_codec::decode_message_slice,
-            crate::message_codec::ZERO_COPY_BYTES_MIN,
-        ));
         d
     }
 }

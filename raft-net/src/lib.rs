@@ -52,6 +52,7 @@
 pub mod config;
 pub mod frame;
 pub mod message_codec;
+pub mod message_reader;
 pub mod stats;
 mod transport;
 pub mod wire;

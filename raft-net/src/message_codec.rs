@@ -25,9 +25,13 @@ const ENTRY_BYTES_MIN: usize = 3;
 
 struct Cursor<'a> {
     frame: &'a [u8],
-    /// The frame as `Bytes`, to slice large payloads out of; without it every payload is
-    /// copied.
+    /// The `Bytes` that `frame` lies in, to slice payloads out of; without it every payload
+    /// is copied.
     owner: Option<&'a Bytes>,
+    /// Where `frame` starts in `owner`.
+    base: usize,
+    /// Payloads shorter than this are copied even with an owner.
+    slice_bytes_min: usize,
     pos: usize,
 }
 
@@ -111,7 +115,9 @@ impl Cursor<'_> {
         let (start, end) = (self.pos, self.pos + len as usize);
         self.pos = end;
         Ok(match self.owner {
-            Some(owner) if end - start >= ZERO_COPY_BYTES_MIN => owner.slice(start..end),
+            Some(owner) if end - start >= self.slice_bytes_min => {
+                owner.slice(self.base + start..self.base + end)
+            }
             _ => Bytes::copy_from_slice(&self.frame[start..end]),
         })
     }
@@ -217,23 +223,51 @@ impl Cursor<'_> {
 /// Decode one de-framed body (version byte + postcard `Message`), slicing large command
 /// payloads out of `frame`. Accepts exactly what `postcard::from_bytes` accepts.
 pub fn decode_message(frame: Bytes) -> Result<Message, FrameError> {
-    decode_from(&frame, Some(&frame))
+    decode_from(&frame, Some(&frame), ZERO_COPY_BYTES_MIN)
+}
+
+/// Decode one de-framed body (version byte + postcard `Message`) that lies inside `owner`,
+/// slicing every command payload of at least `slice_bytes_min` bytes out of `owner`
+/// rather than copying it (each slice keeps all of `owner`'s allocation alive).
+///
+/// # Panics
+/// If `frame` is not a part of `owner`.
+pub fn decode_message_in(
+    owner: &Bytes,
+    frame: &[u8],
+    slice_bytes_min: usize,
+) -> Result<Message, FrameError> {
+    decode_from(frame, Some(owner), slice_bytes_min)
 }
 
 /// [`decode_message`] from a borrowed body, copying every payload: for frames too short
 /// to hold a payload worth slicing, which then need not be split off the read buffer.
 pub fn decode_message_slice(frame: &[u8]) -> Result<Message, FrameError> {
-    decode_from(frame, None)
+    decode_from(frame, None, usize::MAX)
 }
 
-fn decode_from(frame: &[u8], owner: Option<&Bytes>) -> Result<Message, FrameError> {
+fn decode_from(
+    frame: &[u8],
+    owner: Option<&Bytes>,
+    slice_bytes_min: usize,
+) -> Result<Message, FrameError> {
     let (&version, _) = frame.split_first().ok_or(FrameError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(FrameError::BadVersion(version));
     }
+    let base = owner.map_or(0, |o| {
+        let base = (frame.as_ptr() as usize).wrapping_sub(o.as_ptr() as usize);
+        assert!(
+            base <= o.len() && frame.len() <= o.len() - base,
+            "the frame lies outside its owner"
+        );
+        base
+    });
     let mut c = Cursor {
         frame,
         owner,
+        base,
+        slice_bytes_min,
         pos: 1,
     };
     let msg = c.message().map_err(FrameError::Decode)?;

@@ -19,7 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::config::{backoff_ms, TransportConfig};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
 use crate::message_codec::{encode_message, SegmentedBuf};
+use crate::message_reader::MessageReader;
 use crate::stats::{ConnErrorKind, Stats, StatsSnapshot};
 use crate::wire::{
     Hello, HelloReply, Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX, REJECT_REASON_BYTES_MAX,
@@ -1539,7 +1540,7 @@ async fn serve_inbound_messages(
 }
 
 /// Read a message connection: every read pulls in as many bytes as the socket holds (up
-/// to the buffer's room, at least `READ_BYTES_MIN`), every whole frame in the buffer is
+/// to the room left in the reader's chunk, see [`MessageReader`]), every whole frame is
 /// decoded in one pass, and they go to the host as one batch: one channel send and one
 /// wake-up per read, not per message. With `idle_close`, a connection on which nothing
 /// went either way for `idle_timeout_ms` is closed.
@@ -1547,88 +1548,90 @@ async fn read_messages(
     shared: &Shared,
     from: NodeId,
     mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    pending: BytesMut,
     link: &Link,
     idle_close: bool,
 ) -> Result<(), ConnError> {
     let cfg = &shared.cfg;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
-    async {
-        let mut dec = FrameDecoder::messages(cfg.frame_bytes_max);
-        let batch_max = cfg.incoming_batch_messages_max;
-        // The idle timer is re-armed only when it fires, not per read, so the hot path
-        // reads no clock; silence is detected within 1-2x idle.
-        let timer = sleep(idle);
-        tokio::pin!(timer);
-        let mut frames_since_armed = 0u64;
-        let mut writes_armed = link.writes.load(Relaxed);
-        let mut bytes_seen = 0u64;
-        // Sized like the last batch: a steady stream allocates each batch once.
-        let mut batch_hint = 1usize;
-        loop {
-            let mut batch = Vec::with_capacity(batch_hint);
-            let mut drained = false;
-            while batch.len() < batch_max {
-                match dec.decode(&mut buf)? {
-                    Some(msg) => {
-                        if msg.from != from || msg.to != cfg.node_id {
-                            return Err(ConnError::new(
-                                ConnErrorKind::Protocol,
-                                format!(
-                                    "message from {} to {} on node {from}'s connection to node {}",
-                                    msg.from, msg.to, cfg.node_id
-                                ),
-                            ));
-                        }
-                        batch.push(msg);
-                    }
-                    None => {
-                        drained = true;
-                        break;
-                    }
-                }
+    let mut reader = MessageReader::new(cfg.frame_bytes_max, &pending);
+    drop(pending);
+    let batch_max = cfg.incoming_batch_messages_max;
+    // The idle timer is re-armed only when it fires, not per read, so the hot path
+    // reads no clock; silence is detected within 1-2x idle.
+    let timer = sleep(idle);
+    tokio::pin!(timer);
+    let mut frames_since_armed = 0u64;
+    let mut writes_armed = link.writes.load(Relaxed);
+    let mut bytes_seen = 0u64;
+    // Sized like the last batch: a steady stream allocates each batch once.
+    let mut batch_hint = 1usize;
+    loop {
+        let mut batch = Vec::with_capacity(batch_hint);
+        // A bad frame ends the connection, but the good ones before it are delivered.
+        let (drained, bad) = match reader.decode(&mut batch, batch_max) {
+            Ok(drained) => (drained, None),
+            Err(e) => (true, Some(ConnError::from(e))),
+        };
+        let strays = batch
+            .iter()
+            .position(|m| m.from != from || m.to != cfg.node_id);
+        let bad = match strays {
+            Some(i) => {
+                let m = &batch[i];
+                let e = ConnError::new(
+                    ConnErrorKind::Protocol,
+                    format!(
+                        "message from {} to {} on node {from}'s connection to node {}",
+                        m.from, m.to, cfg.node_id
+                    ),
+                );
+                batch.truncate(i);
+                Some(e)
             }
-            if !batch.is_empty() {
-                let n = batch.len() as u64;
-                batch_hint = batch.len();
-                frames_since_armed += n;
-                let total = dec.frame_bytes();
-                Stats::add(&shared.stats.bytes_received, total - bytes_seen);
-                bytes_seen = total;
-                Stats::add(&shared.stats.messages_received, n);
-                link.reads.fetch_add(1, Relaxed);
-                if !deliver(shared, Incoming::Messages(batch)).await {
-                    // The host dropped its receiver: nothing left to deliver to.
-                    return Ok(());
-                }
-            }
-            if !drained {
-                continue; // A full batch: more whole frames may wait in the buffer.
-            }
-            let read = tokio::select! {
-                biased;
-                r = rd.read_buf(&mut buf) => r?,
-                _ = &mut timer, if idle_close => {
-                    let writes = link.writes.load(Relaxed);
-                    if frames_since_armed > 0 || writes != writes_armed {
-                        frames_since_armed = 0;
-                        writes_armed = writes;
-                        timer.as_mut().reset(Instant::now() + idle);
-                        continue;
-                    }
-                    return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
-                }
-            };
-            if read == 0 {
-                // Every whole frame was decoded above: anything left is a cut-off frame.
-                return match dec.decode_eof(&mut buf)? {
-                    None => Ok(()),
-                    Some(_) => unreachable!("decode found no whole frame in this same buffer"),
-                };
+            None => bad,
+        };
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            batch_hint = batch.len();
+            frames_since_armed += n;
+            let total = reader.frame_bytes();
+            Stats::add(&shared.stats.bytes_received, total - bytes_seen);
+            bytes_seen = total;
+            Stats::add(&shared.stats.messages_received, n);
+            link.reads.fetch_add(1, Relaxed);
+            if !deliver(shared, Incoming::Messages(batch)).await {
+                // The host dropped its receiver: nothing left to deliver to.
+                return Ok(());
             }
         }
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if !drained {
+            continue; // A full batch: more whole frames may wait in the buffer.
+        }
+        let mut room = reader.read_buf()?;
+        let read = tokio::select! {
+            biased;
+            r = rd.read_buf(&mut room) => r?,
+            _ = &mut timer, if idle_close => {
+                let writes = link.writes.load(Relaxed);
+                if frames_since_armed > 0 || writes != writes_armed {
+                    frames_since_armed = 0;
+                    writes_armed = writes;
+                    timer.as_mut().reset(Instant::now() + idle);
+                    continue;
+                }
+                return Err(ConnError::new(ConnErrorKind::IdleTimeout, "no frame within idle_timeout_ms"));
+            }
+        };
+        if read == 0 {
+            // Every whole frame was decoded above: anything left is a cut-off frame.
+            reader.finish()?;
+            return Ok(());
+        }
     }
-    .await
 }
 
 async fn receive_snapshots(

@@ -9,8 +9,10 @@ use raft_core::{
 };
 use raft_net::frame::{encode_frame, FrameDecoder, FrameError, FORMAT_VERSION};
 use raft_net::message_codec::{
-    decode_message, decode_message_slice, encode_message, SegmentedBuf, ZERO_COPY_BYTES_MIN,
+    decode_message, decode_message_in, decode_message_slice, encode_message, SegmentedBuf,
+    ZERO_COPY_BYTES_MIN,
 };
+use raft_net::message_reader::{MessageReader, READ_CHUNK_BYTES};
 use raft_net::wire::{Hello, HelloReply, SnapshotFrame};
 use tokio_util::codec::Decoder;
 
@@ -98,6 +100,34 @@ fn message() -> impl Strategy<Value = Message> {
     })
 }
 
+/// Feed `wire` to the transport's message reader in reads of at most `step` bytes, as a
+/// socket would, decoding after each read; then signal EOF. The messages, and the first
+/// error.
+fn read_all(max: usize, wire: &[u8], step: usize) -> (Vec<Message>, Option<FrameError>) {
+    let mut reader = MessageReader::new(max, &[]);
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        loop {
+            match reader.decode(&mut out, usize::MAX) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        if at == wire.len() {
+            return (out, reader.finish().err());
+        }
+        let mut room = match reader.read_buf() {
+            Ok(room) => room,
+            Err(e) => return (out, Some(e)),
+        };
+        let n = step.min(room.remaining_mut()).min(wire.len() - at);
+        room.put_slice(&wire[at..at + n]);
+        at += n;
+    }
+}
+
 /// Decode everything in `buf`, as the transport's reader would, then signal EOF.
 fn drain<T: serde::de::DeserializeOwned>(
     dec: &mut FrameDecoder<T>,
@@ -130,9 +160,13 @@ proptest! {
             encode_frame(m, &mut wire, 1 << 20).unwrap();
         }
         let cut = split.index(wire.len() + 1);
-        // The transport's message decoder (hand-written, zero-copy).
-        let mut dec = FrameDecoder::<Message>::messages(1 << 20);
+        // The transport's message reader (hand-written decoder, zero-copy).
+        let (got, err) = read_all(1 << 20, &wire, cut.max(1));
+        prop_assert!(err.is_none(), "{err:?}");
+        prop_assert_eq!(&got, &msgs);
+        // The generic serde decoder agrees.
         let mut buf = BytesMut::from(&wire[..cut]);
+        let mut dec = FrameDecoder::<Message>::new(1 << 20);
         let mut got = Vec::new();
         while let Some(m) = dec.decode(&mut buf).unwrap() {
             got.push(m);
@@ -155,8 +189,12 @@ proptest! {
         let _ = drain(&mut FrameDecoder::<SnapshotFrame>::new(max), &mut buf);
         let mut buf = BytesMut::from(&bytes[..]);
         let _ = drain(&mut FrameDecoder::<Hello>::new(max), &mut buf);
-        let mut buf = BytesMut::from(&bytes[..]);
-        let _ = drain(&mut FrameDecoder::<Message>::messages(max), &mut buf);
+        for step in [1, 7, bytes.len().max(1)] {
+            let (_, err) = read_all(max, &bytes, step);
+            let (_, whole_err) = read_all(max, &bytes, usize::MAX);
+            // The same bytes, read in any pieces: the same outcome.
+            prop_assert_eq!(err.map(|e| e.to_string()), whole_err.map(|e| e.to_string()));
+        }
     }
 
     /// The hand-written encoder writes exactly the bytes of the serde path, large payloads
@@ -214,16 +252,18 @@ proptest! {
         let mut framed = vec![FORMAT_VERSION];
         framed.extend_from_slice(&body);
         let in_place = decode_message_slice(&framed).ok();
-        let fast = decode_message(Bytes::from(framed)).ok();
+        let owner = Bytes::from(framed);
+        let fast = decode_message(owner.clone()).ok();
+        let sliced = decode_message_in(&owner, &owner[..], 0).ok();
         prop_assert_eq!(&fast, &serde);
+        prop_assert_eq!(&sliced, &serde);
         prop_assert_eq!(in_place, serde);
     }
 
-    /// Frames decoded where they lie in the read buffer (whole small frames) and frames
-    /// de-framed first (large ones, and any that arrive in pieces) give the same messages:
-    /// fed whole, one byte per read, or in arbitrary pieces.
+    /// The reader gives the same messages whether frames fit a read chunk or need an
+    /// allocation of their own, fed whole, one byte per read, or in arbitrary pieces.
     #[test]
-    fn in_place_and_deframed_paths_agree(
+    fn reader_agrees_whatever_the_read_pattern(
         msgs in vec(message(), 1..8),
         big in 0usize..3,
         piece in 1usize..300,
@@ -234,7 +274,8 @@ proptest! {
                 entries.push(Entry {
                     index: i as u64,
                     term: 1,
-                    payload: EntryPayload::Command(Bytes::from(vec![7; ZERO_COPY_BYTES_MIN + i])),
+                    // Past a read chunk for i = 1, 2.
+                    payload: EntryPayload::Command(Bytes::from(vec![7; i * READ_CHUNK_BYTES + 1])),
                 });
             }
         }
@@ -243,18 +284,9 @@ proptest! {
             encode_frame(m, &mut wire, 1 << 20).unwrap();
         }
         for step in [wire.len(), 1, piece] {
-            let mut dec = FrameDecoder::<Message>::messages(1 << 20);
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            for chunk in wire.chunks(step) {
-                buf.extend_from_slice(chunk);
-                while let Some(m) = dec.decode(&mut buf).unwrap() {
-                    got.push(m);
-                }
-            }
-            prop_assert!(dec.decode_eof(&mut buf).unwrap().is_none());
+            let (got, err) = read_all(1 << 20, &wire, step);
+            prop_assert!(err.is_none(), "{err:?}");
             prop_assert_eq!(&got, &msgs, "fed {} bytes at a time", step);
-            prop_assert_eq!(dec.frame_bytes(), wire.len() as u64);
         }
     }
 

@@ -2,10 +2,11 @@
 //! allocation; only frames or one clean error.
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use raft_core::Message;
 use raft_net::frame::FrameDecoder;
+use raft_net::message_reader::MessageReader;
 use raft_net::wire::{Hello, SnapshotFrame};
 use tokio_util::codec::Decoder;
 
@@ -21,8 +22,37 @@ fn drain<T>(mut dec: FrameDecoder<T>, data: &[u8]) {
     let _ = dec.decode_eof(&mut buf);
 }
 
+/// The message lane's reader, fed in reads of `step` bytes.
+fn read(data: &[u8], step: usize) {
+    let mut reader = MessageReader::new(1 << 16, &[]);
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        loop {
+            out.clear();
+            match reader.decode(&mut out, 64) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+        if at == data.len() {
+            let _ = reader.finish();
+            return;
+        }
+        let Ok(mut room) = reader.read_buf() else {
+            return;
+        };
+        let n = step.min(room.remaining_mut()).min(data.len() - at);
+        room.put_slice(&data[at..at + n]);
+        at += n;
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    drain(FrameDecoder::<Message>::messages(1 << 16), data);
+    let step = data.first().map_or(1, |&b| usize::from(b) + 1);
+    read(data, step);
+    read(data, usize::MAX);
     drain(FrameDecoder::<Message>::new(1 << 16), data);
     drain(FrameDecoder::<Hello>::new(1024), data);
     drain(FrameDecoder::<SnapshotFrame>::new(1 << 16), data);
