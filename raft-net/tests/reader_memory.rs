@@ -124,7 +124,7 @@ fn bound(payload_bytes: usize) -> usize {
 fn retained_payload_pins_at_most_the_bound() {
     // Small messages, many per read chunk: one kept 100-byte command keeps its chunk
     // (sliced, not copied) and nothing more, however the bytes arrived.
-    let small: Vec<_> = (0..3000).map(|i| append(i * 10, &[100])).collect();
+    let small: Vec<_> = (0..6000).map(|i| append(i * 10, &[100])).collect();
     let wire = wire_of(&small);
     assert!(wire.len() > 4 * READ_CHUNK_BYTES);
     for step in [1000, READ_CHUNK_BYTES, usize::MAX] {
