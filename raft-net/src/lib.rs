@@ -21,7 +21,8 @@
 //!
 //! The message lane's hot path avoids copies: [`message_codec`] encodes `Message`s
 //! byte-for-byte as postcard would, but leaves command payloads of 2 KiB or more where they
-//! are (one vectored write per batch) and slices them out of the read buffer on receipt.
+//! are (one vectored write per batch); [`message_reader`] decodes every payload as a slice
+//! of the bounded read chunk it arrived in (the retention bound is documented there).
 //!
 //! Benchmarks, each beside its raw-TCP baseline in the same run, with a ratio summary:
 //! `cargo bench -p raft-net --bench transport` (`RAFT_NET_BENCH_WORKERS` sets the runtime's

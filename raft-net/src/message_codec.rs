@@ -5,9 +5,11 @@
 //! Why: through serde, every `Bytes` payload is copied into the write buffer and again out
 //! of the read buffer into a fresh allocation; for 16 KiB entries each copy is as costly as
 //! the kernel's own. The encoder queues large payloads as their own segments of one
-//! vectored write, the decoder slices them out of the received frame. Small
-//! payloads are still copied, so that a 100-byte command kept in a log cache does not pin
-//! a whole read buffer in memory.
+//! vectored write, the decoder slices them out of the received frame.
+//! [`decode_message`] slices only payloads of [`ZERO_COPY_BYTES_MIN`] or more, so that a
+//! 100-byte command kept in a log does not pin a whole frame; the transport's reader
+//! decodes with [`decode_message_in`] instead, whose allocations it bounds itself
+//! (see [`crate::message_reader`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use raft_core::{
@@ -17,7 +19,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::frame::{FrameError, FORMAT_VERSION, LENGTH_PREFIX_BYTES};
 
-/// Command payloads at least this long are sliced out of the frame rather than copied.
+/// Command payloads at least this long are written from where they lie (their own segment
+/// of the vectored write) and sliced out of the frame by [`decode_message`].
 pub const ZERO_COPY_BYTES_MIN: usize = 2048;
 
 /// Smallest encoding of one entry (index, term, payload tag): bounds a hostile entry count.
