@@ -409,3 +409,50 @@ fn large_payloads_are_sliced_small_ones_copied() {
         "small payload pins the frame"
     );
 }
+
+/// The send queue drops its oldest frames from the front of an encoded batch, whether they
+/// lie in the copy buffer or in zero-copy segments, leaving exactly the later frames.
+#[test]
+fn dropping_the_oldest_frames_leaves_the_rest_intact() {
+    let msg = |i: u64, payload: usize| Message {
+        from: 1,
+        to: 2,
+        term: i,
+        body: MessageBody::AppendEntries {
+            prev_log_index: i,
+            prev_log_term: 1,
+            entries: vec![Entry {
+                index: i + 1,
+                term: 1,
+                payload: EntryPayload::Command(Bytes::from(vec![i as u8; payload])),
+            }],
+            leader_commit: 0,
+        },
+    };
+    let msgs: Vec<_> = [10, ZERO_COPY_BYTES_MIN, 3, ZERO_COPY_BYTES_MIN + 5, 0, 7]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| msg(i as u64, n))
+        .collect();
+    for drop in 0..=msgs.len() {
+        let mut out = SegmentedBuf::with_capacity(16);
+        let lens: Vec<_> = msgs
+            .iter()
+            .map(|m| encode_message(m, &mut out, 1 << 20).unwrap())
+            .collect();
+        for &n in &lens[..drop] {
+            out.drop_front(n);
+        }
+        let mut expected = BytesMut::new();
+        for m in &msgs[drop..] {
+            encode_frame(m, &mut expected, 1 << 20).unwrap();
+        }
+        assert_eq!(out.len(), expected.len());
+        let got: Vec<u8> = out
+            .finish()
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect();
+        assert_eq!(&got[..], &expected[..], "after dropping {drop}");
+    }
+}

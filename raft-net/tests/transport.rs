@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use raft_core::{Membership, Message, MessageBody, SnapshotMeta};
+use raft_core::{Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta};
 use raft_net::frame::{encode_frame, FrameDecoder};
 use raft_net::wire::{Hello, HelloReply, Lane, SnapshotFrame};
 use raft_net::{ConnErrorKind, Incoming, Transport, TransportConfig, TransportHandle};
@@ -231,6 +231,61 @@ async fn full_queue_drops_the_oldest_and_counts() {
         Err(raft_net::SendError::UnknownPeer(3))
     );
     a.shutdown().await;
+}
+
+/// The queue holds encoded frames: dropping the oldest must leave the newest whole, also
+/// when large payloads sit in zero-copy segments of it. Once the peer comes up, exactly the
+/// newest `queue_messages_max` messages arrive, in order and intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_full_queue_the_newest_messages_arrive_intact() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let mut ca = config(1);
+    ca.queue_messages_max = 10;
+    ca.peers.insert(2, addr);
+    let (a, _a_rx) = start(ca).await;
+    let append = |seq: u64| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::AppendEntries {
+            prev_log_index: seq,
+            prev_log_term: 1,
+            entries: vec![Entry {
+                index: seq + 1,
+                term: 1,
+                // Every third one large enough to travel as its own segment.
+                payload: EntryPayload::Command(Bytes::from(vec![
+                    seq as u8;
+                    if seq % 3 == 0 {
+                        3000
+                    } else {
+                        50
+                    }
+                ])),
+            }],
+            leader_commit: 0,
+        },
+    };
+    for seq in 0..100 {
+        a.send(append(seq)).unwrap();
+    }
+    assert_eq!(a.queued(2), 10);
+    assert_eq!(a.stats().messages_dropped, 90);
+    let mut cb = config(2);
+    cb.listen_addr = addr;
+    cb.peers.insert(1, a.local_addr());
+    let (b, mut b_rx) = start(cb).await;
+    for seq in 90..100 {
+        let got = timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .expect("the queued messages arrive")
+            .unwrap();
+        assert_eq!(got, Incoming::Messages(vec![append(seq)]));
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
