@@ -37,8 +37,7 @@ pub struct TransportConfig {
     /// Most messages in one [`crate::Incoming::Messages`] batch. A reader hands over every
     /// whole frame one read brought in, up to this many, with one channel send.
     pub incoming_batch_messages_max: usize,
-    /// Room the writer's encode buffer starts with; one that a burst grew past four times
-    /// this is not kept. (Whatever is queued goes out in one vectored write.)
+    /// A batch is written out once it has grown to this many bytes.
     pub write_batch_bytes_max: usize,
     /// `send` writes a message to the socket itself, saving the hand-off to the peer's
     /// writer task, when nothing is queued or being written and the connection's last write

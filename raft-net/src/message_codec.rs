@@ -11,7 +11,7 @@
 //! decodes with [`decode_message_in`] instead, whose allocations it bounds itself
 //! (see [`crate::message_reader`]).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft_core::{
     ConflictHint, Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta,
 };
@@ -426,31 +426,6 @@ impl SegmentedBuf {
             self.segments.push(self.buf.split().freeze());
         }
         &self.segments
-    }
-
-    /// Forget the first `n` bytes encoded: whole frames, the oldest queued messages.
-    ///
-    /// # Panics
-    /// If fewer than `n` bytes are encoded.
-    pub fn drop_front(&mut self, mut n: usize) {
-        assert!(n <= self.len(), "dropping {n} of {} bytes", self.len());
-        let mut whole = 0;
-        for s in &mut self.segments {
-            if n == 0 {
-                break;
-            }
-            if s.len() <= n {
-                n -= s.len();
-                self.queued -= s.len();
-                whole += 1;
-            } else {
-                s.advance(n);
-                self.queued -= n;
-                n = 0;
-            }
-        }
-        self.segments.drain(..whole);
-        self.buf.advance(n);
     }
 
     /// Forget what was written, keeping the buffer's memory for the next batch.

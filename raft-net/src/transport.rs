@@ -177,12 +177,7 @@ impl std::hash::Hasher for NodeIdHasher {
 /// `send`'s direct writes and the writer task's batches never interleave bytes or reorder
 /// messages: `send` writes only when nothing is queued, unsent or being written.
 struct Outbox {
-    /// Queued messages, encoded by `send`: the message is freed on the thread that built
-    /// it, and the writer task only writes bytes.
-    queue: SegmentedBuf,
-    /// The length of each frame in `queue`, oldest first: the queue's message count, and
-    /// what to cut when it is full.
-    queue_frame_bytes: VecDeque<usize>,
+    queue: VecDeque<Message>,
     /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
     writer_busy: bool,
     /// The message connection the writer task is sending on (and `send` may write to
@@ -204,8 +199,7 @@ struct Outbox {
 impl Outbox {
     fn new() -> Self {
         Outbox {
-            queue: SegmentedBuf::with_capacity(0),
-            queue_frame_bytes: VecDeque::new(),
+            queue: VecDeque::new(),
             writer_busy: false,
             conn: None,
             inbound: None,
@@ -446,7 +440,7 @@ impl TransportHandle {
         let (dropped, was_empty) = {
             let mut out = peer.out.lock().unwrap();
             let out = &mut *out;
-            if !out.writer_busy && out.queue_frame_bytes.is_empty() && out.unsent.is_empty() {
+            let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
                 match &out.conn {
                     Some(conn)
                         if !conn.retired.load(Relaxed)
@@ -454,32 +448,24 @@ impl TransportHandle {
                                 >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
                     {
                         let conn = conn.clone();
-                        if write_direct(&self.shared, peer, out, &conn, &msg) {
-                            return Ok(());
+                        match write_direct(&self.shared, peer, out, &conn, msg) {
+                            None => return Ok(()),
+                            Some(msg) => msg,
                         }
                     }
-                    _ => {}
+                    _ => msg,
                 }
-            }
-            let dropped = if out.queue_frame_bytes.len() >= cfg.queue_messages_max {
-                let oldest = out
-                    .queue_frame_bytes
-                    .pop_front()
-                    .expect("the queue is full");
-                out.queue.drop_front(oldest);
-                true
+            } else {
+                msg
+            };
+            let q = &mut out.queue;
+            let dropped = if q.len() >= cfg.queue_messages_max {
+                q.pop_front().is_some()
             } else {
                 false
             };
-            let was_empty = out.queue_frame_bytes.is_empty();
-            match encode_message(&msg, &mut out.queue, cfg.frame_bytes_max) {
-                Ok(n) => out.queue_frame_bytes.push_back(n),
-                Err(e) => {
-                    Stats::add(&self.shared.stats.messages_unencodable, 1);
-                    warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
-                    return Ok(());
-                }
-            }
+            let was_empty = q.is_empty();
+            q.push_back(msg);
             (dropped, was_empty)
         };
         if dropped {
@@ -542,7 +528,7 @@ impl TransportHandle {
     /// Messages waiting in `to`'s queue.
     pub fn queued(&self, to: NodeId) -> usize {
         self.peer(to)
-            .map(|p| p.out.lock().unwrap().queue_frame_bytes.len())
+            .map(|p| p.out.lock().unwrap().queue.len())
             .unwrap_or(0)
     }
 
@@ -691,7 +677,7 @@ fn log_conn_error(shared: &Shared, peer: NodeId, lane: Lane, e: &ConnError) {
 /// Wait until `peer`'s queue is non-empty. Returns false on cancellation.
 async fn wait_for_messages(peer: &Peer) -> bool {
     loop {
-        if !peer.out.lock().unwrap().queue_frame_bytes.is_empty() {
+        if !peer.out.lock().unwrap().queue.is_empty() {
             return true;
         }
         tokio::select! {
@@ -701,28 +687,28 @@ async fn wait_for_messages(peer: &Peer) -> bool {
     }
 }
 
-/// Write `msg` to `conn` from the caller, under the outbox lock. True: written (or
+/// Write `msg` to `conn` from the caller, under the outbox lock. `None`: written (or
 /// unencodable, and counted); what the socket did not take is left in `out.unsent` for the
-/// writer task. False: nothing could be written, queue it.
+/// writer task. `Some(msg)`: nothing could be written, queue it.
 fn write_direct(
     shared: &Shared,
     peer: &Peer,
     out: &mut Outbox,
     conn: &Link,
-    msg: &Message,
-) -> bool {
+    msg: Message,
+) -> Option<Message> {
     let cfg = &shared.cfg;
     out.scratch.clear();
-    if let Err(e) = encode_message(msg, &mut out.scratch, cfg.frame_bytes_max) {
+    if let Err(e) = encode_message(&msg, &mut out.scratch, cfg.frame_bytes_max) {
         Stats::add(&shared.stats.messages_unencodable, 1);
         warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
-        return true;
+        return None;
     }
     let total = out.scratch.len();
     let segments = out.scratch.finish();
     let written = match try_write_now(&conn.wr, segments) {
         // Broken, or no room at all: the writer task finds out which and deals with it.
-        Ok(0) | Err(_) => return false,
+        Ok(0) | Err(_) => return Some(msg),
         Ok(n) => n,
     };
     if written < total {
@@ -740,7 +726,7 @@ fn write_direct(
     if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
         out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
     }
-    true
+    None
 }
 
 /// Write as much of `segments` as the socket takes without waiting. An error only when
@@ -837,7 +823,8 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.cfg;
     let mut failures: u32 = 0;
     let mut connected_before = false;
-    let mut buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max);
+    let mut buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
+    let mut batch: VecDeque<Message> = VecDeque::new();
     loop {
         // Connect lazily: an idle peer costs no socket.
         if !wait_for_messages(&peer).await {
@@ -913,7 +900,7 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
             out.writer_busy = true;
             link
         };
-        let result = pump_messages(&shared, &peer, &link, &mut buf).await;
+        let result = pump_messages(&shared, &peer, &link, &mut buf, &mut batch).await;
         {
             let mut out = peer.out.lock().unwrap();
             if out.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &link)) {
@@ -921,7 +908,7 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
             }
         }
         // What the writer took but did not write belongs to the closed connection.
-        buf.clear();
+        batch.clear();
         if link.dialed_by_us {
             // Ours to close; a link the peer dialled is closed by its reader.
             link.closed.cancel();
@@ -982,6 +969,7 @@ async fn pump_messages(
     peer: &Peer,
     link: &Link,
     buf: &mut SegmentedBuf,
+    batch: &mut VecDeque<Message>,
 ) -> Result<PumpEnd, ConnError> {
     let cfg = &shared.cfg;
     let wr = &link.wr;
@@ -996,22 +984,17 @@ async fn pump_messages(
     tokio::pin!(idle_timer);
     let mut activity_armed = link.activity();
     loop {
-        let (unsent, retiring, count) = {
+        let (unsent, retiring) = {
             let mut out = peer.out.lock().unwrap();
             let retiring = link.retired.load(Relaxed);
             // A retiring link sends only the tail of a half-written frame; the queue waits
-            // for the next link. Otherwise the writer takes the whole queue and leaves its
-            // own emptied buffer in its place.
-            let mut count = 0;
+            // for the next link.
             if !retiring {
-                buf.clear();
-                std::mem::swap(&mut out.queue, buf);
-                count = out.queue_frame_bytes.len() as u64;
-                out.queue_frame_bytes.clear();
+                std::mem::swap(&mut out.queue, batch);
             }
             let unsent = std::mem::take(&mut out.unsent);
-            out.writer_busy = retiring || count > 0 || !unsent.is_empty();
-            (unsent, retiring, count)
+            out.writer_busy = retiring || !batch.is_empty() || !unsent.is_empty();
+            (unsent, retiring)
         };
         if retiring && unsent.is_empty() {
             return Ok(PumpEnd::Retired);
@@ -1019,7 +1002,7 @@ async fn pump_messages(
         if link.closed.is_cancelled() {
             return Ok(PumpEnd::Closed);
         }
-        if count == 0 && unsent.is_empty() {
+        if batch.is_empty() && unsent.is_empty() {
             // Idle: `send` may write directly meanwhile.
             tokio::select! {
                 _ = &mut cancelled => return Ok(PumpEnd::Cancelled),
@@ -1027,7 +1010,7 @@ async fn pump_messages(
                 _ = peer.queue_notify.notified() => continue,
                 _ = &mut idle_timer => {
                     let mut out = peer.out.lock().unwrap();
-                    if !out.queue_frame_bytes.is_empty() || !out.unsent.is_empty() {
+                    if !out.queue.is_empty() || !out.unsent.is_empty() {
                         continue;
                     }
                     // Direct writes and the peer's messages count as activity too; the
@@ -1054,16 +1037,31 @@ async fn pump_messages(
             Stats::add(&shared.stats.bytes_sent, total as u64);
             link.writes.fetch_add(1, Relaxed);
         }
-        // Everything queued goes out in one vectored write (as many syscalls as the kernel
-        // needs). Large payloads were not copied into the buffer but are written from where
-        // they are.
-        if count > 0 {
+        // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
+        // with as few syscalls as the kernel allows. Large payloads are not copied into the
+        // buffer but written from where they are, in the same (vectored) write.
+        let mut count = 0u64;
+        buf.clear();
+        while let Some(msg) = batch.pop_front() {
+            match encode_message(&msg, buf, cfg.frame_bytes_max) {
+                Ok(_) => count += 1,
+                Err(e) => {
+                    Stats::add(&shared.stats.messages_unencodable, 1);
+                    warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
+                }
+            }
+            if buf.len() >= cfg.write_batch_bytes_max {
+                write_batch(shared, link, buf, count, idle).await?;
+                count = 0;
+            }
+        }
+        if !buf.is_empty() {
             write_batch(shared, link, buf, count, idle).await?;
         }
         peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
         if buf.buf.capacity() > 4 * cfg.write_batch_bytes_max {
-            *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max);
+            *buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
         }
     }
 }
