@@ -235,6 +235,10 @@ async fn run_all(
         }
     );
     run_ours(ctx, s, binary, results, rows).await?;
+    if open_loop_only() {
+        eprintln!("bench: cluster: XTASK_BENCH_OPEN_LOOP_ONLY: no etcd, no restart");
+        return Ok(());
+    }
     match find_on_path("etcd") {
         None => {
             results.etcd_why =
@@ -411,8 +415,12 @@ async fn run_ours(
         duration: s.duration,
         seed,
     };
+    let only_open_loop = open_loop_only();
     for op in [Op::Set, Op::Get] {
         for c in CLIENTS {
+            if only_open_loop && c != OPEN_LOOP_CLIENTS_REF {
+                continue;
+            }
             let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
             eprintln!(
                 "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
@@ -427,7 +435,9 @@ async fn run_ours(
 
     // RESP against the native protocol, same workloads: how the rows' protocol was chosen,
     // and what a Redis client gets.
-    let compare: &[(Op, usize)] = if s.etcd_all {
+    let compare: &[(Op, usize)] = if only_open_loop {
+        &[]
+    } else if s.etcd_all {
         &RESP_COMPARE
     } else {
         &RESP_COMPARE[1..2]
@@ -463,6 +473,17 @@ async fn run_ours(
         let own = std::process::id();
         let (own_before, wall) = (procs::cpu_s(own), Instant::now());
         let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        eprintln!(
+            "bench: cluster {} open loop at {rate:.0}/s: p50 {:.0} us, p99 {:.0} us; connection wait p99 {:.0} us, pacing lateness p99 {:.0} us",
+            op_name(op),
+            us(&o.load.hist, 0.5),
+            us(&o.load.hist, 0.99),
+            us(&o.conn_wait, 0.99),
+            us(&o.pacing_lateness, 0.99),
+        );
+        if only_open_loop {
+            print_stalls(&o);
+        }
         let cpu_after = cpu_s_sum(&servers.pids);
         if let (Some(b), Some(a)) = (own_before, procs::cpu_s(own)) {
             // A generator near one full core is itself the bottleneck of an open-loop run.
@@ -509,7 +530,7 @@ async fn run_ours(
                     .note("from each request's due time"),
             );
         }
-        if let (Some(b), Some(a)) = (counters_before, counters_after) {
+        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
             for counter in ["syncs", "peer_messages"] {
                 if let (Some(x), Some(y), true) =
                     (b.get(counter), a.get(counter), o.load.ops_all > 0)
@@ -531,12 +552,67 @@ async fn run_ours(
                 "us",
                 us(&o.send_delay, 0.99),
             )
-            .note("due time to write: no free connection, or the generator woke late (tokio timers: 1 ms)"),
+            .note("due time to write: the two below together"),
         );
+        rows.push(
+            Row::new(
+                format!("{p}_conn_wait_us_p99"),
+                "us",
+                us(&o.conn_wait, 0.99),
+            )
+            .note(format!("due time to a free connection: all {OPEN_LOOP_CONNS} busy with earlier requests (the servers' back-pressure)")),
+        );
+        rows.push(
+            Row::new(
+                format!("{p}_pacing_lateness_us_p99"),
+                "us",
+                us(&o.pacing_lateness, 0.99),
+            )
+            .note("the generator's own lateness: due (or connection free) to write; tokio timers tick in 1 ms"),
+        );
+        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
+            // The nodes' runtime tasks blocked in log calls during the run (warm-up included):
+            // a block stops the whole node, and shows up in the tail above.
+            let delta = |k: &str| Some(a.get(k)? - b.get(k)?);
+            for ms in [1, 5, 25] {
+                if let (Some(all), Some(within)) = (delta("syncs"), delta(&format!("syncs_{ms}ms")))
+                {
+                    rows.push(
+                        Row::new(format!("{p}_node_syncs_over_{ms}ms"), "count", all - within)
+                            .note(format!("sync jobs (off the runtime task, but every commit waits for them) over {ms} ms; of {all:.0}, 3 nodes summed")),
+                    );
+                }
+            }
+            for (kind, what) in [
+                (
+                    "write",
+                    "log writes of one Ready (append, incl. segment roll; hard state)",
+                ),
+                ("compact", "log compaction or snapshot installation"),
+            ] {
+                let Some(all) = delta(&format!("{kind}_blocks")) else {
+                    continue;
+                };
+                for ms in [1, 5] {
+                    if let Some(within) = delta(&format!("{kind}_blocks_{ms}ms")) {
+                        rows.push(
+                            Row::new(
+                                format!("{p}_node_{kind}_blocks_over_{ms}ms"),
+                                "count",
+                                all - within,
+                            )
+                            .note(format!(
+                                "runtime task blocked > {ms} ms in {what}; of {all:.0}, 3 nodes summed"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
         cluster.procs.check_alive()?;
     }
 
-    if s.soak > Duration::ZERO {
+    if s.soak > Duration::ZERO && !only_open_loop {
         soak(s, &workload(Op::Set, ROWS_PROTO, 777), &pids, rows).await?;
     } else {
         rows.push(Row::skipped(
@@ -553,6 +629,16 @@ async fn run_ours(
         }
     }
     cluster.procs.check_alive()?;
+    if only_open_loop {
+        for id in 1..=NODES {
+            let path = ctx.scratch.join(format!("node-{id}.log"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| format!("{}: {e}", path.display()));
+            for line in text.lines().filter(|l| !l.contains("DEBUG")).take(200) {
+                eprintln!("bench:   node {id}: {line}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -634,6 +720,28 @@ fn counter_note(counter: &str) -> &'static str {
         "syncs" => "sync jobs (raft_syncs_total), 3 nodes summed; a job with nothing dirty does no fdatasync",
         _ => "3 nodes summed",
     }
+}
+
+/// Windows of the open-loop run whose worst request took over [`STALL_US`], with their
+/// wall-clock time, to line up with the nodes' logs.
+fn print_stalls(o: &load::OpenLoopResult) {
+    const STALL_US: u64 = 10_000;
+    for (i, &worst) in o.worst_us_by_window.iter().enumerate() {
+        if worst > STALL_US {
+            let at = o.started_at + load::STALL_WINDOW * i as u32;
+            let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!(
+                "bench:   window {i} (unix {:.3} s): worst {worst} us",
+                since_epoch.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// `XTASK_BENCH_OPEN_LOOP_ONLY=1`: of the cluster section, only the 64-client closed loops
+/// (which set the open-loop rates) and the open-loop runs, to study the tail alone.
+fn open_loop_only() -> bool {
+    std::env::var("XTASK_BENCH_OPEN_LOOP_ONLY").is_ok_and(|v| v == "1")
 }
 
 /// `XTASK_BENCH_NODE_ARGS`: extra `raft-node run` flags for the 3-node cluster (split on
