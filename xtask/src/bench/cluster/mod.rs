@@ -658,16 +658,6 @@ async fn run_ours(
         }
     }
     cluster.procs.check_alive()?;
-    if only_open_loop {
-        for id in 1..=NODES {
-            let path = ctx.scratch.join(format!("node-{id}.log"));
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| format!("{}: {e}", path.display()));
-            for line in text.lines().filter(|l| !l.contains("DEBUG")).take(200) {
-                eprintln!("bench:   node {id}: {line}");
-            }
-        }
-    }
     Ok(())
 }
 
