@@ -26,8 +26,10 @@
 //! straight from their `Bytes`) that become durable at the next [`Log::sync`] or
 //! [`SyncHandle::sync`] (group commit: one `fdatasync` per dirty file, normally only the
 //! active segment; a hard state that changed only its commit index is not forced, see
-//! [`Options::sync_commit_index`]). Truncation, compaction and snapshot install sync before
-//! they return, because what they remove must never come back after a crash. Sealed
+//! [`Options::sync_commit_index`]). Truncation and snapshot install sync before they
+//! return, because what they remove must never come back after a crash. Compaction does
+//! not (it is durable with the next sync, like an append): the files it frees are deleted
+//! or recycled only after that sync, so a crash before it finds every entry still there. Sealed
 //! segments are synced when the next segment is started, so a bad record in a sealed segment
 //! is corruption. Open flushes what it recovered, since it may have been read back from the
 //! page cache of a process that died before syncing it.

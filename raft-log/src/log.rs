@@ -192,6 +192,10 @@ pub struct Log {
     recycled: Vec<PathBuf>,
     /// Numbers the names of recycled files.
     recycle_seq: u64,
+    /// Segments compaction dropped, each with the sequence number of the state write that
+    /// recorded that compaction, in order. A file is deleted or recycled only once that
+    /// state is durable (see `retire_durable`), so compaction itself never waits for a sync.
+    retiring: Vec<(u64, Segment)>,
 }
 
 fn segment_name(first_index: Index) -> String {
@@ -689,6 +693,7 @@ impl Log {
             preparer: None,
             recycled: Vec::new(),
             recycle_seq: 0,
+            retiring: Vec::new(),
         };
         if fresh {
             preallocate(&log.shared, &log.state_file, 2 * STATE_SLOT_BYTES as u64)?;
@@ -882,7 +887,8 @@ impl Log {
     /// written since the last sync (normally only the active segment, plus the state file if
     /// the hard state changed, plus the directory if a segment was created or deleted).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.shared.sync()
+        self.shared.sync()?;
+        self.retire_durable()
     }
 
     /// Syncs that flushed something since open, for tests and metrics.
@@ -1172,6 +1178,8 @@ impl Log {
     /// Seals the active segment (durably, so a bad record in a sealed segment is always
     /// corruption) and starts a new one at `first_index` with room for `record_bytes`.
     fn roll(&mut self, first_index: Index, record_bytes: u64) -> Result<(), LogError> {
+        // Files of compactions that are durable by now can become this segment.
+        self.retire_durable()?;
         if self.segments.last().is_some_and(|s| s.offsets.is_empty()) {
             // An empty segment must not be sealed: recovery treats that as a gap.
             let seg = self.segments.pop().expect("checked");
@@ -1359,10 +1367,33 @@ impl Log {
         fs::remove_file(&file.path).map_err(|e| LogError::io(&file.path, e))
     }
 
+    /// Retires every segment dropped by a compaction whose state write is durable by now.
+    /// Nothing here syncs: the directory change is made durable by the next sync (until
+    /// then a crash may bring a covered file back, which open removes).
+    fn retire_durable(&mut self) -> Result<(), LogError> {
+        let durable = self.shared.durable_state_seq();
+        let ready = self
+            .retiring
+            .iter()
+            .take_while(|(seq, _)| *seq <= durable)
+            .count();
+        for (_, seg) in self.retiring.drain(..ready).collect::<Vec<_>>() {
+            self.retire(seg)?;
+        }
+        Ok(())
+    }
+
     /// Files kept for reuse, for tests.
     #[doc(hidden)]
     pub fn recycled_count(&self) -> usize {
         self.recycled.len()
+    }
+
+    /// Segment files dropped by compaction and still on disk because the compaction is not
+    /// durable yet, for tests.
+    #[doc(hidden)]
+    pub fn retiring_count(&self) -> usize {
+        self.retiring.len()
     }
 
     fn shared_dir(&self) -> PathBuf {
@@ -1420,8 +1451,13 @@ impl Log {
     }
 
     /// Records that a snapshot covers everything up to `meta.index` and drops those entries;
-    /// whole segments are deleted, a partly covered one is kept. `meta.index` must be held
-    /// with term `meta.term`. Syncs before deleting anything, so a crash never leaves a gap.
+    /// whole segments are deleted (or kept for reuse), a partly covered one is kept.
+    /// `meta.index` must be held with term `meta.term`.
+    ///
+    /// It does not sync: the compaction is durable after the next sync, like an append, and
+    /// the files of the dropped segments stay on disk until then (they are deleted or
+    /// recycled by the first `sync`, compaction or segment roll after it), so a crash never
+    /// leaves a gap. The cost on the caller is one state-slot write.
     pub fn compact(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
         self.shared.check_poisoned()?;
         if meta.index <= self.state.snapshot.index {
@@ -1444,13 +1480,21 @@ impl Log {
         }
         let index = meta.index;
         self.update_state(|s| s.snapshot = meta)?;
-        self.shared.sync()?;
-        while self.segments.len() > 1 && self.segments[1].first_index <= index + 1 {
-            let seg = self.segments.remove(0);
-            self.retire(seg)?;
+        // Every later state record carries this snapshot too, so once any state at or past
+        // this sequence number is durable, so is the compaction.
+        let seq = self.state_seq;
+        let covered = self
+            .segments
+            .iter()
+            .skip(1)
+            .take_while(|s| s.first_index <= index + 1)
+            .count();
+        for seg in self.segments.drain(..covered) {
+            self.retiring.push((seq, seg));
         }
         self.trim_term_runs();
-        Ok(())
+        // Those of earlier compactions may be durable by now.
+        self.retire_durable()
     }
 
     /// Replaces the whole log by a snapshot received from a leader: every entry is dropped
@@ -1472,7 +1516,8 @@ impl Log {
             self.shared.mark_dir_dirty();
             fs::remove_file(&seg.file.path).map_err(|e| LogError::io(&seg.file.path, e))?;
         }
-        Ok(())
+        // The synced state covers every earlier compaction too.
+        self.retire_durable()
     }
 
     /// Position in `segments` of the segment holding `index`.

@@ -164,6 +164,12 @@ impl Shared {
         !dirty.files.is_empty() || dirty.dir
     }
 
+    /// The highest state sequence number known durable: every state write up to it
+    /// survives a crash.
+    pub fn durable_state_seq(&self) -> u64 {
+        lock(&self.dirty).durable_seq
+    }
+
     /// Number of successful syncs that flushed at least one file.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)

@@ -1,6 +1,9 @@
 //! Crash test with real processes: a child appends and syncs in a loop, printing each synced
 //! index; the parent SIGKILLs it at seeded random moments, reopens the log and checks that
 //! every entry reported synced is there and intact and that nothing after it is garbage.
+//! The child also compacts now and then, and syncs half the time through a `SyncHandle` (as
+//! raft-node does), so kills also land between a compaction and the sync that makes it
+//! durable, and between that sync and the roll or compaction that frees its files.
 //!
 //! The child is this same test binary, re-executed with `CHILD_DIR_VAR` set, running the
 //! `crash_child` test (a no-op otherwise).
@@ -61,6 +64,9 @@ fn crash_child() {
     let seed: u64 = std::env::var(CHILD_SEED_VAR).unwrap().parse().unwrap();
     let mut rng = Rng(seed | 1);
     let mut log = Log::open(&dir, options()).expect("child open");
+    // raft-node's way: syncs through a handle (its sync thread), so compacted files are
+    // retired by a later compaction or segment roll rather than by `Log::sync`.
+    let handle = log.sync_handle();
     let mut out = std::io::stdout().lock();
     loop {
         let next = log.last_index() + 1;
@@ -74,7 +80,11 @@ fn crash_child() {
             commit: last,
         })
         .expect("hard state");
-        log.sync().expect("sync");
+        if rng.next() % 2 == 0 {
+            handle.sync().expect("sync");
+        } else {
+            log.sync().expect("sync");
+        }
         std::io::Write::write_all(&mut out, format!("synced {last}\n").as_bytes()).expect("stdout");
         std::io::Write::flush(&mut out).expect("stdout");
         if rng.next() % 16 == 0 && last > 300 {

@@ -6,11 +6,12 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{all_entries, entry, segment_files, small_options};
 use raft_core::{Entry, EntryPayload, HardState, LogStore, SnapshotMeta};
 use raft_log::format::{read_frame, SegmentHeader, SEGMENT_HEADER_BYTES};
-use raft_log::{Log, LogError};
+use raft_log::{Log, LogError, Options};
 
 /// Writes `count` entries of about `len` bytes in batches of 4, syncing each batch.
 fn fill(dir: &Path, count: u64, len: usize) -> Vec<Entry> {
@@ -353,6 +354,82 @@ fn compaction_deletes_whole_segments_and_survives_reopen() {
     let log = Log::open(dir.path(), small_options()).unwrap();
     assert_eq!(log.snapshot_meta(), meta);
     assert_eq!(all_entries(&log), written[45..]);
+}
+
+/// Compaction does not sync, and leaves every file in place until its state record is
+/// durable: a crash that loses that record (here: the state file put back as it was, which
+/// is all a power loss can do to an unsynced write) finds the old snapshot and every entry
+/// after it, with no gap. Once synced, the covered files go and a reopen agrees.
+#[test]
+fn compaction_frees_no_file_before_its_state_is_durable() {
+    let dir = common::test_dir();
+    let written = fill(dir.path(), 60, 300);
+    let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = syncs.clone();
+    let options = Options {
+        fault_hook: Some(Arc::new(move |p| {
+            if p == raft_log::FaultPoint::Sync {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        })),
+        ..small_options()
+    };
+    let mut log = Log::open(dir.path(), options).unwrap();
+    log.sync().unwrap();
+    let files_before = common::segment_files(dir.path());
+    let state_before = std::fs::read(dir.path().join("state")).unwrap();
+    let syncs_before = syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let meta = SnapshotMeta {
+        index: 45,
+        term: log.term(45).unwrap(),
+        membership: raft_core::Membership::new_voters([1, 2, 3]),
+    };
+    log.compact(meta.clone()).unwrap();
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::Relaxed),
+        syncs_before,
+        "compaction syncs nothing"
+    );
+    assert_eq!(log.first_index(), 46);
+    assert!(log.retiring_count() > 0);
+    assert_eq!(common::segment_files(dir.path()), files_before);
+    drop(log);
+
+    // The compaction's state write lost: the old state, every segment, no gap.
+    let state_after = std::fs::read(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("state"), &state_before).unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(log.snapshot_meta().index, 0);
+    assert_eq!(all_entries(&log), written);
+    drop(log);
+
+    // The compaction's state write kept (a crash after it reached the disk, before the
+    // files went): open drops the covered segments itself.
+    std::fs::write(dir.path().join("state"), &state_after).unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(log.snapshot_meta(), meta);
+    assert_eq!(all_entries(&log), written[45..]);
+    assert!(common::segment_files(dir.path()).len() < files_before.len());
+    drop(log);
+
+    // The normal course: the next sync makes it durable and retires the files.
+    let mut log = Log::open(dir.path(), small_options()).unwrap();
+    let index = 50;
+    let meta = SnapshotMeta {
+        index,
+        term: log.term(index).unwrap(),
+        membership: raft_core::Membership::new_voters([1, 2, 3]),
+    };
+    let files = common::segment_files(dir.path()).len();
+    log.compact(meta.clone()).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.retiring_count(), 0);
+    assert!(common::segment_files(dir.path()).len() <= files);
+    drop(log);
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(log.snapshot_meta(), meta);
+    assert_eq!(all_entries(&log), written[50..]);
 }
 
 #[test]

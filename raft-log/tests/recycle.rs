@@ -23,6 +23,8 @@ fn append_synced(log: &mut Log, entries: &[Entry]) {
     }
 }
 
+/// Compacts through `index` and makes it durable: the freed files are kept (on disk, under
+/// their segment names) until the compaction's state is synced, then retired.
 fn compact_to(log: &mut Log, index: u64) {
     let term = log.term(index).unwrap();
     log.compact(SnapshotMeta {
@@ -31,6 +33,9 @@ fn compact_to(log: &mut Log, index: u64) {
         membership: Default::default(),
     })
     .unwrap();
+    assert!(log.retiring_count() > 0, "freed segments wait for the sync");
+    log.sync().unwrap();
+    assert_eq!(log.retiring_count(), 0, "retired by the sync");
 }
 
 fn records_end(image: &[u8]) -> usize {

@@ -32,6 +32,11 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Records the wall time elapsed since `start`.
+    pub fn observe_since(&self, start: std::time::Instant) {
+        self.observe_us(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -80,6 +85,11 @@ pub struct Metrics {
     pub replica_diverged: Mutex<BTreeMap<u64, u64>>,
     pub proposal_latency: Histogram,
     pub fsync_latency: Histogram,
+    /// Time the runtime task spends in the log's write calls of one Ready (append and hard
+    /// state): while it is in them, nothing else on the node moves.
+    pub storage_write_block: Histogram,
+    /// Time the runtime task spends in log compaction and snapshot installation.
+    pub storage_compact_block: Histogram,
 }
 
 impl Metrics {
@@ -269,6 +279,16 @@ impl Metrics {
         self.fsync_latency.render(
             "raft_fsync_latency_seconds",
             "Duration of a log sync.",
+            &mut out,
+        );
+        self.storage_write_block.render(
+            "raft_storage_write_block_seconds",
+            "Time the runtime task was blocked in the log writes (append, hard state) of one Ready.",
+            &mut out,
+        );
+        self.storage_compact_block.render(
+            "raft_storage_compact_block_seconds",
+            "Time the runtime task was blocked in one log compaction or snapshot installation.",
             &mut out,
         );
         out

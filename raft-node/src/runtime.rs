@@ -732,7 +732,12 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             term,
             membership: self.memberships[pos].1.clone(),
         };
-        if let Err(e) = self.raw.storage_mut().compact_to(meta) {
+        let blocked_from = std::time::Instant::now();
+        let compacted = self.raw.storage_mut().compact_to(meta);
+        self.metrics
+            .storage_compact_block
+            .observe_since(blocked_from);
+        if let Err(e) = compacted {
             tracing::error!(error = %e, "log compaction failed; stopping the node");
             self.failed = true;
             return None;
@@ -1079,6 +1084,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             // copy. Its file is a snapshot of committed state, kept like any other.
             self.install.prepared = None;
         }
+        let blocked_from = std::time::Instant::now();
         let store = self.raw.storage_mut();
         let mut write = || -> std::io::Result<()> {
             if !ready.entries.is_empty() {
@@ -1089,7 +1095,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             }
             Ok(())
         };
-        if let Err(e) = write() {
+        let written = write();
+        self.metrics.storage_write_block.observe_since(blocked_from);
+        if let Err(e) = written {
             tracing::error!(error = %e, "log write failed; stopping the node");
             self.failed = true;
             return;
@@ -1145,10 +1153,12 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             Some((m, sm)) if m.index == meta.index && m.term == meta.term => *sm,
             _ => return Err("the snapshot was not prepared before the core took it".into()),
         };
-        self.raw
-            .storage_mut()
-            .install_snapshot_meta(meta.clone())
-            .map_err(|e| e.to_string())?;
+        let blocked_from = std::time::Instant::now();
+        let installed = self.raw.storage_mut().install_snapshot_meta(meta.clone());
+        self.metrics
+            .storage_compact_block
+            .observe_since(blocked_from);
+        installed.map_err(|e| e.to_string())?;
         self.sm = sm;
         self.trigger.on_snapshot_installed(meta.index);
         self.memberships = VecDeque::from([(meta.index, meta.membership.clone())]);

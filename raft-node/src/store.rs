@@ -23,7 +23,8 @@ pub trait NodeStore: LogStore + Send + 'static {
     fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
     /// Replaces the whole log with a snapshot received from the leader.
     fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()>;
-    /// Drops entries covered by a local snapshot.
+    /// Drops entries covered by a local snapshot. Like the writes above it need not be
+    /// durable on return (it is with the next sync); it must not block on the disk.
     fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()>;
     /// A job that makes the writes issued so far durable.
     fn sync_job(&mut self) -> SyncJob;

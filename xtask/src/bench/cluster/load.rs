@@ -599,8 +599,23 @@ pub struct OpenLoopResult {
     /// From due time to the request's write: waiting for a free connection, or for the
     /// generator's own wake-up (on a busy machine), in nanoseconds.
     pub send_delay: Histogram<u64>,
+    /// The part of the send delay spent waiting for a connection to come free (all were
+    /// busy with earlier requests when this one was due): queueing behind the servers.
+    pub conn_wait: Histogram<u64>,
+    /// The generator's own lateness: from when the request could first have been sent (its
+    /// due time, or the moment its connection came free if later) to its write. Timer
+    /// granularity (1 ms) and the generator's thread waiting for a core land here.
+    pub pacing_lateness: Histogram<u64>,
     pub achieved_per_s: f64,
+    /// Worst latency of the requests due in each [`STALL_WINDOW`] of the run (warm-up
+    /// included), in microseconds: when the tail happened, to line up with the nodes' logs.
+    pub worst_us_by_window: Vec<u64>,
+    /// Wall-clock time of the first window's start.
+    pub started_at: std::time::SystemTime,
 }
+
+/// Width of the windows of [`OpenLoopResult::worst_us_by_window`].
+pub const STALL_WINDOW: Duration = Duration::from_millis(50);
 
 pub async fn open_loop(
     w: &Workload,
@@ -614,7 +629,9 @@ pub async fn open_loop(
     for c in 0..conns {
         opened.push(Conn::connect(w.proto, &w.addr, w.seed ^ ((c as u64 + 1) << 40)).await?);
     }
+    let started_at = std::time::SystemTime::now();
     let start = Instant::now();
+    let windows = (total_s / STALL_WINDOW.as_secs_f64()).ceil() as usize + 1;
     let measure_from = start + w.warmup;
     // The run cannot stretch past its schedule by more than one request timeout.
     let hard_stop = start + w.warmup + w.duration + REQUEST_TIMEOUT;
@@ -626,8 +643,10 @@ pub async fn open_loop(
         let mut rng = Rng::new(w.seed.wrapping_add(c as u64 * 104_729));
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::empty(Duration::ZERO);
-            let mut delay = histogram();
+            let (mut delay, mut wait, mut late) = (histogram(), histogram(), histogram());
+            let mut worst = vec![0u64; windows];
             loop {
+                let free = Instant::now();
                 let i = next.fetch_add(1, Relaxed);
                 if i >= due_total || r.errors >= ERRORS_MAX {
                     break;
@@ -641,12 +660,18 @@ pub async fn open_loop(
                 let sent = Instant::now();
                 let outcome = conn.call(op, &k).await;
                 let end = Instant::now();
+                let slot = ((due - start).as_nanos() / STALL_WINDOW.as_nanos()) as usize;
+                if let Some(v) = worst.get_mut(slot) {
+                    *v = (*v).max((end - due).as_micros() as u64);
+                }
                 match outcome {
                     Ok(()) if due >= measure_from => {
                         r.ops += 1;
                         r.ops_all += 1;
                         record(&mut r.hist, end - due);
                         record(&mut delay, sent.saturating_duration_since(due));
+                        record(&mut wait, free.saturating_duration_since(due));
+                        record(&mut late, sent.saturating_duration_since(due.max(free)));
                     }
                     Ok(()) => r.ops_all += 1,
                     Err(e) => {
@@ -655,15 +680,23 @@ pub async fn open_loop(
                     }
                 }
             }
-            (r, delay)
+            (r, [delay, wait, late], worst)
         }));
     }
+    let mut worst_us_by_window = vec![0u64; windows];
     let mut total = LoadResult::empty(w.duration);
-    let mut send_delay = histogram();
+    let [mut send_delay, mut conn_wait, mut pacing_lateness] =
+        [histogram(), histogram(), histogram()];
     for t in tasks {
-        let (r, delay) = t.await.map_err(|e| format!("open-loop task: {e}"))?;
+        let (r, [delay, wait, late], worst) =
+            t.await.map_err(|e| format!("open-loop task: {e}"))?;
+        for (all, w) in worst_us_by_window.iter_mut().zip(worst) {
+            *all = (*all).max(w);
+        }
         total.merge(r);
         send_delay.add(&delay).expect("same histogram bounds");
+        conn_wait.add(&wait).expect("same histogram bounds");
+        pacing_lateness.add(&late).expect("same histogram bounds");
     }
     // Achieved rate: measured completions over the measured window plus whatever time the
     // backlog took to drain beyond it.
@@ -672,7 +705,11 @@ pub async fn open_loop(
     Ok(OpenLoopResult {
         load: total,
         send_delay,
+        conn_wait,
+        pacing_lateness,
         achieved_per_s,
+        worst_us_by_window,
+        started_at,
     })
 }
 

@@ -9,8 +9,9 @@
 //! - Load ([`load`]): closed-loop clients at [`CLIENTS`], each one connection with one
 //!   request outstanding, doing SET of 16-byte keys (100,000-key space) and 100-byte values,
 //!   then linearizable GETs, each for a fixed time after a warm-up; latency from write to
-//!   answer in hdrhistogram. Then an open-loop run of each at half the 64-client throughput,
-//!   latency from each request's due time, so queueing is not hidden. All clients talk to the
+//!   answer in hdrhistogram. Then open-loop runs of each at half and at a quarter of the
+//!   64-client throughput, latency from each request's due time, so queueing is not hidden
+//!   (the generator's own pacing lateness is reported apart). All clients talk to the
 //!   leader, in both systems. The generator runs on one thread (a current-thread tokio
 //!   runtime), so at most one of the two cores is the generator's.
 //! - Protocol: the native protocol (raft-client's length-prefixed postcard frames, writes
@@ -57,10 +58,15 @@ use super::{Baselines, Ctx};
 pub const CLIENTS: [usize; 4] = [1, 16, 64, 256];
 /// The workloads `--quick` runs against etcd: the ones the targets name.
 const ETCD_QUICK: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
-/// Connections of the open-loop runs; the rate is half of what 64 closed-loop clients did.
+/// Connections of the open-loop runs (the rates are in [`OPEN_LOOP_RATES`]).
 const OPEN_LOOP_CONNS: usize = 64;
 const OPEN_LOOP_CLIENTS_REF: usize = 64;
-const OPEN_LOOP_RATE_FRACTION: f64 = 0.5;
+/// Open-loop rates as fractions of the 64-client closed-loop throughput, with their rows'
+/// name suffix. An open loop's requests arrive spread out, so they are batched less and
+/// cost more CPU each than the closed loop's bursts (see `*_node_cpu_s_per_1000_ops`): at
+/// half the closed-loop throughput the nodes run close to what two cores give them, and
+/// any hiccup queues requests for long. The quarter rate shows the latency well below that.
+const OPEN_LOOP_RATES: [(f64, &str); 2] = [(0.5, ""), (0.25, "_25pct")];
 const NODES: u64 = 3;
 /// How long the idle nodes' CPU is sampled (the kernel counts in 10 ms ticks).
 const IDLE_SAMPLE: Duration = Duration::from_secs(2);
@@ -110,8 +116,13 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
+/// `target/release/raft-node`, or `XTASK_BENCH_NODE_BINARY` (another build, for an
+/// interleaved before/after comparison on the same machine).
 fn node_binary(workspace_target: &Path) -> PathBuf {
-    workspace_target.join("release").join("raft-node")
+    match std::env::var_os("XTASK_BENCH_NODE_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_target.join("release").join("raft-node"),
+    }
 }
 
 /// Builds the node binary (a no-op when it is fresh), so the cluster rows never measure a
@@ -235,6 +246,10 @@ async fn run_all(
         }
     );
     run_ours(ctx, s, binary, results, rows).await?;
+    if open_loop_only() {
+        eprintln!("bench: cluster: XTASK_BENCH_OPEN_LOOP_ONLY: no etcd, no restart");
+        return Ok(());
+    }
     match find_on_path("etcd") {
         None => {
             results.etcd_why =
@@ -411,8 +426,12 @@ async fn run_ours(
         duration: s.duration,
         seed,
     };
+    let only_open_loop = open_loop_only();
     for op in [Op::Set, Op::Get] {
         for c in CLIENTS {
+            if only_open_loop && c != OPEN_LOOP_CLIENTS_REF {
+                continue;
+            }
             let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
             eprintln!(
                 "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
@@ -427,7 +446,9 @@ async fn run_ours(
 
     // RESP against the native protocol, same workloads: how the rows' protocol was chosen,
     // and what a Redis client gets.
-    let compare: &[(Op, usize)] = if s.etcd_all {
+    let compare: &[(Op, usize)] = if only_open_loop {
+        &[]
+    } else if s.etcd_all {
         &RESP_COMPARE
     } else {
         &RESP_COMPARE[1..2]
@@ -452,23 +473,43 @@ async fn run_ours(
         cluster.procs.check_alive()?;
     }
 
-    for op in [Op::Set, Op::Get] {
-        let reference = results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
-            .load
-            .ops_per_s();
-        let rate = reference * OPEN_LOOP_RATE_FRACTION;
-        let w = workload(op, ROWS_PROTO, 4242);
+    for (op, (fraction, tag)) in [Op::Set, Op::Get]
+        .into_iter()
+        .flat_map(|op| OPEN_LOOP_RATES.map(|r| (op, r)))
+    {
+        let reference = reference_override(op).unwrap_or_else(|| {
+            results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
+                .load
+                .ops_per_s()
+        });
+        let rate = reference * fraction;
+        let p = format!("cluster_{}_open_loop{tag}", op_name(op));
+        // Each run its own client IDs: a native session that starts again at sequence 1
+        // would be answered as a retry of the earlier run's requests.
+        let w = workload(op, ROWS_PROTO, 4242 + (fraction * 1000.0) as u64);
         let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
         let cpu_before = cpu_s_sum(&servers.pids);
         let own = std::process::id();
         let (own_before, wall) = (procs::cpu_s(own), Instant::now());
         let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
+        eprintln!(
+            "bench: cluster {} open loop at {rate:.0}/s ({:.0}% of 64 clients): p50 {:.0} us, p99 {:.0} us; connection wait p99 {:.0} us, pacing lateness p99 {:.0} us",
+            op_name(op),
+            fraction * 100.0,
+            us(&o.load.hist, 0.5),
+            us(&o.load.hist, 0.99),
+            us(&o.conn_wait, 0.99),
+            us(&o.pacing_lateness, 0.99),
+        );
+        if only_open_loop {
+            print_stalls(&o);
+        }
         let cpu_after = cpu_s_sum(&servers.pids);
         if let (Some(b), Some(a)) = (own_before, procs::cpu_s(own)) {
             // A generator near one full core is itself the bottleneck of an open-loop run.
             rows.push(
                 Row::new(
-                    format!("cluster_{}_open_loop_generator_cpu_cores", op_name(op)),
+                    format!("{p}_generator_cpu_cores"),
                     "cores",
                     (a - b) / wall.elapsed().as_secs_f64(),
                 )
@@ -481,7 +522,7 @@ async fn run_ours(
             // less than a closed loop's bursts, and this shows what that costs.
             rows.push(
                 Row::new(
-                    format!("cluster_{}_open_loop_node_cpu_s_per_1000_ops", op_name(op)),
+                    format!("{p}_node_cpu_s_per_1000_ops"),
                     "s",
                     (a - b) / o.load.ops_all as f64 * 1000.0,
                 )
@@ -493,14 +534,23 @@ async fn run_ours(
                 )
                 .note("3 nodes summed"),
             );
+            rows.push(
+                Row::new(
+                    format!("{p}_node_cpu_cores"),
+                    "cores",
+                    (a - b) / wall.elapsed().as_secs_f64(),
+                )
+                .note("3 nodes summed, during the run: with the generator's, against the machine's cores"),
+            );
         }
-        o.load.check(&format!("open-loop {}", op_name(op)))?;
-        let p = format!("cluster_{}_open_loop", op_name(op));
+        o.load
+            .check(&format!("open-loop {} at {rate:.0}/s", op_name(op)))?;
         rows.push(
             Row::new(format!("{p}_rate_ops_per_s"), "ops/s", o.achieved_per_s)
                 .vs(format!("{p}_scheduled_ops_per_s"), rate)
                 .note(format!(
-                    "half of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections"
+                    "{:.0}% of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections",
+                    fraction * 100.0
                 )),
         );
         for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
@@ -509,7 +559,7 @@ async fn run_ours(
                     .note("from each request's due time"),
             );
         }
-        if let (Some(b), Some(a)) = (counters_before, counters_after) {
+        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
             for counter in ["syncs", "peer_messages"] {
                 if let (Some(x), Some(y), true) =
                     (b.get(counter), a.get(counter), o.load.ops_all > 0)
@@ -531,12 +581,67 @@ async fn run_ours(
                 "us",
                 us(&o.send_delay, 0.99),
             )
-            .note("due time to write: no free connection, or the generator woke late (tokio timers: 1 ms)"),
+            .note("due time to write: the two below together"),
         );
+        rows.push(
+            Row::new(
+                format!("{p}_conn_wait_us_p99"),
+                "us",
+                us(&o.conn_wait, 0.99),
+            )
+            .note(format!("due time to a free connection: all {OPEN_LOOP_CONNS} busy with earlier requests (the servers' back-pressure)")),
+        );
+        rows.push(
+            Row::new(
+                format!("{p}_pacing_lateness_us_p99"),
+                "us",
+                us(&o.pacing_lateness, 0.99),
+            )
+            .note("the generator's own lateness: due (or connection free) to write; tokio timers tick in 1 ms"),
+        );
+        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
+            // The nodes' runtime tasks blocked in log calls during the run (warm-up included):
+            // a block stops the whole node, and shows up in the tail above.
+            let delta = |k: &str| Some(a.get(k)? - b.get(k)?);
+            for ms in [1, 5, 25] {
+                if let (Some(all), Some(within)) = (delta("syncs"), delta(&format!("syncs_{ms}ms")))
+                {
+                    rows.push(
+                        Row::new(format!("{p}_node_syncs_over_{ms}ms"), "count", all - within)
+                            .note(format!("sync jobs (off the runtime task, but every commit waits for them) over {ms} ms; of {all:.0}, 3 nodes summed")),
+                    );
+                }
+            }
+            for (kind, what) in [
+                (
+                    "write",
+                    "log writes of one Ready (append, incl. segment roll; hard state)",
+                ),
+                ("compact", "log compaction or snapshot installation"),
+            ] {
+                let Some(all) = delta(&format!("{kind}_blocks")) else {
+                    continue;
+                };
+                for ms in [1, 5] {
+                    if let Some(within) = delta(&format!("{kind}_blocks_{ms}ms")) {
+                        rows.push(
+                            Row::new(
+                                format!("{p}_node_{kind}_blocks_over_{ms}ms"),
+                                "count",
+                                all - within,
+                            )
+                            .note(format!(
+                                "runtime task blocked > {ms} ms in {what}; of {all:.0}, 3 nodes summed"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
         cluster.procs.check_alive()?;
     }
 
-    if s.soak > Duration::ZERO {
+    if s.soak > Duration::ZERO && !only_open_loop {
         soak(s, &workload(Op::Set, ROWS_PROTO, 777), &pids, rows).await?;
     } else {
         rows.push(Row::skipped(
@@ -634,6 +739,67 @@ fn counter_note(counter: &str) -> &'static str {
         "syncs" => "sync jobs (raft_syncs_total), 3 nodes summed; a job with nothing dirty does no fdatasync",
         _ => "3 nodes summed",
     }
+}
+
+/// Episodes of the open-loop run (runs of consecutive [`load::STALL_WINDOW`]s whose worst
+/// request took over 10 ms), with their wall-clock start, to line up with the nodes'
+/// logs and counters: one long episode is a stall, many short ones a saturated server.
+fn print_stalls(o: &load::OpenLoopResult) {
+    const STALL_US: u64 = 10_000;
+    const EPISODES_SHOWN_MAX: usize = 20;
+    let mut episodes: Vec<(usize, usize, u64)> = Vec::new();
+    for (i, &worst) in o.worst_us_by_window.iter().enumerate() {
+        if worst <= STALL_US {
+            continue;
+        }
+        match episodes.last_mut() {
+            Some((_, end, w)) if *end + 1 == i => {
+                *end = i;
+                *w = (*w).max(worst);
+            }
+            _ => episodes.push((i, i, worst)),
+        }
+    }
+    let window_ms = load::STALL_WINDOW.as_millis() as usize;
+    for &(first, last, worst) in episodes.iter().take(EPISODES_SHOWN_MAX) {
+        let at = o.started_at + load::STALL_WINDOW * first as u32;
+        let unix_s = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        eprintln!(
+            "bench:   slow from {} ms for {} ms (unix {unix_s:.2} s): worst {worst} us",
+            first * window_ms,
+            (last + 1 - first) * window_ms
+        );
+    }
+    if episodes.len() > EPISODES_SHOWN_MAX {
+        eprintln!(
+            "bench:   ... {} more slow episodes",
+            episodes.len() - EPISODES_SHOWN_MAX
+        );
+    }
+}
+
+/// `XTASK_BENCH_OPEN_LOOP_REFERENCE_SET` / `_GET` (ops/s): the throughput the open-loop
+/// rates are fractions of, instead of this run's 64-client figure, so that runs of two
+/// builds compare at the same rate.
+fn reference_override(op: Op) -> Option<f64> {
+    let var = format!(
+        "XTASK_BENCH_OPEN_LOOP_REFERENCE_{}",
+        op_name(op).to_uppercase()
+    );
+    std::env::var(var)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&r: &f64| r > 0.0)
+}
+
+/// `XTASK_BENCH_OPEN_LOOP_ONLY=1`: of the cluster section, only the 64-client closed loops
+/// (which set the open-loop rates) and the open-loop runs, to study the tail alone.
+fn open_loop_only() -> bool {
+    std::env::var("XTASK_BENCH_OPEN_LOOP_ONLY").is_ok_and(|v| v == "1")
 }
 
 /// `XTASK_BENCH_NODE_ARGS`: extra `raft-node run` flags for the 3-node cluster (split on

@@ -13,7 +13,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a row calls a counter, and its name in each system's `/metrics`.
 /// etcd counts peer traffic in bytes only, so it has no peer-message counter.
-pub const COUNTERS: [(&str, &str, Option<&str>); 6] = [
+pub const COUNTERS: [(&str, &str, Option<&str>); 15] = [
     (
         "syncs",
         "raft_syncs_total",
@@ -32,6 +32,53 @@ pub const COUNTERS: [(&str, &str, Option<&str>); 6] = [
     ),
     ("proposal_s", "raft_proposal_latency_seconds_sum", None),
     ("proposals", "raft_proposal_latency_seconds_count", None),
+    // Sync jobs on the sync thread within 1, 5 and 25 ms (the count is `syncs`).
+    (
+        "syncs_1ms",
+        "raft_fsync_latency_seconds_bucket{le=\"0.001\"}",
+        None,
+    ),
+    (
+        "syncs_5ms",
+        "raft_fsync_latency_seconds_bucket{le=\"0.005\"}",
+        None,
+    ),
+    (
+        "syncs_25ms",
+        "raft_fsync_latency_seconds_bucket{le=\"0.025\"}",
+        None,
+    ),
+    // How long the runtime task sat in log calls: every call, and those within 1 and 5 ms.
+    (
+        "write_blocks",
+        "raft_storage_write_block_seconds_count",
+        None,
+    ),
+    (
+        "write_blocks_1ms",
+        "raft_storage_write_block_seconds_bucket{le=\"0.001\"}",
+        None,
+    ),
+    (
+        "write_blocks_5ms",
+        "raft_storage_write_block_seconds_bucket{le=\"0.005\"}",
+        None,
+    ),
+    (
+        "compact_blocks",
+        "raft_storage_compact_block_seconds_count",
+        None,
+    ),
+    (
+        "compact_blocks_1ms",
+        "raft_storage_compact_block_seconds_bucket{le=\"0.001\"}",
+        None,
+    ),
+    (
+        "compact_blocks_5ms",
+        "raft_storage_compact_block_seconds_bucket{le=\"0.005\"}",
+        None,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -103,5 +150,7 @@ mod tests {
         assert_eq!(value(text, "raft_syncs_total"), Some(12.0));
         assert_eq!(value(text, "etcd_x"), Some(5.5));
         assert_eq!(value(text, "missing"), None);
+        let hist = "x_bucket{le=\"0.001\"} 4\nx_bucket{le=\"0.005\"} 6\nx_count 7\n";
+        assert_eq!(value(hist, "x_bucket{le=\"0.005\"}"), Some(6.0));
     }
 }
