@@ -163,7 +163,9 @@ pub struct NodeConfig {
     /// Writes in flight at most before clients get "busy, retry".
     #[serde(default = "default_proposals_in_flight_max")]
     pub proposals_in_flight_max: usize,
-    /// Take a snapshot (and compact the log below it) after this many applied entries.
+    /// Take a snapshot (and compact the log below it) after this many applied entries at
+    /// most. A node's first snapshot comes early by a share of this drawn from its ID (under
+    /// half), so the nodes of a cluster do not all snapshot at once.
     #[serde(default = "default_snapshot_entries_max")]
     pub snapshot_entries_max: u64,
     /// Entries kept in the log below the newest snapshot, so that a follower slightly

@@ -115,8 +115,9 @@ struct RunArgs {
     /// Writes in flight at most; more are refused with "busy, retry" [default: 8192].
     #[arg(long)]
     proposals_in_flight_max: Option<usize>,
-    /// Snapshot the state machine and compact the log after this many applied entries
-    /// [default: 100000].
+    /// Snapshot the state machine and compact the log after this many applied entries at
+    /// most (each node's first snapshot comes early by up to half, so the nodes do not all
+    /// snapshot at once) [default: 100000].
     #[arg(long)]
     snapshot_entries_max: Option<u64>,
     /// Entries kept in the log below the newest snapshot, so that a follower slightly

@@ -395,7 +395,7 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         raw,
         sm: parts.state_machine,
         snapshots: parts.snapshots,
-        trigger: SnapshotTrigger::new(parts.snapshot_policy, snapshot_index),
+        trigger: SnapshotTrigger::new(parts.snapshot_policy, snapshot_index).staggered(id),
         install: InstallState::default(),
         snapshots_sending: std::collections::HashSet::new(),
         bg_tx,

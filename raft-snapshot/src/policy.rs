@@ -58,7 +58,17 @@ pub struct SnapshotTrigger {
     failures_in_a_row: u32,
     /// No new attempt before this index is applied.
     retry_after_index: Index,
+    /// Where this node's snapshots fall within the entry threshold, as a fraction of 2^32
+    /// (see [`SnapshotTrigger::staggered`]).
+    phase: u32,
+    /// Entries by which the next snapshot comes early: the phase applied to the first
+    /// snapshot after start or install, 0 once one is taken.
+    head_start_entries: u64,
 }
+
+/// The most a staggered snapshot comes early, as a share of the entry threshold: half, so a
+/// node never snapshots more often than twice per threshold.
+const HEAD_START_SHARE_MAX_DIVISOR: u64 = 2;
 
 impl SnapshotTrigger {
     /// Starts from the snapshot the node restored (0 if none).
@@ -71,7 +81,30 @@ impl SnapshotTrigger {
             in_flight: None,
             failures_in_a_row: 0,
             retry_after_index: 0,
+            phase: 0,
+            head_start_entries: 0,
         }
+    }
+
+    /// Spreads the snapshots of a cluster's nodes over the entry threshold. Every node
+    /// applies the same entries, so with one threshold all of them would freeze, serialise
+    /// and write their state at the same moment, and the leader's snapshot would coincide
+    /// with its followers' (measured: 250-600 ms slow periods of open-loop writes every
+    /// 100,000 entries on two cores). The first snapshot comes early by a share of the
+    /// threshold drawn from `node_id` (below half of it, golden-ratio spread so that any
+    /// number of consecutive IDs land apart); later ones keep that offset, since each
+    /// counts from the last. A snapshot installed from the leader re-aligns a node with
+    /// it, so the head start is applied again after an install.
+    pub fn staggered(mut self, node_id: u64) -> Self {
+        const GOLDEN_RATIO_FRACTION_Q64: u64 = 0x9E37_79B9_7F4A_7C15;
+        self.phase = (node_id.wrapping_mul(GOLDEN_RATIO_FRACTION_Q64) >> 32) as u32;
+        self.head_start_entries = self.head_start();
+        self
+    }
+
+    fn head_start(&self) -> u64 {
+        let span = self.policy.entries_since_snapshot_max / HEAD_START_SHARE_MAX_DIVISOR;
+        ((span as u128 * self.phase as u128) >> 32) as u64
     }
 
     /// The policy this trigger asks.
@@ -92,7 +125,8 @@ impl SnapshotTrigger {
         if self.in_flight.is_some() || index < self.retry_after_index {
             return None;
         }
-        let entries = self.applied_index - self.last_snapshot_index;
+        let entries =
+            (self.applied_index - self.last_snapshot_index).saturating_add(self.head_start_entries);
         if self
             .policy
             .should_snapshot(entries, self.bytes_since_snapshot)
@@ -117,6 +151,7 @@ impl SnapshotTrigger {
             // entry count, which is exact, keeps the policy honest.
             self.bytes_since_snapshot = 0;
             self.last_snapshot_index = index;
+            self.head_start_entries = 0;
         }
         self.policy
             .compact_through(self.last_snapshot_index, log_first_index)
@@ -140,7 +175,10 @@ impl SnapshotTrigger {
 
     /// A snapshot from the leader replaced the state at `index`.
     pub fn on_snapshot_installed(&mut self, index: Index) {
+        let phase = self.phase;
         *self = SnapshotTrigger::new(self.policy, index);
+        self.phase = phase;
+        self.head_start_entries = self.head_start();
     }
 
     /// The index of the snapshot being written, if any.
@@ -248,6 +286,56 @@ mod tests {
             "at or below the installed snapshot"
         );
         assert_eq!(t.on_applied(1001, 101), Some(1001));
+    }
+
+    #[test]
+    fn staggered_nodes_snapshot_apart_and_keep_their_offset() {
+        let threshold = 100_000;
+        let first_snapshots: Vec<Index> = (1..=5)
+            .map(|id| {
+                let mut t = SnapshotTrigger::new(policy(threshold, u64::MAX, 0), 0).staggered(id);
+                let first = (1..).find(|&i| t.on_applied(i, 1).is_some()).unwrap();
+                assert!(
+                    first > threshold / 2 && first <= threshold + 1,
+                    "node {id}: first snapshot at {first}"
+                );
+                t.on_snapshot_done(first, 1);
+                // The next counts a whole threshold from the first: the offset stays.
+                assert_eq!(t.on_applied(first + threshold, 1), None, "node {id}");
+                assert_eq!(
+                    t.on_applied(first + threshold + 1, 1),
+                    Some(first + threshold + 1)
+                );
+                first
+            })
+            .collect();
+        for (a, i) in first_snapshots.iter().zip(0..) {
+            for b in &first_snapshots[i + 1..] {
+                assert!(
+                    a.abs_diff(*b) >= threshold / 20,
+                    "nodes snapshot too close together: {first_snapshots:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_install_applies_the_stagger_again() {
+        let mut t = SnapshotTrigger::new(policy(1_000, u64::MAX, 0), 0).staggered(1);
+        let head_start = t.head_start_entries;
+        assert!(head_start > 0 && head_start < 500, "{head_start}");
+        t.on_snapshot_installed(10_000);
+        let first = (10_001..).find(|&i| t.on_applied(i, 1).is_some()).unwrap();
+        assert_eq!(first - 10_000, 1_000 + 1 - head_start);
+    }
+
+    #[test]
+    fn an_unstaggered_trigger_and_a_disabled_threshold_are_unchanged() {
+        let mut t = SnapshotTrigger::new(policy(3, u64::MAX, 0), 0).staggered(0);
+        assert_eq!(t.on_applied(3, 1), None);
+        assert_eq!(t.on_applied(4, 1), Some(4));
+        let mut off = SnapshotTrigger::new(policy(u64::MAX, u64::MAX, 0), 0).staggered(7);
+        assert_eq!(off.on_applied(1 << 40, 1), None);
     }
 
     proptest! {
