@@ -11,6 +11,7 @@
 //!
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
 //! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
+//! `RAFT_LOG_BENCH_OPEN_ONLY` (only the open and read benchmarks),
 //! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`,
 //! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024),
 //! `RAFT_LOG_BENCH_SUSTAINED_MIB` (bytes each variant of the sustained pass writes, default
@@ -701,9 +702,6 @@ fn pipelined_pass(dir: &Path) {
     }
 }
 
-/// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`. Both the log
-/// and the raw baseline sync after every batch, untimed, so that each write goes into clean
-/// pages as in the ratio pass; the difference of their thread CPU is what the log adds.
 /// CPU time this thread has used: unlike wall time, not inflated by waiting for a core on
 /// a loaded machine.
 fn thread_cpu() -> Duration {
@@ -717,6 +715,9 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`. Both the log
+/// and the raw baseline sync after every batch, untimed, so that each write goes into clean
+/// pages as in the ratio pass; the difference of their thread CPU is what the log adds.
 /// `RAFT_LOG_BENCH_CPU_ROUNDS` (default 50) batches per size, for a profiler to sample;
 /// `RAFT_LOG_BENCH_CASES` selects sizes (`100x1024`).
 fn cpu_profile(dir: &Path) {
@@ -984,6 +985,11 @@ fn main() {
         return;
     }
     let mut c = Criterion::default().configure_from_args();
+    if std::env::var_os("RAFT_LOG_BENCH_OPEN_ONLY").is_some() {
+        bench_open_and_read(&mut c, &dir);
+        c.final_summary();
+        return;
+    }
     if std::env::var_os("RAFT_LOG_BENCH_RATIO_ONLY").is_none() {
         bench_append(&mut c, &dir);
         bench_write_path(&mut c, &dir);
