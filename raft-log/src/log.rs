@@ -1125,6 +1125,9 @@ impl Log {
                 let fit = records[done..].partition_point(|&(start, parts)| {
                     (start + parts.record_bytes - from) as u64 <= room
                 });
+                // The first record fits: `roll` made room for it.
+                debug_assert!(fit >= 1, "the first record of a run does not fit");
+                let fit = fit.max(1);
                 let (start, parts) = records[done + fit - 1];
                 (done + fit, (start + parts.record_bytes - from) as u64)
             };
