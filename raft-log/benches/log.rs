@@ -11,6 +11,7 @@
 //!
 //! Env: `RAFT_LOG_BENCH_DIR` (default: a temp dir), `RAFT_LOG_BENCH_OPEN_BYTES` (default 1 GiB),
 //! `RAFT_LOG_BENCH_RATIO_ONLY` (skip criterion, print only the interleaved ratios),
+//! `RAFT_LOG_BENCH_OPEN_ONLY` (only the open and read benchmarks),
 //! `RAFT_LOG_BENCH_CASES=100x1,16384x1024` (ratio pass cases), `RAFT_LOG_BENCH_NO_ZERO_FILL`,
 //! `RAFT_LOG_BENCH_OPEN_ENTRY_BYTES` (entry size of the open/read log, default 1024),
 //! `RAFT_LOG_BENCH_SUSTAINED_MIB` (bytes each variant of the sustained pass writes, default
@@ -701,7 +702,6 @@ fn pipelined_pass(dir: &Path) {
     }
 }
 
-/// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`.
 /// CPU time this thread has used: unlike wall time, not inflated by waiting for a core on
 /// a loaded machine.
 fn thread_cpu() -> Duration {
@@ -715,6 +715,9 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Where the CPU goes in an append, without the sync: `RAFT_LOG_BENCH_CPU=1`. Both the log
+/// and the raw baseline sync after every batch, untimed, so that each write goes into clean
+/// pages as in the ratio pass; the difference of their thread CPU is what the log adds.
 /// `RAFT_LOG_BENCH_CPU_ROUNDS` (default 50) batches per size, for a profiler to sample;
 /// `RAFT_LOG_BENCH_CASES` selects sizes (`100x1024`).
 fn cpu_profile(dir: &Path) {
@@ -736,34 +739,91 @@ fn cpu_profile(dir: &Path) {
             log.log.append(&entries).unwrap();
             append_cpu += thread_cpu() - start_cpu;
             append += start.elapsed();
+            // Untimed, so that the next append writes into clean pages, as in the ratio pass.
+            log.log.sync().unwrap();
             log.compact_behind();
         }
         let entries = log.next_batch();
         let mut buf = Vec::new();
         let encoder = raft_log::format::RecordEncoder::new(Default::default());
-        let start = Instant::now();
+        let mut records = Vec::new();
+        let start = thread_cpu();
         for _ in 0..rounds {
             buf.clear();
-            for e in &entries {
-                encoder
-                    .encode(e, &mut buf, raft_log::format::VECTORED_MIN_BYTES)
-                    .unwrap();
+            records.clear();
+            encoder
+                .encode_batch(
+                    &entries,
+                    &mut buf,
+                    &mut records,
+                    raft_log::format::VECTORED_MIN_BYTES,
+                    u64::MAX,
+                )
+                .unwrap();
+        }
+        let encode = thread_cpu() - start;
+        // The record CRC alone: one cloned hasher per record over its payload, as the
+        // encoder does, over the records laid out whole.
+        buf.clear();
+        records.clear();
+        encoder
+            .encode_batch(&entries, &mut buf, &mut records, usize::MAX, u64::MAX)
+            .unwrap();
+        let mut payloads = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let frame = raft_log::format::read_frame(&buf, at, usize::MAX, Default::default())
+                .expect("just encoded");
+            payloads.push(frame.payload_offset..frame.payload_offset + frame.payload_bytes);
+            at = frame.end_offset;
+        }
+        let fresh = crc32fast::Hasher::new();
+        let mut x = 0;
+        let start = thread_cpu();
+        for _ in 0..rounds {
+            for range in &payloads {
+                let mut h = fresh.clone();
+                h.update(&buf[range.clone()]);
+                x ^= h.finalize();
             }
         }
-        let encode = start.elapsed();
+        let record_crc = thread_cpu() - start;
         let bytes = framed(entry_bytes, 1024);
-        let start = Instant::now();
-        let mut x = 0;
+        let start = thread_cpu();
         for _ in 0..rounds {
             x ^= crc32fast::hash(&bytes);
         }
-        let crc = start.elapsed();
+        let crc = thread_cpu() - start;
+        // The raw baseline's share: `pwrite` of the same bytes (no sync), round a file of
+        // one segment's size in the same directory, as the log writes round its segments.
+        let raw_path = dir.join(format!("cpu-raw-{entry_bytes}"));
+        let raw_file = File::create(&raw_path).unwrap();
+        // Written once before timing, as the log's reused segments were.
+        let zeroes = vec![0u8; 1 << 20];
+        for at in (0..SEGMENT_BYTES).step_by(zeroes.len()) {
+            raw_file.write_all_at(&zeroes, at).unwrap();
+        }
+        let (mut offset, mut raw) = (0u64, Duration::ZERO);
+        for _ in 0..rounds {
+            if offset + bytes.len() as u64 > SEGMENT_BYTES {
+                offset = 0;
+            }
+            let start = thread_cpu();
+            raw_file.write_all_at(&bytes, offset).unwrap();
+            raw += thread_cpu() - start;
+            raw_file.sync_data().unwrap();
+            offset += bytes.len() as u64;
+        }
+        drop(raw_file);
+        std::fs::remove_file(raw_path).unwrap();
         let per = |d: Duration| d.as_nanos() as f64 / (rounds * 1024) as f64;
         println!(
-            "{entry_bytes:>6}B x1024: append (no sync) {:.0} ns/entry (thread CPU {:.0}), encode {:.0} ns/entry, crc32 of the bytes {:.0} ns/entry ({x})",
+            "{entry_bytes:>6}B x1024, ns/entry: append (no sync) {:.1} wall, {:.1} thread CPU, raw pwrite {:.1} thread CPU; thread CPU of: encode {:.1}, its record CRCs {:.1}, one crc32 over the batch {:.1} ({x})",
             per(append),
             per(append_cpu),
+            per(raw),
             per(encode),
+            per(record_crc),
             per(crc)
         );
     }
@@ -925,6 +985,11 @@ fn main() {
         return;
     }
     let mut c = Criterion::default().configure_from_args();
+    if std::env::var_os("RAFT_LOG_BENCH_OPEN_ONLY").is_some() {
+        bench_open_and_read(&mut c, &dir);
+        c.final_summary();
+        return;
+    }
     if std::env::var_os("RAFT_LOG_BENCH_RATIO_ONLY").is_none() {
         bench_append(&mut c, &dir);
         bench_write_path(&mut c, &dir);

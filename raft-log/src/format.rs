@@ -160,16 +160,23 @@ const NOOP_VARIANT: u64 = 0;
 const COMMAND_VARIANT: u64 = 1;
 /// Longest postcard varint of a u64.
 const VARINT_BYTES_MAX: usize = 10;
-static ZEROES: [u8; RECORD_ALIGN_BYTES] = [0; RECORD_ALIGN_BYTES];
 
-/// Appends postcard's unsigned varint (LEB128) of `v`.
-#[inline]
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Longest prefix postcard writes before a command's bytes: index, term, variant, length.
+const PREFIX_BYTES_MAX: usize = 4 * VARINT_BYTES_MAX;
+
+/// Stores postcard's unsigned varint (LEB128) of `v` at `at`; returns the address after it.
+///
+/// # Safety
+/// `at` must be valid for writes of `VARINT_BYTES_MAX` bytes.
+#[inline(always)]
+unsafe fn put_varint(mut at: *mut u8, mut v: u64) -> *mut u8 {
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        at.write(v as u8 | 0x80);
+        at = at.add(1);
         v >>= 7;
     }
-    out.push(v as u8);
+    at.write(v as u8);
+    at.add(1)
 }
 
 /// The CRC of a record whose payload is `parts` concatenated, under `key`; `fresh` is a
@@ -233,29 +240,130 @@ impl RecordEncoder {
     }
 
     /// See [`encode_record_keyed`].
+    #[inline]
     pub fn encode(
         &self,
         entry: &Entry,
         out: &mut Vec<u8>,
         borrow_min_bytes: usize,
     ) -> Result<RecordParts, postcard::Error> {
-        encode_with(self, entry, out, borrow_min_bytes)
+        let start = out.len();
+        let parts = lay_out(entry, out, borrow_min_bytes)?;
+        self.seal(&mut out[start..], parts, borrowed_data(entry, parts));
+        Ok(parts)
     }
 
-    /// Recomputes the CRC of an encoded record for this encoder's key (a batch that rolled
-    /// over into a new segment). `head` is the record's head in the buffer; `data` the
-    /// borrowed bytes, if any.
-    pub fn rekey(&self, head: &mut [u8], parts: RecordParts, data: &[u8]) {
+    /// Appends the records of `entries` to `out` and where each starts and how it was
+    /// encoded to `records`; returns whether any record borrows its command's bytes (see
+    /// [`encode_record_keyed`]). Stops at the first entry that does not encode or whose
+    /// payload is above `payload_bytes_max`; the records before it stay in `out`.
+    ///
+    /// Each record's CRC is computed a couple of records after it was laid out, interleaved
+    /// with the laying out of the next ones. Computed right after laying the record out, the
+    /// CRC's first loads span the prefix's byte stores and the copy's vector stores, which
+    /// the CPU cannot forward to a load, so every record waited for its stores to reach the
+    /// cache; computed in a second pass over the batch, the CRCs' serial fold chains have
+    /// nothing to overlap with. Thread CPU per 100-byte record, same run: 27 ns in two
+    /// passes, 23-24 ns lagged by 1 to 8 records.
+    pub fn encode_batch(
+        &self,
+        entries: &[Entry],
+        out: &mut Vec<u8>,
+        records: &mut Vec<(usize, RecordParts)>,
+        borrow_min_bytes: usize,
+        payload_bytes_max: u64,
+    ) -> Result<bool, BatchError> {
+        let first = records.len();
+        records.reserve(entries.len());
+        let mut any_borrowed = false;
+        let mut result = Ok(());
+        for e in entries {
+            let start = out.len();
+            let parts = match lay_out(e, out, borrow_min_bytes) {
+                Ok(parts) => parts,
+                Err(error) => {
+                    out.truncate(start);
+                    result = Err(BatchError::Encode {
+                        index: e.index,
+                        error,
+                    });
+                    break;
+                }
+            };
+            if parts.payload_bytes as u64 > payload_bytes_max {
+                out.truncate(start);
+                result = Err(BatchError::TooLarge {
+                    index: e.index,
+                    payload_bytes: parts.payload_bytes as u64,
+                });
+                break;
+            }
+            any_borrowed |= parts.borrowed;
+            records.push((start, parts));
+            // The CRC of the record laid out `SEAL_LAG_RECORDS` before this one.
+            let laid_out = records.len() - first;
+            if laid_out > SEAL_LAG_RECORDS {
+                let i = laid_out - 1 - SEAL_LAG_RECORDS;
+                let (start, parts) = records[first + i];
+                self.seal(&mut out[start..], parts, borrowed_data(&entries[i], parts));
+            }
+        }
+        let laid_out = records.len() - first;
+        let from = laid_out.saturating_sub(SEAL_LAG_RECORDS);
+        for (&(start, parts), e) in records[first + from..].iter().zip(&entries[from..]) {
+            self.seal(&mut out[start..], parts, borrowed_data(e, parts));
+        }
+        result.map(|()| any_borrowed)
+    }
+
+    /// Computes the CRC of a laid-out record for this encoder's key and stores it in its
+    /// header. `head` starts with the record's head in the buffer; `data` is the borrowed
+    /// bytes, if any. Also re-keys a record to another segment's key (a batch that rolled
+    /// over into a new segment).
+    #[inline(always)]
+    pub fn seal(&self, head: &mut [u8], parts: RecordParts, data: &[u8]) {
         let len = parts.payload_bytes as u32;
-        let crc = if parts.borrowed {
+        let crc = if let (RecordKey::V2 { seed }, false) = (self.key, parts.borrowed) {
+            // The hot path, without the generic one's loop over parts.
+            let mut h = self.fresh.clone();
+            h.update(&head[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + parts.payload_bytes]);
+            h.finalize() ^ seed ^ len
+        } else if parts.borrowed {
             self.crc(len, &[&head[RECORD_HEADER_BYTES..parts.head_bytes], data])
         } else {
+            // One pass over the contiguous payload.
             self.crc(
                 len,
                 &[&head[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + parts.payload_bytes]],
             )
         };
         head[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// How many records behind the one being laid out [`RecordEncoder::encode_batch`] computes
+/// CRCs: far enough that the record's stores have reached the cache, near enough that it
+/// is still in it (see there).
+const SEAL_LAG_RECORDS: usize = 2;
+
+/// Why [`RecordEncoder::encode_batch`] stopped.
+#[derive(Debug, PartialEq)]
+pub enum BatchError {
+    /// The entry at `index` does not encode.
+    Encode {
+        index: Index,
+        error: postcard::Error,
+    },
+    /// The entry at `index` encodes to a payload above the maximum.
+    TooLarge { index: Index, payload_bytes: u64 },
+}
+
+/// The command bytes a record laid out as `parts` leaves out of the buffer.
+#[inline]
+fn borrowed_data(entry: &Entry, parts: RecordParts) -> &[u8] {
+    match (&entry.payload, parts.borrowed) {
+        (EntryPayload::Command(data), true) => data,
+        _ => &[],
     }
 }
 
@@ -272,11 +380,12 @@ pub fn encode_record_keyed(
     RecordEncoder::new(key).encode(entry, out, borrow_min_bytes)
 }
 
-/// See [`encode_record_keyed`]. Noops and commands, the hot path, are encoded by hand, with
-/// the CRC in one pass over the payload (postcard's generic serializer cost ~60 ns an
-/// entry); the `same_bytes_as_postcard` tests hold the two encodings equal.
-fn encode_with(
-    encoder: &RecordEncoder,
+/// Appends the record of `entry` to `out` with a zero CRC, for [`RecordEncoder::seal`] to
+/// fill in (see [`encode_record_keyed`] for `borrow_min_bytes`). Noops and commands, the hot
+/// path, are encoded by hand (postcard's generic serializer cost ~60 ns an entry); the
+/// `same_bytes_as_postcard` tests hold the two encodings equal.
+#[inline(always)]
+fn lay_out(
     entry: &Entry,
     out: &mut Vec<u8>,
     borrow_min_bytes: usize,
@@ -286,15 +395,15 @@ fn encode_with(
         EntryPayload::Noop => &[],
         EntryPayload::Command(data) => data,
         EntryPayload::Membership(_) => {
+            // Rare: through postcard, into a buffer of its own so that an error leaves
+            // `out` as it was.
+            let payload = postcard::to_stdvec(entry)?;
             out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
-            let taken = std::mem::take(out);
-            *out = postcard::to_extend(entry, taken)?;
-            let payload_bytes = out.len() - start - RECORD_HEADER_BYTES;
+            out.extend_from_slice(&payload);
+            let payload_bytes = payload.len();
             let len =
                 u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
-            let crc = encoder.crc(len, &[&out[start + RECORD_HEADER_BYTES..]]);
             out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-            out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
             let record_bytes = record_bytes(payload_bytes);
             out.resize(start + record_bytes, 0);
             return Ok(RecordParts {
@@ -306,41 +415,54 @@ fn encode_with(
             });
         }
     };
-    // The prefix postcard writes for `Entry` before a command's bytes: index, term, variant
-    // and (for a command) the bytes' length, all varints, pushed straight into `out`:
-    // building it on the stack and copying it over measured slower (the copy's loads wait
-    // for the byte stores to retire instead of forwarding from them).
-    out.reserve(RECORD_HEADER_BYTES + 4 * VARINT_BYTES_MAX + data.len() + RECORD_ALIGN_BYTES);
-    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
-    push_varint(out, entry.index);
-    push_varint(out, entry.term);
-    if matches!(entry.payload, EntryPayload::Noop) {
-        push_varint(out, NOOP_VARIANT);
-    } else {
-        push_varint(out, COMMAND_VARIANT);
-        push_varint(out, data.len() as u64);
-    }
-    let prefix_end = out.len();
-    let payload_bytes = prefix_end - start - RECORD_HEADER_BYTES + data.len();
+    let borrowed = data.len() >= borrow_min_bytes;
+    let copied_bytes = if borrowed { 0 } else { data.len() };
+    // The frame header, the longest prefix, the copied bytes, then an 8-byte zero store that
+    // pads the record to its alignment.
+    out.reserve(RECORD_HEADER_BYTES + PREFIX_BYTES_MAX + copied_bytes + RECORD_ALIGN_BYTES);
+    // The prefix postcard writes for `Entry` before a command's bytes (index, term, variant
+    // and, for a command, the bytes' length, all varints), the bytes and the padding, stored
+    // straight into the reserved capacity: with `push` and `extend_from_slice` every byte
+    // paid for a capacity check and the copy went through a length update.
+    //
+    // SAFETY: `reserve` made room for the bytes written below past `start`: the 8-byte
+    // header, at most `PREFIX_BYTES_MAX` prefix bytes, `copied_bytes` bytes, and the 8 zero
+    // bytes after them. `set_len` covers only bytes written: the header, the prefix, the
+    // copy and the padding (at most 7 bytes, all inside the zero store).
+    let prefix_bytes = unsafe {
+        let base = out.as_mut_ptr().add(start);
+        let mut at = base.add(RECORD_HEADER_BYTES);
+        at = put_varint(at, entry.index);
+        at = put_varint(at, entry.term);
+        if matches!(entry.payload, EntryPayload::Noop) {
+            at = put_varint(at, NOOP_VARIANT);
+        } else {
+            at = put_varint(at, COMMAND_VARIANT);
+            at = put_varint(at, data.len() as u64);
+        }
+        let prefix_bytes = at.offset_from(base) as usize - RECORD_HEADER_BYTES;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), at, copied_bytes);
+        std::ptr::write_unaligned(at.add(copied_bytes).cast::<[u8; 8]>(), [0; 8]);
+        prefix_bytes
+    };
+    let payload_bytes = prefix_bytes + data.len();
     let len = u32::try_from(payload_bytes).map_err(|_| postcard::Error::SerializeBufferFull)?;
     let record_bytes = record_bytes(payload_bytes);
     let pad = record_bytes - RECORD_HEADER_BYTES - payload_bytes;
-    let borrowed = data.len() >= borrow_min_bytes;
-    let crc = if borrowed {
-        encoder.crc(len, &[&out[start + RECORD_HEADER_BYTES..prefix_end], data])
+    let head_bytes = if borrowed {
+        RECORD_HEADER_BYTES + prefix_bytes
     } else {
-        out.extend_from_slice(data);
-        out.extend_from_slice(&ZEROES[..pad]);
-        // One pass over the contiguous payload.
-        encoder.crc(
-            len,
-            &[&out[start + RECORD_HEADER_BYTES..start + RECORD_HEADER_BYTES + payload_bytes]],
-        )
+        record_bytes
     };
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    // SAFETY: as above; the header's 8 bytes are inside the reserved room.
+    unsafe {
+        std::ptr::write_unaligned(out.as_mut_ptr().add(start).cast(), header);
+        out.set_len(start + head_bytes);
+    }
     Ok(RecordParts {
-        head_bytes: out.len() - start,
+        head_bytes,
         borrowed,
         pad,
         record_bytes,
@@ -617,7 +739,7 @@ mod tests {
                     // Re-keying gives what encoding under the other key gives.
                     for other in keys {
                         let mut rekeyed = parts[3..3 + p.head_bytes].to_vec();
-                        RecordEncoder::new(other).rekey(&mut rekeyed, p, &vec![0xAB; len]);
+                        RecordEncoder::new(other).seal(&mut rekeyed, p, &vec![0xAB; len]);
                         let mut direct = Vec::new();
                         encode_record_keyed(&entry, &mut direct, other, VECTORED_MIN_BYTES)
                             .unwrap();
@@ -626,6 +748,87 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_batch_encodes_as_its_records_one_by_one() {
+        let entry = |index: Index, i: usize| Entry {
+            index,
+            term: 1 + index / 5,
+            payload: match i % 6 {
+                0 => EntryPayload::Noop,
+                1 => EntryPayload::Membership(Membership::new_voters([1, 2, 3])),
+                2 => EntryPayload::Command(Bytes::from(vec![i as u8; VECTORED_MIN_BYTES + i])),
+                _ => EntryPayload::Command(Bytes::from(vec![i as u8; (i * 37) % 300])),
+            },
+        };
+        for key in [
+            RecordKey::V1,
+            RecordKey::default(),
+            SegmentHeader::new(3, 77).record_key(),
+        ] {
+            // Lengths around the seal lag, from an index whose varint grows mid-batch.
+            for count in [0, 1, 2, 3, 4, 5, 17] {
+                let entries: Vec<Entry> = (0..count).map(|i| entry(125 + i as Index, i)).collect();
+                let encoder = RecordEncoder::new(key);
+                let mut one_by_one = vec![7u8; 5];
+                let mut expected = Vec::new();
+                for e in &entries {
+                    let start = one_by_one.len();
+                    let parts = encoder
+                        .encode(e, &mut one_by_one, VECTORED_MIN_BYTES)
+                        .unwrap();
+                    expected.push((start, parts));
+                }
+                let (mut out, mut records) = (vec![7u8; 5], Vec::new());
+                let any_borrowed = encoder
+                    .encode_batch(
+                        &entries,
+                        &mut out,
+                        &mut records,
+                        VECTORED_MIN_BYTES,
+                        u64::MAX,
+                    )
+                    .unwrap();
+                assert_eq!(out, one_by_one, "{key:?} {count}");
+                assert_eq!(records, expected);
+                assert_eq!(any_borrowed, records.iter().any(|(_, p)| p.borrowed));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_at_an_entry_too_large_and_keeps_the_records_before_it() {
+        let sizes = [10, 20, 3000, 30, 40];
+        let entries: Vec<Entry> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Entry {
+                index: 1 + i as Index,
+                term: 1,
+                payload: EntryPayload::Command(Bytes::from(vec![0xCD; n])),
+            })
+            .collect();
+        let encoder = RecordEncoder::new(RecordKey::default());
+        let (mut out, mut records) = (Vec::new(), Vec::new());
+        let err = encoder
+            .encode_batch(&entries, &mut out, &mut records, usize::MAX, 1000)
+            .unwrap_err();
+        assert!(
+            matches!(err, BatchError::TooLarge { index: 3, payload_bytes } if payload_bytes > 3000),
+            "{err:?}"
+        );
+        assert_eq!(records.len(), 2);
+        let (start, parts) = records[1];
+        assert_eq!(out.len(), start + parts.record_bytes);
+        // The records kept are whole, with their CRCs.
+        let mut at = 0;
+        for e in &entries[..2] {
+            let frame = read_frame(&out, at, 1 << 20, RecordKey::default()).unwrap();
+            assert_eq!(frame.index, e.index);
+            at = frame.end_offset;
+        }
+        assert_eq!(at, out.len());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_state_slot, read_frame, RecordEncoder, RecordError, RecordKey,
-    RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    self, decode_state_slot, encode_state_slot, read_frame, BatchError, RecordEncoder, RecordError,
+    RecordKey, RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     STATE_SLOT_BYTES, VECTORED_MIN_BYTES,
 };
 use crate::spare::{is_spare_name, zero_fill, Preparer};
@@ -1036,36 +1036,38 @@ impl Log {
         records: &mut Vec<(usize, RecordParts)>,
         key: RecordKey,
     ) -> Result<bool, LogError> {
-        records.reserve(entries.len());
-        let encoder = RecordEncoder::new(key);
-        let mut any_borrowed = false;
-        for e in entries {
-            let start = buf.len();
-            let parts = encoder.encode(e, buf, VECTORED_MIN_BYTES).map_err(|err| {
-                LogError::Invalid(format!("entry {} does not encode: {err}", e.index))
-            })?;
-            if parts.payload_bytes as u64 > self.options.entry_bytes_max {
-                return Err(LogError::EntryTooLarge {
-                    index: e.index,
-                    bytes: parts.payload_bytes as u64,
+        let any_borrowed = RecordEncoder::new(key)
+            .encode_batch(
+                entries,
+                buf,
+                records,
+                VECTORED_MIN_BYTES,
+                self.options.entry_bytes_max,
+            )
+            .map_err(|e| match e {
+                BatchError::Encode { index, error } => {
+                    LogError::Invalid(format!("entry {index} does not encode: {error}"))
+                }
+                BatchError::TooLarge {
+                    index,
+                    payload_bytes,
+                } => LogError::EntryTooLarge {
+                    index,
+                    bytes: payload_bytes,
                     entry_bytes_max: self.options.entry_bytes_max,
-                });
-            }
-            debug_assert!(
-                {
-                    let mut whole = buf[start..start + parts.head_bytes].to_vec();
-                    if let (true, EntryPayload::Command(data)) = (parts.borrowed, &e.payload) {
-                        whole.extend_from_slice(data);
-                        whole.resize(parts.record_bytes, 0);
-                    }
-                    read_frame(&whole, 0, parts.payload_bytes, key)
-                        .is_ok_and(|f| f.index == e.index)
                 },
-                "record fails its own CRC before being written"
-            );
-            any_borrowed |= parts.borrowed;
-            records.push((start, parts));
-        }
+            })?;
+        debug_assert!(
+            records.iter().zip(entries).all(|(&(start, parts), e)| {
+                let mut whole = buf[start..start + parts.head_bytes].to_vec();
+                if let (true, EntryPayload::Command(data)) = (parts.borrowed, &e.payload) {
+                    whole.extend_from_slice(data);
+                    whole.resize(parts.record_bytes, 0);
+                }
+                read_frame(&whole, 0, parts.payload_bytes, key).is_ok_and(|f| f.index == e.index)
+            }),
+            "a record fails its own CRC before being written"
+        );
         Ok(any_borrowed)
     }
 
@@ -1103,7 +1105,7 @@ impl Log {
                         (EntryPayload::Command(data), true) => data,
                         _ => &[],
                     };
-                    encoder.rekey(&mut buf[start..start + parts.head_bytes], parts, data);
+                    encoder.seal(&mut buf[start..start + parts.head_bytes], parts, data);
                 }
                 key = seg.key;
             }
@@ -1113,12 +1115,28 @@ impl Log {
                 seg.capacity - seg.write_offset
             };
             // Records of this batch that fit in the active segment go in one write.
-            let mut end = done + 1;
-            let mut run_bytes = first_len;
-            while end < entries.len() && run_bytes + records[end].1.record_bytes as u64 <= room {
-                run_bytes += records[end].1.record_bytes as u64;
-                end += 1;
-            }
+            let (end, run_bytes) = if any_borrowed {
+                let mut end = done + 1;
+                let mut run_bytes = first_len;
+                while end < entries.len() && run_bytes + records[end].1.record_bytes as u64 <= room
+                {
+                    run_bytes += records[end].1.record_bytes as u64;
+                    end += 1;
+                }
+                (end, run_bytes)
+            } else {
+                // Whole records lie back to back in `buf`: where they end there tells how
+                // many fit, without a step per record.
+                let from = records[done].0;
+                let fit = records[done..].partition_point(|&(start, parts)| {
+                    (start + parts.record_bytes - from) as u64 <= room
+                });
+                // The first record fits: `roll` made room for it.
+                debug_assert!(fit >= 1, "the first record of a run does not fit");
+                let fit = fit.max(1);
+                let (start, parts) = records[done + fit - 1];
+                (done + fit, (start + parts.record_bytes - from) as u64)
+            };
             // A recycled segment keeps a zeroed record header after its last record: where
             // recovery sees its data end (see `scan_segment`).
             let marker = if seg.stale_tail {
@@ -1158,16 +1176,34 @@ impl Log {
                 );
                 return Err(e);
             }
-            seg.offsets.reserve(end - done);
-            let mut at = seg.write_offset;
-            for (entry, (_, parts)) in entries[done..end].iter().zip(&records[done..end]) {
-                seg.offsets.push(at as u32);
-                at += parts.record_bytes as u64;
-                if self.term_runs.last().is_none_or(|&(_, t)| t != entry.term) {
-                    self.term_runs.push((entry.index, entry.term));
+            if any_borrowed {
+                let mut at = seg.write_offset;
+                seg.offsets
+                    .extend(records[done..end].iter().map(|(_, parts)| {
+                        let offset = at as u32;
+                        at += parts.record_bytes as u64;
+                        offset
+                    }));
+            } else {
+                let (base, from) = (seg.write_offset as usize, records[done].0);
+                seg.offsets.extend(
+                    records[done..end]
+                        .iter()
+                        .map(|&(start, _)| (base + start - from) as u32),
+                );
+            }
+            seg.write_offset += run_bytes;
+            // Terms never decrease within a batch (checked by `append`): when the run's first
+            // and last terms equal the last run's, no run starts in it.
+            let run = &entries[done..end];
+            let term_last = self.term_runs.last().map(|&(_, t)| t);
+            if term_last != Some(run[0].term) || run[0].term != run[run.len() - 1].term {
+                for entry in run {
+                    if self.term_runs.last().is_none_or(|&(_, t)| t != entry.term) {
+                        self.term_runs.push((entry.index, entry.term));
+                    }
                 }
             }
-            seg.write_offset = at;
             self.last_index = entries[end - 1].index;
             self.shared.mark_dirty(&seg.file);
             done = end;
