@@ -31,6 +31,8 @@
 //! - `XTASK_BENCH_CLUSTER_ROWS=set:1,set:64,get:16` runs only these closed-loop workloads
 //!   of ours (for profiling or a quick before/after), and skips the RESP comparison, the
 //!   open-loop runs, the soak, etcd and the restart. Unset: everything.
+//! - `XTASK_BENCH_NODE_BINARY=PATH` runs another `raft-node` build (e.g. the previous
+//!   commit's), for before/after comparisons interleaved on the same machine.
 //! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
 //!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
 //!   figure of the same workload as its baseline.
@@ -152,8 +154,13 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
+/// `XTASK_BENCH_NODE_BINARY`, when set, runs that `raft-node` instead of this build's (for
+/// a before/after comparison in one sitting).
 fn node_binary(workspace_target: &Path) -> PathBuf {
-    workspace_target.join("release").join("raft-node")
+    match std::env::var_os("XTASK_BENCH_NODE_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_target.join("release").join("raft-node"),
+    }
 }
 
 /// Builds the node binary (a no-op when it is fresh), so the cluster rows never measure a
