@@ -3,11 +3,12 @@
 //!
 //! Each loop iteration waits for one input (a tick, peer messages, client commands, a
 //! finished sync), drains what else is queued on that channel up to a batch bound, then
-//! handles every Ready the node has: writes go to the store on the task, `messages` leave
-//! at once, the sync runs on a dedicated thread and comes back as a completion that sends
+//! handles every Ready the node has: `messages` leave at once, writes go to the store on the
+//! task, the sync runs on a dedicated thread and comes back as a completion that sends
 //! `messages_after_persist` and calls `on_persisted` (so the leader replicates while its own
-//! fsync runs), committed entries are applied and their clients answered, and confirmed
-//! reads are served after the apply.
+//! fsync runs; a lightly loaded follower syncs on the task instead, see `sync_inline_now`),
+//! committed entries are applied and their clients answered, and confirmed reads are served
+//! after the apply.
 //!
 //! Every client request carries a deadline (`request_timeout_ms`). A write or linearizable
 //! read that has not completed by then is answered with `Unavailable`; nothing waits forever,
