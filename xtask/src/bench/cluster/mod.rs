@@ -29,6 +29,11 @@
 //!   the leader's mean proposal-to-apply time (where a write's time goes).
 //! - `XTASK_BENCH_NODE_ARGS="--flag value ..."` adds `raft-node run` flags to the 3 nodes, to
 //!   measure another configuration with the same workloads.
+//! - `XTASK_BENCH_CLUSTER_ROWS=set:1,set:64,get:16` runs only these closed-loop workloads
+//!   of ours (for profiling or a quick before/after), and skips the RESP comparison, the
+//!   open-loop runs, the soak, etcd and the restart. Unset: everything.
+//! - `XTASK_BENCH_NODE_BINARY=PATH` runs another `raft-node` build (e.g. the previous
+//!   commit's), for before/after comparisons interleaved on the same machine.
 //! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
 //!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
 //!   figure of the same workload as its baseline.
@@ -85,17 +90,21 @@ struct Settings {
     soak: Duration,
     restart_entries: u64,
     etcd_all: bool,
+    /// `XTASK_BENCH_CLUSTER_ROWS`: only these closed-loop workloads, nothing else.
+    rows: Option<Vec<(Op, usize)>>,
 }
 
 impl Settings {
-    fn of(ctx: &Ctx) -> Settings {
-        if ctx.quick {
+    fn of(ctx: &Ctx) -> Result<Settings, String> {
+        let rows = row_filter()?;
+        Ok(if ctx.quick {
             Settings {
                 warmup: Duration::from_millis(300),
                 duration: Duration::from_millis(1500),
                 soak: ctx.soak.unwrap_or(Duration::ZERO),
                 restart_entries: 100_000,
                 etcd_all: false,
+                rows,
             }
         } else {
             Settings {
@@ -104,9 +113,44 @@ impl Settings {
                 soak: ctx.soak.unwrap_or(Duration::from_secs(60)),
                 restart_entries: 1_000_000,
                 etcd_all: true,
+                rows,
             }
-        }
+        })
     }
+
+    fn selected(&self, op: Op, clients: usize) -> bool {
+        self.rows
+            .as_ref()
+            .is_none_or(|r| r.contains(&(op, clients)))
+    }
+}
+
+/// Parses `XTASK_BENCH_CLUSTER_ROWS` (`set:1,get:16`): `None` when unset.
+fn row_filter() -> Result<Option<Vec<(Op, usize)>>, String> {
+    let Ok(spec) = std::env::var("XTASK_BENCH_CLUSTER_ROWS") else {
+        return Ok(None);
+    };
+    let bad = |item: &str| {
+        format!("XTASK_BENCH_CLUSTER_ROWS: {item:?} is not OP:CLIENTS (OP set or get, CLIENTS one of {CLIENTS:?})")
+    };
+    let mut rows = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (op, clients) = item.split_once(':').ok_or_else(|| bad(item))?;
+        let op = match op {
+            "set" => Op::Set,
+            "get" => Op::Get,
+            _ => return Err(bad(item)),
+        };
+        let clients: usize = clients.parse().map_err(|_| bad(item))?;
+        if !CLIENTS.contains(&clients) {
+            return Err(bad(item));
+        }
+        rows.push((op, clients));
+    }
+    if rows.is_empty() {
+        return Err(bad(&spec));
+    }
+    Ok(Some(rows))
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -216,7 +260,7 @@ pub fn run(
     if !binary.is_file() {
         return Err(format!("{} missing after the build", binary.display()));
     }
-    let settings = Settings::of(ctx);
+    let settings = Settings::of(ctx)?;
     // One thread: the generator gets at most one core, and never fights its own workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -248,6 +292,11 @@ async fn run_all(
     run_ours(ctx, s, binary, results, rows).await?;
     if open_loop_only() {
         eprintln!("bench: cluster: XTASK_BENCH_OPEN_LOOP_ONLY: no etcd, no restart");
+        return Ok(());
+    }
+    if s.rows.is_some() {
+        eprintln!("bench: cluster: XTASK_BENCH_CLUSTER_ROWS set: etcd and restart skipped");
+        results.etcd_why = Some("skipped: XTASK_BENCH_CLUSTER_ROWS selects rows".into());
         return Ok(());
     }
     match find_on_path("etcd") {
@@ -429,7 +478,7 @@ async fn run_ours(
     let only_open_loop = open_loop_only();
     for op in [Op::Set, Op::Get] {
         for c in CLIENTS {
-            if only_open_loop && c != OPEN_LOOP_CLIENTS_REF {
+            if (only_open_loop && c != OPEN_LOOP_CLIENTS_REF) || !s.selected(op, c) {
                 continue;
             }
             let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
@@ -442,6 +491,12 @@ async fn run_ours(
             results.ours.insert((op_name(op), c), m);
             cluster.procs.check_alive()?;
         }
+    }
+    if s.rows.is_some() {
+        eprintln!(
+            "bench: cluster: XTASK_BENCH_CLUSTER_ROWS set: RESP, open-loop and soak runs skipped"
+        );
+        return Ok(());
     }
 
     // RESP against the native protocol, same workloads: how the rows' protocol was chosen,
@@ -875,11 +930,11 @@ fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mu
             let p = format!("cluster_{op}_{c}_clients");
             let e = format!("etcd_{op}_{c}_clients");
             let Some(m) = r.ours.get(&(op, c)) else {
-                out.push(Row::skipped(
-                    format!("{p}_ops_per_s"),
-                    "ops/s",
-                    "not measured (an earlier step failed)",
-                ));
+                let why = match &s.rows {
+                    Some(_) => "not selected by XTASK_BENCH_CLUSTER_ROWS",
+                    None => "not measured (an earlier step failed)",
+                };
+                out.push(Row::skipped(format!("{p}_ops_per_s"), "ops/s", why));
                 continue;
             };
             let theirs = r.etcd.get(&(op, c));
