@@ -202,16 +202,24 @@ async fn restarted_peer_is_reconnected_and_delivery_resumes() {
     b2.shutdown().await;
 }
 
+/// Node 1 with peer 2 at an address nobody listens on (yet): its queue fills and nothing
+/// drains it. Returns that address, for starting peer 2 there later.
+async fn sender_to_a_peer_that_is_down(
+    queue_messages_max: usize,
+) -> (TransportHandle, Inbox, std::net::SocketAddr) {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let mut c = config(1);
+    c.queue_messages_max = queue_messages_max;
+    c.peers.insert(2, addr);
+    let (handle, inbox) = start(c).await;
+    (handle, inbox, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_drops_the_oldest_and_counts() {
-    // A peer that is not listening: the queue fills and nothing drains it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
-    let mut ca = config(1);
-    ca.queue_messages_max = 10;
-    ca.peers.insert(2, dead_addr);
-    let (a, _rx) = start(ca).await;
+    let (a, _rx, _) = sender_to_a_peer_that_is_down(10).await;
     let started = Instant::now();
     for seq in 0..100 {
         a.send(heartbeat(1, 2, seq)).unwrap();
@@ -233,18 +241,11 @@ async fn full_queue_drops_the_oldest_and_counts() {
     a.shutdown().await;
 }
 
-/// The queue holds encoded frames: dropping the oldest must leave the newest whole, also
-/// when large payloads sit in zero-copy segments of it. Once the peer comes up, exactly the
-/// newest `queue_messages_max` messages arrive, in order and intact.
+/// Dropping the oldest must leave the newest whole, large payloads included. Once the peer
+/// comes up, exactly the newest `queue_messages_max` messages arrive, in order and intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_full_queue_the_newest_messages_arrive_intact() {
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = down.local_addr().unwrap();
-    drop(down);
-    let mut ca = config(1);
-    ca.queue_messages_max = 10;
-    ca.peers.insert(2, addr);
-    let (a, _a_rx) = start(ca).await;
+    let (a, _a_rx, addr) = sender_to_a_peer_that_is_down(10).await;
     let append = |seq: u64| Message {
         from: 1,
         to: 2,
