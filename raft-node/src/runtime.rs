@@ -544,7 +544,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 // The client connections run now and write the replies this iteration
                 // produced; the followers' commit notices go out after them. When the
                 // replies already brought new requests, those go first: their
-                // AppendEntries carry the commit index and stand in for the notices.
+                // AppendEntries carry the commit index and stand in for the notices; any
+                // not superseded leave with the next Ready (at the latest the leader's next
+                // heartbeat), so a notice is delayed by one heartbeat at most, never lost.
                 tokio::task::yield_now().await;
                 if commands.is_empty() {
                     self.send_commit_notices();

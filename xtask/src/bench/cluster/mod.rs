@@ -211,6 +211,16 @@ struct Servers {
     metrics_addrs: Vec<String>,
 }
 
+/// One progress line per closed-loop row, the same for every system measured.
+fn print_measured(system: &str, op: Op, clients: usize, m: &Measured) {
+    eprintln!(
+        "bench: {system} {} {clients} clients: {:.0} ops/s, p50 {:.0} us",
+        op_name(op),
+        m.load.ops_per_s(),
+        us(&m.load.hist, 0.5)
+    );
+}
+
 async fn measure(w: &Workload, clients: usize, servers: &Servers) -> Result<Measured, String> {
     let before = cpu_s_sum(&servers.pids);
     let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
@@ -482,12 +492,7 @@ async fn run_ours(
                 continue;
             }
             let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
-            eprintln!(
-                "bench: cluster {} {c} clients: {:.0} ops/s, p50 {:.0} us",
-                op_name(op),
-                m.load.ops_per_s(),
-                us(&m.load.hist, 0.5)
-            );
+            print_measured("cluster", op, c, &m);
             results.ours.insert((op_name(op), c), m);
             cluster.procs.check_alive()?;
         }
@@ -905,12 +910,7 @@ async fn run_etcd(
                 seed: c as u64,
             };
             let m = measure(&w, c, &servers).await?;
-            eprintln!(
-                "bench: etcd {} {c} clients: {:.0} ops/s, p50 {:.0} us",
-                op_name(op),
-                m.load.ops_per_s(),
-                us(&m.load.hist, 0.5)
-            );
+            print_measured("etcd", op, c, &m);
             results.etcd.insert((op_name(op), c), m);
             etcd.procs.check_alive()?;
         }
