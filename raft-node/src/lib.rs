@@ -9,7 +9,8 @@
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
-//! - [`node`]: starting and stopping a node; [`config`]: its configuration.
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
+//!   the bounds on what clients can make a node hold or do.
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod anti_entropy;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 mod read_batch;

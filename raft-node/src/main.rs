@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, NodeStatus};
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
+use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
 
 /// A replicated key-value store on Raft, served over RESP (any Redis client), a native
@@ -153,6 +154,9 @@ struct RunArgs {
     /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
     runtime_worker_threads: Option<usize>,
+    /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
+    #[command(flatten)]
+    limits: ClientLimitsArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,6 +251,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
+    args.limits.apply(&mut cfg.limits);
     cfg.validate()?;
     Ok(cfg)
 }
