@@ -201,6 +201,15 @@ pub struct NodeConfig {
     /// with cores to spare. The log's sync thread is extra either way.
     #[serde(default = "default_runtime_worker_threads")]
     pub runtime_worker_threads: usize,
+    /// Users and roles of the client interfaces (see [`crate::auth`]); when absent,
+    /// `RAFT_NODE_AUTH_FILE`, then `RAFT_NODE_PASSWORD` alone; with neither, no
+    /// authentication (every client is an admin).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// Start even when a listener binds a non-loopback address without TLS and
+    /// credentials (protected mode off). For trusted networks and experiments only.
+    #[serde(default)]
+    pub insecure_allow_plaintext: bool,
 }
 
 /// Where a node keeps its log.
@@ -244,6 +253,8 @@ impl NodeConfig {
             cluster_id: default_cluster_id(),
             storage: StorageKind::default(),
             runtime_worker_threads: default_runtime_worker_threads(),
+            auth_file: None,
+            insecure_allow_plaintext: false,
         }
     }
 

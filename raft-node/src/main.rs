@@ -153,6 +153,16 @@ struct RunArgs {
     /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
     runtime_worker_threads: Option<usize>,
+    /// Users and roles of the client interfaces (TOML: users with name, role and
+    /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
+    /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Start even if a listener binds a non-loopback address without TLS and credentials
+    /// (protected mode off): anyone who can reach the node can then read, write and change
+    /// the cluster's membership.
+    #[arg(long)]
+    insecure_allow_plaintext: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,6 +257,10 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
+    if args.auth_file.is_some() {
+        cfg.auth_file = args.auth_file;
+    }
+    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
     cfg.validate()?;
     Ok(cfg)
 }
