@@ -205,6 +205,15 @@ pub struct NodeConfig {
     /// Bounds on what clients can make the node hold or do (the `[limits]` section).
     #[serde(default)]
     pub limits: ClientLimits,
+    /// Users and roles of the client interfaces (see [`crate::auth`]); when absent,
+    /// `RAFT_NODE_AUTH_FILE`, then `RAFT_NODE_PASSWORD` alone; with neither, no
+    /// authentication (every client is an admin).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// Start even when a listener binds a non-loopback address without TLS and
+    /// credentials (protected mode off). For trusted networks and experiments only.
+    #[serde(default)]
+    pub insecure_allow_plaintext: bool,
 }
 
 /// Where a node keeps its log.
@@ -249,6 +258,8 @@ impl NodeConfig {
             storage: StorageKind::default(),
             runtime_worker_threads: default_runtime_worker_threads(),
             limits: ClientLimits::default(),
+            auth_file: None,
+            insecure_allow_plaintext: false,
         }
     }
 

@@ -157,6 +157,16 @@ struct RunArgs {
     /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
     #[command(flatten)]
     limits: ClientLimitsArgs,
+    /// Users and roles of the client interfaces (TOML: users with name, role and
+    /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
+    /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Start even if a listener binds a non-loopback address without TLS and credentials
+    /// (protected mode off): anyone who can reach the node can then read, write and change
+    /// the cluster's membership.
+    #[arg(long)]
+    insecure_allow_plaintext: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -252,6 +262,10 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
     args.limits.apply(&mut cfg.limits);
+    if args.auth_file.is_some() {
+        cfg.auth_file = args.auth_file;
+    }
+    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
     cfg.validate()?;
     Ok(cfg)
 }
