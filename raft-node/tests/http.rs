@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raft_node::auth::Auth;
 use raft_node::config::NodeConfig;
-use raft_node::http::{self, HttpLimits};
+use raft_node::http;
+use raft_node::limits::ClientLimits;
 use raft_node::node::RunningNode;
 use raft_node::router::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,12 +36,13 @@ struct Node {
 }
 
 impl Node {
-    async fn start(limits: HttpLimits) -> Node {
-        Node::start_member(limits, 1).await
+    async fn start(limits: ClientLimits) -> Node {
+        Node::start_member(limits, 1, Auth::disabled()).await
     }
 
-    /// Node 1 of a cluster of `members` voters; the others are never started.
-    async fn start_member(limits: HttpLimits, members: u64) -> Node {
+    /// Node 1 of a cluster of `members` voters (the others are never started), its HTTP
+    /// port checking credentials against `auth`.
+    async fn start_member(limits: ClientLimits, members: u64, auth: Auth) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "id = 1\ndata_dir = {:?}\nstorage = \"memory\"\n",
@@ -58,11 +61,12 @@ impl Node {
         let http = listener.local_addr().unwrap();
         let router = Arc::new(Router::new(
             node.handle.clone(),
+            Arc::new(auth),
             vec![node.client_addr.to_string()],
             5_000,
         ));
         let (stop_http, stop_rx) = watch::channel(false);
-        tokio::spawn(http::serve(listener, router, limits, stop_rx));
+        tokio::spawn(http::serve(listener, router, Arc::new(limits), stop_rx));
         Node {
             node: Some(node),
             http,
@@ -188,7 +192,7 @@ async fn get_value(addr: SocketAddr, key: &str) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_put_stores_the_whole_body() {
-    let n = Node::start(HttpLimits::default()).await;
+    let n = Node::start(ClientLimits::default()).await;
     n.ready().await;
     let put = request(
         n.http,
@@ -203,7 +207,7 @@ async fn chunked_put_stores_the_whole_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_content_lengths_are_refused_and_nothing_is_stored() {
-    let n = Node::start(HttpLimits::default()).await;
+    let n = Node::start(ClientLimits::default()).await;
     n.ready().await;
     let put = request(
         n.http,
@@ -226,9 +230,9 @@ async fn conflicting_content_lengths_are_refused_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_are_refused_without_being_stored() {
-    let limits = HttpLimits {
-        body_bytes_max: 1_024,
-        ..HttpLimits::default()
+    let limits = ClientLimits {
+        http_body_bytes_max: 1_024,
+        ..ClientLimits::default()
     };
     let n = Node::start(limits).await;
     n.ready().await;
@@ -265,7 +269,7 @@ async fn bodies_over_the_limit_are_refused_without_being_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_headers_only_and_methods_are_checked() {
-    let n = Node::start(HttpLimits::default()).await;
+    let n = Node::start(ClientLimits::default()).await;
     n.ready().await;
     let mut s = TcpStream::connect(n.http).await.unwrap();
     let mut buf = Vec::new();
@@ -323,7 +327,7 @@ async fn head_answers_headers_only_and_methods_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_several_requests_on_one_connection() {
-    let n = Node::start(HttpLimits::default()).await;
+    let n = Node::start(ClientLimits::default()).await;
     n.ready().await;
     let mut s = TcpStream::connect(n.http).await.unwrap();
     let mut buf = Vec::new();
@@ -346,9 +350,9 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_is_answered_before_the_body() {
-    let limits = HttpLimits {
-        body_bytes_max: 1_024,
-        ..HttpLimits::default()
+    let limits = ClientLimits {
+        http_body_bytes_max: 1_024,
+        ..ClientLimits::default()
     };
     let n = Node::start(limits).await;
     n.ready().await;
@@ -377,7 +381,7 @@ async fn expect_continue_is_answered_before_the_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_why_a_node_without_a_leader_is_not_ready() {
     // Node 1 of three, alone: it can never elect a leader.
-    let n = Node::start_member(HttpLimits::default(), 3).await;
+    let n = Node::start_member(ClientLimits::default(), 3, Auth::disabled()).await;
     let health = request(n.http, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(health.status, 200);
     let ready = request(n.http, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -405,12 +409,12 @@ async fn readyz_says_why_a_node_without_a_leader_is_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_heads_idle_connections_and_slow_bodies_are_cut() {
-    let limits = HttpLimits {
-        header_read_timeout_ms: 300,
+    let limits = ClientLimits {
+        read_timeout_ms: 300,
         idle_timeout_ms: 1_500,
-        body_read_timeout_ms: 300,
-        head_bytes_max: 1_024,
-        ..HttpLimits::default()
+        handshake_timeout_ms: 300,
+        http_head_bytes_max: 1_024,
+        ..ClientLimits::default()
     };
     let n = Node::start(limits).await;
     n.ready().await;
@@ -422,6 +426,12 @@ async fn slow_heads_idle_connections_and_slow_bodies_are_cut() {
         .unwrap();
     let started = Instant::now();
     assert!(closed_within(&mut slow_head, ANSWER_TIMEOUT).await);
+    assert!(started.elapsed() < Duration::from_millis(1_400));
+
+    // A connection that never sends a byte: closed after the handshake timeout.
+    let mut silent = TcpStream::connect(n.http).await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut silent, ANSWER_TIMEOUT).await);
     assert!(started.elapsed() < Duration::from_millis(1_400));
 
     // A kept-alive connection that stays quiet lives past the head timeout, then is closed.
@@ -462,9 +472,9 @@ async fn slow_heads_idle_connections_and_slow_bodies_are_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_per_source() {
-    let limits = HttpLimits {
+    let limits = ClientLimits {
         connections_per_source_max: 4,
-        ..HttpLimits::default()
+        ..ClientLimits::default()
     };
     let n = Node::start(limits).await;
     let mut held = Vec::new();
@@ -508,9 +518,9 @@ fn rss_bytes() -> u64 {
 async fn clients_that_never_read_are_disconnected() {
     const CLIENTS: usize = 50;
     const VALUE_BYTES: usize = 4 << 20;
-    let limits = HttpLimits {
+    let limits = ClientLimits {
         write_timeout_ms: 500,
-        ..HttpLimits::default()
+        ..ClientLimits::default()
     };
     let n = Node::start(limits).await;
     n.ready().await;
@@ -569,4 +579,75 @@ async fn clients_that_never_read_are_disconnected() {
         rss_peak >> 20,
         rss_bytes() >> 20
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_required_and_roles_checked() {
+    let users = [
+        ("default", "admin", "root-pw"),
+        ("reader", "read", "read-pw"),
+        ("writer", "read-write", "write-pw"),
+    ];
+    let mut toml = String::new();
+    for (name, role, password) in users {
+        toml += &format!(
+            "[[users]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_sha256 = \"{}\"\n",
+            raft_node::auth::password_sha256_hex(password.as_bytes())
+        );
+    }
+    let auth = Auth::from_toml(&toml).unwrap_or_else(|e| panic!("{e:?}"));
+    let n = Node::start_member(ClientLimits::default(), 1, auth).await;
+    // Health and readiness need no token (probes carry none).
+    n.ready().await;
+    assert_eq!(
+        request(n.http, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .status,
+        200
+    );
+
+    let put = |token: &str| {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
+        format!("PUT /kv/t HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\nv")
+    };
+    let get = |path: &str, token: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    // No token, a wrong one, another scheme: 401 with the challenge; nothing stored.
+    for raw in [
+        put(""),
+        put("wrong"),
+        put("writer:read-pw"),
+        "PUT /kv/t HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d3JpdGVyOndyaXRlLXB3\r\nContent-Length: 1\r\n\r\nv".into(),
+    ] {
+        let r = request(n.http, &raw).await;
+        assert_eq!(r.status, 401, "{raw}: {r:?}");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"), "{r:?}");
+    }
+    for path in ["/status", "/metrics", "/kv/t"] {
+        let r = request(n.http, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+        assert_eq!(r.status, 401, "GET {path} without a token: {r:?}");
+    }
+    // A reader reads but may not write.
+    assert_eq!(
+        request(n.http, get("/kv/t", "reader:read-pw")).await.status,
+        404
+    );
+    assert_eq!(
+        request(n.http, get("/status", "reader:read-pw"))
+            .await
+            .status,
+        200
+    );
+    let denied = request(n.http, put("reader:read-pw")).await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    // A writer and the default user (password alone) write.
+    assert_eq!(request(n.http, put("writer:write-pw")).await.status, 200);
+    assert_eq!(request(n.http, put("root-pw")).await.status, 200);
+    let got = request(n.http, get("/kv/t", "reader:read-pw")).await;
+    assert_eq!((got.status, &got.body[..]), (200, &b"v"[..]));
 }

@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::timed_io::{ConnState, IoTimeouts, TimedIo};
-use super::{HttpContext, HttpLimits};
+use super::HttpContext;
+use crate::limits::ClientLimits;
 
 /// Headers in one request at most (hyper's default is 100).
 const REQUEST_HEADERS_MAX: usize = 64;
@@ -49,10 +50,12 @@ struct Slot {
 }
 
 impl Slots {
-    fn take(self: &Arc<Self>, source: IpAddr, limits: &HttpLimits) -> Option<Slot> {
+    fn take(self: &Arc<Self>, source: IpAddr, limits: &ClientLimits) -> Option<Slot> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let from_source = c.per_source.get(&source).copied().unwrap_or(0);
-        if c.total >= limits.connections_max || from_source >= limits.connections_per_source_max {
+        if c.total >= limits.http_connections_max
+            || from_source >= limits.connections_per_source_max
+        {
             return None;
         }
         c.total += 1;
@@ -125,8 +128,9 @@ async fn serve_connection(
     let limits = &ctx.limits;
     let state = Arc::new(ConnState::default());
     let timeouts = IoTimeouts {
+        first_byte: Duration::from_millis(limits.handshake_timeout_ms),
         idle: Duration::from_millis(limits.idle_timeout_ms),
-        header_read: Duration::from_millis(limits.header_read_timeout_ms),
+        header_read: Duration::from_millis(limits.read_timeout_ms),
         write: Duration::from_millis(limits.write_timeout_ms),
     };
     let io = TimedIo::new(
@@ -145,8 +149,8 @@ async fn serve_connection(
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .max_headers(REQUEST_HEADERS_MAX)
-        .max_header_size(limits.head_bytes_max)
-        .max_buf_size(limits.head_bytes_max.max(READ_BUFFER_BYTES_MIN))
+        .max_header_size(limits.http_head_bytes_max)
+        .max_buf_size(limits.http_head_bytes_max.max(READ_BUFFER_BYTES_MIN))
         // The idle and head timeouts are ours (see `timed_io`): hyper's would also cut
         // a keep-alive connection that is merely quiet.
         .header_read_timeout(None)

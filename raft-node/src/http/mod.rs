@@ -26,46 +26,10 @@ use raft_client::wire::{KvCommand, KvResponse, NodeError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Role;
+use crate::limits::ClientLimits;
 use crate::router::Router;
 use timed_io::RequestGuard;
-
-/// Bounds of the HTTP port.
-#[derive(Clone, Debug)]
-pub struct HttpLimits {
-    /// Connections open at once; one more is answered 503 and closed.
-    pub connections_max: usize,
-    /// Connections open at once from one source address.
-    pub connections_per_source_max: usize,
-    /// Bytes of request line and headers; more is answered 431.
-    pub head_bytes_max: usize,
-    /// Bytes of a request body; more is answered 413.
-    pub body_bytes_max: usize,
-    /// From a request head's first byte to its last.
-    pub header_read_timeout_ms: u64,
-    /// A connection with no request and no traffic for this long is closed.
-    pub idle_timeout_ms: u64,
-    /// From a request head's end to its body's end; slower is answered 408.
-    pub body_read_timeout_ms: u64,
-    /// A response write that makes no progress for this long closes the connection, so a
-    /// client that does not read cannot hold its response in memory.
-    pub write_timeout_ms: u64,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            connections_max: 1_024,
-            connections_per_source_max: 256,
-            head_bytes_max: 16 << 10,
-            // A value travels to the leader in one native frame (8 MiB at most).
-            body_bytes_max: (8 << 20) - (64 << 10),
-            header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            body_read_timeout_ms: 30_000,
-            write_timeout_ms: 10_000,
-        }
-    }
-}
 
 /// `/readyz` answers 503 while the applied index trails the commit index by more entries
 /// than this (a replica still catching up would serve stale reads slowly).
@@ -74,14 +38,19 @@ pub const READY_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
 /// What every connection's handler needs.
 struct HttpContext {
     router: Arc<Router>,
-    limits: HttpLimits,
+    limits: Arc<ClientLimits>,
 }
 
-/// Serves HTTP until `shutdown`.
+/// Serves HTTP until `shutdown`, within `limits`: `http_connections_max` and
+/// `connections_per_source_max` connections (503 past either), `http_head_bytes_max` (431),
+/// `http_body_bytes_max` (413); `handshake_timeout_ms` for a new connection's first byte,
+/// `idle_timeout_ms` between requests, `read_timeout_ms` for a request head from its first
+/// byte and again for its body from the head's end (408), `write_timeout_ms` for a
+/// response write that makes no progress.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
-    limits: HttpLimits,
+    limits: Arc<ClientLimits>,
     shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(HttpContext { router, limits });
@@ -121,6 +90,7 @@ struct Answer {
     content_type: &'static str,
     body: Bytes,
     allow: Option<&'static str>,
+    www_authenticate: Option<&'static str>,
     close: bool,
 }
 
@@ -131,6 +101,7 @@ impl Answer {
             content_type,
             body: body.into(),
             allow: None,
+            www_authenticate: None,
             close: false,
         }
     }
@@ -203,6 +174,12 @@ async fn respond(
     if let Some(allow) = answer.allow {
         h.insert(header::ALLOW, HeaderValue::from_static(allow));
     }
+    if let Some(challenge) = answer.www_authenticate {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
     if answer.close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -230,6 +207,16 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
         return a;
     }
     let router = &ctx.router;
+    let needed = match (&route, &method) {
+        (Route::Healthz | Route::Readyz, _) => None,
+        (_, &Method::PUT | &Method::DELETE) => Some(Role::ReadWrite),
+        _ => Some(Role::Read),
+    };
+    if let Some(needed) = needed {
+        if let Err(refused) = authorize(&req, router, needed) {
+            return refused;
+        }
+    }
     match route {
         Route::Healthz => Answer::text(StatusCode::OK, "ok\n"),
         Route::Readyz => readiness(router).await,
@@ -267,11 +254,11 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
     }
 }
 
-/// A request body whole, or the answer refusing it: 413 past `body_bytes_max` (declared
-/// or streamed; at most the limit is ever buffered), 408 past `body_read_timeout_ms`, 400 if
-/// the body is malformed (a bad chunk).
-async fn read_body(req: Request<Incoming>, limits: &HttpLimits) -> Result<Bytes, Answer> {
-    let max = limits.body_bytes_max;
+/// A request body whole, or the answer refusing it: 413 past `http_body_bytes_max` (declared
+/// or streamed; at most the limit is ever buffered), 408 past `read_timeout_ms`, 400 if the
+/// body is malformed (a bad chunk).
+async fn read_body(req: Request<Incoming>, limits: &ClientLimits) -> Result<Bytes, Answer> {
+    let max = limits.http_body_bytes_max;
     let too_large = || {
         Answer::text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -305,13 +292,13 @@ async fn read_body(req: Request<Incoming>, limits: &HttpLimits) -> Result<Bytes,
         }
         Ok(buf.freeze())
     };
-    match tokio::time::timeout(Duration::from_millis(limits.body_read_timeout_ms), read).await {
+    match tokio::time::timeout(Duration::from_millis(limits.read_timeout_ms), read).await {
         Ok(r) => r,
         Err(_) => Err(Answer::text(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "request body not received within {} ms\n",
-                limits.body_read_timeout_ms
+                limits.read_timeout_ms
             ),
         )
         .closing()),
@@ -329,6 +316,42 @@ async fn kv(router: &Router, command: KvCommand, linearizable: bool) -> Answer {
         Ok(KvResponse::Error(e)) => Answer::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         Ok(_) => Answer::text(StatusCode::OK, "OK\n"),
         Err(e) => Answer::text(error_status(&e), format!("{e}\n")),
+    }
+}
+
+/// Checks the request's bearer token when credentials are configured: 401 (with
+/// `WWW-Authenticate: Bearer`) without a valid one, 403 when its role is below `needed`.
+fn authorize(req: &Request<Incoming>, router: &Router, needed: Role) -> Result<(), Answer> {
+    if !router.auth.is_enabled() {
+        return Ok(());
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(token) = token else {
+        let mut a = Answer::text(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send Authorization: Bearer <password or user:password>\n",
+        );
+        a.www_authenticate = Some("Bearer");
+        return Err(a);
+    };
+    match router.auth.verify_bearer(token) {
+        None => {
+            let mut a = Answer::text(StatusCode::UNAUTHORIZED, "invalid bearer token\n");
+            a.www_authenticate = Some("Bearer error=\"invalid_token\"");
+            Err(a)
+        }
+        Some(role) if role < needed => Err(Answer::text(
+            StatusCode::FORBIDDEN,
+            format!("this needs the {needed} role; the token's user has {role}\n"),
+        )),
+        Some(_) => Ok(()),
     }
 }
 

@@ -1,10 +1,10 @@
 //! Timeouts hyper's HTTP/1 server does not enforce on its own, applied at the byte stream:
-//! a connection idle between requests, a request head that trickles in, and a write the
-//! client does not take.
+//! a new connection that sends nothing, a connection idle between requests, a request head
+//! that trickles in, and a write the client does not take.
 //!
 //! hyper's own `header_read_timeout` starts when the connection becomes idle, so it cannot
-//! tell a quiet keep-alive connection (allowed `idle_timeout`) from a request head sent a
-//! byte at a time (allowed `header_read_timeout` from its first byte). The service marks
+//! tell a quiet keep-alive connection (allowed `idle_timeout_ms`) from a request head sent a
+//! byte at a time (allowed `read_timeout_ms` from its first byte). The service marks
 //! where each request starts and ends in [`ConnState`]; this wrapper reads those marks.
 
 use std::future::Future;
@@ -51,6 +51,8 @@ impl Drop for RequestGuard {
 /// The timeouts [`TimedIo`] enforces.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct IoTimeouts {
+    /// A new connection sends its first byte within this.
+    pub first_byte: Duration,
     /// No request and no bytes either way for this long: the connection is closed.
     pub idle: Duration,
     /// From a request head's first byte to its end.
@@ -109,6 +111,7 @@ impl<S> TimedIo<S> {
         }
         Some(match self.head_started {
             Some(t) => t + self.timeouts.header_read,
+            None if done == 0 => self.idle_since + self.timeouts.first_byte,
             None => self.idle_since + self.timeouts.idle,
         })
     }
