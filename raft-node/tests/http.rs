@@ -411,7 +411,7 @@ async fn readyz_says_why_a_node_without_a_leader_is_not_ready() {
 async fn slow_heads_idle_connections_and_slow_bodies_are_cut() {
     let limits = ClientLimits {
         read_timeout_ms: 300,
-        idle_timeout_ms: 1_500,
+        idle_timeout_ms: 4_000,
         handshake_timeout_ms: 300,
         http_head_bytes_max: 1_024,
         ..ClientLimits::default()
@@ -426,13 +426,13 @@ async fn slow_heads_idle_connections_and_slow_bodies_are_cut() {
         .unwrap();
     let started = Instant::now();
     assert!(closed_within(&mut slow_head, ANSWER_TIMEOUT).await);
-    assert!(started.elapsed() < Duration::from_millis(1_400));
+    assert!(started.elapsed() < Duration::from_millis(3_000));
 
     // A connection that never sends a byte: closed after the handshake timeout.
     let mut silent = TcpStream::connect(n.http).await.unwrap();
     let started = Instant::now();
     assert!(closed_within(&mut silent, ANSWER_TIMEOUT).await);
-    assert!(started.elapsed() < Duration::from_millis(1_400));
+    assert!(started.elapsed() < Duration::from_millis(3_000));
 
     // A kept-alive connection that stays quiet lives past the head timeout, then is closed.
     let mut idle = TcpStream::connect(n.http).await.unwrap();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -27,12 +28,15 @@ pub(super) struct ConnState {
     in_request: AtomicBool,
     /// Responses finished; a change tells the reader a new idle period began.
     responses_done: AtomicU64,
+    /// The connection's task, if a read is pending with no deadline (during a request): the
+    /// request's end must wake it so that the idle deadline gets armed.
+    reader: AtomicWaker,
 }
 
 impl ConnState {
     /// Marks a request as started; dropping the guard marks it finished.
     pub(super) fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.in_request.store(true, Ordering::Relaxed);
+        self.in_request.store(true, Ordering::Release);
         RequestGuard(self.clone())
     }
 }
@@ -44,7 +48,8 @@ pub(super) struct RequestGuard(Arc<ConnState>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.responses_done.fetch_add(1, Ordering::Relaxed);
-        self.0.in_request.store(false, Ordering::Relaxed);
+        self.0.in_request.store(false, Ordering::Release);
+        self.0.reader.wake();
     }
 }
 
@@ -100,7 +105,7 @@ impl<S> TimedIo<S> {
     /// When a pending read must give up, or `None` while a request is being served (its
     /// body reads have their own deadline in the handler).
     fn read_deadline(&mut self) -> Option<Instant> {
-        if self.conn.in_request.load(Ordering::Relaxed) {
+        if self.conn.in_request.load(Ordering::Acquire) {
             return None;
         }
         let done = self.conn.responses_done.load(Ordering::Relaxed);
@@ -163,6 +168,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let Some(deadline) = this.read_deadline() else {
+                    this.conn.reader.register(cx.waker());
+                    // The request may have ended between the check and the registration.
+                    if this.conn.in_request.load(Ordering::Acquire) {
+                        return Poll::Pending;
+                    }
+                    cx.waker().wake_by_ref();
                     return Poll::Pending;
                 };
                 if !expired(&mut this.read_sleep, deadline, cx) {
