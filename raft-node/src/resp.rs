@@ -491,6 +491,9 @@ pub fn kv_reply(r: KvResponse) -> Value {
         KvResponse::Error(KvError::NotAnInteger) => {
             Value::Error("ERR value is not an integer or out of range".into())
         }
+        KvResponse::Error(KvError::OutOfMemory) => {
+            Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into())
+        }
         KvResponse::Error(e) => Value::Error(format!("ERR {e}")),
     }
 }
