@@ -10,10 +10,13 @@
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
+//! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
+//!   generated CA and node certificates (`raft-node certs`).
 
 #![warn(missing_docs)]
 
 pub mod anti_entropy;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod kv;
@@ -26,5 +29,6 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod store_log;
+pub mod tls;
 pub mod transport;
 pub mod transport_net;
