@@ -9,6 +9,7 @@
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
+//! - [`membership_check`]: the leader's rules for safe membership changes.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
 
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod anti_entropy;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod membership_check;
 pub mod metrics;
 pub mod node;
 mod read_batch;
