@@ -10,6 +10,7 @@
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`membership_check`]: the leader's rules for safe membership changes.
+//! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration.
 
 #![warn(missing_docs)]
@@ -22,6 +23,7 @@ pub mod membership_check;
 pub mod metrics;
 pub mod node;
 mod read_batch;
+pub mod recover;
 pub mod resp;
 pub mod router;
 pub mod runtime;
