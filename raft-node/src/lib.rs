@@ -8,17 +8,21 @@
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
+//! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`membership_check`]: the leader's rules for safe membership changes.
 //! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
-//! - [`node`]: starting and stopping a node; [`config`]: its configuration.
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
+//!   the bounds on what clients can make a node hold or do.
 
 #![warn(missing_docs)]
 
 pub mod anti_entropy;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod limits;
 pub mod membership_check;
 pub mod metrics;
 pub mod node;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, NodeStatus};
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
+use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
 
 /// A replicated key-value store on Raft, served over RESP (any Redis client), a native
@@ -165,6 +166,19 @@ struct RunArgs {
     /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
     runtime_worker_threads: Option<usize>,
+    /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
+    #[command(flatten)]
+    limits: ClientLimitsArgs,
+    /// Users and roles of the client interfaces (TOML: users with name, role and
+    /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
+    /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Start even if a listener binds a non-loopback address without TLS and credentials
+    /// (protected mode off): anyone who can reach the node can then read, write and change
+    /// the cluster's membership.
+    #[arg(long)]
+    insecure_allow_plaintext: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -259,6 +273,11 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
+    args.limits.apply(&mut cfg.limits);
+    if args.auth_file.is_some() {
+        cfg.auth_file = args.auth_file;
+    }
+    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
     cfg.validate()?;
     Ok(cfg)
 }
