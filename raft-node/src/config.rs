@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::limits::ClientLimits;
 use crate::runtime::RuntimeConfig;
+use crate::tls::TlsConfig;
 
 /// A configuration that cannot work, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +203,9 @@ pub struct NodeConfig {
     /// with cores to spare. The log's sync thread is extra either way.
     #[serde(default = "default_runtime_worker_threads")]
     pub runtime_worker_threads: usize,
+    /// TLS (`[tls]`): mutual TLS on the peer port, TLS on the client ports; none if absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Bounds on what clients can make the node hold or do (the `[limits]` section).
     #[serde(default)]
     pub limits: ClientLimits,
@@ -257,6 +261,7 @@ impl NodeConfig {
             cluster_id: default_cluster_id(),
             storage: StorageKind::default(),
             runtime_worker_threads: default_runtime_worker_threads(),
+            tls: None,
             limits: ClientLimits::default(),
             auth_file: None,
             insecure_allow_plaintext: false,
@@ -482,6 +487,20 @@ addr = "127.0.0.1:7002"
         let text = base().replacen("id = 1\n", "id = 1\ndebug_corrupt_apply_at = 5\n", 1);
         let e = NodeConfig::from_toml(&text).unwrap_err();
         assert_eq!(e.field, "debug_corrupt_apply_at", "{e}");
+    }
+
+    #[test]
+    fn tls_section_parses() {
+        let text = base().replacen(
+            "[[peers]]",
+            "[tls]\nca_file = \"ca.pem\"\ncert_file = \"n1.pem\"\nkey_file = \"n1-key.pem\"\n[[peers]]",
+            1,
+        );
+        let cfg = NodeConfig::from_toml(&text).unwrap();
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("n1.pem"));
+        assert!(!tls.client_cert_required);
+        assert!(NodeConfig::from_toml(&base()).unwrap().tls.is_none());
     }
 
     #[test]

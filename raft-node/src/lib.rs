@@ -12,6 +12,8 @@
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`membership_check`]: the leader's rules for safe membership changes.
 //! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
+//! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
+//!   generated CA and node certificates (`raft-node certs`).
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
 //!   the bounds on what clients can make a node hold or do.
 
@@ -19,6 +21,7 @@
 
 pub mod anti_entropy;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod kv;
@@ -34,5 +37,6 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod store_log;
+pub mod tls;
 pub mod transport;
 pub mod transport_net;
