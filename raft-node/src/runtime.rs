@@ -70,10 +70,42 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): make this replica's state
     /// differ from the others'. The default does nothing.
     fn debug_corrupt(&mut self, _index: Index) {}
+    /// A cheap copy of the state that reads can be answered from off the runtime task, or
+    /// `None` (the default) to answer them on the task with [`HostedMachine::query`]. Worth
+    /// it when a copy costs O(1), as the key-value store's persistent maps do: building a
+    /// large reply on the task holds up heartbeats (a 512 MiB MGET cost a leader its term).
+    fn view(&self) -> Option<Arc<dyn MachineView>> {
+        None
+    }
 }
+
+/// The state at one applied index, answering reads off the runtime task
+/// (see [`HostedMachine::view`]).
+pub trait MachineView: Send + Sync + 'static {
+    /// As [`HostedMachine::query`].
+    fn query(&self, op: &[u8]) -> Bytes;
+    /// For callers that know the concrete machine (RESP and HTTP reach into the key-value
+    /// store's values without encoding them).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A shared [`MachineView`].
+pub type ReadView = Arc<dyn MachineView>;
 
 /// What a reply channel carries: the state machine's encoded response.
 pub type Reply = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// How a read is answered: the encoded response built on the task, or a view to build it
+/// from off the task.
+pub enum ReadAnswer {
+    /// The machine has no view: its [`HostedMachine::query`] answer.
+    Bytes(Bytes),
+    /// The state at an applied index at or after the read's index.
+    View(ReadView),
+}
+
+/// What a read's reply channel carries.
+pub type ReadReply = oneshot::Sender<Result<ReadAnswer, NodeError>>;
 
 /// Timing and bounds of the runtime.
 #[derive(Clone, Debug)]
@@ -151,7 +183,7 @@ pub enum Command {
         /// ReadIndex first (`true`) or serve the local replica as is.
         linearizable: bool,
         /// Where the answer goes.
-        reply: Reply,
+        reply: ReadReply,
     },
     /// The node's status.
     Status(oneshot::Sender<NodeStatus>),
@@ -188,14 +220,36 @@ impl NodeHandle {
         self.ask(|reply| Command::Propose { data, reply }).await?
     }
 
-    /// Runs a read-only query.
+    /// Runs a read-only query. With a machine that has a view, the answer is built here,
+    /// on the caller's task, not on the runtime's.
     pub async fn read(&self, op: Bytes, linearizable: bool) -> Result<Bytes, NodeError> {
-        self.ask(|reply| Command::Read {
-            op,
-            linearizable,
-            reply,
+        let answer = self
+            .ask(|reply| Command::Read {
+                op: op.clone(),
+                linearizable,
+                reply,
+            })
+            .await??;
+        Ok(match answer {
+            ReadAnswer::Bytes(b) => b,
+            ReadAnswer::View(view) => view.query(&op),
         })
-        .await?
+    }
+
+    /// The state at an applied index at or after this call's read index (linearizable) or
+    /// as this replica has it, for several reads at once; `None` if the machine has no view.
+    pub async fn read_view(&self, linearizable: bool) -> Result<Option<ReadView>, NodeError> {
+        let answer = self
+            .ask(|reply| Command::Read {
+                op: Bytes::new(),
+                linearizable,
+                reply,
+            })
+            .await??;
+        Ok(match answer {
+            ReadAnswer::Bytes(_) => None,
+            ReadAnswer::View(view) => Some(view),
+        })
     }
 
     /// The node's status.
@@ -217,7 +271,7 @@ struct PendingWrite {
 
 struct PendingRead {
     op: Bytes,
-    reply: Reply,
+    reply: ReadReply,
     deadline: Instant,
 }
 
@@ -895,7 +949,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn fail_command(&self, cmd: Command, err: NodeError) {
         match cmd {
-            Command::Propose { reply, .. } | Command::Read { reply, .. } => {
+            Command::Propose { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Read { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Command::Admin(_, reply) => {
@@ -971,10 +1028,18 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
     }
 
-    fn read(&mut self, op: Bytes, linearizable: bool, reply: Reply, deadline: Instant) {
+    /// The answer to a read at the current applied index.
+    fn read_answer(&self, op: &[u8]) -> ReadAnswer {
+        match self.sm.view() {
+            Some(view) => ReadAnswer::View(view),
+            None => ReadAnswer::Bytes(self.sm.query(op)),
+        }
+    }
+
+    fn read(&mut self, op: Bytes, linearizable: bool, reply: ReadReply, deadline: Instant) {
         if !linearizable {
             Metrics::add(&self.metrics.reads, 1);
-            let _ = reply.send(Ok(self.sm.query(&op)));
+            let _ = reply.send(Ok(self.read_answer(&op)));
             return;
         }
         if self.pending_reads.len() >= self.config.reads_in_flight_max {
@@ -1027,7 +1092,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             Ok(index) => {
                 debug_assert!(self.raw.applied_index() >= index);
                 Metrics::add(&self.metrics.reads, 1);
-                let _ = p.reply.send(Ok(self.sm.query(&p.op)));
+                let _ = p.reply.send(Ok(self.read_answer(&p.op)));
             }
             Err(ReadError::Busy) => {
                 let _ = p.reply.send(Err(NodeError::Busy));

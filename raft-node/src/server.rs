@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
 use crate::kv::log_command;
+use crate::limits::ClientLimits;
 use crate::resp::{self, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle};
@@ -35,6 +36,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: NodeHandle,
     router: Arc<Router>,
+    _limits: Arc<ClientLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
@@ -174,7 +176,7 @@ async fn serve_resp<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut parser = RespParser;
+    let mut parser = RespParser::default();
     let lane = router.lane();
     let mut out = Vec::with_capacity(16 << 10);
     loop {
