@@ -139,6 +139,7 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         snapshots,
         snapshot_policy,
         client_addrs: parts.client_addrs,
+        known_peers: config.peers.iter().map(|p| p.id).collect(),
         metrics: parts.metrics,
         shutdown: parts.shutdown,
     })
