@@ -161,7 +161,6 @@ fn assert_membership_intact_and_electable(mut t: Target, what: &str) {
 }
 
 #[test]
-#[ignore = "waiting for auth: RAFT.PROMOTE 97 from an unauthenticated client answers +OK"]
 fn unauthenticated_promote_is_refused_and_the_cluster_still_elects() {
     let t = target(&[]);
     let answers = attacks::promote(t.addr, None, &[97, 98, 99]);
@@ -170,7 +169,6 @@ fn unauthenticated_promote_is_refused_and_the_cluster_still_elects() {
 }
 
 #[test]
-#[ignore = "waiting for membership: RAFT.PROMOTE 97 answers +OK and adds a voter that does not exist"]
 fn admin_promote_of_nodes_that_are_not_caught_up_learners_is_refused() {
     let t = target(&[]);
     let answers = attacks::promote(t.addr, t.auth.as_ref(), &[97, 98, 99]);
