@@ -324,7 +324,6 @@ fn an_impostor_peer_gets_no_replication_data_and_cannot_force_elections() {
 }
 
 #[test]
-#[ignore = "waiting for http: a chunked PUT is answered 200 and stores an empty value"]
 fn chunked_puts_store_their_body_and_duplicate_content_length_is_refused() {
     let t = target(&[]);
     let http = t.cluster.node(t.id).http;
