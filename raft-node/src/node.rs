@@ -139,6 +139,7 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         snapshots,
         snapshot_policy,
         client_addrs: parts.client_addrs,
+        known_peers: config.peers.iter().map(|p| p.id).collect(),
         metrics: parts.metrics,
         shutdown: parts.shutdown,
     })
@@ -281,7 +282,12 @@ impl RunningNode {
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {
-            tokio::spawn(http::serve(l, router, shutdown_rx));
+            tokio::spawn(http::serve(
+                l,
+                router,
+                Arc::new(config.limits.clone()),
+                shutdown_rx,
+            ));
         }
         tracing::info!(
             id = config.id,

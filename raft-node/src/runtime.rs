@@ -14,7 +14,7 @@
 //! read that has not completed by then is answered with `Unavailable`; nothing waits forever,
 //! and a read is never answered from a state that was not confirmed by a quorum.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::anti_entropy::{digest_infos, DIGESTS_KEPT_MAX};
+use crate::membership_check::{self, LeaderView};
 use crate::metrics::Metrics;
 use crate::read_batch::ReadBatcher;
 use crate::store::{NodeStore, SyncJob};
@@ -427,6 +428,8 @@ pub struct RuntimeParts<S: NodeStore, M: HostedMachine> {
     pub snapshot_policy: SnapshotPolicy,
     /// Client address of each node, for redirects.
     pub client_addrs: HashMap<NodeId, String>,
+    /// Nodes with a known peer address (this one included): only these can be added.
+    pub known_peers: BTreeSet<NodeId>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Turns true to stop.
@@ -472,6 +475,13 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         config: parts.runtime,
         transport: parts.transport,
         client_addrs: parts.client_addrs,
+        peer_heard_tick: parts
+            .known_peers
+            .iter()
+            .filter(|&&p| p != id)
+            .map(|&p| (p, None))
+            .collect(),
+        known_peers: parts.known_peers,
         metrics: parts.metrics,
         sync_tx: Some(sync_tx),
         syncs_in_flight: 0,
@@ -513,6 +523,12 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     config: RuntimeConfig,
     transport: Arc<dyn PeerTransport>,
     client_addrs: HashMap<NodeId, String>,
+    /// Nodes with a known peer address (this one included).
+    known_peers: BTreeSet<NodeId>,
+    /// The tick at which each known peer was last heard from (any message): whether a
+    /// learner is connected, and which voters are reachable, when a membership change is
+    /// asked for. Keys are the known peers only, so it is bounded by the configuration.
+    peer_heard_tick: BTreeMap<CoreId, Option<u64>>,
     metrics: Arc<Metrics>,
     sync_tx: Option<std::sync::mpsc::SyncSender<SyncRequest>>,
     syncs_in_flight: usize,
@@ -663,6 +679,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 }
             }
             Inbound::Message(msg) => {
+                if let Some(heard) = self.peer_heard_tick.get_mut(&msg.from) {
+                    *heard = Some(self.ticks);
+                }
                 if matches!(&msg.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
                 {
                     self.work_inputs_this_iteration += 1;
@@ -1134,11 +1153,44 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 TransferError::NotLeader { leader } => self.leader_error(leader),
                 TransferError::NotAVoter => NodeError::Invalid(format!("{to} is not a voter")),
             }),
-            AdminOp::AddLearner(id) => self.change(&[ConfChange::AddLearner(id)]),
-            AdminOp::Promote(id) => self.change(&[ConfChange::AddVoter(id)]),
-            AdminOp::Remove(id) => self.change(&[ConfChange::Remove(id)]),
+            AdminOp::AddLearner(id) => self.checked_change(ConfChange::AddLearner(id)),
+            AdminOp::Promote(id) => self.checked_change(ConfChange::AddVoter(id)),
+            AdminOp::Remove(id) => self.checked_change(ConfChange::Remove(id)),
         };
         let _ = reply.send(result);
+    }
+
+    /// Makes `change` if the leader's admission rules (`membership_check`) allow it. Only
+    /// the leader judges: a follower's view of progress and reachability is not the one
+    /// that counts, so it redirects.
+    fn checked_change(&mut self, change: ConfChange) -> Result<(), NodeError> {
+        if self.raw.role() != Role::Leader {
+            return Err(self.leader_error(self.raw.leader()));
+        }
+        let status = self.raw.status();
+        let match_index: BTreeMap<CoreId, Index> =
+            status.peers.iter().map(|p| (p.id, p.match_index)).collect();
+        let heard_ticks_ago: BTreeMap<CoreId, u64> = self
+            .peer_heard_tick
+            .iter()
+            .filter_map(|(&p, t)| t.map(|t| (p, self.ticks.saturating_sub(t))))
+            .collect();
+        let view = LeaderView {
+            leader: status.id,
+            membership: &status.membership,
+            last_index: status.last_index,
+            match_index: &match_index,
+            heard_ticks_ago: &heard_ticks_ago,
+            connected_ticks_max: u64::from(self.config.election_timeout_ticks_max),
+            tick_ms: self.config.tick_interval_ms,
+            known_peers: &self.known_peers,
+        };
+        if let Err(why) = membership_check::check(change, &view) {
+            tracing::warn!(?change, %why, "membership change refused");
+            return Err(NodeError::Invalid(why));
+        }
+        tracing::info!(?change, "membership change proposed");
+        self.change(&[change])
     }
 
     fn change(&mut self, changes: &[ConfChange]) -> Result<(), NodeError> {
@@ -1757,6 +1809,7 @@ mod tests {
             snapshots,
             snapshot_policy: SnapshotPolicy::default(),
             client_addrs: HashMap::new(),
+            known_peers: voters.iter().copied().collect(),
             metrics: Arc::new(Metrics::default()),
             shutdown,
         })
