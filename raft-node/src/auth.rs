@@ -344,6 +344,39 @@ impl Auth {
     }
 }
 
+/// How this node logs in on its peers' client ports (a follower forwarding writes, the
+/// leader polling status for anti-entropy).
+#[derive(Clone, Debug, Default)]
+pub struct InternalClient {
+    /// [`INTERNAL_USER`] with the internal password, when the nodes require credentials.
+    pub credentials: Option<raft_client::Credentials>,
+    /// TLS to the peers' client ports, presenting this node's certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl InternalClient {
+    /// The login `auth` gives this node: its internal password, if authentication is on.
+    pub fn from_auth(auth: &Auth) -> InternalClient {
+        let credentials = match (auth.is_enabled(), auth.internal_password()) {
+            (true, Some(secret)) => Some(raft_client::Credentials::new(
+                Some(INTERNAL_USER),
+                secret.expose().to_vec(),
+            )),
+            _ => None,
+        };
+        InternalClient {
+            credentials,
+            tls: None,
+        }
+    }
+
+    /// Sets `config`'s credentials and TLS to these.
+    pub fn apply(&self, config: &mut raft_client::ClientConfig) {
+        config.credentials = self.credentials.clone();
+        config.tls = self.tls.clone();
+    }
+}
+
 /// A connection's authentication state, the same for every protocol.
 #[derive(Clone, Debug)]
 pub struct Session {

@@ -135,6 +135,8 @@ fn error_status(e: &NodeError) -> u16 {
         NodeError::Busy => 429,
         NodeError::Unavailable(_) | NodeError::ShuttingDown | NodeError::NotLeader { .. } => 503,
         NodeError::Invalid(_) => 400,
+        NodeError::Unauthenticated(_) => 401,
+        NodeError::PermissionDenied(_) => 403,
     }
 }
 

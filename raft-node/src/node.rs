@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, InternalClient, ENV_INTERNAL_PASSWORD};
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -190,6 +190,20 @@ impl RunningNode {
             Auth::load(config.auth_file.as_deref())
                 .map_err(|e| ConfigError::new("auth_file", e.0))?,
         );
+        // TLS on the node's ports is not wired in yet.
+        config.check_protected_mode(auth.is_enabled(), false)?;
+        let internal = InternalClient::from_auth(&auth);
+        if auth.is_enabled() && internal.credentials.is_none() && config.peers.len() > 1 {
+            return Err(ConfigError::new(
+                "auth_file",
+                format!(
+                    "users are configured but the nodes have no credential for each other \
+                     (a follower forwards writes to the leader's client port): set \
+                     internal_password in the auth file, or {ENV_INTERNAL_PASSWORD}, the same \
+                     on every node"
+                ),
+            ));
+        }
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
@@ -257,6 +271,7 @@ impl RunningNode {
         let router = Arc::new(Router::new(
             handle.clone(),
             auth.clone(),
+            &internal,
             forward_addrs,
             config.request_timeout_ms,
         ));
@@ -269,6 +284,7 @@ impl RunningNode {
         tokio::spawn(crate::anti_entropy::run(
             handle.clone(),
             client_addrs.clone(),
+            internal,
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
+use crate::auth::{Auth, Session};
 use crate::kv::log_command;
 use crate::resp::{self, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle};
+use crate::session::{native_gate, RespSession};
 
 /// Client connections served at once; more are accepted and closed at once.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
@@ -57,16 +59,19 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, handle, router, shutdown).await;
+            let session = Session::new(&router.auth);
+            serve_connection(stream, session, handle, router, shutdown).await;
         });
     }
 }
 
 /// Serves one client connection over any byte stream (plain TCP, or TLS once decrypted).
 /// The protocol is told by the first byte: a native frame's length prefix starts with 0.
-/// The bytes read to see it are handed on as the start of the protocol's input.
+/// The bytes read to see it are handed on as the start of the protocol's input. `session`
+/// is who the connection is before it logs in (see [`Session::new`]).
 pub async fn serve_connection<S>(
     mut stream: S,
+    session: Session,
     handle: NodeHandle,
     router: Arc<Router>,
     shutdown: watch::Receiver<bool>,
@@ -75,8 +80,14 @@ pub async fn serve_connection<S>(
 {
     let mut first = BytesMut::with_capacity(16 << 10);
     match stream.read_buf(&mut first).await {
-        Ok(n) if n > 0 && first[0] == 0 => serve_native(stream, first, handle, shutdown).await,
-        Ok(n) if n > 0 => serve_resp(stream, first, router, shutdown).await,
+        Ok(n) if n > 0 && first[0] == 0 => {
+            let auth = router.auth.clone();
+            serve_native(stream, first, (auth, session), handle, shutdown).await
+        }
+        Ok(n) if n > 0 => {
+            let session = RespSession::new(router.auth.clone(), session);
+            serve_resp(stream, first, session, router, shutdown).await
+        }
         _ => {}
     }
 }
@@ -84,6 +95,7 @@ pub async fn serve_connection<S>(
 async fn serve_native<S>(
     stream: S,
     received: BytesMut,
+    (auth, mut session): (Arc<Auth>, Session),
     handle: NodeHandle,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -127,9 +139,16 @@ async fn serve_native<S>(
                     tracing::debug!("undecodable native request; closing the connection");
                     return;
                 };
+                // Checked in arrival order: an Auth applies to the requests after it.
+                let verdict = native_gate(&auth, &mut session, &req.body);
                 let handle = handle.clone();
                 in_flight.push_back(async move {
-                    ResponseFrame { id: req.id, body: native_request(&handle, req.body).await }
+                    let body = match verdict {
+                        Ok(true) => native_request(&handle, req.body).await,
+                        Ok(false) => Response::Done,
+                        Err(e) => Response::Error(e),
+                    };
+                    ResponseFrame { id: req.id, body }
                 });
             }
         }
@@ -162,6 +181,8 @@ async fn native_request(handle: &NodeHandle, request: Request) -> Response {
             .admin(AdminOp::Remove(id))
             .await
             .map(|()| Response::Done),
+        // Answered by the gate before it gets here.
+        Request::Auth { .. } => Ok(Response::Done),
     };
     result.unwrap_or_else(Response::Error)
 }
@@ -169,6 +190,7 @@ async fn native_request(handle: &NodeHandle, request: Request) -> Response {
 async fn serve_resp<S>(
     mut stream: S,
     mut buf: BytesMut,
+    mut session: RespSession,
     router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -206,7 +228,7 @@ async fn serve_resp<S>(
             // writes (or of reads) are issued together, in order, which batches them into one
             // append; a read waits for the writes before it, and a write for the reads.
             let mut replies: Vec<Value> = Vec::with_capacity(batch.len());
-            let parsed: Vec<resp::Parsed> = batch.iter().map(|a| resp::to_command(a)).collect();
+            let parsed: Vec<resp::Parsed> = batch.iter().map(|a| session.command(a)).collect();
             let mut parsed = parsed.into_iter().peekable();
             while let Some(first) = parsed.next() {
                 let kind = first.is_write();
@@ -297,6 +319,8 @@ fn node_error(e: NodeError) -> Value {
         )),
         NodeError::ShuttingDown => Value::Error("SHUTDOWN node is shutting down".into()),
         NodeError::Invalid(m) => Value::Error(format!("ERR {m}")),
+        NodeError::Unauthenticated(m) => Value::Error(format!("NOAUTH {m}")),
+        NodeError::PermissionDenied(m) => Value::Error(format!("NOPERM {m}")),
     }
 }
 
