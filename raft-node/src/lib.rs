@@ -11,15 +11,20 @@
 //!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
-//! - [`node`]: starting and stopping a node; [`config`]: its configuration.
+//! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
+//!   generated CA and node certificates (`raft-node certs`).
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
+//!   the bounds on what clients can make a node hold or do.
 
 #![warn(missing_docs)]
 
 pub mod anti_entropy;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 mod read_batch;
@@ -30,5 +35,6 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod store_log;
+pub mod tls;
 pub mod transport;
 pub mod transport_net;

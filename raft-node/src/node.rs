@@ -279,6 +279,7 @@ impl RunningNode {
             client_listener,
             handle.clone(),
             router.clone(),
+            Arc::new(config.limits.clone()),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::anti_entropy::run(

@@ -18,6 +18,7 @@ use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
 use crate::auth::{Auth, Session};
 use crate::kv::log_command;
+use crate::limits::ClientLimits;
 use crate::resp::{self, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle};
@@ -37,6 +38,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: NodeHandle,
     router: Arc<Router>,
+    _limits: Arc<ClientLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
