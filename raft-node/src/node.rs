@@ -190,20 +190,30 @@ impl RunningNode {
             Auth::load(config.auth_file.as_deref())
                 .map_err(|e| ConfigError::new("auth_file", e.0))?,
         );
-        // TLS on the node's ports is not wired in yet.
-        config.check_protected_mode(auth.is_enabled(), false)?;
-        let internal = InternalClient::from_auth(&auth);
-        if auth.is_enabled() && internal.credentials.is_none() && config.peers.len() > 1 {
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
+        config.check_protected_mode(auth.is_enabled(), tls.is_some())?;
+        // Nodes log in on each other's client ports with their certificate (TLS) or the
+        // internal password.
+        let internal = InternalClient::new(&auth, tls.as_ref().map(|t| t.client.clone()));
+        if auth.is_enabled()
+            && internal.credentials.is_none()
+            && tls.is_none()
+            && config.peers.len() > 1
+        {
             return Err(ConfigError::new(
                 "auth_file",
                 format!(
                     "users are configured but the nodes have no credential for each other \
                      (a follower forwards writes to the leader's client port): set \
                      internal_password in the auth file, or {ENV_INTERNAL_PASSWORD}, the same \
-                     on every node"
+                     on every node, or give the nodes TLS certificates ([tls])"
                 ),
             ));
         }
+        let client_tls = tls.as_ref().map(|t| server::ClientTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.client_server.clone()),
+            cluster_id: t.identity.0,
+        });
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
@@ -280,6 +290,7 @@ impl RunningNode {
             handle.clone(),
             router.clone(),
             Arc::new(config.limits.clone()),
+            client_tls,
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::anti_entropy::run(

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
-use crate::auth::{Auth, Session};
+use crate::auth::{certified_session, Auth, Session};
 use crate::kv::log_command;
 use crate::limits::ClientLimits;
 use crate::resp::{self, RespParser, Value};
@@ -33,12 +33,23 @@ const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = BATCH_COMMANDS_MAX;
 /// entry, which keeps forwarded frames and log entries small.
 const BATCH_BYTES_MAX: usize = 1 << 20;
 
+/// TLS on the client port: the acceptor, and the cluster whose node certificates count as
+/// the cluster's own nodes.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Accepts clients (a client certificate optional unless configured as required).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// This node's cluster, as its certificate names it.
+    pub cluster_id: u128,
+}
+
 /// Serves the client port until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     handle: NodeHandle,
     router: Arc<Router>,
-    _limits: Arc<ClientLimits>,
+    limits: Arc<ClientLimits>,
+    tls: Option<ClientTls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
@@ -59,9 +70,30 @@ pub async fn serve(
         let handle = handle.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let handshake = Duration::from_millis(limits.handshake_timeout_ms);
         tokio::spawn(async move {
             let _permit = permit;
-            let session = Session::new(&router.auth);
+            let Some(tls) = tls else {
+                let session = Session::new(&router.auth);
+                serve_connection(stream, session, handle, router, shutdown).await;
+                return;
+            };
+            let stream = match tokio::time::timeout(handshake, tls.acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, "client TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "client TLS handshake timed out");
+                    return;
+                }
+            };
+            let session = match stream.get_ref().1.peer_certificates() {
+                Some([cert, ..]) => certified_session(&router.auth, cert, tls.cluster_id),
+                _ => Session::new(&router.auth),
+            };
             serve_connection(stream, session, handle, router, shutdown).await;
         });
     }

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use raft_client::{Client, ClientConfig, ClientError, Credentials, NodeError};
 use raft_node::auth::password_sha256_hex;
+use raft_node::certs;
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
+use raft_node::tls::TlsConfig;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -48,7 +50,23 @@ fn write_auth_file(dir: &Path) -> std::path::PathBuf {
 
 /// `size` in-process nodes with the auth file, all voters.
 async fn start_nodes(dir: &Path, size: u64) -> Vec<RunningNode> {
-    let auth_file = write_auth_file(dir);
+    start_nodes_with(dir, size, true, false).await
+}
+
+/// As [`start_nodes`]; `internal`: the auth file holds the nodes' internal password; `tls`:
+/// certificates are generated under `dir/certs` and every node serves TLS.
+async fn start_nodes_with(dir: &Path, size: u64, internal: bool, tls: bool) -> Vec<RunningNode> {
+    let mut auth_file = write_auth_file(dir);
+    if !internal {
+        let text = std::fs::read_to_string(&auth_file).unwrap();
+        let text: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        auth_file = dir.join("users-no-internal.toml");
+        std::fs::write(&auth_file, text).unwrap();
+    }
+    let ids: Vec<u64> = (1..=size).collect();
+    if tls {
+        certs::generate(&dir.join("certs"), None, &ids, &["127.0.0.1".to_string()]).unwrap();
+    }
     let ports = free_addrs(2 * size as usize);
     let peers: Vec<PeerConfig> = (1..=size)
         .map(|id| PeerConfig {
@@ -63,6 +81,15 @@ async fn start_nodes(dir: &Path, size: u64) -> Vec<RunningNode> {
             NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.clone());
         config.auth_file = Some(auth_file.clone());
         config.request_timeout_ms = 3_000;
+        if tls {
+            let certs = dir.join("certs");
+            config.tls = Some(TlsConfig {
+                ca_file: certs.join(certs::CA_CERT_FILE),
+                cert_file: certs.join(certs::node_cert_file(id)),
+                key_file: certs.join(certs::node_key_file(id)),
+                client_cert_required: false,
+            });
+        }
         nodes.push(
             RunningNode::start(config)
                 .await
@@ -70,6 +97,29 @@ async fn start_nodes(dir: &Path, size: u64) -> Vec<RunningNode> {
         );
     }
     nodes
+}
+
+fn tls_client(
+    addrs: &[SocketAddr],
+    certs: &Path,
+    credentials: Option<(Option<&str>, &str)>,
+    client_cert: bool,
+) -> Client {
+    let mut config = ClientConfig::new(addrs.iter().map(|a| a.to_string()));
+    config.request_timeout_ms = 5_000;
+    config.credentials = credentials.map(|(u, p)| Credentials::new(u, p.as_bytes().to_vec()));
+    let cert_key = (
+        certs.join(certs::ADMIN_CERT_FILE),
+        certs.join(certs::ADMIN_KEY_FILE),
+    );
+    config.tls = Some(
+        raft_client::tls::client_config_from_pem_files(
+            &certs.join(certs::CA_CERT_FILE),
+            client_cert.then_some((cert_key.0.as_path(), cert_key.1.as_path())),
+        )
+        .unwrap(),
+    );
+    Client::new(config)
 }
 
 fn client(addrs: &[SocketAddr], credentials: Option<(Option<&str>, &str)>) -> Client {
@@ -81,17 +131,19 @@ fn client(addrs: &[SocketAddr], credentials: Option<(Option<&str>, &str)>) -> Cl
 
 /// A raw RESP connection: commands in, replies out as text (`+OK`, `-ERR ...`, `$3 foo`,
 /// `*2 [...]`), so tests compare the exact wire answer.
-struct Resp {
-    stream: BufReader<TcpStream>,
+struct Resp<S = TcpStream> {
+    stream: BufReader<S>,
 }
 
-impl Resp {
+impl Resp<TcpStream> {
     async fn connect(addr: SocketAddr) -> Resp {
         Resp {
             stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
         }
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Resp<S> {
     async fn send(&mut self, args: &[&str]) {
         let mut out = format!("*{}\r\n", args.len());
         for a in args {
@@ -370,17 +422,7 @@ async fn followers_forward_writes_to_the_leader_with_auth_on() {
     let nodes = start_nodes(dir.path(), 3).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.client_addr).collect();
     let admin = client(&addrs, Some((None, ADMIN_PASSWORD)));
-    // Wait for a leader (bounded).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let leader = loop {
-        if let Ok(s) = admin.status().await {
-            if let (Some(l), "Leader") = (s.leader, s.role.as_str()) {
-                break l;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let leader = wait_leader(&admin).await;
     let follower = nodes.iter().find(|n| n.id != leader).unwrap();
 
     // A RESP write on a follower is forwarded to the leader with the internal credential.
@@ -407,6 +449,142 @@ async fn followers_forward_writes_to_the_leader_with_auth_on() {
     for n in nodes {
         n.shutdown().await;
     }
+}
+
+/// The leader, once the node `client` reaches knows one (within 20 s).
+async fn wait_leader(client: &Client) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A status may come from a follower (the client stays on the node that answers):
+        // its view of the leader is enough, later requests follow redirects.
+        if let Ok(Some(l)) = client.status().await.map(|s| s.leader) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// TLS on the client port with auth: raft-client with and without a client certificate,
+/// RESP over TLS, plaintext refused, and a follower forwarding writes over TLS with its
+/// node certificate (the auth file has no internal password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_and_forwarding_with_node_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_nodes_with(dir.path(), 3, false, true).await;
+    let certs_dir = dir.path().join("certs");
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.client_addr).collect();
+
+    let admin = tls_client(&addrs, &certs_dir, Some((None, ADMIN_PASSWORD)), false);
+    let leader = wait_leader(&admin).await;
+    admin.set("tls", "1").await.unwrap();
+    // Without credentials, TLS alone does not log in.
+    let anonymous = tls_client(&addrs, &certs_dir, None, false);
+    assert!(matches!(
+        anonymous.get("tls").await,
+        Err(ClientError::Node(NodeError::Unauthenticated(_)))
+    ));
+    // The admin client certificate (CN "admin") is not a user of this auth file: it is
+    // let in over TLS but must still log in.
+    let cert_only = tls_client(&addrs, &certs_dir, None, true);
+    assert!(matches!(
+        cert_only.get("tls").await,
+        Err(ClientError::Node(NodeError::Unauthenticated(_)))
+    ));
+    let reader = tls_client(
+        &addrs,
+        &certs_dir,
+        Some((Some("reader"), READER_PASSWORD)),
+        true,
+    );
+    assert_eq!(reader.get("tls").await.unwrap().as_deref(), Some(&b"1"[..]));
+
+    // A plaintext client gets no answer from a TLS port.
+    let plain = {
+        let mut config = ClientConfig::new([addrs[0].to_string()]);
+        config.request_timeout_ms = 1_500;
+        config.credentials = Some(Credentials::new(None, ADMIN_PASSWORD.as_bytes().to_vec()));
+        Client::new(config)
+    };
+    assert!(plain.get("tls").await.is_err());
+
+    // RESP over TLS on a follower: its write is forwarded to the leader, which accepts the
+    // follower by its node certificate.
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let ca =
+        raft_client::tls::client_config_from_pem_files(&certs_dir.join(certs::CA_CERT_FILE), None)
+            .unwrap();
+    let tcp = TcpStream::connect(follower.client_addr).await.unwrap();
+    let name = raft_client::tls::server_name(&follower.client_addr.to_string()).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(ca)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut c = Resp {
+        stream: BufReader::new(stream),
+    };
+    assert_eq!(
+        c.call(&["GET", "tls"]).await,
+        "-NOAUTH Authentication required."
+    );
+    assert_eq!(c.call(&["AUTH", "writer", WRITER_PASSWORD]).await, "+OK");
+    assert_eq!(c.call(&["SET", "over-tls", "yes"]).await, "+OK");
+    assert_eq!(c.call(&["GET", "over-tls"]).await, "$ yes");
+    assert_eq!(
+        reader.get("over-tls").await.unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A client certificate whose common name is a user of the auth file logs in as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_naming_a_user_logs_in_as_that_user() {
+    let dir = tempfile::tempdir().unwrap();
+    // The auth file gains a user `admin` (role read): the name in `raft-node certs`'
+    // client certificate.
+    let path = write_auth_file(dir.path());
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text += &format!(
+        "[[users]]\nname = \"admin\"\nrole = \"read\"\npassword_sha256 = \"{}\"\n",
+        password_sha256_hex(b"unused-password")
+    );
+    std::fs::write(&path, text).unwrap();
+    certs::generate(
+        &dir.path().join("certs"),
+        None,
+        &[1],
+        &["127.0.0.1".to_string()],
+    )
+    .unwrap();
+    let certs_dir = dir.path().join("certs");
+    let ports = free_addrs(2);
+    let peers = vec![PeerConfig {
+        id: 1,
+        addr: ports[0],
+        client_addr: Some(ports[1]),
+    }];
+    let mut config = NodeConfig::with_defaults(1, dir.path().join("node-1"), peers);
+    config.auth_file = Some(path);
+    config.tls = Some(TlsConfig {
+        ca_file: certs_dir.join(certs::CA_CERT_FILE),
+        cert_file: certs_dir.join(certs::node_cert_file(1)),
+        key_file: certs_dir.join(certs::node_key_file(1)),
+        client_cert_required: false,
+    });
+    let node = RunningNode::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let by_cert = tls_client(&[node.client_addr], &certs_dir, None, true);
+    assert_eq!(by_cert.get("k").await.unwrap(), None);
+    assert!(matches!(
+        by_cert.set("k", "v").await,
+        Err(ClientError::Node(NodeError::PermissionDenied(_)))
+    ));
+    node.shutdown().await;
 }
 
 #[tokio::test]
