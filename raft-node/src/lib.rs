@@ -11,6 +11,8 @@
 //!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
+//! - [`membership_check`]: the leader's rules for safe membership changes.
+//! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
 //! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
 //!   generated CA and node certificates (`raft-node certs`).
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
@@ -25,9 +27,11 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod membership_check;
 pub mod metrics;
 pub mod node;
 mod read_batch;
+pub mod recover;
 pub mod resp;
 pub mod router;
 pub mod runtime;
