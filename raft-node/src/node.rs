@@ -306,6 +306,7 @@ impl RunningNode {
                 l,
                 router,
                 Arc::new(config.limits.clone()),
+                tls.as_ref().map(|t| t.client_server.clone()),
                 shutdown_rx,
             ));
         }
