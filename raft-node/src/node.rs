@@ -292,6 +292,13 @@ impl RunningNode {
             handle.clone(),
             router.clone(),
             Arc::new(config.limits.clone()),
+            config
+                .peers
+                .iter()
+                .flat_map(|p| [Some(p.addr), p.client_addr])
+                .flatten()
+                .map(|a| a.ip())
+                .collect(),
             client_tls,
             shutdown_rx.clone(),
         ));
