@@ -453,20 +453,33 @@ impl RespOutput {
         Ok(())
     }
 
+    /// Writes the large pieces, then the small bytes gathered after the last of them (kept
+    /// in the same buffer, whose capacity is reused).
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Closed> {
-        let small = Bytes::from(std::mem::take(&mut self.small));
-        for piece in self.pieces.drain(..).chain(std::iter::once(small)) {
-            if piece.is_empty() {
-                continue;
+        for piece in std::mem::take(&mut self.pieces) {
+            if !piece.is_empty() {
+                write_timed(stream, &piece, self.write_timeout).await?;
             }
-            match tokio::time::timeout(self.write_timeout, stream.write_all(&piece)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(None),
-                Err(_) => return Err(Some(DisconnectReason::WriteTimeout)),
-            }
+        }
+        if !self.small.is_empty() {
+            write_timed(stream, &self.small, self.write_timeout).await?;
+            self.small.clear();
         }
         self.queued_bytes = 0;
         Ok(())
+    }
+}
+
+/// Writes `bytes` whole within `timeout`.
+async fn write_timed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Closed> {
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(DisconnectReason::WriteTimeout)),
     }
 }
 
