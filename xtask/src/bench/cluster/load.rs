@@ -133,8 +133,7 @@ impl Conn {
             .await
             .map_err(|_| format!("connect {addr}: timed out"))?
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("nodelay: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
         let stream: Box<dyn Link> = match tls {
             None => Box::new(tcp),
             Some(config) => {
@@ -655,7 +654,8 @@ pub async fn open_loop(
     let due_total = (rate_per_s * total_s) as u64;
     let mut opened = Vec::with_capacity(conns);
     for c in 0..conns {
-        opened.push(Conn::connect(w.proto, &w.tls, &w.addr, w.seed ^ ((c as u64 + 1) << 40)).await?);
+        opened
+            .push(Conn::connect(w.proto, &w.tls, &w.addr, w.seed ^ ((c as u64 + 1) << 40)).await?);
     }
     let started_at = std::time::SystemTime::now();
     let start = Instant::now();

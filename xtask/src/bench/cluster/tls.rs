@@ -41,9 +41,8 @@ pub async fn run(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let client_tls =
-        raft_client::tls::client_config_from_pem_files(&certs.join("ca.pem"), None)
-            .map_err(|e| format!("client TLS config: {e}"))?;
+    let client_tls = raft_client::tls::client_config_from_pem_files(&certs.join("ca.pem"), None)
+        .map_err(|e| format!("client TLS config: {e}"))?;
     eprintln!("bench: cluster: 3 raft-node processes, TLS on every port");
     let mut cluster = start_cluster(binary, &dir, Some(&certs))?;
     cluster.tls = Some(client_tls.clone());
@@ -101,8 +100,8 @@ fn push(op: Op, clients: usize, tls: &Measured, results: &Results, rows: &mut Ve
         ),
     );
     if let Some(v) = tls.cpu_s_per_1000_ops() {
-        let mut row = Row::new(format!("{name}_node_cpu_s_per_1000_ops"), "s", v)
-            .note("3 nodes summed");
+        let mut row =
+            Row::new(format!("{name}_node_cpu_s_per_1000_ops"), "s", v).note("3 nodes summed");
         if let Some(p) = plain.cpu_s_per_1000_ops() {
             row = row.vs(format!("{plain_name}_node_cpu_s_per_1000_ops"), p);
         }
