@@ -301,7 +301,7 @@ async fn run_all(
         }
     );
     run_ours(ctx, s, binary, results, rows).await?;
-    if !open_loop_only() && s.rows.is_none() {
+    if !open_loop_only() {
         tls::run(ctx, s, binary, results, rows).await?;
     }
     if open_loop_only() {

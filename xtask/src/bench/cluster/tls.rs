@@ -28,6 +28,13 @@ pub async fn run(
     results: &Results,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
+    let workloads: Vec<(Op, usize)> = TLS_WORKLOADS
+        .into_iter()
+        .filter(|&(op, c)| s.selected(op, c))
+        .collect();
+    if workloads.is_empty() {
+        return Ok(());
+    }
     let dir = ctx.scratch.join("tls");
     let certs = dir.join("certs");
     let out = Command::new(binary)
@@ -52,7 +59,7 @@ pub async fn run(
         system: super::scrape::System::RaftNode,
         metrics_addrs: Vec::new(),
     };
-    for (op, clients) in TLS_WORKLOADS {
+    for (op, clients) in workloads {
         let w = Workload {
             proto: ROWS_PROTO,
             op,
