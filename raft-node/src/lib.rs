@@ -11,7 +11,8 @@
 //! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
-//!   generated CA and node certificates (`raft-node certs`).
+//!   generated CA and node certificates (`raft-node certs`); [`cluster_id`]: the
+//!   cluster's random ID and how the members agree on it.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
 //!   the bounds on what clients can make a node hold or do.
 
@@ -20,6 +21,7 @@
 pub mod anti_entropy;
 pub mod auth;
 pub mod certs;
+pub mod cluster_id;
 pub mod config;
 pub mod http;
 pub mod kv;

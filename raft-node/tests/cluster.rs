@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use raft_client::wire::NodeStatus;
 use raft_client::{Client, ClientConfig, ClientError, KvCommand, NodeError};
 
+/// The ID every test cluster's members share.
+const CLUSTER_ID: &str = "7e575e7e575e7e575e7e575e7e575e00";
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 const REQUEST_TIMEOUT_MS: u64 = 1_500;
 
@@ -118,6 +120,9 @@ impl Cluster {
                 http.to_string(),
                 "--request-timeout-ms".into(),
                 REQUEST_TIMEOUT_MS.to_string(),
+                // A new cluster of several members is given its shared ID.
+                "--cluster-id".into(),
+                CLUSTER_ID.into(),
             ];
             for &(pid, ppeer, pclient, _) in &addrs {
                 args.push("--peer".into());
