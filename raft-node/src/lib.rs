@@ -10,6 +10,8 @@
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
 //! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
+//! - [`membership_check`]: the leader's rules for safe membership changes.
+//! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
 //! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
 //!   generated CA and node certificates (`raft-node certs`); [`cluster_id`]: the
 //!   cluster's random ID and how the members agree on it.
@@ -26,9 +28,11 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod membership_check;
 pub mod metrics;
 pub mod node;
 mod read_batch;
+pub mod recover;
 pub mod resp;
 pub mod router;
 pub mod runtime;

@@ -44,6 +44,18 @@ enum Cmd {
         #[arg(long)]
         addr: String,
     },
+    /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
+    /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
+    /// while a node holds the data directory. Never restart the other old members with their
+    /// data afterwards; wipe them and add them back.
+    Recover {
+        /// The stopped node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's ID.
+        #[arg(long)]
+        id: u64,
+    },
     /// Change membership or leadership (sent to the leader through --addr).
     Admin {
         /// Client address of any node (host:port).
@@ -655,6 +667,11 @@ fn main() -> ExitCode {
                 let client = admin_client(addr).await;
                 let status = client.status().await.map_err(|e| e.to_string())?;
                 print_status(&status);
+                Ok(())
+            }
+            Cmd::Recover { data_dir, id } => {
+                let report = raft_node::recover::force_new_cluster(&data_dir, id)?;
+                print!("{report}");
                 Ok(())
             }
             Cmd::Admin { addr, op } => {

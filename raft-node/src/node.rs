@@ -139,6 +139,7 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         snapshots,
         snapshot_policy,
         client_addrs: parts.client_addrs,
+        known_peers: config.peers.iter().map(|p| p.id).collect(),
         metrics: parts.metrics,
         shutdown: parts.shutdown,
     })
@@ -172,7 +173,8 @@ impl RunningNode {
     /// Validates `config`, locks the data directory, binds every listener and starts the node
     /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
-        Self::start_with(config, KvStateMachine::new(KvLimits::default())).await
+        let limits = KvLimits::from_client_limits(&config.limits);
+        Self::start_with(config, KvStateMachine::new(limits)).await
     }
 
     /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest

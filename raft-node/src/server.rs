@@ -176,7 +176,7 @@ async fn serve_resp<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut parser = RespParser;
+    let mut parser = RespParser::default();
     let lane = router.lane();
     let mut out = Vec::with_capacity(16 << 10);
     loop {
