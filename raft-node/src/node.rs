@@ -281,7 +281,13 @@ impl RunningNode {
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {
-            tokio::spawn(http::serve(l, router, shutdown_rx));
+            tokio::spawn(http::serve(
+                l,
+                router,
+                Arc::new(config.limits.clone()),
+                tls.as_ref().map(|t| t.client_server.clone()),
+                shutdown_rx,
+            ));
         }
         tracing::info!(
             id = config.id,
