@@ -462,7 +462,7 @@ fn impostor(ctx: &mut Ctx) -> Result<String, String> {
         body: raft_core::MessageBody::TimeoutNow,
     };
     let mut out = Vec::new();
-    for cluster_id in [1u64, 0] {
+    for cluster_id in [1u128, 0] {
         let got = attacks::impostor_plain(
             ctx.peers[to as usize - 1],
             cluster_id,

@@ -656,7 +656,7 @@ pub struct Impostor {
 /// sends back.
 pub fn impostor_plain(
     addr: SocketAddr,
-    cluster_id: u64,
+    cluster_id: u128,
     from: u64,
     to: u64,
     forge: Option<raft_core::Message>,
