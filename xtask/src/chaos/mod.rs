@@ -1015,6 +1015,10 @@ async fn run(args: Args) -> Result<bool, String> {
             // A new cluster of several members shares one ID (one per seed).
             "--cluster-id".into(),
             format!("c4a05{:027x}", args.seed),
+            // With network namespaces the nodes listen on 10.213.x.y, which protected mode
+            // refuses without TLS and credentials; those addresses exist only inside this
+            // run's bridge.
+            "--insecure-allow-plaintext".into(),
         ];
         node_args.extend(args.node_args.iter().cloned());
         for &peer in &ids {
