@@ -81,6 +81,10 @@ async fn start_nodes_with(dir: &Path, size: u64, internal: bool, tls: bool) -> V
             NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.clone());
         config.auth_file = Some(auth_file.clone());
         config.request_timeout_ms = 3_000;
+        // The members of a new cluster share one ID (with TLS, the certificates carry it).
+        if !tls {
+            config.cluster_id = Some(raft_node::cluster_id::ClusterId(0x7e57));
+        }
         if tls {
             let certs = dir.join("certs");
             config.tls = Some(TlsConfig {
