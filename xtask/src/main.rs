@@ -5,10 +5,14 @@
 //!   (`--nodes N`, `--duration 60s`, `--seed S`, `--clients C`, `--keys K`, `--no-build`);
 //! - `bench`: the system against the hardware's limits (`--quick`: under 2 minutes;
 //!   `--only baseline,core,log,net,cluster`; `--soak-s N` for the RSS-growth run); see
-//!   `bench/mod.rs`.
+//!   `bench/mod.rs`;
+//! - `fuzz`: the fuzz targets on the stable toolchain, corpus plus random mutations for a
+//!   bounded time (`--target T`, `--seconds N`, `--seed S`, `--replay FILE`); see
+//!   `fuzz/README.md`.
 
 mod bench;
 mod chaos;
+mod fuzz;
 
 use std::process::ExitCode;
 
@@ -20,10 +24,14 @@ fn main() -> ExitCode {
         Some("sim") => sim(&args[1..]),
         Some("chaos") => chaos::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
+        Some("fuzz") => fuzz::main(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
             eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
             eprintln!("       cargo xtask bench [--quick] [--only SECTION,...] [--soak-s N]");
+            eprintln!(
+                "       cargo xtask fuzz [--target T] [--seconds N] [--seed S] [--replay FILE]"
+            );
             ExitCode::from(2)
         }
     }
