@@ -69,6 +69,63 @@ impl Rng {
     }
 }
 
+/// An allocation above this is a crash, as for libFuzzer (its `-malloc_limit_mb` defaults
+/// to its 2 GiB RSS limit): a bound missing on a length read from the input.
+pub const ALLOC_BYTES_MAX: usize = 2 << 30;
+
+/// The input being run and where to save it, for [`GuardedAlloc`], which cannot unwind.
+static CURRENT: Mutex<Option<(&'static str, PathBuf, Vec<u8>)>> = Mutex::new(None);
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, except that while a fuzz run is going an allocation above
+/// [`ALLOC_BYTES_MAX`] saves the input being run and aborts (a failed allocation would
+/// abort anyway, without saying which input did it). `cargo xtask fuzz` installs it.
+pub struct GuardedAlloc;
+
+fn oversized(bytes: usize) -> ! {
+    ARMED.store(false, Ordering::SeqCst);
+    eprintln!("CRASH: an allocation of {bytes} bytes (limit {ALLOC_BYTES_MAX})");
+    if let Ok(current) = CURRENT.try_lock() {
+        if let Some((target, dir, input)) = current.as_ref() {
+            let path = save_crash(dir, target, input);
+            eprintln!("input saved: {}", path.display());
+            eprintln!(
+                "replay: cargo xtask fuzz --target {target} --replay {}",
+                path.display()
+            );
+        }
+    }
+    std::process::abort()
+}
+
+// SAFETY: every call is passed on to `System` unchanged; the check only reads the size.
+unsafe impl std::alloc::GlobalAlloc for GuardedAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOC_BYTES_MAX && ARMED.load(Ordering::Relaxed) {
+            oversized(layout.size());
+        }
+        std::alloc::System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOC_BYTES_MAX && ARMED.load(Ordering::Relaxed) {
+            oversized(layout.size());
+        }
+        std::alloc::System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        if new > ALLOC_BYTES_MAX && ARMED.load(Ordering::Relaxed) {
+            oversized(new);
+        }
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+}
+
 static PANICKED: AtomicBool = AtomicBool::new(false);
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
@@ -289,7 +346,12 @@ pub fn run(target: &Target, options: &RunOptions) -> RunReport {
             input
         };
         executions += 1;
-        if let Some(message) = run_one(target, &input) {
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((target.name, options.crash_dir.clone(), input.clone()));
+        ARMED.store(true, Ordering::SeqCst);
+        let outcome = run_one(target, &input);
+        ARMED.store(false, Ordering::SeqCst);
+        if let Some(message) = outcome {
             let path = save_crash(&options.crash_dir, target.name, &input);
             crash = Some((path, message));
             break;

@@ -16,6 +16,11 @@ mod fuzz;
 
 use std::process::ExitCode;
 
+/// The system allocator; during `cargo xtask fuzz` runs it turns an allocation above 2 GiB
+/// into a saved crash (see `fuzz_targets::runner::GuardedAlloc`).
+#[global_allocator]
+static ALLOC: fuzz_targets::runner::GuardedAlloc = fuzz_targets::runner::GuardedAlloc;
+
 use raft_core::sim::{run_seed_caught, run_seeds, SeedReport, SimOptions};
 
 fn main() -> ExitCode {
