@@ -316,6 +316,26 @@ pub enum KvError {
     /// A read-only command was sent as a write, or a write as a read.
     #[error("wrong kind of command for this request")]
     WrongKind,
+    /// The write would grow the key-value state past the cluster's `kv_memory_bytes_max`
+    /// (Redis' `maxmemory`); reads and deletes still work.
+    #[error("command not allowed when used memory > 'maxmemory'")]
+    OutOfMemory,
+    /// The reply would carry more value bytes than the node's `reply_bytes_max`.
+    #[error("reply of {bytes} bytes exceeds reply_bytes_max ({max}); ask for fewer keys")]
+    ReplyTooLarge {
+        /// Bytes of values the reply would carry.
+        bytes: u64,
+        /// The node's limit.
+        max: u64,
+    },
+    /// The request names more keys than the node's `request_keys_max`.
+    #[error("{keys} keys exceed request_keys_max ({max})")]
+    TooManyKeys {
+        /// Keys named.
+        keys: u64,
+        /// The node's limit.
+        max: u64,
+    },
 }
 
 /// One request on a connection. `id` is echoed in the answer.

@@ -55,6 +55,7 @@ pub mod frame;
 pub mod message_codec;
 pub mod message_reader;
 pub mod stats;
+pub mod tls;
 mod transport;
 pub mod wire;
 

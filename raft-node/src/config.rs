@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use raft_core::NodeId;
 use serde::Deserialize;
 
+use crate::limits::ClientLimits;
 use crate::runtime::RuntimeConfig;
+use crate::tls::TlsConfig;
 
 /// A configuration that cannot work, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +203,21 @@ pub struct NodeConfig {
     /// with cores to spare. The log's sync thread is extra either way.
     #[serde(default = "default_runtime_worker_threads")]
     pub runtime_worker_threads: usize,
+    /// TLS (`[tls]`): mutual TLS on the peer port, TLS on the client ports; none if absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Bounds on what clients can make the node hold or do (the `[limits]` section).
+    #[serde(default)]
+    pub limits: ClientLimits,
+    /// Users and roles of the client interfaces (see [`crate::auth`]); when absent,
+    /// `RAFT_NODE_AUTH_FILE`, then `RAFT_NODE_PASSWORD` alone; with neither, no
+    /// authentication (every client is an admin).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// Start even when a listener binds a non-loopback address without TLS and
+    /// credentials (protected mode off). For trusted networks and experiments only.
+    #[serde(default)]
+    pub insecure_allow_plaintext: bool,
 }
 
 /// Where a node keeps its log.
@@ -244,6 +261,10 @@ impl NodeConfig {
             cluster_id: default_cluster_id(),
             storage: StorageKind::default(),
             runtime_worker_threads: default_runtime_worker_threads(),
+            tls: None,
+            limits: ClientLimits::default(),
+            auth_file: None,
+            insecure_allow_plaintext: false,
         }
     }
 
@@ -376,6 +397,7 @@ impl NodeConfig {
                 "must be at least 1",
             ));
         }
+        self.limits.validate()?;
         let raft = self.raft_config();
         raft.validate().map_err(|e| {
             let field = e.0.split([' ', ':']).next().unwrap_or("raft").to_string();
@@ -465,6 +487,41 @@ addr = "127.0.0.1:7002"
         let text = base().replacen("id = 1\n", "id = 1\ndebug_corrupt_apply_at = 5\n", 1);
         let e = NodeConfig::from_toml(&text).unwrap_err();
         assert_eq!(e.field, "debug_corrupt_apply_at", "{e}");
+    }
+
+    #[test]
+    fn tls_section_parses() {
+        let text = base().replacen(
+            "[[peers]]",
+            "[tls]\nca_file = \"ca.pem\"\ncert_file = \"n1.pem\"\nkey_file = \"n1-key.pem\"\n[[peers]]",
+            1,
+        );
+        let cfg = NodeConfig::from_toml(&text).unwrap();
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("n1.pem"));
+        assert!(!tls.client_cert_required);
+        assert!(NodeConfig::from_toml(&base()).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn limits_section_parses_and_refuses_unknown_fields() {
+        let text = format!("{}\n[limits]\nidle_timeout_ms = 7\n", base());
+        let cfg = NodeConfig::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.idle_timeout_ms, 7);
+        assert_eq!(
+            cfg.limits.request_bytes_max,
+            ClientLimits::default().request_bytes_max
+        );
+        let text = format!("{}\n[limits]\nidle_timeout = 7\n", base());
+        let e = NodeConfig::from_toml(&text).unwrap_err();
+        assert_eq!(e.field, "idle_timeout", "{e}");
+        let text = format!("{}\n[limits]\nread_timeout_ms = 0\n", base());
+        let e = NodeConfig::from_toml(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "limits.read_timeout_ms", "{e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
@@ -35,6 +36,14 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"RNK1";
 const DIGEST_DOMAIN: &[u8] = b"raft-node kv state v1\0";
 /// Largest snapshot body restored: a bound on the allocation a corrupt length could ask for.
 const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
+/// What one stored key costs beyond its key and value bytes, in the estimate of the
+/// state's size that `kv_memory_bytes_max` bounds: two `Bytes` handles (32 bytes each) and
+/// the B-tree's share per entry, rounded up.
+pub const KEY_OVERHEAD_BYTES: u64 = 96;
+/// Bytes of values a read inside a logged batch may return. A constant, not a node's
+/// `reply_bytes_max`: the answer is cached in the client's session, which is replicated
+/// state, so every replica must reach the same answer.
+pub const LOGGED_READ_REPLY_BYTES_MAX: usize = 16 << 20;
 
 /// Bounds of the session table. Cluster-wide constants: they decide which duplicates are
 /// recognised, so they must agree on every replica.
@@ -47,14 +56,38 @@ pub struct KvLimits {
     pub sessions_max: usize,
     /// Cached responses per session (requests sent but not acknowledged).
     pub session_responses_max: usize,
+    /// Estimated bytes of keys and values (see [`KEY_OVERHEAD_BYTES`]) past which a write
+    /// that grows the state fails with [`KvError::OutOfMemory`]; decided on apply.
+    pub memory_bytes_max: u64,
+    /// Bytes of values one read's reply may carry. Local to each node (reads are not
+    /// replicated), unlike the fields above.
+    pub reply_bytes_max: usize,
+    /// Keys one read may name. Local to each node, like `reply_bytes_max`.
+    pub request_keys_max: usize,
 }
 
 impl Default for KvLimits {
     fn default() -> Self {
+        let client = crate::limits::ClientLimits::default();
         KvLimits {
             session_expiry_entries: 1_000_000,
             sessions_max: 100_000,
             session_responses_max: 128,
+            memory_bytes_max: client.kv_memory_bytes_max,
+            reply_bytes_max: client.reply_bytes_max,
+            request_keys_max: client.request_keys_max,
+        }
+    }
+}
+
+impl KvLimits {
+    /// The defaults with the bounds `limits` sets.
+    pub fn from_client_limits(limits: &crate::limits::ClientLimits) -> KvLimits {
+        KvLimits {
+            memory_bytes_max: limits.kv_memory_bytes_max,
+            reply_bytes_max: limits.reply_bytes_max,
+            request_keys_max: limits.request_keys_max,
+            ..KvLimits::default()
         }
     }
 }
@@ -79,6 +112,56 @@ struct State {
     /// `sessions`, so it is rebuilt on restore rather than stored.
     #[serde(skip)]
     by_activity: OrdSet<(Index, u64)>,
+    /// The estimated bytes of `map` (see [`KEY_OVERHEAD_BYTES`]). Derived, like
+    /// `by_activity`, so every replica computes the same figure from the same entries.
+    #[serde(skip)]
+    used_bytes: u64,
+}
+
+/// The estimated bytes one entry costs.
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + KEY_OVERHEAD_BYTES
+}
+
+impl State {
+    /// Stores `value` under `key`, keeping `used_bytes` in step.
+    fn insert(&mut self, key: Bytes, value: Bytes) {
+        let added = entry_bytes(&key, &value);
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.used_bytes -= entry_bytes(&key, &old);
+        }
+        self.used_bytes += added;
+    }
+
+    /// Removes `key`, keeping `used_bytes` in step; whether it was there.
+    fn remove(&mut self, key: &Bytes) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.used_bytes -= entry_bytes(key, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes the state would grow by if every `(key, value)` were stored (0 if it shrinks).
+    fn growth<'a>(&self, pairs: impl IntoIterator<Item = (&'a Bytes, &'a Bytes)>) -> u64 {
+        let mut added = 0u64;
+        let mut freed = 0u64;
+        for (k, v) in pairs {
+            added += entry_bytes(k, v);
+            if let Some(old) = self.map.get(k) {
+                freed += entry_bytes(k, old);
+            }
+        }
+        added.saturating_sub(freed)
+    }
+
+    /// Whether growing by `growth` bytes stays within `limits`: a write that does not grow
+    /// the state always may, so a full store still takes deletes and overwrites in place.
+    fn fits(&self, growth: u64, limits: &KvLimits) -> bool {
+        growth == 0 || self.used_bytes.saturating_add(growth) <= limits.memory_bytes_max
+    }
 }
 
 /// Decodes an `OrdMap` entry by entry. imbl's own `Deserialize` first reserves a `Vec` of
@@ -160,7 +243,7 @@ impl KvStateMachine {
     /// state (and digest) differs from the others'. Reachable only through the runtime's
     /// `debug_corrupt_apply_at`.
     pub fn debug_corrupt(&mut self, index: Index) {
-        self.state.map.insert(
+        self.state.insert(
             Bytes::from_static(b"\0fault-injection"),
             Bytes::from(index.to_string()),
         );
@@ -168,11 +251,22 @@ impl KvStateMachine {
 
     /// Answers a read-only command from the current state, without touching sessions.
     pub fn query(&self, command: &[u8]) -> KvResponse {
-        match KvCommand::decode(command) {
-            Some(cmd) if cmd.is_read() => read(&self.state.map, &cmd),
-            Some(_) => KvResponse::Error(KvError::WrongKind),
-            None => KvResponse::Error(KvError::Malformed),
+        self.view().query_command(command)
+    }
+
+    /// A copy of the keys and values for reads served off the runtime task: O(1), it
+    /// shares the map's nodes (see the module documentation).
+    pub fn view(&self) -> KvView {
+        KvView {
+            map: self.state.map.clone(),
+            reply_bytes_max: self.limits.reply_bytes_max,
+            request_keys_max: self.limits.request_keys_max,
         }
+    }
+
+    /// The estimated bytes of keys and values, which `memory_bytes_max` bounds.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.used_bytes
     }
 
     /// Keys stored.
@@ -237,7 +331,7 @@ impl KvStateMachine {
         if entry.responses.len() >= limits.session_responses_max {
             return KvResponse::Error(KvError::SessionFull);
         }
-        let response = execute(&mut state.map, op);
+        let response = execute(state, op, limits);
         let entry = state
             .sessions
             .get_mut(&session.client_id)
@@ -247,10 +341,72 @@ impl KvStateMachine {
     }
 }
 
-fn read(map: &OrdMap<Bytes, Bytes>, cmd: &KvCommand) -> KvResponse {
+/// The keys and values at one applied index, for reads served off the runtime task.
+#[derive(Clone, Debug)]
+pub struct KvView {
+    map: OrdMap<Bytes, Bytes>,
+    reply_bytes_max: usize,
+    request_keys_max: usize,
+}
+
+impl KvView {
+    /// Answers a read command; a reply past `reply_bytes_max` or a request past
+    /// `request_keys_max` is refused before any of it is built.
+    pub fn read(&self, cmd: &KvCommand) -> KvResponse {
+        let keys = match cmd {
+            KvCommand::MGet { keys } | KvCommand::Exists { keys } => keys.len(),
+            _ => 1,
+        };
+        if keys > self.request_keys_max {
+            return KvResponse::Error(KvError::TooManyKeys {
+                keys: keys as u64,
+                max: self.request_keys_max as u64,
+            });
+        }
+        read(&self.map, cmd, self.reply_bytes_max)
+    }
+
+    /// A value by key (the value shares the stored bytes).
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.get(key).cloned()
+    }
+
+    /// Decodes and answers an encoded read command.
+    pub fn query_command(&self, command: &[u8]) -> KvResponse {
+        match KvCommand::decode(command) {
+            Some(cmd) if cmd.is_read() => self.read(&cmd),
+            Some(_) => KvResponse::Error(KvError::WrongKind),
+            None => KvResponse::Error(KvError::Malformed),
+        }
+    }
+}
+
+impl crate::runtime::MachineView for KvView {
+    fn query(&self, op: &[u8]) -> Bytes {
+        self.query_command(op).encode()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn read(map: &OrdMap<Bytes, Bytes>, cmd: &KvCommand, reply_bytes_max: usize) -> KvResponse {
     match cmd {
-        KvCommand::Get { key } => KvResponse::Value(map.get(key).cloned()),
+        KvCommand::Get { key } => {
+            let value = map.get(key).cloned();
+            let bytes = value.as_ref().map_or(0, Bytes::len);
+            if bytes > reply_bytes_max {
+                return too_large(bytes, reply_bytes_max);
+            }
+            KvResponse::Value(value)
+        }
         KvCommand::MGet { keys } => {
+            // Sizes first (lookups only), so an oversized reply is never built.
+            let bytes: usize = keys.iter().map(|k| map.get(k).map_or(0, Bytes::len)).sum();
+            if bytes > reply_bytes_max {
+                return too_large(bytes, reply_bytes_max);
+            }
             KvResponse::Values(keys.iter().map(|k| map.get(k).cloned()).collect())
         }
         KvCommand::Exists { keys } => {
@@ -260,7 +416,14 @@ fn read(map: &OrdMap<Bytes, Bytes>, cmd: &KvCommand) -> KvResponse {
     }
 }
 
-fn execute(map: &mut OrdMap<Bytes, Bytes>, op: &[u8]) -> KvResponse {
+fn too_large(bytes: usize, max: usize) -> KvResponse {
+    KvResponse::Error(KvError::ReplyTooLarge {
+        bytes: bytes as u64,
+        max: max as u64,
+    })
+}
+
+fn execute(state: &mut State, op: &[u8], limits: &KvLimits) -> KvResponse {
     match KvCommand::decode(op) {
         Some(KvCommand::Batch { commands }) => {
             if commands.len() > BATCH_COMMANDS_MAX
@@ -270,34 +433,48 @@ fn execute(map: &mut OrdMap<Bytes, Bytes>, op: &[u8]) -> KvResponse {
             {
                 return KvResponse::Error(KvError::Malformed);
             }
-            KvResponse::Batch(commands.into_iter().map(|c| execute_one(map, c)).collect())
+            KvResponse::Batch(
+                commands
+                    .into_iter()
+                    .map(|c| execute_one(state, c, limits))
+                    .collect(),
+            )
         }
-        Some(cmd) => execute_one(map, cmd),
+        Some(cmd) => execute_one(state, cmd, limits),
         None => KvResponse::Error(KvError::Malformed),
     }
 }
 
-fn execute_one(map: &mut OrdMap<Bytes, Bytes>, cmd: KvCommand) -> KvResponse {
+fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvResponse {
+    const OOM: KvResponse = KvResponse::Error(KvError::OutOfMemory);
     match cmd {
         KvCommand::Batch { .. } => KvResponse::Error(KvError::Malformed),
         KvCommand::Get { .. } | KvCommand::MGet { .. } | KvCommand::Exists { .. } => {
-            read(map, &cmd)
+            read(&state.map, &cmd, LOGGED_READ_REPLY_BYTES_MAX)
         }
         KvCommand::Set { key, value } => {
-            map.insert(key, value);
+            if !state.fits(state.growth([(&key, &value)]), limits) {
+                return OOM;
+            }
+            state.insert(key, value);
             KvResponse::Ok
         }
         KvCommand::MSet { pairs } => {
+            // All or nothing, as in Redis: the growth of the whole command is checked (a key
+            // named twice is counted twice, which only errs towards refusing).
+            if !state.fits(state.growth(pairs.iter().map(|(k, v)| (k, v))), limits) {
+                return OOM;
+            }
             for (k, v) in pairs {
-                map.insert(k, v);
+                state.insert(k, v);
             }
             KvResponse::Ok
         }
         KvCommand::Del { keys } => {
-            KvResponse::Int(keys.iter().filter(|k| map.remove(*k).is_some()).count() as i64)
+            KvResponse::Int(keys.iter().filter(|k| state.remove(k)).count() as i64)
         }
         KvCommand::IncrBy { key, by } => {
-            let current = match map.get(&key) {
+            let current = match state.map.get(&key) {
                 None => 0,
                 Some(v) => match std::str::from_utf8(v)
                     .ok()
@@ -310,19 +487,30 @@ fn execute_one(map: &mut OrdMap<Bytes, Bytes>, cmd: KvCommand) -> KvResponse {
             let Some(next) = current.checked_add(by) else {
                 return KvResponse::Error(KvError::Overflow);
             };
-            map.insert(key, Bytes::from(next.to_string()));
+            let value = Bytes::from(next.to_string());
+            if !state.fits(state.growth([(&key, &value)]), limits) {
+                return OOM;
+            }
+            state.insert(key, value);
             KvResponse::Int(next)
         }
         KvCommand::Cas { key, expected, new } => {
-            if map.get(&key) != expected.as_ref() {
+            if state.map.get(&key) != expected.as_ref() {
                 return KvResponse::Cas {
                     swapped: false,
-                    current: map.get(&key).cloned(),
+                    current: state.map.get(&key).cloned(),
                 };
             }
             match &new {
-                Some(v) => map.insert(key, v.clone()),
-                None => map.remove(&key),
+                Some(v) => {
+                    if !state.fits(state.growth([(&key, v)]), limits) {
+                        return OOM;
+                    }
+                    state.insert(key, v.clone());
+                }
+                None => {
+                    state.remove(&key);
+                }
             };
             KvResponse::Cas {
                 swapped: true,
@@ -438,6 +626,10 @@ impl crate::runtime::HostedMachine for KvStateMachine {
     fn debug_corrupt(&mut self, index: Index) {
         KvStateMachine::debug_corrupt(self, index);
     }
+
+    fn view(&self) -> Option<Arc<dyn crate::runtime::MachineView>> {
+        Some(Arc::new(KvStateMachine::view(self)))
+    }
 }
 
 impl StateMachine for KvStateMachine {
@@ -456,7 +648,7 @@ impl StateMachine for KvStateMachine {
             Some(session) if session.client_id != 0 => {
                 Self::apply_session(state, index, session, &cmd.op, &limits)
             }
-            _ => execute(&mut state.map, &cmd.op),
+            _ => execute(state, &cmd.op, &limits),
         }
     }
 
@@ -497,6 +689,7 @@ impl StateMachine for KvStateMachine {
             .iter()
             .map(|(id, s)| (s.last_active_index, *id))
             .collect();
+        state.used_bytes = state.map.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         self.state = state;
         Ok(())
     }
@@ -704,6 +897,7 @@ mod tests {
             session_expiry_entries: 10,
             sessions_max: 2,
             session_responses_max: 2,
+            ..KvLimits::default()
         };
         let mut sm = KvStateMachine::new(limits);
         let set = || KvCommand::Set {
@@ -945,5 +1139,100 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
         assert_eq!(err.to_string(), "disk full");
+    }
+
+    #[test]
+    fn writes_past_maxmemory_fail_with_oom_while_reads_and_deletes_go_on() {
+        let limits = KvLimits {
+            memory_bytes_max: 3 * (KEY_OVERHEAD_BYTES + 101),
+            ..KvLimits::default()
+        };
+        let mut sm = KvStateMachine::new(limits);
+        let value = Bytes::from(vec![b'v'; 100]);
+        let set = |k: &str| KvCommand::Set {
+            key: b(k),
+            value: value.clone(),
+        };
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(sm.apply(i as u64 + 1, &cmd(None, set(k))), KvResponse::Ok);
+        }
+        assert_eq!(sm.used_bytes(), 3 * (KEY_OVERHEAD_BYTES + 101));
+        let oom = KvResponse::Error(KvError::OutOfMemory);
+        assert_eq!(sm.apply(4, &cmd(None, set("d"))), oom);
+        let mset = KvCommand::MSet {
+            pairs: vec![(b("a"), b("x")), (b("e"), Bytes::from(vec![b'y'; 150]))],
+        };
+        // All or nothing: `a` shrinks but `e` is new, and the total still grows.
+        assert_eq!(sm.apply(5, &cmd(None, mset)), oom);
+        assert_eq!(
+            sm.apply(6, &cmd(None, KvCommand::IncrBy { key: b("n"), by: 1 })),
+            oom
+        );
+        // An overwrite in place of the same size does not grow the state.
+        assert_eq!(sm.apply(7, &cmd(None, set("a"))), KvResponse::Ok);
+        assert_eq!(
+            sm.query(&KvCommand::Get { key: b("a") }.encode()),
+            KvResponse::Value(Some(value.clone()))
+        );
+        let del = KvCommand::Del {
+            keys: vec![b("a"), b("b")],
+        };
+        assert_eq!(sm.apply(8, &cmd(None, del)), KvResponse::Int(2));
+        assert_eq!(sm.used_bytes(), KEY_OVERHEAD_BYTES + 101);
+        assert_eq!(sm.apply(9, &cmd(None, set("d"))), KvResponse::Ok);
+        // A restored replica counts the same bytes, and so decides the same way.
+        let mut body = Vec::new();
+        sm.freeze().snapshot(&mut body).unwrap();
+        let mut restored = sm.empty_like();
+        restored.restore(&mut body.as_slice()).unwrap();
+        assert_eq!(restored.used_bytes(), sm.used_bytes());
+        assert_eq!(restored.apply(10, &cmd(None, set("e"))), KvResponse::Ok);
+        assert_eq!(restored.apply(11, &cmd(None, set("f"))), oom);
+    }
+
+    #[test]
+    fn reads_past_the_reply_or_key_bound_are_refused_before_the_reply_is_built() {
+        let limits = KvLimits {
+            reply_bytes_max: 250,
+            request_keys_max: 3,
+            ..KvLimits::default()
+        };
+        let mut sm = KvStateMachine::new(limits);
+        let set = KvCommand::Set {
+            key: b("big"),
+            value: Bytes::from(vec![0u8; 100]),
+        };
+        sm.apply(1, &cmd(None, set));
+        let mget = |n: usize| KvCommand::MGet {
+            keys: vec![b("big"); n],
+        };
+        assert!(matches!(
+            sm.view().read(&mget(2)),
+            KvResponse::Values(v) if v.len() == 2
+        ));
+        assert_eq!(
+            sm.view().read(&mget(3)),
+            KvResponse::Error(KvError::ReplyTooLarge {
+                bytes: 300,
+                max: 250
+            })
+        );
+        assert_eq!(
+            sm.query(&mget(4).encode()),
+            KvResponse::Error(KvError::TooManyKeys { keys: 4, max: 3 })
+        );
+        // A view is the state when it was taken: later writes do not show in it.
+        let view = sm.view();
+        sm.apply(
+            2,
+            &cmd(
+                None,
+                KvCommand::Del {
+                    keys: vec![b("big")],
+                },
+            ),
+        );
+        assert_eq!(view.get(b"big").map(|v| v.len()), Some(100));
+        assert_eq!(sm.view().get(b"big"), None);
     }
 }

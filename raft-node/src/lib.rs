@@ -8,23 +8,35 @@
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
+//! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
-//! - [`node`]: starting and stopping a node; [`config`]: its configuration.
+//! - [`membership_check`]: the leader's rules for safe membership changes.
+//! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
+//! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
+//!   generated CA and node certificates (`raft-node certs`).
+//! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
+//!   the bounds on what clients can make a node hold or do.
 
 #![warn(missing_docs)]
 
 pub mod anti_entropy;
+pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod limits;
+pub mod membership_check;
 pub mod metrics;
 pub mod node;
 mod read_batch;
+pub mod recover;
 pub mod resp;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod store_log;
+pub mod tls;
 pub mod transport;
 pub mod transport_net;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, NodeStatus};
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
+use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
+use raft_node::tls::TlsConfig;
 
 /// A replicated key-value store on Raft, served over RESP (any Redis client), a native
 /// protocol (raft-client) and HTTP.
@@ -35,6 +37,18 @@ enum Cmd {
         /// Client address of the node to ask (host:port).
         #[arg(long)]
         addr: String,
+    },
+    /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
+    /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
+    /// while a node holds the data directory. Never restart the other old members with their
+    /// data afterwards; wipe them and add them back.
+    Recover {
+        /// The stopped node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's ID.
+        #[arg(long)]
+        id: u64,
     },
     /// Change membership or leadership (sent to the leader through --addr).
     Admin {
@@ -153,6 +167,33 @@ struct RunArgs {
     /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
     runtime_worker_threads: Option<usize>,
+    /// PEM file of the cluster's CA: turns TLS on (with --tls-cert and --tls-key); peers
+    /// then use mutual TLS against it [default: no TLS].
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate (from `raft-node certs`: it names the node ID).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Clients of the client port and HTTP must present a certificate signed by the CA
+    /// [default: optional].
+    #[arg(long)]
+    tls_client_cert_required: bool,
+    /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
+    #[command(flatten)]
+    limits: ClientLimitsArgs,
+    /// Users and roles of the client interfaces (TOML: users with name, role and
+    /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
+    /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Start even if a listener binds a non-loopback address without TLS and credentials
+    /// (protected mode off): anyone who can reach the node can then read, write and change
+    /// the cluster's membership.
+    #[arg(long)]
+    insecure_allow_plaintext: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,8 +288,60 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
+    apply_tls_flags(&mut cfg, args.tls_ca, args.tls_cert, args.tls_key)?;
+    if args.tls_client_cert_required {
+        match cfg.tls.as_mut() {
+            Some(tls) => tls.client_cert_required = true,
+            None => {
+                return Err(ConfigError::new(
+                    "tls",
+                    "--tls-client-cert-required needs TLS (--tls-ca, --tls-cert, --tls-key)",
+                ))
+            }
+        }
+    }
+    args.limits.apply(&mut cfg.limits);
+    if args.auth_file.is_some() {
+        cfg.auth_file = args.auth_file;
+    }
+    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The `--tls-*` flags override the file's `[tls]` one by one; without a `[tls]` section
+/// all three are needed.
+fn apply_tls_flags(
+    cfg: &mut NodeConfig,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    match cfg.tls.as_mut() {
+        Some(tls) => {
+            tls.ca_file = ca.unwrap_or(tls.ca_file.clone());
+            tls.cert_file = cert.unwrap_or(tls.cert_file.clone());
+            tls.key_file = key.unwrap_or(tls.key_file.clone());
+        }
+        None => match (ca, cert, key) {
+            (None, None, None) => {}
+            (Some(ca_file), Some(cert_file), Some(key_file)) => {
+                cfg.tls = Some(TlsConfig {
+                    ca_file,
+                    cert_file,
+                    key_file,
+                    client_cert_required: false,
+                })
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "tls",
+                    "give all of --tls-ca, --tls-cert and --tls-key (or a [tls] section)",
+                ))
+            }
+        },
+    }
+    Ok(())
 }
 
 /// SIGTERM and SIGINT handlers, installed before any listener is bound: a signal that
@@ -488,6 +581,11 @@ fn main() -> ExitCode {
                 let client = admin_client(addr).await;
                 let status = client.status().await.map_err(|e| e.to_string())?;
                 print_status(&status);
+                Ok(())
+            }
+            Cmd::Recover { data_dir, id } => {
+                let report = raft_node::recover::force_new_cluster(&data_dir, id)?;
+                print!("{report}");
                 Ok(())
             }
             Cmd::Admin { addr, op } => {

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub snapshots_sent: AtomicU64,
     pub digests_taken: AtomicU64,
     pub digests_skipped: AtomicU64,
+    /// HTTP connections refused at accept (over the total or per-source cap).
+    pub http_connections_refused: AtomicU64,
+    /// HTTP connections closed by a timeout (idle, request head, response write).
+    pub http_timeouts: AtomicU64,
     /// Divergent (replica, index) pairs the leader found (see [`crate::anti_entropy`]).
     pub replica_divergence: AtomicU64,
     /// The leader's anti-entropy view, written by its poll loop, read by the status.
@@ -253,6 +257,20 @@ impl Metrics {
             "counter",
             "Digest points skipped because the previous digest was still being computed.",
             &self.digests_skipped,
+        );
+        g(
+            &mut out,
+            "raft_http_connections_refused_total",
+            "counter",
+            "HTTP connections refused because the total or per-source connection cap was reached.",
+            &self.http_connections_refused,
+        );
+        g(
+            &mut out,
+            "raft_http_timeouts_total",
+            "counter",
+            "HTTP connections closed by the idle, request-head or response-write timeout.",
+            &self.http_timeouts,
         );
         g(
             &mut out,

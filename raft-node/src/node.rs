@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
+use crate::auth::Auth;
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -138,6 +139,7 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         snapshots,
         snapshot_policy,
         client_addrs: parts.client_addrs,
+        known_peers: config.peers.iter().map(|p| p.id).collect(),
         metrics: parts.metrics,
         shutdown: parts.shutdown,
     })
@@ -171,7 +173,8 @@ impl RunningNode {
     /// Validates `config`, locks the data directory, binds every listener and starts the node
     /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
-        Self::start_with(config, KvStateMachine::new(KvLimits::default())).await
+        let limits = KvLimits::from_client_limits(&config.limits);
+        Self::start_with(config, KvStateMachine::new(limits)).await
     }
 
     /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest
@@ -185,6 +188,10 @@ impl RunningNode {
         machine: M,
     ) -> Result<RunningNode, ConfigError> {
         config.validate()?;
+        let auth = Arc::new(
+            Auth::load(config.auth_file.as_deref())
+                .map_err(|e| ConfigError::new("auth_file", e.0))?,
+        );
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
@@ -251,6 +258,7 @@ impl RunningNode {
         forward_addrs.sort();
         let router = Arc::new(Router::new(
             handle.clone(),
+            auth.clone(),
             forward_addrs,
             config.request_timeout_ms,
         ));
@@ -258,6 +266,7 @@ impl RunningNode {
             client_listener,
             handle.clone(),
             router.clone(),
+            Arc::new(config.limits.clone()),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::anti_entropy::run(
@@ -266,7 +275,12 @@ impl RunningNode {
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {
-            tokio::spawn(http::serve(l, router, shutdown_rx));
+            tokio::spawn(http::serve(
+                l,
+                router,
+                Arc::new(config.limits.clone()),
+                shutdown_rx,
+            ));
         }
         tracing::info!(
             id = config.id,

@@ -6,10 +6,13 @@
 //! redirects instead and follow them themselves, which keeps their exactly-once sessions
 //! end to end.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
 use raft_client::{Client, ClientConfig, ClientError};
 
+use crate::auth::Auth;
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
 
@@ -17,6 +20,8 @@ use crate::runtime::NodeHandle;
 pub struct Router {
     /// The local node.
     pub handle: NodeHandle,
+    /// Who may do what on the client interfaces.
+    pub auth: Arc<Auth>,
     /// A client sends one request at a time, so forwarded writes spread over a few.
     forwarders: Vec<Client>,
     next_forwarder: std::sync::atomic::AtomicUsize,
@@ -27,13 +32,20 @@ const FORWARDERS_MAX: usize = 8;
 
 impl Router {
     /// A router for `handle`, forwarding through a client that knows `addrs` (every node's
-    /// client address) and gives up after `request_timeout_ms`.
-    pub fn new(handle: NodeHandle, addrs: Vec<String>, request_timeout_ms: u64) -> Router {
+    /// client address) and gives up after `request_timeout_ms`; it logs in on the leader
+    /// with `auth`'s internal password.
+    pub fn new(
+        handle: NodeHandle,
+        auth: Arc<Auth>,
+        addrs: Vec<String>,
+        request_timeout_ms: u64,
+    ) -> Router {
         let mut config = ClientConfig::new(addrs);
         config.request_timeout_ms = request_timeout_ms;
         config.attempt_timeout_ms = request_timeout_ms;
         Router {
             handle,
+            auth,
             forwarders: (0..FORWARDERS_MAX)
                 .map(|_| Client::new(config.clone()))
                 .collect(),

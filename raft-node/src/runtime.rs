@@ -14,7 +14,7 @@
 //! read that has not completed by then is answered with `Unavailable`; nothing waits forever,
 //! and a read is never answered from a state that was not confirmed by a quorum.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::anti_entropy::{digest_infos, DIGESTS_KEPT_MAX};
+use crate::membership_check::{self, LeaderView};
 use crate::metrics::Metrics;
 use crate::read_batch::ReadBatcher;
 use crate::store::{NodeStore, SyncJob};
@@ -70,10 +71,42 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): make this replica's state
     /// differ from the others'. The default does nothing.
     fn debug_corrupt(&mut self, _index: Index) {}
+    /// A cheap copy of the state that reads can be answered from off the runtime task, or
+    /// `None` (the default) to answer them on the task with [`HostedMachine::query`]. Worth
+    /// it when a copy costs O(1), as the key-value store's persistent maps do: building a
+    /// large reply on the task holds up heartbeats (a 512 MiB MGET cost a leader its term).
+    fn view(&self) -> Option<Arc<dyn MachineView>> {
+        None
+    }
 }
+
+/// The state at one applied index, answering reads off the runtime task
+/// (see [`HostedMachine::view`]).
+pub trait MachineView: Send + Sync + 'static {
+    /// As [`HostedMachine::query`].
+    fn query(&self, op: &[u8]) -> Bytes;
+    /// For callers that know the concrete machine (RESP and HTTP reach into the key-value
+    /// store's values without encoding them).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A shared [`MachineView`].
+pub type ReadView = Arc<dyn MachineView>;
 
 /// What a reply channel carries: the state machine's encoded response.
 pub type Reply = oneshot::Sender<Result<Bytes, NodeError>>;
+
+/// How a read is answered: the encoded response built on the task, or a view to build it
+/// from off the task.
+pub enum ReadAnswer {
+    /// The machine has no view: its [`HostedMachine::query`] answer.
+    Bytes(Bytes),
+    /// The state at an applied index at or after the read's index.
+    View(ReadView),
+}
+
+/// What a read's reply channel carries.
+pub type ReadReply = oneshot::Sender<Result<ReadAnswer, NodeError>>;
 
 /// Timing and bounds of the runtime.
 #[derive(Clone, Debug)]
@@ -151,7 +184,7 @@ pub enum Command {
         /// ReadIndex first (`true`) or serve the local replica as is.
         linearizable: bool,
         /// Where the answer goes.
-        reply: Reply,
+        reply: ReadReply,
     },
     /// The node's status.
     Status(oneshot::Sender<NodeStatus>),
@@ -188,14 +221,36 @@ impl NodeHandle {
         self.ask(|reply| Command::Propose { data, reply }).await?
     }
 
-    /// Runs a read-only query.
+    /// Runs a read-only query. With a machine that has a view, the answer is built here,
+    /// on the caller's task, not on the runtime's.
     pub async fn read(&self, op: Bytes, linearizable: bool) -> Result<Bytes, NodeError> {
-        self.ask(|reply| Command::Read {
-            op,
-            linearizable,
-            reply,
+        let answer = self
+            .ask(|reply| Command::Read {
+                op: op.clone(),
+                linearizable,
+                reply,
+            })
+            .await??;
+        Ok(match answer {
+            ReadAnswer::Bytes(b) => b,
+            ReadAnswer::View(view) => view.query(&op),
         })
-        .await?
+    }
+
+    /// The state at an applied index at or after this call's read index (linearizable) or
+    /// as this replica has it, for several reads at once; `None` if the machine has no view.
+    pub async fn read_view(&self, linearizable: bool) -> Result<Option<ReadView>, NodeError> {
+        let answer = self
+            .ask(|reply| Command::Read {
+                op: Bytes::new(),
+                linearizable,
+                reply,
+            })
+            .await??;
+        Ok(match answer {
+            ReadAnswer::Bytes(_) => None,
+            ReadAnswer::View(view) => Some(view),
+        })
     }
 
     /// The node's status.
@@ -217,7 +272,7 @@ struct PendingWrite {
 
 struct PendingRead {
     op: Bytes,
-    reply: Reply,
+    reply: ReadReply,
     deadline: Instant,
 }
 
@@ -358,6 +413,8 @@ pub struct RuntimeParts<S: NodeStore, M: HostedMachine> {
     pub snapshot_policy: SnapshotPolicy,
     /// Client address of each node, for redirects.
     pub client_addrs: HashMap<NodeId, String>,
+    /// Nodes with a known peer address (this one included): only these can be added.
+    pub known_peers: BTreeSet<NodeId>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Turns true to stop.
@@ -403,6 +460,13 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         config: parts.runtime,
         transport: parts.transport,
         client_addrs: parts.client_addrs,
+        peer_heard_tick: parts
+            .known_peers
+            .iter()
+            .filter(|&&p| p != id)
+            .map(|&p| (p, None))
+            .collect(),
+        known_peers: parts.known_peers,
         metrics: parts.metrics,
         sync_tx: Some(sync_tx),
         syncs_in_flight: 0,
@@ -444,6 +508,12 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     config: RuntimeConfig,
     transport: Arc<dyn PeerTransport>,
     client_addrs: HashMap<NodeId, String>,
+    /// Nodes with a known peer address (this one included).
+    known_peers: BTreeSet<NodeId>,
+    /// The tick at which each known peer was last heard from (any message): whether a
+    /// learner is connected, and which voters are reachable, when a membership change is
+    /// asked for. Keys are the known peers only, so it is bounded by the configuration.
+    peer_heard_tick: BTreeMap<CoreId, Option<u64>>,
     metrics: Arc<Metrics>,
     sync_tx: Option<std::sync::mpsc::SyncSender<SyncRequest>>,
     syncs_in_flight: usize,
@@ -594,6 +664,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 }
             }
             Inbound::Message(msg) => {
+                if let Some(heard) = self.peer_heard_tick.get_mut(&msg.from) {
+                    *heard = Some(self.ticks);
+                }
                 if matches!(&msg.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
                 {
                     self.work_inputs_this_iteration += 1;
@@ -895,7 +968,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn fail_command(&self, cmd: Command, err: NodeError) {
         match cmd {
-            Command::Propose { reply, .. } | Command::Read { reply, .. } => {
+            Command::Propose { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Read { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Command::Admin(_, reply) => {
@@ -971,10 +1047,18 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
     }
 
-    fn read(&mut self, op: Bytes, linearizable: bool, reply: Reply, deadline: Instant) {
+    /// The answer to a read at the current applied index.
+    fn read_answer(&self, op: &[u8]) -> ReadAnswer {
+        match self.sm.view() {
+            Some(view) => ReadAnswer::View(view),
+            None => ReadAnswer::Bytes(self.sm.query(op)),
+        }
+    }
+
+    fn read(&mut self, op: Bytes, linearizable: bool, reply: ReadReply, deadline: Instant) {
         if !linearizable {
             Metrics::add(&self.metrics.reads, 1);
-            let _ = reply.send(Ok(self.sm.query(&op)));
+            let _ = reply.send(Ok(self.read_answer(&op)));
             return;
         }
         if self.pending_reads.len() >= self.config.reads_in_flight_max {
@@ -1027,7 +1111,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             Ok(index) => {
                 debug_assert!(self.raw.applied_index() >= index);
                 Metrics::add(&self.metrics.reads, 1);
-                let _ = p.reply.send(Ok(self.sm.query(&p.op)));
+                let _ = p.reply.send(Ok(self.read_answer(&p.op)));
             }
             Err(ReadError::Busy) => {
                 let _ = p.reply.send(Err(NodeError::Busy));
@@ -1054,11 +1138,44 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 TransferError::NotLeader { leader } => self.leader_error(leader),
                 TransferError::NotAVoter => NodeError::Invalid(format!("{to} is not a voter")),
             }),
-            AdminOp::AddLearner(id) => self.change(&[ConfChange::AddLearner(id)]),
-            AdminOp::Promote(id) => self.change(&[ConfChange::AddVoter(id)]),
-            AdminOp::Remove(id) => self.change(&[ConfChange::Remove(id)]),
+            AdminOp::AddLearner(id) => self.checked_change(ConfChange::AddLearner(id)),
+            AdminOp::Promote(id) => self.checked_change(ConfChange::AddVoter(id)),
+            AdminOp::Remove(id) => self.checked_change(ConfChange::Remove(id)),
         };
         let _ = reply.send(result);
+    }
+
+    /// Makes `change` if the leader's admission rules (`membership_check`) allow it. Only
+    /// the leader judges: a follower's view of progress and reachability is not the one
+    /// that counts, so it redirects.
+    fn checked_change(&mut self, change: ConfChange) -> Result<(), NodeError> {
+        if self.raw.role() != Role::Leader {
+            return Err(self.leader_error(self.raw.leader()));
+        }
+        let status = self.raw.status();
+        let match_index: BTreeMap<CoreId, Index> =
+            status.peers.iter().map(|p| (p.id, p.match_index)).collect();
+        let heard_ticks_ago: BTreeMap<CoreId, u64> = self
+            .peer_heard_tick
+            .iter()
+            .filter_map(|(&p, t)| t.map(|t| (p, self.ticks.saturating_sub(t))))
+            .collect();
+        let view = LeaderView {
+            leader: status.id,
+            membership: &status.membership,
+            last_index: status.last_index,
+            match_index: &match_index,
+            heard_ticks_ago: &heard_ticks_ago,
+            connected_ticks_max: u64::from(self.config.election_timeout_ticks_max),
+            tick_ms: self.config.tick_interval_ms,
+            known_peers: &self.known_peers,
+        };
+        if let Err(why) = membership_check::check(change, &view) {
+            tracing::warn!(?change, %why, "membership change refused");
+            return Err(NodeError::Invalid(why));
+        }
+        tracing::info!(?change, "membership change proposed");
+        self.change(&[change])
     }
 
     fn change(&mut self, changes: &[ConfChange]) -> Result<(), NodeError> {
@@ -1677,6 +1794,7 @@ mod tests {
             snapshots,
             snapshot_policy: SnapshotPolicy::default(),
             client_addrs: HashMap::new(),
+            known_peers: voters.iter().copied().collect(),
             metrics: Arc::new(Metrics::default()),
             shutdown,
         })

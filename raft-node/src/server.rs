@@ -11,12 +11,13 @@ use raft_client::wire::{
     KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame,
     BATCH_COMMANDS_MAX, FRAME_BYTES_MAX,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
 use crate::kv::log_command;
+use crate::limits::ClientLimits;
 use crate::resp::{self, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle};
@@ -35,6 +36,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: NodeHandle,
     router: Arc<Router>,
+    _limits: Arc<ClientLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
@@ -57,21 +59,44 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut first = [0u8; 1];
-            match stream.peek(&mut first).await {
-                Ok(1) if first[0] == 0 => serve_native(stream, handle, shutdown).await,
-                Ok(1) => serve_resp(stream, router, shutdown).await,
-                _ => {}
-            }
+            serve_connection(stream, handle, router, shutdown).await;
         });
     }
 }
 
-async fn serve_native(stream: TcpStream, handle: NodeHandle, mut shutdown: watch::Receiver<bool>) {
+/// Serves one client connection over any byte stream (plain TCP, or TLS once decrypted).
+/// The protocol is told by the first byte: a native frame's length prefix starts with 0.
+/// The bytes read to see it are handed on as the start of the protocol's input.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    handle: NodeHandle,
+    router: Arc<Router>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = BytesMut::with_capacity(16 << 10);
+    match stream.read_buf(&mut first).await {
+        Ok(n) if n > 0 && first[0] == 0 => serve_native(stream, first, handle, shutdown).await,
+        Ok(n) if n > 0 => serve_resp(stream, first, router, shutdown).await,
+        _ => {}
+    }
+}
+
+async fn serve_native<S>(
+    stream: S,
+    received: BytesMut,
+    handle: NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(FRAME_BYTES_MAX)
         .new_codec();
-    let mut framed = Framed::new(stream, codec);
+    let mut parts = FramedParts::new::<Bytes>(stream, codec);
+    parts.read_buf = received;
+    let mut framed = Framed::from_parts(parts);
     let mut in_flight = FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -143,14 +168,16 @@ async fn native_request(handle: &NodeHandle, request: Request) -> Response {
     result.unwrap_or_else(Response::Error)
 }
 
-async fn serve_resp(
-    mut stream: TcpStream,
+async fn serve_resp<S>(
+    mut stream: S,
+    mut buf: BytesMut,
     router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let mut parser = RespParser;
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut parser = RespParser::default();
     let lane = router.lane();
-    let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = Vec::with_capacity(16 << 10);
     loop {
         // Every complete request already received is served together: the writes among them

@@ -1,0 +1,448 @@
+//! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
+//! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round), `GET /healthz`
+//! (the process answers) and `GET /readyz` (the node can serve: it knows a leader and has
+//! applied nearly all it knows committed). Every `GET` route also answers `HEAD`.
+//!
+//! hyper's HTTP/1 server does the parsing (chunked bodies, `Expect: 100-continue`,
+//! keep-alive, conflicting `Content-Length`s refused with 400, heads over the limit with
+//! 431): a stranger's bytes go through a maintained parser, not one of ours. hyper alone
+//! rather than axum: seven routes are one `match`, and axum would add tower's stack for
+//! nothing these routes need. What hyper leaves to its user is here: the caps on connections
+//! (`conn.rs`), the idle, head and write timeouts (`timed_io.rs`), and the body limit and
+//! body read deadline (below), which refuse a body without buffering more than the limit.
+
+mod conn;
+mod timed_io;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use raft_client::wire::{KvCommand, KvResponse, NodeError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Role;
+use crate::limits::ClientLimits;
+use crate::router::Router;
+use timed_io::RequestGuard;
+
+/// `/readyz` answers 503 while the applied index trails the commit index by more entries
+/// than this (a replica still catching up would serve stale reads slowly).
+pub const READY_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
+
+/// What every connection's handler needs.
+struct HttpContext {
+    router: Arc<Router>,
+    limits: Arc<ClientLimits>,
+}
+
+/// Serves HTTP until `shutdown`, within `limits`: `http_connections_max` and
+/// `connections_per_source_max` connections (503 past either), `http_head_bytes_max` (431),
+/// `http_body_bytes_max` (413); `handshake_timeout_ms` for a new connection's first byte,
+/// `idle_timeout_ms` between requests, `read_timeout_ms` for a request head from its first
+/// byte and again for its body from the head's end (408), `write_timeout_ms` for a
+/// response write that makes no progress.
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    limits: Arc<ClientLimits>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let ctx = Arc::new(HttpContext { router, limits });
+    conn::accept_loop(listener, ctx, shutdown).await
+}
+
+/// A response body that tells the connection's timeouts when hyper is done with it.
+struct Reply {
+    body: Full<Bytes>,
+    _guard: RequestGuard,
+}
+
+impl Body for Reply {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response before its body is wrapped: status, content type, body, extra headers, and
+/// whether to close the connection after it (a refused body was not read to its end).
+struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    allow: Option<&'static str>,
+    www_authenticate: Option<&'static str>,
+    close: bool,
+}
+
+impl Answer {
+    fn new(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Answer {
+            status,
+            content_type,
+            body: body.into(),
+            allow: None,
+            www_authenticate: None,
+            close: false,
+        }
+    }
+
+    fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        Answer::new(status, "text/plain", body.into())
+    }
+
+    fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
+
+/// The routes and the methods each allows.
+enum Route {
+    Status,
+    Metrics,
+    Healthz,
+    Readyz,
+    Kv(Bytes),
+}
+
+const ALLOW_READ_ONLY: &str = "GET, HEAD";
+const ALLOW_KV: &str = "GET, HEAD, PUT, DELETE";
+
+impl Route {
+    fn parse(path: &str) -> Option<Route> {
+        Some(match path {
+            "/status" => Route::Status,
+            "/metrics" => Route::Metrics,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            p => Route::Kv(Bytes::from(percent_decode(
+                p.strip_prefix("/kv/").filter(|k| !k.is_empty())?,
+            ))),
+        })
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Kv(_) => ALLOW_KV,
+            _ => ALLOW_READ_ONLY,
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    ctx: &HttpContext,
+    guard: RequestGuard,
+) -> Response<Reply> {
+    let body_pending = !req.body().is_end_stream();
+    let mut answer = route(req, ctx).await;
+    if body_pending && !answer.close && answer.status.is_client_error() {
+        // The body was refused unread: hyper would drain a little of it and then close
+        // anyway; saying so lets the client know not to reuse the connection.
+        answer.close = true;
+    }
+    let mut resp = Response::new(Reply {
+        body: Full::new(answer.body),
+        _guard: guard,
+    });
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    if let Some(allow) = answer.allow {
+        h.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(challenge) = answer.www_authenticate {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    if answer.close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
+    let Some(route) = Route::parse(req.uri().path()) else {
+        return Answer::text(StatusCode::NOT_FOUND, "no such route\n");
+    };
+    let method = req.method().clone();
+    let allowed = matches!(
+        (&route, &method),
+        (_, &Method::GET | &Method::HEAD) | (Route::Kv(_), &Method::PUT | &Method::DELETE)
+    );
+    if !allowed {
+        let mut a = Answer::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {method} not allowed here; allowed: {}\n",
+                route.allow()
+            ),
+        );
+        a.allow = Some(route.allow());
+        return a;
+    }
+    let router = &ctx.router;
+    let needed = match (&route, &method) {
+        (Route::Healthz | Route::Readyz, _) => None,
+        (_, &Method::PUT | &Method::DELETE) => Some(Role::ReadWrite),
+        _ => Some(Role::Read),
+    };
+    if let Some(needed) = needed {
+        if let Err(refused) = authorize(&req, router, needed) {
+            return refused;
+        }
+    }
+    match route {
+        Route::Healthz => Answer::text(StatusCode::OK, "ok\n"),
+        Route::Readyz => readiness(router).await,
+        Route::Status => match router.handle.status().await {
+            Ok(s) => Answer::new(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&status_json(&s)).unwrap_or_default(),
+            ),
+            Err(e) => Answer::text(error_status(&e), format!("{e}\n")),
+        },
+        Route::Metrics => Answer::new(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            router.handle.metrics.render(router.handle.id),
+        ),
+        Route::Kv(key) => {
+            // Reads are linearizable unless `?stale=1` asks for the local replica as it is.
+            let linearizable = !req
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(|kv| kv == "stale=1" || kv == "stale=true");
+            let command = match method {
+                Method::PUT => match read_body(req, &ctx.limits).await {
+                    Ok(value) => KvCommand::Set { key, value },
+                    Err(refused) => return refused,
+                },
+                Method::DELETE => KvCommand::Del { keys: vec![key] },
+                _ => KvCommand::Get { key },
+            };
+            kv(router, command, linearizable).await
+        }
+    }
+}
+
+/// A request body whole, or the answer refusing it: 413 past `http_body_bytes_max` (declared
+/// or streamed; at most the limit is ever buffered), 408 past `read_timeout_ms`, 400 if the
+/// body is malformed (a bad chunk).
+async fn read_body(req: Request<Incoming>, limits: &ClientLimits) -> Result<Bytes, Answer> {
+    let max = limits.http_body_bytes_max;
+    let too_large = || {
+        Answer::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes\n"),
+        )
+        .closing()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        // Refused before the body is polled, so a client that sent `Expect: 100-continue`
+        // never gets its 100 and never sends the body.
+        return Err(too_large());
+    }
+    let capacity = declared.map_or(0, |n| n as usize);
+    let mut body = req.into_body();
+    let read = async {
+        let mut buf = BytesMut::with_capacity(capacity);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Answer::text(StatusCode::BAD_REQUEST, format!("bad request body: {e}\n")).closing()
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > max {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(Duration::from_millis(limits.read_timeout_ms), read).await {
+        Ok(r) => r,
+        Err(_) => Err(Answer::text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} ms\n",
+                limits.read_timeout_ms
+            ),
+        )
+        .closing()),
+    }
+}
+
+async fn kv(router: &Router, command: KvCommand, linearizable: bool) -> Answer {
+    match router.kv(command, linearizable, router.lane()).await {
+        Ok(KvResponse::Value(Some(v))) => {
+            Answer::new(StatusCode::OK, "application/octet-stream", v)
+        }
+        Ok(KvResponse::Value(None)) | Ok(KvResponse::Int(0)) => {
+            Answer::text(StatusCode::NOT_FOUND, "not found\n")
+        }
+        Ok(KvResponse::Error(e)) => Answer::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Ok(_) => Answer::text(StatusCode::OK, "OK\n"),
+        Err(e) => Answer::text(error_status(&e), format!("{e}\n")),
+    }
+}
+
+/// Checks the request's bearer token when credentials are configured: 401 (with
+/// `WWW-Authenticate: Bearer`) without a valid one, 403 when its role is below `needed`.
+fn authorize(req: &Request<Incoming>, router: &Router, needed: Role) -> Result<(), Answer> {
+    if !router.auth.is_enabled() {
+        return Ok(());
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(token) = token else {
+        let mut a = Answer::text(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send Authorization: Bearer <password or user:password>\n",
+        );
+        a.www_authenticate = Some("Bearer");
+        return Err(a);
+    };
+    match router.auth.verify_bearer(token) {
+        None => {
+            let mut a = Answer::text(StatusCode::UNAUTHORIZED, "invalid bearer token\n");
+            a.www_authenticate = Some("Bearer error=\"invalid_token\"");
+            Err(a)
+        }
+        Some(role) if role < needed => Err(Answer::text(
+            StatusCode::FORBIDDEN,
+            format!("this needs the {needed} role; the token's user has {role}\n"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// 200 when this node knows a leader and has applied all but a few of the entries it knows
+/// committed; otherwise 503 saying which.
+async fn readiness(router: &Router) -> Answer {
+    let s = match router.handle.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            return Answer::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+        }
+    };
+    let lag = s.commit_index.saturating_sub(s.applied_index);
+    if s.leader.is_none() {
+        Answer::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: no known leader (term {})\n", s.term),
+        )
+    } else if lag > READY_APPLY_LAG_ENTRIES_MAX {
+        Answer::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: applied index {} is {lag} entries behind the commit index {} \
+                 (at most {READY_APPLY_LAG_ENTRIES_MAX})\n",
+                s.applied_index, s.commit_index
+            ),
+        )
+    } else {
+        Answer::text(StatusCode::OK, "ready\n")
+    }
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn error_status(e: &NodeError) -> StatusCode {
+    match e {
+        NodeError::Busy => StatusCode::TOO_MANY_REQUESTS,
+        NodeError::Unavailable(_) | NodeError::ShuttingDown | NodeError::NotLeader { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+    }
+}
+fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "role": s.role,
+        "term": s.term,
+        "leader": s.leader,
+        "leader_addr": s.leader_addr,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "persisted_index": s.persisted_index,
+        "log": { "first_index": s.first_index, "last_index": s.last_index, "snapshot_index": s.snapshot_index, "storage": s.storage },
+        "voters": s.voters,
+        "learners": s.learners,
+        "elections": s.elections,
+        "peers": s.peers.iter().map(|p| serde_json::json!({
+            "id": p.id, "match_index": p.match_index, "next_index": p.next_index,
+            "state": p.state, "active": p.active,
+        })).collect::<Vec<_>>(),
+        "digests": s.digests.iter().map(|d| serde_json::json!({
+            "index": d.index, "digest": d.digest,
+        })).collect::<Vec<_>>(),
+        "anti_entropy": {
+            "compared_index": s.anti_entropy.compared_index,
+            "comparisons": s.anti_entropy.comparisons,
+            "divergence_total": s.anti_entropy.divergence_total,
+            "divergent": s.anti_entropy.divergent.iter().map(|d| serde_json::json!({
+                "node": d.node, "index": d.index, "digest": d.digest,
+                "majority_digest": d.majority_digest,
+            })).collect::<Vec<_>>(),
+        },
+    })
+}
