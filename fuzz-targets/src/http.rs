@@ -1,18 +1,23 @@
-//! Raw bytes to the node's HTTP service: one single-node cluster (in-memory log) runs in
-//! this process for many inputs; each input is one connection that sends the bytes, closes
-//! its write side and reads the answer. The service must answer or close, never hang, and
-//! the node must keep serving (checked with a status request every so often).
-//!
-//! The connection goes over loopback TCP to the port `raft_node::node::RunningNode` binds.
+//! Raw bytes to the node's HTTP service (hyper, `raft_node::http`): one single-node
+//! cluster (in-memory log) runs in this process for many inputs; each input is one
+//! connection, an in-memory pipe into [`http::serve_stream`], that sends the bytes, closes
+//! its write side and reads the answer, once without credentials configured and once with
+//! a user whose bearer token the requests may or may not carry. The service must answer or
+//! close, never hang, and the node must keep serving (checked with a status request every
+//! so often).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use raft_node::auth::Auth;
 use raft_node::config::{NodeConfig, PeerConfig, StorageKind};
+use raft_node::http;
+use raft_node::limits::ClientLimits;
 use raft_node::node::RunningNode;
+use raft_node::router::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// Tokens of the protocol, for the stable mutator.
 pub const TOKENS: &[&[u8]] = &[
@@ -51,11 +56,24 @@ const ANSWER_TIMEOUT_MS: u64 = 10_000;
 const ANSWER_BYTES_MAX: u64 = 1 << 20;
 /// Every this many inputs, the node must still answer `GET /status`.
 const HEALTH_CHECK_INPUTS: u64 = 500;
+/// Bytes the in-memory pipe buffers each way.
+const PIPE_BYTES: usize = 64 << 10;
+/// The user the authenticated service knows: password "pw", an admin.
+const AUTH_FILE: &str = r#"
+[[users]]
+name = "fuzz"
+role = "admin"
+password_sha256 = "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4"
+"#;
 
 struct Node {
     runtime: tokio::runtime::Runtime,
     node: Option<RunningNode>,
-    http: SocketAddr,
+    /// Without credentials, and with [`AUTH_FILE`]'s.
+    routers: [Arc<Router>; 2],
+    limits: Arc<ClientLimits>,
+    shutdown: watch::Receiver<bool>,
+    _shutdown_tx: watch::Sender<bool>,
     inputs: u64,
 }
 
@@ -79,16 +97,30 @@ impl Node {
             }],
         );
         config.client_addr = Some(loopback);
-        config.http_addr = Some(loopback);
         config.storage = StorageKind::Memory;
         let node = runtime
             .block_on(RunningNode::start(config))
             .expect("a single-node cluster starts");
-        let http = node.http_addr.expect("HTTP is served");
+        let router = |auth: Auth| {
+            Arc::new(Router::new(
+                node.handle.clone(),
+                Arc::new(auth),
+                vec![node.client_addr.to_string()],
+                5_000,
+            ))
+        };
+        let routers = [
+            router(Auth::disabled()),
+            router(Auth::from_toml(AUTH_FILE).expect("the fuzz auth file")),
+        ];
+        let (shutdown_tx, shutdown) = watch::channel(false);
         Node {
             runtime,
             node: Some(node),
-            http,
+            routers,
+            limits: Arc::new(ClientLimits::default()),
+            shutdown,
+            _shutdown_tx: shutdown_tx,
             inputs: 0,
         }
     }
@@ -104,8 +136,14 @@ impl Node {
 static NODE: Mutex<Option<(u64, Node)>> = Mutex::new(None);
 
 /// Sends `request` on a new connection, closes the write side, and reads the answer.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the node");
+async fn exchange(node: &Node, router: usize, request: &[u8]) -> Vec<u8> {
+    let (mut stream, server) = tokio::io::duplex(PIPE_BYTES);
+    tokio::spawn(http::serve_stream(
+        server,
+        node.routers[router].clone(),
+        node.limits.clone(),
+        node.shutdown.clone(),
+    ));
     // The server may answer and close before reading everything: then writes fail.
     let _ = stream.write_all(request).await;
     let _ = stream.shutdown().await;
@@ -133,12 +171,15 @@ pub fn run(data: &[u8]) {
     }
     let (_, node) = guard.as_mut().expect("started above");
     node.inputs += 1;
-    let addr = node.http;
-    node.runtime.block_on(exchange(addr, data));
+    for router in 0..node.routers.len() {
+        node.runtime.block_on(exchange(node, router, data));
+    }
     if node.inputs % HEALTH_CHECK_INPUTS == 0 {
-        let answer = node
-            .runtime
-            .block_on(exchange(addr, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let answer = node.runtime.block_on(exchange(
+            node,
+            0,
+            b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n",
+        ));
         assert!(
             answer.starts_with(b"HTTP/1.1 200"),
             "the node stopped serving: {:?}",
@@ -163,6 +204,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         b"PUT /kv/k HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
         b"GET /kv/k HTTP/1.1\r\nConnection: keep-alive\r\n\r\nGET /status HTTP/1.1\r\n\r\n",
         b"GET /kv/k HTTP/1.1\r\nAuthorization: Bearer token\r\n\r\n",
+        b"PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer fuzz:pw\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /readyz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
         b"GET /kv/k HTTP/1.0\r\n\r\n",
     ]
     .iter()

@@ -44,14 +44,18 @@ fn parse_in_pieces(data: &[u8], piece: usize) -> Parse {
     let mut parser = RespParser::default();
     let mut buf = BytesMut::new();
     let mut requests = Vec::new();
+    let mut fed = 0;
+    // Input consumed when the last request was taken: each request consumes some.
+    let mut consumed_at_last = 0;
     for chunk in data.chunks(piece.max(1)) {
         buf.extend_from_slice(chunk);
-        // Every request consumes at least one byte, so this loop ends within the input.
+        fed += chunk.len();
         for _ in 0..=data.len() {
-            let before = buf.len();
             match parser.parse(&mut buf) {
                 Ok(Some(args)) => {
-                    assert!(buf.len() < before, "a request consumed no input");
+                    let consumed = fed - buf.len();
+                    assert!(consumed > consumed_at_last, "a request consumed no input");
+                    consumed_at_last = consumed;
                     requests.push(args);
                 }
                 Ok(None) => break,

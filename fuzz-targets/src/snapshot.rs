@@ -28,6 +28,10 @@ fn limits() -> KvLimits {
         session_expiry_entries: 8,
         sessions_max: 4,
         session_responses_max: 4,
+        // Small, so that writes reach the memory bound and reads the reply bound.
+        memory_bytes_max: 4 << 10,
+        reply_bytes_max: 1 << 10,
+        request_keys_max: 16,
     }
 }
 

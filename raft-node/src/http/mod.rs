@@ -57,6 +57,21 @@ pub async fn serve(
     conn::accept_loop(listener, ctx, shutdown).await
 }
 
+/// Serves one connection over `stream` as [`serve`] serves each accepted socket, without
+/// the caps on connections: for callers that bring their own streams (the HTTP fuzz
+/// target feeds it an in-memory pipe).
+pub async fn serve_stream<S>(
+    stream: S,
+    router: Arc<Router>,
+    limits: Arc<ClientLimits>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(HttpContext { router, limits });
+    conn::serve_connection(stream, ctx, shutdown).await
+}
+
 /// A response body that tells the connection's timeouts when hyper is done with it.
 struct Reply {
     body: Full<Bytes>,
