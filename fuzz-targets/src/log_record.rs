@@ -127,7 +127,7 @@ fn fix_record_crcs(buf: &mut [u8], start: usize, key: RecordKey) {
             RecordKey::V2 { seed } => h.finalize() ^ seed ^ len,
         };
         buf[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
-        offset = raft_log::format::record_bytes(len as usize) + offset;
+        offset += raft_log::format::record_bytes(len as usize);
     }
 }
 

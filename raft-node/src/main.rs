@@ -104,7 +104,8 @@ struct RunArgs {
     /// [default: this node's CLIENT_ADDR in --peer].
     #[arg(long)]
     client_addr: Option<SocketAddr>,
-    /// Address to serve HTTP on (/status, /metrics, /kv/{key}) [default: no HTTP].
+    /// Address to serve HTTP on (/status, /metrics, /kv/{key}, /healthz, /readyz; HTTPS with
+    /// [tls]) [default: no HTTP].
     #[arg(long)]
     http_addr: Option<SocketAddr>,
     /// Data directory, created if missing and locked while the node runs.

@@ -192,6 +192,7 @@ impl RunningNode {
             Auth::load(config.auth_file.as_deref())
                 .map_err(|e| ConfigError::new("auth_file", e.0))?,
         );
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
@@ -279,6 +280,7 @@ impl RunningNode {
                 l,
                 router,
                 Arc::new(config.limits.clone()),
+                tls.as_ref().map(|t| t.client_server.clone()),
                 shutdown_rx,
             ));
         }

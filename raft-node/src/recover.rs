@@ -113,6 +113,14 @@ pub fn force_new_cluster(data_dir: &Path, id: NodeId) -> Result<String, String> 
          learners {:?}",
         old.voters, old.voters_outgoing, old.learners
     );
+    if !old.is_voter(id) {
+        let _ = writeln!(
+            out,
+            "  WARNING: node {id} was a learner: it counted toward no majority, so it may lack \
+             entries the voters committed and acknowledged; recover a former voter if any \
+             survives"
+        );
+    }
     let uncommitted = last.saturating_sub(hard.commit.max(snapshot.index));
     if uncommitted > 0 {
         let _ = writeln!(
@@ -183,13 +191,15 @@ mod tests {
         }
     }
 
-    /// A node 2 of voters 1, 2, 3 with entries 1..=5 in term 3, commit 3.
+    /// A node of voters 1, 2, 3 and learner 4 with entries 1..=5 in term 3, commit 3.
     fn survivor(dir: &Path) {
         let mut log = Log::open(dir.join("log"), Options::default()).unwrap();
+        let mut membership = Membership::new_voters([1, 2, 3]);
+        membership.learners.insert(4);
         log.install_snapshot(SnapshotMeta {
             index: 0,
             term: 0,
-            membership: Membership::new_voters([1, 2, 3]),
+            membership,
         })
         .unwrap();
         let entries: Vec<Entry> = (1..=5)
@@ -246,12 +256,25 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_survivor_is_recovered_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        survivor(dir.path());
+        let report = force_new_cluster(dir.path(), 4).unwrap();
+        assert!(
+            report.contains("WARNING: node 4 was a learner: it counted toward no majority"),
+            "{report}"
+        );
+        assert!(report.contains("voters [4], no learners"), "{report}");
+    }
+
+    #[test]
     fn refuses_a_locked_directory_a_stranger_and_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
         let e = force_new_cluster(dir.path(), 1).unwrap_err();
         assert!(e.starts_with("no log in "), "{e}");
         survivor(dir.path());
         let e = force_new_cluster(dir.path(), 7).unwrap_err();
+        assert!(e.contains("(voters {1, 2, 3}, learners {4})"), "{e}");
         assert!(
             e.contains("node 7 is not a member of the configuration stored in"),
             "{e}"

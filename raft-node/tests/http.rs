@@ -37,12 +37,17 @@ struct Node {
 
 impl Node {
     async fn start(limits: ClientLimits) -> Node {
-        Node::start_member(limits, 1, Auth::disabled()).await
+        Node::start_member(limits, 1, Auth::disabled(), None).await
     }
 
     /// Node 1 of a cluster of `members` voters (the others are never started), its HTTP
-    /// port checking credentials against `auth`.
-    async fn start_member(limits: ClientLimits, members: u64, auth: Auth) -> Node {
+    /// port checking credentials against `auth`, over TLS with `tls`.
+    async fn start_member(
+        limits: ClientLimits,
+        members: u64,
+        auth: Auth,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "id = 1\ndata_dir = {:?}\nstorage = \"memory\"\n",
@@ -66,7 +71,13 @@ impl Node {
             5_000,
         ));
         let (stop_http, stop_rx) = watch::channel(false);
-        tokio::spawn(http::serve(listener, router, Arc::new(limits), stop_rx));
+        tokio::spawn(http::serve(
+            listener,
+            router,
+            Arc::new(limits),
+            tls,
+            stop_rx,
+        ));
         Node {
             node: Some(node),
             http,
@@ -381,7 +392,7 @@ async fn expect_continue_is_answered_before_the_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_why_a_node_without_a_leader_is_not_ready() {
     // Node 1 of three, alone: it can never elect a leader.
-    let n = Node::start_member(ClientLimits::default(), 3, Auth::disabled()).await;
+    let n = Node::start_member(ClientLimits::default(), 3, Auth::disabled(), None).await;
     let health = request(n.http, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(health.status, 200);
     let ready = request(n.http, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -596,7 +607,7 @@ async fn bearer_tokens_are_required_and_roles_checked() {
         );
     }
     let auth = Auth::from_toml(&toml).unwrap_or_else(|e| panic!("{e:?}"));
-    let n = Node::start_member(ClientLimits::default(), 1, auth).await;
+    let n = Node::start_member(ClientLimits::default(), 1, auth, None).await;
     // Health and readiness need no token (probes carry none).
     n.ready().await;
     assert_eq!(
@@ -650,4 +661,82 @@ async fn bearer_tokens_are_required_and_roles_checked() {
     assert_eq!(request(n.http, put("root-pw")).await.status, 200);
     let got = request(n.http, get("/kv/t", "reader:read-pw")).await;
     assert_eq!((got.status, &got.body[..]), (200, &b"v"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_when_the_node_has_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    raft_node::certs::generate(certs.path(), None, &[1], &["127.0.0.1".to_string()]).unwrap();
+    let setup = raft_node::tls::TlsConfig {
+        ca_file: certs.path().join(raft_node::certs::CA_CERT_FILE),
+        cert_file: certs.path().join(raft_node::certs::node_cert_file(1)),
+        key_file: certs.path().join(raft_node::certs::node_key_file(1)),
+        client_cert_required: false,
+    }
+    .load()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limits = ClientLimits {
+        handshake_timeout_ms: 500,
+        ..ClientLimits::default()
+    };
+    let n = Node::start_member(
+        limits,
+        1,
+        Auth::disabled(),
+        Some(setup.client_server.clone()),
+    )
+    .await;
+
+    let connector = tokio_rustls::TlsConnector::from(setup.client.clone());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tcp = TcpStream::connect(n.http).await.unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    // Two requests on the one TLS connection.
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        tls.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut chunk = vec![0u8; 64 << 10];
+        let reply = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            loop {
+                let n = tls.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed");
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= len {
+                        buf.clear();
+                        return head.to_string();
+                    }
+                }
+            }
+        })
+        .await
+        .expect("an HTTPS answer in time");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    // Plain HTTP on the TLS port gets no answer and the connection is closed.
+    let mut plain = TcpStream::connect(n.http).await.unwrap();
+    plain
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, plain.read_to_end(&mut got)).await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // A client that connects and never starts the handshake is dropped.
+    let mut silent = TcpStream::connect(n.http).await.unwrap();
+    assert!(closed_within(&mut silent, ANSWER_TIMEOUT).await);
 }

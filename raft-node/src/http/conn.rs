@@ -137,12 +137,50 @@ pub(super) async fn serve_connection<S>(
         header_read: Duration::from_millis(limits.read_timeout_ms),
         write: Duration::from_millis(limits.write_timeout_ms),
     };
+    // Under TLS, so that the handshake's bytes are timed too.
     let io = TimedIo::new(
         stream,
         state.clone(),
         timeouts,
         ctx.router.handle.metrics.clone(),
     );
+    match &ctx.tls {
+        None => serve_http(io, state, &ctx, &mut shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(limits.handshake_timeout_ms),
+                acceptor.accept(io),
+            );
+            let tls = tokio::select! {
+                _ = shutdown.changed() => return,
+                h = handshake => h,
+            };
+            match tls {
+                Ok(Ok(tls)) => serve_http(tls, state, &ctx, &mut shutdown).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
+                Err(_) => {
+                    ctx.router
+                        .handle
+                        .metrics
+                        .http_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!("HTTPS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1 server over `io` until the client or a timeout closes it, or `shutdown`.
+async fn serve_http<I>(
+    io: I,
+    state: Arc<ConnState>,
+    ctx: &Arc<HttpContext>,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &ctx.limits;
     let service = {
         let ctx = ctx.clone();
         service_fn(move |req| {

@@ -39,6 +39,9 @@ pub const READY_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
 struct HttpContext {
     router: Arc<Router>,
     limits: Arc<ClientLimits>,
+    /// TLS on the port (`[tls]`), with the client port's settings: a client certificate is
+    /// verified when presented, and required with `client_cert_required`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves HTTP until `shutdown`, within `limits`: `http_connections_max` and
@@ -46,20 +49,26 @@ struct HttpContext {
 /// `http_body_bytes_max` (413); `handshake_timeout_ms` for a new connection's first byte,
 /// `idle_timeout_ms` between requests, `read_timeout_ms` for a request head from its first
 /// byte and again for its body from the head's end (408), `write_timeout_ms` for a
-/// response write that makes no progress.
+/// response write that makes no progress. With `tls`, every connection is HTTPS; its
+/// handshake must finish within `handshake_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     limits: Arc<ClientLimits>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(HttpContext { router, limits });
+    let ctx = Arc::new(HttpContext {
+        router,
+        limits,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+    });
     conn::accept_loop(listener, ctx, shutdown).await
 }
 
-/// Serves one connection over `stream` as [`serve`] serves each accepted socket, without
-/// the caps on connections: for callers that bring their own streams (the HTTP fuzz
-/// target feeds it an in-memory pipe).
+/// Serves one plaintext connection over `stream` as [`serve`] serves each accepted socket,
+/// without the caps on connections: for callers that bring their own streams (the HTTP
+/// fuzz target feeds it an in-memory pipe).
 pub async fn serve_stream<S>(
     stream: S,
     router: Arc<Router>,
@@ -68,7 +77,11 @@ pub async fn serve_stream<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(HttpContext { router, limits });
+    let ctx = Arc::new(HttpContext {
+        router,
+        limits,
+        tls: None,
+    });
     conn::serve_connection(stream, ctx, shutdown).await
 }
 

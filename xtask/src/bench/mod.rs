@@ -13,7 +13,7 @@
 //! filesystem) and are removed on exit, on failure too.
 
 mod baseline;
-mod cluster;
+pub(crate) mod cluster;
 mod core;
 mod log;
 mod net;

@@ -42,7 +42,7 @@
 
 mod etcd;
 mod load;
-mod procs;
+pub(crate) mod procs;
 mod restart;
 mod scrape;
 
