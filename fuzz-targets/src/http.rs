@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_node::auth::Auth;
+use raft_node::auth::{Auth, InternalClient};
 use raft_node::config::{NodeConfig, PeerConfig, StorageKind};
 use raft_node::http;
 use raft_node::limits::ClientLimits;
@@ -105,6 +105,8 @@ impl Node {
             Arc::new(Router::new(
                 node.handle.clone(),
                 Arc::new(auth),
+                // A single node never forwards.
+                &InternalClient::default(),
                 vec![node.client_addr.to_string()],
                 5_000,
             ))

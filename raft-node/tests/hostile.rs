@@ -230,7 +230,6 @@ fn a_huge_argument_array_is_refused() {
 }
 
 #[test]
-#[ignore = "waiting for limits: non-reading clients push RSS past +256 MiB (540 MiB)"]
 fn clients_that_never_read_are_cut_off() {
     let t = target(&[]);
     let big = vec![b'b'; 1 << 20];
@@ -263,7 +262,6 @@ fn clients_that_never_read_are_cut_off() {
 }
 
 #[test]
-#[ignore = "waiting for limits: 4,100 silent connections take every slot; a new client is reset"]
 fn silent_connections_lock_out_neither_clients_nor_status() {
     let t = target(&[]);
     // From five other loopback addresses, so that a per-source bound alone does not settle it.
