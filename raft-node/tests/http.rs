@@ -67,6 +67,8 @@ impl Node {
         let router = Arc::new(Router::new(
             node.handle.clone(),
             Arc::new(auth),
+            // One node: nothing is forwarded, so no login on peers is needed.
+            &raft_node::auth::InternalClient::default(),
             vec![node.client_addr.to_string()],
             5_000,
         ));

@@ -421,6 +421,9 @@ fn error_status(e: &NodeError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        // A forwarded write the leader refused: this node's own login failed there.
+        NodeError::Unauthenticated(_) => StatusCode::BAD_GATEWAY,
+        NodeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
     }
 }
 fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
