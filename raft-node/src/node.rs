@@ -314,6 +314,7 @@ impl RunningNode {
                 router,
                 Arc::new(config.limits.clone()),
                 tls.as_ref().map(|t| t.client_server.clone()),
+                http::REPLY_BYTES_IN_FLIGHT_MAX,
                 shutdown_rx,
             ));
         }
