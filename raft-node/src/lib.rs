@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod anti_entropy;
 pub mod auth;
 pub mod certs;

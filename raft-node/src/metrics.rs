@@ -94,6 +94,68 @@ pub struct Metrics {
     pub storage_write_block: Histogram,
     /// Time the runtime task spends in log compaction and snapshot installation.
     pub storage_compact_block: Histogram,
+    /// Client connections open on the client port.
+    pub client_connections: AtomicU64,
+    /// Client connections closed or refused by a limit, by [`DisconnectReason`].
+    pub client_disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+}
+
+/// Why the node closed (or refused) a client connection: the `reason` label of
+/// `raft_client_disconnects_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// No first byte (or TLS/AUTH) within `handshake_timeout_ms`.
+    HandshakeTimeout,
+    /// No request under way for `idle_timeout_ms`.
+    IdleTimeout,
+    /// A request started and not completed within `read_timeout_ms`.
+    ReadTimeout,
+    /// A reply not taken by the client within `write_timeout_ms`.
+    WriteTimeout,
+    /// Replies held for the client past `output_buffer_bytes_max`.
+    OutputBuffer,
+    /// Input held for the client past `query_buffer_bytes_max`.
+    QueryBuffer,
+    /// A malformed request or one past a request bound.
+    ProtocolError,
+    /// Closed while idle to make room for a new connection when every slot was taken.
+    Evicted,
+    /// Refused at accept: `connections_max` reached with nothing idle to close.
+    RefusedTotal,
+    /// Refused at accept: `connections_per_source_max` reached with nothing idle to close.
+    RefusedPerSource,
+}
+
+impl DisconnectReason {
+    /// Every reason, in the order of [`Metrics::client_disconnects`].
+    pub const ALL: [DisconnectReason; 10] = [
+        DisconnectReason::HandshakeTimeout,
+        DisconnectReason::IdleTimeout,
+        DisconnectReason::ReadTimeout,
+        DisconnectReason::WriteTimeout,
+        DisconnectReason::OutputBuffer,
+        DisconnectReason::QueryBuffer,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::Evicted,
+        DisconnectReason::RefusedTotal,
+        DisconnectReason::RefusedPerSource,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DisconnectReason::HandshakeTimeout => "handshake_timeout",
+            DisconnectReason::IdleTimeout => "idle_timeout",
+            DisconnectReason::ReadTimeout => "read_timeout",
+            DisconnectReason::WriteTimeout => "write_timeout",
+            DisconnectReason::OutputBuffer => "output_buffer",
+            DisconnectReason::QueryBuffer => "query_buffer",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::Evicted => "evicted",
+            DisconnectReason::RefusedTotal => "refused_total",
+            DisconnectReason::RefusedPerSource => "refused_per_source",
+        }
+    }
 }
 
 impl Metrics {
@@ -105,6 +167,24 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(gauge: &AtomicU64, v: u64) {
         gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection closed or refused for `reason`.
+    pub fn client_disconnect(&self, reason: DisconnectReason) {
+        let i = DisconnectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.client_disconnects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client connections closed or refused for `reason` so far.
+    pub fn client_disconnects_for(&self, reason: DisconnectReason) -> u64 {
+        let i = DisconnectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.client_disconnects[i].load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -287,6 +367,25 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "raft_replica_diverged{{node=\"{node_id}\",peer=\"{peer}\"}} {v}"
+            );
+        }
+        g(
+            &mut out,
+            "raft_client_connections",
+            "gauge",
+            "Client connections open on the client port.",
+            &self.client_connections,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raft_client_disconnects_total Client connections closed or refused by a limit.\n# TYPE raft_client_disconnects_total counter"
+        );
+        for (reason, v) in DisconnectReason::ALL.iter().zip(&self.client_disconnects) {
+            let _ = writeln!(
+                out,
+                "raft_client_disconnects_total{{node=\"{node_id}\",reason=\"{}\"}} {}",
+                reason.label(),
+                v.load(Ordering::Relaxed)
             );
         }
         self.proposal_latency.render(

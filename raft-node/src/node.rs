@@ -268,6 +268,13 @@ impl RunningNode {
             handle.clone(),
             router.clone(),
             Arc::new(config.limits.clone()),
+            config
+                .peers
+                .iter()
+                .flat_map(|p| [Some(p.addr), p.client_addr])
+                .flatten()
+                .map(|a| a.ip())
+                .collect(),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::anti_entropy::run(

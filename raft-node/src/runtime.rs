@@ -237,6 +237,21 @@ impl NodeHandle {
         })
     }
 
+    /// As [`NodeHandle::read`], leaving the answer to the caller: the machine's encoded
+    /// response, or a view to build it from when the caller is ready to hold it.
+    pub async fn read_answer(
+        &self,
+        op: Bytes,
+        linearizable: bool,
+    ) -> Result<ReadAnswer, NodeError> {
+        self.ask(|reply| Command::Read {
+            op,
+            linearizable,
+            reply,
+        })
+        .await?
+    }
+
     /// The state at an applied index at or after this call's read index (linearizable) or
     /// as this replica has it, for several reads at once; `None` if the machine has no view.
     pub async fn read_view(&self, linearizable: bool) -> Result<Option<ReadView>, NodeError> {

@@ -1,6 +1,16 @@
 //! The client port: the native protocol and RESP on one listener, told apart by the first
 //! byte (a native frame's length prefix starts with 0, a RESP request never does).
+//!
+//! Every connection is held to the bounds of [`ClientLimits`]: admission caps
+//! ([`crate::admission`]), a first byte within `handshake_timeout_ms`, `idle_timeout_ms`
+//! with no request under way, `read_timeout_ms` for a started request, `write_timeout_ms`
+//! for each reply, input held at most `query_buffer_bytes_max` and replies held at most
+//! `output_buffer_bytes_max`. Each close for a limit is counted in
+//! `raft_client_disconnects_total{reason}`.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,38 +18,77 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use raft_client::wire::{
-    KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame,
+    KvCommand, KvError, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame,
     BATCH_COMMANDS_MAX, FRAME_BYTES_MAX,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
-use crate::kv::log_command;
+use crate::admission::{Admission, Ticket};
+use crate::kv::{log_command, KvView};
 use crate::limits::ClientLimits;
-use crate::resp::{self, RespParser, Value};
+use crate::metrics::{DisconnectReason, Metrics};
+use crate::resp::{self, ParserLimits, RespParser, Value};
 use crate::router::Router;
-use crate::runtime::{AdminOp, NodeHandle};
+use crate::runtime::{AdminOp, NodeHandle, ReadAnswer};
 
-/// Client connections served at once; more are accepted and closed at once.
-pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 /// Requests of one connection being served at once (pipelining depth).
 /// Also the largest run of pipelined writes put into one batch entry.
 const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = BATCH_COMMANDS_MAX;
 /// A run of writes larger than this is proposed command by command instead of as one batch
 /// entry, which keeps forwarded frames and log entries small.
 const BATCH_BYTES_MAX: usize = 1 << 20;
+/// A RESP bulk reply at least this large is written from the stored value's bytes rather
+/// than copied into the connection's output buffer.
+const REPLY_COPY_BYTES_MAX: usize = 16 << 10;
+/// Bytes of small RESP replies gathered before they are written: one write for many.
+const REPLY_GATHER_BYTES: usize = 64 << 10;
+/// Spare room made in a connection's input buffer before each read.
+const READ_CHUNK_BYTES: usize = 16 << 10;
 
-/// Serves the client port until `shutdown`.
+/// What one connection needs besides the node: its place in the admission table, the
+/// limits, and where closes are counted.
+pub struct Conn {
+    ticket: Ticket,
+    limits: Arc<ClientLimits>,
+    metrics: Arc<Metrics>,
+}
+
+impl Conn {
+    /// A connection admitted with `ticket`.
+    pub fn new(ticket: Ticket, limits: Arc<ClientLimits>, metrics: Arc<Metrics>) -> Conn {
+        Conn {
+            ticket,
+            limits,
+            metrics,
+        }
+    }
+
+    fn close(&self, reason: DisconnectReason) {
+        tracing::debug!(reason = reason.label(), "closing a client connection");
+        self.metrics.client_disconnect(reason);
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+/// Serves the client port until `shutdown`. `nodes` are the cluster members' IP
+/// addresses, whose connections may take the reserved slots.
 pub async fn serve(
     listener: TcpListener,
     handle: NodeHandle,
     router: Arc<Router>,
-    _limits: Arc<ClientLimits>,
+    limits: Arc<ClientLimits>,
+    nodes: HashSet<IpAddr>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
+    let metrics = handle.metrics.clone();
+    let admission = Admission::new(limits.clone(), nodes, metrics.clone());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -49,17 +98,22 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many client connections; closing a new one");
-            continue;
+        let ticket = match admission.admit(remote.ip()) {
+            Ok(t) => t,
+            Err(reason) => {
+                tracing::warn!(%remote, reason = reason.label(), "client connection refused");
+                // Best effort, never waiting: Redis clients show this line.
+                let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let conn = Conn::new(ticket, limits.clone(), metrics.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, handle, router, shutdown).await;
+            serve_connection(stream, handle, router, conn, shutdown).await;
         });
     }
 }
@@ -71,81 +125,196 @@ pub async fn serve_connection<S>(
     mut stream: S,
     handle: NodeHandle,
     router: Arc<Router>,
+    conn: Conn,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut first = BytesMut::with_capacity(16 << 10);
-    match stream.read_buf(&mut first).await {
-        Ok(n) if n > 0 && first[0] == 0 => serve_native(stream, first, handle, shutdown).await,
-        Ok(n) if n > 0 => serve_resp(stream, first, router, shutdown).await,
+    let mut first = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let timeout = Conn::ms(conn.limits.handshake_timeout_ms);
+    let read = tokio::select! {
+        _ = conn.ticket.evicted() => return,
+        r = tokio::time::timeout(timeout, stream.read_buf(&mut first)) => r,
+    };
+    match read {
+        Err(_) => conn.close(DisconnectReason::HandshakeTimeout),
+        Ok(Ok(n)) if n > 0 && first[0] == 0 => {
+            serve_native(stream, first, handle, conn, shutdown).await
+        }
+        Ok(Ok(n)) if n > 0 => serve_resp(stream, first, router, conn, shutdown).await,
         _ => {}
     }
+}
+
+/// A reply to a native request with what it holds of the connection's budgets.
+struct NativeReply {
+    frame: ResponseFrame,
+    /// Bytes of the request, counted against `query_buffer_bytes_max` until answered.
+    request_bytes: usize,
+    /// Bytes of the reply counted in the connection's queued output.
+    reply_bytes: usize,
+}
+
+/// Bytes of replies a native connection holds and whether a reply was refused for it.
+#[derive(Default)]
+struct OutputBudget {
+    queued_bytes: AtomicUsize,
+    overflowed: AtomicBool,
 }
 
 async fn serve_native<S>(
     stream: S,
     received: BytesMut,
     handle: NodeHandle,
+    conn: Conn,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let limits = conn.limits.clone();
     let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(FRAME_BYTES_MAX)
+        .max_frame_length(FRAME_BYTES_MAX.min(limits.request_bytes_max))
         .new_codec();
     let mut parts = FramedParts::new::<Bytes>(stream, codec);
     parts.read_buf = received;
     let mut framed = Framed::from_parts(parts);
     let mut in_flight = FuturesOrdered::new();
+    let budget = Arc::new(OutputBudget::default());
+    let write_timeout = Conn::ms(limits.write_timeout_ms);
+    // Bytes of requests received and not yet answered.
+    let mut input_bytes = 0usize;
+    let mut idle_since = Instant::now();
+    let mut partial_since: Option<Instant> = None;
     loop {
+        if budget.overflowed.load(Ordering::Relaxed) {
+            conn.close(DisconnectReason::OutputBuffer);
+            return;
+        }
+        let waiting = in_flight.is_empty();
+        let partial = !framed.read_buffer().is_empty();
+        conn.ticket.set_busy(!waiting || partial);
+        let deadline = match (partial, partial_since) {
+            (_, Some(t)) => t + Conn::ms(limits.read_timeout_ms),
+            (true, None) => {
+                *partial_since.insert(Instant::now()) + Conn::ms(limits.read_timeout_ms)
+            }
+            (false, None) => idle_since + Conn::ms(limits.idle_timeout_ms),
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
-            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+            _ = conn.ticket.evicted() => return,
+            _ = tokio::time::sleep_until(deadline), if waiting => {
+                if partial_since.is_some() {
+                    conn.close(DisconnectReason::ReadTimeout);
+                    return;
+                }
+                if framed.read_buffer().is_empty() {
+                    conn.close(DisconnectReason::IdleTimeout);
+                    return;
+                }
+                // Bytes of a request came in while idle: the read timeout starts now.
+            }
+            Some(reply) = in_flight.next(), if !waiting => {
                 // Every reply already done goes out with this one: one write (and one
                 // wake-up of the client) for all of them rather than one each.
-                let mut reply: ResponseFrame = reply;
+                let mut reply: NativeReply = reply;
                 for _ in 0..CONNECTION_REQUESTS_IN_FLIGHT_MAX {
-                    let Ok(buf) = postcard::to_allocvec(&reply) else { return };
-                    if framed.feed(Bytes::from(buf)).await.is_err() {
-                        return;
+                    let Ok(buf) = postcard::to_allocvec(&reply.frame) else { return };
+                    input_bytes -= reply.request_bytes;
+                    let reply_bytes = reply.reply_bytes;
+                    drop(reply);
+                    match tokio::time::timeout(write_timeout, framed.feed(Bytes::from(buf))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            conn.close(DisconnectReason::WriteTimeout);
+                            return;
+                        }
                     }
+                    budget.queued_bytes.fetch_sub(reply_bytes, Ordering::Relaxed);
                     match in_flight.next().now_or_never() {
                         Some(Some(next)) => reply = next,
                         _ => break,
                     }
                 }
-                if SinkExt::<Bytes>::flush(&mut framed).await.is_err() {
-                    return;
+                match tokio::time::timeout(write_timeout, SinkExt::<Bytes>::flush(&mut framed)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        conn.close(DisconnectReason::WriteTimeout);
+                        return;
+                    }
                 }
+                idle_since = Instant::now();
             }
-            frame = framed.next(), if in_flight.len() < CONNECTION_REQUESTS_IN_FLIGHT_MAX => {
+            frame = framed.next(), if in_flight.len() < CONNECTION_REQUESTS_IN_FLIGHT_MAX
+                && input_bytes < limits.query_buffer_bytes_max => {
                 let buf = match frame {
                     Some(Ok(buf)) => buf,
                     // A malformed or oversized frame closes this connection only.
-                    Some(Err(_)) | None => return,
+                    Some(Err(_)) => {
+                        conn.close(DisconnectReason::ProtocolError);
+                        return;
+                    }
+                    None => return,
                 };
+                partial_since = None;
                 let Ok(req) = postcard::from_bytes::<RequestFrame>(&buf) else {
                     tracing::debug!("undecodable native request; closing the connection");
+                    conn.close(DisconnectReason::ProtocolError);
                     return;
                 };
+                let request_bytes = buf.len();
+                input_bytes += request_bytes;
                 let handle = handle.clone();
+                let budget = budget.clone();
+                let output_max = limits.output_buffer_bytes_max;
                 in_flight.push_back(async move {
-                    ResponseFrame { id: req.id, body: native_request(&handle, req.body).await }
+                    let (body, reply_bytes) =
+                        native_request(&handle, req.body, &budget, output_max).await;
+                    NativeReply {
+                        frame: ResponseFrame { id: req.id, body },
+                        request_bytes,
+                        reply_bytes,
+                    }
                 });
             }
         }
     }
 }
 
-async fn native_request(handle: &NodeHandle, request: Request) -> Response {
+/// Serves one native request; with the bytes of its reply counted in `budget` (a read
+/// whose reply would push the connection's queued output past `output_max` is not built,
+/// and the connection is closed).
+async fn native_request(
+    handle: &NodeHandle,
+    request: Request,
+    budget: &OutputBudget,
+    output_max: usize,
+) -> (Response, usize) {
     let result = match request {
         Request::Propose { session, op } => handle
             .propose(log_command(session, op))
             .await
             .map(Response::Applied),
         Request::Read { op, linearizable } => {
-            handle.read(op, linearizable).await.map(Response::Applied)
+            match handle.read_answer(op.clone(), linearizable).await {
+                Ok(answer) => {
+                    if budget.queued_bytes.load(Ordering::Relaxed) > output_max {
+                        budget.overflowed.store(true, Ordering::Relaxed);
+                        return (Response::Error(NodeError::Busy), 0);
+                    }
+                    let bytes = match answer {
+                        ReadAnswer::Bytes(b) => b,
+                        ReadAnswer::View(view) => view.query(&op),
+                    };
+                    budget
+                        .queued_bytes
+                        .fetch_add(bytes.len(), Ordering::Relaxed);
+                    return (Response::Applied(bytes.clone()), bytes.len());
+                }
+                Err(e) => Err(e),
+            }
         }
         Request::Status => handle.status().await.map(|s| Response::Status(Box::new(s))),
         Request::TransferLeader { to } => handle
@@ -165,20 +334,122 @@ async fn native_request(handle: &NodeHandle, request: Request) -> Response {
             .await
             .map(|()| Response::Done),
     };
-    result.unwrap_or_else(Response::Error)
+    (result.unwrap_or_else(Response::Error), 0)
+}
+
+/// Why a connection stops: the peer went away (or asked to), or a limit closed it.
+type Closed = Option<DisconnectReason>;
+
+/// A RESP connection's pending output: small replies gathered in one buffer, large bulk
+/// payloads kept as the stored bytes, written in order.
+struct RespOutput {
+    small: Vec<u8>,
+    pieces: Vec<Bytes>,
+    queued_bytes: usize,
+    bytes_max: usize,
+    write_timeout: Duration,
+}
+
+impl RespOutput {
+    fn new(limits: &ClientLimits) -> RespOutput {
+        RespOutput {
+            small: Vec::with_capacity(READ_CHUNK_BYTES),
+            pieces: Vec::new(),
+            queued_bytes: 0,
+            bytes_max: limits.output_buffer_bytes_max,
+            write_timeout: Conn::ms(limits.write_timeout_ms),
+        }
+    }
+
+    fn encode(&mut self, v: &Value) {
+        match v {
+            Value::Bulk(Some(b)) if b.len() >= REPLY_COPY_BYTES_MAX => {
+                self.small.extend(format!("${}\r\n", b.len()).as_bytes());
+                self.pieces
+                    .push(Bytes::from(std::mem::take(&mut self.small)));
+                self.pieces.push(b.clone());
+                self.small.extend_from_slice(b"\r\n");
+                self.queued_bytes += b.len();
+            }
+            Value::Array(items) => {
+                self.small
+                    .extend(format!("*{}\r\n", items.len()).as_bytes());
+                for item in items {
+                    self.encode(item);
+                }
+            }
+            other => other.write(&mut self.small),
+        }
+    }
+
+    /// Queues a reply; writes what is queued once it is large. Past `output_buffer_bytes_max`
+    /// the connection is closed.
+    async fn push<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        v: &Value,
+    ) -> Result<(), Closed> {
+        self.encode(v);
+        if self.queued_bytes + self.small.len() > self.bytes_max {
+            return Err(Some(DisconnectReason::OutputBuffer));
+        }
+        if !self.pieces.is_empty() || self.small.len() >= REPLY_GATHER_BYTES {
+            self.flush(stream).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Closed> {
+        let small = Bytes::from(std::mem::take(&mut self.small));
+        for piece in self.pieces.drain(..).chain(std::iter::once(small)) {
+            if piece.is_empty() {
+                continue;
+            }
+            match tokio::time::timeout(self.write_timeout, stream.write_all(&piece)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(None),
+                Err(_) => return Err(Some(DisconnectReason::WriteTimeout)),
+            }
+        }
+        self.queued_bytes = 0;
+        Ok(())
+    }
+}
+
+/// A command naming more keys than `request_keys_max` becomes its error reply.
+fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
+    let keys = match &parsed {
+        resp::Parsed::Kv(KvCommand::MSet { pairs }, _) => pairs.len(),
+        resp::Parsed::Kv(
+            KvCommand::MGet { keys } | KvCommand::Exists { keys } | KvCommand::Del { keys },
+            _,
+        ) => keys.len(),
+        _ => 0,
+    };
+    if keys <= max {
+        return parsed;
+    }
+    resp::Parsed::Reply(resp::kv_reply(KvResponse::Error(KvError::TooManyKeys {
+        keys: keys as u64,
+        max: max as u64,
+    })))
 }
 
 async fn serve_resp<S>(
     mut stream: S,
     mut buf: BytesMut,
     router: Arc<Router>,
+    conn: Conn,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut parser = RespParser::default();
+    let limits = conn.limits.clone();
+    let mut parser = RespParser::new(ParserLimits::from(&*limits));
     let lane = router.lane();
-    let mut out = Vec::with_capacity(16 << 10);
+    let mut out = RespOutput::new(&limits);
+    let mut idle_since = Instant::now();
+    let mut request_since: Option<Instant> = None;
     loop {
         // Every complete request already received is served together: the writes among them
         // reach the runtime back to back and are appended as one batch.
@@ -193,55 +464,68 @@ async fn serve_resp<S>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    out.clear();
-                    Value::Error(format!("ERR Protocol error: {e}")).write(&mut out);
-                    let _ = stream.write_all(&out).await;
+                    let _ = out
+                        .push(
+                            &mut stream,
+                            &Value::Error(format!("ERR Protocol error: {e}")),
+                        )
+                        .await;
+                    let _ = out.flush(&mut stream).await;
+                    conn.close(DisconnectReason::ProtocolError);
                     return;
                 }
             }
         }
         if !batch.is_empty() {
+            conn.ticket.set_busy(true);
+            request_since = None;
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            // Redis answers a connection's commands as if run one after another. Runs of
-            // writes (or of reads) are issued together, in order, which batches them into one
-            // append; a read waits for the writes before it, and a write for the reads.
-            let mut replies: Vec<Value> = Vec::with_capacity(batch.len());
-            let parsed: Vec<resp::Parsed> = batch.iter().map(|a| resp::to_command(a)).collect();
-            let mut parsed = parsed.into_iter().peekable();
-            while let Some(first) = parsed.next() {
-                let kind = first.is_write();
-                let mut run = vec![first];
-                while let Some(next) = parsed.next_if(|p| p.is_write() == kind) {
-                    run.push(next);
+            let served =
+                serve_resp_batch(&router, &mut stream, &mut out, batch, lane, &limits).await;
+            let served = match served {
+                Ok(()) => out.flush(&mut stream).await,
+                Err(e) => Err(e),
+            };
+            match served {
+                Ok(()) if !quit => {}
+                Ok(()) | Err(None) => return,
+                Err(Some(reason)) => {
+                    conn.close(reason);
+                    return;
                 }
-                if kind && run.len() > 1 && batchable(&run) {
-                    replies.extend(write_batch(&router, run, lane).await);
-                    continue;
-                }
-                let answers: Vec<Value> = run
-                    .into_iter()
-                    .map(|p| {
-                        let router = router.clone();
-                        async move { resp_command(&router, p, lane).await }
-                    })
-                    .collect::<FuturesOrdered<_>>()
-                    .collect()
-                    .await;
-                replies.extend(answers);
             }
-            out.clear();
-            for r in replies {
-                r.write(&mut out);
-            }
-            if stream.write_all(&out).await.is_err() || quit {
-                return;
-            }
+            idle_since = Instant::now();
             continue;
+        }
+        let held = buf.len() + parser.pending_bytes();
+        if held > limits.query_buffer_bytes_max {
+            conn.close(DisconnectReason::QueryBuffer);
+            return;
+        }
+        // Waiting for bytes: of a request under way (read timeout) or of the next one.
+        let partial = held > 0;
+        conn.ticket.set_busy(partial);
+        let deadline = if partial {
+            *request_since.get_or_insert_with(Instant::now) + Conn::ms(limits.read_timeout_ms)
+        } else {
+            idle_since + Conn::ms(limits.idle_timeout_ms)
+        };
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES {
+            buf.reserve(READ_CHUNK_BYTES);
         }
         let read = tokio::select! {
             _ = shutdown.changed() => return,
+            _ = conn.ticket.evicted() => return,
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.close(if partial {
+                    DisconnectReason::ReadTimeout
+                } else {
+                    DisconnectReason::IdleTimeout
+                });
+                return;
+            }
             r = stream.read_buf(&mut buf) => r,
         };
         match read {
@@ -249,6 +533,86 @@ async fn serve_resp<S>(
             Ok(_) => {}
         }
     }
+}
+
+/// Serves a batch of pipelined requests in order, writing each reply as it is made.
+///
+/// Redis answers a connection's commands as if run one after another. Runs of writes are
+/// issued together, in order, which batches them into one append; a run of reads is
+/// answered from one view of the state taken at a read index after they all arrived, one
+/// reply at a time, so the connection never holds more than one reply it has not written.
+async fn serve_resp_batch<S: AsyncWrite + Unpin>(
+    router: &Arc<Router>,
+    stream: &mut S,
+    out: &mut RespOutput,
+    batch: Vec<Vec<Bytes>>,
+    lane: usize,
+    limits: &ClientLimits,
+) -> Result<(), Closed> {
+    let parsed: Vec<resp::Parsed> = batch
+        .iter()
+        .map(|a| refuse_too_many_keys(resp::to_command(a), limits.request_keys_max))
+        .collect();
+    drop(batch);
+    let mut parsed = parsed.into_iter().peekable();
+    while let Some(first) = parsed.next() {
+        let kind = first.is_write();
+        let mut run = vec![first];
+        while let Some(next) = parsed.next_if(|p| p.is_write() == kind) {
+            run.push(next);
+        }
+        if !kind {
+            serve_reads(router, stream, out, run, lane).await?;
+            continue;
+        }
+        let replies: Vec<Value> = if run.len() > 1 && batchable(&run) {
+            write_batch(router, run, lane).await
+        } else {
+            run.into_iter()
+                .map(|p| {
+                    let router = router.clone();
+                    async move { resp_command(&router, p, lane).await }
+                })
+                .collect::<FuturesOrdered<_>>()
+                .collect()
+                .await
+        };
+        for r in &replies {
+            out.push(stream, r).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A run of reads: one view for all of them, each reply built when it is its turn.
+async fn serve_reads<S: AsyncWrite + Unpin>(
+    router: &Arc<Router>,
+    stream: &mut S,
+    out: &mut RespOutput,
+    run: Vec<resp::Parsed>,
+    lane: usize,
+) -> Result<(), Closed> {
+    let wants_view = run.iter().any(|p| matches!(p, resp::Parsed::Kv(..)));
+    let linearizable = run.iter().any(|p| matches!(p, resp::Parsed::Kv(_, true)));
+    let view = if wants_view {
+        Some(router.handle.read_view(linearizable).await)
+    } else {
+        None
+    };
+    for p in run {
+        let reply = match (&p, &view) {
+            (resp::Parsed::Kv(cmd, _), Some(Ok(Some(v)))) => {
+                match v.as_any().downcast_ref::<KvView>() {
+                    Some(kv) => resp::kv_reply(kv.read(cmd)),
+                    None => resp_command(router, p, lane).await,
+                }
+            }
+            (resp::Parsed::Kv(..), Some(Err(e))) => node_error(e.clone()),
+            _ => resp_command(router, p, lane).await,
+        };
+        out.push(stream, &reply).await?;
+    }
+    Ok(())
 }
 
 fn batchable(run: &[resp::Parsed]) -> bool {
