@@ -19,19 +19,23 @@
 
 #![warn(missing_docs)]
 
+pub mod tls;
 pub mod wire;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+pub use wire::Password;
 pub use wire::{
     AntiEntropyStatus, DigestInfo, DivergentReplica, KvCommand, KvError, KvResponse, NodeError,
     NodeId, NodeStatus, PeerInfo,
@@ -78,6 +82,30 @@ pub struct ClientConfig {
     pub attempts_max: u32,
     /// Pause before retrying after `Busy`, `Unavailable` or a connection error.
     pub retry_backoff_ms: u64,
+    /// Sent first on every new connection (`Request::Auth`), when the nodes require it.
+    pub credentials: Option<Credentials>,
+    /// TLS to the nodes (see [`tls::client_config_from_pem_files`]); plain TCP when `None`.
+    /// The node's certificate must name the host of the address dialled.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A user and password a [`Client`] logs in with on every connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user; `None` is the node's `default` user.
+    pub user: Option<String>,
+    /// The password (hidden from `Debug`).
+    pub password: Password,
+}
+
+impl Credentials {
+    /// `user` (or the `default` user) with `password`.
+    pub fn new(user: Option<&str>, password: impl Into<Bytes>) -> Credentials {
+        Credentials {
+            user: user.map(str::to_string),
+            password: Password(password.into()),
+        }
+    }
 }
 
 impl ClientConfig {
@@ -95,12 +123,20 @@ impl ClientConfig {
             attempt_timeout_ms: 3_000,
             attempts_max: 50,
             retry_backoff_ms: 50,
+            credentials: None,
+            tls: None,
         }
     }
 }
 
+/// A connection's byte stream: plain TCP or TLS over it.
+trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+type Connection = Framed<Box<dyn ByteStream>, LengthDelimitedCodec>;
+
 struct Inner {
-    conn: Option<(String, Framed<TcpStream, LengthDelimitedCodec>)>,
+    conn: Option<(String, Connection)>,
     /// Where to send next: the leader's address when known.
     target: Option<String>,
     next_addr: usize,
@@ -453,17 +489,14 @@ impl Client {
             .unwrap_or_else(|| self.config.addrs[inner.next_addr].clone());
         if inner.conn.as_ref().is_none_or(|(a, _)| *a != addr) {
             inner.conn = None;
-            let connect = TcpStream::connect(&addr);
             let limit = Duration::from_millis(self.config.connect_timeout_ms);
-            match tokio::time::timeout(limit, connect).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let codec = LengthDelimitedCodec::builder()
-                        .max_frame_length(FRAME_BYTES_MAX)
-                        .new_codec();
-                    inner.conn = Some((addr.clone(), Framed::new(stream, codec)));
+            match tokio::time::timeout(limit, self.connect(&addr, &mut inner.next_frame_id)).await {
+                Ok(Ok(conn)) => inner.conn = Some((addr.clone(), conn)),
+                // Wrong credentials: no other node will accept them either.
+                Ok(Err(ConnectError::Refused(e))) => {
+                    return Attempt::Done(Response::Error(e));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(ConnectError::Io(e))) => {
                     self.rotate(inner);
                     return Attempt::Retry {
                         reason: format!("connect {addr}: {e}"),
@@ -541,6 +574,62 @@ impl Client {
         }
     }
 
+    /// Opens a connection to `addr`: TCP, then TLS if configured, then `Auth` if
+    /// credentials are configured.
+    async fn connect(
+        &self,
+        addr: &str,
+        next_frame_id: &mut u64,
+    ) -> Result<Connection, ConnectError> {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn ByteStream> = match &self.config.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let name = tls::server_name(addr)?;
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                Box::new(connector.connect(name, tcp).await?)
+            }
+        };
+        let codec = LengthDelimitedCodec::builder()
+            .max_frame_length(FRAME_BYTES_MAX)
+            .new_codec();
+        let mut framed = Framed::new(stream, codec);
+        if let Some(c) = &self.config.credentials {
+            let id = *next_frame_id;
+            *next_frame_id += 1;
+            let frame = RequestFrame {
+                id,
+                body: Request::Auth {
+                    user: c.user.clone(),
+                    password: c.password.clone(),
+                },
+            };
+            let bytes = postcard::to_allocvec(&frame).map_err(std::io::Error::other)?;
+            framed.send(Bytes::from(bytes)).await?;
+            let reply = framed.next().await.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed during authentication",
+                )
+            })??;
+            let reply: ResponseFrame = postcard::from_bytes(&reply)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            match reply.body {
+                Response::Done if reply.id == id => {}
+                Response::Error(e) => return Err(ConnectError::Refused(e)),
+                other => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected answer to Auth: {other:?}"),
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(framed)
+    }
+
     fn judge(&self, inner: &mut Inner, response: Response) -> Attempt {
         match response {
             Response::Error(NodeError::NotLeader {
@@ -591,6 +680,20 @@ impl Client {
             }
             other => Attempt::Done(other),
         }
+    }
+}
+
+/// Why a connection could not be set up.
+enum ConnectError {
+    /// The node refused the credentials: final.
+    Refused(NodeError),
+    /// TCP, TLS or framing failed: another attempt (or node) may do better.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ConnectError {
+    fn from(e: std::io::Error) -> Self {
+        ConnectError::Io(e)
     }
 }
 

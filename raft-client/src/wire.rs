@@ -278,6 +278,26 @@ pub enum Request {
         /// The member.
         id: NodeId,
     },
+    /// Log this connection in as `user` (the `default` user when `None`); answered `Done`,
+    /// or `Unauthenticated`. Sent first on a connection to a node that requires credentials;
+    /// every later request on the connection has that user's role.
+    Auth {
+        /// The user.
+        user: Option<String>,
+        /// Their password.
+        password: Password,
+    },
+}
+
+/// A password on the wire; its bytes never appear in `Debug` output (logs, panics).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub Bytes);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 /// The answer to one [`RequestFrame`].
@@ -326,6 +346,12 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The connection has not authenticated (or its credentials were wrong).
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
+    /// The connection's user lacks the role this request needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// A node's view of the consensus state and of its log.

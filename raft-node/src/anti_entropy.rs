@@ -25,6 +25,7 @@ use raft_core::{Index, NodeId};
 use raft_snapshot::{compare_digests, DigestReport, DigestVerdict, StateDigest};
 use tokio::sync::watch;
 
+use crate::auth::InternalClient;
 use crate::metrics::Metrics;
 use crate::runtime::NodeHandle;
 
@@ -235,6 +236,7 @@ fn publish(metrics: &Metrics, monitor: &DivergenceMonitor) {
 pub async fn run(
     handle: NodeHandle,
     client_addrs: HashMap<NodeId, String>,
+    internal: InternalClient,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let clients: HashMap<NodeId, Client> = client_addrs
@@ -247,6 +249,7 @@ pub async fn run(
             config.attempt_timeout_ms = POLL_TIMEOUT_MS;
             config.connect_timeout_ms = POLL_TIMEOUT_MS;
             config.attempts_max = 1;
+            internal.apply(&mut config);
             (id, Client::new(config))
         })
         .collect();

@@ -344,6 +344,112 @@ impl Auth {
     }
 }
 
+/// How this node logs in on its peers' client ports (a follower forwarding writes, the
+/// leader polling status for anti-entropy).
+#[derive(Clone, Debug, Default)]
+pub struct InternalClient {
+    /// [`INTERNAL_USER`] with the internal password, when the nodes require credentials.
+    pub credentials: Option<raft_client::Credentials>,
+    /// TLS to the peers' client ports, presenting this node's certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl InternalClient {
+    /// The login `auth` gives this node: its internal password, if authentication is on;
+    /// and TLS with `tls` (which presents this node's certificate), if given.
+    pub fn new(auth: &Auth, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> InternalClient {
+        let credentials = match (auth.is_enabled(), auth.internal_password()) {
+            (true, Some(secret)) => Some(raft_client::Credentials::new(
+                Some(INTERNAL_USER),
+                secret.expose().to_vec(),
+            )),
+            _ => None,
+        };
+        InternalClient { credentials, tls }
+    }
+
+    /// Sets `config`'s credentials and TLS to these.
+    pub fn apply(&self, config: &mut raft_client::ClientConfig) {
+        config.credentials = self.credentials.clone();
+        config.tls = self.tls.clone();
+    }
+}
+
+/// Who a connection is when it presented a client certificate that the TLS handshake
+/// verified against the cluster's CA: one of the cluster's nodes (its certificate names a
+/// node of `cluster_id`) is [`INTERNAL_USER`]; a certificate whose subject's common name
+/// is a user of the auth file is that user, the certificate standing in for the password;
+/// anyone else starts as [`Session::new`] does (and may still log in with a password).
+pub fn certified_session(
+    auth: &Auth,
+    cert: &rustls::pki_types::CertificateDer<'_>,
+    cluster_id: u128,
+) -> Session {
+    if let Ok((cluster, _node)) = raft_net::tls::cert_node_identity(cert) {
+        if cluster == cluster_id {
+            return Session {
+                role: Some(INTERNAL_ROLE.max(auth.initial_role().unwrap_or(INTERNAL_ROLE))),
+                user: Some(INTERNAL_USER.to_string()),
+            };
+        }
+    }
+    let common_name = webpki::EndEntityCert::try_from(cert)
+        .ok()
+        .and_then(|c| subject_common_name(c.subject()));
+    match common_name.and_then(|cn| auth.role_of_certified_user(&cn).map(|r| (cn, r))) {
+        Some((user, role)) => Session {
+            role: Some(role),
+            user: Some(user),
+        },
+        None => Session::new(auth),
+    }
+}
+
+/// The first common name (OID 2.5.4.3) in a certificate subject's DER contents (the
+/// RDN sequence without its outer tag, as webpki hands it out).
+fn subject_common_name(subject: &[u8]) -> Option<String> {
+    /// One DER element: (tag, contents, rest).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = match first {
+            n if n < 0x80 => (usize::from(n), rest),
+            0x81 => (usize::from(*rest.first()?), &rest[1..]),
+            0x82 if rest.len() >= 2 => {
+                (usize::from(rest[0]) << 8 | usize::from(rest[1]), &rest[2..])
+            }
+            _ => return None,
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let mut rdns = subject;
+    while !rdns.is_empty() {
+        let (tag, set, rest) = element(rdns)?;
+        rdns = rest;
+        if tag != SET {
+            return None;
+        }
+        let mut attributes = set;
+        while !attributes.is_empty() {
+            let (tag, attribute, rest) = element(attributes)?;
+            attributes = rest;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = element(attribute)?;
+            if tag == OID && oid == COMMON_NAME {
+                let (_string_tag, text, _) = element(value)?;
+                return std::str::from_utf8(text).ok().map(str::to_string);
+            }
+        }
+    }
+    None
+}
+
 /// A connection's authentication state, the same for every protocol.
 #[derive(Clone, Debug)]
 pub struct Session {

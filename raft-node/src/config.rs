@@ -406,6 +406,56 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Protected mode (Redis' is the model): a node that any other host can reach must
+    /// have TLS and credentials, unless `insecure_allow_plaintext` says otherwise. Names the
+    /// first non-loopback listener and says how to fix it.
+    pub fn check_protected_mode(&self, credentials: bool, tls: bool) -> Result<(), ConfigError> {
+        if self.insecure_allow_plaintext || (credentials && tls) {
+            return Ok(());
+        }
+        let listeners = [
+            ("client_addr", self.client_listen_addr()),
+            ("peer_addr", self.peer_listen_addr()),
+            ("http_addr", self.http_addr),
+        ];
+        let Some((field, addr)) = listeners
+            .into_iter()
+            .find_map(|(f, a)| a.filter(|a| !a.ip().is_loopback()).map(|a| (f, a)))
+        else {
+            return Ok(());
+        };
+        let mut missing = Vec::new();
+        if !tls {
+            missing.push(
+                "TLS (create certificates with `raft-node certs` and give the node its \
+                 certificate directory)",
+            );
+        }
+        if !credentials {
+            missing.push(
+                "credentials (--auth-file FILE, auth_file in the config, \
+                 RAFT_NODE_AUTH_FILE or RAFT_NODE_PASSWORD)",
+            );
+        }
+        Err(ConfigError::new(
+            field,
+            format!(
+                "protected mode: {addr} is reachable from other hosts but the node has no {}. \
+                 Fix: listen on 127.0.0.1 only, or set up {}, or accept that anyone who \
+                 can reach it may read, write and change the cluster's membership with \
+                 --insecure-allow-plaintext (insecure_allow_plaintext = true)",
+                if missing.len() == 2 {
+                    "TLS and no credentials"
+                } else if tls {
+                    "credentials"
+                } else {
+                    "TLS"
+                },
+                missing.join(" and ")
+            ),
+        ))
+    }
+
     /// The raft-core settings this configuration gives.
     pub fn raft_config(&self) -> raft_core::Config {
         let mut raft = raft_core::Config::new(self.id);
@@ -487,6 +537,37 @@ addr = "127.0.0.1:7002"
         let text = base().replacen("id = 1\n", "id = 1\ndebug_corrupt_apply_at = 5\n", 1);
         let e = NodeConfig::from_toml(&text).unwrap_err();
         assert_eq!(e.field, "debug_corrupt_apply_at", "{e}");
+    }
+
+    #[test]
+    fn protected_mode_refuses_open_listeners_without_tls_and_credentials() {
+        let local = NodeConfig::from_toml(&base()).unwrap();
+        local.check_protected_mode(false, false).unwrap();
+        let open = base().replace("127.0.0.1:6001", "0.0.0.0:6001");
+        let mut cfg = NodeConfig::from_toml(&open).unwrap();
+        let e = cfg.check_protected_mode(false, false).unwrap_err();
+        assert_eq!(e.field, "client_addr");
+        for hint in [
+            "0.0.0.0:6001",
+            "127.0.0.1",
+            "--auth-file",
+            "raft-node certs",
+            "--insecure-allow-plaintext",
+        ] {
+            assert!(e.message.contains(hint), "{e} should mention {hint}");
+        }
+        let e = cfg.check_protected_mode(true, false).unwrap_err();
+        assert!(!e.message.contains("--auth-file"), "{e}");
+        assert!(cfg.check_protected_mode(false, true).is_err());
+        cfg.check_protected_mode(true, true).unwrap();
+        cfg.insecure_allow_plaintext = true;
+        cfg.check_protected_mode(false, false).unwrap();
+        let http = base().replacen("id = 1\n", "id = 1\nhttp_addr = \"10.0.0.5:8001\"\n", 1);
+        let e = NodeConfig::from_toml(&http)
+            .unwrap()
+            .check_protected_mode(false, false)
+            .unwrap_err();
+        assert_eq!(e.field, "http_addr", "{e}");
     }
 
     #[test]

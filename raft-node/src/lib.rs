@@ -7,7 +7,8 @@
 //! - [`store`] and [`transport`]: the seams where the disk log and the network plug in;
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
-//! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces.
+//! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces; [`session`]: the
+//!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
 //! - [`anti_entropy`]: state digests at fixed indexes, compared by the leader.
 //! - [`membership_check`]: the leader's rules for safe membership changes.
@@ -36,6 +37,7 @@ pub mod resp;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod store_log;
 pub mod tls;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use raft_client::{Client, ClientConfig, NodeStatus};
+use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
 use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
@@ -37,6 +37,8 @@ enum Cmd {
         /// Client address of the node to ask (host:port).
         #[arg(long)]
         addr: String,
+        #[command(flatten)]
+        login: LoginArgs,
     },
     /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
     /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
@@ -55,9 +57,33 @@ enum Cmd {
         /// Client address of any node (host:port).
         #[arg(long)]
         addr: String,
+        #[command(flatten)]
+        login: LoginArgs,
         #[command(subcommand)]
         op: AdminCmd,
     },
+}
+
+/// How `status` and `admin` reach a node that requires TLS or credentials. The password
+/// is never a flag (`ps` would show it): it comes from RAFT_NODE_PASSWORD or a file.
+#[derive(clap::Args, Debug)]
+struct LoginArgs {
+    /// User to log in as [default: RAFT_NODE_USER, else the `default` user].
+    #[arg(long)]
+    user: Option<String>,
+    /// File whose first line is the password [default: RAFT_NODE_PASSWORD if set, else no
+    /// login].
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Connect with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present over TLS; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -501,10 +527,38 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
     Ok(())
 }
 
-async fn admin_client(addr: String) -> Client {
+fn admin_client(addr: String, login: &LoginArgs) -> Result<Client, String> {
     let mut config = ClientConfig::new([addr]);
     config.request_timeout_ms = 5_000;
-    Client::new(config)
+    let password = match &login.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => std::env::var(raft_node::auth::ENV_PASSWORD)
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    let user = login.user.clone().or_else(|| {
+        std::env::var("RAFT_NODE_USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+    });
+    if let Some(password) = password {
+        config.credentials = Some(Credentials::new(user.as_deref(), password.into_bytes()));
+    }
+    if login.tls_cert.is_some() && login.tls_ca.is_none() {
+        return Err("--tls-cert needs --tls-ca (the CA that signed the node's certificate)".into());
+    }
+    if let Some(ca) = &login.tls_ca {
+        let cert_key = login.tls_cert.as_deref().zip(login.tls_key.as_deref());
+        config.tls = Some(
+            raft_client::tls::client_config_from_pem_files(ca, cert_key)
+                .map_err(|e| format!("--tls-ca: {e}"))?,
+        );
+    }
+    Ok(Client::new(config))
 }
 
 fn main() -> ExitCode {
@@ -578,8 +632,8 @@ fn main() -> ExitCode {
                 let signals = signals.as_mut().expect("installed for dev");
                 dev(args, signals).await.map_err(|e| e.to_string())
             }
-            Cmd::Status { addr } => {
-                let client = admin_client(addr).await;
+            Cmd::Status { addr, login } => {
+                let client = admin_client(addr, &login)?;
                 let status = client.status().await.map_err(|e| e.to_string())?;
                 print_status(&status);
                 Ok(())
@@ -589,8 +643,8 @@ fn main() -> ExitCode {
                 print!("{report}");
                 Ok(())
             }
-            Cmd::Admin { addr, op } => {
-                let client = admin_client(addr).await;
+            Cmd::Admin { addr, login, op } => {
+                let client = admin_client(addr, &login)?;
                 let r = match op {
                     AdminCmd::TransferLeader { id } => client.transfer_leader(id).await,
                     AdminCmd::AddLearner { id } => client.add_learner(id).await,

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, InternalClient, ENV_INTERNAL_PASSWORD};
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -193,6 +193,29 @@ impl RunningNode {
                 .map_err(|e| ConfigError::new("auth_file", e.0))?,
         );
         let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
+        config.check_protected_mode(auth.is_enabled(), tls.is_some())?;
+        // Nodes log in on each other's client ports with their certificate (TLS) or the
+        // internal password.
+        let internal = InternalClient::new(&auth, tls.as_ref().map(|t| t.client.clone()));
+        if auth.is_enabled()
+            && internal.credentials.is_none()
+            && tls.is_none()
+            && config.peers.len() > 1
+        {
+            return Err(ConfigError::new(
+                "auth_file",
+                format!(
+                    "users are configured but the nodes have no credential for each other \
+                     (a follower forwards writes to the leader's client port): set \
+                     internal_password in the auth file, or {ENV_INTERNAL_PASSWORD}, the same \
+                     on every node, or give the nodes TLS certificates ([tls])"
+                ),
+            ));
+        }
+        let client_tls = tls.as_ref().map(|t| server::ClientTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.client_server.clone()),
+            cluster_id: t.identity.0,
+        });
         let lock = DirLock::acquire(&config.data_dir)?;
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
@@ -260,6 +283,7 @@ impl RunningNode {
         let router = Arc::new(Router::new(
             handle.clone(),
             auth.clone(),
+            &internal,
             forward_addrs,
             config.request_timeout_ms,
         ));
@@ -275,11 +299,13 @@ impl RunningNode {
                 .flatten()
                 .map(|a| a.ip())
                 .collect(),
+            client_tls,
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::anti_entropy::run(
             handle.clone(),
             client_addrs.clone(),
+            internal,
             shutdown_rx.clone(),
         ));
         if let Some(l) = http_listener {
@@ -288,6 +314,7 @@ impl RunningNode {
                 router,
                 Arc::new(config.limits.clone()),
                 tls.as_ref().map(|t| t.client_server.clone()),
+                http::REPLY_BYTES_IN_FLIGHT_MAX,
                 shutdown_rx,
             ));
         }

@@ -379,10 +379,9 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
         ("ECHO", 1) => Parsed::Reply(Value::Bulk(Some(rest[0].clone()))),
         ("QUIT", _) => Parsed::Reply(Value::Simple("OK".into())),
         ("SELECT", 1) if rest[0].as_ref() == b"0" => Parsed::Reply(Value::Simple("OK".into())),
-        // Tools probe these on connect (redis-cli's COMMAND DOCS, redis-benchmark's CONFIG
-        // GET); an empty answer tells them there is nothing to learn.
-        ("COMMAND", _) | ("CONFIG", _) => Parsed::Reply(Value::Array(Vec::new())),
-        ("CLIENT", _) => Parsed::Reply(Value::Simple("OK".into())),
+        // redis-cli probes COMMAND DOCS on connect; an empty answer tells it there is
+        // nothing to learn. (CONFIG, CLIENT, AUTH and HELLO are the session's: `session.rs`.)
+        ("COMMAND", _) => Parsed::Reply(Value::Array(Vec::new())),
         ("INFO", _) => Parsed::Info,
         ("LEADER", 0) => Parsed::Leader,
         ("GET", 1) => kv(KvCommand::Get {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
 use raft_client::{Client, ClientConfig, ClientError};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, InternalClient};
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
 
@@ -33,14 +33,16 @@ const FORWARDERS_MAX: usize = 8;
 impl Router {
     /// A router for `handle`, forwarding through a client that knows `addrs` (every node's
     /// client address) and gives up after `request_timeout_ms`; it logs in on the leader
-    /// with `auth`'s internal password.
+    /// as `internal` says. `auth` is what this node's own clients are checked against.
     pub fn new(
         handle: NodeHandle,
         auth: Arc<Auth>,
+        internal: &InternalClient,
         addrs: Vec<String>,
         request_timeout_ms: u64,
     ) -> Router {
         let mut config = ClientConfig::new(addrs);
+        internal.apply(&mut config);
         config.request_timeout_ms = request_timeout_ms;
         config.attempt_timeout_ms = request_timeout_ms;
         Router {

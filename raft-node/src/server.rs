@@ -28,12 +28,14 @@ use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
 use crate::admission::{Admission, Ticket};
+use crate::auth::{certified_session, Auth, Session};
 use crate::kv::{log_command, KvView};
 use crate::limits::ClientLimits;
 use crate::metrics::{DisconnectReason, Metrics};
 use crate::resp::{self, ParserLimits, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle, ReadAnswer};
+use crate::session::{native_gate, RespSession};
 
 /// Requests of one connection being served at once (pipelining depth).
 /// Also the largest run of pipelined writes put into one batch entry.
@@ -77,6 +79,16 @@ impl Conn {
     }
 }
 
+/// TLS on the client port: the acceptor, and the cluster whose node certificates count as
+/// the cluster's own nodes.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Accepts clients (a client certificate optional unless configured as required).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// This node's cluster, as its certificate names it.
+    pub cluster_id: u128,
+}
+
 /// Serves the client port until `shutdown`. `nodes` are the cluster members' IP
 /// addresses, whose connections may take the reserved slots.
 pub async fn serve(
@@ -85,6 +97,7 @@ pub async fn serve(
     router: Arc<Router>,
     limits: Arc<ClientLimits>,
     nodes: HashSet<IpAddr>,
+    tls: Option<ClientTls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let metrics = handle.metrics.clone();
@@ -112,17 +125,46 @@ pub async fn serve(
         let router = router.clone();
         let shutdown = shutdown.clone();
         let conn = Conn::new(ticket, limits.clone(), metrics.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, handle, router, conn, shutdown).await;
+            let Some(tls) = tls else {
+                let session = Session::new(&router.auth);
+                serve_connection(stream, session, handle, router, conn, shutdown).await;
+                return;
+            };
+            let timeout = Conn::ms(conn.limits.handshake_timeout_ms);
+            let accepted = tokio::select! {
+                _ = conn.ticket.evicted() => return,
+                r = tokio::time::timeout(timeout, tls.acceptor.accept(stream)) => r,
+            };
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, "client TLS handshake failed: {e}");
+                    conn.close(DisconnectReason::ProtocolError);
+                    return;
+                }
+                Err(_) => {
+                    conn.close(DisconnectReason::HandshakeTimeout);
+                    return;
+                }
+            };
+            let session = match stream.get_ref().1.peer_certificates() {
+                Some([cert, ..]) => certified_session(&router.auth, cert, tls.cluster_id),
+                _ => Session::new(&router.auth),
+            };
+            serve_connection(stream, session, handle, router, conn, shutdown).await;
         });
     }
 }
 
 /// Serves one client connection over any byte stream (plain TCP, or TLS once decrypted).
 /// The protocol is told by the first byte: a native frame's length prefix starts with 0.
-/// The bytes read to see it are handed on as the start of the protocol's input.
+/// The bytes read to see it are handed on as the start of the protocol's input. `session`
+/// is who the connection is before it logs in (see [`Session::new`]).
 pub async fn serve_connection<S>(
     mut stream: S,
+    session: Session,
     handle: NodeHandle,
     router: Arc<Router>,
     conn: Conn,
@@ -139,9 +181,13 @@ pub async fn serve_connection<S>(
     match read {
         Err(_) => conn.close(DisconnectReason::HandshakeTimeout),
         Ok(Ok(n)) if n > 0 && first[0] == 0 => {
-            serve_native(stream, first, handle, conn, shutdown).await
+            let auth = router.auth.clone();
+            serve_native(stream, first, (auth, session), handle, conn, shutdown).await
         }
-        Ok(Ok(n)) if n > 0 => serve_resp(stream, first, router, conn, shutdown).await,
+        Ok(Ok(n)) if n > 0 => {
+            let session = RespSession::new(router.auth.clone(), session);
+            serve_resp(stream, first, session, router, conn, shutdown).await
+        }
         _ => {}
     }
 }
@@ -165,6 +211,7 @@ struct OutputBudget {
 async fn serve_native<S>(
     stream: S,
     received: BytesMut,
+    (auth, mut session): (Arc<Auth>, Session),
     handle: NodeHandle,
     conn: Conn,
     mut shutdown: watch::Receiver<bool>,
@@ -266,12 +313,17 @@ async fn serve_native<S>(
                 };
                 let request_bytes = buf.len();
                 input_bytes += request_bytes;
+                // Checked in arrival order: an Auth applies to the requests after it.
+                let verdict = native_gate(&auth, &mut session, &req.body);
                 let handle = handle.clone();
                 let budget = budget.clone();
                 let output_max = limits.output_buffer_bytes_max;
                 in_flight.push_back(async move {
-                    let (body, reply_bytes) =
-                        native_request(&handle, req.body, &budget, output_max).await;
+                    let (body, reply_bytes) = match verdict {
+                        Ok(true) => native_request(&handle, req.body, &budget, output_max).await,
+                        Ok(false) => (Response::Done, 0),
+                        Err(e) => (Response::Error(e), 0),
+                    };
                     NativeReply {
                         frame: ResponseFrame { id: req.id, body },
                         request_bytes,
@@ -333,6 +385,8 @@ async fn native_request(
             .admin(AdminOp::Remove(id))
             .await
             .map(|()| Response::Done),
+        // Answered by the gate before it gets here.
+        Request::Auth { .. } => Ok(Response::Done),
     };
     (result.unwrap_or_else(Response::Error), 0)
 }
@@ -399,20 +453,33 @@ impl RespOutput {
         Ok(())
     }
 
+    /// Writes the large pieces, then the small bytes gathered after the last of them (kept
+    /// in the same buffer, whose capacity is reused).
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Closed> {
-        let small = Bytes::from(std::mem::take(&mut self.small));
-        for piece in self.pieces.drain(..).chain(std::iter::once(small)) {
-            if piece.is_empty() {
-                continue;
+        for piece in std::mem::take(&mut self.pieces) {
+            if !piece.is_empty() {
+                write_timed(stream, &piece, self.write_timeout).await?;
             }
-            match tokio::time::timeout(self.write_timeout, stream.write_all(&piece)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(None),
-                Err(_) => return Err(Some(DisconnectReason::WriteTimeout)),
-            }
+        }
+        if !self.small.is_empty() {
+            write_timed(stream, &self.small, self.write_timeout).await?;
+            self.small.clear();
         }
         self.queued_bytes = 0;
         Ok(())
+    }
+}
+
+/// Writes `bytes` whole within `timeout`.
+async fn write_timed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Closed> {
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(DisconnectReason::WriteTimeout)),
     }
 }
 
@@ -438,6 +505,7 @@ fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
 async fn serve_resp<S>(
     mut stream: S,
     mut buf: BytesMut,
+    mut session: RespSession,
     router: Arc<Router>,
     conn: Conn,
     mut shutdown: watch::Receiver<bool>,
@@ -482,8 +550,16 @@ async fn serve_resp<S>(
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            let served =
-                serve_resp_batch(&router, &mut stream, &mut out, batch, lane, &limits).await;
+            let served = serve_resp_batch(
+                &router,
+                &mut session,
+                &mut stream,
+                &mut out,
+                batch,
+                lane,
+                &limits,
+            )
+            .await;
             let served = match served {
                 Ok(()) => out.flush(&mut stream).await,
                 Err(e) => Err(e),
@@ -543,6 +619,7 @@ async fn serve_resp<S>(
 /// reply at a time, so the connection never holds more than one reply it has not written.
 async fn serve_resp_batch<S: AsyncWrite + Unpin>(
     router: &Arc<Router>,
+    session: &mut RespSession,
     stream: &mut S,
     out: &mut RespOutput,
     batch: Vec<Vec<Bytes>>,
@@ -551,7 +628,7 @@ async fn serve_resp_batch<S: AsyncWrite + Unpin>(
 ) -> Result<(), Closed> {
     let parsed: Vec<resp::Parsed> = batch
         .iter()
-        .map(|a| refuse_too_many_keys(resp::to_command(a), limits.request_keys_max))
+        .map(|a| refuse_too_many_keys(session.command(a), limits.request_keys_max))
         .collect();
     drop(batch);
     let mut parsed = parsed.into_iter().peekable();
@@ -663,6 +740,8 @@ fn node_error(e: NodeError) -> Value {
         )),
         NodeError::ShuttingDown => Value::Error("SHUTDOWN node is shutting down".into()),
         NodeError::Invalid(m) => Value::Error(format!("ERR {m}")),
+        NodeError::Unauthenticated(m) => Value::Error(format!("NOAUTH {m}")),
+        NodeError::PermissionDenied(m) => Value::Error(format!("NOPERM {m}")),
     }
 }
 

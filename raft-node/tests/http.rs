@@ -40,6 +40,11 @@ impl Node {
         Node::start_member(limits, 1, Auth::disabled(), None).await
     }
 
+    /// Alone, with a budget of `reply_bytes` for responses not yet taken by their clients.
+    async fn start_with_reply_budget(limits: ClientLimits, reply_bytes: usize) -> Node {
+        Node::start_full(limits, 1, Auth::disabled(), None, reply_bytes).await
+    }
+
     /// Node 1 of a cluster of `members` voters (the others are never started), its HTTP
     /// port checking credentials against `auth`, over TLS with `tls`.
     async fn start_member(
@@ -47,6 +52,17 @@ impl Node {
         members: u64,
         auth: Auth,
         tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Node {
+        let reply_bytes = http::REPLY_BYTES_IN_FLIGHT_MAX;
+        Node::start_full(limits, members, auth, tls, reply_bytes).await
+    }
+
+    async fn start_full(
+        limits: ClientLimits,
+        members: u64,
+        auth: Auth,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        reply_bytes: usize,
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
@@ -67,6 +83,8 @@ impl Node {
         let router = Arc::new(Router::new(
             node.handle.clone(),
             Arc::new(auth),
+            // One node: nothing is forwarded, so no login on peers is needed.
+            &raft_node::auth::InternalClient::default(),
             vec![node.client_addr.to_string()],
             5_000,
         ));
@@ -76,6 +94,7 @@ impl Node {
             router,
             Arc::new(limits),
             tls,
+            reply_bytes,
             stop_rx,
         ));
         Node {
@@ -529,11 +548,14 @@ fn rss_bytes() -> u64 {
 async fn clients_that_never_read_are_disconnected() {
     const CLIENTS: usize = 50;
     const VALUE_BYTES: usize = 4 << 20;
+    // Room for 16 of the 50 responses at once; the others get 503 at once. The write
+    // timeout is long enough for all 50 requests to arrive before budget is freed.
+    const REPLY_BUDGET_BYTES: usize = 16 * VALUE_BYTES;
     let limits = ClientLimits {
-        write_timeout_ms: 500,
+        write_timeout_ms: 3_000,
         ..ClientLimits::default()
     };
-    let n = Node::start(limits).await;
+    let n = Node::start_with_reply_budget(limits, REPLY_BUDGET_BYTES).await;
     n.ready().await;
     let value = vec![b'v'; VALUE_BYTES];
     let mut put =
@@ -554,28 +576,52 @@ async fn clients_that_never_read_are_disconnected() {
             .unwrap();
         idle_readers.push(s);
     }
-    // Let every response reach the point where the client's window is full.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Let the budget fill and the responses stall against the clients' windows.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let rss_peak = rss_bytes();
 
     // Meanwhile others are served.
     let other = get_value(n.http, "missing").await;
     assert_eq!(other.status, 404);
+    // Reading a stalled connection would let its write go on, so wait until every one of
+    // them has been cut off before looking.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
 
-    // Every one of them was closed: reading now finds the end well before 4 MiB.
+    // Each was either refused for lack of budget (503) or cut off by the write timeout
+    // before the whole value went out; either way the server closed or answered it.
+    let (mut refused, mut cut) = (0, 0);
     for s in &mut idle_readers {
-        let mut got = 0usize;
+        let mut got = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
         let closed = loop {
             match tokio::time::timeout(ANSWER_TIMEOUT, s.read(&mut chunk)).await {
                 Err(_) => break false,
                 Ok(Ok(0)) | Ok(Err(_)) => break true,
-                Ok(Ok(k)) => got += k,
+                Ok(Ok(k)) => {
+                    got.extend_from_slice(&chunk[..k]);
+                    if got.starts_with(b"HTTP/1.1 503") && got.ends_with(b"retry\n") {
+                        break true;
+                    }
+                }
             }
         };
-        assert!(closed, "a non-reading client was never disconnected");
-        assert!(got < VALUE_BYTES, "the whole value went out ({got} bytes)");
+        assert!(
+            closed,
+            "a non-reading client was neither refused nor disconnected"
+        );
+        if got.starts_with(b"HTTP/1.1 503") {
+            refused += 1;
+        } else {
+            assert!(
+                got.len() < VALUE_BYTES,
+                "the whole value went out ({} bytes)",
+                got.len()
+            );
+            cut += 1;
+        }
     }
+    assert!(cut >= 16 && refused > 0, "{cut} cut off, {refused} refused");
+    assert_eq!(cut + refused, CLIENTS);
     let metrics = request(n.http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let text = String::from_utf8_lossy(&metrics.body);
     let timeouts: u64 = text
@@ -583,9 +629,13 @@ async fn clients_that_never_read_are_disconnected() {
         .find_map(|l| l.strip_prefix("raft_http_timeouts_total{node=\"1\"} "))
         .and_then(|v| v.parse().ok())
         .unwrap();
-    assert!(timeouts >= CLIENTS as u64, "{timeouts} timeouts");
+    assert!(timeouts >= cut as u64, "{timeouts} timeouts");
+    // The budget came back: the value is served again.
+    let again = get_value(n.http, "big").await;
+    assert_eq!((again.status, again.body.len()), (200, VALUE_BYTES));
     eprintln!(
-        "RSS before {} MiB, with {CLIENTS} stalled readers {} MiB, after {} MiB",
+        "RSS before {} MiB, with {CLIENTS} stalled readers {} MiB, after {} MiB; \
+         {cut} cut off by the write timeout, {refused} refused",
         rss_before >> 20,
         rss_peak >> 20,
         rss_bytes() >> 20

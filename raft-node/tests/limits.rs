@@ -379,3 +379,53 @@ async fn clients_that_do_not_read_their_replies_are_disconnected() {
     node.assert_serving().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_clients_that_do_not_read_are_cut_off_too() {
+    use raft_client::wire::{KvCommand, Request, RequestFrame};
+    let node = Node::start("write_timeout_ms = 500\noutput_buffer_bytes_max = 8388608").await;
+    node.client().set("big", vec![b'b'; 4 << 20]).await.unwrap();
+    let before = rss_bytes();
+    let get = KvCommand::Get { key: "big".into() }.encode();
+    let mut pipeline = Vec::new();
+    for id in 0..64u64 {
+        let frame = postcard::to_allocvec(&RequestFrame {
+            id,
+            body: Request::Read {
+                op: get.clone(),
+                linearizable: true,
+            },
+        })
+        .unwrap();
+        pipeline.extend((frame.len() as u32).to_be_bytes());
+        pipeline.extend(frame);
+    }
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut s = node.connect().await;
+        s.write_all(&pipeline).await.unwrap();
+        conns.push(s);
+    }
+    let cut = || {
+        node.disconnects(DisconnectReason::WriteTimeout)
+            + node.disconnects(DisconnectReason::OutputBuffer)
+    };
+    let deadline = Instant::now() + WAIT;
+    while cut() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "non-reading native clients still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "native: RSS before {} MiB, grown by {} MiB",
+        before >> 20,
+        grown >> 20
+    );
+    assert!(grown < 256 << 20, "RSS grew by {} MiB", grown >> 20);
+    drop(conns);
+    node.assert_serving().await;
+    node.stop().await;
+}

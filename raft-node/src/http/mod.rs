@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use raft_client::wire::{KvCommand, KvResponse, NodeError};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Role;
 use crate::limits::ClientLimits;
@@ -42,7 +42,18 @@ struct HttpContext {
     /// TLS on the port (`[tls]`), with the client port's settings: a client certificate is
     /// verified when presented, and required with `client_cert_required`.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// KiB of response bodies hyper holds for clients that have not taken them yet.
+    reply_budget: Arc<Semaphore>,
+    reply_budget_kib: usize,
 }
+
+/// Bytes of response bodies, across all HTTP connections, that a node holds for clients
+/// that have not taken them yet. A client that does not read holds its response until
+/// `write_timeout_ms` cuts it off; past this budget new large responses get 503.
+pub const REPLY_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
+/// Bodies up to this size need no share of the budget (status pages, errors, small values):
+/// the connection cap already bounds them.
+const REPLY_BYTES_UNBUDGETED_MAX: usize = 64 << 10;
 
 /// Serves HTTP until `shutdown`, within `limits`: `http_connections_max` and
 /// `connections_per_source_max` connections (503 past either), `http_head_bytes_max` (431),
@@ -50,27 +61,40 @@ struct HttpContext {
 /// `idle_timeout_ms` between requests, `read_timeout_ms` for a request head from its first
 /// byte and again for its body from the head's end (408), `write_timeout_ms` for a
 /// response write that makes no progress. With `tls`, every connection is HTTPS; its
-/// handshake must finish within `handshake_timeout_ms`.
+/// handshake must finish within `handshake_timeout_ms`. Response bodies not yet taken by
+/// their clients hold at most `reply_bytes_in_flight_max` bytes in all
+/// ([`REPLY_BYTES_IN_FLIGHT_MAX`] in a node).
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     limits: Arc<ClientLimits>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    reply_bytes_in_flight_max: usize,
     shutdown: watch::Receiver<bool>,
 ) {
+    let reply_budget_kib = (reply_bytes_in_flight_max / 1024).clamp(1, Semaphore::MAX_PERMITS);
     let ctx = Arc::new(HttpContext {
         router,
         limits,
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        reply_budget: Arc::new(Semaphore::new(reply_budget_kib)),
+        reply_budget_kib,
     });
     conn::accept_loop(listener, ctx, shutdown).await
 }
 
-/// A response body that tells the connection's timeouts when hyper is done with it.
+/// A response body, handed to hyper a slice at a time: hyper asks for the next slice only
+/// when its write buffer has room, so this body (with its share of the reply budget and
+/// the connection's request mark) lives until the client has taken all but the last slices.
 struct Reply {
-    body: Full<Bytes>,
+    rest: Bytes,
     _guard: RequestGuard,
+    /// This body's share of the node's reply budget, given back when hyper drops it.
+    _budget: Option<OwnedSemaphorePermit>,
 }
+
+/// Bytes of a response body handed to hyper at once.
+const REPLY_SLICE_BYTES: usize = 64 << 10;
 
 impl Body for Reply {
     type Data = Bytes;
@@ -78,17 +102,21 @@ impl Body for Reply {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(REPLY_SLICE_BYTES);
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -158,6 +186,24 @@ impl Route {
     }
 }
 
+/// Takes `bytes` of the node's budget of response bytes not yet taken by their clients:
+/// `Some(None)` for a small body (up to `REPLY_BYTES_UNBUDGETED_MAX`, which the connection
+/// cap bounds), `None` if the budget is spent. It does not wait for budget: waiting would
+/// hold the body it is for.
+fn reserve_reply(ctx: &HttpContext, bytes: usize) -> Option<Option<OwnedSemaphorePermit>> {
+    if bytes <= REPLY_BYTES_UNBUDGETED_MAX {
+        return Some(None);
+    }
+    // Whole KiB, and never more than the whole budget, so that any reply can be sent.
+    let kib = bytes.div_ceil(1024).min(ctx.reply_budget_kib);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+    ctx.reply_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .ok()
+        .map(Some)
+}
+
 async fn respond(
     req: Request<Incoming>,
     ctx: &HttpContext,
@@ -165,14 +211,25 @@ async fn respond(
 ) -> Response<Reply> {
     let body_pending = !req.body().is_end_stream();
     let mut answer = route(req, ctx).await;
+    let budget = match reserve_reply(ctx, answer.body.len()) {
+        Some(permit) => permit,
+        None => {
+            answer = Answer::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: too many response bytes waiting for their clients; retry\n",
+            );
+            None
+        }
+    };
     if body_pending && !answer.close && answer.status.is_client_error() {
         // The body was refused unread: hyper would drain a little of it and then close
         // anyway; saying so lets the client know not to reuse the connection.
         answer.close = true;
     }
     let mut resp = Response::new(Reply {
-        body: Full::new(answer.body),
+        rest: answer.body,
         _guard: guard,
+        _budget: budget,
     });
     *resp.status_mut() = answer.status;
     let h = resp.headers_mut();
@@ -421,6 +478,9 @@ fn error_status(e: &NodeError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        // A forwarded write the leader refused: this node's own login failed there.
+        NodeError::Unauthenticated(_) => StatusCode::BAD_GATEWAY,
+        NodeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
     }
 }
 fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {

@@ -1012,6 +1012,10 @@ async fn run(args: Args) -> Result<bool, String> {
             data_dir.display().to_string(),
             "--snapshot-entries-max".into(),
             "2000".into(),
+            // With network namespaces the nodes listen on 10.213.x.y, which protected mode
+            // refuses without TLS and credentials; those addresses exist only inside this
+            // run's bridge.
+            "--insecure-allow-plaintext".into(),
         ];
         node_args.extend(args.node_args.iter().cloned());
         for &peer in &ids {
