@@ -44,14 +44,24 @@ struct Target {
     addr: SocketAddr,
     auth: Option<Credentials>,
     rss_before_kib: u64,
+    /// Holds the auth file.
+    _auth_dir: tempfile::TempDir,
 }
 
 /// Starts a cluster with `extra` flags, writes [`KEYS_BEFORE`] keys, and aims at the leader
 /// (the node whose loss hurts most, and the one the issue's attacks took down).
 fn target(extra: &[&str]) -> Target {
-    let flags: Vec<&str> = SMALL_LIMITS.iter().chain(extra).copied().collect();
+    let auth_dir = tempfile::tempdir().expect("tempdir");
+    let (auth_file, credentials) = attacks::write_auth_file(auth_dir.path()).expect("auth file");
+    let auth_file = auth_file.display().to_string();
+    let flags: Vec<&str> = SMALL_LIMITS
+        .iter()
+        .chain(extra)
+        .copied()
+        .chain(["--auth-file", &auth_file])
+        .collect();
     let cluster = Cluster::start_with(3, &flags);
-    let auth = None;
+    let auth = Some(credentials);
     let id = runtime().block_on(cluster.wait_leader(Duration::from_secs(15)));
     let addr = cluster.node(id).client;
     for i in 0..KEYS_BEFORE {
@@ -64,6 +74,7 @@ fn target(extra: &[&str]) -> Target {
         id,
         addr,
         auth,
+        _auth_dir: auth_dir,
     }
 }
 
@@ -244,7 +255,7 @@ fn clients_that_never_read_are_cut_off() {
         64,
         "big",
         1 << 20,
-        None,
+        Some(attacks::ADMIN_PASSWORD),
         t.auth.as_ref(),
     )
     .expect("open the non-reading clients");
@@ -272,6 +283,7 @@ fn silent_connections_lock_out_neither_clients_nor_status() {
     t.assert_still_serving("4,100 silent connections");
     let status = Command::new(BIN)
         .args(["status", "--addr", &t.addr.to_string()])
+        .env("RAFT_NODE_PASSWORD", attacks::ADMIN_PASSWORD)
         .stdin(Stdio::null())
         .output_with_timeout(Duration::from_secs(10));
     assert!(
@@ -333,15 +345,18 @@ fn an_impostor_peer_gets_no_replication_data_and_cannot_force_elections() {
 fn chunked_puts_store_their_body_and_duplicate_content_length_is_refused() {
     let t = target(&[]);
     let http = t.cluster.node(t.id).http;
+    let bearer = Some(attacks::ADMIN_PASSWORD);
     let (status, answer) = attacks::http_raw(
         http,
         b"PUT /kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        bearer,
     )
     .expect("chunked PUT");
     let (_, stored) = attacks::http_raw(
         http,
         b"GET /kv/chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        bearer,
     )
     .expect("GET");
     if status.contains(" 200 ") || status.contains(" 204 ") {
@@ -356,6 +371,7 @@ fn chunked_puts_store_their_body_and_duplicate_content_length_is_refused() {
     let (status, answer) = attacks::http_raw(
         http,
         b"PUT /kv/dup HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 3\r\n\r\nhello",
+        bearer,
     )
     .expect("PUT with two Content-Length");
     assert!(
@@ -365,6 +381,7 @@ fn chunked_puts_store_their_body_and_duplicate_content_length_is_refused() {
     let (_, stored) = attacks::http_raw(
         http,
         b"GET /kv/dup HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        bearer,
     )
     .expect("GET");
     assert!(stored.starts_with("HTTP/1.1 404"), "{stored:?}");
