@@ -113,6 +113,7 @@ pub enum KvCommand {
     /// At most [`BATCH_COMMANDS_MAX`]; no nested batches.
     Batch {
         /// The commands, in order.
+        #[serde(deserialize_with = "flat::commands")]
         commands: Vec<KvCommand>,
     },
 }
@@ -161,7 +162,7 @@ pub enum KvResponse {
         current: Option<Bytes>,
     },
     /// A batch's answers, one per command, in order.
-    Batch(Vec<KvResponse>),
+    Batch(#[serde(deserialize_with = "flat::responses")] Vec<KvResponse>),
     /// The command was applied (or refused) deterministically with an error.
     Error(KvError),
 }
@@ -177,6 +178,114 @@ impl KvResponse {
     /// Decodes [`encode`](Self::encode)'s output.
     pub fn decode(bytes: &[u8]) -> Option<KvResponse> {
         postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// Decoding of a batch's members, which are never batches themselves. Derived decoding of a
+/// `Batch` inside a `Batch` recursed once per level: a 2 MiB op of nested batches, proposed
+/// by any client, overflowed the stack of every node that applied it, on every restart.
+/// These mirrors have no `Batch` variant, so a nested one is an unknown variant (the same
+/// `Malformed` answer the state machine gave a nested batch before) and decoding never
+/// goes deeper than one level. The variants are in the same order, so the bytes are the
+/// same.
+mod flat {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer};
+
+    use super::{KvCommand, KvError, KvResponse};
+
+    #[derive(Deserialize)]
+    enum Command {
+        Get {
+            key: Bytes,
+        },
+        MGet {
+            keys: Vec<Bytes>,
+        },
+        Exists {
+            keys: Vec<Bytes>,
+        },
+        Set {
+            key: Bytes,
+            value: Bytes,
+        },
+        MSet {
+            pairs: Vec<(Bytes, Bytes)>,
+        },
+        Del {
+            keys: Vec<Bytes>,
+        },
+        IncrBy {
+            key: Bytes,
+            by: i64,
+        },
+        Cas {
+            key: Bytes,
+            expected: Option<Bytes>,
+            new: Option<Bytes>,
+        },
+    }
+
+    impl From<Command> for KvCommand {
+        fn from(c: Command) -> KvCommand {
+            match c {
+                Command::Get { key } => KvCommand::Get { key },
+                Command::MGet { keys } => KvCommand::MGet { keys },
+                Command::Exists { keys } => KvCommand::Exists { keys },
+                Command::Set { key, value } => KvCommand::Set { key, value },
+                Command::MSet { pairs } => KvCommand::MSet { pairs },
+                Command::Del { keys } => KvCommand::Del { keys },
+                Command::IncrBy { key, by } => KvCommand::IncrBy { key, by },
+                Command::Cas { key, expected, new } => KvCommand::Cas { key, expected, new },
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    enum Response {
+        Ok,
+        Value(Option<Bytes>),
+        Values(Vec<Option<Bytes>>),
+        Int(i64),
+        Cas {
+            swapped: bool,
+            current: Option<Bytes>,
+        },
+        Batch(Nested),
+        Error(KvError),
+    }
+
+    /// Where `Batch` stands, so that the variants after it keep their index; never decodes.
+    enum Nested {}
+
+    impl<'de> Deserialize<'de> for Nested {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Nested, D::Error> {
+            Err(serde::de::Error::custom("a batch inside a batch"))
+        }
+    }
+
+    impl From<Response> for KvResponse {
+        fn from(r: Response) -> KvResponse {
+            match r {
+                Response::Ok => KvResponse::Ok,
+                Response::Value(v) => KvResponse::Value(v),
+                Response::Values(v) => KvResponse::Values(v),
+                Response::Int(n) => KvResponse::Int(n),
+                Response::Cas { swapped, current } => KvResponse::Cas { swapped, current },
+                Response::Batch(nested) => match nested {},
+                Response::Error(e) => KvResponse::Error(e),
+            }
+        }
+    }
+
+    pub(super) fn commands<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KvCommand>, D::Error> {
+        let flat = Vec::<Command>::deserialize(d)?;
+        Ok(flat.into_iter().map(KvCommand::from).collect())
+    }
+
+    pub(super) fn responses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KvResponse>, D::Error> {
+        let flat = Vec::<Response>::deserialize(d)?;
+        Ok(flat.into_iter().map(KvResponse::from).collect())
     }
 }
 
@@ -446,4 +555,74 @@ pub struct PeerInfo {
     pub state: String,
     /// Heard from within the last election timeout.
     pub active: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Batch` inside a `Batch`, `depth` deep, around one `Get`: postcard bytes a hostile
+    /// client can send as a proposal's op.
+    fn nested_batch(depth: usize) -> Vec<u8> {
+        let mut op = Vec::with_capacity(2 * depth + 2);
+        for _ in 0..depth {
+            op.extend_from_slice(&[8, 1]);
+        }
+        op.extend_from_slice(&[0, 0]);
+        op
+    }
+
+    #[test]
+    fn deeply_nested_batches_do_not_overflow_the_stack() {
+        let op = nested_batch(1_000_000);
+        // A nested response: `Batch` is variant 5 of `KvResponse`.
+        let mut response: Vec<u8> = [5, 1].repeat(1_000_000);
+        response.push(0);
+        // The runtime's threads have 2 MiB stacks; decode on one of that size.
+        let refused = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                KvCommand::decode(&op).is_none()
+                    && KvCommand::decode(&nested_batch(2)).is_none()
+                    && KvCommand::decode(&nested_batch(1)).is_some()
+                    && KvResponse::decode(&response).is_none()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused);
+    }
+
+    #[test]
+    fn flat_batches_round_trip() {
+        let command = KvCommand::Batch {
+            commands: vec![
+                KvCommand::Set {
+                    key: Bytes::from("k"),
+                    value: Bytes::from("v"),
+                },
+                KvCommand::Cas {
+                    key: Bytes::from("k"),
+                    expected: None,
+                    new: Some(Bytes::from("w")),
+                },
+                KvCommand::IncrBy {
+                    key: Bytes::from("n"),
+                    by: -3,
+                },
+            ],
+        };
+        assert_eq!(KvCommand::decode(&command.encode()), Some(command));
+        let response = KvResponse::Batch(vec![
+            KvResponse::Ok,
+            KvResponse::Cas {
+                swapped: true,
+                current: Some(Bytes::from("w")),
+            },
+            KvResponse::Error(KvError::Overflow),
+        ]);
+        assert_eq!(KvResponse::decode(&response.encode()), Some(response));
+        let after_batch = KvResponse::Error(KvError::NotAnInteger);
+        assert_eq!(KvResponse::decode(&after_batch.encode()), Some(after_batch));
+    }
 }

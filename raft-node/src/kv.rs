@@ -104,7 +104,9 @@ struct ClientSession {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     applied_index: Index,
+    #[serde(deserialize_with = "ord_map_from_entries")]
     map: OrdMap<Bytes, Bytes>,
+    #[serde(deserialize_with = "ord_map_from_entries")]
     sessions: OrdMap<u64, ClientSession>,
     /// `(last_active_index, client_id)` of every session: the expiry order. Derived from
     /// `sessions`, so it is rebuilt on restore rather than stored.
@@ -160,6 +162,44 @@ impl State {
     fn fits(&self, growth: u64, limits: &KvLimits) -> bool {
         growth == 0 || self.used_bytes.saturating_add(growth) <= limits.memory_bytes_max
     }
+}
+
+/// Decodes an `OrdMap` entry by entry. imbl's own `Deserialize` first reserves a `Vec` of
+/// the length the input claims: a 19-byte snapshot body claiming 2^33 keys asked for 128
+/// GiB and aborted the node restoring it. Growing with the entries actually read bounds
+/// the memory by the body's length.
+fn ord_map_from_entries<'de, D, K, V>(d: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+
+    impl<'de, K, V> serde::de::Visitor<'de> for Entries<K, V>
+    where
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        type Value = OrdMap<K, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<OrdMap<K, V>, A::Error> {
+            let mut map = OrdMap::new();
+            while let Some((k, v)) = a.next_entry()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+
+    d.deserialize_map(Entries(std::marker::PhantomData))
 }
 
 /// The key-value state machine. See the module documentation.
@@ -909,6 +949,25 @@ mod tests {
         restored.restore(&mut body.as_slice()).unwrap();
         assert_eq!(restored.applied_index(), 3);
         assert_eq!(restored.digest(), sm.digest());
+    }
+
+    #[test]
+    fn a_body_claiming_more_keys_than_it_holds_is_refused_without_reserving_them() {
+        // Found by `cargo xtask fuzz --target snapshot`: applied index 0, then a map of
+        // 2^33 pairs (postcard varint), then nothing. This allocated 128 GiB and aborted.
+        let body = [0x00, 0x80, 0x80, 0x80, 0x80, 0x20];
+        let mut snapshot = SNAPSHOT_MAGIC.to_vec();
+        snapshot.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        snapshot.extend_from_slice(&body);
+        let mut sm = KvStateMachine::new(KvLimits::default());
+        assert!(matches!(
+            sm.restore(&mut &snapshot[..]),
+            Err(RestoreError::Malformed(_))
+        ));
+        let crash = b"RNK1\x07\0\0\0\0\0\0\0\x01\x80\x80\x80\x80\x08\0";
+        assert!(KvStateMachine::new(KvLimits::default())
+            .restore(&mut &crash[..])
+            .is_err());
     }
 
     #[test]

@@ -69,6 +69,11 @@ impl Conn {
         }
     }
 
+    /// The connection's place in the admission table (AUTH marks an admin's privileged).
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
     fn close(&self, reason: DisconnectReason) {
         tracing::debug!(reason = reason.label(), "closing a client connection");
         self.metrics.client_disconnect(reason);

@@ -7,11 +7,15 @@
 //!   `--only baseline,core,log,net,cluster`; `--soak-s N` for the RSS-growth run); see
 //!   `bench/mod.rs`;
 //! - `attacks`: the hostile-client attacks of issue #13 at full size against release nodes,
-//!   one row each (`--only NAME,...`, `--no-build`); see `attacks.rs`.
+//!   one row each (`--only NAME,...`, `--no-build`); see `attacks.rs`;
+//! - `fuzz`: the fuzz targets on the stable toolchain, corpus plus random mutations for a
+//!   bounded time (`--target T`, `--seconds N`, `--seed S`, `--replay FILE`); see
+//!   `fuzz/README.md`.
 
 mod attacks;
 mod bench;
 mod chaos;
+mod fuzz;
 /// The attacks themselves, shared with raft-node's hostile-client tests (one definition,
 /// run there at small sizes).
 #[path = "../../raft-node/tests/common/attacks.rs"]
@@ -19,6 +23,11 @@ mod chaos;
 mod hostile;
 
 use std::process::ExitCode;
+
+/// The system allocator; during `cargo xtask fuzz` runs it turns an allocation above 2 GiB
+/// into a saved crash (see `fuzz_targets::runner::GuardedAlloc`).
+#[global_allocator]
+static ALLOC: fuzz_targets::runner::GuardedAlloc = fuzz_targets::runner::GuardedAlloc;
 
 use raft_core::sim::{run_seed_caught, run_seeds, SeedReport, SimOptions};
 
@@ -29,11 +38,15 @@ fn main() -> ExitCode {
         Some("chaos") => chaos::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         Some("attacks") => attacks::main(&args[1..]),
+        Some("fuzz") => fuzz::main(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
             eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
             eprintln!("       cargo xtask bench [--quick] [--only SECTION,...] [--soak-s N]");
             eprintln!("       cargo xtask attacks [--only NAME,...] [--no-build]");
+            eprintln!(
+                "       cargo xtask fuzz [--target T] [--seconds N] [--seed S] [--replay FILE]"
+            );
             ExitCode::from(2)
         }
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::timed_io::{ConnState, IoTimeouts, TimedIo};
@@ -120,11 +121,14 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// One connection, over a socket or (the fuzz target's) an in-memory pipe.
+pub(super) async fn serve_connection<S>(
+    stream: S,
     ctx: Arc<HttpContext>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &ctx.limits;
     let state = Arc::new(ConnState::default());
     let timeouts = IoTimeouts {

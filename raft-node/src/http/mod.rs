@@ -83,6 +83,29 @@ pub async fn serve(
     conn::accept_loop(listener, ctx, shutdown).await
 }
 
+/// Serves one plaintext connection over `stream` as [`serve`] serves each accepted socket,
+/// without the caps on connections: for callers that bring their own streams (the HTTP
+/// fuzz target feeds it an in-memory pipe), with a reply budget of its own of
+/// [`REPLY_BYTES_IN_FLIGHT_MAX`].
+pub async fn serve_stream<S>(
+    stream: S,
+    router: Arc<Router>,
+    limits: Arc<ClientLimits>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let reply_budget_kib = REPLY_BYTES_IN_FLIGHT_MAX / 1024;
+    let ctx = Arc::new(HttpContext {
+        router,
+        limits,
+        tls: None,
+        reply_budget: Arc::new(Semaphore::new(reply_budget_kib)),
+        reply_budget_kib,
+    });
+    conn::serve_connection(stream, ctx, shutdown).await
+}
+
 /// A response body, handed to hyper a slice at a time: hyper asks for the next slice only
 /// when its write buffer has room, so this body (with its share of the reply budget and
 /// the connection's request mark) lives until the client has taken all but the last slices.
