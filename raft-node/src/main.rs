@@ -557,13 +557,25 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
     );
     if args.tls {
         println!(
-            "  TLS: peers use mutual TLS; CA, node and admin client certificates in {}",
+            "  TLS: peers use mutual TLS, clients and HTTP TLS; CA, node and admin client \
+             certificates in {}",
             certs_dir.display()
         );
     }
+    // What a client needs to reach a TLS dev cluster, put before its arguments.
+    let ca = certs_dir.join(certs::CA_CERT_FILE);
+    let (redis, scheme, curl) = if args.tls {
+        (
+            format!("redis-cli --tls --cacert {}", ca.display()),
+            "https",
+            format!("curl --cacert {}", ca.display()),
+        )
+    } else {
+        ("redis-cli".to_string(), "http", "curl".to_string())
+    };
     for node in &nodes {
         println!(
-            "  node {}: client (RESP + native) {}  http http://{}  peer {}",
+            "  node {}: client (RESP + native) {}  http {scheme}://{}  peer {}",
             node.id,
             node.client_addr,
             node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -573,16 +585,16 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
     let first = &nodes[0];
     println!("try:");
     println!(
-        "  redis-cli -p {} SET greeting hello",
+        "  {redis} -p {} SET greeting hello",
         first.client_addr.port()
     );
     println!(
-        "  redis-cli -p {} GET greeting",
+        "  {redis} -p {} GET greeting",
         nodes[nodes.len() - 1].client_addr.port()
     );
-    println!("  redis-cli -p {} INFO", first.client_addr.port());
+    println!("  {redis} -p {} INFO", first.client_addr.port());
     if let Some(h) = first.http_addr {
-        println!("  curl http://{h}/status");
+        println!("  {curl} {scheme}://{h}/status");
     }
     println!("Ctrl-C to stop.");
     signals.recv().await;

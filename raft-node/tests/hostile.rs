@@ -341,8 +341,15 @@ fn an_impostor_peer_gets_no_replication_data_and_cannot_force_elections() {
         )
         .expect("dial the peer port");
         assert!(
-            !got.accepted && got.frames_bytes == 0,
+            !got.accepted && got.frames_bytes == 0 && got.forged_sent == 0,
             "an impostor with cluster ID {cluster_id} was accepted: {got:?}"
+        );
+        // A wrong guess is not told the real ID.
+        let real = u128::from_str_radix(common::CLUSTER_ID, 16).unwrap();
+        let reply = got.reply.clone().unwrap_or_default();
+        assert!(
+            !reply.contains(common::CLUSTER_ID) && !reply.contains(&real.to_string()),
+            "a refused handshake revealed the cluster ID: {reply}"
         );
     }
     t.assert_still_serving("an impostor peer");
