@@ -303,7 +303,10 @@ password_sha256 = "7f1caa80a41ad0199263fbcc801773457a39dfdf86b43c6b3cec4e5da14f7
     )
     .await;
     let mut admin = node.connect().await;
-    assert_eq!(command(&mut admin, &["AUTH", "admin-password-123"]).await, "+OK\r\n");
+    assert_eq!(
+        command(&mut admin, &["AUTH", "admin-password-123"]).await,
+        "+OK\r\n"
+    );
     let mut reader = node.connect().await;
     assert_eq!(
         command(&mut reader, &["AUTH", "reader", "reader-password-123"]).await,
