@@ -402,10 +402,16 @@ fn start_cluster(binary: &Path, dir: &Path, certs: Option<&Path>) -> Result<Clus
             dir.join(format!("node-{id}")).display().to_string(),
             "--http-addr".into(),
             https[(id - 1) as usize].to_string(),
-            // A new cluster of several members shares one ID.
-            "--cluster-id".into(),
-            format!("{:032x}", 0xbe7c_0000_u128 | u128::from(std::process::id())),
         ];
+        // A new cluster of several members shares one ID: the certificates carry it, or the
+        // flag gives it.
+        if certs.is_none() {
+            args.push("--cluster-id".into());
+            args.push(format!(
+                "{:032x}",
+                0xbe7c_0000_u128 | u128::from(std::process::id())
+            ));
+        }
         for peer in 1..=NODES {
             let i = (peer - 1) as usize;
             args.push("--peer".into());
