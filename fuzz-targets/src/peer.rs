@@ -233,10 +233,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         snapshot.extend(framed(&f));
     }
     seeds.push(snapshot);
-    seeds.push(framed(&HelloReply::Accept {
-        cluster_id: 1,
-        node_id: 1,
-    }));
+    seeds.push(framed(&HelloReply::Accept { node_id: 1 }));
     seeds.push(framed(&HelloReply::Reject {
         reason: "wrong cluster".into(),
     }));

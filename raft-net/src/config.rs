@@ -19,8 +19,9 @@ use crate::frame::DEFAULT_FRAME_BYTES_MAX;
 pub struct TransportConfig {
     /// This node's ID (never 0).
     pub node_id: NodeId,
-    /// Connections from another cluster are refused at the handshake.
-    pub cluster_id: u64,
+    /// Connections from another cluster are refused at the handshake (a random 128-bit
+    /// value: without TLS it is what keeps strangers off the peer port).
+    pub cluster_id: u128,
     /// Where to accept connections; port 0 picks an ephemeral port
     /// (see [`crate::TransportHandle::local_addr`]).
     pub listen_addr: SocketAddr,
@@ -56,6 +57,16 @@ pub struct TransportConfig {
     pub backoff_max_ms: u64,
     /// Inbound connections open at once (both lanes, handshaking or not).
     pub inbound_connections_max: usize,
+    /// Inbound connections still in their handshake (TLS and Hello), at most; more are
+    /// closed at once. Below `inbound_connections_max`, so that silent sockets cannot take
+    /// every slot.
+    pub handshakes_pending_max: usize,
+    /// Of those, from one source IP address: a host opening many silent connections is
+    /// refused more without keeping the real peers from connecting.
+    pub handshakes_pending_per_source_max: usize,
+    /// TLS on both lanes (mutual, against the cluster's CA, each peer's node ID bound to
+    /// its certificate: see [`crate::tls`]); plain TCP when `None`.
+    pub tls: Option<crate::tls::TransportTls>,
     /// Snapshot bytes per chunk frame (must fit in `frame_bytes_max`).
     pub snapshot_chunk_bytes: usize,
     /// Snapshot streaming rate limit per peer, in bytes per second; 0 means unlimited.
@@ -69,7 +80,7 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// A configuration with the defaults below and no peers.
-    pub fn new(node_id: NodeId, cluster_id: u64, listen_addr: SocketAddr) -> Self {
+    pub fn new(node_id: NodeId, cluster_id: u128, listen_addr: SocketAddr) -> Self {
         TransportConfig {
             node_id,
             cluster_id,
@@ -86,6 +97,9 @@ impl TransportConfig {
             backoff_min_ms: 10,
             backoff_max_ms: 5_000,
             inbound_connections_max: 256,
+            handshakes_pending_max: 64,
+            handshakes_pending_per_source_max: 8,
+            tls: None,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_bytes_per_sec_max: 0,
             snapshot_bytes_max: 1024 * 1024 * 1024,
@@ -118,6 +132,9 @@ impl TransportConfig {
         }
         if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return Err("timeouts must be positive".into());
+        }
+        if self.handshakes_pending_max == 0 || self.handshakes_pending_per_source_max == 0 {
+            return Err("handshake bounds must be positive".into());
         }
         if self.inbound_connections_max == 0 || self.snapshot_attempts_max == 0 {
             return Err(

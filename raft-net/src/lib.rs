@@ -51,6 +51,7 @@
 //! ```
 
 pub mod config;
+mod conn;
 pub mod frame;
 pub mod message_codec;
 pub mod message_reader;
@@ -62,4 +63,4 @@ pub mod wire;
 pub use config::TransportConfig;
 pub use frame::{FrameDecoder, FrameError, FORMAT_VERSION};
 pub use stats::{ConnErrorKind, StatsSnapshot};
-pub use transport::{Incoming, SendError, SnapshotSendError, Transport, TransportHandle};
+pub use transport::{Incoming, SendError, SnapshotSendError, Transport, TransportHandle, REFUSED};

@@ -28,10 +28,15 @@ pub enum ConnErrorKind {
     ConnectionLimit,
     /// A snapshot chunk or whole snapshot failed its CRC, or was out of place or too large.
     Snapshot,
+    /// Refused because `handshakes_pending_max` handshakes were in progress, or
+    /// `handshakes_pending_per_source_max` from the same address.
+    HandshakeLimit,
+    /// The TLS handshake failed (no or a bad certificate, not signed by the cluster CA, ...).
+    Tls,
 }
 
 impl ConnErrorKind {
-    pub const ALL: [ConnErrorKind; 11] = [
+    pub const ALL: [ConnErrorKind; 13] = [
         ConnErrorKind::Connect,
         ConnErrorKind::Io,
         ConnErrorKind::FrameTooLarge,
@@ -43,6 +48,8 @@ impl ConnErrorKind {
         ConnErrorKind::Protocol,
         ConnErrorKind::ConnectionLimit,
         ConnErrorKind::Snapshot,
+        ConnErrorKind::HandshakeLimit,
+        ConnErrorKind::Tls,
     ];
 }
 

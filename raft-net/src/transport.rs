@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use raft_core::{Message, NodeId, SnapshotMeta};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -25,13 +25,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{backoff_ms, TransportConfig};
+use crate::conn::{
+    split_plain, split_tls, Handshakes, LinkWriter, PendingHandshake, Reader, Writer,
+};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
 use crate::message_codec::{encode_message, SegmentedBuf};
 use crate::message_reader::MessageReader;
 use crate::stats::{ConnErrorKind, Stats, StatsSnapshot};
+use crate::tls::cert_node_identity;
 use crate::wire::{
     Hello, HelloReply, Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX, REJECT_REASON_BYTES_MAX,
 };
+use rustls::pki_types::CertificateDer;
 
 /// What the transport hands to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,7 +224,7 @@ impl Outbox {
 /// One message connection, as a way to send to its peer: dialled by us or by the peer, and
 /// read by a reader task that delivers whatever the peer sends on it.
 struct Link {
-    wr: OwnedWriteHalf,
+    wr: LinkWriter,
     dialed_by_us: bool,
     /// Cancelled when the connection ends (its reader stopped, or we closed it).
     closed: CancellationToken,
@@ -233,7 +238,7 @@ struct Link {
 }
 
 impl Link {
-    fn new(wr: OwnedWriteHalf, dialed_by_us: bool, closed: CancellationToken) -> Arc<Link> {
+    fn new(wr: LinkWriter, dialed_by_us: bool, closed: CancellationToken) -> Arc<Link> {
         Arc::new(Link {
             wr,
             dialed_by_us,
@@ -250,6 +255,10 @@ impl Link {
             .wrapping_add(self.reads.load(Relaxed))
     }
 }
+
+/// The reason a refused dialer is given when the refusal concerns the cluster or its
+/// identity: the detail is logged by the acceptor only.
+pub const REFUSED: &str = "handshake refused";
 
 /// Initial room of the direct-write encode buffer; a larger message grows it.
 const DIRECT_WRITE_BUF_BYTES: usize = 4096;
@@ -598,13 +607,7 @@ async fn dial(
     shared: &Shared,
     peer: &Peer,
     lane: Lane,
-) -> Result<
-    (
-        FramedRead<OwnedReadHalf, FrameDecoder<HelloReply>>,
-        OwnedWriteHalf,
-    ),
-    ConnError,
-> {
+) -> Result<(FramedRead<Reader, FrameDecoder<HelloReply>>, Writer), ConnError> {
     let cfg = &shared.cfg;
     let addr = *peer.addr.lock().unwrap();
     let deadline = Duration::from_millis(cfg.handshake_timeout_ms);
@@ -619,7 +622,36 @@ async fn dial(
         .map_err(|e| ConnError::new(ConnErrorKind::Connect, format!("connect to {addr}: {e}")))?;
     // Raft's messages are latency-bound and we batch ourselves: Nagle would only add delay.
     stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = match &cfg.tls {
+        None => split_plain(stream),
+        Some(tls) => {
+            // Host names are not checked (the verifier looks at the chain only): the node
+            // ID in the certificate is what must match.
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+            let stream = timeout(deadline, connector.connect(name, stream))
+                .await
+                .map_err(|_| ConnError::new(ConnErrorKind::HandshakeTimeout, "no TLS handshake"))?
+                .map_err(|e| {
+                    ConnError::new(
+                        ConnErrorKind::Tls,
+                        format!("TLS handshake with {addr}: {e}"),
+                    )
+                })?;
+            let found = peer_identity(stream.get_ref().1.peer_certificates());
+            if found != Ok((cfg.cluster_id, peer.id)) {
+                return Err(ConnError::new(
+                    ConnErrorKind::HandshakeRejected,
+                    format!(
+                        "expected node {} at {addr}, its certificate says: {}",
+                        peer.id,
+                        describe_identity(&found)
+                    ),
+                ));
+            }
+            split_tls(tokio_rustls::TlsStream::Client(stream))
+        }
+    };
     let hello = Hello {
         cluster_id: cfg.cluster_id,
         from: cfg.node_id,
@@ -633,7 +665,7 @@ async fn dial(
         FrameDecoder::<HelloReply>::new(HANDSHAKE_FRAME_BYTES_MAX),
     );
     let reply = timeout(deadline, async {
-        wr.write_all(&buf).await?;
+        write_flush(&mut wr, &buf).await?;
         rd.next().await.transpose()
     })
     .await
@@ -644,17 +676,32 @@ async fn dial(
             ConnErrorKind::HandshakeRejected,
             format!("node {} at {addr} refused us: {reason}", peer.id),
         )),
-        Some(HelloReply::Accept {
-            cluster_id,
-            node_id,
-        }) if cluster_id != cfg.cluster_id || node_id != peer.id => Err(ConnError::new(
+        Some(HelloReply::Accept { node_id }) if node_id != peer.id => Err(ConnError::new(
             ConnErrorKind::HandshakeRejected,
-            format!(
-                "expected node {} of cluster {:#x} at {addr}, found node {node_id} of cluster {cluster_id:#x}",
-                peer.id, cfg.cluster_id
-            ),
+            format!("expected node {} at {addr}, found node {node_id}", peer.id),
         )),
         Some(HelloReply::Accept { .. }) => Ok((rd, wr)),
+    }
+}
+
+/// Write `buf` and push it out (a TLS writer holds bytes until flushed).
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8]) -> io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
+/// The cluster and node a verified peer certificate names.
+fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<(u128, NodeId), String> {
+    match certs.and_then(|c| c.first()) {
+        Some(cert) => cert_node_identity(cert),
+        None => Err("no certificate presented".into()),
+    }
+}
+
+fn describe_identity(found: &Result<(u128, NodeId), String>) -> String {
+    match found {
+        Ok((_, node)) => format!("node {node} (or another cluster)"),
+        Err(e) => e.clone(),
     }
 }
 
@@ -698,6 +745,9 @@ fn write_direct(
     msg: Message,
 ) -> Option<Message> {
     let cfg = &shared.cfg;
+    let Some(wr) = conn.wr.direct() else {
+        return Some(msg);
+    };
     out.scratch.clear();
     if let Err(e) = encode_message(&msg, &mut out.scratch, cfg.frame_bytes_max) {
         Stats::add(&shared.stats.messages_unencodable, 1);
@@ -706,7 +756,7 @@ fn write_direct(
     }
     let total = out.scratch.len();
     let segments = out.scratch.finish();
-    let written = match try_write_now(&conn.wr, segments) {
+    let written = match try_write_now(wr, segments) {
         // Broken, or no room at all: the writer task finds out which and deals with it.
         Ok(0) | Err(_) => return Some(msg),
         Ok(n) => n,
@@ -802,9 +852,35 @@ impl SegmentCursor {
     }
 }
 
+/// Write all of `segments` on a message connection.
+async fn write_segments(wr: &LinkWriter, segments: &[Bytes]) -> io::Result<()> {
+    match wr {
+        LinkWriter::Plain(wr) => write_segments_plain(wr, segments).await,
+        LinkWriter::Tls(wr) => write_segments_stream(&mut *wr.lock().await, segments).await,
+    }
+}
+
+/// Write all of `segments` to a stream (TLS: rustls takes the bytes into records, and the
+/// flush sends what it holds).
+async fn write_segments_stream<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    segments: &[Bytes],
+) -> io::Result<()> {
+    let mut cursor = SegmentCursor::default();
+    let mut slices = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
+    while !cursor.done(segments) {
+        cursor.slices(segments, &mut slices);
+        match wr.write_vectored(&slices).await? {
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => cursor.advance(segments, n),
+        }
+    }
+    wr.flush().await
+}
+
 /// Write all of `segments`. Through the socket's non-blocking interface, as `send`'s
 /// direct writes do, since the two share the connection.
-async fn write_segments(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<()> {
+async fn write_segments_plain(wr: &OwnedWriteHalf, segments: &[Bytes]) -> io::Result<()> {
     let mut cursor = SegmentCursor::default();
     let mut slices = Vec::with_capacity(IOVECS_MAX.min(segments.len()));
     while !cursor.done(segments) {
@@ -863,7 +939,7 @@ async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
                     Stats::add(&shared.stats.reconnects, 1);
                 }
                 connected_before = true;
-                let link = Link::new(wr, true, peer.cancel.child_token());
+                let link = Link::new(wr.into(), true, peer.cancel.child_token());
                 // The acceptor may answer on this connection: read it like an inbound one.
                 let mut rd = rd;
                 let buf = std::mem::take(rd.read_buffer_mut());
@@ -949,7 +1025,7 @@ enum PumpEnd {
 async fn read_dialed(
     shared: Arc<Shared>,
     peer: NodeId,
-    rd: OwnedReadHalf,
+    rd: Reader,
     buf: BytesMut,
     link: Arc<Link>,
 ) {
@@ -1201,7 +1277,7 @@ async fn stream_snapshot(
         crc32,
     };
     encode_frame(&offer, &mut buf, cfg.frame_bytes_max)?;
-    timeout(handshake, wr.write_all(&buf))
+    timeout(handshake, write_flush(&mut wr, &buf))
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "offer write stalled"))??;
     let reply = timeout(handshake, rd.next())
@@ -1265,7 +1341,7 @@ async fn stream_snapshot(
         };
         buf.clear();
         encode_frame(&frame, &mut buf, cfg.frame_bytes_max)?;
-        timeout(idle, wr.write_all(&buf))
+        timeout(idle, write_flush(&mut wr, &buf))
             .await
             .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "chunk write stalled"))??;
         Stats::add(&shared.stats.snapshot_bytes_sent, (end - offset) as u64);
@@ -1301,6 +1377,10 @@ fn frame_name(f: &SnapshotFrame) -> &'static str {
 // Inbound
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Semaphore>) {
+    let handshakes = Handshakes::new(
+        shared.cfg.handshakes_pending_max,
+        shared.cfg.handshakes_pending_per_source_max,
+    );
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -1318,15 +1398,28 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Sema
                 continue;
             }
         };
+        let pending = match handshakes.begin(remote.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                shared.stats.conn_error(ConnErrorKind::HandshakeLimit);
+                debug!(node = shared.cfg.node_id, %remote, "refusing connection: {why}");
+                drop(stream);
+                continue;
+            }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             shared.stats.conn_error(ConnErrorKind::ConnectionLimit);
             warn!(node = shared.cfg.node_id, %remote, "refusing connection: too many open");
             drop(stream);
             continue;
         };
-        shared
-            .tracker
-            .spawn(serve_inbound(shared.clone(), stream, remote, permit));
+        shared.tracker.spawn(serve_inbound(
+            shared.clone(),
+            stream,
+            remote,
+            permit,
+            pending,
+        ));
     }
 }
 
@@ -1335,11 +1428,12 @@ async fn serve_inbound(
     stream: TcpStream,
     remote: SocketAddr,
     _permit: OwnedSemaphorePermit,
+    pending: PendingHandshake,
 ) {
     let cancel = shared.cancel.child_token();
     let result = tokio::select! {
         _ = cancel.cancelled() => return,
-        r = serve_inbound_inner(&shared, stream, &cancel) => r,
+        r = serve_inbound_inner(&shared, stream, &cancel, pending) => r,
     };
     if let Err((peer, lane, e)) = result {
         shared.stats.conn_error(e.kind);
@@ -1356,24 +1450,50 @@ async fn serve_inbound_inner(
     shared: &Arc<Shared>,
     stream: TcpStream,
     cancel: &CancellationToken,
+    pending: PendingHandshake,
 ) -> Result<(), InboundError> {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    // One deadline for the whole handshake, TLS and Hello: a silent or slow client holds
+    // its pending slot no longer than this.
+    let deadline = Instant::now() + Duration::from_millis(cfg.handshake_timeout_ms);
+    let late = || {
+        (
+            None,
+            None,
+            ConnError::new(ConnErrorKind::HandshakeTimeout, "no handshake in time"),
+        )
+    };
+    let (rd, mut wr, cert) = match &cfg.tls {
+        None => {
+            let (rd, wr) = split_plain(stream);
+            (rd, wr, None)
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            let stream = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| {
+                    (
+                        None,
+                        None,
+                        ConnError::new(ConnErrorKind::Tls, format!("TLS handshake: {e}")),
+                    )
+                })?;
+            let cert = peer_identity(stream.get_ref().1.peer_certificates());
+            let (rd, wr) = split_tls(tokio_rustls::TlsStream::Server(stream));
+            (rd, wr, Some(cert))
+        }
+    };
     let mut rd = FramedRead::with_capacity(
         rd,
         FrameDecoder::<Hello>::new(HANDSHAKE_FRAME_BYTES_MAX),
         64 * 1024,
     );
-    let hello = timeout(Duration::from_millis(cfg.handshake_timeout_ms), rd.next())
+    let hello = tokio::time::timeout_at(deadline, rd.next())
         .await
-        .map_err(|_| {
-            (
-                None,
-                None,
-                ConnError::new(ConnErrorKind::HandshakeTimeout, "no handshake in time"),
-            )
-        })?;
+        .map_err(|_| late())?;
     let hello = match hello {
         None => {
             return Err((
@@ -1386,45 +1506,65 @@ async fn serve_inbound_inner(
         Some(Ok(h)) => h,
     };
     let known = shared.peers.lock().unwrap().contains_key(&hello.from);
+    // Refusals that concern the cluster ID are logged here with the detail and answered
+    // with REFUSED alone: a stranger learns nothing of the ID from them.
     let refusal = if hello.cluster_id != cfg.cluster_id {
-        Some(format!(
-            "cluster id mismatch: this is cluster {:#x}, you are of cluster {:#x}",
-            cfg.cluster_id, hello.cluster_id
+        Some((
+            format!(
+                "cluster id mismatch: this is cluster {:#x}, the dialer claims {:#x}",
+                cfg.cluster_id, hello.cluster_id
+            ),
+            false,
+        ))
+    } else if let Some(found) = cert
+        .as_ref()
+        .filter(|c| **c != Ok((cfg.cluster_id, hello.from)))
+    {
+        Some((
+            format!(
+                "the dialer claims node {} but its certificate says: {}",
+                hello.from,
+                describe_identity(found)
+            ),
+            false,
         ))
     } else if hello.to != cfg.node_id {
-        Some(format!(
-            "wrong node: you dialled node {} but this is node {}",
-            hello.to, cfg.node_id
+        Some((
+            format!(
+                "wrong node: you dialled node {} but this is node {}",
+                hello.to, cfg.node_id
+            ),
+            true,
         ))
     } else if !known {
-        Some(format!(
-            "node {} is not a peer of node {}",
-            hello.from, cfg.node_id
+        Some((
+            format!("node {} is not a peer of node {}", hello.from, cfg.node_id),
+            true,
         ))
     } else {
         None
     };
     let mut buf = BytesMut::new();
     let reply = match &refusal {
-        Some(reason) => {
-            let mut reason = reason.clone();
+        Some((reason, told)) => {
+            let mut reason = if *told {
+                reason.clone()
+            } else {
+                REFUSED.to_string()
+            };
             reason.truncate(REJECT_REASON_BYTES_MAX);
             HelloReply::Reject { reason }
         }
         None => HelloReply::Accept {
-            cluster_id: cfg.cluster_id,
             node_id: cfg.node_id,
         },
     };
     let (peer, lane) = (Some(hello.from), Some(hello.lane));
     encode_frame(&reply, &mut buf, HANDSHAKE_FRAME_BYTES_MAX)
         .map_err(|e| (peer, lane, e.into()))?;
-    let written = timeout(
-        Duration::from_millis(cfg.handshake_timeout_ms),
-        wr.write_all(&buf),
-    )
-    .await;
-    if let Some(reason) = refusal {
+    let written = tokio::time::timeout_at(deadline, write_flush(&mut wr, &buf)).await;
+    drop(pending);
+    if let Some((reason, _)) = refusal {
         let _ = wr.shutdown().await;
         return Err((
             peer,
@@ -1448,7 +1588,7 @@ async fn serve_inbound_inner(
         Lane::Messages => {
             // Whatever arrived behind the handshake stays in the buffer and is read first.
             let buf = std::mem::take(rd.read_buffer_mut());
-            serve_inbound_messages(shared, from, rd.into_inner(), buf, wr, cancel)
+            serve_inbound_messages(shared, from, rd.into_inner(), buf, wr.into(), cancel)
                 .await
                 .map_err(|e| (peer, lane, e))
         }
@@ -1466,9 +1606,9 @@ async fn serve_inbound_inner(
 async fn serve_inbound_messages(
     shared: &Arc<Shared>,
     from: NodeId,
-    rd: OwnedReadHalf,
+    rd: Reader,
     buf: BytesMut,
-    wr: OwnedWriteHalf,
+    wr: LinkWriter,
     cancel: &CancellationToken,
 ) -> Result<(), ConnError> {
     let conn_id = shared.conn_seq.fetch_add(1, Relaxed);
@@ -1547,7 +1687,7 @@ async fn serve_inbound_messages(
 async fn read_messages(
     shared: &Shared,
     from: NodeId,
-    mut rd: OwnedReadHalf,
+    mut rd: Reader,
     pending: BytesMut,
     link: &Link,
     idle_close: bool,
@@ -1637,8 +1777,8 @@ async fn read_messages(
 async fn receive_snapshots(
     shared: &Arc<Shared>,
     from: NodeId,
-    mut rd: FramedRead<OwnedReadHalf, FrameDecoder<SnapshotFrame>>,
-    mut wr: OwnedWriteHalf,
+    mut rd: FramedRead<Reader, FrameDecoder<SnapshotFrame>>,
+    mut wr: Writer,
 ) -> Result<(), ConnError> {
     let cfg = &shared.cfg;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -1698,7 +1838,7 @@ async fn receive_snapshots(
                         &mut out,
                         cfg.frame_bytes_max,
                     )?;
-                    let _ = timeout(idle, wr.write_all(&out)).await;
+                    let _ = timeout(idle, write_flush(&mut wr, &out)).await;
                     return Err(ConnError::new(ConnErrorKind::Snapshot, reason));
                 }
                 let kept = shared.partial_snapshots.lock().unwrap().remove(&from);
@@ -1793,7 +1933,7 @@ async fn receive_snapshots(
         };
         out.clear();
         encode_frame(&reply, &mut out, cfg.frame_bytes_max)?;
-        timeout(idle, wr.write_all(&out))
+        timeout(idle, write_flush(&mut wr, &out))
             .await
             .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "reply write stalled"))??;
     }

@@ -26,7 +26,7 @@ pub enum Lane {
 /// Sent by the dialer as its first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    pub cluster_id: u64,
+    pub cluster_id: u128,
     pub from: NodeId,
     pub to: NodeId,
     pub lane: Lane,
@@ -35,7 +35,10 @@ pub struct Hello {
 /// The acceptor's answer to [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accept { cluster_id: u64, node_id: NodeId },
+    /// The dialer reached the node it meant to (its ID here) of the cluster it named.
+    Accept { node_id: NodeId },
+    /// Refused: `reason` says why when the dialer proved it knows the cluster ID, and is
+    /// only [`crate::REFUSED`] otherwise.
     Reject { reason: String },
 }
 

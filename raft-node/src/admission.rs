@@ -29,6 +29,8 @@ use crate::metrics::{DisconnectReason, Metrics};
 #[derive(Debug)]
 struct ConnState {
     busy: AtomicBool,
+    /// An operator's connection (authenticated as admin): never evicted.
+    privileged: AtomicBool,
     /// Milliseconds since the table's epoch at which the connection last became idle.
     idle_since_ms: AtomicU64,
     evict: Notify,
@@ -67,7 +69,11 @@ impl Table {
         let victim = self
             .conns
             .iter()
-            .filter(|(_, e)| eligible(e) && !e.state.busy.load(Ordering::Relaxed))
+            .filter(|(_, e)| {
+                eligible(e)
+                    && !e.state.busy.load(Ordering::Relaxed)
+                    && !e.state.privileged.load(Ordering::Relaxed)
+            })
             .max_by_key(|(_, e)| {
                 (
                     self.per_source.get(&e.source).copied().unwrap_or(0),
@@ -151,6 +157,7 @@ impl Admission {
         table.next_id += 1;
         let state = Arc::new(ConnState {
             busy: AtomicBool::new(false),
+            privileged: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(self.now_ms()),
             evict: Notify::new(),
         });
@@ -198,6 +205,13 @@ impl Ticket {
                 .store(self.admission.now_ms(), Ordering::Relaxed);
         }
         self.state.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as an operator's (for the AUTH path, once a client proved an
+    /// admin role): it is never evicted to make room, so an idle admin session survives a
+    /// flood of newcomers.
+    pub fn set_privileged(&self) {
+        self.state.privileged.store(true, Ordering::Relaxed);
     }
 
     /// Resolves when the connection was chosen to be closed to make room.
@@ -290,5 +304,23 @@ mod tests {
         };
         assert_eq!(crowd.iter().filter(|c| evicted(c)).count(), 1);
         assert!(!evicted(&other) && !evicted(&other2));
+    }
+
+    #[test]
+    fn a_privileged_connection_is_never_evicted() {
+        let t = table(2, 2, 0, &[]);
+        let admin = t.admit(ip("10.0.0.1")).unwrap();
+        admin.set_privileged();
+        let _idle = t.admit(ip("10.0.0.1")).unwrap();
+        // The idle one makes room, the admin does not.
+        let busy = t.admit(ip("10.0.0.2")).unwrap();
+        busy.set_busy(true);
+        assert_eq!(
+            t.admit(ip("10.0.0.3")).unwrap_err(),
+            DisconnectReason::RefusedTotal
+        );
+        let f = admin.evicted();
+        futures::pin_mut!(f);
+        assert!(futures::FutureExt::now_or_never(f).is_none());
     }
 }

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use raft_core::NodeId;
 use serde::Deserialize;
 
+use crate::cluster_id::ClusterId;
 use crate::limits::ClientLimits;
 use crate::runtime::RuntimeConfig;
 use crate::tls::TlsConfig;
@@ -190,9 +191,11 @@ pub struct NodeConfig {
     #[serde(default)]
     pub join: bool,
     /// Identifies the cluster on the wire: peers of another cluster are refused at the
-    /// handshake. The same on every node.
-    #[serde(default = "default_cluster_id")]
-    pub cluster_id: u64,
+    /// handshake. The same on every node: 32 hex digits (`raft-node certs` draws one). When
+    /// absent, the one in `DATA_DIR/CLUSTER_ID` or in the TLS certificate; see
+    /// [`crate::cluster_id`].
+    #[serde(default)]
+    pub cluster_id: Option<ClusterId>,
     /// Where the log lives: `disk` (raft-log under `DATA_DIR/log`, the default) or `memory`
     /// (nothing survives a restart; for experiments only).
     #[serde(default)]
@@ -231,10 +234,6 @@ pub enum StorageKind {
     Memory,
 }
 
-fn default_cluster_id() -> u64 {
-    1
-}
-
 impl NodeConfig {
     /// Node `id` with data under `data_dir`, in the cluster `peers`, and every other setting at
     /// its default (the same defaults a TOML file gets for fields it leaves out).
@@ -258,7 +257,7 @@ impl NodeConfig {
             debug_corrupt_apply_at: None,
             initial_voters: None,
             join: false,
-            cluster_id: default_cluster_id(),
+            cluster_id: None,
             storage: StorageKind::default(),
             runtime_worker_threads: default_runtime_worker_threads(),
             tls: None,

@@ -14,7 +14,8 @@
 //! - [`membership_check`]: the leader's rules for safe membership changes.
 //! - [`recover`]: `raft-node recover`, a one-node cluster from a survivor's data.
 //! - [`tls`]: the TLS settings and the rustls configurations of every port; [`certs`]:
-//!   generated CA and node certificates (`raft-node certs`).
+//!   generated CA and node certificates (`raft-node certs`); [`cluster_id`]: the
+//!   cluster's random ID and how the members agree on it.
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
 //!   the bounds on what clients can make a node hold or do.
 
@@ -24,6 +25,7 @@ pub mod admission;
 pub mod anti_entropy;
 pub mod auth;
 pub mod certs;
+pub mod cluster_id;
 pub mod config;
 pub mod http;
 pub mod kv;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
+use raft_node::certs;
+use raft_node::cluster_id::ClusterId;
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
 use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
@@ -32,6 +34,10 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
     Dev(DevArgs),
+    /// Create a cluster's CA, its nodes' certificates (each naming its node ID) and an
+    /// admin client certificate, with a new random cluster ID. Run again on the same
+    /// folder to add nodes: the CA and the cluster ID are reused.
+    Certs(CertsArgs),
     /// Print a node's status table.
     Status {
         /// Client address of the node to ask (host:port).
@@ -186,10 +192,12 @@ struct RunArgs {
     /// for experiments only) [default: disk].
     #[arg(long, value_enum)]
     storage: Option<StorageKind>,
-    /// Identifies the cluster on the wire; peers with another ID are refused. The same on
-    /// every node [default: 1].
-    #[arg(long)]
-    cluster_id: Option<u64>,
+    /// Identifies the cluster on the wire (32 hex digits, the same on every node); peers
+    /// with another ID are refused. A new cluster of several members needs one
+    /// (`raft-node certs` prints one) [default: DATA_DIR/CLUSTER_ID, else the TLS
+    /// certificate's, else a random one for a single-node cluster].
+    #[arg(long, value_name = "HEX")]
+    cluster_id: Option<ClusterId>,
     /// Worker threads of the process's async runtime; 1 runs every task on one thread,
     /// the fewest context switches; more pays only with cores to spare [default: 1].
     #[arg(long)]
@@ -224,6 +232,23 @@ struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Folder to write the files into (created if missing; private keys are written 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// The node IDs to issue certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
+    /// Host names and IP addresses clients reach the nodes by, comma-separated: every node
+    /// certificate is valid for all of them (peers check node IDs, not names).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    hosts: Vec<String>,
+    /// The cluster ID for a new CA [default: a random one].
+    #[arg(long, value_name = "HEX")]
+    cluster_id: Option<ClusterId>,
+}
+
+#[derive(clap::Args, Debug)]
 struct DevArgs {
     /// Cluster size: 3 or 5.
     #[arg(long, default_value = "5", value_parser = ["3", "5"])]
@@ -247,6 +272,10 @@ struct DevArgs {
     /// cluster's data is reused).
     #[arg(long)]
     fresh: bool,
+    /// Run with TLS: certificates are created under DATA_DIR/certs (once), and peers use
+    /// mutual TLS against that CA.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
@@ -314,7 +343,7 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.runtime_worker_threads = args
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
-    cfg.cluster_id = args.cluster_id.unwrap_or(cfg.cluster_id);
+    cfg.cluster_id = args.cluster_id.or(cfg.cluster_id);
     apply_tls_flags(&mut cfg, args.tls_ca, args.tls_cert, args.tls_key)?;
     if args.tls_client_cert_required {
         match cfg.tls.as_mut() {
@@ -475,12 +504,43 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
             client_addr: Some(port(args.client_port_base, i)?),
         });
     }
+    // The dev cluster's ID: the one its data already has, else a fresh random one.
+    let stored = args
+        .data_dir
+        .join("node-1")
+        .join(raft_node::cluster_id::CLUSTER_ID_FILE);
+    let cluster_id = match std::fs::read_to_string(&stored) {
+        Ok(text) => text
+            .parse::<ClusterId>()
+            .map_err(|e| ConfigError::new("cluster_id", format!("{}: {e}", stored.display())))?,
+        Err(_) => ClusterId::random(),
+    };
+    let certs_dir = args.data_dir.join("certs");
+    if args.tls {
+        let missing: Vec<u64> = (1..=n)
+            .filter(|&i| !certs_dir.join(certs::node_cert_file(i)).exists())
+            .collect();
+        if !missing.is_empty() {
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            certs::generate(&certs_dir, Some(cluster_id.0), &missing, &hosts)
+                .map_err(|e| ConfigError::new("tls", e))?;
+        }
+    }
     let mut nodes = Vec::new();
     for i in 1..=n {
         let mut cfg =
             NodeConfig::with_defaults(i, args.data_dir.join(format!("node-{i}")), peers.clone());
         cfg.http_addr = Some(port(args.http_port_base, i)?);
         cfg.storage = args.storage;
+        cfg.cluster_id = Some(cluster_id);
+        if args.tls {
+            cfg.tls = Some(TlsConfig {
+                ca_file: certs_dir.join(certs::CA_CERT_FILE),
+                cert_file: certs_dir.join(certs::node_cert_file(i)),
+                key_file: certs_dir.join(certs::node_key_file(i)),
+                client_cert_required: false,
+            });
+        }
         match RunningNode::start(cfg).await {
             Ok(node) => nodes.push(node),
             Err(e) => {
@@ -492,12 +552,30 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
         }
     }
     println!(
-        "raft-node dev: {n} nodes on 127.0.0.1, data under {}",
+        "raft-node dev: {n} nodes on 127.0.0.1, data under {}, cluster {cluster_id}",
         args.data_dir.display()
     );
+    if args.tls {
+        println!(
+            "  TLS: peers use mutual TLS, clients and HTTP TLS; CA, node and admin client \
+             certificates in {}",
+            certs_dir.display()
+        );
+    }
+    // What a client needs to reach a TLS dev cluster, put before its arguments.
+    let ca = certs_dir.join(certs::CA_CERT_FILE);
+    let (redis, scheme, curl) = if args.tls {
+        (
+            format!("redis-cli --tls --cacert {}", ca.display()),
+            "https",
+            format!("curl --cacert {}", ca.display()),
+        )
+    } else {
+        ("redis-cli".to_string(), "http", "curl".to_string())
+    };
     for node in &nodes {
         println!(
-            "  node {}: client (RESP + native) {}  http http://{}  peer {}",
+            "  node {}: client (RESP + native) {}  http {scheme}://{}  peer {}",
             node.id,
             node.client_addr,
             node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -507,16 +585,16 @@ async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
     let first = &nodes[0];
     println!("try:");
     println!(
-        "  redis-cli -p {} SET greeting hello",
+        "  {redis} -p {} SET greeting hello",
         first.client_addr.port()
     );
     println!(
-        "  redis-cli -p {} GET greeting",
+        "  {redis} -p {} GET greeting",
         nodes[nodes.len() - 1].client_addr.port()
     );
-    println!("  redis-cli -p {} INFO", first.client_addr.port());
+    println!("  {redis} -p {} INFO", first.client_addr.port());
     if let Some(h) = first.http_addr {
-        println!("  curl http://{h}/status");
+        println!("  {curl} {scheme}://{h}/status");
     }
     println!("Ctrl-C to stop.");
     signals.recv().await;
@@ -632,6 +710,26 @@ fn main() -> ExitCode {
                 let signals = signals.as_mut().expect("installed for dev");
                 dev(args, signals).await.map_err(|e| e.to_string())
             }
+            Cmd::Certs(args) => {
+                let made = certs::generate(
+                    &args.out,
+                    args.cluster_id.map(|c| c.0),
+                    &args.nodes,
+                    &args.hosts,
+                )?;
+                println!("cluster ID  {}", ClusterId(made.cluster_id));
+                for f in &made.written {
+                    println!("wrote       {}", f.display());
+                }
+                let dir = args.out.display();
+                println!("in node N's config file (the cluster ID is in its certificate):");
+                println!("  [tls]");
+                println!("  ca_file = \"{dir}/{}\"", certs::CA_CERT_FILE);
+                println!("  cert_file = \"{dir}/node-N.pem\"");
+                println!("  key_file = \"{dir}/node-N-key.pem\"");
+                println!("or: raft-node run --tls-ca {dir}/{} --tls-cert {dir}/node-N.pem --tls-key {dir}/node-N-key.pem ...", certs::CA_CERT_FILE);
+                Ok(())
+            }
             Cmd::Status { addr, login } => {
                 let client = admin_client(addr, &login)?;
                 let status = client.status().await.map_err(|e| e.to_string())?;
@@ -703,7 +801,6 @@ mod tests {
                 "digest-interval-entries",
                 d.digest_interval_entries.to_string(),
             ),
-            ("cluster-id", d.cluster_id.to_string()),
             (
                 "runtime-worker-threads",
                 d.runtime_worker_threads.to_string(),

@@ -217,6 +217,10 @@ impl RunningNode {
             cluster_id: t.identity.0,
         });
         let lock = DirLock::acquire(&config.data_dir)?;
+        let cluster_id = crate::cluster_id::resolve(&config, tls.as_ref().map(|t| t.identity.0))?;
+        if let Some(tls) = &tls {
+            tls.check_identity(config.id, cluster_id)?;
+        }
         let peer_addr = config.peer_listen_addr().expect("validated");
         let client_addr = config.client_listen_addr().expect("validated");
         let client_listener = bind(client_addr, "client_addr").await?;
@@ -238,7 +242,8 @@ impl RunningNode {
             .collect();
         let transport = NetTransport::start(
             config.id,
-            config.cluster_id,
+            cluster_id,
+            tls.as_ref().map(|t| t.transport()),
             peer_addr,
             others,
             inbound_tx,

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
 
 use crate::admission::{Admission, Ticket};
-use crate::auth::{certified_session, Auth, Session};
+use crate::auth::{certified_session, Auth, Role, Session};
 use crate::kv::{log_command, KvView};
 use crate::limits::ClientLimits;
 use crate::metrics::{DisconnectReason, Metrics};
@@ -67,6 +67,11 @@ impl Conn {
             limits,
             metrics,
         }
+    }
+
+    /// The connection's place in the admission table (AUTH marks an admin's privileged).
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
     }
 
     fn close(&self, reason: DisconnectReason) {
@@ -189,6 +194,15 @@ pub async fn serve_connection<S>(
             serve_resp(stream, first, session, router, conn, shutdown).await
         }
         _ => {}
+    }
+}
+
+/// An operator logged in as admin keeps the connection when the caps make room by closing
+/// idle ones, so a flood of sockets cannot lock the operator out. Only with authentication
+/// on: without it every client is an admin, and nothing idle could ever be closed.
+fn protect_admin(conn: &Conn, auth: &Auth, role: Option<Role>) {
+    if auth.is_enabled() && role == Some(Role::Admin) {
+        conn.ticket.set_privileged();
     }
 }
 
@@ -315,6 +329,7 @@ async fn serve_native<S>(
                 input_bytes += request_bytes;
                 // Checked in arrival order: an Auth applies to the requests after it.
                 let verdict = native_gate(&auth, &mut session, &req.body);
+                protect_admin(&conn, &auth, session.role);
                 let handle = handle.clone();
                 let budget = budget.clone();
                 let output_max = limits.output_buffer_bytes_max;
@@ -560,6 +575,7 @@ async fn serve_resp<S>(
                 &limits,
             )
             .await;
+            protect_admin(&conn, &router.auth, session.role());
             let served = match served {
                 Ok(()) => out.flush(&mut stream).await,
                 Err(e) => Err(e),

@@ -108,6 +108,11 @@ impl RespSession {
         }
     }
 
+    /// The role the connection has now (`None` until it authenticates).
+    pub fn role(&self) -> Option<Role> {
+        self.session.role
+    }
+
     /// Maps one request onto what serves it, answering connection-level commands and
     /// refusals itself. Called in the order the requests arrived, so a pipelined `AUTH`
     /// applies to the requests after it and to none before it.

@@ -34,7 +34,8 @@ impl NetTransport {
     /// back on the peers), until `shutdown`.
     pub async fn start(
         id: NodeId,
-        cluster_id: u64,
+        cluster_id: u128,
+        tls: Option<raft_net::tls::TransportTls>,
         listen: SocketAddr,
         peers: Vec<(NodeId, SocketAddr)>,
         inbound: mpsc::Sender<Inbound>,
@@ -42,6 +43,7 @@ impl NetTransport {
     ) -> io::Result<NetTransport> {
         let mut config = TransportConfig::new(id, cluster_id, listen);
         config.peers = peers.into_iter().collect();
+        config.tls = tls;
         // `inbound`'s bound now counts batches: small ones keep the messages it can hold
         // (bound x batch) and the runtime's work per wake-up within reason, while still
         // sparing the channel send and the wake-up for all but one message in this many.

@@ -81,6 +81,10 @@ async fn start_nodes_with(dir: &Path, size: u64, internal: bool, tls: bool) -> V
             NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.clone());
         config.auth_file = Some(auth_file.clone());
         config.request_timeout_ms = 3_000;
+        // The members of a new cluster share one ID (with TLS, the certificates carry it).
+        if !tls {
+            config.cluster_id = Some(raft_node::cluster_id::ClusterId(0x7e57));
+        }
         if tls {
             let certs = dir.join("certs");
             config.tls = Some(TlsConfig {
@@ -399,6 +403,39 @@ async fn native_clients_log_in_and_are_held_to_their_role() {
         writer.transfer_leader(1).await,
         Err(ClientError::Node(NodeError::PermissionDenied(_)))
     ));
+
+    // The CLI: the password from RAFT_NODE_PASSWORD or --password-file, never a flag.
+    let cli = |args: &[&str], password: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_raft-node"));
+        cmd.arg(args[0]).arg("--addr").arg(addrs[0].to_string());
+        cmd.args(&args[1..]);
+        cmd.env_remove("RAFT_NODE_PASSWORD")
+            .env_remove("RAFT_NODE_USER");
+        if let Some(p) = password {
+            cmd.env("RAFT_NODE_PASSWORD", p);
+        }
+        cmd.output().expect("run raft-node")
+    };
+    let refused = tokio::task::block_in_place(|| cli(&["status"], None));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("authentication"));
+    let status = tokio::task::block_in_place(|| cli(&["status"], Some(ADMIN_PASSWORD)));
+    assert!(status.status.success(), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("role        Leader"));
+    let password_file = dir.path().join("reader-password");
+    std::fs::write(&password_file, format!("{READER_PASSWORD}\n")).unwrap();
+    let file = password_file.display().to_string();
+    let as_reader = ["admin", "--user", "reader", "--password-file", &file];
+    let denied = tokio::task::block_in_place(|| {
+        let mut args = as_reader.to_vec();
+        args.extend(["promote", "97"]);
+        cli(&args, None)
+    });
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
 
     let admin = client(&addrs, Some((None, ADMIN_PASSWORD)));
     match admin.add_learner(98).await {

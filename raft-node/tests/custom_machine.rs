@@ -27,6 +27,7 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 fn config(id: u64, dir: &std::path::Path, peers: &[PeerConfig]) -> NodeConfig {
     let mut config = NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.to_vec());
+    config.cluster_id = Some(raft_node::cluster_id::ClusterId(0x7e57));
     config.snapshot_entries_max = 20;
     config.snapshot_log_margin_entries = 5;
     config.digest_interval_entries = 10;

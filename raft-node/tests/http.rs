@@ -66,7 +66,8 @@ impl Node {
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
-            "id = 1\ndata_dir = {:?}\nstorage = \"memory\"\n",
+            // A cluster of several members is given its shared ID.
+            "id = 1\ndata_dir = {:?}\nstorage = \"memory\"\ncluster_id = \"7e57\"\n",
             dir.path().display().to_string()
         );
         for id in 1..=members {

@@ -15,11 +15,23 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Node {
     node: Option<RunningNode>,
+    /// What [`Node::client`] logs in with, when the node requires it.
+    credentials: Option<raft_client::Credentials>,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
     async fn start(limits: &str) -> Node {
+        Node::start_with("", limits, None).await
+    }
+
+    /// As [`Node::start`], with `top` (top-level TOML lines) before the peers, and the clients of [`Node::client`] logging in
+    /// with `credentials`.
+    async fn start_with(
+        top: &str,
+        limits: &str,
+        credentials: Option<raft_client::Credentials>,
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -28,14 +40,15 @@ impl Node {
         drop((peer, client));
         let (peer, client) = addrs;
         let config = NodeConfig::from_toml(&format!(
-            "id = 1\ndata_dir = {:?}\n[[peers]]\nid = 1\naddr = \"{peer}\"\n\
+            "id = 1\ndata_dir = {:?}\n{top}\n[[peers]]\nid = 1\naddr = \"{peer}\"\n\
              client_addr = \"{client}\"\n[limits]\n{limits}\n",
-            dir.path().display().to_string(),
+            dir.path().join("node").display().to_string(),
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         let node = RunningNode::start(config).await.unwrap();
         let n = Node {
             node: Some(node),
+            credentials,
             _dir: dir,
         };
         // A single node leads after its first election.
@@ -48,7 +61,9 @@ impl Node {
     }
 
     fn client(&self) -> Client {
-        Client::new(ClientConfig::new([self.running().client_addr.to_string()]))
+        let mut config = ClientConfig::new([self.running().client_addr.to_string()]);
+        config.credentials = self.credentials.clone();
+        Client::new(config)
     }
 
     async fn connect(&self) -> TcpStream {
@@ -261,6 +276,53 @@ async fn idle_sockets_cannot_lock_anyone_out_and_busy_ones_hold_their_source_cap
     );
     assert!(node.disconnects(DisconnectReason::RefusedPerSource) >= 1);
     drop(busy);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_admin_keeps_its_connection_through_a_flood_that_evicts_idle_users() {
+    let auth = r#"
+internal_password = "internal-password-for-the-test"
+[[users]]
+name = "default"
+role = "admin"
+password_sha256 = "dc2408a56bac9ea737f8ed4aac2d1bcb319a1bc285caddb81ebed43fee6bfe66"
+[[users]]
+name = "reader"
+role = "read"
+password_sha256 = "7f1caa80a41ad0199263fbcc801773457a39dfdf86b43c6b3cec4e5da14f79de"
+"#;
+    let auth_dir = tempfile::tempdir().unwrap();
+    let auth_path = auth_dir.path().join("auth.toml");
+    std::fs::write(&auth_path, auth).unwrap();
+    let top = format!("auth_file = {:?}", auth_path.display().to_string());
+    let node = Node::start_with(
+        &top,
+        "connections_max = 16\nconnections_per_source_max = 8\nconnections_reserved = 2",
+        Some(raft_client::Credentials::new(None, "admin-password-123")),
+    )
+    .await;
+    let mut admin = node.connect().await;
+    assert_eq!(
+        command(&mut admin, &["AUTH", "admin-password-123"]).await,
+        "+OK\r\n"
+    );
+    let mut reader = node.connect().await;
+    assert_eq!(
+        command(&mut reader, &["AUTH", "reader", "reader-password-123"]).await,
+        "+OK\r\n"
+    );
+    // Both idle now; a flood of silent sockets from the same source makes room by
+    // evicting idle connections, the reader's among them, never the admin's.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(node.connect().await);
+    }
+    assert_eq!(command(&mut admin, &["PING"]).await, "+PONG\r\n");
+    let (_, waited) = read_until_closed(&mut reader).await;
+    assert!(waited < WAIT, "the idle reader was never evicted");
+    assert!(node.disconnects(DisconnectReason::Evicted) >= 1);
+    drop(silent);
     node.stop().await;
 }
 

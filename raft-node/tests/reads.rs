@@ -57,6 +57,9 @@ fn start(size: u64) -> Nodes {
             id.to_string(),
             "--data-dir".into(),
             data.display().to_string(),
+            // A new cluster of several members is given its shared ID.
+            "--cluster-id".into(),
+            "7e575e7e575e7e575e7e575e7e575e01".into(),
         ];
         for pid in 1..=size {
             let i = 2 * (pid as usize - 1);

@@ -129,6 +129,7 @@ type Attack = fn(&mut Ctx) -> Result<String, String>;
 /// The issue's attacks, in its order: name (for `--only`), and what runs.
 const ATTACKS: &[(&str, Attack)] = &[
     ("promote", promote_unauthenticated),
+    ("promote-admin", promote_admin),
     ("mget", mget_big),
     ("digits", endless_digits),
     ("array", huge_array),
@@ -156,6 +157,10 @@ struct Ctx {
 impl Ctx {
     fn client(&self) -> SocketAddr {
         self.clients[self.target as usize - 1]
+    }
+
+    fn bearer(&self) -> Option<&str> {
+        self.auth.as_ref().map(|c| c.password.as_str())
     }
 
     fn info(&self, id: u64) -> Result<std::collections::HashMap<String, String>, String> {
@@ -220,6 +225,8 @@ fn start_cluster(binary: &Path, dir: &Path, extra: &[String]) -> Result<Ctx, Str
         ctx.clients.push(free_addr().map_err(io)?);
         ctx.https.push(free_addr().map_err(io)?);
     }
+    let (auth_file, credentials) = attacks::write_auth_file(dir).map_err(io)?;
+    ctx.auth = Some(credentials);
     for id in 1..=NODES {
         let i = id as usize - 1;
         let mut args = vec![
@@ -230,6 +237,11 @@ fn start_cluster(binary: &Path, dir: &Path, extra: &[String]) -> Result<Ctx, Str
             dir.join(format!("node-{id}")).display().to_string(),
             "--http-addr".into(),
             ctx.https[i].to_string(),
+            // A new cluster of several members shares one ID.
+            "--cluster-id".into(),
+            format!("{:032x}", 0xa77a_c000_u128 | u128::from(std::process::id())),
+            "--auth-file".into(),
+            auth_file.display().to_string(),
         ];
         for p in 0..NODES as usize {
             args.push("--peer".into());
@@ -328,6 +340,19 @@ fn promote_unauthenticated(ctx: &mut Ctx) -> Result<String, String> {
     ))
 }
 
+fn promote_admin(ctx: &mut Ctx) -> Result<String, String> {
+    let answers = attacks::promote(ctx.client(), ctx.auth.as_ref(), &[97, 98, 99]);
+    let voters = ctx
+        .info(ctx.target)?
+        .get("voters")
+        .cloned()
+        .unwrap_or_default();
+    Ok(format!(
+        "RAFT.PROMOTE 97/98/99 as admin: {}; voters {voters}",
+        answers.join(" / ")
+    ))
+}
+
 fn mget_big(ctx: &mut Ctx) -> Result<String, String> {
     let big = vec![b'b'; BIG_VALUE_BYTES];
     attacks::round_trip(ctx.client(), ctx.auth.as_ref(), "big", &big)?;
@@ -378,7 +403,7 @@ fn non_readers(ctx: &mut Ctx) -> Result<String, String> {
         64,
         "big",
         BIG_VALUE_BYTES as u64,
-        None,
+        ctx.bearer(),
         ctx.auth.as_ref(),
     )
     .map_err(|e| e.to_string())?;
@@ -426,6 +451,7 @@ fn silent(ctx: &mut Ctx, sources: u8) -> Result<String, String> {
 fn status_cli(binary: &Path, addr: SocketAddr) -> bool {
     let Ok(mut child) = Command::new(binary)
         .args(["status", "--addr", &addr.to_string()])
+        .env("RAFT_NODE_PASSWORD", attacks::ADMIN_PASSWORD)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -459,7 +485,7 @@ fn impostor(ctx: &mut Ctx) -> Result<String, String> {
         body: raft_core::MessageBody::TimeoutNow,
     };
     let mut out = Vec::new();
-    for cluster_id in [1u64, 0] {
+    for cluster_id in [1u128, 0] {
         let got = attacks::impostor_plain(
             ctx.peers[to as usize - 1],
             cluster_id,
@@ -487,6 +513,7 @@ fn chunked_put(ctx: &mut Ctx) -> Result<String, String> {
         http,
         b"PUT /kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        ctx.bearer(),
     )
     .map_err(|e| e.to_string())?;
     let stored = stored_value(ctx, "chunked")?;
@@ -500,6 +527,7 @@ fn duplicate_content_length(ctx: &mut Ctx) -> Result<String, String> {
     let (status, _) = attacks::http_raw(
         http,
         b"PUT /kv/dup HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 3\r\n\r\nhello",
+        ctx.bearer(),
     )
     .map_err(|e| e.to_string())?;
     let stored = stored_value(ctx, "dup")?;

@@ -31,11 +31,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             client_addr: Some(ports[2 * (id as usize - 1) + 1]),
         })
         .collect();
+    // The members of a new cluster share one ID, drawn here for all three.
+    let cluster_id = raft_node::cluster_id::ClusterId::random();
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let mut config =
             NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.clone());
         config.snapshot_entries_max = 50;
+        config.cluster_id = Some(cluster_id);
         nodes.push(RunningNode::start_with(config, Counter::default()).await?);
     }
     let result = async {

@@ -53,6 +53,33 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// The password of the `default` user (an admin) in [`write_auth_file`]'s file.
+pub const ADMIN_PASSWORD: &str = "hostile-admin-password";
+/// `printf %s hostile-admin-password | sha256sum`
+const ADMIN_PASSWORD_SHA256: &str =
+    "4d9c75a1b859f615a16dd20f70d22708ca2869ee67dc190f0addfff62100f62f";
+
+/// Writes an auth file (`--auth-file`) into `dir`: the `default` user is an admin with
+/// [`ADMIN_PASSWORD`], and the nodes share an internal password. Returns its path and the
+/// credentials a well-behaved client presents.
+pub fn write_auth_file(dir: &std::path::Path) -> io::Result<(std::path::PathBuf, Credentials)> {
+    let path = dir.join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "internal_password = \"hostile-internal-password\"\n\n[[users]]\nname = \"default\"\n\
+             role = \"admin\"\npassword_sha256 = \"{ADMIN_PASSWORD_SHA256}\"\n"
+        ),
+    )?;
+    Ok((
+        path,
+        Credentials {
+            user: None,
+            password: ADMIN_PASSWORD.into(),
+        },
+    ))
+}
+
 /// A RESP reply, as far as the checks look at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -605,11 +632,24 @@ impl Silent {
     }
 }
 
-/// One raw HTTP/1.1 exchange: `request` written as is, the answer read until the node closes
-/// or [`IO_TIMEOUT`]. Returns the status line and the whole answer.
-pub fn http_raw(addr: SocketAddr, request: &[u8]) -> io::Result<(String, String)> {
+/// One raw HTTP/1.1 exchange: `request` written as is (with `Authorization: Bearer {token}`
+/// after its first line, given a token), the answer read until the node closes or
+/// [`IO_TIMEOUT`]. Returns the status line and the whole answer.
+pub fn http_raw(
+    addr: SocketAddr,
+    request: &[u8],
+    bearer: Option<&str>,
+) -> io::Result<(String, String)> {
     let mut s = connect(addr)?;
-    s.write_all(request)?;
+    match (bearer, request.windows(2).position(|w| w == b"\r\n")) {
+        (Some(token), Some(end)) => {
+            let mut req = request[..end + 2].to_vec();
+            req.extend_from_slice(format!("Authorization: Bearer {token}\r\n").as_bytes());
+            req.extend_from_slice(&request[end + 2..]);
+            s.write_all(&req)?;
+        }
+        _ => s.write_all(request)?,
+    }
     let d = drain_all(&mut s, 1 << 20, IO_TIMEOUT);
     let status = d.lines().next().unwrap_or_default().to_string();
     Ok((status, d))
@@ -656,7 +696,7 @@ pub struct Impostor {
 /// sends back.
 pub fn impostor_plain(
     addr: SocketAddr,
-    cluster_id: u64,
+    cluster_id: u128,
     from: u64,
     to: u64,
     forge: Option<raft_core::Message>,

@@ -17,6 +17,8 @@ use raft_client::{Client, ClientConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 pub const REQUEST_TIMEOUT_MS: u64 = 1_500;
+/// The ID every test cluster's members share.
+pub const CLUSTER_ID: &str = "7e575e7e575e7e575e7e575e7e575e00";
 
 pub fn free_addr() -> SocketAddr {
     free_addrs(1)[0]
@@ -121,6 +123,9 @@ impl Cluster {
                 http.to_string(),
                 "--request-timeout-ms".into(),
                 REQUEST_TIMEOUT_MS.to_string(),
+                // A new cluster of several members is given its shared ID.
+                "--cluster-id".into(),
+                CLUSTER_ID.into(),
             ];
             for &(pid, ppeer, pclient, _) in &addrs {
                 args.push("--peer".into());

@@ -1012,6 +1012,9 @@ async fn run(args: Args) -> Result<bool, String> {
             data_dir.display().to_string(),
             "--snapshot-entries-max".into(),
             "2000".into(),
+            // A new cluster of several members shares one ID (one per seed).
+            "--cluster-id".into(),
+            format!("c4a05{:027x}", args.seed),
             // With network namespaces the nodes listen on 10.213.x.y, which protected mode
             // refuses without TLS and credentials; those addresses exist only inside this
             // run's bridge.

@@ -16,7 +16,7 @@ use raft_client::wire::{
     KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame, Session,
     FRAME_BYTES_MAX,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -102,10 +102,18 @@ impl From<&str> for Failure {
     }
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+/// TLS for the load's connections: the client configuration trusting the cluster's CA.
+pub type Tls = Option<Arc<rustls::ClientConfig>>;
+
 /// One client connection with one request outstanding at a time.
 pub struct Conn {
     proto: Proto,
-    stream: TcpStream,
+    tls: Tls,
+    stream: Box<dyn Link>,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     value: Vec<u8>,
@@ -115,16 +123,33 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub async fn connect(proto: Proto, addr: &str, client_id: u64) -> Result<Conn, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    pub async fn connect(
+        proto: Proto,
+        tls: &Tls,
+        addr: &str,
+        client_id: u64,
+    ) -> Result<Conn, String> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect {addr}: timed out"))?
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| format!("nodelay: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        let stream: Box<dyn Link> = match tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let ip = tcp.peer_addr().map_err(|e| format!("{addr}: {e}"))?.ip();
+                let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+                let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
+                let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| format!("TLS handshake with {addr}: timed out"))?
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                Box::new(tls)
+            }
+        };
         Ok(Conn {
             proto,
+            tls: tls.clone(),
             stream,
             rbuf: BytesMut::with_capacity(16 << 10),
             wbuf: Vec::with_capacity(1024),
@@ -142,7 +167,7 @@ impl Conn {
         for _ in 0..REDIRECTS_MAX {
             match self.call_once(op, key).await {
                 Err(Failure::Redirect(addr)) => {
-                    let fresh = Conn::connect(self.proto, &addr, self.client_id).await?;
+                    let fresh = Conn::connect(self.proto, &self.tls, &addr, self.client_id).await?;
                     // Keep the session's numbering: the same client, a new connection.
                     let (seq, frame_id) = (self.seq, self.frame_id);
                     *self = fresh;
@@ -530,6 +555,8 @@ pub struct Workload {
     pub proto: Proto,
     pub op: Op,
     pub addr: String,
+    /// TLS on every connection, or none.
+    pub tls: Tls,
     /// Not measured: connections open, caches and batching settle.
     pub warmup: Duration,
     pub duration: Duration,
@@ -541,7 +568,7 @@ pub struct Workload {
 pub async fn closed_loop(w: &Workload, clients: usize) -> Result<LoadResult, String> {
     let mut conns = Vec::with_capacity(clients);
     for c in 0..clients {
-        conns.push(Conn::connect(w.proto, &w.addr, w.seed ^ ((c as u64 + 1) << 32)).await?);
+        conns.push(Conn::connect(w.proto, &w.tls, &w.addr, w.seed ^ ((c as u64 + 1) << 32)).await?);
     }
     let measure_from = Instant::now() + w.warmup;
     let measure_until = measure_from + w.duration;
@@ -627,7 +654,8 @@ pub async fn open_loop(
     let due_total = (rate_per_s * total_s) as u64;
     let mut opened = Vec::with_capacity(conns);
     for c in 0..conns {
-        opened.push(Conn::connect(w.proto, &w.addr, w.seed ^ ((c as u64 + 1) << 40)).await?);
+        opened
+            .push(Conn::connect(w.proto, &w.tls, &w.addr, w.seed ^ ((c as u64 + 1) << 40)).await?);
     }
     let started_at = std::time::SystemTime::now();
     let start = Instant::now();

@@ -45,6 +45,7 @@ mod load;
 pub(crate) mod procs;
 mod restart;
 mod scrape;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -300,6 +301,9 @@ async fn run_all(
         }
     );
     run_ours(ctx, s, binary, results, rows).await?;
+    if !open_loop_only() {
+        tls::run(ctx, s, binary, results, rows).await?;
+    }
     if open_loop_only() {
         eprintln!("bench: cluster: XTASK_BENCH_OPEN_LOOP_ONLY: no etcd, no restart");
         return Ok(());
@@ -372,9 +376,13 @@ struct Cluster {
     procs: Procs,
     client_addrs: Vec<String>,
     http_addrs: Vec<String>,
+    /// How clients reach the nodes: plain TCP, or TLS trusting the cluster's CA.
+    tls: load::Tls,
 }
 
-fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
+/// Starts 3 nodes under `dir`; with `certs` (a `raft-node certs` folder) every port speaks
+/// TLS with the nodes' certificates.
+fn start_cluster(binary: &Path, dir: &Path, certs: Option<&Path>) -> Result<Cluster, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut peers = Vec::new();
     let mut clients = Vec::new();
@@ -394,11 +402,24 @@ fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
             dir.join(format!("node-{id}")).display().to_string(),
             "--http-addr".into(),
             https[(id - 1) as usize].to_string(),
+            // A new cluster of several members shares one ID.
+            "--cluster-id".into(),
+            format!("{:032x}", 0xbe7c_0000_u128 | u128::from(std::process::id())),
         ];
         for peer in 1..=NODES {
             let i = (peer - 1) as usize;
             args.push("--peer".into());
             args.push(format!("{peer}={},{}", peers[i], clients[i]));
+        }
+        if let Some(c) = certs {
+            for (flag, file) in [
+                ("--tls-ca", "ca.pem".to_string()),
+                ("--tls-cert", format!("node-{id}.pem")),
+                ("--tls-key", format!("node-{id}-key.pem")),
+            ] {
+                args.push(flag.into());
+                args.push(c.join(file).display().to_string());
+            }
         }
         args.extend(extra_node_args());
         procs.0.push(Proc::new(
@@ -415,6 +436,7 @@ fn start_cluster(binary: &Path, dir: &Path) -> Result<Cluster, String> {
         procs,
         client_addrs: clients.iter().map(|a| a.to_string()).collect(),
         http_addrs: https.iter().map(|a| a.to_string()).collect(),
+        tls: None,
     })
 }
 
@@ -430,6 +452,7 @@ impl Cluster {
                 config.request_timeout_ms = 500;
                 config.attempt_timeout_ms = 500;
                 config.connect_timeout_ms = 200;
+                config.tls = self.tls.clone();
                 if let Ok(st) = raft_client::Client::new(config).status().await {
                     leaders.push(st.leader);
                 }
@@ -456,7 +479,7 @@ async fn run_ours(
     results: &mut Results,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    let mut cluster = start_cluster(binary, &ctx.scratch)?;
+    let mut cluster = start_cluster(binary, &ctx.scratch, None)?;
     let leader = cluster.wait_leader().await?;
     let pids = cluster.procs.pids();
     let servers = Servers {
@@ -481,6 +504,7 @@ async fn run_ours(
         proto,
         op,
         addr: leader.clone(),
+        tls: None,
         warmup: s.warmup,
         duration: s.duration,
         seed,
@@ -905,6 +929,7 @@ async fn run_etcd(
                 proto: Proto::EtcdHttp,
                 op,
                 addr: leader.clone(),
+                tls: None,
                 warmup: s.warmup,
                 duration: s.duration,
                 seed: c as u64,

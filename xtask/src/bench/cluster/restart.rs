@@ -169,7 +169,7 @@ async fn wait_serving(procs: &mut Procs, client: &str) -> Result<Duration, Strin
             return Err(format!("node not serving within {SERVE_TIMEOUT:?}"));
         }
         if conn.is_none() {
-            conn = Conn::connect(Proto::Native, client, 1).await.ok();
+            conn = Conn::connect(Proto::Native, &None, client, 1).await.ok();
         }
         if let Some(c) = conn.as_mut() {
             match c.call(Op::Get, &key(0)).await {
