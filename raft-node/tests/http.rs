@@ -380,6 +380,29 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_sending_side_still_gets_its_answer() {
+    // `nc -N` and HTTP/1.0 tools shut their write side right after the request; hyper's
+    // default took that EOF as the client gone and dropped the `/status` answer it was
+    // still preparing (the fuzz target's health check found it).
+    let n = Node::start(ClientLimits::default()).await;
+    n.ready().await;
+    for path in ["/status", "/kv/missing", "/healthz"] {
+        let mut s = TcpStream::connect(n.http).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        let got = read_reply(&mut s, &mut buf, false).await;
+        assert!(
+            got.status == 200 || got.status == 404,
+            "{path}: {}",
+            got.status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_is_answered_before_the_body() {
     let limits = ClientLimits {
         http_body_bytes_max: 1_024,

@@ -197,6 +197,10 @@ async fn serve_http<I>(
         // a keep-alive connection that is merely quiet.
         .header_read_timeout(None)
         .keep_alive(true)
+        // A client may close its sending side right after its request (`nc -N`, HTTP/1.0
+        // tools): without this hyper takes that EOF as the client gone and drops the answer
+        // still being prepared. The connection's timeouts still bound how long it stays.
+        .half_close(true)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
