@@ -45,13 +45,7 @@ impl Cluster {
                 while node.has_ready() {
                     busy = true;
                     let ready = node.ready();
-                    if let Some(meta) = ready.snapshot {
-                        node.storage_mut().install_snapshot(meta);
-                    }
-                    node.storage_mut().append(&ready.entries);
-                    if let Some(hs) = ready.hard_state {
-                        node.storage_mut().set_hard_state(hs);
-                    }
+                    node.storage_mut().persist(&ready);
                     self.inbox.extend(ready.messages);
                     self.inbox.extend(ready.messages_after_persist);
                     node.on_persisted(ready.seq);

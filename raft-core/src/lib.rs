@@ -18,12 +18,12 @@
 //! while !node.is_leader() {
 //!     node.tick();
 //!     let ready = node.ready();
-//!     node.storage_mut().append(&ready.entries);
+//!     node.storage_mut().persist(&ready);
 //!     node.on_persisted(ready.seq);
 //! }
 //! let proposal = node.propose(b"set x 1".to_vec().into()).unwrap();
 //! let ready = node.ready();
-//! node.storage_mut().append(&ready.entries);
+//! node.storage_mut().persist(&ready);
 //! node.on_persisted(ready.seq);
 //! let ready = node.ready();
 //! assert!(ready.committed_entries.iter().any(|e| e.index == proposal.index));

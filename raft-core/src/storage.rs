@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use crate::ready::Ready;
 use crate::types::{Entry, HardState, Index, SnapshotMeta, Term};
 
 /// Why a read from the log failed.
@@ -85,6 +86,19 @@ impl MemLog {
             },
             snapshot: meta,
             entries: Vec::new(),
+        }
+    }
+
+    /// Writes everything a [`Ready`] asks to persist, in the order the contract requires: the
+    /// snapshot (which replaces the whole log), then the entries, then the hard state. The one
+    /// way an in-memory host persists a `Ready`, so that none of them forgets a part.
+    pub fn persist(&mut self, ready: &Ready) {
+        if let Some(meta) = &ready.snapshot {
+            self.install_snapshot(meta.clone());
+        }
+        self.append(&ready.entries);
+        if let Some(hs) = ready.hard_state {
+            self.set_hard_state(hs);
         }
     }
 

@@ -121,11 +121,9 @@ fn drive(replica: &mut Replica, network: &mut VecDeque<Message>) {
             return;
         }
         let ready = replica.raw.ready();
-        let log = replica.raw.storage_mut();
-        log.append(&ready.entries);
-        if let Some(hs) = ready.hard_state {
-            log.set_hard_state(hs);
-        }
+        // This example never compacts its log, so no leader sends a snapshot; `persist`
+        // would install one in the log all the same.
+        replica.raw.storage_mut().persist(&ready);
         network.extend(ready.messages);
         network.extend(ready.messages_after_persist);
         if ready.seq > 0 {

@@ -184,10 +184,7 @@ fn bootstrap() -> Result<Vec<RawNode<MemLog>>, String> {
                 while node.has_ready() {
                     busy = true;
                     let ready = node.ready();
-                    node.storage_mut().append(&ready.entries);
-                    if let Some(hs) = ready.hard_state {
-                        node.storage_mut().set_hard_state(hs);
-                    }
+                    node.storage_mut().persist(&ready);
                     wire.extend(ready.messages);
                     wire.extend(ready.messages_after_persist);
                     if ready.seq > 0 {
@@ -431,13 +428,7 @@ impl Host {
     fn handle_ready(&mut self, out: &mut [Vec<Message>]) {
         let node = &mut self.node;
         let ready = node.ready();
-        if let Some(meta) = ready.snapshot {
-            node.storage_mut().install_snapshot(meta);
-        }
-        node.storage_mut().append(&ready.entries);
-        if let Some(hs) = ready.hard_state {
-            node.storage_mut().set_hard_state(hs);
-        }
+        node.storage_mut().persist(&ready);
         // Persistence is immediate, so messages waiting on it go out with the others.
         let (mut msgs, mut entries) = (0, 0);
         for m in ready
