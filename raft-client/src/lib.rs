@@ -37,8 +37,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub use wire::Password;
 pub use wire::{
-    AntiEntropyStatus, DigestInfo, DivergentReplica, KvCommand, KvError, KvResponse, NodeError,
-    NodeId, NodeStatus, PeerInfo,
+    AntiEntropyStatus, DigestInfo, DivergentReplica, KvCommand, KvError, KvResponse, LeaderChange,
+    LoadCounters, NodeError, NodeId, NodeStatus, PeerInfo,
 };
 pub use wire::{Request, Response};
 use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};

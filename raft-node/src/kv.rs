@@ -630,6 +630,10 @@ impl crate::runtime::HostedMachine for KvStateMachine {
     fn view(&self) -> Option<Arc<dyn crate::runtime::MachineView>> {
         Some(Arc::new(KvStateMachine::view(self)))
     }
+
+    fn memory_bytes(&self) -> (u64, u64) {
+        (self.used_bytes(), self.limits.memory_bytes_max)
+    }
 }
 
 impl StateMachine for KvStateMachine {
