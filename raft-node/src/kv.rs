@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
+use crate::changes::{ChangeSink, KeyChange, KeyEvent};
 use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvError, KvResponse, LogCommand, Session, BATCH_COMMANDS_MAX};
 use raft_core::Index;
@@ -116,6 +117,10 @@ struct State {
     /// `by_activity`, so every replica computes the same figure from the same entries.
     #[serde(skip)]
     used_bytes: u64,
+    /// The keys the entry being applied changed so far; handed to the [`ChangeSink`] and
+    /// emptied once the entry is applied, so it is empty between entries.
+    #[serde(skip)]
+    changes: Vec<KeyChange>,
 }
 
 /// The estimated bytes one entry costs.
@@ -142,6 +147,15 @@ impl State {
             }
             None => false,
         }
+    }
+
+    /// Notes that the command being applied changed `key`.
+    fn changed(&mut self, key: &Bytes, event: KeyEvent, value: Option<&Bytes>) {
+        self.changes.push(KeyChange {
+            key: key.clone(),
+            event,
+            value: value.cloned(),
+        });
     }
 
     /// Bytes the state would grow by if every `(key, value)` were stored (0 if it shrinks).
@@ -208,6 +222,8 @@ pub struct KvStateMachine {
     // Cloning is O(1): every map in it shares its nodes with the clone until written.
     state: State,
     limits: KvLimits,
+    /// Where the key changes of each applied entry go, if anywhere.
+    sink: Option<Arc<dyn ChangeSink>>,
 }
 
 /// A point-in-time copy of a [`KvStateMachine`], written out off the apply path.
@@ -222,12 +238,23 @@ impl KvStateMachine {
         KvStateMachine {
             state: State::default(),
             limits,
+            sink: None,
         }
     }
 
-    /// An empty state machine with the same limits, to restore a snapshot into.
+    /// Hands the key changes of every entry applied from now on to `sink`.
+    pub fn with_change_sink(mut self, sink: Arc<dyn ChangeSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// An empty state machine with the same limits and change sink, to restore a snapshot
+    /// into.
     pub fn empty_like(&self) -> Self {
-        KvStateMachine::new(self.limits)
+        KvStateMachine {
+            sink: self.sink.clone(),
+            ..KvStateMachine::new(self.limits)
+        }
     }
 
     /// Records that the log entry at `index` carried no command (a leader's no-op, a
@@ -456,6 +483,7 @@ fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvRespon
             if !state.fits(state.growth([(&key, &value)]), limits) {
                 return OOM;
             }
+            state.changed(&key, KeyEvent::Set, Some(&value));
             state.insert(key, value);
             KvResponse::Ok
         }
@@ -466,12 +494,20 @@ fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvRespon
                 return OOM;
             }
             for (k, v) in pairs {
+                state.changed(&k, KeyEvent::Set, Some(&v));
                 state.insert(k, v);
             }
             KvResponse::Ok
         }
         KvCommand::Del { keys } => {
-            KvResponse::Int(keys.iter().filter(|k| state.remove(k)).count() as i64)
+            let mut removed = 0;
+            for k in &keys {
+                if state.remove(k) {
+                    state.changed(k, KeyEvent::Del, None);
+                    removed += 1;
+                }
+            }
+            KvResponse::Int(removed)
         }
         KvCommand::IncrBy { key, by } => {
             let current = match state.map.get(&key) {
@@ -491,6 +527,7 @@ fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvRespon
             if !state.fits(state.growth([(&key, &value)]), limits) {
                 return OOM;
             }
+            state.changed(&key, KeyEvent::IncrBy, Some(&value));
             state.insert(key, value);
             KvResponse::Int(next)
         }
@@ -506,10 +543,13 @@ fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvRespon
                     if !state.fits(state.growth([(&key, v)]), limits) {
                         return OOM;
                     }
+                    state.changed(&key, KeyEvent::Set, Some(v));
                     state.insert(key, v.clone());
                 }
                 None => {
-                    state.remove(&key);
+                    if state.remove(&key) {
+                        state.changed(&key, KeyEvent::Del, None);
+                    }
                 }
             };
             KvResponse::Cas {
@@ -648,12 +688,19 @@ impl StateMachine for KvStateMachine {
         let Ok(cmd) = postcard::from_bytes::<LogCommand>(command) else {
             return KvResponse::Error(KvError::Malformed);
         };
-        match cmd.session {
+        let response = match cmd.session {
             Some(session) if session.client_id != 0 => {
                 Self::apply_session(state, index, session, &cmd.op, &limits)
             }
             _ => execute(state, &cmd.op, &limits),
+        };
+        if !state.changes.is_empty() {
+            if let Some(sink) = &self.sink {
+                sink.applied(index, &state.changes);
+            }
+            state.changes.clear();
         }
+        response
     }
 
     fn applied_index(&self) -> Index {
@@ -694,7 +741,11 @@ impl StateMachine for KvStateMachine {
             .map(|(id, s)| (s.last_active_index, *id))
             .collect();
         state.used_bytes = state.map.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+        let index = state.applied_index;
         self.state = state;
+        if let Some(sink) = &self.sink {
+            sink.restored(index);
+        }
         Ok(())
     }
 }
@@ -811,6 +862,86 @@ mod tests {
             ),
             KvResponse::Error(KvError::WrongKind)
         );
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(
+        std::sync::Mutex<Vec<(Index, Vec<KeyChange>)>>,
+        std::sync::Mutex<Vec<Index>>,
+    );
+
+    impl ChangeSink for Recorder {
+        fn applied(&self, index: Index, changes: &[KeyChange]) {
+            self.0.lock().unwrap().push((index, changes.to_vec()));
+        }
+        fn restored(&self, index: Index) {
+            self.1.lock().unwrap().push(index);
+        }
+    }
+
+    #[test]
+    fn every_applied_change_reaches_the_sink_once_with_its_index() {
+        let rec = Arc::new(Recorder::default());
+        let mut sm = KvStateMachine::new(KvLimits::default()).with_change_sink(rec.clone());
+        let set = |k: &str, v: &str| KvCommand::Set {
+            key: b(k),
+            value: b(v),
+        };
+        sm.apply(1, &cmd(None, set("a", "1")));
+        sm.apply(
+            2,
+            &cmd(
+                None,
+                KvCommand::Del {
+                    keys: vec![b("nope")],
+                },
+            ),
+        );
+        sm.apply(3, &cmd(None, KvCommand::IncrBy { key: b("n"), by: 2 }));
+        // A duplicate of a session's request is answered from the session: no new change.
+        sm.apply(
+            4,
+            &cmd(
+                session(7, 1),
+                KvCommand::Del {
+                    keys: vec![b("a"), b("n")],
+                },
+            ),
+        );
+        sm.apply(
+            5,
+            &cmd(
+                session(7, 1),
+                KvCommand::Del {
+                    keys: vec![b("a"), b("n")],
+                },
+            ),
+        );
+        let change = |k: &str, event, v: Option<&str>| KeyChange {
+            key: b(k),
+            event,
+            value: v.map(b),
+        };
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                (1, vec![change("a", KeyEvent::Set, Some("1"))]),
+                (3, vec![change("n", KeyEvent::IncrBy, Some("2"))]),
+                (
+                    4,
+                    vec![
+                        change("a", KeyEvent::Del, None),
+                        change("n", KeyEvent::Del, None)
+                    ]
+                ),
+            ]
+        );
+
+        let mut snap = Vec::new();
+        sm.freeze().snapshot(&mut snap).unwrap();
+        let mut restored = sm.empty_like();
+        restored.restore(&mut snap.as_slice()).unwrap();
+        assert_eq!(*rec.1.lock().unwrap(), vec![5]);
     }
 
     #[test]
