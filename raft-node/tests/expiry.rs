@@ -141,3 +141,61 @@ fn a_leader_clock_jump_expires_early_everywhere_then_time_stands_still() {
     let after: Vec<i64> = cons.iter_mut().map(|c| query(c, &["PTTL", "b"])).collect();
     assert_eq!(after, vec![10_000; 3]);
 }
+
+#[test]
+fn the_native_client_sets_ttls_and_runs_watched_transactions() {
+    use bytes::Bytes;
+    use raft_client::{ExpireCondition, Expiry, KvCommand, KvResponse, SetCondition};
+
+    let cluster = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(Duration::from_secs(15)).await;
+        let c = cluster.client();
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        assert!(c
+            .set_with("k", "v", SetCondition::IfAbsent, Expiry::In(60_000))
+            .await
+            .unwrap());
+        assert!(!c
+            .set_with("k", "w", SetCondition::IfAbsent, Expiry::Persist)
+            .await
+            .unwrap());
+        let pttl = c.pttl("k").await.unwrap();
+        assert!((50_000..=60_000).contains(&pttl), "{pttl}");
+        assert!(!c
+            .expire("k", Expiry::In(120_000), ExpireCondition::Nx)
+            .await
+            .unwrap());
+        assert!(c.persist("k").await.unwrap());
+        assert_eq!(c.pttl("k").await.unwrap(), -1);
+        assert_eq!(c.append("k", "x").await.unwrap(), 2);
+        assert_eq!(c.incr_by_float("f", 1.5).await.unwrap(), b("1.5"));
+        assert!(c.rename("f", "g", true).await.unwrap());
+        assert_eq!(c.keys("*").await.unwrap(), vec![b("g"), b("k")]);
+        assert_eq!(c.db_size().await.unwrap(), 2);
+        let (cursor, keys) = c.scan(0, None, 100).await.unwrap();
+        assert_eq!((cursor, keys.len()), (0, 2));
+        // WATCH k, then another write to k: the transaction is not applied.
+        let watched = c.versions(vec![b("k")]).await.unwrap();
+        let tx = || {
+            vec![
+                KvCommand::IncrBy { key: b("n"), by: 1 },
+                KvCommand::Get { key: b("k") },
+            ]
+        };
+        c.set("k", "changed").await.unwrap();
+        let watches = vec![(b("k"), watched[0])];
+        assert_eq!(c.exec(watches, tx()).await.unwrap(), None);
+        assert_eq!(c.get("n").await.unwrap(), None);
+        let watched = c.versions(vec![b("k")]).await.unwrap();
+        assert_eq!(
+            c.exec(vec![(b("k"), watched[0])], tx()).await.unwrap(),
+            Some(vec![
+                KvResponse::Int(1),
+                KvResponse::Value(Some(b("changed")))
+            ])
+        );
+        assert_eq!(c.get_del("n").await.unwrap(), Some(b("1")));
+    });
+}
