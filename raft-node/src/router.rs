@@ -16,6 +16,7 @@ use crate::auth::{Auth, InternalClient};
 use crate::cluster_view::ClusterProbe;
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
+use crate::watch::WatchHub;
 
 /// See the module documentation.
 pub struct Router {
@@ -28,6 +29,9 @@ pub struct Router {
     next_forwarder: std::sync::atomic::AtomicUsize,
     /// Pulls every member's status for the status page (none known: this node alone).
     pub cluster: ClusterProbe,
+    /// The history of this node's applied key changes, for watchers (the built-in
+    /// key-value store has one; a hosted machine has none).
+    pub watch: Option<Arc<WatchHub>>,
 }
 
 /// Connections a follower keeps to the leader for forwarded writes.
@@ -56,12 +60,19 @@ impl Router {
                 .collect(),
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
             cluster: ClusterProbe::default(),
+            watch: None,
         }
     }
 
     /// This router, with `cluster` to pull the members' statuses for the status page.
     pub fn with_cluster_probe(mut self, cluster: ClusterProbe) -> Router {
         self.cluster = cluster;
+        self
+    }
+
+    /// Serves watchers from `hub`, the state machine's change sink.
+    pub fn with_watch(mut self, hub: Arc<WatchHub>) -> Router {
+        self.watch = Some(hub);
         self
     }
 
