@@ -624,3 +624,61 @@ fn watchlog_resumes_by_index_and_refuses_a_compacted_one() {
     let m = read_resp(&mut r3);
     assert!(m.starts_with("-ERR compacted, resync"), "{m}");
 }
+
+/// A node restarted from a snapshot rebuilds its history from the snapshot's index by
+/// replaying its log: it answers "compacted" for older indexes and, from the snapshot's
+/// index on, exactly what a node that never restarted sends.
+#[test]
+fn a_restarted_node_serves_the_history_after_its_snapshot() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries-max", "15"]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let client = cluster.client();
+    rt.block_on(async {
+        for i in 0..40 {
+            client.set(format!("s/{i}"), format!("{i}")).await.unwrap();
+        }
+    });
+    cluster.kill(2);
+    cluster.spawn(2);
+    rt.block_on(async {
+        client
+            .set("s/done".to_string(), "1".to_string())
+            .await
+            .unwrap();
+        let status = cluster
+            .wait_status(2, "node 2 replayed its log", |s| {
+                s.snapshot_index > 0 && s.applied_index >= s.commit_index && s.commit_index > 40
+            })
+            .await
+            .status()
+            .await
+            .unwrap();
+        let snapshot = status.snapshot_index;
+        let refused = open_watch(cluster.node(2).http, "/watch/s/?from=0", None)
+            .await
+            .unwrap()
+            .expect_err("the history starts at the snapshot");
+        assert!(refused.starts_with("HTTP/1.1 410"), "{refused}");
+        let mut sequences = Vec::new();
+        for id in [2, 1] {
+            let path = format!("/watch/s/?from={snapshot}");
+            let mut s = open_watch(cluster.node(id).http, &path, None)
+                .await
+                .unwrap()
+                .expect("200");
+            let mut seen = Vec::new();
+            while !seen
+                .iter()
+                .any(|(_, k, _): &(u64, String, Option<String>)| k == "s/done")
+            {
+                let e = s.next(Duration::from_secs(10)).await.expect("an event");
+                seen.extend(changes(&e));
+            }
+            sequences.push(seen);
+        }
+        assert!(sequences[0].len() >= 2, "{sequences:?}");
+        assert!(sequences[0].iter().all(|(i, _, _)| *i > snapshot));
+        assert_eq!(sequences[0], sequences[1]);
+    });
+}
