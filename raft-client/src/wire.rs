@@ -504,6 +504,20 @@ pub struct NodeStatus {
     pub digests: Vec<DigestInfo>,
     /// What the leader found comparing every replica's digests (empty on followers).
     pub anti_entropy: AntiEntropyStatus,
+    /// The node's software version (`raft-node --version`).
+    pub version: String,
+    /// Every member (voters and learners) with the client address this node knows for it,
+    /// so that one node's answer leads to all (`raft-node status --cluster`).
+    pub members: Vec<MemberAddr>,
+}
+
+/// A member and where its clients connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// The member.
+    pub id: NodeId,
+    /// Its client address (native protocol and RESP), if this node knows it.
+    pub client_addr: Option<String>,
 }
 
 /// One state digest a node recorded.

@@ -97,6 +97,19 @@ impl Router {
                 other => return other,
             }
         }
+        // No leader known: the local runtime holds the write until one is elected (then
+        // it answers with the leader's address and the write is forwarded), or fails it
+        // naming the situation ("no leader: 1 of 3 voters reachable"). Forwarding blindly
+        // would send it round the members, this one included, until the deadline.
+        if !leader_here && self.handle.leader().is_none() {
+            match self.handle.propose(log_command(None, op.clone())).await {
+                Err(NodeError::NotLeader {
+                    leader_addr: Some(_),
+                    ..
+                }) => {}
+                other => return other,
+            }
+        }
         let forwarder = &self.forwarders[lane % self.forwarders.len()];
         match forwarder
             .request(Request::Propose { session: None, op })

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, NodeId, NodeStatus, PeerInfo};
+use raft_client::wire::{MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo};
 use raft_core::{
     ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
     ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
@@ -200,9 +200,20 @@ pub struct NodeHandle {
     pub metrics: Arc<Metrics>,
     /// This node's ID.
     pub id: NodeId,
+    /// The leader this node knows of (0: none), kept by the runtime, so that a follower's
+    /// router can tell "forward" from "no leader to forward to" without asking the task.
+    leader: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeHandle {
+    /// The leader this node currently knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            l => Some(l),
+        }
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -459,10 +470,12 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         .expect("spawn sync thread");
     let (bg_tx, bg_rx) = mpsc::unbounded_channel();
     let snapshot_index = parts.state_machine.applied_index();
+    let leader_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handle = NodeHandle {
         tx,
         metrics: parts.metrics.clone(),
         id,
+        leader: leader_seen.clone(),
     };
     let runtime = Runtime {
         raw,
@@ -496,6 +509,9 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         read_batch: ReadBatcher::default(),
         waiting: VecDeque::new(),
         last_role: Role::Follower,
+        leader_seen,
+        leader_lost_tick: Some(0),
+        leader_before_loss: None,
         ticks: 0,
         failed: false,
         digests: VecDeque::new(),
@@ -556,6 +572,13 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     /// Requests parked while no leader is known (an election is under way).
     waiting: VecDeque<(Instant, Command)>,
     last_role: Role,
+    /// The leader as `NodeHandle::leader` reports it.
+    leader_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// The tick since which no leader is known (`Some(0)` at start), `None` while one is.
+    leader_lost_tick: Option<u64>,
+    /// The leader lost at `leader_lost_tick` (none at start): finding one after a loss is
+    /// logged at WARN, as the loss is.
+    leader_before_loss: Option<NodeId>,
     ticks: u64,
     /// A store write failed: the node stops taking part rather than diverge from its disk.
     failed: bool,
@@ -665,9 +688,65 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn unavailable(&self, what: &str) -> NodeError {
         NodeError::Unavailable(format!(
-            "{what} not confirmed by a majority within {} ms (no quorum or no leader)",
-            self.config.request_timeout_ms
+            "{what} not confirmed by a majority within {} ms: {}",
+            self.config.request_timeout_ms,
+            self.quorum_situation()
         ))
+    }
+
+    /// Ticks within which a peer heard from counts as reachable: two election timeouts, as
+    /// a live peer without a leader sends a (pre-)vote request at least once per timeout.
+    fn reachable_ticks_max(&self) -> u64 {
+        2 * u64::from(self.config.election_timeout_ticks_max.max(1))
+    }
+
+    /// The voters this node heard from recently (itself included), the number of voters,
+    /// and how many make a majority.
+    fn voters_reachable(&self) -> (Vec<NodeId>, usize, usize) {
+        let voters = &self.raw.membership().voters;
+        let recent = self.reachable_ticks_max();
+        let reachable: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| {
+                v == self.raw.id()
+                    || self
+                        .peer_heard_tick
+                        .get(&v)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|t| self.ticks.saturating_sub(t) <= recent)
+            })
+            .collect();
+        (reachable, voters.len(), voters.len() / 2 + 1)
+    }
+
+    /// The quorum situation in words, for errors: "no leader: 1 of 3 voters reachable ...".
+    fn quorum_situation(&self) -> String {
+        let (reachable, voters, needed) = self.voters_reachable();
+        let heard = format!(
+            "{} of {voters} voters reachable from node {} ({reachable:?}; a majority is {needed})",
+            reachable.len(),
+            self.raw.id()
+        );
+        match self.raw.leader() {
+            None => format!("no leader: {heard}"),
+            Some(l) if l == self.raw.id() => format!("leader without a majority: {heard}"),
+            Some(l) => format!("leader is node {l}; {heard}"),
+        }
+    }
+
+    /// Why no leader can be elected, once none has been known for two election timeouts
+    /// and fewer voters than a majority are reachable: a request then fails at once with
+    /// the situation instead of waiting out its deadline. During an ordinary election
+    /// (a majority reachable, or the loss recent) requests wait as before.
+    fn leaderless_without_quorum(&self) -> Option<String> {
+        let lost = self.leader_lost_tick?;
+        if self.ticks.saturating_sub(lost) < self.reachable_ticks_max() {
+            return None;
+        }
+        let (reachable, _, needed) = self.voters_reachable();
+        (reachable.len() < needed).then(|| self.quorum_situation())
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
@@ -997,7 +1076,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     }
 
     fn park(&mut self, deadline: Instant, cmd: Command) {
-        if self.waiting.len() >= self.config.requests_waiting_max {
+        if let Some(situation) = self.leaderless_without_quorum() {
+            self.fail_command(cmd, NodeError::Unavailable(situation));
+        } else if self.waiting.len() >= self.config.requests_waiting_max {
             self.fail_command(cmd, NodeError::Busy);
         } else {
             self.waiting.push_back((deadline, cmd));
@@ -1590,6 +1671,53 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         });
     }
 
+    /// Keeps `NodeHandle::leader` current and logs losing and finding the leader at WARN
+    /// (a follower's log otherwise says only `leader=None`).
+    fn observe_leader(&mut self) {
+        let leader = self.raw.leader();
+        let before = self.leader_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if leader.unwrap_or(0) == before {
+            return;
+        }
+        self.leader_seen
+            .store(leader.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let id = self.raw.id();
+        let term = self.raw.term();
+        match leader {
+            None => {
+                self.leader_lost_tick = Some(self.ticks);
+                self.leader_before_loss = Some(before);
+                if before != id {
+                    tracing::warn!(
+                        id,
+                        term,
+                        lost = before,
+                        "lost the leader (node {before}); requests wait for an election, and \
+                         fail at once while fewer than a majority of voters are reachable"
+                    );
+                }
+            }
+            Some(l) => {
+                let lost = self.leader_lost_tick.take();
+                let without_ms = lost.map_or(0, |t| {
+                    self.ticks
+                        .saturating_sub(t)
+                        .saturating_mul(self.config.tick_interval_ms)
+                });
+                if self.leader_before_loss.take().is_some() {
+                    let who = if l == id {
+                        "this node, elected".to_string()
+                    } else {
+                        format!("node {l}")
+                    };
+                    tracing::warn!(id, term, leader = l, without_ms, "found the leader: {who}");
+                } else {
+                    tracing::info!(id, term, leader = l, "leader is node {l}");
+                }
+            }
+        }
+    }
+
     fn observe(&mut self) {
         let role = self.raw.role();
         if role != self.last_role {
@@ -1606,6 +1734,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             );
             self.last_role = role;
         }
+        self.observe_leader();
         let m = &self.metrics;
         Metrics::set(&m.term, self.raw.term());
         Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
@@ -1653,6 +1782,17 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 .lock()
                 .expect("not poisoned")
                 .clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            members: s
+                .membership
+                .voters
+                .iter()
+                .chain(s.membership.learners.iter())
+                .map(|&id| MemberAddr {
+                    id,
+                    client_addr: self.client_addrs.get(&id).cloned(),
+                })
+                .collect(),
         }
     }
 
