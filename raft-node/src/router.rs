@@ -7,6 +7,7 @@
 //! end to end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
@@ -25,7 +26,12 @@ pub struct Router {
     /// A client sends one request at a time, so forwarded writes spread over a few.
     forwarders: Vec<Client>,
     next_forwarder: std::sync::atomic::AtomicUsize,
+    /// How long a write waits for a leader to be elected.
+    request_timeout_ms: u64,
 }
+
+/// How often a write waiting for a leader looks again.
+const LEADER_POLL_INTERVAL_MS: u64 = 10;
 
 /// Connections a follower keeps to the leader for forwarded writes.
 const FORWARDERS_MAX: usize = 8;
@@ -52,6 +58,29 @@ impl Router {
                 .map(|_| Client::new(config.clone()))
                 .collect(),
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
+            request_timeout_ms,
+        }
+    }
+
+    /// Waits until this node knows a leader; fails at once, naming the situation, when the
+    /// runtime finds no leader can be elected ("no leader: 1 of 3 voters reachable"), and
+    /// after `request_timeout_ms` otherwise.
+    async fn wait_for_leader(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.request_timeout_ms);
+        loop {
+            if self.handle.leader().is_some() {
+                return Ok(());
+            }
+            if let Some(situation) = self.handle.no_quorum() {
+                return Err(NodeError::Unavailable(situation));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "no leader elected within {} ms",
+                    self.request_timeout_ms
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
         }
     }
 
@@ -97,18 +126,11 @@ impl Router {
                 other => return other,
             }
         }
-        // No leader known: the local runtime holds the write until one is elected (then
-        // it answers with the leader's address and the write is forwarded), or fails it
-        // naming the situation ("no leader: 1 of 3 voters reachable"). Forwarding blindly
-        // would send it round the members, this one included, until the deadline.
+        // No leader known: wait for one, then forward. Forwarding blindly would send the
+        // write round the members, this one included, until the deadline; proposing it
+        // here would stamp it with this node's clock at arrival rather than the leader's.
         if !leader_here && self.handle.leader().is_none() {
-            match self.handle.propose(log_command(None, op.clone())).await {
-                Err(NodeError::NotLeader {
-                    leader_addr: Some(_),
-                    ..
-                }) => {}
-                other => return other,
-            }
+            self.wait_for_leader().await?;
         }
         let forwarder = &self.forwarders[lane % self.forwarders.len()];
         match forwarder

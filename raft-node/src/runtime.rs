@@ -209,9 +209,17 @@ pub struct NodeHandle {
     /// The leader this node knows of (0: none), kept by the runtime, so that a follower's
     /// router can tell "forward" from "no leader to forward to" without asking the task.
     leader: Arc<std::sync::atomic::AtomicU64>,
+    /// Why no leader can be elected, while the runtime fails requests at once for it.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl NodeHandle {
+    /// Why no leader can be elected ("no leader: 1 of 3 voters reachable ..."), while the
+    /// node fails requests at once for that reason.
+    pub fn no_quorum(&self) -> Option<String> {
+        self.no_quorum.lock().expect("not poisoned").clone()
+    }
+
     /// The leader this node currently knows of, if any.
     pub fn leader(&self) -> Option<NodeId> {
         match self.leader.load(std::sync::atomic::Ordering::Relaxed) {
@@ -477,11 +485,13 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
     let (bg_tx, bg_rx) = mpsc::unbounded_channel();
     let snapshot_index = parts.state_machine.applied_index();
     let leader_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let no_quorum = Arc::new(std::sync::Mutex::new(None));
     let handle = NodeHandle {
         tx,
         metrics: parts.metrics.clone(),
         id,
         leader: leader_seen.clone(),
+        no_quorum: no_quorum.clone(),
     };
     let runtime = Runtime {
         raw,
@@ -516,6 +526,8 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         waiting: VecDeque::new(),
         last_role: Role::Follower,
         leader_seen,
+        no_quorum,
+        no_quorum_set: false,
         leader_lost_tick: Some(0),
         leader_before_loss: None,
         ticks: 0,
@@ -581,6 +593,9 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     last_role: Role,
     /// The leader as `NodeHandle::leader` reports it.
     leader_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// `NodeHandle::no_quorum`, and whether it holds a situation now.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
+    no_quorum_set: bool,
     /// The tick since which no leader is known (`Some(0)` at start), `None` while one is.
     leader_lost_tick: Option<u64>,
     /// The leader lost at `leader_lost_tick` (none at start): finding one after a loss is
@@ -1707,6 +1722,12 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     /// (a follower's log otherwise says only `leader=None`).
     fn observe_leader(&mut self) {
         let leader = self.raw.leader();
+        // Only while leaderless is the situation computed (and the lock taken).
+        if leader.is_none() || self.no_quorum_set {
+            let situation = self.leaderless_without_quorum();
+            self.no_quorum_set = situation.is_some();
+            *self.no_quorum.lock().expect("not poisoned") = situation;
+        }
         let before = self.leader_seen.load(std::sync::atomic::Ordering::Relaxed);
         if leader.unwrap_or(0) == before {
             return;
