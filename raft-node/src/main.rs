@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+mod dev;
+
 use clap::{Parser, Subcommand};
-use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
 use raft_node::certs;
 use raft_node::cluster_id::ClusterId;
 use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
@@ -32,20 +34,13 @@ struct Cli {
 enum Cmd {
     /// Run one node of a cluster, from a TOML file (--config) or from flags.
     Run(Box<RunArgs>),
-    /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
-    Dev(DevArgs),
+    /// Start a local cluster on 127.0.0.1, one `raft-node run` process per node, and
+    /// supervise it until Ctrl-C; `dev status`, `dev kill N`, `dev restart N` act on it.
+    Dev(dev::DevArgs),
     /// Create a cluster's CA, its nodes' certificates (each naming its node ID) and an
     /// admin client certificate, with a new random cluster ID. Run again on the same
     /// folder to add nodes: the CA and the cluster ID are reused.
     Certs(CertsArgs),
-    /// Print a node's status table.
-    Status {
-        /// Client address of the node to ask (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-    },
     /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
     /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
     /// while a node holds the data directory. Never restart the other old members with their
@@ -58,62 +53,8 @@ enum Cmd {
         #[arg(long)]
         id: u64,
     },
-    /// Change membership or leadership (sent to the leader through --addr).
-    Admin {
-        /// Client address of any node (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-        #[command(subcommand)]
-        op: AdminCmd,
-    },
-}
-
-/// How `status` and `admin` reach a node that requires TLS or credentials. The password
-/// is never a flag (`ps` would show it): it comes from RAFT_NODE_PASSWORD or a file.
-#[derive(clap::Args, Debug)]
-struct LoginArgs {
-    /// User to log in as [default: RAFT_NODE_USER, else the `default` user].
-    #[arg(long)]
-    user: Option<String>,
-    /// File whose first line is the password [default: RAFT_NODE_PASSWORD if set, else no
-    /// login].
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-    /// Connect with TLS, trusting the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present over TLS; needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum AdminCmd {
-    /// Hand leadership to a voter.
-    TransferLeader {
-        /// The voter's ID.
-        id: u64,
-    },
-    /// Add a node as a non-voting learner.
-    AddLearner {
-        /// The new node's ID.
-        id: u64,
-    },
-    /// Make a learner a voter.
-    Promote {
-        /// The learner's ID.
-        id: u64,
-    },
-    /// Remove a member.
-    Remove {
-        /// The member's ID.
-        id: u64,
-    },
+    #[command(flatten)]
+    Client(cli::ClientCmd),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -180,6 +121,10 @@ struct RunArgs {
     /// FAULT INJECTION for tests: corrupt this replica's state after applying this index.
     #[arg(long, hide = true, value_name = "INDEX")]
     debug_corrupt_apply_at: Option<u64>,
+    /// FAULT INJECTION for tests: shift this node's wall clock, which it stamps into the
+    /// entries it proposes as leader, by this many milliseconds (a clock jump).
+    #[arg(long, hide = true, value_name = "MS", allow_hyphen_values = true)]
+    debug_clock_offset_ms: Option<i64>,
     /// A voter of the new cluster's first configuration; repeat for each
     /// [default: every --peer]. Peers not named are addresses for nodes added later.
     #[arg(long = "initial-voter", value_name = "ID")]
@@ -248,36 +193,6 @@ struct CertsArgs {
     cluster_id: Option<ClusterId>,
 }
 
-#[derive(clap::Args, Debug)]
-struct DevArgs {
-    /// Cluster size: 3 or 5.
-    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
-    nodes: String,
-    /// Parent of each node's data directory (node-1, node-2, ...).
-    #[arg(long, default_value = "raft-dev-data")]
-    data_dir: PathBuf,
-    /// Node N's client port (native and RESP) is this plus N.
-    #[arg(long, default_value_t = 6380)]
-    client_port_base: u16,
-    /// Node N's peer port is this plus N.
-    #[arg(long, default_value_t = 16380)]
-    peer_port_base: u16,
-    /// Node N's HTTP port is this plus N.
-    #[arg(long, default_value_t = 8080)]
-    http_port_base: u16,
-    /// Where the nodes keep their logs.
-    #[arg(long, value_enum, default_value_t = StorageKind::Disk)]
-    storage: StorageKind,
-    /// Delete the data folder first and start a new cluster (otherwise a previous dev
-    /// cluster's data is reused).
-    #[arg(long)]
-    fresh: bool,
-    /// Run with TLS: certificates are created under DATA_DIR/certs (once), and peers use
-    /// mutual TLS against that CA.
-    #[arg(long)]
-    tls: bool,
-}
-
 fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     let mut cfg = match &args.config {
         Some(path) => {
@@ -331,6 +246,12 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.digest_interval_entries = args
         .digest_interval_entries
         .unwrap_or(cfg.digest_interval_entries);
+    if let Some(offset) = args.debug_clock_offset_ms {
+        eprintln!(
+            "raft-node: FAULT INJECTION enabled: this node's clock is shifted by {offset} ms"
+        );
+        raft_node::clock::set_debug_offset_ms(offset);
+    }
     if let Some(at) = args.debug_corrupt_apply_at {
         eprintln!("raft-node: FAULT INJECTION enabled: this replica's state will be corrupted at index {at}");
         cfg.debug_corrupt_apply_at = Some(at);
@@ -424,221 +345,6 @@ impl Signals {
     }
 }
 
-fn print_status(s: &NodeStatus) {
-    println!("node        {}", s.id);
-    println!("role        {}", s.role);
-    println!("term        {}", s.term);
-    println!(
-        "leader      {}",
-        s.leader.map_or("none".to_string(), |l| format!(
-            "{l} ({})",
-            s.leader_addr.clone().unwrap_or_default()
-        ))
-    );
-    println!("commit      {}", s.commit_index);
-    println!("applied     {}", s.applied_index);
-    println!("persisted   {}", s.persisted_index);
-    println!(
-        "log         {}..={} (snapshot at {})",
-        s.first_index, s.last_index, s.snapshot_index
-    );
-    println!("storage     {}", s.storage);
-    println!("voters      {:?}", s.voters);
-    println!("learners    {:?}", s.learners);
-    println!("elections   {}", s.elections);
-    if !s.peers.is_empty() {
-        println!("peer  match      next       state      active");
-        for p in &s.peers {
-            println!(
-                "{:<5} {:<10} {:<10} {:<10} {}",
-                p.id, p.match_index, p.next_index, p.state, p.active
-            );
-        }
-    }
-    match s.digests.last() {
-        Some(d) => println!("digest      {} at {}", d.digest, d.index),
-        None => println!("digest      none yet"),
-    }
-    let ae = &s.anti_entropy;
-    if ae.comparisons > 0 {
-        println!(
-            "anti-entropy compared up to {} ({} indexes), {} divergences",
-            ae.compared_index, ae.comparisons, ae.divergence_total
-        );
-    }
-    for d in &ae.divergent {
-        println!(
-            "DIVERGED    node {} at {}: digest {} (majority {})",
-            d.node,
-            d.index,
-            d.digest,
-            d.majority_digest.as_deref().unwrap_or("none")
-        );
-    }
-}
-
-async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
-    let n: u64 = args
-        .nodes
-        .parse()
-        .map_err(|_| ConfigError::new("nodes", "must be 3 or 5"))?;
-    let port = |base: u16, i: u64| -> Result<SocketAddr, ConfigError> {
-        let p = u64::from(base) + i;
-        let p = u16::try_from(p)
-            .map_err(|_| ConfigError::new("port base", format!("port {p} is out of range")))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], p)))
-    };
-    if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).map_err(|e| {
-            ConfigError::new(
-                "data_dir",
-                format!("cannot delete {}: {e}", args.data_dir.display()),
-            )
-        })?;
-    }
-    let mut peers = Vec::new();
-    for i in 1..=n {
-        peers.push(PeerConfig {
-            id: i,
-            addr: port(args.peer_port_base, i)?,
-            client_addr: Some(port(args.client_port_base, i)?),
-        });
-    }
-    // The dev cluster's ID: the one its data already has, else a fresh random one.
-    let stored = args
-        .data_dir
-        .join("node-1")
-        .join(raft_node::cluster_id::CLUSTER_ID_FILE);
-    let cluster_id = match std::fs::read_to_string(&stored) {
-        Ok(text) => text
-            .parse::<ClusterId>()
-            .map_err(|e| ConfigError::new("cluster_id", format!("{}: {e}", stored.display())))?,
-        Err(_) => ClusterId::random(),
-    };
-    let certs_dir = args.data_dir.join("certs");
-    if args.tls {
-        let missing: Vec<u64> = (1..=n)
-            .filter(|&i| !certs_dir.join(certs::node_cert_file(i)).exists())
-            .collect();
-        if !missing.is_empty() {
-            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
-            certs::generate(&certs_dir, Some(cluster_id.0), &missing, &hosts)
-                .map_err(|e| ConfigError::new("tls", e))?;
-        }
-    }
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let mut cfg =
-            NodeConfig::with_defaults(i, args.data_dir.join(format!("node-{i}")), peers.clone());
-        cfg.http_addr = Some(port(args.http_port_base, i)?);
-        cfg.storage = args.storage;
-        cfg.cluster_id = Some(cluster_id);
-        if args.tls {
-            cfg.tls = Some(TlsConfig {
-                ca_file: certs_dir.join(certs::CA_CERT_FILE),
-                cert_file: certs_dir.join(certs::node_cert_file(i)),
-                key_file: certs_dir.join(certs::node_key_file(i)),
-                client_cert_required: false,
-            });
-        }
-        match RunningNode::start(cfg).await {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                for node in nodes {
-                    node.shutdown().await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    println!(
-        "raft-node dev: {n} nodes on 127.0.0.1, data under {}, cluster {cluster_id}",
-        args.data_dir.display()
-    );
-    if args.tls {
-        println!(
-            "  TLS: peers use mutual TLS, clients and HTTP TLS; CA, node and admin client \
-             certificates in {}",
-            certs_dir.display()
-        );
-    }
-    // What a client needs to reach a TLS dev cluster, put before its arguments.
-    let ca = certs_dir.join(certs::CA_CERT_FILE);
-    let (redis, scheme, curl) = if args.tls {
-        (
-            format!("redis-cli --tls --cacert {}", ca.display()),
-            "https",
-            format!("curl --cacert {}", ca.display()),
-        )
-    } else {
-        ("redis-cli".to_string(), "http", "curl".to_string())
-    };
-    for node in &nodes {
-        println!(
-            "  node {}: client (RESP + native) {}  http {scheme}://{}  peer {}",
-            node.id,
-            node.client_addr,
-            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
-            node.peer_addr
-        );
-    }
-    let first = &nodes[0];
-    println!("try:");
-    println!(
-        "  {redis} -p {} SET greeting hello",
-        first.client_addr.port()
-    );
-    println!(
-        "  {redis} -p {} GET greeting",
-        nodes[nodes.len() - 1].client_addr.port()
-    );
-    println!("  {redis} -p {} INFO", first.client_addr.port());
-    if let Some(h) = first.http_addr {
-        println!("  {curl} {scheme}://{h}/status");
-    }
-    println!("Ctrl-C to stop.");
-    signals.recv().await;
-    println!("shutting down");
-    for node in nodes {
-        node.shutdown().await;
-    }
-    Ok(())
-}
-
-fn admin_client(addr: String, login: &LoginArgs) -> Result<Client, String> {
-    let mut config = ClientConfig::new([addr]);
-    config.request_timeout_ms = 5_000;
-    let password = match &login.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
-            Some(text.lines().next().unwrap_or_default().to_string())
-        }
-        None => std::env::var(raft_node::auth::ENV_PASSWORD)
-            .ok()
-            .filter(|p| !p.is_empty()),
-    };
-    let user = login.user.clone().or_else(|| {
-        std::env::var("RAFT_NODE_USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-    });
-    if let Some(password) = password {
-        config.credentials = Some(Credentials::new(user.as_deref(), password.into_bytes()));
-    }
-    if login.tls_cert.is_some() && login.tls_ca.is_none() {
-        return Err("--tls-cert needs --tls-ca (the CA that signed the node's certificate)".into());
-    }
-    if let Some(ca) = &login.tls_ca {
-        let cert_key = login.tls_cert.as_deref().zip(login.tls_key.as_deref());
-        config.tls = Some(
-            raft_client::tls::client_config_from_pem_files(ca, cert_key)
-                .map_err(|e| format!("--tls-ca: {e}"))?,
-        );
-    }
-    Ok(Client::new(config))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -686,7 +392,7 @@ fn main() -> ExitCode {
         // Only the long-running commands take over Ctrl-C; `status` and `admin` keep the
         // default (exit at once).
         let mut signals = match cli.command {
-            Cmd::Run(_) | Cmd::Dev(_) => Some(
+            Cmd::Run(_) => Some(
                 Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?,
             ),
             _ => None,
@@ -706,10 +412,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Dev(args) => {
-                let signals = signals.as_mut().expect("installed for dev");
-                dev(args, signals).await.map_err(|e| e.to_string())
-            }
+            Cmd::Dev(args) => dev::main(args).await,
             Cmd::Certs(args) => {
                 let made = certs::generate(
                     &args.out,
@@ -730,33 +433,21 @@ fn main() -> ExitCode {
                 println!("or: raft-node run --tls-ca {dir}/{} --tls-cert {dir}/node-N.pem --tls-key {dir}/node-N-key.pem ...", certs::CA_CERT_FILE);
                 Ok(())
             }
-            Cmd::Status { addr, login } => {
-                let client = admin_client(addr, &login)?;
-                let status = client.status().await.map_err(|e| e.to_string())?;
-                print_status(&status);
-                Ok(())
-            }
             Cmd::Recover { data_dir, id } => {
                 let report = raft_node::recover::force_new_cluster(&data_dir, id)?;
                 print!("{report}");
                 Ok(())
             }
-            Cmd::Admin { addr, login, op } => {
-                let client = admin_client(addr, &login)?;
-                let r = match op {
-                    AdminCmd::TransferLeader { id } => client.transfer_leader(id).await,
-                    AdminCmd::AddLearner { id } => client.add_learner(id).await,
-                    AdminCmd::Promote { id } => client.promote(id).await,
-                    AdminCmd::Remove { id } => client.remove_node(id).await,
-                };
-                r.map_err(|e| e.to_string())?;
-                println!("OK");
-                Ok(())
-            }
+            Cmd::Client(cmd) => match cli::main(cmd).await? {
+                cli::Exit::Ok => Ok(()),
+                cli::Exit::Missing => Err(String::new()),
+            },
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `get` of a missing key: nothing more to say.
+        Err(e) if e.is_empty() => ExitCode::from(1),
         Err(e) => {
             eprintln!("raft-node: {e}");
             ExitCode::from(2)

@@ -37,6 +37,8 @@ use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle, ReadAnswer};
 use crate::session::{native_gate, RespSession};
 
+mod pubsub;
+
 /// Requests of one connection being served at once (pipelining depth).
 /// Also the largest run of pipelined writes put into one batch entry.
 const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = BATCH_COMMANDS_MAX;
@@ -501,11 +503,7 @@ async fn write_timed<S: AsyncWrite + Unpin>(
 /// A command naming more keys than `request_keys_max` becomes its error reply.
 fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
     let keys = match &parsed {
-        resp::Parsed::Kv(KvCommand::MSet { pairs }, _) => pairs.len(),
-        resp::Parsed::Kv(
-            KvCommand::MGet { keys } | KvCommand::Exists { keys } | KvCommand::Del { keys },
-            _,
-        ) => keys.len(),
+        resp::Parsed::Kv(cmd, _) => cmd.key_count(),
         _ => 0,
     };
     if keys <= max {
@@ -565,16 +563,51 @@ async fn serve_resp<S>(
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            let served = serve_resp_batch(
-                &router,
-                &mut session,
-                &mut stream,
-                &mut out,
-                batch,
-                lane,
-                &limits,
-            )
-            .await;
+            // Subscribe mode (pubsub.rs) takes over from the first (P)SUBSCRIBE or WATCHLOG
+            // to the last UNSUBSCRIBE, and hands back what came after it.
+            let mut pending = batch;
+            let mut served = Ok(());
+            while served.is_ok() && !pending.is_empty() {
+                let split = pending
+                    .iter()
+                    .position(|a| pubsub::starts_subscription(a))
+                    .unwrap_or(pending.len());
+                let subscribing = pending.split_off(split);
+                if !pending.is_empty() {
+                    let normal = std::mem::take(&mut pending);
+                    served = serve_resp_batch(
+                        &router,
+                        &mut session,
+                        &mut stream,
+                        &mut out,
+                        normal,
+                        lane,
+                        &limits,
+                    )
+                    .await;
+                }
+                if served.is_ok() && !subscribing.is_empty() {
+                    served = out.flush(&mut stream).await;
+                    if served.is_ok() {
+                        match pubsub::serve(
+                            &mut stream,
+                            &mut buf,
+                            &mut parser,
+                            &session,
+                            &router,
+                            &conn,
+                            &mut out,
+                            &mut shutdown,
+                            subscribing,
+                        )
+                        .await
+                        {
+                            Ok(after) => pending = after,
+                            Err(e) => served = Err(e),
+                        }
+                    }
+                }
+            }
             protect_admin(&conn, &router.auth, session.role());
             let served = match served {
                 Ok(()) => out.flush(&mut stream).await,
