@@ -26,6 +26,7 @@ pub mod anti_entropy;
 pub mod auth;
 pub mod certs;
 pub mod cluster_id;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod kv;
