@@ -6,7 +6,8 @@
 //! - [`runtime`]: the one task that owns the `RawNode` and the state machine.
 //! - [`store`] and [`transport`]: the seams where the disk log and the network plug in;
 //!   [`transport_net`] puts raft-net behind the latter.
-//! - [`kv`]: the deterministic key-value state machine with exactly-once sessions.
+//! - [`kv`]: the deterministic key-value state machine with exactly-once sessions;
+//!   [`changes`]: the key changes each applied entry made, for notifications and watches.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces; [`session`]: the
 //!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
@@ -25,9 +26,12 @@ pub mod admission;
 pub mod anti_entropy;
 pub mod auth;
 pub mod certs;
+pub mod changes;
+pub mod clock;
 pub mod cluster_id;
 pub mod commands;
 pub mod config;
+pub mod glob;
 pub mod http;
 pub mod kv;
 pub mod limits;
@@ -37,6 +41,7 @@ pub mod node;
 mod read_batch;
 pub mod recover;
 pub mod resp;
+pub mod resp_keys;
 pub mod router;
 pub mod runtime;
 pub mod server;

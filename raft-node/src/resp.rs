@@ -537,8 +537,24 @@ pub enum Parsed {
     Leader,
     /// Membership and leadership administration.
     Admin(AdminOp),
-    /// EXEC: the commands queued since MULTI, run as one log entry.
-    Exec(Vec<Parsed>),
+    /// EXEC: the commands queued since MULTI, run as one log entry if no watched key
+    /// changed.
+    Exec(Vec<Parsed>, WatchSlot),
+    /// WATCH: the keys' versions are read (linearizably) into the connection's slot.
+    Watch(Vec<Bytes>, WatchSlot),
+}
+
+/// The keys a connection watches and their versions when WATCH read them, filled in by
+/// the server in the connection's order (a WATCH is served before a later EXEC).
+pub type WatchSlot = std::sync::Arc<std::sync::Mutex<Watched>>;
+
+/// See [`WatchSlot`].
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// `(key, version)` as read by WATCH.
+    pub keys: Vec<(Bytes, u64)>,
+    /// A WATCH whose read failed: EXEC must not run unguarded, so it runs nothing.
+    pub broken: bool,
 }
 
 impl Parsed {
@@ -546,8 +562,8 @@ impl Parsed {
     pub fn is_write(&self) -> bool {
         match self {
             Parsed::Kv(cmd, _) => !cmd.is_read(),
-            Parsed::Admin(_) | Parsed::Exec(_) => true,
-            Parsed::Reply(_) | Parsed::Info | Parsed::Leader => false,
+            Parsed::Admin(_) | Parsed::Exec(..) => true,
+            Parsed::Reply(_) | Parsed::Info | Parsed::Leader | Parsed::Watch(..) => false,
         }
     }
 }
@@ -570,6 +586,9 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
     let rest = &args[1..];
+    if let Some(parsed) = crate::resp_keys::to_command(&name, rest) {
+        return parsed;
+    }
     let keys = || rest.to_vec();
     let kv = |c| Parsed::Kv(c, true);
     match (name.as_str(), rest.len()) {
@@ -710,6 +729,7 @@ pub fn kv_reply(r: KvResponse) -> Value {
             Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into())
         }
         KvResponse::Error(e) => Value::Error(format!("ERR {e}")),
+        other => crate::resp_keys::reply(&other).expect("every other answer is resp_keys'"),
     }
 }
 

@@ -511,11 +511,7 @@ async fn write_timed<S: AsyncWrite + Unpin>(
 /// A command naming more keys than `request_keys_max` becomes its error reply.
 pub(crate) fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
     let keys = match &parsed {
-        resp::Parsed::Kv(KvCommand::MSet { pairs }, _) => pairs.len(),
-        resp::Parsed::Kv(
-            KvCommand::MGet { keys } | KvCommand::Exists { keys } | KvCommand::Del { keys },
-            _,
-        ) => keys.len(),
+        resp::Parsed::Kv(cmd, _) => cmd.key_count(),
         _ => 0,
     };
     if keys <= max {
@@ -820,14 +816,48 @@ async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Val
             Ok(()) => Value::Simple("OK".into()),
             Err(e) => node_error(e),
         },
-        resp::Parsed::Exec(queued) => exec(router, queued, lane).await,
+        resp::Parsed::Exec(queued, watched) => exec(router, queued, watched, lane).await,
+        resp::Parsed::Watch(keys, slot) => {
+            let read = router
+                .kv(KvCommand::Versions { keys: keys.clone() }, true, lane)
+                .await;
+            let mut watched = slot.lock().unwrap_or_else(|e| e.into_inner());
+            match read {
+                Ok(KvResponse::Versions(vs)) if vs.len() == keys.len() => {
+                    watched.keys.extend(keys.into_iter().zip(vs));
+                    Value::Simple("OK".into())
+                }
+                Ok(other) => {
+                    watched.broken = true;
+                    resp::kv_reply(other)
+                }
+                Err(e) => {
+                    watched.broken = true;
+                    node_error(e)
+                }
+            }
+        }
     }
 }
 
-/// EXEC: the queued data commands as one batch entry, so they apply together and no other
+/// EXEC: the queued data commands as one `Exec` entry, so they apply together and no other
 /// client's command lands between them (reads among them too: they are answered from the
-/// state at that point of the log); the other queued commands answered in their places.
-async fn exec(router: &Router, queued: Vec<resp::Parsed>, lane: usize) -> Value {
+/// state at that point of the log), and only if no watched key's version changed (the
+/// state machine checks, when the entry applies); the other queued commands answered in
+/// their places.
+async fn exec(
+    router: &Router,
+    queued: Vec<resp::Parsed>,
+    watched: resp::WatchSlot,
+    lane: usize,
+) -> Value {
+    let (watches, broken) = {
+        let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut w.keys), w.broken)
+    };
+    if broken {
+        return Value::NullArray;
+    }
     let commands: Vec<KvCommand> = queued
         .iter()
         .filter_map(|p| match p {
@@ -836,11 +866,15 @@ async fn exec(router: &Router, queued: Vec<resp::Parsed>, lane: usize) -> Value 
         })
         .collect();
     let count = commands.len();
-    let mut answers = if commands.is_empty() {
+    let mut answers = if commands.is_empty() && watches.is_empty() {
         Vec::new()
     } else {
-        match router.kv(KvCommand::Batch { commands }, true, lane).await {
+        match router
+            .kv(KvCommand::Exec { watches, commands }, true, lane)
+            .await
+        {
             Ok(KvResponse::Batch(rs)) if rs.len() == count => rs,
+            Ok(KvResponse::Aborted) => return Value::NullArray,
             Ok(other) => return resp::kv_reply(other),
             Err(e) => return node_error(e),
         }

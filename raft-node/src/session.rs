@@ -16,16 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
+use raft_client::wire::{KvCommand, NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
 
 use crate::auth::{Auth, Role, Session};
 use crate::commands::{self, CommandSpec};
-use crate::resp::{self, Parsed, Protocol, Value};
+use crate::resp::{self, Parsed, Protocol, Value, WatchSlot};
 
 /// The role a native request needs.
 pub fn native_role(request: &Request) -> Role {
     match request {
         Request::Read { .. } | Request::Status | Request::Auth { .. } => Role::Read,
+        Request::Propose { op, .. } if KvCommand::encoded_flushes(op) => Role::Admin,
         Request::Propose { .. } => Role::ReadWrite,
         Request::TransferLeader { .. }
         | Request::AddLearner { .. }
@@ -68,10 +69,15 @@ pub fn native_gate(
 /// write is never served to a reader even if its table row were wrong.
 fn resp_role(parsed: &Parsed) -> Role {
     match parsed {
-        Parsed::Kv(cmd, _) if !cmd.is_read() => Role::ReadWrite,
+        // Dropping every key is an administrator's act, as Redis' ACL puts FLUSHALL in
+        // @dangerous.
+        Parsed::Kv(cmd, _) if cmd.flushes() => Role::Admin,
         Parsed::Admin(_) => Role::Admin,
-        Parsed::Exec(queued) => queued.iter().map(resp_role).max().unwrap_or(Role::Read),
-        Parsed::Kv(..) | Parsed::Reply(_) | Parsed::Info | Parsed::Leader => Role::Read,
+        Parsed::Exec(queued, _) => queued.iter().map(resp_role).max().unwrap_or(Role::Read),
+        Parsed::Kv(cmd, _) if !cmd.is_read() => Role::ReadWrite,
+        Parsed::Kv(..) | Parsed::Reply(_) | Parsed::Info | Parsed::Leader | Parsed::Watch(..) => {
+            Role::Read
+        }
     }
 }
 
@@ -83,6 +89,8 @@ pub const TRANSACTION_COMMANDS_MAX: usize = BATCH_COMMANDS_MAX;
 /// Bytes of arguments one transaction queues at most: its batch must fit, with room to
 /// spare, in the frame a follower forwards it to the leader in.
 pub const TRANSACTION_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
+/// Keys one connection watches at most (WATCH adds, EXEC, DISCARD and UNWATCH clear).
+pub const WATCHED_KEYS_MAX: usize = 4096;
 /// Bytes of a client name, library name or version at most.
 const CLIENT_FIELD_BYTES_MAX: usize = 256;
 
@@ -164,6 +172,10 @@ pub struct RespSession {
     lib_ver: Option<Bytes>,
     protocol: Protocol,
     multi: Option<Transaction>,
+    /// What WATCH read; replaced by a fresh slot when the watch ends.
+    watched: WatchSlot,
+    /// Keys named by WATCH since the watch began.
+    watched_keys: usize,
     request_keys_max: usize,
 }
 
@@ -186,6 +198,8 @@ impl RespSession {
             lib_ver: None,
             protocol: Protocol::Resp2,
             multi: None,
+            watched: WatchSlot::default(),
+            watched_keys: 0,
             request_keys_max: usize::MAX,
         };
         s.publish();
@@ -291,6 +305,20 @@ impl RespSession {
                 ok()
             }
             "EXEC" => error("ERR EXEC without MULTI"),
+            "WATCH" => {
+                let keys = rest.to_vec();
+                if self.watched_keys + keys.len() > WATCHED_KEYS_MAX {
+                    return error(format!(
+                        "ERR a connection watches at most {WATCHED_KEYS_MAX} keys"
+                    ));
+                }
+                self.watched_keys += keys.len();
+                Parsed::Watch(keys, self.watched.clone())
+            }
+            "UNWATCH" => {
+                self.unwatch();
+                ok()
+            }
             "DISCARD" => error("ERR DISCARD without MULTI"),
             _ => resp::to_command(args),
         };
@@ -323,18 +351,21 @@ impl RespSession {
         match name {
             "EXEC" => {
                 let t = self.multi.take().unwrap_or_default();
+                let watched = self.unwatch();
                 self.publish();
                 if t.aborted {
                     return error("EXECABORT Transaction discarded because of previous errors.");
                 }
-                return Parsed::Exec(t.queued);
+                return Parsed::Exec(t.queued, watched);
             }
             "DISCARD" => {
                 self.multi = None;
+                self.unwatch();
                 self.publish();
                 return ok();
             }
             "MULTI" => return error("ERR MULTI calls can not be nested"),
+            "WATCH" => return self.refuse("ERR WATCH inside MULTI is not allowed"),
             _ => {}
         }
         let allowed = match spec.group {
@@ -346,6 +377,8 @@ impl RespSession {
             return self.refuse("ERR Command not allowed inside a transaction");
         }
         let parsed = match name {
+            // Redis queues it; at EXEC the watch ends anyway.
+            "UNWATCH" => ok(),
             "CONFIG" => config(&args[1..]),
             "COMMAND" => Parsed::Reply(commands::command(&args[1..])),
             _ => resp::to_command(args),
@@ -381,6 +414,12 @@ impl RespSession {
         Parsed::Reply(Value::Simple("QUEUED".into()))
     }
 
+    /// Ends the watch; answers what it had read.
+    fn unwatch(&mut self) -> WatchSlot {
+        self.watched_keys = 0;
+        std::mem::take(&mut self.watched)
+    }
+
     /// `RESET`: back to how the connection opened: RESP2, no name, no transaction, and
     /// the login it started with (none when authentication is on and no client
     /// certificate logged it in).
@@ -389,6 +428,7 @@ impl RespSession {
         self.protocol = Protocol::Resp2;
         self.name = None;
         self.multi = None;
+        self.unwatch();
         self.publish();
         Parsed::Reply(Value::Simple("RESET".into()))
     }

@@ -264,6 +264,37 @@ fn hello_3_types_inline_quotes_select_and_transactions_over_a_raw_socket() {
     assert_eq!(c.call(&["GET", "tx"]), "$x");
     assert_eq!(c.call(&["EXEC"]), "-ERR EXEC without MULTI");
 
+    // WATCH: a change by another client between WATCH and EXEC makes EXEC run nothing.
+    let mut other = Raw::connect(addr);
+    assert_eq!(c.call(&["WATCH", "w1", "w2"]), "+OK");
+    assert_eq!(other.call(&["SET", "w2", "changed"]), "+OK");
+    assert_eq!(c.call(&["MULTI"]), "+OK");
+    assert_eq!(c.call(&["SET", "w1", "tx"]), "+QUEUED");
+    assert_eq!(c.call(&["EXEC"]), "_");
+    assert_eq!(c.call(&["GET", "w1"]), "_");
+    // Unchanged watched keys: it runs; the watch ends with EXEC.
+    assert_eq!(c.call(&["WATCH", "w1", "w2"]), "+OK");
+    assert_eq!(c.call(&["MULTI"]), "+OK");
+    assert!(c.call(&["WATCH", "w1"]).contains("WATCH inside MULTI"));
+    assert_eq!(c.call(&["DISCARD"]), "+OK");
+    assert_eq!(c.call(&["WATCH", "w1", "w2"]), "+OK");
+    assert_eq!(c.call(&["MULTI"]), "+OK");
+    assert_eq!(c.call(&["SET", "w1", "tx"]), "+QUEUED");
+    assert_eq!(c.call(&["EXEC"]), "*[+OK]");
+    // UNWATCH forgets: a later change does not abort.
+    assert_eq!(c.call(&["WATCH", "w1"]), "+OK");
+    assert_eq!(c.call(&["UNWATCH"]), "+OK");
+    assert_eq!(other.call(&["SET", "w1", "again"]), "+OK");
+    assert_eq!(c.call(&["MULTI"]), "+OK");
+    assert_eq!(c.call(&["GET", "w1"]), "+QUEUED");
+    assert_eq!(c.call(&["EXEC"]), "*[$again]");
+    // RESP2's nil for an aborted EXEC is the nil array.
+    assert_eq!(other.call(&["WATCH", "w1"]), "+OK");
+    assert_eq!(c.call(&["DEL", "w1"]), ":1");
+    assert_eq!(other.call(&["MULTI"]), "+OK");
+    assert_eq!(other.call(&["GET", "w1"]), "+QUEUED");
+    assert_eq!(other.call(&["EXEC"]), "*-1");
+
     // A pipeline that switches protocol: each answer in the protocol of its time.
     c.send_raw(b"GET missing\r\nHELLO 2\r\nGET missing\r\nHELLO 3\r\nGET missing\r\n");
     assert_eq!(c.reply(), "_");
@@ -377,6 +408,44 @@ for protocol in (None, 2):
     pipe = r.pipeline(transaction=True)
     pipe.set(p + "t", "5").incr(p + "t").get(p + "t")
     assert pipe.execute() == [True, 6, b"6"]
+    # Optimistic locking as redis-py documents it: WATCH, read, MULTI, write, EXEC; a
+    # change by another client in between raises WatchError and nothing is applied.
+    with r.pipeline() as pipe:
+        pipe.watch(p + "t")
+        current = int(pipe.get(p + "t"))
+        r.set(p + "t", "100")
+        pipe.multi()
+        pipe.set(p + "t", current + 1)
+        try:
+            pipe.execute()
+            raise SystemExit("EXEC ran after a watched key changed")
+        except redis.WatchError:
+            pass
+    assert r.get(p + "t") == b"100"
+    def bump(pipe):
+        pipe.multi()
+        pipe.incr(p + "t")
+    assert r.transaction(bump, p + "t") == [101]
+    # Commands of the key-value state machine through redis-py's helpers.
+    assert r.set(p + "nx", "1", nx=True) is True
+    assert r.set(p + "nx", "2", nx=True) is None
+    assert r.set(p + "ex", "v", ex=100) is True
+    assert 0 < r.ttl(p + "ex") <= 100
+    assert r.append(p + "nx", "23") == 3
+    assert r.strlen(p + "nx") == 3
+    assert r.getset(p + "nx", "9") == b"123"
+    assert r.incrbyfloat(p + "f", 1.5) == 1.5
+    assert r.expire(p + "nx", 100) is True
+    assert r.persist(p + "nx") is True
+    assert r.type(p + "nx") in ("string", b"string")
+    assert r.rename(p + "nx", p + "renamed") is True
+    assert r.dbsize() >= 1
+    assert sorted(r.keys(p + "rename*")) == [(p + "renamed").encode()]
+    found = set()
+    for key in r.scan_iter(match=p + "*", count=2):
+        found.add(key)
+    assert (p + "renamed").encode() in found and (p + "a").encode() in found, found
+    assert r.getdel(p + "renamed") == b"9"
     try:
         r.execute_command("SELECT", "1")
         raise SystemExit("SELECT 1 accepted")

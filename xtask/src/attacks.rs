@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-
 use crate::bench::cluster::procs::{free_addr, Proc, Procs};
 use crate::hostile::{self as attacks, Credentials, Reply};
 
@@ -31,9 +29,8 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const NON_READERS_HOLD: Duration = Duration::from_secs(5);
 
 /// Runs the attacks against release `raft-node` processes and prints one row each.
-#[derive(Parser, Debug)]
-#[command(name = "cargo xtask attacks")]
-struct Args {
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
     /// Only these attacks (comma-separated names from the first column).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -48,16 +45,7 @@ struct Args {
     node_args: Vec<String>,
 }
 
-pub fn main(args: &[String]) -> ExitCode {
-    let args = match Args::try_parse_from(
-        std::iter::once("attacks".to_string()).chain(args.iter().cloned()),
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+pub(crate) fn main(args: Args) -> ExitCode {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")

@@ -6,16 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
 use fuzz_targets::runner::{self, RunOptions};
 use fuzz_targets::TARGETS;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "cargo xtask fuzz",
-    about = "Run the fuzz targets on the stable toolchain"
-)]
-struct Args {
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
     /// One target (default: every target, one after another).
     #[arg(long)]
     target: Option<String>,
@@ -40,16 +35,7 @@ struct Args {
     list: bool,
 }
 
-pub fn main(args: &[String]) -> ExitCode {
-    let args = match Args::try_parse_from(
-        std::iter::once("cargo xtask fuzz".to_string()).chain(args.iter().cloned()),
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+pub(crate) fn main(args: Args) -> ExitCode {
     if args.list {
         for t in TARGETS {
             println!("{:<12} {}", t.name, t.about);

@@ -24,6 +24,8 @@ mod hostile;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 /// The system allocator; during `cargo xtask fuzz` runs it turns an allocation above 2 GiB
 /// into a saved crash (see `fuzz_targets::runner::GuardedAlloc`).
 #[global_allocator]
@@ -31,36 +33,55 @@ static ALLOC: fuzz_targets::runner::GuardedAlloc = fuzz_targets::runner::Guarded
 
 use raft_core::sim::{run_seed_caught, run_seeds, SeedReport, SimOptions};
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("sim") => sim(&args[1..]),
-        Some("chaos") => chaos::main(&args[1..]),
-        Some("bench") => bench::main(&args[1..]),
-        Some("attacks") => attacks::main(&args[1..]),
-        Some("fuzz") => fuzz::main(&args[1..]),
-        _ => {
-            eprintln!("usage: cargo xtask sim [--seeds N] [--first S] [--seed X] [--steps S] [--threads T]");
-            eprintln!("       cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S]");
-            eprintln!("       cargo xtask bench [--quick] [--only SECTION,...] [--soak-s N]");
-            eprintln!("       cargo xtask attacks [--only NAME,...] [--no-build]");
-            eprintln!(
-                "       cargo xtask fuzz [--target T] [--seconds N] [--seed S] [--replay FILE]"
-            );
-            ExitCode::from(2)
-        }
-    }
+/// Project chores: simulation, chaos, benchmarks, attacks and fuzzing.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
 }
 
-fn flag(args: &[String], name: &str) -> Result<Option<u64>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or_else(|| format!("{name} needs a number"))?
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}")),
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// The deterministic cluster simulation under faults.
+    Sim(SimArgs),
+    /// Real raft-node processes under faults, with a linearizability check.
+    Chaos(chaos::Args),
+    /// The system measured against the hardware's limits.
+    Bench(bench::Args),
+    /// The hostile-client attacks at full size against release nodes.
+    Attacks(attacks::Args),
+    /// The fuzz targets on the stable toolchain.
+    Fuzz(fuzz::Args),
+}
+
+/// `cargo xtask sim`: seeds of the deterministic simulation; a failing seed prints its replay line.
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed of the run.
+    #[arg(long, default_value_t = 1)]
+    first: u64,
+    /// Replay this one seed and print its statistics and violations.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fault steps per seed [default: the simulation's own].
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Worker threads [default: the available parallelism].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().task {
+        Task::Sim(args) => sim(args),
+        Task::Chaos(args) => chaos::main(args),
+        Task::Bench(args) => bench::main(args),
+        Task::Attacks(args) => attacks::main(args),
+        Task::Fuzz(args) => fuzz::main(args),
     }
 }
 
@@ -71,23 +92,14 @@ fn replay_line(report: &SeedReport, steps: u64) -> String {
     )
 }
 
-fn sim(args: &[String]) -> ExitCode {
-    let parsed = (|| -> Result<_, String> {
-        Ok((
-            flag(args, "--seeds")?,
-            flag(args, "--first")?,
-            flag(args, "--seed")?,
-            flag(args, "--steps")?,
-            flag(args, "--threads")?,
-        ))
-    })();
-    let (seeds, first, seed, steps, threads) = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("xtask sim: {e}");
-            return ExitCode::from(2);
-        }
-    };
+fn sim(args: SimArgs) -> ExitCode {
+    let SimArgs {
+        seeds,
+        first,
+        seed,
+        steps,
+        threads,
+    } = args;
     let mut template = SimOptions::new(0);
     if let Some(steps) = steps {
         template.fault_steps = steps;
@@ -111,23 +123,16 @@ fn sim(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    let threads = threads
-        .map(|t| t as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let summary = run_seeds(
-        first.unwrap_or(1),
-        seeds.unwrap_or(1000),
-        threads,
-        &template,
-        &|r| {
-            println!(
-                "FAIL seed={}: {}",
-                r.seed,
-                r.violations.first().map_or("", String::as_str)
-            );
-            println!("{}", replay_line(r, fault_steps));
-        },
-    );
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let summary = run_seeds(first, seeds, threads, &template, &|r| {
+        println!(
+            "FAIL seed={}: {}",
+            r.seed,
+            r.violations.first().map_or("", String::as_str)
+        );
+        println!("{}", replay_line(r, fault_steps));
+    });
     for r in &summary.failures {
         println!("{}", replay_line(r, fault_steps));
     }

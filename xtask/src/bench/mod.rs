@@ -63,35 +63,24 @@ const SOAK_S_MAX: u64 = 3600;
 
 const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
 
-pub fn main(args: &[String]) -> ExitCode {
-    let usage = || {
-        eprintln!("usage: cargo xtask bench [--quick] [--only SECTION[,SECTION]] [--soak-s N (<= {SOAK_S_MAX})] (sections: {SECTIONS:?})");
-        ExitCode::from(2)
-    };
-    let mut quick = false;
-    let mut only: Option<Vec<String>> = None;
-    let mut soak = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--only" => match it.next() {
-                Some(list) => {
-                    let list: Vec<String> = list.split(',').map(str::to_string).collect();
-                    if list.iter().any(|s| !SECTIONS.contains(&s.as_str())) {
-                        return usage();
-                    }
-                    only = Some(list);
-                }
-                None => return usage(),
-            },
-            "--soak-s" => match it.next().and_then(|s| s.parse::<u64>().ok()) {
-                Some(secs) if secs <= SOAK_S_MAX => soak = Some(Duration::from_secs(secs)),
-                _ => return usage(),
-            },
-            _ => return usage(),
-        }
-    }
+/// `cargo xtask bench`: every section in order, one table and `target/bench/report.json`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The same measurements with half the time each and half the rounds (under 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Run just these sections, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SECTIONS))]
+    only: Vec<String>,
+    /// Length of the cluster's RSS-growth run, in seconds [default: 60, none with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(..=SOAK_S_MAX))]
+    soak_s: Option<u64>,
+}
+
+pub(crate) fn main(args: Args) -> ExitCode {
+    let quick = args.quick;
+    let only = (!args.only.is_empty()).then_some(args.only);
+    let soak = args.soak_s.map(Duration::from_secs);
     let root = util::bench_root();
     let scratch = match util::ScratchDir::create(&root) {
         Ok(s) => s,

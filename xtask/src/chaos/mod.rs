@@ -51,22 +51,39 @@ const MEMBERSHIP_RESTORE_WAIT_MAX: Duration = Duration::from_secs(40);
 const LEARNER_CATCH_UP_ENTRIES: u64 = 200;
 const LEARNER_CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Debug)]
-struct Args {
+/// `cargo xtask chaos`: real `raft-node` processes under faults; a failing run prints the
+/// line that replays its schedule.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct Args {
+    /// Cluster size, 3 to 7.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(3..=7))]
     nodes: u64,
+    /// Length of the faulty phase, in seconds (`60s` or `60`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
+    /// Seed of the fault schedule and the clients' operations.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     keys: usize,
-    build: bool,
+    /// Do not build: use target/release/raft-node as it is.
+    #[arg(long)]
+    no_build: bool,
+    /// How to connect the nodes.
+    #[arg(long, value_enum, default_value_t = NetMode::Auto)]
     net: NetMode,
     /// Extra arguments for every node (`--node-arg --storage=memory` checks that the checks
     /// catch a node that forgets its log on restart).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
 }
 
 /// How to connect the nodes (`--net`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum NetMode {
     /// Network namespaces when root and they can be made, else proxies.
     Auto,
@@ -74,69 +91,26 @@ enum NetMode {
     Netns,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut parsed = Args {
-        nodes: 5,
-        duration: Duration::from_secs(60),
-        seed: 1,
-        clients: 4,
-        keys: 4,
-        build: true,
-        net: NetMode::Auto,
-        node_args: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--nodes" => parsed.nodes = value()?.parse().map_err(|e| format!("--nodes: {e}"))?,
-            "--seed" => parsed.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--clients" => {
-                parsed.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
-            }
-            "--keys" => parsed.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
-            "--duration" => {
-                let v = value()?;
-                let secs: u64 = v
-                    .strip_suffix('s')
-                    .unwrap_or(v)
-                    .parse()
-                    .map_err(|e| format!("--duration {v}: {e} (give seconds, like 60s)"))?;
-                parsed.duration = Duration::from_secs(secs);
-            }
-            "--no-build" => parsed.build = false,
-            "--node-arg" => parsed.node_args.push(value()?.clone()),
-            "--net" => {
-                parsed.net = match value()?.as_str() {
-                    "auto" => NetMode::Auto,
-                    "proxy" => NetMode::Proxy,
-                    "netns" => NetMode::Netns,
-                    other => return Err(format!("--net {other}: give auto, proxy or netns")),
-                }
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
+fn at_least_one(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
-    if !(3..=7).contains(&parsed.nodes) {
-        return Err("--nodes must be 3 to 7".into());
-    }
-    if parsed.clients == 0 || parsed.keys == 0 {
-        return Err("--clients and --keys must be at least 1".into());
-    }
-    Ok(parsed)
+}
+
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let secs: u64 = v
+        .strip_suffix('s')
+        .unwrap_or(v)
+        .parse()
+        .map_err(|e| format!("{e} (give seconds, like 60s)"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// Entry point of `cargo xtask chaos`.
-pub fn main(args: &[String]) -> ExitCode {
-    let args = match parse_args(args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("xtask chaos: {e}");
-            eprintln!("usage: cargo xtask chaos [--nodes 5] [--duration 60s] [--seed S] [--clients 4] [--keys 4] [--net auto|proxy|netns] [--node-arg ARG]... [--no-build]");
-            return ExitCode::from(2);
-        }
-    };
-    if args.build {
+pub(crate) fn main(args: Args) -> ExitCode {
+    if !args.no_build {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "-p", "raft-node"])
             .status();
@@ -1400,9 +1374,17 @@ fn write_report(dir: &Path, history: &[Record], timeline: &[String]) -> std::io:
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
     fn parse(line: &str) -> Result<Args, String> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        parse_args(&args)
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("chaos").chain(line.split_whitespace()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -1413,17 +1395,22 @@ mod tests {
         .unwrap();
         assert_eq!(a.node_args, ["--storage=memory"]);
         assert_eq!(
-            (a.nodes, a.seed, a.net, a.build),
-            (3, 7, NetMode::Proxy, false)
+            (a.nodes, a.seed, a.net, a.no_build),
+            (3, 7, NetMode::Proxy, true)
         );
         assert_eq!(a.duration, Duration::from_secs(60));
         assert_eq!(parse("").unwrap().net, NetMode::Auto);
         assert_eq!(parse("--net netns").unwrap().net, NetMode::Netns);
         assert!(parse("--net tc")
             .unwrap_err()
-            .contains("auto, proxy or netns"));
+            .contains("[possible values: auto, proxy, netns]"));
         assert!(parse("--nodes 9").is_err());
-        assert!(parse("--seed").unwrap_err().contains("needs a value"));
+        assert!(parse("--seed").unwrap_err().contains("a value is required"));
+        assert!(parse("--clients 0").is_err());
+        assert_eq!(
+            parse("--duration 90").unwrap().duration,
+            Duration::from_secs(90)
+        );
         assert!(parse("--frobnicate").is_err());
     }
 
