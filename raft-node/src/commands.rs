@@ -1106,6 +1106,65 @@ pub static COMMANDS: &[CommandSpec] = &[
     .acl(&["keyspace", "write"])
     .keys(1, -1, 1)
     .differs("The same as DEL."),
+    // pubsub
+    spec(
+        "psubscribe",
+        -2,
+        Read,
+        Local,
+        "pubsub",
+        "Subscribes to channels matching the patterns (keyspace notifications).",
+        "pattern [pattern ...]",
+    )
+    .flags(&["pubsub", "noscript", "loading", "stale"])
+    .acl(&["pubsub", "slow"])
+    .differs("Only the notification channels exist: __keyspace@0__:<key> and __keyevent@0__:<event>, always on (no PUBLISH). Served from this node's applied state."),
+    spec(
+        "punsubscribe",
+        -1,
+        Read,
+        Local,
+        "pubsub",
+        "Unsubscribes from patterns (all when none is named).",
+        "[pattern [pattern ...]]",
+    )
+    .flags(&["pubsub", "noscript", "loading", "stale"])
+    .acl(&["pubsub", "slow"]),
+    spec(
+        "subscribe",
+        -2,
+        Read,
+        Local,
+        "pubsub",
+        "Subscribes to channels (keyspace notifications).",
+        "channel [channel ...]",
+    )
+    .flags(&["pubsub", "noscript", "loading", "stale"])
+    .acl(&["pubsub", "slow"])
+    .differs("Only the notification channels exist: __keyspace@0__:<key> and __keyevent@0__:<event>, always on (no PUBLISH). Served from this node's applied state."),
+    spec(
+        "unsubscribe",
+        -1,
+        Read,
+        Local,
+        "pubsub",
+        "Unsubscribes from channels (all when none is named).",
+        "[channel [channel ...]]",
+    )
+    .flags(&["pubsub", "noscript", "loading", "stale"])
+    .acl(&["pubsub", "slow"]),
+    spec(
+        "watchlog",
+        -2,
+        Read,
+        Local,
+        "pubsub",
+        "Streams every change under the key prefix, one message per log index, from an index on: each change once, in order, with no gap, or a 'compacted, resync' error (docs/WATCH.md).",
+        "prefix [FROM index]",
+    )
+    .flags(&["pubsub", "noscript", "loading", "stale"])
+    .acl(&["pubsub", "slow"])
+    .differs("Not a Redis command."),
     // transactions
     spec(
         "discard",
@@ -1705,7 +1764,11 @@ mod tests {
                 assert_eq!(c.consistency, Logged, "{}", c.name);
             }
             if c.consistency == Linearizable || c.consistency == Local {
-                assert!(c.flags.contains(&"readonly"), "{} reads keys", c.name);
+                assert!(
+                    c.flags.contains(&"readonly") || c.flags.contains(&"pubsub"),
+                    "{} reads keys",
+                    c.name
+                );
             }
             assert_eq!(c.first_key == 0, c.last_key == 0, "{}", c.name);
             for s in c.subcommands {

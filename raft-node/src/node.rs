@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
 use crate::auth::{Auth, InternalClient, ENV_INTERNAL_PASSWORD};
+use crate::cluster_view::ClusterProbe;
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ use crate::store::NodeStore;
 use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
+use crate::watch::{WatchHub, WatchLimits};
 use crate::{http, server};
 
 /// Inbound batches of peer messages (raft-net caps a batch at `INBOUND_BATCH_MESSAGES_MAX`)
@@ -114,6 +116,7 @@ struct SharedParts {
     client_addrs: HashMap<u64, String>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    http_addr: Option<SocketAddr>,
 }
 
 /// Restores the state machine against `store` and starts the runtime on it.
@@ -129,9 +132,11 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         trailing_margin_entries: config.snapshot_log_margin_entries,
         ..SnapshotPolicy::default()
     };
+    let mut runtime_config = config.runtime();
+    runtime_config.http_addr = parts.http_addr.map(|a| a.to_string());
     runtime::spawn(RuntimeParts {
         raft: config.raft_config(),
-        runtime: config.runtime(),
+        runtime: runtime_config,
         store,
         transport: parts.transport,
         inbound: parts.inbound,
@@ -174,7 +179,9 @@ impl RunningNode {
     /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
         let limits = KvLimits::from_client_limits(&config.limits);
-        Self::start_with(config, KvStateMachine::new(limits)).await
+        let hub = WatchHub::new(WatchLimits::from_client_limits(&config.limits));
+        let machine = KvStateMachine::new(limits).with_change_sink(hub.clone());
+        Self::start_hosting(config, machine, Some(hub)).await
     }
 
     /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest
@@ -186,6 +193,16 @@ impl RunningNode {
     pub async fn start_with<M: HostedMachine>(
         config: NodeConfig,
         machine: M,
+    ) -> Result<RunningNode, ConfigError> {
+        Self::start_hosting(config, machine, None).await
+    }
+
+    /// Starts the node hosting `machine`; watchers are served from `watch`, the machine's
+    /// change sink, when there is one.
+    async fn start_hosting<M: HostedMachine>(
+        config: NodeConfig,
+        machine: M,
+        watch: Option<Arc<WatchHub>>,
     ) -> Result<RunningNode, ConfigError> {
         config.validate()?;
         let auth = Arc::new(
@@ -266,6 +283,7 @@ impl RunningNode {
             client_addrs: client_addrs.clone(),
             metrics,
             shutdown: shutdown_rx.clone(),
+            http_addr,
         };
         // A fresh cluster starts from a snapshot-like configuration naming the initial voters.
         let voters = config.bootstrap_voters();
@@ -285,13 +303,18 @@ impl RunningNode {
 
         let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
         forward_addrs.sort();
-        let router = Arc::new(Router::new(
+        let mut router = Router::new(
             handle.clone(),
             auth.clone(),
             &internal,
             forward_addrs,
             config.request_timeout_ms,
-        ));
+        )
+        .with_cluster_probe(ClusterProbe::new(config.id, &client_addrs, &internal));
+        if let Some(hub) = watch {
+            router = router.with_watch(hub);
+        }
+        let router = Arc::new(router);
         tokio::spawn(server::serve(
             client_listener,
             handle.clone(),

@@ -665,6 +665,8 @@ const CONFIG_PARAMETERS: &[(&str, &str)] = &[
     ("appendonly", "yes"),
     ("appendfsync", "always"),
     ("databases", "1"),
+    // Keyspace notifications are always on for every class (server/pubsub.rs).
+    ("notify-keyspace-events", "KEA"),
 ];
 
 /// `CONFIG GET parameter [parameter ...]` answers the parameters above that match (a map);
