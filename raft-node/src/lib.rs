@@ -40,6 +40,7 @@ pub mod limits;
 pub mod membership_check;
 pub mod metrics;
 pub mod node;
+mod process_metrics;
 mod read_batch;
 pub mod recover;
 pub mod resp;

@@ -1866,6 +1866,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         let leader = self.raw.leader();
         if leader != self.last_leader {
             self.last_leader = leader;
+            if leader.is_some() {
+                Metrics::add(&self.metrics.leader_changes, 1);
+            }
             if self.leader_changes.len() == LEADER_CHANGES_KEPT_MAX {
                 self.leader_changes.pop_front();
             }
@@ -1881,6 +1884,8 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         let m = &self.metrics;
         Metrics::set(&m.term, self.raw.term());
         Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
+        Metrics::set(&m.has_leader, u64::from(leader.is_some()));
+        Metrics::set(&m.proposals_pending, self.pending_writes.len() as u64);
         Metrics::set(&m.commit_index, self.raw.commit_index());
         Metrics::set(&m.applied_index, self.raw.applied_index());
         Metrics::set(&m.last_index, self.raw.last_index());

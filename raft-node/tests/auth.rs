@@ -274,6 +274,13 @@ async fn resp_requires_auth_and_enforces_roles() {
         );
     }
 
+    // Dropping every key is an administrator's act; expiry is a writer's.
+    assert_eq!(
+        c.call(&["FLUSHALL"]).await,
+        "-NOPERM User writer has no permissions to run the 'flushall' command"
+    );
+    assert_eq!(c.call(&["EXPIRE", "k", "100"]).await, ":1");
+
     // admin (the default user, one-argument AUTH): membership commands pass the gate and
     // reach the leader's own checks (node 97 has no address, which it says).
     assert_eq!(c.call(&["AUTH", ADMIN_PASSWORD]).await, "+OK");
@@ -420,6 +427,10 @@ async fn native_clients_log_in_and_are_held_to_their_role() {
     ));
     assert!(matches!(
         writer.transfer_leader(1).await,
+        Err(ClientError::Node(NodeError::PermissionDenied(_)))
+    ));
+    assert!(matches!(
+        writer.kv(raft_client::KvCommand::FlushAll).await,
         Err(ClientError::Node(NodeError::PermissionDenied(_)))
     ));
 
