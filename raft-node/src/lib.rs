@@ -31,6 +31,7 @@ pub mod changes;
 pub mod clock;
 pub mod cluster_id;
 pub mod cluster_view;
+pub mod commands;
 pub mod config;
 pub mod glob;
 pub mod http;
