@@ -683,3 +683,47 @@ fn a_restarted_node_serves_the_history_after_its_snapshot() {
         assert_eq!(sequences[0], sequences[1]);
     });
 }
+
+/// After `HELLO 3`, subscription confirmations and messages are RESP3 pushes (`>`).
+#[test]
+fn resp3_subscribers_get_push_frames() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let mut s = std::net::TcpStream::connect(cluster.node(2).client).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut read_until = |s: &mut std::net::TcpStream, want: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.windows(want.len()).any(|w| w == want) {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            );
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+    };
+    s.write_all(b"HELLO 3\r\nSUBSCRIBE __keyspace@0__:k\r\n")
+        .unwrap();
+    read_until(
+        &mut s,
+        b">3\r\n$9\r\nsubscribe\r\n$16\r\n__keyspace@0__:k\r\n:1\r\n",
+    );
+    let mut writer = redis_conn(cluster.node(1).client);
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut writer)
+        .unwrap();
+    read_until(
+        &mut s,
+        b">3\r\n$7\r\nmessage\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n",
+    );
+}

@@ -3,7 +3,8 @@
 //! prefix [FROM index]`, a watch that resumes by log index (see docs/WATCH.md).
 //!
 //! Both read this node's watch hub ([`crate::watch`]), so every node serves them from its
-//! own applied state. As in Redis' RESP2 subscribe mode, a subscribed connection takes only
+//! own applied state. Messages are RESP3 pushes (`>`) after `HELLO 3`, arrays in RESP2.
+//! As in Redis' RESP2 subscribe mode, a subscribed connection takes only
 //! (P)SUBSCRIBE, (P)UNSUBSCRIBE, WATCHLOG, PING, QUIT and RESET; it returns to normal mode
 //! once it has no subscription left. Notifications are always on for every event class
 //! (`notify-keyspace-events` reads `KEA`). A connection that reads its messages more slowly
@@ -104,6 +105,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = conn.limits.clone();
+    // Messages are pushes: `>` frames after HELLO 3, arrays in RESP2.
+    out.proto = session.protocol();
     let mut subs = Subscriptions::default();
     let mut queue: VecDeque<Vec<Bytes>> = pending.into();
     let mut request_since: Option<Instant> = None;
@@ -202,7 +205,7 @@ where
                     if changes.is_empty() {
                         continue;
                     }
-                    let message = Value::Array(vec![
+                    let message = Value::Push(vec![
                         bulk("watchlog"),
                         Value::Int(record.index as i64),
                         Value::Array(changes),
@@ -235,7 +238,7 @@ async fn notify<S: AsyncWrite + Unpin>(
         (keyevent, change.key.clone()),
     ] {
         if subs.channels.contains(&channel[..]) {
-            let m = Value::Array(vec![
+            let m = Value::Push(vec![
                 bulk("message"),
                 bulk(channel.clone()),
                 bulk(payload.clone()),
@@ -244,7 +247,7 @@ async fn notify<S: AsyncWrite + Unpin>(
         }
         for (text, pattern) in &subs.patterns {
             if pattern.matches(&channel) {
-                let m = Value::Array(vec![
+                let m = Value::Push(vec![
                     bulk("pmessage"),
                     bulk(text.clone()),
                     bulk(channel.clone()),
@@ -351,7 +354,7 @@ async fn command<S: AsyncWrite + Unpin>(
                 } else if new {
                     subs.patterns.push((target.clone(), Pattern::new(target)));
                 }
-                let reply = Value::Array(vec![
+                let reply = Value::Push(vec![
                     bulk(kind.clone()),
                     bulk(target.clone()),
                     Value::Int(subs.count() as i64),
@@ -367,7 +370,7 @@ async fn command<S: AsyncWrite + Unpin>(
                 (true, false) => subs.patterns.iter().map(|(t, _)| t.clone()).collect(),
             };
             if targets.is_empty() {
-                let reply = Value::Array(vec![
+                let reply = Value::Push(vec![
                     bulk(kind.clone()),
                     Value::Bulk(None),
                     Value::Int(subs.count() as i64),
@@ -380,7 +383,7 @@ async fn command<S: AsyncWrite + Unpin>(
                 } else {
                     subs.patterns.retain(|(t, _)| *t != target);
                 }
-                let reply = Value::Array(vec![
+                let reply = Value::Push(vec![
                     bulk(kind.clone()),
                     bulk(target),
                     Value::Int(subs.count() as i64),
@@ -426,7 +429,7 @@ async fn command<S: AsyncWrite + Unpin>(
             };
             match watcher {
                 Ok(watcher) => {
-                    let reply = Value::Array(vec![
+                    let reply = Value::Push(vec![
                         bulk("watchlog"),
                         bulk(rest[0].clone()),
                         Value::Int(watcher.position() as i64),
