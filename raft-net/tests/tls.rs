@@ -250,7 +250,7 @@ async fn a_valid_certificate_cannot_claim_another_node_id() {
     let (c, mut c_rx) = Transport::start(config(3, ca.tls(&ca, 3))).await.unwrap();
     a.add_peer(3, c.local_addr());
     c.add_peer(1, a.local_addr());
-    c.add_peer(2, "127.0.0.1:9".parse().unwrap());
+    c.add_peer(2, "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap());
     // Node 1 and node 3 talk on node 1's connection.
     assert_eq!(exchange(&a, &mut c_rx, 1, 3).await.from, 1);
     assert_eq!(exchange(&c, &mut a_rx, 3, 1).await.from, 3);
