@@ -34,6 +34,7 @@
 pub mod config;
 pub mod membership;
 pub mod message;
+pub mod mutant;
 mod node;
 mod progress;
 mod raft_log;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::config::{Config, ConfigError};
 use crate::membership::{ConfChange, Membership, MembershipError, VoteResult};
 use crate::message::{ConflictHint, Message, MessageBody};
+use crate::mutant::{self, Mutant};
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
 use crate::ready::{ReadError, ReadState, Ready};
@@ -662,7 +663,9 @@ impl<S: LogStore> RawNode<S> {
             ProposeError::NotLeader { leader } => ChangeError::NotLeader { leader },
             _ => ChangeError::TransferInProgress,
         })?;
-        if self.commit < self.term_start_index {
+        if self.commit < self.term_start_index
+            && !mutant::active(Mutant::MembershipChangeBeforeTermCommit)
+        {
             return Err(ChangeError::NotReady);
         }
         let (latest_index, current) = self.configs.last().expect("configs is never empty");
@@ -1415,7 +1418,9 @@ impl<S: LogStore> RawNode<S> {
             return;
         }
         // §5.4.2: only an entry of the leader's own term is committed by counting replicas.
-        if self.log.term(quorum_index) != Ok(self.term) {
+        if self.log.term(quorum_index) != Ok(self.term)
+            && !mutant::active(Mutant::CommitEarlierTermByCount)
+        {
             return;
         }
         self.commit_to(quorum_index);
@@ -1593,7 +1598,8 @@ impl<S: LogStore> RawNode<S> {
         last_index: Index,
         last_term: Term,
     ) {
-        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index())
+            || mutant::active(Mutant::VoteWithoutLogCheck);
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && term > self.term);
@@ -1643,7 +1649,7 @@ impl<S: LogStore> RawNode<S> {
     // ----- reads -----------------------------------------------------------------------
 
     fn leader_read(&mut self, ctx: u64, origin: NodeId) {
-        if self.commit < self.term_start_index {
+        if self.commit < self.term_start_index && !mutant::active(Mutant::ReadBeforeTermCommit) {
             // §6.4: until an entry of its term commits, the leader does not know the commit
             // index of its predecessors.
             self.reads_awaiting_term_commit.push_back((ctx, origin));

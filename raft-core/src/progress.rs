@@ -111,3 +111,107 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicating(match_index: Index) -> Progress {
+        let mut p = Progress::new(1);
+        p.match_index = match_index;
+        p.become_replicate();
+        p
+    }
+
+    #[test]
+    fn a_probe_sends_one_message_then_waits_for_its_answer() {
+        let mut p = Progress::new(5);
+        assert_eq!(
+            (p.state, p.next_index, p.match_index),
+            (ProgressState::Probe, 5, 0)
+        );
+        assert!(!p.is_paused(8));
+        p.on_sent(Some(7));
+        // A probe does not move next_index: the follower may still refuse it.
+        assert_eq!(p.next_index, 5);
+        assert!(p.is_paused(8));
+        assert!(p.on_ack(7));
+        assert_eq!((p.match_index, p.next_index), (7, 8));
+        assert!(!p.is_paused(8), "an answer releases the probe");
+    }
+
+    #[test]
+    fn replication_pipelines_up_to_the_inflight_bound_and_acks_release_in_order() {
+        let mut p = replicating(10);
+        assert_eq!(p.next_index, 11);
+        p.on_sent(Some(12));
+        p.on_sent(Some(15));
+        assert_eq!(
+            p.next_index, 16,
+            "advanced optimistically as messages go out"
+        );
+        assert!(p.is_paused(2));
+        assert!(!p.is_paused(3));
+        // A heartbeat (no entries) takes no inflight slot.
+        p.on_sent(None);
+        assert_eq!(p.inflight, VecDeque::from([12, 15]));
+
+        assert!(p.on_ack(13));
+        assert_eq!(
+            p.inflight,
+            VecDeque::from([15]),
+            "acked through 13 frees the first"
+        );
+        assert!(!p.is_paused(2));
+        assert!(!p.on_ack(13), "a duplicate ack advances nothing");
+        assert!(!p.on_ack(11), "a stale ack advances nothing");
+        assert_eq!((p.match_index, p.next_index), (13, 16));
+        assert!(p.on_ack(15));
+        assert!(p.inflight.is_empty());
+    }
+
+    #[test]
+    fn falling_back_to_probe_resends_from_after_the_match() {
+        let mut p = replicating(10);
+        p.on_sent(Some(20));
+        p.become_probe();
+        assert_eq!(
+            (p.state, p.next_index, p.inflight.len(), p.probe_sent),
+            (ProgressState::Probe, 11, 0, false)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_pauses_everything_and_probing_resumes_after_it() {
+        let mut p = replicating(3);
+        p.on_sent(Some(9));
+        p.become_snapshot(100, 42);
+        assert!(p.is_paused(usize::MAX));
+        assert!(p.inflight.is_empty());
+        p.on_sent(Some(120));
+        assert_eq!(
+            p.next_index, 10,
+            "nothing is sent while the snapshot is on its way"
+        );
+        p.become_probe();
+        assert_eq!(
+            p.next_index, 101,
+            "after the snapshot, not at the stale match + 1"
+        );
+        // If the follower had acknowledged beyond the snapshot, resume from there.
+        let mut q = replicating(3);
+        q.become_snapshot(100, 42);
+        q.on_ack(150);
+        q.become_probe();
+        assert_eq!(q.next_index, 151);
+    }
+
+    #[test]
+    fn replicate_restarts_the_window_at_the_match() {
+        let mut p = Progress::new(50);
+        p.on_ack(30);
+        p.become_replicate();
+        assert_eq!((p.state, p.next_index), (ProgressState::Replicate, 31));
+        assert!(!p.is_paused(1));
+    }
+}

@@ -179,3 +179,120 @@ impl<S: LogStore> RaftLog<S> {
         self.pending_snapshot.is_some() || !self.unstable.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemLog;
+    use crate::types::EntryPayload;
+    use bytes::Bytes;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Noop,
+        }
+    }
+
+    fn stored(terms: &[Term]) -> RaftLog<MemLog> {
+        let mut store = MemLog::new();
+        let entries: Vec<Entry> = (1..).zip(terms).map(|(i, &t)| entry(i, t)).collect();
+        store.append(&entries);
+        RaftLog::new(store)
+    }
+
+    fn indexes_terms(entries: &[Entry]) -> Vec<(Index, Term)> {
+        entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn unstable_entries_shadow_the_store_from_their_first_index() {
+        let mut log = stored(&[1, 1, 1, 1]);
+        assert_eq!(
+            log.append(vec![entry(3, 2), entry(4, 2), entry(5, 2)]),
+            Some(3)
+        );
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.last_term()),
+            (1, 5, 2)
+        );
+        assert_eq!(log.term(2), Ok(1));
+        assert_eq!(log.term(4), Ok(2), "the unstable entry, not the stored one");
+        assert_eq!(log.term(6), Err(StorageError::Unavailable));
+        assert!(log.matches(3, 2) && !log.matches(3, 1));
+        assert_eq!(
+            indexes_terms(&log.entries(1, 6, usize::MAX).unwrap()),
+            vec![(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+        );
+    }
+
+    #[test]
+    fn appending_inside_the_unstable_tail_truncates_it() {
+        let mut log = stored(&[1]);
+        assert_eq!(
+            log.append(vec![entry(2, 1), entry(3, 1), entry(4, 1)]),
+            None
+        );
+        assert_eq!(log.append(vec![entry(3, 3)]), Some(3));
+        assert_eq!(log.last_index(), 3);
+        let (snapshot, unstable) = log.take_unstable();
+        assert!(snapshot.is_none());
+        assert_eq!(indexes_terms(&unstable), vec![(2, 1), (3, 3)]);
+        assert!(!log.has_unstable());
+        assert_eq!(log.append(Vec::new()), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves a gap")]
+    fn an_append_past_the_end_is_a_bug() {
+        let mut log = stored(&[1, 1]);
+        log.append(vec![entry(4, 1)]);
+    }
+
+    #[test]
+    fn a_pending_snapshot_replaces_everything_stored() {
+        let mut log = stored(&[1, 1, 1]);
+        log.restore(SnapshotMeta {
+            index: 10,
+            term: 4,
+            membership: Default::default(),
+        });
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.last_term()),
+            (11, 10, 4)
+        );
+        assert_eq!(log.term(10), Ok(4));
+        assert_eq!(log.term(2), Err(StorageError::Compacted));
+        assert_eq!(log.term(11), Err(StorageError::Unavailable));
+        assert_eq!(log.entries(2, 4, usize::MAX), Err(StorageError::Compacted));
+        log.append(vec![entry(11, 4)]);
+        assert_eq!(
+            indexes_terms(&log.entries(11, 12, usize::MAX).unwrap()),
+            vec![(11, 4)]
+        );
+        let (snapshot, unstable) = log.take_unstable();
+        assert_eq!(snapshot.map(|m| m.index), Some(10));
+        assert_eq!(indexes_terms(&unstable), vec![(11, 4)]);
+    }
+
+    #[test]
+    fn reads_stop_past_the_byte_bound_but_return_at_least_one_entry() {
+        let big = |index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Command(Bytes::from(vec![0u8; 100])),
+        };
+        let mut log = RaftLog::new(MemLog::new());
+        log.append((1..=5).map(big).collect());
+        let one = big(1).size_bytes();
+        assert_eq!(log.entries(1, 6, 0).unwrap().len(), 1, "at least one");
+        assert_eq!(log.entries(1, 6, 2 * one).unwrap().len(), 2);
+        assert_eq!(log.entries(1, 6, 2 * one + 1).unwrap().len(), 2);
+        assert_eq!(log.entries(3, 3, 0).unwrap().len(), 0, "an empty range");
+        assert_eq!(
+            log.entries(1, 7, usize::MAX),
+            Err(StorageError::Unavailable)
+        );
+    }
+}

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+mod dev;
+
 use clap::{Parser, Subcommand};
 use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
 use raft_node::certs;
@@ -48,8 +51,9 @@ struct LogArgs {
 enum Cmd {
     /// Run one node of a cluster, from a TOML file (--config) or from flags.
     Run(Box<RunArgs>),
-    /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
-    Dev(DevArgs),
+    /// Start a local cluster on 127.0.0.1, one `raft-node run` process per node, and
+    /// supervise it until Ctrl-C; `dev status`, `dev kill N`, `dev restart N` act on it.
+    Dev(dev::DevArgs),
     /// Create a cluster's CA, its nodes' certificates (each naming its node ID) and an
     /// admin client certificate, with a new random cluster ID. Run again on the same
     /// folder to add nodes: the CA and the cluster ID are reused.
@@ -280,36 +284,6 @@ struct CertsArgs {
     cluster_id: Option<ClusterId>,
 }
 
-#[derive(clap::Args, Debug)]
-struct DevArgs {
-    /// Cluster size: 3 or 5.
-    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
-    nodes: String,
-    /// Parent of each node's data directory (node-1, node-2, ...).
-    #[arg(long, default_value = "raft-dev-data")]
-    data_dir: PathBuf,
-    /// Node N's client port (native and RESP) is this plus N.
-    #[arg(long, default_value_t = 6380)]
-    client_port_base: u16,
-    /// Node N's peer port is this plus N.
-    #[arg(long, default_value_t = 16380)]
-    peer_port_base: u16,
-    /// Node N's HTTP port is this plus N.
-    #[arg(long, default_value_t = 8080)]
-    http_port_base: u16,
-    /// Where the nodes keep their logs.
-    #[arg(long, value_enum, default_value_t = StorageKind::Disk)]
-    storage: StorageKind,
-    /// Delete the data folder first and start a new cluster (otherwise a previous dev
-    /// cluster's data is reused).
-    #[arg(long)]
-    fresh: bool,
-    /// Run with TLS: certificates are created under DATA_DIR/certs (once), and peers use
-    /// mutual TLS against that CA.
-    #[arg(long)]
-    tls: bool,
-}
-
 /// The node's configuration: defaults, then the file, then each setting given by a flag or
 /// its RAFT_NODE_* variable (clap has already preferred the flag to the variable).
 fn build_config(args: RunArgs, log: &LogArgs) -> Result<NodeConfig, ConfigError> {
@@ -521,134 +495,6 @@ fn print_status(s: &NodeStatus) {
     }
 }
 
-async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
-    let n: u64 = args
-        .nodes
-        .parse()
-        .map_err(|_| ConfigError::new("nodes", "must be 3 or 5"))?;
-    let port = |base: u16, i: u64| -> Result<SocketAddr, ConfigError> {
-        let p = u64::from(base) + i;
-        let p = u16::try_from(p)
-            .map_err(|_| ConfigError::new("port base", format!("port {p} is out of range")))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], p)))
-    };
-    if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).map_err(|e| {
-            ConfigError::new(
-                "data_dir",
-                format!("cannot delete {}: {e}", args.data_dir.display()),
-            )
-        })?;
-    }
-    let mut peers = Vec::new();
-    for i in 1..=n {
-        peers.push(PeerConfig {
-            id: i,
-            addr: port(args.peer_port_base, i)?.into(),
-            client_addr: Some(port(args.client_port_base, i)?.into()),
-        });
-    }
-    // The dev cluster's ID: the one its data already has, else a fresh random one.
-    let stored = args
-        .data_dir
-        .join("node-1")
-        .join(raft_node::cluster_id::CLUSTER_ID_FILE);
-    let cluster_id = match std::fs::read_to_string(&stored) {
-        Ok(text) => text
-            .parse::<ClusterId>()
-            .map_err(|e| ConfigError::new("cluster_id", format!("{}: {e}", stored.display())))?,
-        Err(_) => ClusterId::random(),
-    };
-    let certs_dir = args.data_dir.join("certs");
-    if args.tls {
-        let missing: Vec<u64> = (1..=n)
-            .filter(|&i| !certs_dir.join(certs::node_cert_file(i)).exists())
-            .collect();
-        if !missing.is_empty() {
-            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
-            certs::generate(&certs_dir, Some(cluster_id.0), &missing, &hosts)
-                .map_err(|e| ConfigError::new("tls", e))?;
-        }
-    }
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let mut cfg =
-            NodeConfig::with_defaults(i, args.data_dir.join(format!("node-{i}")), peers.clone());
-        cfg.http_addr = Some(port(args.http_port_base, i)?);
-        cfg.storage = args.storage;
-        cfg.cluster_id = Some(cluster_id);
-        if args.tls {
-            cfg.tls = Some(TlsConfig {
-                ca_file: certs_dir.join(certs::CA_CERT_FILE),
-                cert_file: certs_dir.join(certs::node_cert_file(i)),
-                key_file: certs_dir.join(certs::node_key_file(i)),
-                client_cert_required: false,
-            });
-        }
-        match RunningNode::start(cfg).await {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                for node in nodes {
-                    node.shutdown().await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    println!(
-        "raft-node dev: {n} nodes on 127.0.0.1, data under {}, cluster {cluster_id}",
-        args.data_dir.display()
-    );
-    if args.tls {
-        println!(
-            "  TLS: peers use mutual TLS, clients and HTTP TLS; CA, node and admin client \
-             certificates in {}",
-            certs_dir.display()
-        );
-    }
-    // What a client needs to reach a TLS dev cluster, put before its arguments.
-    let ca = certs_dir.join(certs::CA_CERT_FILE);
-    let (redis, scheme, curl) = if args.tls {
-        (
-            format!("redis-cli --tls --cacert {}", ca.display()),
-            "https",
-            format!("curl --cacert {}", ca.display()),
-        )
-    } else {
-        ("redis-cli".to_string(), "http", "curl".to_string())
-    };
-    for node in &nodes {
-        println!(
-            "  node {}: client (RESP + native) {}  http {scheme}://{}  peer {}",
-            node.id,
-            node.client_addr,
-            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
-            node.peer_addr
-        );
-    }
-    let first = &nodes[0];
-    println!("try:");
-    println!(
-        "  {redis} -p {} SET greeting hello",
-        first.client_addr.port()
-    );
-    println!(
-        "  {redis} -p {} GET greeting",
-        nodes[nodes.len() - 1].client_addr.port()
-    );
-    println!("  {redis} -p {} INFO", first.client_addr.port());
-    if let Some(h) = first.http_addr {
-        println!("  {curl} {scheme}://{h}/status");
-    }
-    println!("Ctrl-C to stop.");
-    signals.recv().await;
-    println!("shutting down");
-    for node in nodes {
-        node.shutdown().await;
-    }
-    Ok(())
-}
-
 fn admin_client(addr: String, login: &LoginArgs) -> Result<Client, String> {
     let mut config = ClientConfig::new([addr]);
     config.request_timeout_ms = 5_000;
@@ -786,7 +632,7 @@ fn main() -> ExitCode {
         // Only the long-running commands take over Ctrl-C; `status` and `admin` keep the
         // default (exit at once).
         let mut signals = match cli.command {
-            Cmd::Run(_) | Cmd::Dev(_) => Some(
+            Cmd::Run(_) => Some(
                 Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?,
             ),
             _ => None,
@@ -806,10 +652,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Dev(args) => {
-                let signals = signals.as_mut().expect("installed for dev");
-                dev(args, signals).await.map_err(|e| e.to_string())
-            }
+            Cmd::Dev(args) => dev::main(args).await,
             Cmd::Certs(args) => {
                 let made = certs::generate(
                     &args.out,

@@ -371,6 +371,9 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
     let rest = &args[1..];
+    if let Some(parsed) = crate::resp_keys::to_command(&name, rest) {
+        return parsed;
+    }
     let keys = || rest.to_vec();
     let kv = |c| Parsed::Kv(c, true);
     match (name.as_str(), rest.len()) {
@@ -494,6 +497,7 @@ pub fn kv_reply(r: KvResponse) -> Value {
             Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into())
         }
         KvResponse::Error(e) => Value::Error(format!("ERR {e}")),
+        other => crate::resp_keys::reply(&other).expect("every other answer is resp_keys'"),
     }
 }
 

@@ -78,6 +78,12 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     fn view(&self) -> Option<Arc<dyn MachineView>> {
         None
     }
+    /// On the leader, once a tick while no earlier one is unapplied: an encoded
+    /// `LogCommand` the machine wants proposed for its own upkeep (the key-value store's
+    /// sweep of expired keys), or `None` (the default). Nobody waits for its answer.
+    fn housekeeping(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The state at one applied index, answering reads off the runtime task
@@ -501,6 +507,7 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         digests: VecDeque::new(),
         digest_in_flight: false,
         corrupted: false,
+        housekeeping_in_flight: None,
         memberships: VecDeque::from([(log_snapshot.index, log_snapshot.membership)]),
         snapshot_index_latest: snapshot_index,
     };
@@ -565,6 +572,9 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     digest_in_flight: bool,
     /// The fault-injection hook has fired (it fires once).
     corrupted: bool,
+    /// `(index, term)` of the machine's last housekeeping proposal: the next waits until it
+    /// is applied (or its term is over), so there is at most one in flight.
+    housekeeping_in_flight: Option<(Index, Term)>,
     /// `(index, configuration)` from the log's compaction point on, ascending: what a
     /// compaction below the newest snapshot must record (the core forgets configurations
     /// once they are applied). Bounded: trimmed at each compaction, and at most one
@@ -969,6 +979,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         {
             tracing::debug!("a ReadIndex round got no outcome; its reads go to the next one");
         }
+        self.propose_housekeeping();
         // Retry parked requests: a leader may be known now. Each is retried at most once
         // per tick; a request that fails again is parked again until its deadline.
         let parked = std::mem::take(&mut self.waiting);
@@ -978,6 +989,27 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             } else {
                 self.dispatch(cmd, deadline);
             }
+        }
+    }
+
+    /// Proposes the machine's upkeep entry on a leader (see `HostedMachine::housekeeping`).
+    fn propose_housekeeping(&mut self) {
+        if !self.raw.is_leader() {
+            return;
+        }
+        let term = self.raw.term();
+        if self
+            .housekeeping_in_flight
+            .is_some_and(|(index, t)| t == term && self.sm.applied_index() < index)
+        {
+            return;
+        }
+        let Some(data) = self.sm.housekeeping() else {
+            return;
+        };
+        match self.raw.propose(data) {
+            Ok(id) => self.housekeeping_in_flight = Some((id.index, id.term)),
+            Err(e) => tracing::debug!(error = ?e, "housekeeping proposal refused"),
         }
     }
 

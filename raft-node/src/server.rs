@@ -501,11 +501,7 @@ async fn write_timed<S: AsyncWrite + Unpin>(
 /// A command naming more keys than `request_keys_max` becomes its error reply.
 fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
     let keys = match &parsed {
-        resp::Parsed::Kv(KvCommand::MSet { pairs }, _) => pairs.len(),
-        resp::Parsed::Kv(
-            KvCommand::MGet { keys } | KvCommand::Exists { keys } | KvCommand::Del { keys },
-            _,
-        ) => keys.len(),
+        resp::Parsed::Kv(cmd, _) => cmd.key_count(),
         _ => 0,
     };
     if keys <= max {

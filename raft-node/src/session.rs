@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, Request};
+use raft_client::wire::{KvCommand, NodeError, Request};
 
 use crate::auth::{Auth, Role, Session};
 use crate::resp::{self, Parsed, Value};
@@ -20,6 +20,7 @@ use crate::resp::{self, Parsed, Value};
 pub fn native_role(request: &Request) -> Role {
     match request {
         Request::Read { .. } | Request::Status | Request::Auth { .. } => Role::Read,
+        Request::Propose { op, .. } if KvCommand::encoded_flushes(op) => Role::Admin,
         Request::Propose { .. } => Role::ReadWrite,
         Request::TransferLeader { .. }
         | Request::AddLearner { .. }
@@ -61,8 +62,11 @@ pub fn native_gate(
 /// The role a RESP command needs once parsed.
 fn resp_role(parsed: &Parsed) -> Role {
     match parsed {
-        Parsed::Kv(cmd, _) if !cmd.is_read() => Role::ReadWrite,
+        // Dropping every key is an administrator's act, as Redis' ACL puts FLUSHALL in
+        // @dangerous.
+        Parsed::Kv(cmd, _) if cmd.flushes() => Role::Admin,
         Parsed::Admin(_) => Role::Admin,
+        Parsed::Kv(cmd, _) if !cmd.is_read() => Role::ReadWrite,
         Parsed::Kv(..) | Parsed::Reply(_) | Parsed::Info | Parsed::Leader => Role::Read,
     }
 }

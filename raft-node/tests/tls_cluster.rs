@@ -113,6 +113,7 @@ async fn a_tls_cluster_elects_a_leader_and_replicates_a_write() {
     let command = LogCommand {
         session: None,
         op: set.encode(),
+        stamp_ms: 0,
     };
     leader.handle.propose(command.encode()).await.unwrap();
     // Every replica applies it (a local read of each node's own state).

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::membership::{ConfChange, Membership};
 use crate::message::{Message, MessageBody};
+use crate::mutant::Mutant;
 use crate::ready::ReadError;
 use crate::rng::SplitMix64;
 use crate::storage::{LogStore, MemLog};
@@ -38,6 +39,8 @@ pub struct SimOptions {
     pub fault_steps: u64,
     /// Steps after every fault has healed, in which the cluster must recover.
     pub heal_steps: u64,
+    /// A deliberate bug to run the core with, to show that the simulation catches it.
+    pub mutant: Option<Mutant>,
 }
 
 impl SimOptions {
@@ -47,6 +50,7 @@ impl SimOptions {
             seed,
             fault_steps: 5000,
             heal_steps: 1000,
+            mutant: None,
         }
     }
 }
@@ -119,6 +123,13 @@ struct Params {
     new_leader_isolation: f64,
     /// Chance, each time a leader's commit index advances, that it is cut off at once.
     commit_isolation: f64,
+    /// Chance that a newly elected leader asks for a membership change at once, before an
+    /// entry of its term has committed (the core must refuse: the 2015 single-server-change
+    /// bug is a leader that does not).
+    new_leader_membership: f64,
+    /// Chance that a leader which has just appended a membership change is cut off a step or
+    /// two later, so that the change reaches only a minority: the other half of that bug.
+    membership_isolation: f64,
     sync_delay_ticks_max: u64,
     snapshot_interval_entries: u64,
     clients: usize,
@@ -175,6 +186,16 @@ impl Params {
                 0.0
             } else {
                 permille(rng, 50)
+            },
+            new_leader_membership: if rng.chance(0.25) {
+                0.0
+            } else {
+                permille(rng, 800)
+            },
+            membership_isolation: if rng.chance(0.25) {
+                0.0
+            } else {
+                permille(rng, 600)
             },
             // A quarter of the seeds run on a slow disk, so acknowledgements race syncs.
             sync_delay_ticks_max: if rng.chance(0.25) {
@@ -690,6 +711,8 @@ struct World {
     end_step: u64,
     last_leader: Option<(Term, NodeId)>,
     scheduled_crash: Option<(u64, NodeId)>,
+    /// A node to cut off at a given step.
+    scheduled_isolation: Option<(u64, NodeId)>,
     isolation_ends_at: Option<u64>,
     /// Prints every event to stderr (`SIM_TRACE=1`), for replaying one seed by hand.
     trace: bool,
@@ -794,6 +817,7 @@ impl World {
             end_step: opts.fault_steps + opts.heal_steps,
             last_leader: None,
             scheduled_crash: None,
+            scheduled_isolation: None,
             isolation_ends_at: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
         }
@@ -936,6 +960,12 @@ impl World {
             if self.faults_on && self.rng.chance(self.params.new_leader_isolation) {
                 self.isolate(id);
             }
+            if self.faults_on
+                && self.params.membership_rate > 0.0
+                && self.rng.chance(self.params.new_leader_membership)
+            {
+                self.change_membership();
+            }
         }
     }
 
@@ -1060,6 +1090,12 @@ impl World {
         if self.isolation_ends_at.is_some_and(|at| at <= step) {
             self.isolation_ends_at = None;
             self.net.blocked.clear();
+        }
+        if let Some((at, id)) = self.scheduled_isolation {
+            if at <= step {
+                self.scheduled_isolation = None;
+                self.isolate(id);
+            }
         }
         if let Some((at, id)) = self.scheduled_crash {
             if at <= step {
@@ -1219,6 +1255,10 @@ impl World {
             .expect("alive");
         if raw.change_membership(&changes).is_ok() {
             self.stats.membership_changes += 1;
+            if self.rng.chance(self.params.membership_isolation) {
+                let at = self.step + self.rng.range(0, 3);
+                self.scheduled_isolation = Some((at, leader));
+            }
         }
         self.with_node(leader, |n, ctx| n.drive(ctx));
     }
@@ -1456,7 +1496,7 @@ impl World {
 pub fn run_seed(opts: &SimOptions) -> SeedReport {
     let mut world = World::new(opts);
     let params = format!("{:?}", world.params);
-    world.run();
+    crate::mutant::with(opts.mutant, || world.run());
     SeedReport {
         seed: opts.seed,
         steps: world.step,
