@@ -881,6 +881,21 @@ addr = "127.0.0.1:7002"
     }
 
     const SAMPLE: &str = include_str!("../../docs/raft-node.sample.toml");
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+    /// The configuration reference lists every field, in its table of fields.
+    #[test]
+    fn the_configuration_reference_lists_every_field() {
+        for field in NodeConfig::field_paths() {
+            if ["peers", "tls", "limits"].contains(&field.as_str()) {
+                continue;
+            }
+            assert!(
+                REFERENCE.contains(&format!("| `{field}` |")),
+                "docs/configuration.md lacks a row for `{field}`"
+            );
+        }
+    }
 
     /// The sample file parses, validates, holds every default, and names every field.
     #[test]
