@@ -7,7 +7,8 @@
 //! - [`store`] and [`transport`]: the seams where the disk log and the network plug in;
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions;
-//!   [`changes`]: the key changes each applied entry made, for notifications and watches.
+//!   [`changes`]: the key changes each applied entry made, for notifications and watches;
+//!   [`watch`]: the bounded history of those changes that watchers read.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces; [`session`]: the
 //!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
@@ -50,3 +51,4 @@ pub mod store_log;
 pub mod tls;
 pub mod transport;
 pub mod transport_net;
+pub mod watch;

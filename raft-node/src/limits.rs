@@ -54,6 +54,7 @@ pub const HTTP_HEAD_BYTES_MAX_DEFAULT: usize = 64 << 10;
 pub const HTTP_BODY_BYTES_MAX_DEFAULT: usize = 8 << 20;
 /// Default of [`ClientLimits::http_connections_max`].
 pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+pub use crate::watch::{WATCH_HISTORY_BYTES_MAX_DEFAULT, WATCH_HISTORY_CHANGES_MAX_DEFAULT};
 
 /// See the module documentation. Field by field, what a client may make a node hold or do.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -104,6 +105,12 @@ pub struct ClientLimits {
     pub http_body_bytes_max: usize,
     /// HTTP connections open at once.
     pub http_connections_max: usize,
+    /// Key changes the watch history holds (keyspace notifications, WATCHLOG, HTTP
+    /// `/watch`); a watcher asking for an older index, or reading more slowly than the
+    /// history evicts, gets a "compacted, resync" error.
+    pub watch_history_changes_max: usize,
+    /// Bytes (keys, values and a per-change overhead) the watch history holds.
+    pub watch_history_bytes_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -128,6 +135,8 @@ impl Default for ClientLimits {
             http_head_bytes_max: HTTP_HEAD_BYTES_MAX_DEFAULT,
             http_body_bytes_max: HTTP_BODY_BYTES_MAX_DEFAULT,
             http_connections_max: HTTP_CONNECTIONS_MAX_DEFAULT,
+            watch_history_changes_max: WATCH_HISTORY_CHANGES_MAX_DEFAULT,
+            watch_history_bytes_max: WATCH_HISTORY_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -136,7 +145,7 @@ impl ClientLimits {
     /// Checks that every bound is usable and that the bounds fit inside each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let field = |name: &str| format!("limits.{name}");
-        let positive: [(&str, u64); 19] = [
+        let positive: [(&str, u64); 21] = [
             ("query_buffer_bytes_max", self.query_buffer_bytes_max as u64),
             ("bulk_bytes_max", self.bulk_bytes_max as u64),
             ("line_bytes_max", self.line_bytes_max as u64),
@@ -161,6 +170,14 @@ impl ClientLimits {
             ("http_head_bytes_max", self.http_head_bytes_max as u64),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("http_connections_max", self.http_connections_max as u64),
+            (
+                "watch_history_changes_max",
+                self.watch_history_changes_max as u64,
+            ),
+            (
+                "watch_history_bytes_max",
+                self.watch_history_bytes_max as u64,
+            ),
             // Inline commands and header lines need room for at least `*1` or `PING`.
             ("line_bytes_max", (self.line_bytes_max >= 16) as u64),
         ];
@@ -273,6 +290,13 @@ pub struct ClientLimitsArgs {
     /// HTTP connections at once [default: 1024].
     #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_CONNECTIONS_MAX")]
     pub http_connections_max: Option<usize>,
+    /// Key changes the watch history holds; older indexes answer "compacted, resync"
+    /// [default: 100000].
+    #[arg(long, help_heading = "Limits")]
+    pub watch_history_changes_max: Option<usize>,
+    /// Bytes the watch history holds [default: 67108864].
+    #[arg(long, help_heading = "Limits")]
+    pub watch_history_bytes_max: Option<usize>,
 }
 
 impl ClientLimitsArgs {
@@ -300,7 +324,9 @@ impl ClientLimitsArgs {
             kv_memory_bytes_max,
             http_head_bytes_max,
             http_body_bytes_max,
-            http_connections_max
+            http_connections_max,
+            watch_history_changes_max,
+            watch_history_bytes_max
         );
     }
 }
@@ -321,7 +347,7 @@ mod tests {
     fn help_shows_the_real_defaults() {
         let help = Cli::command().render_long_help().to_string();
         let d = ClientLimits::default();
-        let expected: [(&str, u64); 19] = [
+        let expected: [(&str, u64); 21] = [
             ("query-buffer-bytes-max", d.query_buffer_bytes_max as u64),
             ("bulk-bytes-max", d.bulk_bytes_max as u64),
             ("line-bytes-max", d.line_bytes_max as u64),
@@ -344,6 +370,11 @@ mod tests {
             ("http-head-bytes-max", d.http_head_bytes_max as u64),
             ("http-body-bytes-max", d.http_body_bytes_max as u64),
             ("http-connections-max", d.http_connections_max as u64),
+            (
+                "watch-history-changes-max",
+                d.watch_history_changes_max as u64,
+            ),
+            ("watch-history-bytes-max", d.watch_history_bytes_max as u64),
         ];
         for (flag, value) in expected {
             let start = help

@@ -211,6 +211,10 @@ struct RunArgs {
     /// FAULT INJECTION for tests: corrupt this replica's state after applying this index.
     #[arg(long, hide = true, value_name = "INDEX")]
     debug_corrupt_apply_at: Option<u64>,
+    /// FAULT INJECTION for tests: shift this node's wall clock, which it stamps into the
+    /// entries it proposes as leader, by this many milliseconds (a clock jump).
+    #[arg(long, hide = true, value_name = "MS", allow_hyphen_values = true)]
+    debug_clock_offset_ms: Option<i64>,
     /// A voter of the new cluster's first configuration; repeat for each
     /// [default: every --peer]. Peers not named are addresses for nodes added later.
     #[arg(
@@ -342,6 +346,12 @@ fn build_config(args: RunArgs, log: &LogArgs) -> Result<NodeConfig, ConfigError>
     cfg.digest_interval_entries = args
         .digest_interval_entries
         .unwrap_or(cfg.digest_interval_entries);
+    if let Some(offset) = args.debug_clock_offset_ms {
+        eprintln!(
+            "raft-node: FAULT INJECTION enabled: this node's clock is shifted by {offset} ms"
+        );
+        raft_node::clock::set_debug_offset_ms(offset);
+    }
     if let Some(at) = args.debug_corrupt_apply_at {
         eprintln!("raft-node: FAULT INJECTION enabled: this replica's state will be corrupted at index {at}");
         cfg.debug_corrupt_apply_at = Some(at);

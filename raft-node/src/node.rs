@@ -25,6 +25,7 @@ use crate::store::NodeStore;
 use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
+use crate::watch::{WatchHub, WatchLimits};
 use crate::{http, server};
 
 /// Inbound batches of peer messages (raft-net caps a batch at `INBOUND_BATCH_MESSAGES_MAX`)
@@ -190,7 +191,9 @@ impl RunningNode {
     /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
         let limits = KvLimits::from_client_limits(&config.limits);
-        Self::start_with(config, KvStateMachine::new(limits)).await
+        let hub = WatchHub::new(WatchLimits::from_client_limits(&config.limits));
+        let machine = KvStateMachine::new(limits).with_change_sink(hub.clone());
+        Self::start_hosting(config, machine, Some(hub)).await
     }
 
     /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest
@@ -202,6 +205,16 @@ impl RunningNode {
     pub async fn start_with<M: HostedMachine>(
         config: NodeConfig,
         machine: M,
+    ) -> Result<RunningNode, ConfigError> {
+        Self::start_hosting(config, machine, None).await
+    }
+
+    /// Starts the node hosting `machine`; watchers are served from `watch`, the machine's
+    /// change sink, when there is one.
+    async fn start_hosting<M: HostedMachine>(
+        config: NodeConfig,
+        machine: M,
+        watch: Option<Arc<WatchHub>>,
     ) -> Result<RunningNode, ConfigError> {
         config.validate()?;
         let auth = Arc::new(
@@ -301,13 +314,17 @@ impl RunningNode {
 
         let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
         forward_addrs.sort();
-        let router = Arc::new(Router::new(
+        let mut router = Router::new(
             handle.clone(),
             auth.clone(),
             &internal,
             forward_addrs,
             config.request_timeout_ms,
-        ));
+        );
+        if let Some(hub) = watch {
+            router = router.with_watch(hub);
+        }
+        let router = Arc::new(router);
         tokio::spawn(server::serve(
             client_listener,
             handle.clone(),

@@ -15,6 +15,7 @@ use raft_client::{Client, ClientConfig, ClientError};
 use crate::auth::{Auth, InternalClient};
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
+use crate::watch::WatchHub;
 
 /// See the module documentation.
 pub struct Router {
@@ -25,6 +26,9 @@ pub struct Router {
     /// A client sends one request at a time, so forwarded writes spread over a few.
     forwarders: Vec<Client>,
     next_forwarder: std::sync::atomic::AtomicUsize,
+    /// The history of this node's applied key changes, for watchers (the built-in
+    /// key-value store has one; a hosted machine has none).
+    pub watch: Option<Arc<WatchHub>>,
 }
 
 /// Connections a follower keeps to the leader for forwarded writes.
@@ -52,7 +56,14 @@ impl Router {
                 .map(|_| Client::new(config.clone()))
                 .collect(),
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
+            watch: None,
         }
+    }
+
+    /// Serves watchers from `hub`, the state machine's change sink.
+    pub fn with_watch(mut self, hub: Arc<WatchHub>) -> Router {
+        self.watch = Some(hub);
+        self
     }
 
     /// A lane for a new connection: its forwarded writes share one forwarder, so they reach

@@ -1,7 +1,8 @@
 //! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
 //! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round), `GET /healthz`
-//! (the process answers) and `GET /readyz` (the node can serve: it knows a leader and has
-//! applied nearly all it knows committed). Every `GET` route also answers `HEAD`.
+//! (the process answers), `GET /readyz` (the node can serve: it knows a leader and has
+//! applied nearly all it knows committed) and `GET /watch/{prefix}?from=INDEX` (key changes
+//! as server-sent events, `sse.rs`). Every `GET` route also answers `HEAD`.
 //!
 //! hyper's HTTP/1 server does the parsing (chunked bodies, `Expect: 100-continue`,
 //! keep-alive, conflicting `Content-Length`s refused with 400, heads over the limit with
@@ -12,6 +13,7 @@
 //! body read deadline (below), which refuse a body without buffering more than the limit.
 
 mod conn;
+mod sse;
 mod timed_io;
 
 use std::sync::Arc;
@@ -111,6 +113,9 @@ pub async fn serve_stream<S>(
 /// the connection's request mark) lives until the client has taken all but the last slices.
 struct Reply {
     rest: Bytes,
+    /// After `rest`, a body produced as it goes (a watch's events), pulled only when hyper
+    /// has room for more.
+    stream: Option<sse::EventStream>,
     _guard: RequestGuard,
     /// This body's share of the node's reply budget, given back when hyper drops it.
     _budget: Option<OwnedSemaphorePermit>,
@@ -125,21 +130,33 @@ impl Body for Reply {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.rest.is_empty() {
-            return std::task::Poll::Ready(None);
+            let Some(stream) = self.stream.as_mut() else {
+                return std::task::Poll::Ready(None);
+            };
+            return match futures::ready!(stream.as_mut().poll_next(cx)) {
+                Some(chunk) => std::task::Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => {
+                    self.stream = None;
+                    std::task::Poll::Ready(None)
+                }
+            };
         }
         let n = self.rest.len().min(REPLY_SLICE_BYTES);
         std::task::Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
+        self.rest.is_empty() && self.stream.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
+        match self.stream {
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.rest.len() as u64),
+        }
     }
 }
 
@@ -152,6 +169,8 @@ struct Answer {
     allow: Option<&'static str>,
     www_authenticate: Option<&'static str>,
     close: bool,
+    /// A body that goes on after `body` (an event stream).
+    stream: Option<sse::EventStream>,
 }
 
 impl Answer {
@@ -163,6 +182,7 @@ impl Answer {
             allow: None,
             www_authenticate: None,
             close: false,
+            stream: None,
         }
     }
 
@@ -183,6 +203,7 @@ enum Route {
     Healthz,
     Readyz,
     Kv(Bytes),
+    Watch(Bytes),
 }
 
 const ALLOW_READ_ONLY: &str = "GET, HEAD";
@@ -195,6 +216,10 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
+            "/watch" => Route::Watch(Bytes::new()),
+            p if p.starts_with("/watch/") => {
+                Route::Watch(Bytes::from(percent_decode(&p["/watch/".len()..])))
+            }
             p => Route::Kv(Bytes::from(percent_decode(
                 p.strip_prefix("/kv/").filter(|k| !k.is_empty())?,
             ))),
@@ -249,8 +274,10 @@ async fn respond(
         // anyway; saying so lets the client know not to reuse the connection.
         answer.close = true;
     }
+    let streaming = answer.content_type == "text/event-stream";
     let mut resp = Response::new(Reply {
         rest: answer.body,
+        stream: answer.stream,
         _guard: guard,
         _budget: budget,
     });
@@ -271,6 +298,9 @@ async fn respond(
     }
     if answer.close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if streaming {
+        h.insert(header::CACHE_CONTROL, sse::CACHE_CONTROL);
     }
     resp
 }
@@ -307,6 +337,7 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
         }
     }
     match route {
+        Route::Watch(prefix) => sse::answer(&req, router, prefix, method == Method::HEAD),
         Route::Healthz => Answer::text(StatusCode::OK, "ok\n"),
         Route::Readyz => readiness(router).await,
         Route::Status => match router.handle.status().await {

@@ -1,0 +1,459 @@
+//! Watching on a real cluster of `raft-node` processes: HTTP `/watch` as server-sent events,
+//! and a watcher that reconnects (resuming with the last index it saw, switching nodes)
+//! while a writer writes and nodes are killed and restarted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{runtime, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bytes of one SSE response the test reads at most.
+const SSE_BYTES_MAX: usize = 16 << 20;
+
+/// One server-sent event.
+#[derive(Clone, Debug, PartialEq)]
+struct Event {
+    id: Option<u64>,
+    kind: String,
+    data: serde_json::Value,
+}
+
+/// A server-sent-event stream read over raw HTTP/1.1 (chunked), so that nothing between
+/// the test and the node smooths over what the node sends.
+#[derive(Debug)]
+struct SseStream {
+    stream: TcpStream,
+    /// Undecoded bytes of the chunked body.
+    raw: Vec<u8>,
+    /// Decoded body text not yet split into events.
+    text: String,
+    total: usize,
+}
+
+/// The status line and head of an answer to a `/watch` request, and the stream if it is 200.
+async fn open_watch(
+    addr: SocketAddr,
+    path: &str,
+    last_event_id: Option<u64>,
+) -> std::io::Result<Result<SseStream, String>> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "head"))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        // The rest of a short error answer, for the message.
+        let mut rest = raw[head_end..].to_vec();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await
+        {
+            if n == 0 || rest.len() > 64 << 10 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        return Ok(Err(format!("{head}{}", String::from_utf8_lossy(&rest))));
+    }
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    Ok(Ok(SseStream {
+        stream,
+        raw: raw[head_end..].to_vec(),
+        text: String::new(),
+        total: 0,
+    }))
+}
+
+impl SseStream {
+    /// Moves whole chunks from `raw` to `text`; `false` at the last chunk.
+    fn dechunk(&mut self) -> bool {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return true;
+            };
+            let size_hex = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
+            let size = usize::from_str_radix(size_hex.trim(), 16).expect("chunk size");
+            if size == 0 {
+                return false;
+            }
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return true;
+            }
+            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.text
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The next event (comments skipped), or `None` when the stream ends or `within`
+    /// passes.
+    async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut event = Event {
+                    id: None,
+                    kind: "message".into(),
+                    data: serde_json::Value::Null,
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.parse().expect("numeric id"));
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.kind = v.into();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data = serde_json::from_str(v).expect("JSON data");
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(event);
+                }
+            }
+            if !self.dechunk() {
+                return None;
+            }
+            if self.text.contains("\n\n") {
+                continue;
+            }
+            let mut buf = [0u8; 16 << 10];
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return None,
+            };
+            self.total += n;
+            assert!(self.total < SSE_BYTES_MAX, "event stream too long");
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// `(index, key, value)` of every change in an event.
+fn changes(event: &Event) -> Vec<(u64, String, Option<String>)> {
+    let index = event.data["index"].as_u64().expect("index");
+    assert_eq!(event.id, Some(index), "the event's id is its index");
+    event.data["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                index,
+                c["key"].as_str().expect("key").to_string(),
+                c["value"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn redis_conn(addr: SocketAddr) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    con
+}
+
+#[test]
+fn sse_watch_streams_changes_by_index_and_resumes_with_last_event_id() {
+    let cluster = Cluster::start_with(3, &["--watch-history-changes-max", "60"]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let mut con = redis_conn(cluster.node(1).client);
+    for i in 1..=20 {
+        redis::cmd("SET")
+            .arg(format!("app/{i}"))
+            .arg(format!("v{i}"))
+            .query::<()>(&mut con)
+            .unwrap();
+        redis::cmd("SET")
+            .arg(format!("other/{i}"))
+            .arg("x")
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    redis::cmd("DEL")
+        .arg("app/3")
+        .query::<()>(&mut con)
+        .unwrap();
+    rt.block_on(async {
+        // A follower serves it from its own applied state.
+        let http = cluster.node(2).http;
+        let mut s = open_watch(http, "/watch/app/?from=0", None)
+            .await
+            .unwrap()
+            .expect("200");
+        let mut seen = Vec::new();
+        while seen.len() < 21 {
+            let e = s
+                .next(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("stream ended after {seen:?}"));
+            assert_eq!(e.kind, "message", "{e:?}");
+            seen.extend(changes(&e));
+        }
+        let keys: Vec<(String, Option<String>)> = seen
+            .iter()
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut expected: Vec<(String, Option<String>)> = (1..=20)
+            .map(|i| (format!("app/{i}"), Some(format!("v{i}"))))
+            .collect();
+        expected.push(("app/3".into(), None));
+        assert_eq!(keys, expected);
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+
+        // Live: a new write arrives on the open stream.
+        redis::cmd("SET")
+            .arg("app/live")
+            .arg("1")
+            .query::<()>(&mut con)
+            .unwrap();
+        let e = s.next(Duration::from_secs(10)).await.expect("live event");
+        let live = changes(&e);
+        assert_eq!(live[0].1, "app/live");
+
+        // Resuming after the 10th event gets the 11th on, once each.
+        let tenth = seen[9].0;
+        let mut r = open_watch(http, "/watch/app/?from=0", Some(tenth))
+            .await
+            .unwrap()
+            .expect("200");
+        let mut resumed = Vec::new();
+        while resumed.len() < 12 {
+            let e = r
+                .next(Duration::from_secs(10))
+                .await
+                .expect("resumed event");
+            resumed.extend(changes(&e));
+        }
+        let mut tail = seen[10..].to_vec();
+        tail.extend(live);
+        assert_eq!(resumed, tail);
+
+        // Writes of other keys push the start of the history past index 0.
+        for i in 0..80 {
+            redis::cmd("SET")
+                .arg(format!("other/more/{i}"))
+                .arg("x")
+                .query::<()>(&mut con)
+                .unwrap();
+        }
+        let refused = open_watch(http, "/watch/app/?from=0", None)
+            .await
+            .unwrap()
+            .expect_err("index 0 is no longer held");
+        assert!(refused.starts_with("HTTP/1.1 410"), "{refused}");
+        assert!(refused.contains("compacted, resync"), "{refused}");
+
+        let bad = open_watch(http, "/watch/app/?from=abc", None)
+            .await
+            .unwrap()
+            .expect_err("from must be a number");
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+
+        // The stream that was open all along read fast enough: it goes on.
+        redis::cmd("SET")
+            .arg("app/after")
+            .arg("2")
+            .query::<()>(&mut con)
+            .unwrap();
+        let e = s
+            .next(Duration::from_secs(10))
+            .await
+            .expect("still streaming");
+        assert_eq!(changes(&e)[0].1, "app/after");
+    });
+}
+
+/// The test: a watcher that reconnects to another node with the last index it saw,
+/// while a writer writes and nodes are killed and restarted, sees exactly the sequence of
+/// changes a fresh watcher from index 0 sees at the end (the log's), and every write the
+/// writer saw acknowledged appears in it exactly once.
+#[test]
+fn a_reconnecting_watcher_sees_the_log_exactly_once_across_kills_and_restarts() {
+    let mut cluster = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let https: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(90);
+
+    // The watcher: runs on its own thread and runtime, so the test's kills and restarts
+    // (blocking) do not stall it.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        let rt = runtime();
+        rt.block_on(async move {
+            let mut seen: Vec<(u64, String, Option<String>)> = Vec::new();
+            let mut last: Option<u64> = Some(0);
+            let mut reconnects = 0u32;
+            let mut node = 0usize;
+            let started = Instant::now();
+            'outer: while started.elapsed() < Duration::from_secs(120) {
+                node = (node + 1) % https.len();
+                let resume = last.unwrap_or(0);
+                let stream = match open_watch(https[node], "/watch/w/", Some(resume)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(answer)) => {
+                        assert!(
+                            !answer.contains("compacted"),
+                            "no snapshot was taken, so no history is compacted: {answer}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                reconnects += 1;
+                let mut stream = stream;
+                // Leave each node after a while even if it stays up, to switch nodes.
+                let leave_at = Instant::now() + Duration::from_millis(700);
+                while Instant::now() < leave_at {
+                    let Some(e) = stream.next(Duration::from_millis(300)).await else {
+                        if stop_rx.try_recv().is_ok() {
+                            break 'outer;
+                        }
+                        break;
+                    };
+                    assert_eq!(e.kind, "message", "{e:?}");
+                    let index = e.id.expect("id");
+                    assert!(index > last.unwrap_or(0), "index {index} after {last:?}");
+                    last = Some(index);
+                    let c = changes(&e);
+                    let done = c.iter().any(|(_, k, _)| k == "w/done");
+                    seen.extend(c);
+                    if done {
+                        break 'outer;
+                    }
+                }
+            }
+            (seen, reconnects)
+        })
+    });
+
+    // The writer, with kills and restarts of one node at a time in between.
+    let mut acked: Vec<(String, String)> = Vec::new();
+    rt.block_on(async {
+        let mut attempt = 0u64;
+        for round in 0..6u64 {
+            let victim = round % 3 + 1;
+            for i in 0..40u64 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let key = format!("w/{}", round * 40 + i);
+                attempt += 1;
+                let value = format!("{attempt}");
+                if client.set(key.clone(), value.clone()).await.is_ok() {
+                    acked.push((key, value));
+                }
+                if i == 10 {
+                    cluster.kill(victim);
+                }
+                if i == 30 {
+                    cluster.spawn(victim);
+                }
+            }
+        }
+        assert!(
+            acked.len() > 100,
+            "too few writes acknowledged: {}",
+            acked.len()
+        );
+        cluster.wait_leader(Duration::from_secs(15)).await;
+        client
+            .set("w/done".to_string(), "1".to_string())
+            .await
+            .expect("the last write");
+    });
+    let (seen, reconnects) = watcher.join().expect("the watcher thread");
+    drop(stop_tx);
+    assert!(
+        seen.last().is_some_and(|(_, k, _)| k == "w/done"),
+        "the watcher never saw the last write; saw {} changes\n{}",
+        seen.len(),
+        cluster.logs()
+    );
+    assert!(
+        reconnects >= 3,
+        "the watcher reconnected {reconnects} times"
+    );
+
+    // The log's sequence, from a fresh watcher at index 0 on node 1.
+    let fresh = rt.block_on(async {
+        let mut s = open_watch(cluster.node(1).http, "/watch/w/?from=0", None)
+            .await
+            .unwrap()
+            .expect("200");
+        let mut all = Vec::new();
+        while !all
+            .iter()
+            .any(|(_, k, _): &(u64, String, Option<String>)| k == "w/done")
+        {
+            let e = s
+                .next(Duration::from_secs(10))
+                .await
+                .expect("the fresh watcher's events");
+            all.extend(changes(&e));
+        }
+        all
+    });
+    assert_eq!(
+        seen, fresh,
+        "the reconnecting watcher's sequence differs from the log's"
+    );
+    for (key, value) in &acked {
+        let n = fresh
+            .iter()
+            .filter(|(_, k, v)| k == key && v.as_deref() == Some(value.as_str()))
+            .count();
+        assert_eq!(n, 1, "acknowledged write {key}={value} seen {n} times");
+    }
+    println!(
+        "{} acknowledged writes, {} changes seen, {} connections",
+        acked.len(),
+        seen.len(),
+        reconnects
+    );
+}
