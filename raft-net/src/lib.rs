@@ -50,6 +50,8 @@
 //! # });
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod addr;
 pub mod config;
 mod conn;

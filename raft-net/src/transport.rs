@@ -49,8 +49,11 @@ pub enum Incoming {
     /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
     /// `InstallSnapshot` message carrying the same `meta`.
     Snapshot {
+        /// The sending peer.
         from: NodeId,
+        /// The snapshot's index, term and membership, as the sender offered them.
         meta: SnapshotMeta,
+        /// The snapshot's bytes.
         data: Bytes,
     },
 }
@@ -58,8 +61,10 @@ pub enum Incoming {
 /// Why [`TransportHandle::send`] or [`TransportHandle::send_snapshot`] refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SendError {
+    /// The destination is not one of the configured peers.
     #[error("node {0} is not a known peer")]
     UnknownPeer(NodeId),
+    /// [`TransportHandle::shutdown`] was called.
     #[error("the transport is shut down")]
     Shutdown,
 }
@@ -67,12 +72,21 @@ pub enum SendError {
 /// How a snapshot transfer ended, reported on the channel `send_snapshot` returns.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotSendError {
+    /// A newer snapshot for the same peer was sent before this one finished.
     #[error("a newer snapshot for the same peer replaced this one")]
     Superseded,
+    /// Every connection attempt for it failed.
     #[error("gave up after {attempts} attempts: {last_error}")]
-    Failed { attempts: u32, last_error: String },
+    Failed {
+        /// Connection attempts made (`snapshot_attempts_max`).
+        attempts: u32,
+        /// Why the last one failed.
+        last_error: String,
+    },
+    /// The receiver aborted the transfer, with its reason.
     #[error("the receiver refused the snapshot: {0}")]
     Refused(String),
+    /// The peer was removed or the transport shut down.
     #[error("the peer was removed or the transport shut down")]
     Cancelled,
 }
