@@ -38,7 +38,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use wire::Password;
 pub use wire::{
     AntiEntropyStatus, DigestInfo, DivergentReplica, ExpireCondition, Expiry, KvCommand, KvError,
-    KvResponse, NodeError, NodeId, NodeStatus, PeerInfo, SetCondition,
+    KvResponse, LeaderChange, LoadCounters, NodeError, NodeId, NodeStatus, PeerInfo, SetCondition,
 };
 pub use wire::{Request, Response};
 use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};

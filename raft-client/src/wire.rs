@@ -782,6 +782,38 @@ pub struct NodeStatus {
     pub digests: Vec<DigestInfo>,
     /// What the leader found comparing every replica's digests (empty on followers).
     pub anti_entropy: AntiEntropyStatus,
+    /// This node's HTTP address (status page, `/status`, `/metrics`), if it serves HTTP.
+    pub http_addr: Option<String>,
+    /// The latest leaders this node saw, oldest first (a bounded window).
+    pub leader_changes: Vec<LeaderChange>,
+    /// Requests served here so far, for rates and mean latencies over an interval.
+    pub load: LoadCounters,
+    /// Estimated bytes of the state machine's keys and values (0 if it does not say).
+    pub memory_used_bytes: u64,
+    /// The bound on `memory_used_bytes` (`kv_memory_bytes_max`; 0 if none).
+    pub memory_bytes_max: u64,
+}
+
+/// A leader this node learned of (or the loss of one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    /// The term it happened in.
+    pub term: u64,
+    /// The new leader; `None` when the node lost its leader.
+    pub leader: Option<NodeId>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Monotonic counters of requests served by one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadCounters {
+    /// Writes proposed on this node (as leader) and applied.
+    pub writes: u64,
+    /// Sum of those writes' proposal-to-apply latencies, in microseconds.
+    pub write_latency_us_sum: u64,
+    /// Reads served here.
+    pub reads: u64,
 }
 
 /// One state digest a node recorded.
@@ -833,6 +865,12 @@ pub struct PeerInfo {
     pub state: String,
     /// Heard from within the last election timeout.
     pub active: bool,
+    /// Milliseconds since the leader last heard from it; `None` if never since it led.
+    pub last_contact_ms: Option<u64>,
+    /// Entries the leader holds beyond `match_index` (its last index minus the match).
+    pub match_lag: u64,
+    /// The latest heartbeat round trip to it, in microseconds; `None` before one completes.
+    pub rtt_us: Option<u64>,
 }
 
 #[cfg(test)]

@@ -1451,6 +1451,10 @@ impl crate::runtime::HostedMachine for KvStateMachine {
         Some(Arc::new(KvStateMachine::view(self)))
     }
 
+    fn memory_bytes(&self) -> (u64, u64) {
+        (self.used_bytes(), self.limits.memory_bytes_max)
+    }
+
     fn housekeeping(&self) -> Option<Bytes> {
         self.sweep_due(crate::clock::now_ms())
     }

@@ -30,6 +30,7 @@ pub mod certs;
 pub mod changes;
 pub mod clock;
 pub mod cluster_id;
+pub mod cluster_view;
 pub mod config;
 pub mod glob;
 pub mod http;

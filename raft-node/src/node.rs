@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
 use crate::auth::{Auth, InternalClient, ENV_INTERNAL_PASSWORD};
+use crate::cluster_view::ClusterProbe;
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -115,6 +116,7 @@ struct SharedParts {
     client_addrs: HashMap<u64, String>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    http_addr: Option<SocketAddr>,
 }
 
 /// Restores the state machine against `store` and starts the runtime on it.
@@ -130,9 +132,11 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         trailing_margin_entries: config.snapshot_log_margin_entries,
         ..SnapshotPolicy::default()
     };
+    let mut runtime_config = config.runtime();
+    runtime_config.http_addr = parts.http_addr.map(|a| a.to_string());
     runtime::spawn(RuntimeParts {
         raft: config.raft_config(),
-        runtime: config.runtime(),
+        runtime: runtime_config,
         store,
         transport: parts.transport,
         inbound: parts.inbound,
@@ -295,6 +299,7 @@ impl RunningNode {
             client_addrs: client_addrs.clone(),
             metrics,
             shutdown: shutdown_rx.clone(),
+            http_addr,
         };
         // A fresh cluster starts from a snapshot-like configuration naming the initial voters.
         let voters = config.bootstrap_voters();
@@ -320,7 +325,8 @@ impl RunningNode {
             &internal,
             forward_addrs,
             config.request_timeout_ms,
-        );
+        )
+        .with_cluster_probe(ClusterProbe::new(config.id, &client_addrs, &internal));
         if let Some(hub) = watch {
             router = router.with_watch(hub);
         }

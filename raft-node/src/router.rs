@@ -13,6 +13,7 @@ use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
 use raft_client::{Client, ClientConfig, ClientError};
 
 use crate::auth::{Auth, InternalClient};
+use crate::cluster_view::ClusterProbe;
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
 use crate::watch::WatchHub;
@@ -26,6 +27,8 @@ pub struct Router {
     /// A client sends one request at a time, so forwarded writes spread over a few.
     forwarders: Vec<Client>,
     next_forwarder: std::sync::atomic::AtomicUsize,
+    /// Pulls every member's status for the status page (none known: this node alone).
+    pub cluster: ClusterProbe,
     /// The history of this node's applied key changes, for watchers (the built-in
     /// key-value store has one; a hosted machine has none).
     pub watch: Option<Arc<WatchHub>>,
@@ -56,8 +59,15 @@ impl Router {
                 .map(|_| Client::new(config.clone()))
                 .collect(),
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
+            cluster: ClusterProbe::default(),
             watch: None,
         }
+    }
+
+    /// This router, with `cluster` to pull the members' statuses for the status page.
+    pub fn with_cluster_probe(mut self, cluster: ClusterProbe) -> Router {
+        self.cluster = cluster;
+        self
     }
 
     /// Serves watchers from `hub`, the state machine's change sink.

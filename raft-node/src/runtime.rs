@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, NodeId, NodeStatus, PeerInfo};
+use raft_client::wire::{LeaderChange, LoadCounters, NodeError, NodeId, NodeStatus, PeerInfo};
 use raft_core::{
     ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
     ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
@@ -68,6 +68,11 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     fn skip_to(&mut self, index: Index);
     /// A fresh, empty machine with the same settings, to restore a snapshot into.
     fn empty_like(&self) -> Self;
+    /// The estimated bytes the state holds and the bound on them, for the status view's
+    /// memory alarm; `(0, 0)` (the default) when the machine keeps no such account.
+    fn memory_bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): make this replica's state
     /// differ from the others'. The default does nothing.
     fn debug_corrupt(&mut self, _index: Index) {}
@@ -140,6 +145,8 @@ pub struct RuntimeConfig {
     /// the first command at or after this index, so that anti-entropy has something to
     /// find. `None` (the default) in every real deployment.
     pub debug_corrupt_apply_at: Option<Index>,
+    /// This node's HTTP address, shown in its status so that pages can link to it.
+    pub http_addr: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -157,6 +164,7 @@ impl Default for RuntimeConfig {
             requests_waiting_max: 8192,
             digest_interval_entries: 100_000,
             debug_corrupt_apply_at: None,
+            http_addr: None,
         }
     }
 }
@@ -510,6 +518,9 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         housekeeping_in_flight: None,
         memberships: VecDeque::from([(log_snapshot.index, log_snapshot.membership)]),
         snapshot_index_latest: snapshot_index,
+        peer_timing: HashMap::new(),
+        leader_changes: VecDeque::new(),
+        last_leader: None,
     };
     let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
     Ok((handle, task))
@@ -582,6 +593,55 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     memberships: VecDeque<(Index, raft_core::Membership)>,
     /// The index of the newest snapshot this node wrote or installed.
     snapshot_index_latest: Index,
+    /// When each peer was last heard from, and heartbeat round trips (the status view's
+    /// last contact and RTT). Keyed by senders of messages that passed the transport's
+    /// cluster check, so bounded by the cluster's size.
+    peer_timing: HashMap<CoreId, PeerTiming>,
+    /// The latest leaders seen, oldest first, at most [`LEADER_CHANGES_KEPT_MAX`].
+    leader_changes: VecDeque<LeaderChange>,
+    /// The leader as of the last `observe`.
+    last_leader: Option<NodeId>,
+}
+
+/// Leader changes a node keeps (and reports in its status) at most.
+pub const LEADER_CHANGES_KEPT_MAX: usize = 32;
+
+/// One peer's contact times, as the status view shows them.
+#[derive(Default)]
+struct PeerTiming {
+    heard_at: Option<Instant>,
+    /// The heartbeat being timed: its `read_seq` and when it left. One at a time per peer;
+    /// a heartbeat whose answer is lost is replaced after [`RTT_PROBE_STALE_MS`].
+    probe: Option<(u64, Instant)>,
+    rtt_us: Option<u64>,
+}
+
+/// A timed heartbeat unanswered this long is given up, so that a lost answer does not
+/// stop round-trip measurement.
+const RTT_PROBE_STALE_MS: u64 = 5_000;
+
+impl PeerTiming {
+    fn on_send(&mut self, read_seq: u64, now: Instant) {
+        let stale = self.probe.is_some_and(|(_, at)| {
+            now.duration_since(at) > Duration::from_millis(RTT_PROBE_STALE_MS)
+        });
+        if self.probe.is_none() || stale {
+            self.probe = Some((read_seq, now));
+        }
+    }
+
+    fn on_receive(&mut self, body: &MessageBody, now: Instant) {
+        self.heard_at = Some(now);
+        if let MessageBody::HeartbeatResponse { read_seq } = body {
+            if let Some((seq, at)) = self.probe {
+                if seq == *read_seq {
+                    self.rtt_us =
+                        Some(u64::try_from(now.duration_since(at).as_micros()).unwrap_or(u64::MAX));
+                    self.probe = None;
+                }
+            }
+        }
+    }
 }
 
 impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
@@ -691,6 +751,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             Inbound::Message(msg) => {
                 if let Some(heard) = self.peer_heard_tick.get_mut(&msg.from) {
                     *heard = Some(self.ticks);
+                    self.peer_timing
+                        .entry(msg.from)
+                        .or_default()
+                        .on_receive(&msg.body, Instant::now());
                 }
                 if matches!(&msg.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
                 {
@@ -1347,7 +1411,17 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         if self.hold_commit_notices(&ready) {
             self.commit_notices = std::mem::take(&mut ready.messages);
         }
+        let mut now = None;
         for m in std::mem::take(&mut ready.messages) {
+            if let MessageBody::Heartbeat { read_seq, .. } = m.body {
+                if self.peer_heard_tick.contains_key(&m.to) {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.peer_timing
+                        .entry(m.to)
+                        .or_default()
+                        .on_send(read_seq, now);
+                }
+            }
             if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
                 self.send_snapshot(m);
             } else {
@@ -1638,6 +1712,20 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             );
             self.last_role = role;
         }
+        let leader = self.raw.leader();
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            if self.leader_changes.len() == LEADER_CHANGES_KEPT_MAX {
+                self.leader_changes.pop_front();
+            }
+            self.leader_changes.push_back(LeaderChange {
+                term: self.raw.term(),
+                leader,
+                at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            });
+        }
         let m = &self.metrics;
         Metrics::set(&m.term, self.raw.term());
         Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
@@ -1648,6 +1736,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn status(&self) -> NodeStatus {
         let s = self.raw.status();
+        let memory = self.sm.memory_bytes();
         NodeStatus {
             id: s.id,
             role: format!("{:?}", s.role),
@@ -1670,12 +1759,20 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             peers: s
                 .peers
                 .iter()
-                .map(|p| PeerInfo {
-                    id: p.id,
-                    match_index: p.match_index,
-                    next_index: p.next_index,
-                    state: p.state.to_string(),
-                    active: p.recent_active,
+                .map(|p| {
+                    let timing = self.peer_timing.get(&p.id);
+                    PeerInfo {
+                        id: p.id,
+                        match_index: p.match_index,
+                        next_index: p.next_index,
+                        state: p.state.to_string(),
+                        active: p.recent_active,
+                        last_contact_ms: timing
+                            .and_then(|t| t.heard_at)
+                            .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                        match_lag: s.last_index.saturating_sub(p.match_index),
+                        rtt_us: timing.and_then(|t| t.rtt_us),
+                    }
                 })
                 .collect(),
             digests: digest_infos(self.digests.iter()),
@@ -1685,6 +1782,18 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 .lock()
                 .expect("not poisoned")
                 .clone(),
+            http_addr: self.config.http_addr.clone(),
+            leader_changes: self.leader_changes.iter().cloned().collect(),
+            load: LoadCounters {
+                writes: self.metrics.proposal_latency.count(),
+                write_latency_us_sum: self.metrics.proposal_latency.sum_us(),
+                reads: self
+                    .metrics
+                    .reads
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
+            memory_used_bytes: memory.0,
+            memory_bytes_max: memory.1,
         }
     }
 

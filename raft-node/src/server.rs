@@ -37,6 +37,8 @@ use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle, ReadAnswer};
 use crate::session::{native_gate, RespSession};
 
+mod pubsub;
+
 /// Requests of one connection being served at once (pipelining depth).
 /// Also the largest run of pipelined writes put into one batch entry.
 const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = BATCH_COMMANDS_MAX;
@@ -561,16 +563,51 @@ async fn serve_resp<S>(
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            let served = serve_resp_batch(
-                &router,
-                &mut session,
-                &mut stream,
-                &mut out,
-                batch,
-                lane,
-                &limits,
-            )
-            .await;
+            // Subscribe mode (pubsub.rs) takes over from the first (P)SUBSCRIBE or WATCHLOG
+            // to the last UNSUBSCRIBE, and hands back what came after it.
+            let mut pending = batch;
+            let mut served = Ok(());
+            while served.is_ok() && !pending.is_empty() {
+                let split = pending
+                    .iter()
+                    .position(|a| pubsub::starts_subscription(a))
+                    .unwrap_or(pending.len());
+                let subscribing = pending.split_off(split);
+                if !pending.is_empty() {
+                    let normal = std::mem::take(&mut pending);
+                    served = serve_resp_batch(
+                        &router,
+                        &mut session,
+                        &mut stream,
+                        &mut out,
+                        normal,
+                        lane,
+                        &limits,
+                    )
+                    .await;
+                }
+                if served.is_ok() && !subscribing.is_empty() {
+                    served = out.flush(&mut stream).await;
+                    if served.is_ok() {
+                        match pubsub::serve(
+                            &mut stream,
+                            &mut buf,
+                            &mut parser,
+                            &session,
+                            &router,
+                            &conn,
+                            &mut out,
+                            &mut shutdown,
+                            subscribing,
+                        )
+                        .await
+                        {
+                            Ok(after) => pending = after,
+                            Err(e) => served = Err(e),
+                        }
+                    }
+                }
+            }
             protect_admin(&conn, &router.auth, session.role());
             let served = match served {
                 Ok(()) => out.flush(&mut stream).await,

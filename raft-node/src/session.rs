@@ -299,7 +299,17 @@ fn config(rest: &[Bytes]) -> Parsed {
         .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase())
         .unwrap_or_default();
     match sub.as_str() {
-        "GET" if rest.len() >= 2 => Parsed::Reply(Value::Array(Vec::new())),
+        // Keyspace notifications are always on for every class (server/pubsub.rs).
+        "GET" if rest.len() >= 2 => Parsed::Reply(Value::Array(
+            if rest[1..]
+                .iter()
+                .any(|p| crate::glob::matches(&p.to_ascii_lowercase(), b"notify-keyspace-events"))
+            {
+                vec![bulk("notify-keyspace-events"), bulk("KEA")]
+            } else {
+                Vec::new()
+            },
+        )),
         _ => error(format!(
             "ERR CONFIG {sub} is not supported: raft-node is configured by its file and flags \
              at start"

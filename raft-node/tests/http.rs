@@ -738,6 +738,65 @@ async fn bearer_tokens_are_required_and_roles_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_and_its_data_need_the_status_token() {
+    let toml = format!(
+        "[[users]]\nname = \"reader\"\nrole = \"read\"\npassword_sha256 = \"{}\"\n",
+        raft_node::auth::password_sha256_hex(b"read-pw")
+    );
+    let auth = Auth::from_toml(&toml).unwrap_or_else(|e| panic!("{e:?}"));
+    let n = Node::start_member(ClientLimits::default(), 1, auth, None).await;
+    n.ready().await;
+    let with = |path: &str, auth: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+    // Refused: the page (which holds no data, and asks for a token) with the refusal's
+    // status; the data not at all.
+    for auth in ["", "Authorization: Bearer reader:wrong\r\n"] {
+        let page = request(n.http, with("/", auth)).await;
+        assert_eq!(page.status, 401, "{page:?}");
+        assert!(page
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer"));
+        let html = String::from_utf8_lossy(&page.body);
+        assert!(html.contains("<title>Rafter cluster</title>"), "{html}");
+        for secret in [
+            "\"term\":",
+            "\"applied_index\":",
+            n.node.as_ref().unwrap().client_addr.to_string().as_str(),
+        ] {
+            assert!(!html.contains(secret), "the refused page leaks {secret}");
+        }
+        let data = request(n.http, with("/cluster", auth)).await;
+        assert_eq!(data.status, 401, "{data:?}");
+        assert!(
+            !String::from_utf8_lossy(&data.body).contains("applied"),
+            "{data:?}"
+        );
+    }
+    let token = "Authorization: Bearer reader:read-pw\r\n";
+    let page = request(n.http, with("/", token)).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let data = request(n.http, with("/cluster", token)).await;
+    assert_eq!(data.status, 200, "{data:?}");
+    let view: serde_json::Value = serde_json::from_slice(&data.body).unwrap();
+    assert_eq!(view["from"], 1);
+    assert_eq!(view["leader"]["id"], 1, "{view:#}");
+    assert_eq!(view["members"][0]["status"]["role"], "Leader", "{view:#}");
+    assert_eq!(view["alarms"], serde_json::json!([]), "{view:#}");
+    // HEAD answers as GET does, without the body.
+    let head = request(
+        n.http,
+        format!("HEAD /cluster HTTP/1.1\r\nHost: x\r\n{token}\r\n"),
+    )
+    .await;
+    assert_eq!((head.status, head.body.len()), (200, 0), "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_when_the_node_has_tls() {
     let certs = tempfile::tempdir().unwrap();
     raft_node::certs::generate(certs.path(), None, &[1], &["127.0.0.1".to_string()]).unwrap();

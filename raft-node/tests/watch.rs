@@ -457,3 +457,228 @@ fn a_reconnecting_watcher_sees_the_log_exactly_once_across_kills_and_restarts() 
         reconnects
     );
 }
+
+/// Keyspace notifications with the `redis` crate (RESP2 subscribe mode) on a follower:
+/// SUBSCRIBE to a key's channel and PSUBSCRIBE to every keyevent channel, then leave
+/// subscribe mode and use the connection normally again.
+#[test]
+fn subscribe_and_psubscribe_get_keyspace_events_with_the_redis_crate() {
+    let cluster = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let follower = cluster.node(2).client;
+    let mut sub_con = redis_conn(follower);
+    let mut writer = redis_conn(cluster.node(1).client);
+    let mut pubsub = sub_con.as_pubsub();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    pubsub.subscribe("__keyspace@0__:k1").unwrap();
+    pubsub.psubscribe("__keyevent@0__:*").unwrap();
+    redis::cmd("SET")
+        .arg("k1")
+        .arg("a")
+        .query::<()>(&mut writer)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k2")
+        .arg("b")
+        .query::<()>(&mut writer)
+        .unwrap();
+    redis::cmd("DEL")
+        .arg("k1")
+        .query::<()>(&mut writer)
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let m = pubsub.get_message().expect("a message within 10 s");
+        let pattern: Option<String> = m.get_pattern().ok();
+        got.push((
+            pattern,
+            m.get_channel_name().to_string(),
+            m.get_payload::<String>().unwrap(),
+        ));
+    }
+    let ks = |ev: &str| (None, "__keyspace@0__:k1".to_string(), ev.to_string());
+    let ke = |ev: &str, key: &str| {
+        (
+            Some("__keyevent@0__:*".to_string()),
+            format!("__keyevent@0__:{ev}"),
+            key.to_string(),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            ks("set"),
+            ke("set", "k1"),
+            ke("set", "k2"),
+            ks("del"),
+            ke("del", "k1"),
+        ]
+    );
+    pubsub.unsubscribe("__keyspace@0__:k1").unwrap();
+    pubsub.punsubscribe("__keyevent@0__:*").unwrap();
+    drop(pubsub);
+    // Back in normal mode.
+    let v: Option<String> = redis::cmd("GET").arg("k2").query(&mut sub_con).unwrap();
+    assert_eq!(v.as_deref(), Some("b"));
+    let cfg: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query(&mut sub_con)
+        .unwrap();
+    assert_eq!(cfg, vec!["notify-keyspace-events", "KEA"]);
+}
+
+/// Reads one RESP2 value from `s` as text lines (enough for the replies here).
+fn read_resp(r: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    r.read_line(&mut line).expect("a reply line");
+    let line = line.trim_end().to_string();
+    match line.as_bytes().first() {
+        Some(b'*') => {
+            let n: i64 = line[1..].parse().unwrap();
+            let items: Vec<String> = (0..n.max(0)).map(|_| read_resp(r)).collect();
+            format!("[{}]", items.join(" "))
+        }
+        Some(b'$') => {
+            let n: i64 = line[1..].parse().unwrap();
+            if n < 0 {
+                return "nil".into();
+            }
+            let mut b = vec![0u8; n as usize + 2];
+            r.read_exact(&mut b).unwrap();
+            String::from_utf8_lossy(&b[..n as usize]).to_string()
+        }
+        _ => line,
+    }
+}
+
+/// WATCHLOG over raw RESP: history from an index, live changes, a resume, the compacted
+/// error, and the commands subscribe mode refuses.
+#[test]
+fn watchlog_resumes_by_index_and_refuses_a_compacted_one() {
+    use std::io::Write;
+    let cluster = Cluster::start_with(3, &["--watch-history-changes-max", "30"]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let mut writer = redis_conn(cluster.node(1).client);
+    for i in 1..=5 {
+        redis::cmd("SET")
+            .arg(format!("p/{i}"))
+            .arg(i)
+            .query::<()>(&mut writer)
+            .unwrap();
+        redis::cmd("SET")
+            .arg("q")
+            .arg(i)
+            .query::<()>(&mut writer)
+            .unwrap();
+    }
+    let open = |from: &str| {
+        let s = std::net::TcpStream::connect(cluster.node(3).client).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        w.write_all(format!("WATCHLOG p/ FROM {from}\r\n").as_bytes())
+            .unwrap();
+        (std::io::BufReader::new(s), w)
+    };
+    let (mut r, mut w) = open("0");
+    assert_eq!(read_resp(&mut r), "[watchlog p/ :0]");
+    let mut indexes = Vec::new();
+    for i in 1..=5 {
+        let m = read_resp(&mut r);
+        let parts: Vec<&str> = m.trim_matches(['[', ']']).split(' ').collect();
+        assert_eq!(parts[0], "watchlog", "{m}");
+        indexes.push(parts[1].trim_start_matches(':').parse::<u64>().unwrap());
+        assert!(m.ends_with(&format!("[[set p/{i} {i}]]]")), "{m}");
+    }
+    assert!(indexes.windows(2).all(|p| p[0] < p[1]));
+    w.write_all(b"GET q\r\nPING\r\n").unwrap();
+    assert!(read_resp(&mut r).starts_with("-ERR Can't execute 'get'"));
+    assert_eq!(read_resp(&mut r), "[pong ]");
+    // Resuming after the second change gets the third on.
+    let (mut r2, _w2) = open(&indexes[1].to_string());
+    read_resp(&mut r2);
+    let m = read_resp(&mut r2);
+    assert!(m.starts_with(&format!("[watchlog :{} ", indexes[2])), "{m}");
+    // Live.
+    redis::cmd("SET")
+        .arg("p/live")
+        .arg("x")
+        .query::<()>(&mut writer)
+        .unwrap();
+    let m = read_resp(&mut r);
+    assert!(m.ends_with("[[set p/live x]]]"), "{m}");
+    // Push the history past index 0.
+    for i in 0..40 {
+        redis::cmd("SET")
+            .arg("q")
+            .arg(i)
+            .query::<()>(&mut writer)
+            .unwrap();
+    }
+    let (mut r3, _w3) = open("0");
+    let m = read_resp(&mut r3);
+    assert!(m.starts_with("-ERR compacted, resync"), "{m}");
+}
+
+/// A node restarted from a snapshot rebuilds its history from the snapshot's index by
+/// replaying its log: it answers "compacted" for older indexes and, from the snapshot's
+/// index on, exactly what a node that never restarted sends.
+#[test]
+fn a_restarted_node_serves_the_history_after_its_snapshot() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries-max", "15"]);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let client = cluster.client();
+    rt.block_on(async {
+        for i in 0..40 {
+            client.set(format!("s/{i}"), format!("{i}")).await.unwrap();
+        }
+    });
+    cluster.kill(2);
+    cluster.spawn(2);
+    rt.block_on(async {
+        client
+            .set("s/done".to_string(), "1".to_string())
+            .await
+            .unwrap();
+        let status = cluster
+            .wait_status(2, "node 2 replayed its log", |s| {
+                s.snapshot_index > 0 && s.applied_index >= s.commit_index && s.commit_index > 40
+            })
+            .await
+            .status()
+            .await
+            .unwrap();
+        let snapshot = status.snapshot_index;
+        let refused = open_watch(cluster.node(2).http, "/watch/s/?from=0", None)
+            .await
+            .unwrap()
+            .expect_err("the history starts at the snapshot");
+        assert!(refused.starts_with("HTTP/1.1 410"), "{refused}");
+        let mut sequences = Vec::new();
+        for id in [2, 1] {
+            let path = format!("/watch/s/?from={snapshot}");
+            let mut s = open_watch(cluster.node(id).http, &path, None)
+                .await
+                .unwrap()
+                .expect("200");
+            let mut seen = Vec::new();
+            while !seen
+                .iter()
+                .any(|(_, k, _): &(u64, String, Option<String>)| k == "s/done")
+            {
+                let e = s.next(Duration::from_secs(10)).await.expect("an event");
+                seen.extend(changes(&e));
+            }
+            sequences.push(seen);
+        }
+        assert!(sequences[0].len() >= 2, "{sequences:?}");
+        assert!(sequences[0].iter().all(|(i, _, _)| *i > snapshot));
+        assert_eq!(sequences[0], sequences[1]);
+    });
+}

@@ -1,4 +1,5 @@
-//! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
+//! HTTP: `GET /` (the status page, [`page`]), `GET /cluster` (every member's status, JSON,
+//! what the page shows), `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
 //! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round), `GET /healthz`
 //! (the process answers), `GET /readyz` (the node can serve: it knows a leader and has
 //! applied nearly all it knows committed) and `GET /watch/{prefix}?from=INDEX` (key changes
@@ -7,12 +8,13 @@
 //! hyper's HTTP/1 server does the parsing (chunked bodies, `Expect: 100-continue`,
 //! keep-alive, conflicting `Content-Length`s refused with 400, heads over the limit with
 //! 431): a stranger's bytes go through a maintained parser, not one of ours. hyper alone
-//! rather than axum: seven routes are one `match`, and axum would add tower's stack for
+//! rather than axum: a handful of routes are one `match`, and axum would add tower's stack for
 //! nothing these routes need. What hyper leaves to its user is here: the caps on connections
 //! (`conn.rs`), the idle, head and write timeouts (`timed_io.rs`), and the body limit and
 //! body read deadline (below), which refuse a body without buffering more than the limit.
 
 mod conn;
+mod page;
 mod sse;
 mod timed_io;
 
@@ -168,6 +170,8 @@ struct Answer {
     body: Bytes,
     allow: Option<&'static str>,
     www_authenticate: Option<&'static str>,
+    /// Further headers (the status page's content security policy).
+    extra: &'static [(&'static str, &'static str)],
     close: bool,
     /// A body that goes on after `body` (an event stream).
     stream: Option<sse::EventStream>,
@@ -181,6 +185,7 @@ impl Answer {
             body: body.into(),
             allow: None,
             www_authenticate: None,
+            extra: &[],
             close: false,
             stream: None,
         }
@@ -198,6 +203,8 @@ impl Answer {
 
 /// The routes and the methods each allows.
 enum Route {
+    Page,
+    Cluster,
     Status,
     Metrics,
     Healthz,
@@ -212,6 +219,8 @@ const ALLOW_KV: &str = "GET, HEAD, PUT, DELETE";
 impl Route {
     fn parse(path: &str) -> Option<Route> {
         Some(match path {
+            "/" => Route::Page,
+            "/cluster" => Route::Cluster,
             "/status" => Route::Status,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
@@ -296,6 +305,9 @@ async fn respond(
             HeaderValue::from_static(challenge),
         );
     }
+    for (name, value) in answer.extra {
+        h.insert(*name, HeaderValue::from_static(value));
+    }
     if answer.close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -327,7 +339,9 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
     }
     let router = &ctx.router;
     let needed = match (&route, &method) {
-        (Route::Healthz | Route::Readyz, _) => None,
+        // The page holds no data: refused, it still loads (with the refusal's status) and
+        // asks for a token, which its requests for `/cluster` then carry.
+        (Route::Healthz | Route::Readyz | Route::Page, _) => None,
         (_, &Method::PUT | &Method::DELETE) => Some(Role::ReadWrite),
         _ => Some(Role::Read),
     };
@@ -337,6 +351,8 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
         }
     }
     match route {
+        Route::Page => page::page(authorize(&req, router, Role::Read).err()),
+        Route::Cluster => page::cluster(router).await,
         Route::Watch(prefix) => sse::answer(&req, router, prefix, method == Method::HEAD),
         Route::Healthz => Answer::text(StatusCode::OK, "ok\n"),
         Route::Readyz => readiness(router).await,
@@ -551,10 +567,20 @@ fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
         "voters": s.voters,
         "learners": s.learners,
         "elections": s.elections,
+        "http_addr": s.http_addr,
         "peers": s.peers.iter().map(|p| serde_json::json!({
             "id": p.id, "match_index": p.match_index, "next_index": p.next_index,
-            "state": p.state, "active": p.active,
+            "state": p.state, "active": p.active, "last_contact_ms": p.last_contact_ms,
+            "match_lag": p.match_lag, "rtt_us": p.rtt_us,
         })).collect::<Vec<_>>(),
+        "leader_changes": s.leader_changes.iter().map(|c| serde_json::json!({
+            "term": c.term, "leader": c.leader, "at_unix_ms": c.at_unix_ms,
+        })).collect::<Vec<_>>(),
+        "load": {
+            "writes": s.load.writes, "write_latency_us_sum": s.load.write_latency_us_sum,
+            "reads": s.load.reads,
+        },
+        "memory": { "used_bytes": s.memory_used_bytes, "bytes_max": s.memory_bytes_max },
         "digests": s.digests.iter().map(|d| serde_json::json!({
             "index": d.index, "digest": d.digest,
         })).collect::<Vec<_>>(),
