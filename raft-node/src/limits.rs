@@ -292,10 +292,18 @@ pub struct ClientLimitsArgs {
     pub http_connections_max: Option<usize>,
     /// Key changes the watch history holds; older indexes answer "compacted, resync"
     /// [default: 100000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_CHANGES_MAX"
+    )]
     pub watch_history_changes_max: Option<usize>,
     /// Bytes the watch history holds [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_BYTES_MAX"
+    )]
     pub watch_history_bytes_max: Option<usize>,
 }
 
