@@ -38,7 +38,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use wire::Password;
 pub use wire::{
     AntiEntropyStatus, DigestInfo, DivergentReplica, ExpireCondition, Expiry, KvCommand, KvError,
-    KvResponse, LeaderChange, LoadCounters, NodeError, NodeId, NodeStatus, PeerInfo, SetCondition,
+    KvResponse, LeaderChange, LoadCounters, MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo,
+    SetCondition,
 };
 pub use wire::{Request, Response};
 use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
@@ -64,6 +65,25 @@ pub enum ClientError {
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// An address cannot reach a node's client port: it has no port, or what answered
+    /// there is another kind of port (HTTP). Retrying cannot help, so it is not retried.
+    #[error("{0}")]
+    Address(String),
+}
+
+/// Checks that `addr` is `HOST:PORT` (`[V6]:PORT` for IPv6).
+fn check_addr(addr: &str) -> Result<(), ClientError> {
+    let port = addr.rsplit_once(':').and_then(|(host, port)| {
+        let bare_v6 = host.contains(':') && !host.starts_with('[');
+        (!host.is_empty() && !bare_v6).then_some(port)
+    });
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => Ok(()),
+        _ => Err(ClientError::Address(format!(
+            "{addr:?} is not HOST:PORT: give the node's client port (native protocol and \
+             RESP), e.g. 127.0.0.1:6381"
+        ))),
+    }
 }
 
 /// Settings of a [`Client`].
@@ -168,6 +188,8 @@ fn random_u64() -> u64 {
 /// Outcome of one attempt, as the retry loop sees it.
 enum Attempt {
     Done(Response),
+    /// A failure no retry can mend.
+    Fail(ClientError),
     Retry {
         reason: String,
         backoff: bool,
@@ -621,6 +643,9 @@ impl Client {
         if self.config.addrs.is_empty() {
             return Err(ClientError::Protocol("no node address configured".into()));
         }
+        for addr in &self.config.addrs {
+            check_addr(addr)?;
+        }
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut last_error = String::from("no attempt made");
         let mut last_refusal = None;
@@ -629,6 +654,7 @@ impl Client {
             attempts += 1;
             match self.attempt(inner, &request, deadline).await {
                 Attempt::Done(Response::Error(e)) => return Err(ClientError::Node(e)),
+                Attempt::Fail(e) => return Err(e),
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Retry {
                     reason,
@@ -734,7 +760,19 @@ impl Client {
         match outcome {
             Ok(Ok(response)) => self.judge(inner, response),
             Ok(Err(e)) => {
+                // A frame header that reads "HTTP": an HTTP server answered our frame.
+                let http = inner
+                    .conn
+                    .as_ref()
+                    .is_some_and(|(_, f)| f.read_buffer().starts_with(b"HTTP/"));
                 inner.conn = None;
+                if http {
+                    return Attempt::Fail(ClientError::Address(format!(
+                        "{addr} answered in HTTP: it is a node's HTTP port (status page, \
+                         /status, /kv); give its client port (native protocol and RESP) \
+                         instead"
+                    )));
+                }
                 self.rotate(inner);
                 Attempt::Retry {
                     reason: format!("{addr}: {e}"),
@@ -880,4 +918,74 @@ impl From<std::io::Error> for ConnectError {
 
 fn unexpected(response: KvResponse) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_is_refused_naming_it() {
+        for good in [
+            "127.0.0.1:6381",
+            "localhost:1",
+            "[::1]:6380",
+            "node-1.example:7000",
+        ] {
+            assert!(check_addr(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "localhost",
+            ":6380",
+            "::1",
+            "host:0",
+            "host:99999",
+            "",
+        ] {
+            let e = check_addr(bad).expect_err(bad).to_string();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_without_a_port_fails_at_once() {
+        let client = Client::new(ClientConfig::new(["127.0.0.1"]));
+        let started = std::time::Instant::now();
+        let e = client.status().await.expect_err("no port");
+        assert!(matches!(e, ClientError::Address(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1), "not retried");
+    }
+
+    #[tokio::test]
+    async fn an_http_server_is_named_as_the_wrong_port_kind() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Answers every connection as an HTTP server answers bytes it cannot parse.
+            for _ in 0..60 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        let client = Client::new(ClientConfig::new([addr.to_string()]));
+        let e = client.status().await.expect_err("an HTTP server");
+        server.abort();
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Address(_)), "{text}");
+        assert!(
+            text.contains("HTTP port") && text.contains("client port"),
+            "{text}"
+        );
+    }
 }

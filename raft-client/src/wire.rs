@@ -792,6 +792,20 @@ pub struct NodeStatus {
     pub memory_used_bytes: u64,
     /// The bound on `memory_used_bytes` (`kv_memory_bytes_max`; 0 if none).
     pub memory_bytes_max: u64,
+    /// The node's software version (`raft-node --version`).
+    pub version: String,
+    /// Every member (voters and learners) with the client address this node knows for it,
+    /// so that one node's answer leads to all (`raft-node status --cluster`).
+    pub members: Vec<MemberAddr>,
+}
+
+/// A member and where its clients connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// The member.
+    pub id: NodeId,
+    /// Its client address (native protocol and RESP), if this node knows it.
+    pub client_addr: Option<String>,
 }
 
 /// A leader this node learned of (or the loss of one).

@@ -291,6 +291,9 @@ struct Peer {
     snapshot: Mutex<Option<OutSnapshot>>,
     snapshot_notify: Notify,
     cancel: CancellationToken,
+    /// Messages and bytes written to this peer's message connection.
+    sent_messages: AtomicU64,
+    sent_bytes: AtomicU64,
 }
 
 /// A snapshot being received, kept across reconnects so the sender can resume.
@@ -567,6 +570,24 @@ impl TransportHandle {
         self.shared.stats.snapshot()
     }
 
+    /// Per peer: `(peer, messages, bytes)` written to its message connection so far
+    /// (snapshot streams are counted in [`stats`](Self::stats) only).
+    pub fn peer_sent(&self) -> Vec<(NodeId, u64, u64)> {
+        let peers = self.shared.peers.lock().unwrap();
+        let mut out: Vec<_> = peers
+            .values()
+            .map(|p| {
+                (
+                    p.id,
+                    p.sent_messages.load(Relaxed),
+                    p.sent_bytes.load(Relaxed),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Stop every task, close every socket, and wait until they are gone.
     pub async fn shutdown(&self) {
         self.shared.shut_down.store(true, Relaxed);
@@ -612,6 +633,8 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: PeerAddr) {
         snapshot: Mutex::new(None),
         snapshot_notify: Notify::new(),
         cancel: shared.cancel.child_token(),
+        sent_messages: AtomicU64::new(0),
+        sent_bytes: AtomicU64::new(0),
     });
     peers.insert(id, peer.clone());
     shared
@@ -819,6 +842,8 @@ fn write_direct(
     // the writer task writes them.
     Stats::add(&shared.stats.messages_sent, 1);
     Stats::add(&shared.stats.bytes_sent, written as u64);
+    Stats::add(&peer.sent_messages, 1);
+    Stats::add(&peer.sent_bytes, written as u64);
     if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
         out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
     }
@@ -1157,6 +1182,7 @@ async fn pump_messages(
                 .await
                 .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
             Stats::add(&shared.stats.bytes_sent, total as u64);
+            Stats::add(&peer.sent_bytes, total as u64);
             link.writes.fetch_add(1, Relaxed);
         }
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
@@ -1173,12 +1199,12 @@ async fn pump_messages(
                 }
             }
             if buf.len() >= cfg.write_batch_bytes_max {
-                write_batch(shared, link, buf, count, idle).await?;
+                write_batch(shared, peer, link, buf, count, idle).await?;
                 count = 0;
             }
         }
         if !buf.is_empty() {
-            write_batch(shared, link, buf, count, idle).await?;
+            write_batch(shared, peer, link, buf, count, idle).await?;
         }
         peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
@@ -1191,6 +1217,7 @@ async fn pump_messages(
 /// Write every segment of `buf` (then clear it).
 async fn write_batch(
     shared: &Shared,
+    peer: &Peer,
     link: &Link,
     buf: &mut SegmentedBuf,
     count: u64,
@@ -1204,6 +1231,8 @@ async fn write_batch(
     link.writes.fetch_add(1, Relaxed);
     Stats::add(&shared.stats.bytes_sent, total as u64);
     Stats::add(&shared.stats.messages_sent, count);
+    Stats::add(&peer.sent_bytes, total as u64);
+    Stats::add(&peer.sent_messages, count);
     Ok(())
 }
 

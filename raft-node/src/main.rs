@@ -8,7 +8,6 @@ mod cli;
 mod dev;
 
 use clap::{Parser, Subcommand};
-use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
 use raft_node::certs;
 use raft_node::cluster_id::ClusterId;
 use raft_node::config::{ConfigError, LogFormat, NodeConfig, PeerConfig, StorageKind};
@@ -58,14 +57,6 @@ enum Cmd {
     /// admin client certificate, with a new random cluster ID. Run again on the same
     /// folder to add nodes: the CA and the cluster ID are reused.
     Certs(CertsArgs),
-    /// Print a node's status table.
-    Status {
-        /// Client address of the node to ask (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-    },
     /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
     /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
     /// while a node holds the data directory. Never restart the other old members with their
@@ -78,62 +69,8 @@ enum Cmd {
         #[arg(long)]
         id: u64,
     },
-    /// Change membership or leadership (sent to the leader through --addr).
-    Admin {
-        /// Client address of any node (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-        #[command(subcommand)]
-        op: AdminCmd,
-    },
-}
-
-/// How `status` and `admin` reach a node that requires TLS or credentials. The password
-/// is never a flag (`ps` would show it): it comes from RAFT_NODE_PASSWORD or a file.
-#[derive(clap::Args, Debug)]
-struct LoginArgs {
-    /// User to log in as [default: RAFT_NODE_USER, else the `default` user].
-    #[arg(long)]
-    user: Option<String>,
-    /// File whose first line is the password [default: RAFT_NODE_PASSWORD if set, else no
-    /// login].
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-    /// Connect with TLS, trusting the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present over TLS; needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum AdminCmd {
-    /// Hand leadership to a voter.
-    TransferLeader {
-        /// The voter's ID.
-        id: u64,
-    },
-    /// Add a node as a non-voting learner.
-    AddLearner {
-        /// The new node's ID.
-        id: u64,
-    },
-    /// Make a learner a voter.
-    Promote {
-        /// The learner's ID.
-        id: u64,
-    },
-    /// Remove a member.
-    Remove {
-        /// The member's ID.
-        id: u64,
-    },
+    #[command(flatten)]
+    Client(cli::ClientCmd),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -452,93 +389,6 @@ impl Signals {
     }
 }
 
-fn print_status(s: &NodeStatus) {
-    println!("node        {}", s.id);
-    println!("role        {}", s.role);
-    println!("term        {}", s.term);
-    println!(
-        "leader      {}",
-        s.leader.map_or("none".to_string(), |l| format!(
-            "{l} ({})",
-            s.leader_addr.clone().unwrap_or_default()
-        ))
-    );
-    println!("commit      {}", s.commit_index);
-    println!("applied     {}", s.applied_index);
-    println!("persisted   {}", s.persisted_index);
-    println!(
-        "log         {}..={} (snapshot at {})",
-        s.first_index, s.last_index, s.snapshot_index
-    );
-    println!("storage     {}", s.storage);
-    println!("voters      {:?}", s.voters);
-    println!("learners    {:?}", s.learners);
-    println!("elections   {}", s.elections);
-    if !s.peers.is_empty() {
-        println!("peer  match      next       state      active");
-        for p in &s.peers {
-            println!(
-                "{:<5} {:<10} {:<10} {:<10} {}",
-                p.id, p.match_index, p.next_index, p.state, p.active
-            );
-        }
-    }
-    match s.digests.last() {
-        Some(d) => println!("digest      {} at {}", d.digest, d.index),
-        None => println!("digest      none yet"),
-    }
-    let ae = &s.anti_entropy;
-    if ae.comparisons > 0 {
-        println!(
-            "anti-entropy compared up to {} ({} indexes), {} divergences",
-            ae.compared_index, ae.comparisons, ae.divergence_total
-        );
-    }
-    for d in &ae.divergent {
-        println!(
-            "DIVERGED    node {} at {}: digest {} (majority {})",
-            d.node,
-            d.index,
-            d.digest,
-            d.majority_digest.as_deref().unwrap_or("none")
-        );
-    }
-}
-
-fn admin_client(addr: String, login: &LoginArgs) -> Result<Client, String> {
-    let mut config = ClientConfig::new([addr]);
-    config.request_timeout_ms = 5_000;
-    let password = match &login.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
-            Some(text.lines().next().unwrap_or_default().to_string())
-        }
-        None => std::env::var(raft_node::auth::ENV_PASSWORD)
-            .ok()
-            .filter(|p| !p.is_empty()),
-    };
-    let user = login.user.clone().or_else(|| {
-        std::env::var("RAFT_NODE_USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-    });
-    if let Some(password) = password {
-        config.credentials = Some(Credentials::new(user.as_deref(), password.into_bytes()));
-    }
-    if login.tls_cert.is_some() && login.tls_ca.is_none() {
-        return Err("--tls-cert needs --tls-ca (the CA that signed the node's certificate)".into());
-    }
-    if let Some(ca) = &login.tls_ca {
-        let cert_key = login.tls_cert.as_deref().zip(login.tls_key.as_deref());
-        config.tls = Some(
-            raft_client::tls::client_config_from_pem_files(ca, cert_key)
-                .map_err(|e| format!("--tls-ca: {e}"))?,
-        );
-    }
-    Ok(Client::new(config))
-}
-
 /// Logs to standard error at `level`, refined by RUST_LOG when it is set.
 fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
@@ -683,33 +533,21 @@ fn main() -> ExitCode {
                 println!("or: raft-node run --tls-ca {dir}/{} --tls-cert {dir}/node-N.pem --tls-key {dir}/node-N-key.pem ...", certs::CA_CERT_FILE);
                 Ok(())
             }
-            Cmd::Status { addr, login } => {
-                let client = admin_client(addr, &login)?;
-                let status = client.status().await.map_err(|e| e.to_string())?;
-                print_status(&status);
-                Ok(())
-            }
             Cmd::Recover { data_dir, id } => {
                 let report = raft_node::recover::force_new_cluster(&data_dir, id)?;
                 print!("{report}");
                 Ok(())
             }
-            Cmd::Admin { addr, login, op } => {
-                let client = admin_client(addr, &login)?;
-                let r = match op {
-                    AdminCmd::TransferLeader { id } => client.transfer_leader(id).await,
-                    AdminCmd::AddLearner { id } => client.add_learner(id).await,
-                    AdminCmd::Promote { id } => client.promote(id).await,
-                    AdminCmd::Remove { id } => client.remove_node(id).await,
-                };
-                r.map_err(|e| e.to_string())?;
-                println!("OK");
-                Ok(())
-            }
+            Cmd::Client(cmd) => match cli::main(cmd).await? {
+                cli::Exit::Ok => Ok(()),
+                cli::Exit::Missing => Err(String::new()),
+            },
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `get` of a missing key: nothing more to say.
+        Err(e) if e.is_empty() => ExitCode::from(1),
         Err(e) => {
             eprintln!("raft-node: {e}");
             ExitCode::from(2)

@@ -7,6 +7,7 @@
 //! end to end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
@@ -32,7 +33,12 @@ pub struct Router {
     /// The history of this node's applied key changes, for watchers (the built-in
     /// key-value store has one; a hosted machine has none).
     pub watch: Option<Arc<WatchHub>>,
+    /// How long a write waits for a leader to be elected.
+    request_timeout_ms: u64,
 }
+
+/// How often a write waiting for a leader looks again.
+const LEADER_POLL_INTERVAL_MS: u64 = 10;
 
 /// Connections a follower keeps to the leader for forwarded writes.
 const FORWARDERS_MAX: usize = 8;
@@ -61,6 +67,29 @@ impl Router {
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
             cluster: ClusterProbe::default(),
             watch: None,
+            request_timeout_ms,
+        }
+    }
+
+    /// Waits until this node knows a leader; fails at once, naming the situation, when the
+    /// runtime finds no leader can be elected ("no leader: 1 of 3 voters reachable"), and
+    /// after `request_timeout_ms` otherwise.
+    async fn wait_for_leader(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.request_timeout_ms);
+        loop {
+            if self.handle.leader().is_some() {
+                return Ok(());
+            }
+            if let Some(situation) = self.handle.no_quorum() {
+                return Err(NodeError::Unavailable(situation));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "no leader elected within {} ms",
+                    self.request_timeout_ms
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
         }
     }
 
@@ -117,6 +146,12 @@ impl Router {
                 }) => {}
                 other => return other,
             }
+        }
+        // No leader known: wait for one, then forward. Forwarding blindly would send the
+        // write round the members, this one included, until the deadline; proposing it
+        // here would stamp it with this node's clock at arrival rather than the leader's.
+        if !leader_here && self.handle.leader().is_none() {
+            self.wait_for_leader().await?;
         }
         let forwarder = &self.forwarders[lane % self.forwarders.len()];
         match forwarder

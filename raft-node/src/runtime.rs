@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{LeaderChange, LoadCounters, NodeError, NodeId, NodeStatus, PeerInfo};
+use raft_client::wire::{
+    LeaderChange, LoadCounters, MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo,
+};
 use raft_core::{
     ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
     ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
@@ -214,9 +216,28 @@ pub struct NodeHandle {
     pub metrics: Arc<Metrics>,
     /// This node's ID.
     pub id: NodeId,
+    /// The leader this node knows of (0: none), kept by the runtime, so that a follower's
+    /// router can tell "forward" from "no leader to forward to" without asking the task.
+    leader: Arc<std::sync::atomic::AtomicU64>,
+    /// Why no leader can be elected, while the runtime fails requests at once for it.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl NodeHandle {
+    /// Why no leader can be elected ("no leader: 1 of 3 voters reachable ..."), while the
+    /// node fails requests at once for that reason.
+    pub fn no_quorum(&self) -> Option<String> {
+        self.no_quorum.lock().expect("not poisoned").clone()
+    }
+
+    /// The leader this node currently knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            l => Some(l),
+        }
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -473,10 +494,14 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         .expect("spawn sync thread");
     let (bg_tx, bg_rx) = mpsc::unbounded_channel();
     let snapshot_index = parts.state_machine.applied_index();
+    let leader_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let no_quorum = Arc::new(std::sync::Mutex::new(None));
     let handle = NodeHandle {
         tx,
         metrics: parts.metrics.clone(),
         id,
+        leader: leader_seen.clone(),
+        no_quorum: no_quorum.clone(),
     };
     let runtime = Runtime {
         raw,
@@ -510,6 +535,11 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         read_batch: ReadBatcher::default(),
         waiting: VecDeque::new(),
         last_role: Role::Follower,
+        leader_seen,
+        no_quorum,
+        no_quorum_set: false,
+        leader_lost_tick: Some(0),
+        leader_before_loss: None,
         ticks: 0,
         failed: false,
         digests: VecDeque::new(),
@@ -574,6 +604,16 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     /// Requests parked while no leader is known (an election is under way).
     waiting: VecDeque<(Instant, Command)>,
     last_role: Role,
+    /// The leader as `NodeHandle::leader` reports it.
+    leader_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// `NodeHandle::no_quorum`, and whether it holds a situation now.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
+    no_quorum_set: bool,
+    /// The tick since which no leader is known (`Some(0)` at start), `None` while one is.
+    leader_lost_tick: Option<u64>,
+    /// The leader lost at `leader_lost_tick` (none at start): finding one after a loss is
+    /// logged at WARN, as the loss is.
+    leader_before_loss: Option<NodeId>,
     ticks: u64,
     /// A store write failed: the node stops taking part rather than diverge from its disk.
     failed: bool,
@@ -735,9 +775,65 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn unavailable(&self, what: &str) -> NodeError {
         NodeError::Unavailable(format!(
-            "{what} not confirmed by a majority within {} ms (no quorum or no leader)",
-            self.config.request_timeout_ms
+            "{what} not confirmed by a majority within {} ms: {}",
+            self.config.request_timeout_ms,
+            self.quorum_situation()
         ))
+    }
+
+    /// Ticks within which a peer heard from counts as reachable: two election timeouts, as
+    /// a live peer without a leader sends a (pre-)vote request at least once per timeout.
+    fn reachable_ticks_max(&self) -> u64 {
+        2 * u64::from(self.config.election_timeout_ticks_max.max(1))
+    }
+
+    /// The voters this node heard from recently (itself included), the number of voters,
+    /// and how many make a majority.
+    fn voters_reachable(&self) -> (Vec<NodeId>, usize, usize) {
+        let voters = &self.raw.membership().voters;
+        let recent = self.reachable_ticks_max();
+        let reachable: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| {
+                v == self.raw.id()
+                    || self
+                        .peer_heard_tick
+                        .get(&v)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|t| self.ticks.saturating_sub(t) <= recent)
+            })
+            .collect();
+        (reachable, voters.len(), voters.len() / 2 + 1)
+    }
+
+    /// The quorum situation in words, for errors: "no leader: 1 of 3 voters reachable ...".
+    fn quorum_situation(&self) -> String {
+        let (reachable, voters, needed) = self.voters_reachable();
+        let heard = format!(
+            "{} of {voters} voters reachable from node {} ({reachable:?}; a majority is {needed})",
+            reachable.len(),
+            self.raw.id()
+        );
+        match self.raw.leader() {
+            None => format!("no leader: {heard}"),
+            Some(l) if l == self.raw.id() => format!("leader without a majority: {heard}"),
+            Some(l) => format!("leader is node {l}; {heard}"),
+        }
+    }
+
+    /// Why no leader can be elected, once none has been known for two election timeouts
+    /// and fewer voters than a majority are reachable: a request then fails at once with
+    /// the situation instead of waiting out its deadline. During an ordinary election
+    /// (a majority reachable, or the loss recent) requests wait as before.
+    fn leaderless_without_quorum(&self) -> Option<String> {
+        let lost = self.leader_lost_tick?;
+        if self.ticks.saturating_sub(lost) < self.reachable_ticks_max() {
+            return None;
+        }
+        let (reachable, _, needed) = self.voters_reachable();
+        (reachable.len() < needed).then(|| self.quorum_situation())
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
@@ -1093,7 +1189,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     }
 
     fn park(&mut self, deadline: Instant, cmd: Command) {
-        if self.waiting.len() >= self.config.requests_waiting_max {
+        if let Some(situation) = self.leaderless_without_quorum() {
+            self.fail_command(cmd, NodeError::Unavailable(situation));
+        } else if self.waiting.len() >= self.config.requests_waiting_max {
             self.fail_command(cmd, NodeError::Busy);
         } else {
             self.waiting.push_back((deadline, cmd));
@@ -1696,6 +1794,59 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         });
     }
 
+    /// Keeps `NodeHandle::leader` current and logs losing and finding the leader at WARN
+    /// (a follower's log otherwise says only `leader=None`).
+    fn observe_leader(&mut self) {
+        let leader = self.raw.leader();
+        // Only while leaderless is the situation computed (and the lock taken).
+        if leader.is_none() || self.no_quorum_set {
+            let situation = self.leaderless_without_quorum();
+            self.no_quorum_set = situation.is_some();
+            *self.no_quorum.lock().expect("not poisoned") = situation;
+        }
+        let before = self.leader_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if leader.unwrap_or(0) == before {
+            return;
+        }
+        self.leader_seen
+            .store(leader.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let id = self.raw.id();
+        let term = self.raw.term();
+        match leader {
+            None => {
+                self.leader_lost_tick = Some(self.ticks);
+                self.leader_before_loss = Some(before);
+                if before != id {
+                    tracing::warn!(
+                        id,
+                        term,
+                        lost = before,
+                        "lost the leader (node {before}); requests wait for an election, and \
+                         fail at once while fewer than a majority of voters are reachable"
+                    );
+                }
+            }
+            Some(l) => {
+                let lost = self.leader_lost_tick.take();
+                let without_ms = lost.map_or(0, |t| {
+                    self.ticks
+                        .saturating_sub(t)
+                        .saturating_mul(self.config.tick_interval_ms)
+                });
+                if self.leader_before_loss.take().is_some() {
+                    let who = if l == id {
+                        "this node, elected".to_string()
+                    } else {
+                        format!("node {l}")
+                    };
+                    tracing::warn!(id, term, leader = l, without_ms, "found the leader: {who}");
+                } else {
+                    tracing::info!(id, term, leader = l, "leader is node {l}");
+                }
+            }
+        }
+    }
+
     fn observe(&mut self) {
         let role = self.raw.role();
         if role != self.last_role {
@@ -1715,6 +1866,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         let leader = self.raw.leader();
         if leader != self.last_leader {
             self.last_leader = leader;
+            if leader.is_some() {
+                Metrics::add(&self.metrics.leader_changes, 1);
+            }
             if self.leader_changes.len() == LEADER_CHANGES_KEPT_MAX {
                 self.leader_changes.pop_front();
             }
@@ -1726,9 +1880,12 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             });
         }
+        self.observe_leader();
         let m = &self.metrics;
         Metrics::set(&m.term, self.raw.term());
         Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
+        Metrics::set(&m.has_leader, u64::from(leader.is_some()));
+        Metrics::set(&m.proposals_pending, self.pending_writes.len() as u64);
         Metrics::set(&m.commit_index, self.raw.commit_index());
         Metrics::set(&m.applied_index, self.raw.applied_index());
         Metrics::set(&m.last_index, self.raw.last_index());
@@ -1794,6 +1951,17 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             },
             memory_used_bytes: memory.0,
             memory_bytes_max: memory.1,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            members: s
+                .membership
+                .voters
+                .iter()
+                .chain(s.membership.learners.iter())
+                .map(|&id| MemberAddr {
+                    id,
+                    client_addr: self.client_addrs.get(&id).cloned(),
+                })
+                .collect(),
         }
     }
 

@@ -199,3 +199,66 @@ fn the_native_client_sets_ttls_and_runs_watched_transactions() {
         assert_eq!(c.get_del("n").await.unwrap(), Some(b("1")));
     });
 }
+
+#[test]
+fn redis_clients_scan_across_nodes_and_use_the_string_commands() {
+    let cluster = Cluster::start(3);
+    runtime().block_on(cluster.wait_leader(Duration::from_secs(15)));
+    let mut cons: Vec<_> = cluster.nodes.iter().map(|n| connect(n.client)).collect();
+    for i in 0..100 {
+        let _: String = query(&mut cons[0], &["SET", &format!("key:{i}"), "v"]);
+    }
+    // The redis crate parses the cursor as an integer; each call goes to another node,
+    // as after a leader change or a reconnect.
+    let mut cursor = 0u64;
+    let mut seen = std::collections::BTreeSet::new();
+    for call in 0..1_000 {
+        let con = &mut cons[call % 3];
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("key:*")
+            .arg("COUNT")
+            .arg(7)
+            .query(con)
+            .unwrap();
+        seen.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!((cursor, seen.len()), (0, 100));
+    let c = &mut cons[1];
+    assert_eq!(query::<Vec<String>>(c, &["KEYS", "key:9?"]).len(), 10);
+    assert_eq!(query::<i64>(c, &["DBSIZE"]), 100);
+    assert_eq!(
+        query::<Option<String>>(c, &["SET", "key:1", "w", "NX"]),
+        None
+    );
+    assert_eq!(
+        query::<Option<String>>(c, &["SET", "key:1", "w", "XX", "GET"]),
+        Some("v".into())
+    );
+    assert_eq!(query::<i64>(c, &["SETNX", "n", "10.50"]), 1);
+    assert_eq!(query::<String>(c, &["INCRBYFLOAT", "n", "0.1"]), "10.6");
+    assert_eq!(query::<i64>(c, &["APPEND", "n", "x"]), 5);
+    assert_eq!(query::<String>(c, &["GETRANGE", "n", "-3", "-1"]), ".6x");
+    assert_eq!(query::<String>(c, &["TYPE", "n"]), "string");
+    assert_eq!(query::<String>(c, &["RENAME", "n", "m"]), "OK");
+    assert_eq!(query::<i64>(c, &["EXPIRE", "m", "100", "NX"]), 1);
+    assert_eq!(query::<i64>(c, &["TTL", "m"]), 100);
+    assert_eq!(query::<i64>(c, &["PERSIST", "m"]), 1);
+    assert_eq!(
+        query::<Option<String>>(c, &["GETDEL", "m"]),
+        Some("10.6x".into())
+    );
+    let err = redis::cmd("RENAME")
+        .arg("m")
+        .arg("z")
+        .query::<String>(c)
+        .unwrap_err();
+    assert!(err.to_string().contains("no such key"), "{err}");
+    assert_eq!(query::<String>(c, &["FLUSHALL"]), "OK");
+    assert_eq!(query::<i64>(&mut cons[2], &["DBSIZE"]), 0);
+}

@@ -364,11 +364,18 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
             ),
             Err(e) => Answer::text(error_status(&e), format!("{e}\n")),
         },
-        Route::Metrics => Answer::new(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            router.handle.metrics.render(router.handle.id),
-        ),
+        Route::Metrics => {
+            // The leader's per-peer series come from its status; elsewhere there are none.
+            let peers = router.handle.status().await.map(|s| s.peers);
+            Answer::new(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                router
+                    .handle
+                    .metrics
+                    .render(router.handle.id, &peers.unwrap_or_default()),
+            )
+        }
         Route::Kv(key) => {
             // Reads are linearizable unless `?stale=1` asks for the local replica as it is.
             let linearizable = !req
