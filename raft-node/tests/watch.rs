@@ -642,10 +642,6 @@ fn a_restarted_node_serves_the_history_after_its_snapshot() {
     cluster.kill(2);
     cluster.spawn(2);
     rt.block_on(async {
-        client
-            .set("s/done".to_string(), "1".to_string())
-            .await
-            .unwrap();
         let status = cluster
             .wait_status(2, "node 2 replayed its log", |s| {
                 s.snapshot_index > 0 && s.applied_index >= s.commit_index && s.commit_index > 40
@@ -654,7 +650,12 @@ fn a_restarted_node_serves_the_history_after_its_snapshot() {
             .status()
             .await
             .unwrap();
+        // The newest snapshot, at or after the one node 2 started from: held by its history.
         let snapshot = status.snapshot_index;
+        client
+            .set("s/done".to_string(), "1".to_string())
+            .await
+            .unwrap();
         let refused = open_watch(cluster.node(2).http, "/watch/s/?from=0", None)
             .await
             .unwrap()
@@ -677,7 +678,7 @@ fn a_restarted_node_serves_the_history_after_its_snapshot() {
             }
             sequences.push(seen);
         }
-        assert!(sequences[0].len() >= 2, "{sequences:?}");
+        assert!(!sequences[0].is_empty(), "{sequences:?}");
         assert!(sequences[0].iter().all(|(i, _, _)| *i > snapshot));
         assert_eq!(sequences[0], sequences[1]);
     });
