@@ -17,7 +17,7 @@
 //! Requests through one [`Client`] are sent one at a time (a `seq` is acknowledged before
 //! the next is used); use several clients for concurrency.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod tls;
 pub mod wire;

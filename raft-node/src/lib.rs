@@ -21,7 +21,7 @@
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
 //!   the bounds on what clients can make a node hold or do.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod admission;
 pub mod anti_entropy;

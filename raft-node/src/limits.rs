@@ -57,7 +57,7 @@ pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 1_024;
 pub use crate::watch::{WATCH_HISTORY_BYTES_MAX_DEFAULT, WATCH_HISTORY_CHANGES_MAX_DEFAULT};
 
 /// See the module documentation. Field by field, what a client may make a node hold or do.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimits {
     /// Bytes received on one client connection and not yet served (Redis'
@@ -217,73 +217,93 @@ impl ClientLimits {
 pub struct ClientLimitsArgs {
     /// Bytes received on one client connection and not yet served; past it the connection
     /// is closed (Redis' client-query-buffer-limit) [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_QUERY_BUFFER_BYTES_MAX"
+    )]
     pub query_buffer_bytes_max: Option<usize>,
     /// Bytes of one RESP bulk string [default: 8388608].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_BULK_BYTES_MAX")]
     pub bulk_bytes_max: Option<usize>,
     /// Bytes of one RESP inline command or header line [default: 65536].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_LINE_BYTES_MAX")]
     pub line_bytes_max: Option<usize>,
     /// Arguments of one request [default: 16384].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_ARGS_MAX")]
     pub request_args_max: Option<usize>,
     /// Bytes of one request [default: 16777216].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
     /// Keys of one MGET, MSET, DEL or EXISTS [default: 4096].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_KEYS_MAX")]
     pub request_keys_max: Option<usize>,
     /// Bytes of values in one reply; larger replies are refused before they are built
     /// [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REPLY_BYTES_MAX")]
     pub reply_bytes_max: Option<usize>,
     /// Bytes of replies held for a client that does not read them; past it the connection
     /// is closed (Redis' client-output-buffer-limit) [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_OUTPUT_BUFFER_BYTES_MAX"
+    )]
     pub output_buffer_bytes_max: Option<usize>,
     /// Close a connection with no request under way after this long [default: 300000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
     /// A request whose first byte arrived must be complete within this [default: 30000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_READ_TIMEOUT_MS")]
     pub read_timeout_ms: Option<u64>,
     /// Close a connection whose client does not take a reply within this [default: 30000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
     /// A new connection must send its first byte (and finish TLS and AUTH) within this
     /// [default: 10000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
     /// Client connections at once, reserved slots included [default: 4096].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
     /// Client connections at once from one IP address [default: 1024].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_CONNECTIONS_PER_SOURCE_MAX"
+    )]
     pub connections_per_source_max: Option<usize>,
     /// Client connection slots only the cluster's own nodes may take [default: 64].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_CONNECTIONS_RESERVED")]
     pub connections_reserved: Option<usize>,
     /// Estimated bytes of the key-value state past which writes fail with OOM (Redis'
     /// maxmemory); reads and deletes go on. Must be the same on every node
     /// [default: 4294967296].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_KV_MEMORY_BYTES_MAX")]
     pub kv_memory_bytes_max: Option<u64>,
     /// Bytes of an HTTP request's line and headers [default: 65536].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_HEAD_BYTES_MAX")]
     pub http_head_bytes_max: Option<usize>,
     /// Bytes of an HTTP request's body [default: 8388608].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_BODY_BYTES_MAX")]
     pub http_body_bytes_max: Option<usize>,
     /// HTTP connections at once [default: 1024].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_CONNECTIONS_MAX")]
     pub http_connections_max: Option<usize>,
     /// Key changes the watch history holds; older indexes answer "compacted, resync"
     /// [default: 100000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_CHANGES_MAX"
+    )]
     pub watch_history_changes_max: Option<usize>,
     /// Bytes the watch history holds [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_BYTES_MAX"
+    )]
     pub watch_history_bytes_max: Option<usize>,
 }
 

@@ -10,7 +10,7 @@ mod dev;
 use clap::{Parser, Subcommand};
 use raft_node::certs;
 use raft_node::cluster_id::ClusterId;
-use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
+use raft_node::config::{ConfigError, LogFormat, NodeConfig, PeerConfig, StorageKind};
 use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
@@ -28,6 +28,22 @@ use raft_node::tls::TlsConfig;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// Logging, for every command (`run` also reads them from its config file).
+#[derive(clap::Args, Clone, Debug)]
+struct LogArgs {
+    /// Least severe events logged: error, warn, info, debug, trace or off. RUST_LOG, when
+    /// set, refines it per module (RUST_LOG=raft_net=debug); a bare level in RUST_LOG
+    /// replaces it [default: info].
+    #[arg(long, global = true, env = "RAFT_NODE_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// How log lines are written to standard error: text, or json (one object per line)
+    /// [default: text].
+    #[arg(long, global = true, value_enum, env = "RAFT_NODE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,64 +75,75 @@ enum Cmd {
 
 #[derive(clap::Args, Clone, Debug)]
 struct RunArgs {
-    /// TOML configuration file; flags given as well override its values.
-    #[arg(long, short = 'c')]
+    /// TOML configuration file (every field: docs/raft-node.sample.toml). Flags override
+    /// the environment (RAFT_NODE_*), which overrides the file, which overrides the defaults.
+    #[arg(long, short = 'c', env = "RAFT_NODE_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's ID (1 or more); must appear in the peers list.
+    /// Check the configuration (file, environment and flags), print the settings the node
+    /// would run with as TOML, and exit without starting.
     #[arg(long)]
+    check_config: bool,
+    /// This node's ID (1 or more); must appear in the peers list.
+    #[arg(long, env = "RAFT_NODE_ID")]
     id: Option<u64>,
-    /// A cluster member as ID=PEER_ADDR or ID=PEER_ADDR,CLIENT_ADDR; repeat for every member,
-    /// this node included. The client address lets followers forward RESP and HTTP writes
+    /// A cluster member as ID=PEER_ADDR or ID=PEER_ADDR,CLIENT_ADDR (IP:PORT or HOST:PORT;
+    /// a host name is resolved at every connection attempt); repeat for every member, this
+    /// node included (in RAFT_NODE_PEER, separated by spaces). The client address lets followers forward RESP and HTTP writes
     /// and redirect native clients to the leader.
-    #[arg(long = "peer", value_name = "ID=PEER_ADDR[,CLIENT_ADDR]")]
+    #[arg(
+        long = "peer",
+        value_name = "ID=PEER_ADDR[,CLIENT_ADDR]",
+        value_delimiter = ' ',
+        env = "RAFT_NODE_PEER"
+    )]
     peers: Vec<PeerConfig>,
     /// Address to listen on for peers [default: this node's PEER_ADDR in --peer].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_PEER_ADDR")]
     peer_addr: Option<SocketAddr>,
     /// Address to listen on for clients, native protocol and RESP on one port
     /// [default: this node's CLIENT_ADDR in --peer].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_CLIENT_ADDR")]
     client_addr: Option<SocketAddr>,
     /// Address to serve HTTP on (/status, /metrics, /kv/{key}, /healthz, /readyz; HTTPS with
     /// [tls]) [default: no HTTP].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// Data directory, created if missing and locked while the node runs.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Length of one protocol tick in milliseconds [default: 10].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_TICK_INTERVAL_MS")]
     tick_interval_ms: Option<u64>,
     /// Election timeout lower bound, in ticks [default: 20].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_ELECTION_TIMEOUT_TICKS_MIN")]
     election_timeout_ticks_min: Option<u32>,
     /// Election timeout exclusive upper bound, in ticks [default: 40].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_ELECTION_TIMEOUT_TICKS_MAX")]
     election_timeout_ticks_max: Option<u32>,
     /// Heartbeat interval in ticks [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_HEARTBEAT_INTERVAL_TICKS")]
     heartbeat_interval_ticks: Option<u32>,
     /// Writes and linearizable reads fail with an "unavailable" error after this long
     /// without a majority [default: 5000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
     /// Writes in flight at most; more are refused with "busy, retry" [default: 8192].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_PROPOSALS_IN_FLIGHT_MAX")]
     proposals_in_flight_max: Option<usize>,
     /// Snapshot the state machine and compact the log after this many applied entries at
     /// most (each node's first snapshot comes early by up to half, so the nodes do not all
     /// snapshot at once) [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_SNAPSHOT_ENTRIES_MAX")]
     snapshot_entries_max: Option<u64>,
     /// Entries kept in the log below the newest snapshot, so that a follower slightly
     /// behind gets entries rather than a whole snapshot; 0 compacts to the snapshot
     /// [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_SNAPSHOT_LOG_MARGIN_ENTRIES")]
     snapshot_log_margin_entries: Option<u64>,
     /// Digest the state at every log index that is a multiple of this, so that the leader
     /// can compare replicas (anti-entropy); the same on every node; 0 turns it off
     /// [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_DIGEST_INTERVAL_ENTRIES")]
     digest_interval_entries: Option<u64>,
     /// FAULT INJECTION for tests: corrupt this replica's state after applying this index.
     #[arg(long, hide = true, value_name = "INDEX")]
@@ -127,53 +154,58 @@ struct RunArgs {
     debug_clock_offset_ms: Option<i64>,
     /// A voter of the new cluster's first configuration; repeat for each
     /// [default: every --peer]. Peers not named are addresses for nodes added later.
-    #[arg(long = "initial-voter", value_name = "ID")]
+    #[arg(
+        long = "initial-voter",
+        value_name = "ID",
+        value_delimiter = ',',
+        env = "RAFT_NODE_INITIAL_VOTER"
+    )]
     initial_voters: Vec<u64>,
     /// Start with no membership and wait to be added by the leader
     /// (`raft-node admin add-learner`, then `promote`).
-    #[arg(long)]
-    join: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_JOIN")]
+    join: Option<bool>,
     /// Where the log lives: disk (raft-log under DATA_DIR/log) or memory (lost on restart;
     /// for experiments only) [default: disk].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RAFT_NODE_STORAGE")]
     storage: Option<StorageKind>,
     /// Identifies the cluster on the wire (32 hex digits, the same on every node); peers
     /// with another ID are refused. A new cluster of several members needs one
     /// (`raft-node certs` prints one) [default: DATA_DIR/CLUSTER_ID, else the TLS
     /// certificate's, else a random one for a single-node cluster].
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", env = "RAFT_NODE_CLUSTER_ID")]
     cluster_id: Option<ClusterId>,
     /// Worker threads of the process's async runtime; 1 runs every task on one thread,
     /// the fewest context switches; more pays only with cores to spare [default: 1].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_RUNTIME_WORKER_THREADS")]
     runtime_worker_threads: Option<usize>,
     /// PEM file of the cluster's CA: turns TLS on (with --tls-cert and --tls-key); peers
     /// then use mutual TLS against it [default: no TLS].
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_CA")]
     tls_ca: Option<PathBuf>,
     /// PEM file of this node's certificate (from `raft-node certs`: it names the node ID).
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// PEM file of this node's private key.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Clients of the client port and HTTP must present a certificate signed by the CA
     /// [default: optional].
-    #[arg(long)]
-    tls_client_cert_required: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_TLS_CLIENT_CERT_REQUIRED")]
+    tls_client_cert_required: Option<bool>,
     /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
     #[command(flatten)]
     limits: ClientLimitsArgs,
     /// Users and roles of the client interfaces (TOML: users with name, role and
     /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
     /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RAFT_NODE_AUTH_FILE")]
     auth_file: Option<PathBuf>,
     /// Start even if a listener binds a non-loopback address without TLS and credentials
     /// (protected mode off): anyone who can reach the node can then read, write and change
     /// the cluster's membership.
-    #[arg(long)]
-    insecure_allow_plaintext: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_INSECURE_ALLOW_PLAINTEXT")]
+    insecure_allow_plaintext: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,13 +225,18 @@ struct CertsArgs {
     cluster_id: Option<ClusterId>,
 }
 
-fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
+/// The node's configuration: defaults, then the file, then each setting given by a flag or
+/// its RAFT_NODE_* variable (clap has already preferred the flag to the variable).
+fn build_config(args: RunArgs, log: &LogArgs) -> Result<NodeConfig, ConfigError> {
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
             })?;
-            NodeConfig::from_toml(&text)?
+            NodeConfig::from_toml(&text).map_err(|mut e| {
+                e.message = format!("{} (in {})", e.message, path.display());
+                e
+            })?
         }
         None => {
             let id = args
@@ -259,16 +296,17 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     if !args.initial_voters.is_empty() {
         cfg.initial_voters = Some(args.initial_voters);
     }
-    cfg.join |= args.join;
+    cfg.join = args.join.unwrap_or(cfg.join);
     cfg.storage = args.storage.unwrap_or(cfg.storage);
     cfg.runtime_worker_threads = args
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.or(cfg.cluster_id);
     apply_tls_flags(&mut cfg, args.tls_ca, args.tls_cert, args.tls_key)?;
-    if args.tls_client_cert_required {
+    if let Some(required) = args.tls_client_cert_required {
         match cfg.tls.as_mut() {
-            Some(tls) => tls.client_cert_required = true,
+            Some(tls) => tls.client_cert_required = required,
+            None if !required => {}
             None => {
                 return Err(ConfigError::new(
                     "tls",
@@ -281,7 +319,13 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     if args.auth_file.is_some() {
         cfg.auth_file = args.auth_file;
     }
-    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
+    cfg.insecure_allow_plaintext = args
+        .insecure_allow_plaintext
+        .unwrap_or(cfg.insecure_allow_plaintext);
+    if let Some(level) = &log.log_level {
+        cfg.log_level = level.clone();
+    }
+    cfg.log_format = log.log_format.unwrap_or(cfg.log_format);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -345,19 +389,47 @@ impl Signals {
     }
 }
 
+/// Logs to standard error at `level`, refined by RUST_LOG when it is set.
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            // A bare level in RUST_LOG (`debug`) replaces the level; per-module directives
+            // (`raft_net=debug`) refine it.
+            let bare = env.split(',').any(|d| {
+                !d.contains('=')
+                    && d.trim()
+                        .parse::<tracing::level_filters::LevelFilter>()
+                        .is_ok()
+            });
+            if bare {
+                env
+            } else {
+                format!("{level},{env}")
+            }
+        }
+        _ => level.to_string(),
+    };
+    let filter = EnvFilter::try_new(&directives)
+        .map_err(|e| format!("log filter `{directives}` (log_level, RUST_LOG): {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // `run` reads its configuration first: it says how many threads the runtime gets.
+    // `run` reads its configuration first: it says how many threads the runtime gets, and
+    // its file may set the logging.
     let mut run_config = match &cli.command {
-        Cmd::Run(args) => match build_config((**args).clone()) {
+        Cmd::Run(args) => match build_config((**args).clone(), &cli.log) {
             Ok(cfg) => Some(cfg),
             Err(e) => {
                 eprintln!("raft-node: {e}");
@@ -366,6 +438,34 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    if let (Cmd::Run(args), Some(cfg)) = (&cli.command, &run_config) {
+        if args.check_config {
+            return match toml::to_string(cfg) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raft-node: cannot print the configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    let (level, format) = match &run_config {
+        Some(cfg) => (cfg.log_level.clone(), cfg.log_format),
+        None => (
+            cli.log
+                .log_level
+                .clone()
+                .unwrap_or_else(|| raft_node::config::LOG_LEVEL_DEFAULT.to_string()),
+            cli.log.log_format.unwrap_or_default(),
+        ),
+    };
+    if let Err(e) = init_logging(&level, format) {
+        eprintln!("raft-node: {e}");
+        return ExitCode::from(2);
+    }
     let workers = run_config
         .as_ref()
         .map_or(raft_node::config::RUNTIME_WORKER_THREADS_DEFAULT, |c| {
@@ -514,6 +614,55 @@ mod tests {
         // Every visible flag explains itself.
         for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
             assert!(arg.get_help().is_some(), "{:?} has no help", arg.get_id());
+        }
+    }
+
+    /// Every setting of `run` can come from a flag, from RAFT_NODE_<FLAG>, and from the file.
+    #[test]
+    fn every_config_field_has_a_flag_and_an_environment_variable() {
+        let mut cli = Cli::command();
+        cli.build();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        let flags: Vec<String> = run
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|f| !["help", "check-config"].contains(&f.as_str()))
+            .collect();
+        for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "check-config"].contains(&long) {
+                continue;
+            }
+            let expected = format!("RAFT_NODE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long} should read {expected}"
+            );
+        }
+        for field in NodeConfig::field_paths() {
+            let flag = match field.as_str() {
+                "peers" | "peers.id" | "peers.addr" | "peers.client_addr" => "peer".to_string(),
+                "initial_voters" => "initial-voter".to_string(),
+                "tls" | "limits" => continue,
+                "tls.ca_file" => "tls-ca".to_string(),
+                "tls.cert_file" => "tls-cert".to_string(),
+                "tls.key_file" => "tls-key".to_string(),
+                other => other
+                    .strip_prefix("limits.")
+                    .or_else(|| other.strip_prefix("tls."))
+                    .map(|f| {
+                        if other.starts_with("tls.") {
+                            format!("tls-{f}")
+                        } else {
+                            f.to_string()
+                        }
+                    })
+                    .unwrap_or_else(|| other.to_string())
+                    .replace('_', "-"),
+            };
+            assert!(flags.contains(&flag), "`{field}` has no flag --{flag}");
         }
     }
 }

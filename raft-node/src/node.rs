@@ -168,6 +168,22 @@ pub struct RunningNode {
     _lock: DirLock,
 }
 
+/// The IP addresses the members' addresses resolve to now, for the client port's reserved
+/// slots (a name that does not resolve yet reserves nothing).
+async fn member_ips(peers: &[crate::config::PeerConfig]) -> Vec<std::net::IpAddr> {
+    let mut ips = Vec::new();
+    for a in peers
+        .iter()
+        .flat_map(|p| std::iter::once(&p.addr).chain(p.client_addr.as_ref()))
+    {
+        match a.resolve().await {
+            Ok(found) => ips.extend(found.iter().map(|s| s.ip())),
+            Err(e) => tracing::warn!(address = %a, "{e}"),
+        }
+    }
+    ips
+}
+
 async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, ConfigError> {
     TcpListener::bind(addr)
         .await
@@ -238,8 +254,8 @@ impl RunningNode {
         if let Some(tls) = &tls {
             tls.check_identity(config.id, cluster_id)?;
         }
-        let peer_addr = config.peer_listen_addr().expect("validated");
-        let client_addr = config.client_listen_addr().expect("validated");
+        let peer_addr = config.peer_listen_addr()?;
+        let client_addr = config.client_listen_addr()?;
         let client_listener = bind(client_addr, "client_addr").await?;
         let http_listener = match config.http_addr {
             Some(a) => Some(bind(a, "http_addr").await?),
@@ -255,7 +271,7 @@ impl RunningNode {
             .peers
             .iter()
             .filter(|p| p.id != config.id)
-            .map(|p| (p.id, p.addr))
+            .map(|p| (p.id, p.addr.clone()))
             .collect();
         let transport = NetTransport::start(
             config.id,
@@ -272,7 +288,7 @@ impl RunningNode {
         let mut client_addrs: HashMap<u64, String> = config
             .peers
             .iter()
-            .filter_map(|p| p.client_addr.map(|a| (p.id, a.to_string())))
+            .filter_map(|p| p.client_addr.as_ref().map(|a| (p.id, a.to_string())))
             .collect();
         client_addrs.insert(config.id, client_addr.to_string());
 
@@ -320,13 +336,7 @@ impl RunningNode {
             handle.clone(),
             router.clone(),
             Arc::new(config.limits.clone()),
-            config
-                .peers
-                .iter()
-                .flat_map(|p| [Some(p.addr), p.client_addr])
-                .flatten()
-                .map(|a| a.ip())
-                .collect(),
+            member_ips(&config.peers).await.into_iter().collect(),
             client_tls,
             shutdown_rx.clone(),
         ));

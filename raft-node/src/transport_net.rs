@@ -37,7 +37,7 @@ impl NetTransport {
         cluster_id: u128,
         tls: Option<raft_net::tls::TransportTls>,
         listen: SocketAddr,
-        peers: Vec<(NodeId, SocketAddr)>,
+        peers: Vec<(NodeId, raft_net::PeerAddr)>,
         inbound: mpsc::Sender<Inbound>,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<NetTransport> {

@@ -71,8 +71,8 @@ async fn start_nodes_with(dir: &Path, size: u64, internal: bool, tls: bool) -> V
     let peers: Vec<PeerConfig> = (1..=size)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     let mut nodes = Vec::new();
@@ -637,8 +637,8 @@ async fn a_client_certificate_naming_a_user_logs_in_as_that_user() {
     let ports = free_addrs(2);
     let peers = vec![PeerConfig {
         id: 1,
-        addr: ports[0],
-        client_addr: Some(ports[1]),
+        addr: ports[0].into(),
+        client_addr: Some(ports[1].into()),
     }];
     let mut config = NodeConfig::with_defaults(1, dir.path().join("node-1"), peers);
     config.auth_file = Some(path);
@@ -676,13 +676,13 @@ async fn a_cluster_with_users_but_no_internal_credential_is_refused() {
     let peers = vec![
         PeerConfig {
             id: 1,
-            addr: ports[0],
-            client_addr: Some(ports[1]),
+            addr: ports[0].into(),
+            client_addr: Some(ports[1].into()),
         },
         PeerConfig {
             id: 2,
-            addr: ports[2],
-            client_addr: Some(ports[3]),
+            addr: ports[2].into(),
+            client_addr: Some(ports[3].into()),
         },
     ];
     let mut config = NodeConfig::with_defaults(1, dir.path().join("n1"), peers);

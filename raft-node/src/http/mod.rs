@@ -1,4 +1,4 @@
-//! HTTP: `GET /` (the status page, [`page`]), `GET /cluster` (every member's status, JSON,
+//! HTTP: `GET /` (the status page, `page.rs`), `GET /cluster` (every member's status, JSON,
 //! what the page shows), `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
 //! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round), `GET /healthz`
 //! (the process answers), `GET /readyz` (the node can serve: it knows a leader and has
