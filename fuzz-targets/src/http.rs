@@ -92,7 +92,7 @@ impl Node {
             dir,
             vec![PeerConfig {
                 id: 1,
-                addr: loopback,
+                addr: loopback.into(),
                 client_addr: None,
             }],
         );

@@ -6,10 +6,10 @@
 
 use bytes::{Bytes, BytesMut};
 use raft_client::wire::{
-    KvCommand, KvResponse, LogCommand, Request, RequestFrame, ResponseFrame, Session,
-    FRAME_BYTES_MAX,
+    ExpireCondition, Expiry, KvCommand, KvResponse, LogCommand, Request, RequestFrame,
+    ResponseFrame, Session, SetCondition, FRAME_BYTES_MAX,
 };
-use raft_node::kv::{log_command, KvLimits, KvStateMachine};
+use raft_node::kv::{log_command_at, KvLimits, KvStateMachine};
 use raft_snapshot::{SnapshotSource, StateMachine};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
@@ -66,7 +66,8 @@ fn frame_body(frame: &[u8], sm: &mut KvStateMachine, index: u64) {
         );
         match req.body {
             Request::Propose { session, op } => {
-                let response = sm.apply(index, &log_command(session, op));
+                // A stamp from the index, not the clock: the same input, the same run.
+                let response = sm.apply(index, &log_command_at(session, op, index * 97));
                 assert_eq!(KvResponse::decode(&response.encode()), Some(response));
             }
             Request::Read { op, .. } => {
@@ -125,6 +126,51 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     value: b("1"),
                 },
                 KvCommand::IncrBy { key: b("x"), by: 2 },
+            ],
+        },
+        KvCommand::SetWith {
+            key: b("t"),
+            value: b("v"),
+            condition: SetCondition::IfAbsent,
+            get: true,
+            expiry: Expiry::In(100),
+        },
+        KvCommand::Expire {
+            key: b("k"),
+            when: Expiry::At(500),
+            condition: ExpireCondition::Gt,
+        },
+        KvCommand::SetRange {
+            key: b("r"),
+            offset: 10,
+            value: b("x"),
+        },
+        KvCommand::IncrByFloat {
+            key: b("f"),
+            by: b("1.5"),
+        },
+        KvCommand::Sweep { keys_max: 4 },
+        KvCommand::Scan {
+            cursor: 0,
+            pattern: Some(b("*")),
+            count: 3,
+            type_name: None,
+        },
+        KvCommand::Keys {
+            pattern: b("[a-z]*"),
+        },
+        KvCommand::Exec {
+            watches: vec![(b("k"), 0)],
+            commands: vec![
+                KvCommand::Append {
+                    key: b("k"),
+                    value: b("x"),
+                },
+                KvCommand::Rename {
+                    from: b("k"),
+                    to: b("j"),
+                    nx: false,
+                },
             ],
         },
     ];

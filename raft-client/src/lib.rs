@@ -17,7 +17,7 @@
 //! Requests through one [`Client`] are sent one at a time (a `seq` is acknowledged before
 //! the next is used); use several clients for concurrency.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod tls;
 pub mod wire;
@@ -37,8 +37,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub use wire::Password;
 pub use wire::{
-    AntiEntropyStatus, DigestInfo, DivergentReplica, KvCommand, KvError, KvResponse, NodeError,
-    NodeId, NodeStatus, PeerInfo,
+    AntiEntropyStatus, DigestInfo, DivergentReplica, ExpireCondition, Expiry, KvCommand, KvError,
+    KvResponse, LeaderChange, LoadCounters, MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo,
+    SetCondition,
 };
 pub use wire::{Request, Response};
 use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
@@ -64,6 +65,25 @@ pub enum ClientError {
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// An address cannot reach a node's client port: it has no port, or what answered
+    /// there is another kind of port (HTTP). Retrying cannot help, so it is not retried.
+    #[error("{0}")]
+    Address(String),
+}
+
+/// Checks that `addr` is `HOST:PORT` (`[V6]:PORT` for IPv6).
+fn check_addr(addr: &str) -> Result<(), ClientError> {
+    let port = addr.rsplit_once(':').and_then(|(host, port)| {
+        let bare_v6 = host.contains(':') && !host.starts_with('[');
+        (!host.is_empty() && !bare_v6).then_some(port)
+    });
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => Ok(()),
+        _ => Err(ClientError::Address(format!(
+            "{addr:?} is not HOST:PORT: give the node's client port (native protocol and \
+             RESP), e.g. 127.0.0.1:6381"
+        ))),
+    }
 }
 
 /// Settings of a [`Client`].
@@ -168,6 +188,8 @@ fn random_u64() -> u64 {
 /// Outcome of one attempt, as the retry loop sees it.
 enum Attempt {
     Done(Response),
+    /// A failure no retry can mend.
+    Fail(ClientError),
     Retry {
         reason: String,
         backoff: bool,
@@ -411,6 +433,187 @@ impl Client {
         }
     }
 
+    /// SET with NX/XX (`condition`) and a time to live (`expiry`; [`Expiry::Persist`] for
+    /// none, [`Expiry::Keep`] for KEEPTTL): whether it wrote.
+    pub async fn set_with(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        condition: SetCondition,
+        expiry: Expiry,
+    ) -> Result<bool, ClientError> {
+        let command = KvCommand::SetWith {
+            key: key.into(),
+            value: value.into(),
+            condition,
+            get: false,
+            expiry,
+        };
+        match self.kv(command).await? {
+            KvResponse::Ok => Ok(true),
+            KvResponse::Value(None) => Ok(false),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// GETDEL: the value the key held, now removed.
+    pub async fn get_del(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        match self.kv(KvCommand::GetDel { key: key.into() }).await? {
+            KvResponse::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// APPEND: the value's new length.
+    pub async fn append(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<i64, ClientError> {
+        let command = KvCommand::Append {
+            key: key.into(),
+            value: value.into(),
+        };
+        self.int(command).await
+    }
+
+    /// INCRBYFLOAT: the new value, as stored (Redis' decimal text).
+    pub async fn incr_by_float(
+        &self,
+        key: impl Into<Bytes>,
+        by: f64,
+    ) -> Result<Bytes, ClientError> {
+        let command = KvCommand::IncrByFloat {
+            key: key.into(),
+            by: Bytes::from(by.to_string()),
+        };
+        match self.kv(command).await? {
+            KvResponse::Value(Some(v)) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// RENAME (`nx`: RENAMENX): whether it renamed.
+    pub async fn rename(
+        &self,
+        from: impl Into<Bytes>,
+        to: impl Into<Bytes>,
+        nx: bool,
+    ) -> Result<bool, ClientError> {
+        let command = KvCommand::Rename {
+            from: from.into(),
+            to: to.into(),
+            nx,
+        };
+        match self.kv(command).await? {
+            KvResponse::Ok | KvResponse::Int(1) => Ok(true),
+            KvResponse::Int(0) => Ok(false),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// EXPIRE and its variants ([`Expiry::In`] or [`Expiry::At`], in milliseconds):
+    /// whether the time to live was set.
+    pub async fn expire(
+        &self,
+        key: impl Into<Bytes>,
+        when: Expiry,
+        condition: ExpireCondition,
+    ) -> Result<bool, ClientError> {
+        let command = KvCommand::Expire {
+            key: key.into(),
+            when,
+            condition,
+        };
+        Ok(self.int(command).await? == 1)
+    }
+
+    /// PERSIST: whether a time to live was removed.
+    pub async fn persist(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        Ok(self.int(KvCommand::Persist { key: key.into() }).await? == 1)
+    }
+
+    /// PTTL, linearizable: milliseconds left, -1 without a time to live, -2 if absent
+    /// (Redis' answers), by the cluster's leader-stamped clock.
+    pub async fn pttl(&self, key: impl Into<Bytes>) -> Result<i64, ClientError> {
+        let command = KvCommand::Ttl {
+            key: key.into(),
+            millis: true,
+        };
+        self.int(command).await
+    }
+
+    /// KEYS, linearizable: every key matching the glob `pattern`, in key order (refused
+    /// past the node's `reply_bytes_max`).
+    pub async fn keys(&self, pattern: impl Into<Bytes>) -> Result<Vec<Bytes>, ClientError> {
+        match self
+            .kv(KvCommand::Keys {
+                pattern: pattern.into(),
+            })
+            .await?
+        {
+            KvResponse::Keys(keys) => Ok(keys),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// SCAN, linearizable: `(next cursor, keys)`; start at 0, done when the cursor is 0.
+    /// Any node continues a cursor another node answered.
+    pub async fn scan(
+        &self,
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: u64,
+    ) -> Result<(u64, Vec<Bytes>), ClientError> {
+        let command = KvCommand::Scan {
+            cursor,
+            pattern,
+            count,
+            type_name: None,
+        };
+        match self.kv(command).await? {
+            KvResponse::Scan { cursor, keys } => Ok((cursor, keys)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// DBSIZE, linearizable: keys that exist (expired ones not counted).
+    pub async fn db_size(&self) -> Result<i64, ClientError> {
+        self.int(KvCommand::DbSize).await
+    }
+
+    /// The versions of `keys` (the log index that last changed each, 0 if absent): what a
+    /// transaction watches.
+    pub async fn versions(&self, keys: Vec<Bytes>) -> Result<Vec<u64>, ClientError> {
+        match self.kv(KvCommand::Versions { keys }).await? {
+            KvResponse::Versions(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A transaction: `commands` applied in one log entry if every `(key, version)` in
+    /// `watches` still holds (see [`Client::versions`]), one answer each (a failing command
+    /// answers its error, the others apply); `None` if a watched key changed and nothing
+    /// was applied.
+    pub async fn exec(
+        &self,
+        watches: Vec<(Bytes, u64)>,
+        commands: Vec<KvCommand>,
+    ) -> Result<Option<Vec<KvResponse>>, ClientError> {
+        match self.kv(KvCommand::Exec { watches, commands }).await? {
+            KvResponse::Batch(answers) => Ok(Some(answers)),
+            KvResponse::Aborted => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn int(&self, command: KvCommand) -> Result<i64, ClientError> {
+        match self.kv(command).await? {
+            KvResponse::Int(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     // ----- transport ---------------------------------------------------------------------
 
     /// Sends any [`Request`] with this client's leader tracking, retries and timeouts, and
@@ -440,6 +643,9 @@ impl Client {
         if self.config.addrs.is_empty() {
             return Err(ClientError::Protocol("no node address configured".into()));
         }
+        for addr in &self.config.addrs {
+            check_addr(addr)?;
+        }
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut last_error = String::from("no attempt made");
         let mut last_refusal = None;
@@ -448,6 +654,7 @@ impl Client {
             attempts += 1;
             match self.attempt(inner, &request, deadline).await {
                 Attempt::Done(Response::Error(e)) => return Err(ClientError::Node(e)),
+                Attempt::Fail(e) => return Err(e),
                 Attempt::Done(response) => return Ok(response),
                 Attempt::Retry {
                     reason,
@@ -553,7 +760,19 @@ impl Client {
         match outcome {
             Ok(Ok(response)) => self.judge(inner, response),
             Ok(Err(e)) => {
+                // A frame header that reads "HTTP": an HTTP server answered our frame.
+                let http = inner
+                    .conn
+                    .as_ref()
+                    .is_some_and(|(_, f)| f.read_buffer().starts_with(b"HTTP/"));
                 inner.conn = None;
+                if http {
+                    return Attempt::Fail(ClientError::Address(format!(
+                        "{addr} answered in HTTP: it is a node's HTTP port (status page, \
+                         /status, /kv); give its client port (native protocol and RESP) \
+                         instead"
+                    )));
+                }
                 self.rotate(inner);
                 Attempt::Retry {
                     reason: format!("{addr}: {e}"),
@@ -699,4 +918,74 @@ impl From<std::io::Error> for ConnectError {
 
 fn unexpected(response: KvResponse) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_is_refused_naming_it() {
+        for good in [
+            "127.0.0.1:6381",
+            "localhost:1",
+            "[::1]:6380",
+            "node-1.example:7000",
+        ] {
+            assert!(check_addr(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "localhost",
+            ":6380",
+            "::1",
+            "host:0",
+            "host:99999",
+            "",
+        ] {
+            let e = check_addr(bad).expect_err(bad).to_string();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_without_a_port_fails_at_once() {
+        let client = Client::new(ClientConfig::new(["127.0.0.1"]));
+        let started = std::time::Instant::now();
+        let e = client.status().await.expect_err("no port");
+        assert!(matches!(e, ClientError::Address(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1), "not retried");
+    }
+
+    #[tokio::test]
+    async fn an_http_server_is_named_as_the_wrong_port_kind() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Answers every connection as an HTTP server answers bytes it cannot parse.
+            for _ in 0..60 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        let client = Client::new(ClientConfig::new([addr.to_string()]));
+        let e = client.status().await.expect_err("an HTTP server");
+        server.abort();
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Address(_)), "{text}");
+        assert!(
+            text.contains("HTTP port") && text.contains("client port"),
+            "{text}"
+        );
+    }
 }

@@ -29,7 +29,7 @@
 //! assert!(ready.committed_entries.iter().any(|e| e.index == proposal.index));
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod membership;

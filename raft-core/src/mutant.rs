@@ -2,7 +2,7 @@
 //! them: a safety net is only as good as the bugs it has been shown to catch.
 //!
 //! Each [`Mutant`] removes one rule of the protocol. Without the `sim` feature no mutant can
-//! be switched on and [`active`] is a constant `false`, so production builds carry none of
+//! be switched on and `active` is a constant `false`, so production builds carry none of
 //! this. With it, a mutant is active only on the thread that runs a simulated seed asking
 //! for it ([`crate::sim::SimOptions::mutant`]).
 

@@ -11,30 +11,46 @@ pub enum LogError {
     /// A system call on `path` failed (a full disk shows up here as `ENOSPC`).
     #[error("I/O error on {}: {source}", path.display())]
     Io {
+        /// The file or directory the call was on.
         path: PathBuf,
+        /// What the system call returned.
         #[source]
         source: io::Error,
     },
     /// Stored data is invalid somewhere other than a torn tail. Nothing has been deleted.
     #[error("corrupt log file {} at byte offset {offset}: {reason}", path.display())]
     Corrupt {
+        /// The file holding the bad data.
         path: PathBuf,
+        /// Where in it the bad data starts.
         offset: u64,
+        /// What check it failed.
         reason: String,
     },
     /// Another process (or another `Log` in this process) holds the directory's lock file.
     #[error("log directory {} is locked by another process", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// An entry's encoding exceeds `Options::entry_bytes_max`.
     #[error("entry {index} encodes to {bytes} bytes, above entry_bytes_max {entry_bytes_max}")]
     EntryTooLarge {
+        /// The entry's index.
         index: Index,
+        /// Its encoded size.
         bytes: u64,
+        /// The bound it broke.
         entry_bytes_max: u64,
     },
     /// The hard state and snapshot metadata do not fit in a state slot.
     #[error("state record of {bytes} bytes does not fit a {slot_bytes}-byte slot")]
-    StateTooLarge { bytes: usize, slot_bytes: usize },
+    StateTooLarge {
+        /// The encoded state's size.
+        bytes: usize,
+        /// Room in one slot.
+        slot_bytes: usize,
+    },
     /// The call would break the log's shape (a gap, a rewrite of the snapshot, terms going
     /// backwards, a compaction past the last entry, ...).
     #[error("invalid log operation: {0}")]

@@ -45,7 +45,10 @@ pub enum RecordKey {
     /// detection, a third of a small record's CRC cost), still covering the length. The
     /// seed is derived from the segment's epoch and first index, so a record left in a
     /// recycled file by its earlier life fails the check of the segment it now is.
-    V2 { seed: u32 },
+    V2 {
+        /// CRC32 of the segment's epoch and first index, mixed into every record's CRC.
+        seed: u32,
+    },
 }
 
 impl Default for RecordKey {
@@ -91,6 +94,7 @@ impl SegmentHeader {
         }
     }
 
+    /// The header's bytes as written at the start of the segment file.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -209,9 +213,11 @@ pub struct RecordParts {
     pub head_bytes: usize,
     /// The command's bytes follow the head, taken from the entry itself, then `pad` zeroes.
     pub borrowed: bool,
+    /// Zero bytes after the payload that align the record to 8 bytes.
     pub pad: usize,
     /// The record's size on disk, padding included.
     pub record_bytes: usize,
+    /// The encoded entry's size, without the frame header and padding.
     pub payload_bytes: usize,
 }
 
@@ -223,6 +229,7 @@ pub struct RecordEncoder {
 }
 
 impl RecordEncoder {
+    /// An encoder for records of the segment `key` describes.
     pub fn new(key: RecordKey) -> RecordEncoder {
         RecordEncoder {
             key,
@@ -230,6 +237,7 @@ impl RecordEncoder {
         }
     }
 
+    /// The segment key its records are checked against.
     pub fn key(&self) -> RecordKey {
         self.key
     }
@@ -351,11 +359,18 @@ const SEAL_LAG_RECORDS: usize = 2;
 pub enum BatchError {
     /// The entry at `index` does not encode.
     Encode {
+        /// The entry's index.
         index: Index,
+        /// postcard's reason.
         error: postcard::Error,
     },
     /// The entry at `index` encodes to a payload above the maximum.
-    TooLarge { index: Index, payload_bytes: u64 },
+    TooLarge {
+        /// The entry's index.
+        index: Index,
+        /// Its encoded size.
+        payload_bytes: u64,
+    },
 }
 
 /// The command bytes a record laid out as `parts` leaves out of the buffer.
@@ -488,6 +503,7 @@ pub enum RecordError {
 }
 
 impl RecordError {
+    /// The reason in words, for logs and `LogError::Corrupt`.
     pub fn describe(self) -> &'static str {
         match self {
             RecordError::Zero => "zero length field followed by non-zero bytes",
@@ -503,10 +519,13 @@ impl RecordError {
 /// A record located and CRC-checked in a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordFrame {
+    /// The entry's log index.
     pub index: Index,
+    /// The entry's term.
     pub term: Term,
     /// Offset of the payload in the buffer.
     pub payload_offset: usize,
+    /// Length of the payload (the encoded entry).
     pub payload_bytes: usize,
     /// Offset just past the record's padding: where the next record starts.
     pub end_offset: usize,
@@ -608,7 +627,9 @@ pub fn decode_entry(payload: &[u8], backing: Option<&Bytes>) -> Result<Entry, Re
 /// What the state file records: everything that is not an entry but must survive a crash.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateRecord {
+    /// Term, vote and commit index.
     pub hard_state: HardState,
+    /// The newest snapshot's metadata (index, term, membership); the log starts after it.
     pub snapshot: SnapshotMeta,
     /// The segment epoch in force; segments of older epochs predate the last snapshot install.
     pub epoch: u64,

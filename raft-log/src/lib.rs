@@ -50,6 +50,8 @@
 //! appends: do not keep entries past a `truncate_suffix` (or conflicting `append`) that
 //! removes them.
 
+#![deny(missing_docs)]
+
 mod error;
 pub mod format;
 mod log;

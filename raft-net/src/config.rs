@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::addr::PeerAddr;
+
 use raft_core::NodeId;
 
 use crate::frame::DEFAULT_FRAME_BYTES_MAX;
@@ -26,7 +28,8 @@ pub struct TransportConfig {
     /// (see [`crate::TransportHandle::local_addr`]).
     pub listen_addr: SocketAddr,
     /// The nodes this one talks to. Inbound connections are accepted only from these IDs.
-    pub peers: HashMap<NodeId, SocketAddr>,
+    /// A host name is resolved again on every connection attempt.
+    pub peers: HashMap<NodeId, PeerAddr>,
     /// Largest frame (version byte + body) read or written; checked before allocating.
     pub frame_bytes_max: usize,
     /// Per-peer outbound queue bound; when full the oldest queued message is dropped.

@@ -29,20 +29,36 @@ pub const DEFAULT_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// (or ours, for `TooLarge` on encode); the transport closes that one connection and logs it.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// A frame longer than `frame_bytes_max`, refused before it is read.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// `frame_bytes_max`.
+        max: usize,
+    },
+    /// The connection closed in the middle of a frame.
     #[error("connection closed inside a frame ({buffered} bytes buffered)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes of the unfinished frame received.
+        buffered: usize,
+    },
+    /// A frame of length 0.
     #[error("empty frame (no format version byte)")]
     Empty,
+    /// A version byte other than [`FORMAT_VERSION`].
     #[error("unsupported format version {0} (expected {FORMAT_VERSION})")]
     BadVersion(u8),
+    /// The body is not a valid postcard value of the expected type.
     #[error("undecodable frame body: {0}")]
     Decode(postcard::Error),
+    /// The body decoded with this many bytes left over.
     #[error("frame body has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// Our own value did not encode.
     #[error("unencodable value: {0}")]
     Encode(postcard::Error),
 }

@@ -50,6 +50,9 @@
 //! # });
 //! ```
 
+#![deny(missing_docs)]
+
+pub mod addr;
 pub mod config;
 mod conn;
 pub mod frame;
@@ -60,6 +63,7 @@ pub mod tls;
 mod transport;
 pub mod wire;
 
+pub use addr::PeerAddr;
 pub use config::TransportConfig;
 pub use frame::{FrameDecoder, FrameError, FORMAT_VERSION};
 pub use stats::{ConnErrorKind, StatsSnapshot};

@@ -374,7 +374,9 @@ pub fn message_len(msg: &Message) -> usize {
 /// Where an encoded batch goes: small parts are copied into `buf`; large command payloads
 /// are not copied but queued as their own segments, for one vectored write.
 pub struct SegmentedBuf {
+    /// The copied bytes not yet cut into a segment.
     pub buf: BytesMut,
+    /// The batch so far, in write order: copied runs and large payloads.
     pub segments: Vec<Bytes>,
     queued: usize,
 }

@@ -36,6 +36,7 @@ pub enum ConnErrorKind {
 }
 
 impl ConnErrorKind {
+    /// Every kind, in declaration order (the index of each counter).
     pub const ALL: [ConnErrorKind; 13] = [
         ConnErrorKind::Connect,
         ConnErrorKind::Io,
@@ -106,9 +107,13 @@ impl Stats {
 /// Bytes count whole frames (length prefix included).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// Messages written to peers.
     pub messages_sent: u64,
+    /// Bytes written on the message lane.
     pub bytes_sent: u64,
+    /// Messages received and handed to the host.
     pub messages_received: u64,
+    /// Bytes read on the message lane.
     pub bytes_received: u64,
     /// Oldest messages dropped because a peer's queue was full.
     pub messages_dropped: u64,
@@ -118,9 +123,13 @@ pub struct StatsSnapshot {
     pub connects: u64,
     /// Outbound connections established after a previous one to the same peer and lane.
     pub reconnects: u64,
+    /// Snapshots the receiver confirmed whole.
     pub snapshots_sent: u64,
+    /// Snapshots received whole and handed to the host.
     pub snapshots_received: u64,
+    /// Bytes written on the snapshot lane.
     pub snapshot_bytes_sent: u64,
+    /// Bytes read on the snapshot lane.
     pub snapshot_bytes_received: u64,
     /// Closed or refused connections by reason; reasons never seen are absent.
     pub connection_errors: BTreeMap<ConnErrorKind, u64>,

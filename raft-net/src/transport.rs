@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::addr::PeerAddr;
 use crate::config::{backoff_ms, TransportConfig};
 use crate::conn::{
     split_plain, split_tls, Handshakes, LinkWriter, PendingHandshake, Reader, Writer,
@@ -48,8 +49,11 @@ pub enum Incoming {
     /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
     /// `InstallSnapshot` message carrying the same `meta`.
     Snapshot {
+        /// The sending peer.
         from: NodeId,
+        /// The snapshot's index, term and membership, as the sender offered them.
         meta: SnapshotMeta,
+        /// The snapshot's bytes.
         data: Bytes,
     },
 }
@@ -57,8 +61,10 @@ pub enum Incoming {
 /// Why [`TransportHandle::send`] or [`TransportHandle::send_snapshot`] refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SendError {
+    /// The destination is not one of the configured peers.
     #[error("node {0} is not a known peer")]
     UnknownPeer(NodeId),
+    /// [`TransportHandle::shutdown`] was called.
     #[error("the transport is shut down")]
     Shutdown,
 }
@@ -66,12 +72,21 @@ pub enum SendError {
 /// How a snapshot transfer ended, reported on the channel `send_snapshot` returns.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotSendError {
+    /// A newer snapshot for the same peer was sent before this one finished.
     #[error("a newer snapshot for the same peer replaced this one")]
     Superseded,
+    /// Every connection attempt for it failed.
     #[error("gave up after {attempts} attempts: {last_error}")]
-    Failed { attempts: u32, last_error: String },
+    Failed {
+        /// Connection attempts made (`snapshot_attempts_max`).
+        attempts: u32,
+        /// Why the last one failed.
+        last_error: String,
+    },
+    /// The receiver aborted the transfer, with its reason.
     #[error("the receiver refused the snapshot: {0}")]
     Refused(String),
+    /// The peer was removed or the transport shut down.
     #[error("the peer was removed or the transport shut down")]
     Cancelled,
 }
@@ -269,13 +284,16 @@ const IOVECS_MAX: usize = 64;
 
 struct Peer {
     id: NodeId,
-    addr: Mutex<SocketAddr>,
+    addr: Mutex<PeerAddr>,
     out: Mutex<Outbox>,
     /// Wakes the writer task: a message queued into an empty queue, or `unsent` bytes.
     queue_notify: Notify,
     snapshot: Mutex<Option<OutSnapshot>>,
     snapshot_notify: Notify,
     cancel: CancellationToken,
+    /// Messages and bytes written to this peer's message connection.
+    sent_messages: AtomicU64,
+    sent_bytes: AtomicU64,
 }
 
 /// A snapshot being received, kept across reconnects so the sender can resume.
@@ -391,7 +409,12 @@ impl Transport {
             shut_down: AtomicBool::new(false),
             cfg: config,
         });
-        let peers: Vec<_> = shared.cfg.peers.iter().map(|(&k, &v)| (k, v)).collect();
+        let peers: Vec<_> = shared
+            .cfg
+            .peers
+            .iter()
+            .map(|(&k, v)| (k, v.clone()))
+            .collect();
         for (id, addr) in peers {
             add_peer(&shared, id, addr);
         }
@@ -517,9 +540,10 @@ impl TransportHandle {
         Ok(rx)
     }
 
-    /// Add a peer, or change its address (the next connection uses the new one).
-    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
-        add_peer(&self.shared, id, addr);
+    /// Add a peer, or change its address (the next connection uses the new one). A host
+    /// name is resolved again on every connection attempt.
+    pub fn add_peer(&self, id: NodeId, addr: impl Into<PeerAddr>) {
+        add_peer(&self.shared, id, addr.into());
     }
 
     /// Forget a peer: its queue and pending snapshot are dropped, its connections closed,
@@ -546,6 +570,24 @@ impl TransportHandle {
         self.shared.stats.snapshot()
     }
 
+    /// Per peer: `(peer, messages, bytes)` written to its message connection so far
+    /// (snapshot streams are counted in [`stats`](Self::stats) only).
+    pub fn peer_sent(&self) -> Vec<(NodeId, u64, u64)> {
+        let peers = self.shared.peers.lock().unwrap();
+        let mut out: Vec<_> = peers
+            .values()
+            .map(|p| {
+                (
+                    p.id,
+                    p.sent_messages.load(Relaxed),
+                    p.sent_bytes.load(Relaxed),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Stop every task, close every socket, and wait until they are gone.
     pub async fn shutdown(&self) {
         self.shared.shut_down.store(true, Relaxed);
@@ -569,7 +611,7 @@ impl TransportHandle {
     }
 }
 
-fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
+fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: PeerAddr) {
     if id == shared.cfg.node_id || id == 0 {
         warn!(
             node = shared.cfg.node_id,
@@ -591,6 +633,8 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
         snapshot: Mutex::new(None),
         snapshot_notify: Notify::new(),
         cancel: shared.cancel.child_token(),
+        sent_messages: AtomicU64::new(0),
+        sent_bytes: AtomicU64::new(0),
     });
     peers.insert(id, peer.clone());
     shared
@@ -602,6 +646,32 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: SocketAddr) {
 // ---------------------------------------------------------------------------------------
 // Outbound
 
+/// Opens a TCP connection to `target`, resolving a host name now (so a reconnect finds a
+/// peer that moved) and trying each address it resolves to in turn.
+async fn connect(
+    node: NodeId,
+    peer: NodeId,
+    target: &PeerAddr,
+) -> Result<(TcpStream, SocketAddr), ConnError> {
+    let addrs = target.resolve().await.map_err(|e| {
+        // Unlike a refused connection (a peer restarting), a name that does not resolve
+        // needs an operator: say so at every attempt.
+        warn!(node, peer, address = %target, "{e}");
+        ConnError::new(ConnErrorKind::Connect, e.to_string())
+    })?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => last = Some(format!("connect to {addr} ({target}): {e}")),
+        }
+    }
+    Err(ConnError::new(
+        ConnErrorKind::Connect,
+        last.unwrap_or_else(|| format!("{target} resolved to no address")),
+    ))
+}
+
 /// Connect to `peer` and complete the handshake for `lane`.
 async fn dial(
     shared: &Shared,
@@ -609,17 +679,16 @@ async fn dial(
     lane: Lane,
 ) -> Result<(FramedRead<Reader, FrameDecoder<HelloReply>>, Writer), ConnError> {
     let cfg = &shared.cfg;
-    let addr = *peer.addr.lock().unwrap();
+    let target = peer.addr.lock().unwrap().clone();
     let deadline = Duration::from_millis(cfg.handshake_timeout_ms);
-    let stream = timeout(deadline, TcpStream::connect(addr))
+    let (stream, addr) = timeout(deadline, connect(cfg.node_id, peer.id, &target))
         .await
         .map_err(|_| {
             ConnError::new(
                 ConnErrorKind::Connect,
-                format!("connect to {addr} timed out"),
+                format!("connect to {target} timed out"),
             )
-        })?
-        .map_err(|e| ConnError::new(ConnErrorKind::Connect, format!("connect to {addr}: {e}")))?;
+        })??;
     // Raft's messages are latency-bound and we batch ourselves: Nagle would only add delay.
     stream.set_nodelay(true)?;
     let (rd, mut wr) = match &cfg.tls {
@@ -773,6 +842,8 @@ fn write_direct(
     // the writer task writes them.
     Stats::add(&shared.stats.messages_sent, 1);
     Stats::add(&shared.stats.bytes_sent, written as u64);
+    Stats::add(&peer.sent_messages, 1);
+    Stats::add(&peer.sent_bytes, written as u64);
     if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
         out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
     }
@@ -1111,6 +1182,7 @@ async fn pump_messages(
                 .await
                 .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "write stalled"))??;
             Stats::add(&shared.stats.bytes_sent, total as u64);
+            Stats::add(&peer.sent_bytes, total as u64);
             link.writes.fetch_add(1, Relaxed);
         }
         // One buffer, one write per `write_batch_bytes_max`: the batch of frames goes out
@@ -1127,12 +1199,12 @@ async fn pump_messages(
                 }
             }
             if buf.len() >= cfg.write_batch_bytes_max {
-                write_batch(shared, link, buf, count, idle).await?;
+                write_batch(shared, peer, link, buf, count, idle).await?;
                 count = 0;
             }
         }
         if !buf.is_empty() {
-            write_batch(shared, link, buf, count, idle).await?;
+            write_batch(shared, peer, link, buf, count, idle).await?;
         }
         peer.out.lock().unwrap().write_ended = std::time::Instant::now();
         // Do not keep a huge buffer around after a burst of large messages.
@@ -1145,6 +1217,7 @@ async fn pump_messages(
 /// Write every segment of `buf` (then clear it).
 async fn write_batch(
     shared: &Shared,
+    peer: &Peer,
     link: &Link,
     buf: &mut SegmentedBuf,
     count: u64,
@@ -1158,6 +1231,8 @@ async fn write_batch(
     link.writes.fetch_add(1, Relaxed);
     Stats::add(&shared.stats.bytes_sent, total as u64);
     Stats::add(&shared.stats.messages_sent, count);
+    Stats::add(&peer.sent_bytes, total as u64);
+    Stats::add(&peer.sent_messages, count);
     Ok(())
 }
 

@@ -19,16 +19,22 @@ pub const REJECT_REASON_BYTES_MAX: usize = 512;
 /// What a connection carries, so snapshots never queue behind (or ahead of) messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lane {
+    /// Raft messages, batched, both ways.
     Messages,
+    /// Snapshot transfers ([`SnapshotFrame`]).
     Snapshots,
 }
 
 /// Sent by the dialer as its first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The cluster the dialer belongs to; another cluster's node refuses it.
     pub cluster_id: u128,
+    /// The dialer's node ID.
     pub from: NodeId,
+    /// The node the dialer means to reach.
     pub to: NodeId,
+    /// What the connection will carry.
     pub lane: Lane,
 }
 
@@ -36,10 +42,16 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
     /// The dialer reached the node it meant to (its ID here) of the cluster it named.
-    Accept { node_id: NodeId },
+    Accept {
+        /// The acceptor's node ID.
+        node_id: NodeId,
+    },
     /// Refused: `reason` says why when the dialer proved it knows the cluster ID, and is
     /// only [`crate::REFUSED`] otherwise.
-    Reject { reason: String },
+    Reject {
+        /// Why, or only [`crate::REFUSED`].
+        reason: String,
+    },
 }
 
 /// The snapshot lane's frames.
@@ -47,23 +59,44 @@ pub enum HelloReply {
 pub enum SnapshotFrame {
     /// Sender → receiver: a snapshot of `total_bytes` whose bytes have CRC32 `crc32`.
     Offer {
+        /// Identifies this snapshot across reconnects.
         snapshot_id: u64,
+        /// Its index, term and membership.
         meta: SnapshotMeta,
+        /// Its size.
         total_bytes: u64,
+        /// CRC32 of all its bytes.
         crc32: u32,
     },
     /// Receiver → sender: send from `offset`, the bytes it already holds and verified
     /// (non-zero when resuming the same snapshot after a reconnect).
-    Resume { snapshot_id: u64, offset: u64 },
+    Resume {
+        /// The offered snapshot.
+        snapshot_id: u64,
+        /// Bytes already held.
+        offset: u64,
+    },
     /// Sender → receiver: `data` belongs at `offset`; `crc32` covers `data`.
     Chunk {
+        /// The snapshot the chunk belongs to.
         snapshot_id: u64,
+        /// Where `data` goes in it.
         offset: u64,
+        /// CRC32 of `data`.
         crc32: u32,
+        /// The bytes.
         data: Bytes,
     },
     /// Receiver → sender: every byte arrived and the whole-snapshot CRC matched.
-    Done { snapshot_id: u64 },
+    Done {
+        /// The completed snapshot.
+        snapshot_id: u64,
+    },
     /// Receiver → sender: refused (too large, corrupt); the sender should not retry as is.
-    Abort { snapshot_id: u64, reason: String },
+    Abort {
+        /// The refused snapshot.
+        snapshot_id: u64,
+        /// Why.
+        reason: String,
+    },
 }

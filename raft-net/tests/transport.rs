@@ -180,7 +180,7 @@ async fn restarted_peer_is_reconnected_and_delivery_resumes() {
     // Same address: the listener sets SO_REUSEADDR.
     let mut cb = config(2);
     cb.listen_addr = b_addr;
-    cb.peers.insert(1, a.local_addr());
+    cb.peers.insert(1, a.local_addr().into());
     let (b2, mut b2_rx) = start(cb).await;
     let first = seq_of(
         timeout(Duration::from_secs(10), b2_rx.recv())
@@ -202,6 +202,44 @@ async fn restarted_peer_is_reconnected_and_delivery_resumes() {
     b2.shutdown().await;
 }
 
+/// A peer named by host name is reached: the name is resolved at each connection attempt,
+/// so attempts made before the peer listens fail and a later one gets through. A name that
+/// does not resolve is a counted connect failure, and the node keeps serving its others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_named_by_host_name_are_resolved_at_each_attempt() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = down.local_addr().unwrap().port();
+    drop(down);
+    let mut ca = config(1);
+    ca.peers
+        .insert(2, format!("localhost:{port}").parse().unwrap());
+    // A 64-byte label breaks DNS's 63-byte limit: it fails in the local resolver, so this
+    // test sends no query off the machine.
+    ca.peers
+        .insert(3, format!("{}:7003", "a".repeat(64)).parse().unwrap());
+    let (a, _a_rx) = start(ca).await;
+    a.send(heartbeat(1, 3, 0)).unwrap();
+    wait_until("the unresolvable peer's failures", || {
+        a.stats().errors(ConnErrorKind::Connect) >= 1
+    })
+    .await;
+    let mut cb = config(2);
+    cb.listen_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    cb.peers.insert(1, a.local_addr().into());
+    let (b, mut b_rx) = start(cb).await;
+    let mut got = None;
+    for seq in 0..200 {
+        a.send(heartbeat(1, 2, seq)).unwrap();
+        if let Ok(Some(m)) = timeout(Duration::from_millis(50), b_rx.recv()).await {
+            got = Some(seq_of(m));
+            break;
+        }
+    }
+    assert!(got.is_some(), "nothing arrived through localhost:{port}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Node 1 with peer 2 at an address nobody listens on (yet): its queue fills and nothing
 /// drains it. Returns that address, for starting peer 2 there later.
 async fn sender_to_a_peer_that_is_down(
@@ -212,7 +250,7 @@ async fn sender_to_a_peer_that_is_down(
     drop(down);
     let mut c = config(1);
     c.queue_messages_max = queue_messages_max;
-    c.peers.insert(2, addr);
+    c.peers.insert(2, addr.into());
     let (handle, inbox) = start(c).await;
     (handle, inbox, addr)
 }
@@ -276,7 +314,7 @@ async fn after_a_full_queue_the_newest_messages_arrive_intact() {
     assert_eq!(a.stats().messages_dropped, 90);
     let mut cb = config(2);
     cb.listen_addr = addr;
-    cb.peers.insert(1, a.local_addr());
+    cb.peers.insert(1, a.local_addr().into());
     let (b, mut b_rx) = start(cb).await;
     for seq in 90..100 {
         let got = timeout(Duration::from_secs(10), b_rx.recv())
@@ -494,7 +532,7 @@ async fn wrong_node_id_is_refused_on_both_sides() {
     // Node 1 believes node 3 lives at node 2's address.
     let (b, _b_rx) = start(config(2)).await;
     let mut ca = config(1);
-    ca.peers.insert(3, b.local_addr());
+    ca.peers.insert(3, b.local_addr().into());
     let (a, _a_rx) = start(ca).await;
     b.add_peer(1, a.local_addr());
     a.send(heartbeat(1, 3, 0)).unwrap();
@@ -505,7 +543,7 @@ async fn wrong_node_id_is_refused_on_both_sides() {
     .await;
     // Another cluster entirely.
     let mut cc = TransportConfig::new(1, CLUSTER + 1, "127.0.0.1:0".parse().unwrap());
-    cc.peers.insert(2, b.local_addr());
+    cc.peers.insert(2, b.local_addr().into());
     let (c, _c_rx) = start(cc).await;
     let before = b.stats().errors(ConnErrorKind::HandshakeRejected);
     c.send(heartbeat(1, 2, 0)).unwrap();
@@ -588,7 +626,7 @@ async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_resumes_from_the_verified_offset_after_reconnect() {
     let (b, mut b_rx) = start(config(2)).await;
-    b.add_peer(1, "127.0.0.1:9".parse().unwrap());
+    b.add_peer(1, "127.0.0.1:9".parse::<SocketAddr>().unwrap());
     let addr = b.local_addr();
     let data = snapshot_bytes(300_000);
     let chunk = 64 * 1024;
@@ -717,7 +755,7 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut ca = config(1);
     ca.snapshot_chunk_bytes = 32 * 1024;
-    ca.peers.insert(2, listener.local_addr().unwrap());
+    ca.peers.insert(2, listener.local_addr().unwrap().into());
     let (a, _a_rx) = start(ca).await;
     let data = snapshot_bytes(100_000);
     let done = a.send_snapshot(2, meta(3), data.clone()).unwrap();
@@ -1055,7 +1093,7 @@ async fn replies_ride_the_connection_the_peer_dialled() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut ca = config(1);
     ca.listen_addr = a_addr;
-    ca.peers.insert(2, b.local_addr());
+    ca.peers.insert(2, b.local_addr().into());
     let (a2, mut a2_rx) = start(ca).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seq = 1000;

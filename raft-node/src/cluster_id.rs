@@ -40,6 +40,13 @@ impl FromStr for ClusterId {
     }
 }
 
+impl serde::Serialize for ClusterId {
+    /// As 32 hex digits, the form it is read back from.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for ClusterId {
     /// A hex string (`"3f2a..."`), or for old files an integer (`cluster_id = 1`).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -1,4 +1,11 @@
-//! A node's configuration (TOML file or flags) and its validation.
+//! A node's configuration and its validation. Every field can be set in the TOML file
+//! (`--config`), by a flag of `raft-node run`, and by an environment variable named after the
+//! flag (`--tick-interval-ms` is `RAFT_NODE_TICK_INTERVAL_MS`); a flag beats the environment,
+//! which beats the file, which beats the default. `docs/raft-node.sample.toml` lists every
+//! field with its default (a test keeps it complete).
+//!
+//! Peer addresses may be host names (`localhost:7001`): a peer's is resolved at every
+//! connection attempt, this node's own listening addresses once at start.
 //!
 //! ```toml
 //! id = 1
@@ -19,21 +26,23 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use raft_core::NodeId;
-use serde::Deserialize;
+pub use raft_net::PeerAddr;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster_id::ClusterId;
 use crate::limits::ClientLimits;
 use crate::runtime::RuntimeConfig;
 use crate::tls::TlsConfig;
 
-/// A configuration that cannot work, naming the field at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("config error in `{field}`: {message}")]
+/// A configuration that cannot work, naming the field at fault (and, for a file, where).
+#[derive(Debug)]
 pub struct ConfigError {
-    /// The field (`peers`, `data_dir`, `client_addr`, ...).
+    /// The field (`peers`, `data_dir`, `limits.idle_timeout_ms`, `peers[2].addr`, ...).
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+    /// Line and column (1-based) in the TOML file, for errors found while parsing it.
+    pub location: Option<(usize, usize)>,
 }
 
 impl ConfigError {
@@ -42,20 +51,35 @@ impl ConfigError {
         ConfigError {
             field: field.into(),
             message: message.into(),
+            location: None,
         }
     }
 }
 
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config error in `{}`", self.field)?;
+        if let Some((line, column)) = self.location {
+            write!(f, " at line {line}, column {column}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// One member of the static cluster list.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The member's ID (never 0).
     pub id: NodeId,
-    /// Its peer (Raft) address.
-    pub addr: SocketAddr,
+    /// Its peer (Raft) address: `IP:PORT` or `HOST:PORT`, a host name resolved at every
+    /// connection attempt.
+    pub addr: PeerAddr,
     /// Its client address (native and RESP), used for redirects and forwarding.
-    pub client_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<PeerAddr>,
 }
 
 impl std::str::FromStr for PeerConfig {
@@ -77,11 +101,11 @@ impl std::str::FromStr for PeerConfig {
         let addr = addr
             .trim()
             .parse()
-            .map_err(|e| format!("`{s}`: bad peer address: {e}"))?;
+            .map_err(|e| format!("`{s}`: bad peer address {e}"))?;
         let client_addr = client
             .map(|c| c.trim().parse())
             .transpose()
-            .map_err(|e| format!("`{s}`: bad client address: {e}"))?;
+            .map_err(|e| format!("`{s}`: bad client address {e}"))?;
         Ok(PeerConfig {
             id,
             addr,
@@ -131,18 +155,39 @@ fn default_proposals_in_flight_max() -> usize {
     RuntimeConfig::default().proposals_in_flight_max
 }
 
+/// The default of [`NodeConfig::log_level`].
+pub const LOG_LEVEL_DEFAULT: &str = "info";
+
+fn default_log_level() -> String {
+    LOG_LEVEL_DEFAULT.to_string()
+}
+
+/// How log lines are written to standard error (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Everything one node needs to run.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's ID; must appear in `peers`.
     pub id: NodeId,
     /// Where to listen for peers; defaults to this node's `addr` in `peers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<SocketAddr>,
     /// Where to listen for clients (native protocol and RESP on one port); defaults to this
     /// node's `client_addr` in `peers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<SocketAddr>,
     /// Where to serve HTTP (`/status`, `/metrics`, `/kv/{key}`); none if absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
     /// The node's data directory (locked while the node runs).
     pub data_dir: PathBuf,
@@ -185,7 +230,7 @@ pub struct NodeConfig {
     pub debug_corrupt_apply_at: Option<u64>,
     /// The voters a new cluster starts with; defaults to every member of `peers`. Peers
     /// outside this list are known addresses that can be added later.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_voters: Option<Vec<NodeId>>,
     /// Start with no membership and wait for the leader to add this node (as a learner).
     #[serde(default)]
@@ -194,7 +239,7 @@ pub struct NodeConfig {
     /// handshake. The same on every node: 32 hex digits (`raft-node certs` draws one). When
     /// absent, the one in `DATA_DIR/CLUSTER_ID` or in the TLS certificate; see
     /// [`crate::cluster_id`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<ClusterId>,
     /// Where the log lives: `disk` (raft-log under `DATA_DIR/log`, the default) or `memory`
     /// (nothing survives a restart; for experiments only).
@@ -207,7 +252,7 @@ pub struct NodeConfig {
     #[serde(default = "default_runtime_worker_threads")]
     pub runtime_worker_threads: usize,
     /// TLS (`[tls]`): mutual TLS on the peer port, TLS on the client ports; none if absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// Bounds on what clients can make the node hold or do (the `[limits]` section).
     #[serde(default)]
@@ -215,16 +260,23 @@ pub struct NodeConfig {
     /// Users and roles of the client interfaces (see [`crate::auth`]); when absent,
     /// `RAFT_NODE_AUTH_FILE`, then `RAFT_NODE_PASSWORD` alone; with neither, no
     /// authentication (every client is an admin).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_file: Option<PathBuf>,
     /// Start even when a listener binds a non-loopback address without TLS and
     /// credentials (protected mode off). For trusted networks and experiments only.
     #[serde(default)]
     pub insecure_allow_plaintext: bool,
+    /// Least severe log events written: `error`, `warn`, `info`, `debug`, `trace` or `off`.
+    /// `RUST_LOG`, when set, refines it (`raft_net=debug`); a bare level in it replaces it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// How log lines are written: `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 /// Where a node keeps its log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// raft-log's write-ahead log under `DATA_DIR/log`.
@@ -264,20 +316,66 @@ impl NodeConfig {
             limits: ClientLimits::default(),
             auth_file: None,
             insecure_allow_plaintext: false,
+            log_level: default_log_level(),
+            log_format: LogFormat::default(),
         }
     }
 
-    /// Parses a TOML configuration.
+    /// Parses a TOML configuration. An error names the field (`limits.idle_timeout_ms`,
+    /// `peers[2].addr`) and the line and column where it is.
     pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            let field = message
-                .split('`')
-                .nth(1)
-                .unwrap_or("config file")
-                .to_string();
-            ConfigError::new(field, message.replace('\n', " "))
+            let message = e.message().trim().replace('\n', " ");
+            // serde names a missing or unknown field between backticks; a wrong type or
+            // value is located by its span instead.
+            let named = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next());
+            let located = e.span().map(|span| locate(text, span.start));
+            let field = match (named, &located) {
+                (Some(name), Some((_, _, Some(table)))) => format!("{table}.{name}"),
+                (Some(name), _) => name.to_string(),
+                (None, Some((_, _, _))) => located
+                    .as_ref()
+                    .and_then(|l| field_at(text, l.0))
+                    .unwrap_or_else(|| "config file".to_string()),
+                (None, None) => "config file".to_string(),
+            };
+            ConfigError {
+                field,
+                message,
+                location: located.map(|(line, column, _)| (line, column)),
+            }
         })
+    }
+
+    /// The path of every field a configuration file may hold (`id`, `limits.idle_timeout_ms`,
+    /// `tls.ca_file`, `peers.addr`, ...), as the parser itself knows them.
+    pub fn field_paths() -> Vec<String> {
+        // serde lists a struct's fields when it refuses an unknown one: asking it keeps this
+        // list from ever disagreeing with the structs.
+        fn expected(doc: &str) -> Vec<String> {
+            let e = toml::from_str::<NodeConfig>(doc).expect_err("an unknown field");
+            let m = e.message();
+            let list = m.split("expected one of ").nth(1).unwrap_or_default();
+            list.split(", ")
+                .map(|f| f.trim().trim_matches('`').to_string())
+                .filter(|f| !f.is_empty())
+                .collect()
+        }
+        let peers = "id = 1\ndata_dir = \"x\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+        let mut out = expected("zz_unknown = 1\n");
+        for (table, doc) in [
+            ("limits", format!("{peers}[limits]\nzz_unknown = 1\n")),
+            (
+                "tls",
+                format!("{peers}[tls]\nca_file = \"a\"\ncert_file = \"b\"\nkey_file = \"c\"\nzz_unknown = 1\n"),
+            ),
+            ("peers", format!("{peers}zz_unknown = 1\n")),
+        ] {
+            out.extend(expected(&doc).into_iter().map(|f| format!("{table}.{f}")));
+        }
+        out
     }
 
     /// This node's own entry in `peers`.
@@ -285,15 +383,34 @@ impl NodeConfig {
         self.peers.iter().find(|p| p.id == self.id)
     }
 
-    /// The peer address to listen on.
-    pub fn peer_listen_addr(&self) -> Option<SocketAddr> {
-        self.peer_addr.or_else(|| self.own().map(|p| p.addr))
+    /// The peer address to listen on: `peer_addr`, else this node's `addr` in `peers`
+    /// (a host name resolved now).
+    pub fn peer_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(a) = self.peer_addr {
+            return Ok(a);
+        }
+        let own = self.own().ok_or_else(|| {
+            ConfigError::new(
+                "peers",
+                format!("own ID {} is missing from the peers list", self.id),
+            )
+        })?;
+        resolve_listen(&own.addr, "peers")
     }
 
-    /// The client address to listen on.
-    pub fn client_listen_addr(&self) -> Option<SocketAddr> {
-        self.client_addr
-            .or_else(|| self.own().and_then(|p| p.client_addr))
+    /// The client address to listen on: `client_addr`, else this node's `client_addr` in
+    /// `peers` (a host name resolved now).
+    pub fn client_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(a) = self.client_addr {
+            return Ok(a);
+        }
+        match self.own().and_then(|p| p.client_addr.as_ref()) {
+            Some(a) => resolve_listen(a, "peers"),
+            None => Err(ConfigError::new(
+                "client_addr",
+                "no client address: set client_addr or this node's client_addr in peers",
+            )),
+        }
     }
 
     /// The membership a fresh node starts from: empty when joining, else the initial voters.
@@ -339,7 +456,7 @@ impl NodeConfig {
             if !ids.insert(p.id) {
                 return Err(ConfigError::new("peers", format!("duplicate ID {}", p.id)));
             }
-            if !addrs.insert(p.addr) {
+            if !addrs.insert(p.addr.clone()) {
                 return Err(ConfigError::new(
                     "peers",
                     format!("duplicate peer address {}", p.addr),
@@ -352,10 +469,19 @@ impl NodeConfig {
                 format!("own ID {} is missing from the peers list", self.id),
             ));
         }
-        if self.client_listen_addr().is_none() {
+        self.peer_listen_addr()?;
+        self.client_listen_addr()?;
+        if self
+            .log_level
+            .parse::<tracing::level_filters::LevelFilter>()
+            .is_err()
+        {
             return Err(ConfigError::new(
-                "client_addr",
-                "no client address: set client_addr or this node's client_addr in peers",
+                "log_level",
+                format!(
+                    "`{}`: give error, warn, info, debug, trace or off",
+                    self.log_level
+                ),
             ));
         }
         if self.tick_interval_ms == 0 {
@@ -413,8 +539,8 @@ impl NodeConfig {
             return Ok(());
         }
         let listeners = [
-            ("client_addr", self.client_listen_addr()),
-            ("peer_addr", self.peer_listen_addr()),
+            ("client_addr", self.client_listen_addr().ok()),
+            ("peer_addr", self.peer_listen_addr().ok()),
             ("http_addr", self.http_addr),
         ];
         let Some((field, addr)) = listeners
@@ -465,6 +591,76 @@ impl NodeConfig {
         // same election timeouts in lockstep.
         raft.seed = self.id ^ u64::from(std::process::id()).rotate_left(17);
         raft
+    }
+}
+
+/// This node's own address from `peers`, resolved once to listen on; a name that does not
+/// resolve is an error naming it.
+fn resolve_listen(addr: &PeerAddr, field: &str) -> Result<SocketAddr, ConfigError> {
+    addr.resolve_blocking()
+        .map_err(|e| ConfigError::new(field, format!("this node's address: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ConfigError::new(field, format!("{addr} resolves to no address")))
+}
+
+/// Line and column (1-based) of byte `offset` in `text`, and the table the line is in
+/// (`limits`, `peers[2]`), if any.
+fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column, table_at(text, line))
+}
+
+/// The table a line belongs to: the nearest `[name]` above it, or `[[name]]` with its
+/// 1-based position among the tables of that name (`peers[2]`).
+fn table_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    let (i, header) = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, l)| (i, l.trim()))
+        .find(|(_, l)| l.starts_with('['))?;
+    if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+        let name = name.trim();
+        let nth = lines[..=i]
+            .iter()
+            .filter(|l| {
+                l.trim()
+                    .strip_prefix("[[")
+                    .and_then(|h| h.split("]]").next())
+                    .is_some_and(|h| h.trim() == name)
+            })
+            .count();
+        return Some(format!("{name}[{nth}]"));
+    }
+    header
+        .strip_prefix('[')
+        .and_then(|h| h.split(']').next())
+        .map(|h| h.trim().to_string())
+}
+
+/// The dotted path of the key whose value is on `line` (or starts above it, for a value
+/// spread over lines).
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    let (i, key) = lines.iter().enumerate().rev().find_map(|(i, l)| {
+        let l = l.trim();
+        if l.starts_with('[') && i + 1 == line {
+            return Some((i, None));
+        }
+        let (key, _) = l.split_once('=')?;
+        (!l.starts_with('#')).then(|| (i, Some(key.trim().trim_matches('"').to_string())))
+    })?;
+    let table = table_at(text, i + 1);
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (t, None) => t,
     }
 }
 
@@ -595,7 +791,7 @@ addr = "127.0.0.1:7002"
         );
         let text = format!("{}\n[limits]\nidle_timeout = 7\n", base());
         let e = NodeConfig::from_toml(&text).unwrap_err();
-        assert_eq!(e.field, "idle_timeout", "{e}");
+        assert_eq!(e.field, "limits.idle_timeout", "{e}");
         let text = format!("{}\n[limits]\nread_timeout_ms = 0\n", base());
         let e = NodeConfig::from_toml(&text)
             .unwrap()
@@ -610,5 +806,138 @@ addr = "127.0.0.1:7002"
         assert_eq!(p.id, 3);
         assert_eq!(p.client_addr.unwrap().port(), 6003);
         assert!("x=1".parse::<PeerConfig>().is_err());
+        let named: PeerConfig = "1=localhost:7001,node-1.example:6001".parse().unwrap();
+        assert_eq!(named.addr.to_string(), "localhost:7001");
+        assert_eq!(
+            named.client_addr.unwrap(),
+            PeerAddr::Name {
+                host: "node-1.example".into(),
+                port: 6001
+            }
+        );
+        let e = "1=localhost".parse::<PeerConfig>().unwrap_err();
+        assert!(e.contains("no port") && e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn host_names_in_peers_resolve_for_listening_and_a_bad_one_is_named() {
+        let text = base()
+            .replace("127.0.0.1:7001", "localhost:7001")
+            .replace("127.0.0.1:7002", "node-2.example:7002");
+        let cfg = NodeConfig::from_toml(&text).unwrap();
+        // Only this node's own address is resolved now; node 2's waits for a connection.
+        cfg.validate().unwrap();
+        assert!(cfg.peer_listen_addr().unwrap().ip().is_loopback());
+        // A 64-byte label breaks DNS's 63-byte limit, so the resolver fails it locally and
+        // no query leaves the machine.
+        let host = "a".repeat(64);
+        let text = base().replace("127.0.0.1:7001", &format!("{host}:7001"));
+        let e = NodeConfig::from_toml(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "peers");
+        assert!(e.message.contains(&format!("`{host}`")), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_field_line_and_column() {
+        // A wrong type, at the top level.
+        let text = base().replacen("id = 1\n", "id = 1\ntick_interval_ms = \"fast\"\n", 1);
+        let e = NodeConfig::from_toml(&text).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.location),
+            ("tick_interval_ms", Some((3, 20))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("line 3, column 20"), "{e}");
+        assert!(e.message.contains("expected u64"), "{e}");
+        // A wrong type in the second [[peers]] table.
+        let text = base().replace("\"127.0.0.1:7002\"", "7002");
+        let e = NodeConfig::from_toml(&text).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.location),
+            ("peers[2].addr", Some((10, 8))),
+            "{e}"
+        );
+        // An unknown field in [limits].
+        let text = format!("{}[limits]\nidle_timeout = 7\n", base());
+        let e = NodeConfig::from_toml(&text).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.location),
+            ("limits.idle_timeout", Some((12, 1))),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("idle_timeout_ms"),
+            "the known fields are listed: {e}"
+        );
+        // A missing field names it.
+        let e = NodeConfig::from_toml("id = 1\npeers = []\n").unwrap_err();
+        assert_eq!(e.field, "data_dir", "{e}");
+        // Broken syntax still gets a line.
+        let e = NodeConfig::from_toml("id = 1\ndata_dir = \n").unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(2), "{e}");
+    }
+
+    const SAMPLE: &str = include_str!("../../docs/raft-node.sample.toml");
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+    /// The configuration reference lists every field, in its table of fields.
+    #[test]
+    fn the_configuration_reference_lists_every_field() {
+        for field in NodeConfig::field_paths() {
+            if ["peers", "tls", "limits"].contains(&field.as_str()) {
+                continue;
+            }
+            assert!(
+                REFERENCE.contains(&format!("| `{field}` |")),
+                "docs/configuration.md lacks a row for `{field}`"
+            );
+        }
+    }
+
+    /// The sample file parses, validates, holds every default, and names every field.
+    #[test]
+    fn the_sample_config_is_complete_and_states_the_defaults() {
+        let sample = NodeConfig::from_toml(SAMPLE).unwrap();
+        sample.validate().unwrap();
+        let defaults =
+            NodeConfig::with_defaults(sample.id, sample.data_dir.clone(), sample.peers.clone());
+        assert_eq!(
+            toml::to_string(&sample).unwrap(),
+            toml::to_string(&defaults).unwrap(),
+            "the sample's settings must be the defaults"
+        );
+        // Settings written as comments (`# key = ...`) count: those have no default.
+        let mut table = String::new();
+        let mut named = BTreeSet::new();
+        for line in SAMPLE.lines() {
+            let line = line.trim();
+            let code = line.strip_prefix("# ").unwrap_or(line);
+            if let Some(h) = code.strip_prefix('[') {
+                table = h.trim_matches(['[', ']']).to_string();
+                named.insert(table.clone());
+            } else if let Some((key, _)) = code.split_once(" = ") {
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    named.insert(if table.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{table}.{key}")
+                    });
+                }
+            }
+        }
+        let fields = NodeConfig::field_paths();
+        assert!(fields.len() > 40, "{fields:?}");
+        for field in &fields {
+            assert!(named.contains(field), "the sample config lacks `{field}`");
+        }
+        for name in &named {
+            assert!(
+                fields.contains(name),
+                "the sample config names unknown `{name}`"
+            );
+        }
     }
 }

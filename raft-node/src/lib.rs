@@ -7,7 +7,8 @@
 //! - [`store`] and [`transport`]: the seams where the disk log and the network plug in;
 //!   [`transport_net`] puts raft-net behind the latter.
 //! - [`kv`]: the deterministic key-value state machine with exactly-once sessions;
-//!   [`changes`]: the key changes each applied entry made, for notifications and watches.
+//!   [`changes`]: the key changes each applied entry made, for notifications and watches;
+//!   [`watch`]: the bounded history of those changes that watchers read.
 //! - [`server`], [`resp`], [`http`], [`router`]: the client interfaces; [`session`]: the
 //!   login and role check every client-port request passes.
 //! - [`auth`]: users, roles and password checks for every client interface.
@@ -20,24 +21,30 @@
 //! - [`node`]: starting and stopping a node; [`config`]: its configuration; [`limits`]:
 //!   the bounds on what clients can make a node hold or do.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod admission;
 pub mod anti_entropy;
 pub mod auth;
 pub mod certs;
 pub mod changes;
+pub mod clock;
 pub mod cluster_id;
+pub mod cluster_view;
+pub mod commands;
 pub mod config;
+pub mod glob;
 pub mod http;
 pub mod kv;
 pub mod limits;
 pub mod membership_check;
 pub mod metrics;
 pub mod node;
+mod process_metrics;
 mod read_batch;
 pub mod recover;
 pub mod resp;
+pub mod resp_keys;
 pub mod router;
 pub mod runtime;
 pub mod server;
@@ -47,3 +54,4 @@ pub mod store_log;
 pub mod tls;
 pub mod transport;
 pub mod transport_net;
+pub mod watch;

@@ -54,9 +54,10 @@ pub const HTTP_HEAD_BYTES_MAX_DEFAULT: usize = 64 << 10;
 pub const HTTP_BODY_BYTES_MAX_DEFAULT: usize = 8 << 20;
 /// Default of [`ClientLimits::http_connections_max`].
 pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+pub use crate::watch::{WATCH_HISTORY_BYTES_MAX_DEFAULT, WATCH_HISTORY_CHANGES_MAX_DEFAULT};
 
 /// See the module documentation. Field by field, what a client may make a node hold or do.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimits {
     /// Bytes received on one client connection and not yet served (Redis'
@@ -104,6 +105,12 @@ pub struct ClientLimits {
     pub http_body_bytes_max: usize,
     /// HTTP connections open at once.
     pub http_connections_max: usize,
+    /// Key changes the watch history holds (keyspace notifications, WATCHLOG, HTTP
+    /// `/watch`); a watcher asking for an older index, or reading more slowly than the
+    /// history evicts, gets a "compacted, resync" error.
+    pub watch_history_changes_max: usize,
+    /// Bytes (keys, values and a per-change overhead) the watch history holds.
+    pub watch_history_bytes_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -128,6 +135,8 @@ impl Default for ClientLimits {
             http_head_bytes_max: HTTP_HEAD_BYTES_MAX_DEFAULT,
             http_body_bytes_max: HTTP_BODY_BYTES_MAX_DEFAULT,
             http_connections_max: HTTP_CONNECTIONS_MAX_DEFAULT,
+            watch_history_changes_max: WATCH_HISTORY_CHANGES_MAX_DEFAULT,
+            watch_history_bytes_max: WATCH_HISTORY_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -136,7 +145,7 @@ impl ClientLimits {
     /// Checks that every bound is usable and that the bounds fit inside each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let field = |name: &str| format!("limits.{name}");
-        let positive: [(&str, u64); 19] = [
+        let positive: [(&str, u64); 21] = [
             ("query_buffer_bytes_max", self.query_buffer_bytes_max as u64),
             ("bulk_bytes_max", self.bulk_bytes_max as u64),
             ("line_bytes_max", self.line_bytes_max as u64),
@@ -161,6 +170,14 @@ impl ClientLimits {
             ("http_head_bytes_max", self.http_head_bytes_max as u64),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("http_connections_max", self.http_connections_max as u64),
+            (
+                "watch_history_changes_max",
+                self.watch_history_changes_max as u64,
+            ),
+            (
+                "watch_history_bytes_max",
+                self.watch_history_bytes_max as u64,
+            ),
             // Inline commands and header lines need room for at least `*1` or `PING`.
             ("line_bytes_max", (self.line_bytes_max >= 16) as u64),
         ];
@@ -200,67 +217,94 @@ impl ClientLimits {
 pub struct ClientLimitsArgs {
     /// Bytes received on one client connection and not yet served; past it the connection
     /// is closed (Redis' client-query-buffer-limit) [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_QUERY_BUFFER_BYTES_MAX"
+    )]
     pub query_buffer_bytes_max: Option<usize>,
     /// Bytes of one RESP bulk string [default: 8388608].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_BULK_BYTES_MAX")]
     pub bulk_bytes_max: Option<usize>,
     /// Bytes of one RESP inline command or header line [default: 65536].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_LINE_BYTES_MAX")]
     pub line_bytes_max: Option<usize>,
     /// Arguments of one request [default: 16384].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_ARGS_MAX")]
     pub request_args_max: Option<usize>,
     /// Bytes of one request [default: 16777216].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
     /// Keys of one MGET, MSET, DEL or EXISTS [default: 4096].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REQUEST_KEYS_MAX")]
     pub request_keys_max: Option<usize>,
     /// Bytes of values in one reply; larger replies are refused before they are built
     /// [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_REPLY_BYTES_MAX")]
     pub reply_bytes_max: Option<usize>,
     /// Bytes of replies held for a client that does not read them; past it the connection
     /// is closed (Redis' client-output-buffer-limit) [default: 67108864].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_OUTPUT_BUFFER_BYTES_MAX"
+    )]
     pub output_buffer_bytes_max: Option<usize>,
     /// Close a connection with no request under way after this long [default: 300000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
     /// A request whose first byte arrived must be complete within this [default: 30000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_READ_TIMEOUT_MS")]
     pub read_timeout_ms: Option<u64>,
     /// Close a connection whose client does not take a reply within this [default: 30000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
     /// A new connection must send its first byte (and finish TLS and AUTH) within this
     /// [default: 10000].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
     /// Client connections at once, reserved slots included [default: 4096].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
     /// Client connections at once from one IP address [default: 1024].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_CONNECTIONS_PER_SOURCE_MAX"
+    )]
     pub connections_per_source_max: Option<usize>,
     /// Client connection slots only the cluster's own nodes may take [default: 64].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_CONNECTIONS_RESERVED")]
     pub connections_reserved: Option<usize>,
     /// Estimated bytes of the key-value state past which writes fail with OOM (Redis'
     /// maxmemory); reads and deletes go on. Must be the same on every node
     /// [default: 4294967296].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_KV_MEMORY_BYTES_MAX")]
     pub kv_memory_bytes_max: Option<u64>,
     /// Bytes of an HTTP request's line and headers [default: 65536].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_HEAD_BYTES_MAX")]
     pub http_head_bytes_max: Option<usize>,
     /// Bytes of an HTTP request's body [default: 8388608].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_BODY_BYTES_MAX")]
     pub http_body_bytes_max: Option<usize>,
     /// HTTP connections at once [default: 1024].
-    #[arg(long, help_heading = "Limits")]
+    #[arg(long, help_heading = "Limits", env = "RAFT_NODE_HTTP_CONNECTIONS_MAX")]
     pub http_connections_max: Option<usize>,
+    /// Key changes the watch history holds; older indexes answer "compacted, resync"
+    /// [default: 100000].
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_CHANGES_MAX"
+    )]
+    pub watch_history_changes_max: Option<usize>,
+    /// Bytes the watch history holds [default: 67108864].
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "RAFT_NODE_WATCH_HISTORY_BYTES_MAX"
+    )]
+    pub watch_history_bytes_max: Option<usize>,
 }
 
 impl ClientLimitsArgs {
@@ -288,7 +332,9 @@ impl ClientLimitsArgs {
             kv_memory_bytes_max,
             http_head_bytes_max,
             http_body_bytes_max,
-            http_connections_max
+            http_connections_max,
+            watch_history_changes_max,
+            watch_history_bytes_max
         );
     }
 }
@@ -309,7 +355,7 @@ mod tests {
     fn help_shows_the_real_defaults() {
         let help = Cli::command().render_long_help().to_string();
         let d = ClientLimits::default();
-        let expected: [(&str, u64); 19] = [
+        let expected: [(&str, u64); 21] = [
             ("query-buffer-bytes-max", d.query_buffer_bytes_max as u64),
             ("bulk-bytes-max", d.bulk_bytes_max as u64),
             ("line-bytes-max", d.line_bytes_max as u64),
@@ -332,6 +378,11 @@ mod tests {
             ("http-head-bytes-max", d.http_head_bytes_max as u64),
             ("http-body-bytes-max", d.http_body_bytes_max as u64),
             ("http-connections-max", d.http_connections_max as u64),
+            (
+                "watch-history-changes-max",
+                d.watch_history_changes_max as u64,
+            ),
+            ("watch-history-bytes-max", d.watch_history_bytes_max as u64),
         ];
         for (flag, value) in expected {
             let start = help

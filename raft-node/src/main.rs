@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+mod dev;
+
 use clap::{Parser, Subcommand};
-use raft_client::{Client, ClientConfig, Credentials, NodeStatus};
 use raft_node::certs;
 use raft_node::cluster_id::ClusterId;
-use raft_node::config::{ConfigError, NodeConfig, PeerConfig, StorageKind};
+use raft_node::config::{ConfigError, LogFormat, NodeConfig, PeerConfig, StorageKind};
 use raft_node::limits::ClientLimitsArgs;
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
@@ -26,26 +28,35 @@ use raft_node::tls::TlsConfig;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// Logging, for every command (`run` also reads them from its config file).
+#[derive(clap::Args, Clone, Debug)]
+struct LogArgs {
+    /// Least severe events logged: error, warn, info, debug, trace or off. RUST_LOG, when
+    /// set, refines it per module (RUST_LOG=raft_net=debug); a bare level in RUST_LOG
+    /// replaces it [default: info].
+    #[arg(long, global = true, env = "RAFT_NODE_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// How log lines are written to standard error: text, or json (one object per line)
+    /// [default: text].
+    #[arg(long, global = true, value_enum, env = "RAFT_NODE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one node of a cluster, from a TOML file (--config) or from flags.
     Run(Box<RunArgs>),
-    /// Start a local cluster on 127.0.0.1 in this process and run it until Ctrl-C.
-    Dev(DevArgs),
+    /// Start a local cluster on 127.0.0.1, one `raft-node run` process per node, and
+    /// supervise it until Ctrl-C; `dev status`, `dev kill N`, `dev restart N` act on it.
+    Dev(dev::DevArgs),
     /// Create a cluster's CA, its nodes' certificates (each naming its node ID) and an
     /// admin client certificate, with a new random cluster ID. Run again on the same
     /// folder to add nodes: the CA and the cluster ID are reused.
     Certs(CertsArgs),
-    /// Print a node's status table.
-    Status {
-        /// Client address of the node to ask (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-    },
     /// Make a stopped node the only voter of a new cluster, keeping its data: the way back
     /// after a majority is lost for good (like etcd's --force-new-cluster). Offline: refuses
     /// while a node holds the data directory. Never restart the other old members with their
@@ -58,177 +69,143 @@ enum Cmd {
         #[arg(long)]
         id: u64,
     },
-    /// Change membership or leadership (sent to the leader through --addr).
-    Admin {
-        /// Client address of any node (host:port).
-        #[arg(long)]
-        addr: String,
-        #[command(flatten)]
-        login: LoginArgs,
-        #[command(subcommand)]
-        op: AdminCmd,
-    },
-}
-
-/// How `status` and `admin` reach a node that requires TLS or credentials. The password
-/// is never a flag (`ps` would show it): it comes from RAFT_NODE_PASSWORD or a file.
-#[derive(clap::Args, Debug)]
-struct LoginArgs {
-    /// User to log in as [default: RAFT_NODE_USER, else the `default` user].
-    #[arg(long)]
-    user: Option<String>,
-    /// File whose first line is the password [default: RAFT_NODE_PASSWORD if set, else no
-    /// login].
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-    /// Connect with TLS, trusting the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present over TLS; needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum AdminCmd {
-    /// Hand leadership to a voter.
-    TransferLeader {
-        /// The voter's ID.
-        id: u64,
-    },
-    /// Add a node as a non-voting learner.
-    AddLearner {
-        /// The new node's ID.
-        id: u64,
-    },
-    /// Make a learner a voter.
-    Promote {
-        /// The learner's ID.
-        id: u64,
-    },
-    /// Remove a member.
-    Remove {
-        /// The member's ID.
-        id: u64,
-    },
+    #[command(flatten)]
+    Client(cli::ClientCmd),
 }
 
 #[derive(clap::Args, Clone, Debug)]
 struct RunArgs {
-    /// TOML configuration file; flags given as well override its values.
-    #[arg(long, short = 'c')]
+    /// TOML configuration file (every field: docs/raft-node.sample.toml). Flags override
+    /// the environment (RAFT_NODE_*), which overrides the file, which overrides the defaults.
+    #[arg(long, short = 'c', env = "RAFT_NODE_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's ID (1 or more); must appear in the peers list.
+    /// Check the configuration (file, environment and flags), print the settings the node
+    /// would run with as TOML, and exit without starting.
     #[arg(long)]
+    check_config: bool,
+    /// This node's ID (1 or more); must appear in the peers list.
+    #[arg(long, env = "RAFT_NODE_ID")]
     id: Option<u64>,
-    /// A cluster member as ID=PEER_ADDR or ID=PEER_ADDR,CLIENT_ADDR; repeat for every member,
-    /// this node included. The client address lets followers forward RESP and HTTP writes
+    /// A cluster member as ID=PEER_ADDR or ID=PEER_ADDR,CLIENT_ADDR (IP:PORT or HOST:PORT;
+    /// a host name is resolved at every connection attempt); repeat for every member, this
+    /// node included (in RAFT_NODE_PEER, separated by spaces). The client address lets followers forward RESP and HTTP writes
     /// and redirect native clients to the leader.
-    #[arg(long = "peer", value_name = "ID=PEER_ADDR[,CLIENT_ADDR]")]
+    #[arg(
+        long = "peer",
+        value_name = "ID=PEER_ADDR[,CLIENT_ADDR]",
+        value_delimiter = ' ',
+        env = "RAFT_NODE_PEER"
+    )]
     peers: Vec<PeerConfig>,
     /// Address to listen on for peers [default: this node's PEER_ADDR in --peer].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_PEER_ADDR")]
     peer_addr: Option<SocketAddr>,
     /// Address to listen on for clients, native protocol and RESP on one port
     /// [default: this node's CLIENT_ADDR in --peer].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_CLIENT_ADDR")]
     client_addr: Option<SocketAddr>,
     /// Address to serve HTTP on (/status, /metrics, /kv/{key}, /healthz, /readyz; HTTPS with
     /// [tls]) [default: no HTTP].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// Data directory, created if missing and locked while the node runs.
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Length of one protocol tick in milliseconds [default: 10].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_TICK_INTERVAL_MS")]
     tick_interval_ms: Option<u64>,
     /// Election timeout lower bound, in ticks [default: 20].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_ELECTION_TIMEOUT_TICKS_MIN")]
     election_timeout_ticks_min: Option<u32>,
     /// Election timeout exclusive upper bound, in ticks [default: 40].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_ELECTION_TIMEOUT_TICKS_MAX")]
     election_timeout_ticks_max: Option<u32>,
     /// Heartbeat interval in ticks [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_HEARTBEAT_INTERVAL_TICKS")]
     heartbeat_interval_ticks: Option<u32>,
     /// Writes and linearizable reads fail with an "unavailable" error after this long
     /// without a majority [default: 5000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
     /// Writes in flight at most; more are refused with "busy, retry" [default: 8192].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_PROPOSALS_IN_FLIGHT_MAX")]
     proposals_in_flight_max: Option<usize>,
     /// Snapshot the state machine and compact the log after this many applied entries at
     /// most (each node's first snapshot comes early by up to half, so the nodes do not all
     /// snapshot at once) [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_SNAPSHOT_ENTRIES_MAX")]
     snapshot_entries_max: Option<u64>,
     /// Entries kept in the log below the newest snapshot, so that a follower slightly
     /// behind gets entries rather than a whole snapshot; 0 compacts to the snapshot
     /// [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_SNAPSHOT_LOG_MARGIN_ENTRIES")]
     snapshot_log_margin_entries: Option<u64>,
     /// Digest the state at every log index that is a multiple of this, so that the leader
     /// can compare replicas (anti-entropy); the same on every node; 0 turns it off
     /// [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_DIGEST_INTERVAL_ENTRIES")]
     digest_interval_entries: Option<u64>,
     /// FAULT INJECTION for tests: corrupt this replica's state after applying this index.
     #[arg(long, hide = true, value_name = "INDEX")]
     debug_corrupt_apply_at: Option<u64>,
+    /// FAULT INJECTION for tests: shift this node's wall clock, which it stamps into the
+    /// entries it proposes as leader, by this many milliseconds (a clock jump).
+    #[arg(long, hide = true, value_name = "MS", allow_hyphen_values = true)]
+    debug_clock_offset_ms: Option<i64>,
     /// A voter of the new cluster's first configuration; repeat for each
     /// [default: every --peer]. Peers not named are addresses for nodes added later.
-    #[arg(long = "initial-voter", value_name = "ID")]
+    #[arg(
+        long = "initial-voter",
+        value_name = "ID",
+        value_delimiter = ',',
+        env = "RAFT_NODE_INITIAL_VOTER"
+    )]
     initial_voters: Vec<u64>,
     /// Start with no membership and wait to be added by the leader
     /// (`raft-node admin add-learner`, then `promote`).
-    #[arg(long)]
-    join: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_JOIN")]
+    join: Option<bool>,
     /// Where the log lives: disk (raft-log under DATA_DIR/log) or memory (lost on restart;
     /// for experiments only) [default: disk].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RAFT_NODE_STORAGE")]
     storage: Option<StorageKind>,
     /// Identifies the cluster on the wire (32 hex digits, the same on every node); peers
     /// with another ID are refused. A new cluster of several members needs one
     /// (`raft-node certs` prints one) [default: DATA_DIR/CLUSTER_ID, else the TLS
     /// certificate's, else a random one for a single-node cluster].
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", env = "RAFT_NODE_CLUSTER_ID")]
     cluster_id: Option<ClusterId>,
     /// Worker threads of the process's async runtime; 1 runs every task on one thread,
     /// the fewest context switches; more pays only with cores to spare [default: 1].
-    #[arg(long)]
+    #[arg(long, env = "RAFT_NODE_RUNTIME_WORKER_THREADS")]
     runtime_worker_threads: Option<usize>,
     /// PEM file of the cluster's CA: turns TLS on (with --tls-cert and --tls-key); peers
     /// then use mutual TLS against it [default: no TLS].
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_CA")]
     tls_ca: Option<PathBuf>,
     /// PEM file of this node's certificate (from `raft-node certs`: it names the node ID).
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// PEM file of this node's private key.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "RAFT_NODE_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Clients of the client port and HTTP must present a certificate signed by the CA
     /// [default: optional].
-    #[arg(long)]
-    tls_client_cert_required: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_TLS_CLIENT_CERT_REQUIRED")]
+    tls_client_cert_required: Option<bool>,
     /// Bounds on what clients can make the node hold or do (`[limits]` in the file).
     #[command(flatten)]
     limits: ClientLimitsArgs,
     /// Users and roles of the client interfaces (TOML: users with name, role and
     /// password_sha256; internal_password for the nodes). Also RAFT_NODE_AUTH_FILE;
     /// RAFT_NODE_PASSWORD sets the `default` admin's password [default: no authentication].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RAFT_NODE_AUTH_FILE")]
     auth_file: Option<PathBuf>,
     /// Start even if a listener binds a non-loopback address without TLS and credentials
     /// (protected mode off): anyone who can reach the node can then read, write and change
     /// the cluster's membership.
-    #[arg(long)]
-    insecure_allow_plaintext: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", env = "RAFT_NODE_INSECURE_ALLOW_PLAINTEXT")]
+    insecure_allow_plaintext: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,43 +225,18 @@ struct CertsArgs {
     cluster_id: Option<ClusterId>,
 }
 
-#[derive(clap::Args, Debug)]
-struct DevArgs {
-    /// Cluster size: 3 or 5.
-    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
-    nodes: String,
-    /// Parent of each node's data directory (node-1, node-2, ...).
-    #[arg(long, default_value = "raft-dev-data")]
-    data_dir: PathBuf,
-    /// Node N's client port (native and RESP) is this plus N.
-    #[arg(long, default_value_t = 6380)]
-    client_port_base: u16,
-    /// Node N's peer port is this plus N.
-    #[arg(long, default_value_t = 16380)]
-    peer_port_base: u16,
-    /// Node N's HTTP port is this plus N.
-    #[arg(long, default_value_t = 8080)]
-    http_port_base: u16,
-    /// Where the nodes keep their logs.
-    #[arg(long, value_enum, default_value_t = StorageKind::Disk)]
-    storage: StorageKind,
-    /// Delete the data folder first and start a new cluster (otherwise a previous dev
-    /// cluster's data is reused).
-    #[arg(long)]
-    fresh: bool,
-    /// Run with TLS: certificates are created under DATA_DIR/certs (once), and peers use
-    /// mutual TLS against that CA.
-    #[arg(long)]
-    tls: bool,
-}
-
-fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
+/// The node's configuration: defaults, then the file, then each setting given by a flag or
+/// its RAFT_NODE_* variable (clap has already preferred the flag to the variable).
+fn build_config(args: RunArgs, log: &LogArgs) -> Result<NodeConfig, ConfigError> {
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
             })?;
-            NodeConfig::from_toml(&text)?
+            NodeConfig::from_toml(&text).map_err(|mut e| {
+                e.message = format!("{} (in {})", e.message, path.display());
+                e
+            })?
         }
         None => {
             let id = args
@@ -331,6 +283,12 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     cfg.digest_interval_entries = args
         .digest_interval_entries
         .unwrap_or(cfg.digest_interval_entries);
+    if let Some(offset) = args.debug_clock_offset_ms {
+        eprintln!(
+            "raft-node: FAULT INJECTION enabled: this node's clock is shifted by {offset} ms"
+        );
+        raft_node::clock::set_debug_offset_ms(offset);
+    }
     if let Some(at) = args.debug_corrupt_apply_at {
         eprintln!("raft-node: FAULT INJECTION enabled: this replica's state will be corrupted at index {at}");
         cfg.debug_corrupt_apply_at = Some(at);
@@ -338,16 +296,17 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     if !args.initial_voters.is_empty() {
         cfg.initial_voters = Some(args.initial_voters);
     }
-    cfg.join |= args.join;
+    cfg.join = args.join.unwrap_or(cfg.join);
     cfg.storage = args.storage.unwrap_or(cfg.storage);
     cfg.runtime_worker_threads = args
         .runtime_worker_threads
         .unwrap_or(cfg.runtime_worker_threads);
     cfg.cluster_id = args.cluster_id.or(cfg.cluster_id);
     apply_tls_flags(&mut cfg, args.tls_ca, args.tls_cert, args.tls_key)?;
-    if args.tls_client_cert_required {
+    if let Some(required) = args.tls_client_cert_required {
         match cfg.tls.as_mut() {
-            Some(tls) => tls.client_cert_required = true,
+            Some(tls) => tls.client_cert_required = required,
+            None if !required => {}
             None => {
                 return Err(ConfigError::new(
                     "tls",
@@ -360,7 +319,13 @@ fn build_config(args: RunArgs) -> Result<NodeConfig, ConfigError> {
     if args.auth_file.is_some() {
         cfg.auth_file = args.auth_file;
     }
-    cfg.insecure_allow_plaintext |= args.insecure_allow_plaintext;
+    cfg.insecure_allow_plaintext = args
+        .insecure_allow_plaintext
+        .unwrap_or(cfg.insecure_allow_plaintext);
+    if let Some(level) = &log.log_level {
+        cfg.log_level = level.clone();
+    }
+    cfg.log_format = log.log_format.unwrap_or(cfg.log_format);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -424,234 +389,47 @@ impl Signals {
     }
 }
 
-fn print_status(s: &NodeStatus) {
-    println!("node        {}", s.id);
-    println!("role        {}", s.role);
-    println!("term        {}", s.term);
-    println!(
-        "leader      {}",
-        s.leader.map_or("none".to_string(), |l| format!(
-            "{l} ({})",
-            s.leader_addr.clone().unwrap_or_default()
-        ))
-    );
-    println!("commit      {}", s.commit_index);
-    println!("applied     {}", s.applied_index);
-    println!("persisted   {}", s.persisted_index);
-    println!(
-        "log         {}..={} (snapshot at {})",
-        s.first_index, s.last_index, s.snapshot_index
-    );
-    println!("storage     {}", s.storage);
-    println!("voters      {:?}", s.voters);
-    println!("learners    {:?}", s.learners);
-    println!("elections   {}", s.elections);
-    if !s.peers.is_empty() {
-        println!("peer  match      next       state      active");
-        for p in &s.peers {
-            println!(
-                "{:<5} {:<10} {:<10} {:<10} {}",
-                p.id, p.match_index, p.next_index, p.state, p.active
-            );
-        }
-    }
-    match s.digests.last() {
-        Some(d) => println!("digest      {} at {}", d.digest, d.index),
-        None => println!("digest      none yet"),
-    }
-    let ae = &s.anti_entropy;
-    if ae.comparisons > 0 {
-        println!(
-            "anti-entropy compared up to {} ({} indexes), {} divergences",
-            ae.compared_index, ae.comparisons, ae.divergence_total
-        );
-    }
-    for d in &ae.divergent {
-        println!(
-            "DIVERGED    node {} at {}: digest {} (majority {})",
-            d.node,
-            d.index,
-            d.digest,
-            d.majority_digest.as_deref().unwrap_or("none")
-        );
-    }
-}
-
-async fn dev(args: DevArgs, signals: &mut Signals) -> Result<(), ConfigError> {
-    let n: u64 = args
-        .nodes
-        .parse()
-        .map_err(|_| ConfigError::new("nodes", "must be 3 or 5"))?;
-    let port = |base: u16, i: u64| -> Result<SocketAddr, ConfigError> {
-        let p = u64::from(base) + i;
-        let p = u16::try_from(p)
-            .map_err(|_| ConfigError::new("port base", format!("port {p} is out of range")))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], p)))
-    };
-    if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).map_err(|e| {
-            ConfigError::new(
-                "data_dir",
-                format!("cannot delete {}: {e}", args.data_dir.display()),
-            )
-        })?;
-    }
-    let mut peers = Vec::new();
-    for i in 1..=n {
-        peers.push(PeerConfig {
-            id: i,
-            addr: port(args.peer_port_base, i)?,
-            client_addr: Some(port(args.client_port_base, i)?),
-        });
-    }
-    // The dev cluster's ID: the one its data already has, else a fresh random one.
-    let stored = args
-        .data_dir
-        .join("node-1")
-        .join(raft_node::cluster_id::CLUSTER_ID_FILE);
-    let cluster_id = match std::fs::read_to_string(&stored) {
-        Ok(text) => text
-            .parse::<ClusterId>()
-            .map_err(|e| ConfigError::new("cluster_id", format!("{}: {e}", stored.display())))?,
-        Err(_) => ClusterId::random(),
-    };
-    let certs_dir = args.data_dir.join("certs");
-    if args.tls {
-        let missing: Vec<u64> = (1..=n)
-            .filter(|&i| !certs_dir.join(certs::node_cert_file(i)).exists())
-            .collect();
-        if !missing.is_empty() {
-            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
-            certs::generate(&certs_dir, Some(cluster_id.0), &missing, &hosts)
-                .map_err(|e| ConfigError::new("tls", e))?;
-        }
-    }
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let mut cfg =
-            NodeConfig::with_defaults(i, args.data_dir.join(format!("node-{i}")), peers.clone());
-        cfg.http_addr = Some(port(args.http_port_base, i)?);
-        cfg.storage = args.storage;
-        cfg.cluster_id = Some(cluster_id);
-        if args.tls {
-            cfg.tls = Some(TlsConfig {
-                ca_file: certs_dir.join(certs::CA_CERT_FILE),
-                cert_file: certs_dir.join(certs::node_cert_file(i)),
-                key_file: certs_dir.join(certs::node_key_file(i)),
-                client_cert_required: false,
+/// Logs to standard error at `level`, refined by RUST_LOG when it is set.
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            // A bare level in RUST_LOG (`debug`) replaces the level; per-module directives
+            // (`raft_net=debug`) refine it.
+            let bare = env.split(',').any(|d| {
+                !d.contains('=')
+                    && d.trim()
+                        .parse::<tracing::level_filters::LevelFilter>()
+                        .is_ok()
             });
-        }
-        match RunningNode::start(cfg).await {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                for node in nodes {
-                    node.shutdown().await;
-                }
-                return Err(e);
+            if bare {
+                env
+            } else {
+                format!("{level},{env}")
             }
         }
-    }
-    println!(
-        "raft-node dev: {n} nodes on 127.0.0.1, data under {}, cluster {cluster_id}",
-        args.data_dir.display()
-    );
-    if args.tls {
-        println!(
-            "  TLS: peers use mutual TLS, clients and HTTP TLS; CA, node and admin client \
-             certificates in {}",
-            certs_dir.display()
-        );
-    }
-    // What a client needs to reach a TLS dev cluster, put before its arguments.
-    let ca = certs_dir.join(certs::CA_CERT_FILE);
-    let (redis, scheme, curl) = if args.tls {
-        (
-            format!("redis-cli --tls --cacert {}", ca.display()),
-            "https",
-            format!("curl --cacert {}", ca.display()),
-        )
-    } else {
-        ("redis-cli".to_string(), "http", "curl".to_string())
+        _ => level.to_string(),
     };
-    for node in &nodes {
-        println!(
-            "  node {}: client (RESP + native) {}  http {scheme}://{}  peer {}",
-            node.id,
-            node.client_addr,
-            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
-            node.peer_addr
-        );
-    }
-    let first = &nodes[0];
-    println!("try:");
-    println!(
-        "  {redis} -p {} SET greeting hello",
-        first.client_addr.port()
-    );
-    println!(
-        "  {redis} -p {} GET greeting",
-        nodes[nodes.len() - 1].client_addr.port()
-    );
-    println!("  {redis} -p {} INFO", first.client_addr.port());
-    if let Some(h) = first.http_addr {
-        println!("  {curl} {scheme}://{h}/status");
-    }
-    println!("Ctrl-C to stop.");
-    signals.recv().await;
-    println!("shutting down");
-    for node in nodes {
-        node.shutdown().await;
+    let filter = EnvFilter::try_new(&directives)
+        .map_err(|e| format!("log filter `{directives}` (log_level, RUST_LOG): {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
     }
     Ok(())
 }
 
-fn admin_client(addr: String, login: &LoginArgs) -> Result<Client, String> {
-    let mut config = ClientConfig::new([addr]);
-    config.request_timeout_ms = 5_000;
-    let password = match &login.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--password-file {}: {e}", path.display()))?;
-            Some(text.lines().next().unwrap_or_default().to_string())
-        }
-        None => std::env::var(raft_node::auth::ENV_PASSWORD)
-            .ok()
-            .filter(|p| !p.is_empty()),
-    };
-    let user = login.user.clone().or_else(|| {
-        std::env::var("RAFT_NODE_USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-    });
-    if let Some(password) = password {
-        config.credentials = Some(Credentials::new(user.as_deref(), password.into_bytes()));
-    }
-    if login.tls_cert.is_some() && login.tls_ca.is_none() {
-        return Err("--tls-cert needs --tls-ca (the CA that signed the node's certificate)".into());
-    }
-    if let Some(ca) = &login.tls_ca {
-        let cert_key = login.tls_cert.as_deref().zip(login.tls_key.as_deref());
-        config.tls = Some(
-            raft_client::tls::client_config_from_pem_files(ca, cert_key)
-                .map_err(|e| format!("--tls-ca: {e}"))?,
-        );
-    }
-    Ok(Client::new(config))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // `run` reads its configuration first: it says how many threads the runtime gets.
+    // `run` reads its configuration first: it says how many threads the runtime gets, and
+    // its file may set the logging.
     let mut run_config = match &cli.command {
-        Cmd::Run(args) => match build_config((**args).clone()) {
+        Cmd::Run(args) => match build_config((**args).clone(), &cli.log) {
             Ok(cfg) => Some(cfg),
             Err(e) => {
                 eprintln!("raft-node: {e}");
@@ -660,6 +438,34 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    if let (Cmd::Run(args), Some(cfg)) = (&cli.command, &run_config) {
+        if args.check_config {
+            return match toml::to_string(cfg) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raft-node: cannot print the configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    let (level, format) = match &run_config {
+        Some(cfg) => (cfg.log_level.clone(), cfg.log_format),
+        None => (
+            cli.log
+                .log_level
+                .clone()
+                .unwrap_or_else(|| raft_node::config::LOG_LEVEL_DEFAULT.to_string()),
+            cli.log.log_format.unwrap_or_default(),
+        ),
+    };
+    if let Err(e) = init_logging(&level, format) {
+        eprintln!("raft-node: {e}");
+        return ExitCode::from(2);
+    }
     let workers = run_config
         .as_ref()
         .map_or(raft_node::config::RUNTIME_WORKER_THREADS_DEFAULT, |c| {
@@ -686,7 +492,7 @@ fn main() -> ExitCode {
         // Only the long-running commands take over Ctrl-C; `status` and `admin` keep the
         // default (exit at once).
         let mut signals = match cli.command {
-            Cmd::Run(_) | Cmd::Dev(_) => Some(
+            Cmd::Run(_) => Some(
                 Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?,
             ),
             _ => None,
@@ -706,10 +512,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Dev(args) => {
-                let signals = signals.as_mut().expect("installed for dev");
-                dev(args, signals).await.map_err(|e| e.to_string())
-            }
+            Cmd::Dev(args) => dev::main(args).await,
             Cmd::Certs(args) => {
                 let made = certs::generate(
                     &args.out,
@@ -730,33 +533,21 @@ fn main() -> ExitCode {
                 println!("or: raft-node run --tls-ca {dir}/{} --tls-cert {dir}/node-N.pem --tls-key {dir}/node-N-key.pem ...", certs::CA_CERT_FILE);
                 Ok(())
             }
-            Cmd::Status { addr, login } => {
-                let client = admin_client(addr, &login)?;
-                let status = client.status().await.map_err(|e| e.to_string())?;
-                print_status(&status);
-                Ok(())
-            }
             Cmd::Recover { data_dir, id } => {
                 let report = raft_node::recover::force_new_cluster(&data_dir, id)?;
                 print!("{report}");
                 Ok(())
             }
-            Cmd::Admin { addr, login, op } => {
-                let client = admin_client(addr, &login)?;
-                let r = match op {
-                    AdminCmd::TransferLeader { id } => client.transfer_leader(id).await,
-                    AdminCmd::AddLearner { id } => client.add_learner(id).await,
-                    AdminCmd::Promote { id } => client.promote(id).await,
-                    AdminCmd::Remove { id } => client.remove_node(id).await,
-                };
-                r.map_err(|e| e.to_string())?;
-                println!("OK");
-                Ok(())
-            }
+            Cmd::Client(cmd) => match cli::main(cmd).await? {
+                cli::Exit::Ok => Ok(()),
+                cli::Exit::Missing => Err(String::new()),
+            },
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `get` of a missing key: nothing more to say.
+        Err(e) if e.is_empty() => ExitCode::from(1),
         Err(e) => {
             eprintln!("raft-node: {e}");
             ExitCode::from(2)
@@ -823,6 +614,55 @@ mod tests {
         // Every visible flag explains itself.
         for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
             assert!(arg.get_help().is_some(), "{:?} has no help", arg.get_id());
+        }
+    }
+
+    /// Every setting of `run` can come from a flag, from RAFT_NODE_<FLAG>, and from the file.
+    #[test]
+    fn every_config_field_has_a_flag_and_an_environment_variable() {
+        let mut cli = Cli::command();
+        cli.build();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        let flags: Vec<String> = run
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|f| !["help", "check-config"].contains(&f.as_str()))
+            .collect();
+        for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "check-config"].contains(&long) {
+                continue;
+            }
+            let expected = format!("RAFT_NODE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long} should read {expected}"
+            );
+        }
+        for field in NodeConfig::field_paths() {
+            let flag = match field.as_str() {
+                "peers" | "peers.id" | "peers.addr" | "peers.client_addr" => "peer".to_string(),
+                "initial_voters" => "initial-voter".to_string(),
+                "tls" | "limits" => continue,
+                "tls.ca_file" => "tls-ca".to_string(),
+                "tls.cert_file" => "tls-cert".to_string(),
+                "tls.key_file" => "tls-key".to_string(),
+                other => other
+                    .strip_prefix("limits.")
+                    .or_else(|| other.strip_prefix("tls."))
+                    .map(|f| {
+                        if other.starts_with("tls.") {
+                            format!("tls-{f}")
+                        } else {
+                            f.to_string()
+                        }
+                    })
+                    .unwrap_or_else(|| other.to_string())
+                    .replace('_', "-"),
+            };
+            assert!(flags.contains(&flag), "`{field}` has no flag --{flag}");
         }
     }
 }

@@ -1,12 +1,19 @@
 //! Counters and histograms for `GET /metrics` (Prometheus text format), updated with relaxed
 //! atomics from the runtime and the servers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use raft_client::wire::AntiEntropyStatus;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use raft_client::wire::{AntiEntropyStatus, PeerInfo};
 
 /// Upper bounds of the latency buckets, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -37,18 +44,14 @@ impl Histogram {
         self.observe_us(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
 
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Their sum, in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
     }
 }
 
@@ -81,6 +84,14 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     /// HTTP connections closed by a timeout (idle, request head, response write).
     pub http_timeouts: AtomicU64,
+    /// 1 while this node knows a leader.
+    pub has_leader: AtomicU64,
+    /// Leaders this node has seen take over.
+    pub leader_changes: AtomicU64,
+    /// Writes appended here (as leader) and not yet applied.
+    pub proposals_pending: AtomicU64,
+    /// Per peer: messages and bytes written to its message connection.
+    pub peer_sent: Mutex<BTreeMap<u64, (u64, u64)>>,
     /// Divergent (replica, index) pairs the leader found (see [`crate::anti_entropy`]).
     pub replica_divergence: AtomicU64,
     /// The leader's anti-entropy view, written by its poll loop, read by the status.
@@ -187,227 +198,410 @@ impl Metrics {
         self.client_disconnects[i].load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self, node_id: u64) -> String {
+    /// The exposition of every series (OpenMetrics text, which Prometheus reads), each
+    /// labelled `node`; `peers` is the leader's view of its followers (empty elsewhere),
+    /// for the per-peer replication series.
+    pub fn render(self: &Arc<Self>, node_id: u64, peers: &[PeerInfo]) -> String {
+        let mut registry = Registry::with_labels(
+            [(Cow::Borrowed("node"), Cow::Owned(node_id.to_string()))].into_iter(),
+        );
+        registry.register_collector(Box::new(Scrape {
+            metrics: self.clone(),
+            peers: peers.to_vec(),
+        }));
         let mut out = String::new();
-        let g = |out: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node_id}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        };
-        g(&mut out, "raft_term", "gauge", "Current term.", &self.term);
-        g(
-            &mut out,
-            "raft_is_leader",
-            "gauge",
-            "1 on the leader.",
-            &self.is_leader,
-        );
-        g(
-            &mut out,
-            "raft_elections_total",
-            "counter",
-            "Elections started here.",
-            &self.elections,
-        );
-        g(
-            &mut out,
-            "raft_commit_index",
-            "gauge",
-            "Commit index.",
-            &self.commit_index,
-        );
-        g(
-            &mut out,
-            "raft_applied_index",
-            "gauge",
-            "Applied index.",
-            &self.applied_index,
-        );
-        g(
-            &mut out,
-            "raft_last_index",
-            "gauge",
-            "Last log index.",
-            &self.last_index,
-        );
-        g(
-            &mut out,
-            "raft_proposals_total",
-            "counter",
-            "Proposals appended.",
-            &self.proposals,
-        );
-        g(
-            &mut out,
-            "raft_proposals_failed_total",
-            "counter",
-            "Proposals answered with an error.",
-            &self.proposals_failed,
-        );
-        g(
-            &mut out,
-            "raft_proposals_busy_total",
-            "counter",
-            "Proposals refused by back-pressure.",
-            &self.proposals_busy,
-        );
-        g(
-            &mut out,
-            "raft_reads_total",
-            "counter",
-            "Reads served.",
-            &self.reads,
-        );
-        g(
-            &mut out,
-            "raft_net_bytes_sent_total",
-            "counter",
-            "Peer bytes sent.",
-            &self.bytes_sent,
-        );
-        g(
-            &mut out,
-            "raft_net_bytes_received_total",
-            "counter",
-            "Peer bytes received.",
-            &self.bytes_received,
-        );
-        g(
-            &mut out,
-            "raft_net_messages_sent_total",
-            "counter",
-            "Peer messages sent.",
-            &self.messages_sent,
-        );
-        g(
-            &mut out,
-            "raft_net_messages_received_total",
-            "counter",
-            "Peer messages received.",
-            &self.messages_received,
-        );
-        g(
-            &mut out,
-            "raft_net_messages_dropped_total",
-            "counter",
-            "Peer messages dropped (full queue, no connection).",
-            &self.messages_dropped,
-        );
-        g(
-            &mut out,
-            "raft_syncs_total",
-            "counter",
-            "Log syncs.",
-            &self.syncs,
-        );
-        g(
-            &mut out,
-            "raft_snapshots_taken_total",
-            "counter",
-            "Snapshots written by this node.",
-            &self.snapshots_taken,
-        );
-        g(
-            &mut out,
-            "raft_snapshots_installed_total",
-            "counter",
-            "Snapshots installed from the leader.",
-            &self.snapshots_installed,
-        );
-        g(
-            &mut out,
-            "raft_snapshots_sent_total",
-            "counter",
-            "Snapshots sent to followers.",
-            &self.snapshots_sent,
-        );
-        g(
-            &mut out,
-            "raft_state_digests_total",
-            "counter",
-            "State digests taken at multiples of digest_interval_entries.",
-            &self.digests_taken,
-        );
-        g(
-            &mut out,
-            "raft_state_digests_skipped_total",
-            "counter",
-            "Digest points skipped because the previous digest was still being computed.",
-            &self.digests_skipped,
-        );
-        g(
-            &mut out,
-            "raft_http_connections_refused_total",
-            "counter",
-            "HTTP connections refused because the total or per-source connection cap was reached.",
-            &self.http_connections_refused,
-        );
-        g(
-            &mut out,
-            "raft_http_timeouts_total",
-            "counter",
-            "HTTP connections closed by the idle, request-head or response-write timeout.",
-            &self.http_timeouts,
-        );
-        g(
-            &mut out,
-            "raft_replica_divergence_total",
-            "counter",
-            "Replicas found (by the leader, per index) with a state digest differing from the majority's.",
-            &self.replica_divergence,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP raft_replica_diverged 1 if the replica's latest compared state digest differs from the majority's (leader only).\n# TYPE raft_replica_diverged gauge"
-        );
-        for (peer, v) in self.replica_diverged.lock().expect("not poisoned").iter() {
-            let _ = writeln!(
-                out,
-                "raft_replica_diverged{{node=\"{node_id}\",peer=\"{peer}\"}} {v}"
-            );
-        }
-        g(
-            &mut out,
-            "raft_client_connections",
-            "gauge",
-            "Client connections open on the client port.",
-            &self.client_connections,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP raft_client_disconnects_total Client connections closed or refused by a limit.\n# TYPE raft_client_disconnects_total counter"
-        );
-        for (reason, v) in DisconnectReason::ALL.iter().zip(&self.client_disconnects) {
-            let _ = writeln!(
-                out,
-                "raft_client_disconnects_total{{node=\"{node_id}\",reason=\"{}\"}} {}",
-                reason.label(),
-                v.load(Ordering::Relaxed)
-            );
-        }
-        self.proposal_latency.render(
-            "raft_proposal_latency_seconds",
-            "Time from proposal to apply on the leader.",
-            &mut out,
-        );
-        self.fsync_latency.render(
-            "raft_fsync_latency_seconds",
-            "Duration of a log sync.",
-            &mut out,
-        );
-        self.storage_write_block.render(
-            "raft_storage_write_block_seconds",
-            "Time the runtime task was blocked in the log writes (append, hard state) of one Ready.",
-            &mut out,
-        );
-        self.storage_compact_block.render(
-            "raft_storage_compact_block_seconds",
-            "Time the runtime task was blocked in one log compaction or snapshot installation.",
-            &mut out,
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// One scrape: the counters as they are now, read by prometheus-client's encoder.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    peers: Vec<PeerInfo>,
+}
+
+/// A series' name (without unit or `_total`), help, unit and value.
+type Series<'a> = (&'a str, &'a str, Option<Unit>, u64);
+
+fn counter(enc: &mut DescriptorEncoder, (name, help, unit, v): Series) -> fmt::Result {
+    enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    v: V,
+) -> fmt::Result {
+    enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+/// A gauge or counter with one sample per `(label value, value)`.
+fn family<V: EncodeGaugeValue + EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    (name, help, unit, kind): (&str, &str, Option<Unit>, MetricType),
+    label: &'static str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) -> fmt::Result {
+    let is_counter = matches!(kind, MetricType::Counter);
+    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), kind)?;
+    for (value_of_label, v) in samples {
+        let labels = [(label, value_of_label)];
+        let mut sample = m.encode_family(&labels)?;
+        if is_counter {
+            sample.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        } else {
+            sample.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
+fn histogram(enc: &mut DescriptorEncoder, name: &str, help: &str, h: &Histogram) -> fmt::Result {
+    let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+        .iter()
+        .zip(&h.buckets)
+        .map(|(bound, n)| (*bound as f64 / 1e6, n.load(Ordering::Relaxed)))
+        .collect();
+    let count = h.count();
+    let counted: u64 = buckets.iter().map(|(_, n)| n).sum();
+    // f64::MAX is prometheus-client's +Inf bucket.
+    buckets.push((f64::MAX, count.saturating_sub(counted)));
+    enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum_us() as f64 / 1e6, count, &buckets, None)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let m = &*self.metrics;
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let e = &mut enc;
+        gauge(e, "raft_term", "Current term.", None, v(&m.term))?;
+        gauge(
+            e,
+            "raft_is_leader",
+            "1 on the leader.",
+            None,
+            v(&m.is_leader),
+        )?;
+        gauge(
+            e,
+            "raft_has_leader",
+            "1 while this node knows a leader.",
+            None,
+            v(&m.has_leader),
+        )?;
+        counter(
+            e,
+            (
+                "raft_leader_changes",
+                "Leaders this node has seen take over (a new leader, or the same after a loss).",
+                None,
+                v(&m.leader_changes),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_elections",
+                "Elections started here.",
+                None,
+                v(&m.elections),
+            ),
+        )?;
+        gauge(
+            e,
+            "raft_commit_index",
+            "Commit index.",
+            None,
+            v(&m.commit_index),
+        )?;
+        gauge(
+            e,
+            "raft_applied_index",
+            "Applied index.",
+            None,
+            v(&m.applied_index),
+        )?;
+        gauge(
+            e,
+            "raft_last_index",
+            "Last log index.",
+            None,
+            v(&m.last_index),
+        )?;
+        gauge(
+            e,
+            "raft_proposals_pending",
+            "Writes appended here (as leader) and not yet applied.",
+            None,
+            v(&m.proposals_pending),
+        )?;
+        counter(
+            e,
+            (
+                "raft_proposals",
+                "Proposals appended.",
+                None,
+                v(&m.proposals),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_proposals_failed",
+                "Proposals answered with an error.",
+                None,
+                v(&m.proposals_failed),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_proposals_busy",
+                "Proposals refused by back-pressure.",
+                None,
+                v(&m.proposals_busy),
+            ),
+        )?;
+        counter(e, ("raft_reads", "Reads served.", None, v(&m.reads)))?;
+        counter(
+            e,
+            (
+                "raft_net_sent",
+                "Peer bytes sent (messages and snapshots).",
+                Some(Unit::Bytes),
+                v(&m.bytes_sent),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_net_received",
+                "Peer bytes received (messages and snapshots).",
+                Some(Unit::Bytes),
+                v(&m.bytes_received),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_net_messages_sent",
+                "Peer messages sent.",
+                None,
+                v(&m.messages_sent),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_net_messages_received",
+                "Peer messages received.",
+                None,
+                v(&m.messages_received),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_net_messages_dropped",
+                "Peer messages dropped (full queue, no connection).",
+                None,
+                v(&m.messages_dropped),
+            ),
+        )?;
+        counter(e, ("raft_syncs", "Log syncs.", None, v(&m.syncs)))?;
+        counter(
+            e,
+            (
+                "raft_snapshots_taken",
+                "Snapshots written by this node.",
+                None,
+                v(&m.snapshots_taken),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_snapshots_installed",
+                "Snapshots installed from the leader.",
+                None,
+                v(&m.snapshots_installed),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_snapshots_sent",
+                "Snapshots sent to followers.",
+                None,
+                v(&m.snapshots_sent),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_state_digests",
+                "State digests taken at multiples of digest_interval_entries.",
+                None,
+                v(&m.digests_taken),
+            ),
+        )?;
+        counter(
+            e,
+            (
+                "raft_state_digests_skipped",
+                "Digest points skipped because the previous digest was still being computed.",
+                None,
+                v(&m.digests_skipped),
+            ),
+        )?;
+        counter(e, ("raft_http_connections_refused", "HTTP connections refused because the total or per-source connection cap was reached.", None, v(&m.http_connections_refused)))?;
+        counter(
+            e,
+            (
+                "raft_http_timeouts",
+                "HTTP connections closed by the idle, request-head or response-write timeout.",
+                None,
+                v(&m.http_timeouts),
+            ),
+        )?;
+        counter(e, ("raft_replica_divergence", "Replicas found (by the leader, per index) with a state digest differing from the majority's.", None, v(&m.replica_divergence)))?;
+        let diverged: Vec<(String, u64)> = m
+            .replica_diverged
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(peer, v)| (peer.to_string(), *v))
+            .collect();
+        family(e, ("raft_replica_diverged", "1 if the replica's latest compared state digest differs from the majority's (leader only).", None, MetricType::Gauge), "peer", diverged)?;
+        gauge(
+            e,
+            "raft_client_connections",
+            "Client connections open on the client port.",
+            None,
+            v(&m.client_connections),
+        )?;
+        family(
+            e,
+            (
+                "raft_client_disconnects",
+                "Client connections closed or refused by a limit.",
+                None,
+                MetricType::Counter,
+            ),
+            "reason",
+            DisconnectReason::ALL
+                .iter()
+                .zip(&m.client_disconnects)
+                .map(|(r, n)| (r.label().to_string(), v(n))),
+        )?;
+        // The leader's view of each follower.
+        let peers = &self.peers;
+        let per_peer = |f: &dyn Fn(&PeerInfo) -> Option<f64>| -> Vec<(String, f64)> {
+            peers
+                .iter()
+                .filter_map(|p| Some((p.id.to_string(), f(p)?)))
+                .collect()
+        };
+        family(
+            e,
+            (
+                "raft_peer_match_lag_entries",
+                "Entries the leader holds beyond the follower's match index (leader only).",
+                None,
+                MetricType::Gauge,
+            ),
+            "peer",
+            per_peer(&|p| Some(p.match_lag as f64)),
+        )?;
+        family(
+            e,
+            (
+                "raft_peer_rtt",
+                "Latest heartbeat round trip to the follower (leader only).",
+                Some(Unit::Seconds),
+                MetricType::Gauge,
+            ),
+            "peer",
+            per_peer(&|p| p.rtt_us.map(|us| us as f64 / 1e6)),
+        )?;
+        family(
+            e,
+            (
+                "raft_peer_last_contact",
+                "Time since the leader last heard from the follower (leader only).",
+                Some(Unit::Seconds),
+                MetricType::Gauge,
+            ),
+            "peer",
+            per_peer(&|p| p.last_contact_ms.map(|ms| ms as f64 / 1e3)),
+        )?;
+        let sent: Vec<(u64, (u64, u64))> = m
+            .peer_sent
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(&p, &s)| (p, s))
+            .collect();
+        family(
+            e,
+            (
+                "raft_peer_sent_messages",
+                "Messages sent to the peer on its message connection.",
+                None,
+                MetricType::Counter,
+            ),
+            "peer",
+            sent.iter().map(|(p, (n, _))| (p.to_string(), *n)),
+        )?;
+        family(
+            e,
+            (
+                "raft_peer_sent",
+                "Bytes sent to the peer on its message connection (snapshot streams not included).",
+                Some(Unit::Bytes),
+                MetricType::Counter,
+            ),
+            "peer",
+            sent.iter().map(|(p, (_, b))| (p.to_string(), *b)),
+        )?;
+        histogram(
+            e,
+            "raft_proposal_latency",
+            "Time from proposal to apply on the leader.",
+            &m.proposal_latency,
+        )?;
+        histogram(
+            e,
+            "raft_fsync_latency",
+            "Duration of a log sync.",
+            &m.fsync_latency,
+        )?;
+        histogram(e, "raft_storage_write_block", "Time the runtime task was blocked in the log writes (append, hard state) of one Ready.", &m.storage_write_block)?;
+        histogram(
+            e,
+            "raft_storage_compact_block",
+            "Time the runtime task was blocked in one log compaction or snapshot installation.",
+            &m.storage_compact_block,
+        )?;
+        let build = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("crate", env!("CARGO_PKG_NAME")),
+        ];
+        enc.encode_descriptor(
+            "raft_build",
+            "The build this node runs: its version in the labels, value 1.",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&build)?;
+        crate::process_metrics::encode(&mut enc)
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use raft_snapshot::{restore_state_machine, SnapshotPolicy, SnapshotStore, SnapshotStoreConfig};
 
 use crate::auth::{Auth, InternalClient, ENV_INTERNAL_PASSWORD};
+use crate::cluster_view::ClusterProbe;
 use crate::config::{ConfigError, NodeConfig, StorageKind};
 use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ use crate::store::NodeStore;
 use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
+use crate::watch::{WatchHub, WatchLimits};
 use crate::{http, server};
 
 /// Inbound batches of peer messages (raft-net caps a batch at `INBOUND_BATCH_MESSAGES_MAX`)
@@ -114,6 +116,7 @@ struct SharedParts {
     client_addrs: HashMap<u64, String>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    http_addr: Option<SocketAddr>,
 }
 
 /// Restores the state machine against `store` and starts the runtime on it.
@@ -129,9 +132,11 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
         trailing_margin_entries: config.snapshot_log_margin_entries,
         ..SnapshotPolicy::default()
     };
+    let mut runtime_config = config.runtime();
+    runtime_config.http_addr = parts.http_addr.map(|a| a.to_string());
     runtime::spawn(RuntimeParts {
         raft: config.raft_config(),
-        runtime: config.runtime(),
+        runtime: runtime_config,
         store,
         transport: parts.transport,
         inbound: parts.inbound,
@@ -163,6 +168,22 @@ pub struct RunningNode {
     _lock: DirLock,
 }
 
+/// The IP addresses the members' addresses resolve to now, for the client port's reserved
+/// slots (a name that does not resolve yet reserves nothing).
+async fn member_ips(peers: &[crate::config::PeerConfig]) -> Vec<std::net::IpAddr> {
+    let mut ips = Vec::new();
+    for a in peers
+        .iter()
+        .flat_map(|p| std::iter::once(&p.addr).chain(p.client_addr.as_ref()))
+    {
+        match a.resolve().await {
+            Ok(found) => ips.extend(found.iter().map(|s| s.ip())),
+            Err(e) => tracing::warn!(address = %a, "{e}"),
+        }
+    }
+    ips
+}
+
 async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener, ConfigError> {
     TcpListener::bind(addr)
         .await
@@ -174,7 +195,9 @@ impl RunningNode {
     /// with the built-in key-value state machine.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ConfigError> {
         let limits = KvLimits::from_client_limits(&config.limits);
-        Self::start_with(config, KvStateMachine::new(limits)).await
+        let hub = WatchHub::new(WatchLimits::from_client_limits(&config.limits));
+        let machine = KvStateMachine::new(limits).with_change_sink(hub.clone());
+        Self::start_hosting(config, machine, Some(hub)).await
     }
 
     /// As [`RunningNode::start`], hosting `machine` (empty; it is restored from the newest
@@ -186,6 +209,16 @@ impl RunningNode {
     pub async fn start_with<M: HostedMachine>(
         config: NodeConfig,
         machine: M,
+    ) -> Result<RunningNode, ConfigError> {
+        Self::start_hosting(config, machine, None).await
+    }
+
+    /// Starts the node hosting `machine`; watchers are served from `watch`, the machine's
+    /// change sink, when there is one.
+    async fn start_hosting<M: HostedMachine>(
+        config: NodeConfig,
+        machine: M,
+        watch: Option<Arc<WatchHub>>,
     ) -> Result<RunningNode, ConfigError> {
         config.validate()?;
         let auth = Arc::new(
@@ -221,8 +254,8 @@ impl RunningNode {
         if let Some(tls) = &tls {
             tls.check_identity(config.id, cluster_id)?;
         }
-        let peer_addr = config.peer_listen_addr().expect("validated");
-        let client_addr = config.client_listen_addr().expect("validated");
+        let peer_addr = config.peer_listen_addr()?;
+        let client_addr = config.client_listen_addr()?;
         let client_listener = bind(client_addr, "client_addr").await?;
         let http_listener = match config.http_addr {
             Some(a) => Some(bind(a, "http_addr").await?),
@@ -238,7 +271,7 @@ impl RunningNode {
             .peers
             .iter()
             .filter(|p| p.id != config.id)
-            .map(|p| (p.id, p.addr))
+            .map(|p| (p.id, p.addr.clone()))
             .collect();
         let transport = NetTransport::start(
             config.id,
@@ -255,7 +288,7 @@ impl RunningNode {
         let mut client_addrs: HashMap<u64, String> = config
             .peers
             .iter()
-            .filter_map(|p| p.client_addr.map(|a| (p.id, a.to_string())))
+            .filter_map(|p| p.client_addr.as_ref().map(|a| (p.id, a.to_string())))
             .collect();
         client_addrs.insert(config.id, client_addr.to_string());
 
@@ -266,6 +299,7 @@ impl RunningNode {
             client_addrs: client_addrs.clone(),
             metrics,
             shutdown: shutdown_rx.clone(),
+            http_addr,
         };
         // A fresh cluster starts from a snapshot-like configuration naming the initial voters.
         let voters = config.bootstrap_voters();
@@ -285,25 +319,24 @@ impl RunningNode {
 
         let mut forward_addrs: Vec<String> = client_addrs.values().cloned().collect();
         forward_addrs.sort();
-        let router = Arc::new(Router::new(
+        let mut router = Router::new(
             handle.clone(),
             auth.clone(),
             &internal,
             forward_addrs,
             config.request_timeout_ms,
-        ));
+        )
+        .with_cluster_probe(ClusterProbe::new(config.id, &client_addrs, &internal));
+        if let Some(hub) = watch {
+            router = router.with_watch(hub);
+        }
+        let router = Arc::new(router);
         tokio::spawn(server::serve(
             client_listener,
             handle.clone(),
             router.clone(),
             Arc::new(config.limits.clone()),
-            config
-                .peers
-                .iter()
-                .flat_map(|p| [Some(p.addr), p.client_addr])
-                .flatten()
-                .map(|a| a.ip())
-                .collect(),
+            member_ips(&config.peers).await.into_iter().collect(),
             client_tls,
             shutdown_rx.clone(),
         ));

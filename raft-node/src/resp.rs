@@ -267,11 +267,7 @@ impl RespParser {
         };
         self.line_scanned = 0;
         let line = buf.split_to(end + 1).freeze();
-        let args: Vec<Bytes> = line
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|s| !s.is_empty())
-            .map(|s| line.slice_ref(s))
-            .collect();
+        let args = split_inline(&line)?;
         if args.len() > self.limits.request_args_max {
             return Err(protocol(format!(
                 "{} arguments exceed request_args_max ({})",
@@ -283,8 +279,126 @@ impl RespParser {
     }
 }
 
-/// A reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Splits an inline command into arguments as Redis' `sdssplitargs` does (what redis-cli
+/// and telnet users type): blanks separate arguments; `"..."` takes `\n`, `\r`, `\t`, `\b`,
+/// `\a`, `\xHH` and `\<any>` escapes; `'...'` takes only `\'`; a closing quote must be
+/// followed by a blank or the end of the line. Unbalanced quotes are a protocol error, as
+/// in Redis.
+fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // C's isspace: the separators sdssplitargs skips.
+    let blank = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let unbalanced = || protocol("unbalanced quotes in request");
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && blank(line[i]) {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(args);
+        }
+        let mut arg = Vec::new();
+        let (mut double, mut single) = (false, false);
+        loop {
+            let c = line.get(i).copied();
+            let next = line.get(i + 1).copied();
+            if double {
+                match (c, next) {
+                    (Some(b'\\'), Some(b'x')) => {
+                        match (
+                            line.get(i + 2).and_then(|&b| hex(b)),
+                            line.get(i + 3).and_then(|&b| hex(b)),
+                        ) {
+                            (Some(hi), Some(lo)) => {
+                                arg.push(hi << 4 | lo);
+                                i += 3;
+                            }
+                            _ => {
+                                arg.push(b'x');
+                                i += 1;
+                            }
+                        }
+                    }
+                    (Some(b'\\'), Some(e)) => {
+                        arg.push(match e {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                        i += 1;
+                    }
+                    (Some(b'"'), next) => {
+                        if next.is_some_and(|b| !blank(b)) {
+                            return Err(unbalanced());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    (None, _) => return Err(unbalanced()),
+                    (Some(other), _) => arg.push(other),
+                }
+            } else if single {
+                match (c, next) {
+                    (Some(b'\\'), Some(b'\'')) => {
+                        arg.push(b'\'');
+                        i += 1;
+                    }
+                    (Some(b'\''), next) => {
+                        if next.is_some_and(|b| !blank(b)) {
+                            return Err(unbalanced());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    (None, _) => return Err(unbalanced()),
+                    (Some(other), _) => arg.push(other),
+                }
+            } else {
+                match c {
+                    None => break,
+                    Some(b) if blank(b) => break,
+                    Some(b'"') => double = true,
+                    Some(b'\'') => single = true,
+                    Some(other) => arg.push(other),
+                }
+            }
+            i += 1;
+        }
+        args.push(Bytes::from(arg));
+    }
+}
+
+/// The RESP version a connection speaks; it decides how every reply is encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP2, what a connection starts with.
+    #[default]
+    Resp2,
+    /// RESP3, after `HELLO 3`.
+    Resp3,
+}
+
+impl Protocol {
+    /// The number `HELLO` and `CLIENT INFO` show.
+    pub fn version(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// A reply. The RESP3 types are written as their RESP2 equivalents on a RESP2 connection,
+/// as Redis does: a map as a flat array of keys and values, a set or push as an array, a
+/// double as a bulk string, a boolean as 1 or 0, a verbatim string as a bulk string, a
+/// null as `$-1` (`*-1` for [`Value::NullArray`]).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// `+OK`.
     Simple(String),
@@ -292,15 +406,52 @@ pub enum Value {
     Error(String),
     /// `:42`.
     Int(i64),
-    /// `$3\r\nfoo` or `$-1` (nil).
+    /// `$3\r\nfoo`, or nil: `$-1` in RESP2, `_` in RESP3.
     Bulk(Option<Bytes>),
     /// `*2 ...`.
     Array(Vec<Value>),
+    /// A nil array (EXEC whose WATCH failed): `*-1` in RESP2, `_` in RESP3.
+    NullArray,
+    /// `%N`: key-value pairs, in order.
+    Map(Vec<(Value, Value)>),
+    /// `~N`: members without duplicates.
+    Set(Vec<Value>),
+    /// `,1.5`.
+    Double(f64),
+    /// `#t` / `#f`.
+    Bool(bool),
+    /// `=N\r\ntxt:...`: text meant to be shown as it is (INFO, CLIENT LIST).
+    Verbatim(Bytes),
+    /// `>N`: an out-of-band message (pub/sub), an array in RESP2.
+    Push(Vec<Value>),
 }
 
 impl Value {
-    /// Appends the encoding to `out`.
+    /// Appends the RESP2 encoding to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
+        self.encode(Protocol::Resp2, out)
+    }
+
+    /// Appends the encoding in `proto` to `out`.
+    pub fn encode(&self, proto: Protocol, out: &mut Vec<u8>) {
+        if self.write_header(proto, out) {
+            match self {
+                Value::Array(items) | Value::Set(items) | Value::Push(items) => {
+                    for v in items {
+                        v.encode(proto, out);
+                    }
+                }
+                Value::Map(pairs) => {
+                    for (k, v) in pairs {
+                        k.encode(proto, out);
+                        v.encode(proto, out);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let resp3 = proto == Protocol::Resp3;
         match self {
             Value::Simple(s) => {
                 out.push(b'+');
@@ -311,20 +462,66 @@ impl Value {
                 out.extend(s.replace(['\r', '\n'], " ").as_bytes());
             }
             Value::Int(n) => out.extend(format!(":{n}").as_bytes()),
+            Value::Bulk(None) | Value::NullArray if resp3 => out.push(b'_'),
             Value::Bulk(None) => out.extend(b"$-1"),
+            Value::NullArray => out.extend(b"*-1"),
             Value::Bulk(Some(b)) => {
                 out.extend(format!("${}\r\n", b.len()).as_bytes());
                 out.extend_from_slice(b);
             }
-            Value::Array(items) => {
-                out.extend(format!("*{}\r\n", items.len()).as_bytes());
-                for v in items {
-                    v.write(out);
-                }
-                return;
+            Value::Double(d) if resp3 => out.extend(format!(",{}", format_double(*d)).as_bytes()),
+            Value::Double(d) => {
+                let text = format_double(*d);
+                out.extend(format!("${}\r\n{text}", text.len()).as_bytes());
+            }
+            Value::Bool(b) if resp3 => out.extend(if *b { b"#t" } else { b"#f" }),
+            Value::Bool(b) => out.extend(if *b { b":1" } else { b":0" }),
+            Value::Verbatim(text) if resp3 => {
+                out.extend(format!("={}\r\ntxt:", text.len() + 4).as_bytes());
+                out.extend_from_slice(text);
+            }
+            Value::Verbatim(text) => {
+                out.extend(format!("${}\r\n", text.len()).as_bytes());
+                out.extend_from_slice(text);
+            }
+            Value::Array(_) | Value::Set(_) | Value::Push(_) | Value::Map(_) => {
+                unreachable!("aggregates are written by write_header and their members")
             }
         }
         out.extend(b"\r\n");
+    }
+
+    /// For an aggregate, appends its header line in `proto` and answers true (its members
+    /// follow it); anything else is left alone and answers false.
+    pub fn write_header(&self, proto: Protocol, out: &mut Vec<u8>) -> bool {
+        let resp3 = proto == Protocol::Resp3;
+        let (kind, count) = match self {
+            Value::Array(items) => (b'*', items.len()),
+            Value::Set(items) => (if resp3 { b'~' } else { b'*' }, items.len()),
+            Value::Push(items) => (if resp3 { b'>' } else { b'*' }, items.len()),
+            Value::Map(pairs) if resp3 => (b'%', pairs.len()),
+            Value::Map(pairs) => (b'*', 2 * pairs.len()),
+            _ => return false,
+        };
+        out.push(kind);
+        out.extend(format!("{count}\r\n").as_bytes());
+        true
+    }
+}
+
+/// A double as Redis writes it: `inf`, `-inf`, `nan`, or the shortest decimal that reads
+/// back as the same number.
+pub fn format_double(d: f64) -> String {
+    if d.is_nan() {
+        "nan".into()
+    } else if d.is_infinite() {
+        if d > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        format!("{d}")
     }
 }
 
@@ -340,6 +537,24 @@ pub enum Parsed {
     Leader,
     /// Membership and leadership administration.
     Admin(AdminOp),
+    /// EXEC: the commands queued since MULTI, run as one log entry if no watched key
+    /// changed.
+    Exec(Vec<Parsed>, WatchSlot),
+    /// WATCH: the keys' versions are read (linearizably) into the connection's slot.
+    Watch(Vec<Bytes>, WatchSlot),
+}
+
+/// The keys a connection watches and their versions when WATCH read them, filled in by
+/// the server in the connection's order (a WATCH is served before a later EXEC).
+pub type WatchSlot = std::sync::Arc<std::sync::Mutex<Watched>>;
+
+/// See [`WatchSlot`].
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// `(key, version)` as read by WATCH.
+    pub keys: Vec<(Bytes, u64)>,
+    /// A WATCH whose read failed: EXEC must not run unguarded, so it runs nothing.
+    pub broken: bool,
 }
 
 impl Parsed {
@@ -347,8 +562,8 @@ impl Parsed {
     pub fn is_write(&self) -> bool {
         match self {
             Parsed::Kv(cmd, _) => !cmd.is_read(),
-            Parsed::Admin(_) => true,
-            Parsed::Reply(_) | Parsed::Info | Parsed::Leader => false,
+            Parsed::Admin(_) | Parsed::Exec(..) => true,
+            Parsed::Reply(_) | Parsed::Info | Parsed::Leader | Parsed::Watch(..) => false,
         }
     }
 }
@@ -371,6 +586,9 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
     let rest = &args[1..];
+    if let Some(parsed) = crate::resp_keys::to_command(&name, rest) {
+        return parsed;
+    }
     let keys = || rest.to_vec();
     let kv = |c| Parsed::Kv(c, true);
     match (name.as_str(), rest.len()) {
@@ -378,10 +596,27 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
         ("PING", 1) => Parsed::Reply(Value::Bulk(Some(rest[0].clone()))),
         ("ECHO", 1) => Parsed::Reply(Value::Bulk(Some(rest[0].clone()))),
         ("QUIT", _) => Parsed::Reply(Value::Simple("OK".into())),
-        ("SELECT", 1) if rest[0].as_ref() == b"0" => Parsed::Reply(Value::Simple("OK".into())),
-        // redis-cli probes COMMAND DOCS on connect; an empty answer tells it there is
-        // nothing to learn. (CONFIG, CLIENT, AUTH and HELLO are the session's: `session.rs`.)
-        ("COMMAND", _) => Parsed::Reply(Value::Array(Vec::new())),
+        ("SELECT", 1) => match int_arg(&rest[0]) {
+            Some(0) => Parsed::Reply(Value::Simple("OK".into())),
+            Some(_) => Parsed::Reply(Value::Error(
+                "ERR DB index is out of range: raft-node has one database, 0".into(),
+            )),
+            None => Parsed::Reply(Value::Error(
+                "ERR value is not an integer or out of range".into(),
+            )),
+        },
+        // This node's clock: not replicated, not comparable across nodes.
+        ("TIME", 0) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Parsed::Reply(Value::Array(vec![
+                Value::Bulk(Some(Bytes::from(now.as_secs().to_string()))),
+                Value::Bulk(Some(Bytes::from(now.subsec_micros().to_string()))),
+            ]))
+        }
+        // (COMMAND, CONFIG, CLIENT, AUTH, HELLO, RESET and transactions are the session's:
+        // `session.rs` and `commands.rs`.)
         ("INFO", _) => Parsed::Info,
         ("LEADER", 0) => Parsed::Leader,
         ("GET", 1) => kv(KvCommand::Get {
@@ -466,8 +701,8 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
             )),
         },
         (
-            "PING" | "ECHO" | "SELECT" | "LEADER" | "GET" | "STALEGET" | "MGET" | "EXISTS" | "SET"
-            | "MSET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "CAS" | "CASNX"
+            "PING" | "ECHO" | "SELECT" | "TIME" | "LEADER" | "GET" | "STALEGET" | "MGET" | "EXISTS"
+            | "SET" | "MSET" | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "CAS" | "CASNX"
             | "RAFT.TRANSFER" | "RAFT.ADDLEARNER" | "RAFT.PROMOTE" | "RAFT.REMOVE",
             _,
         ) => wrong_args(&name),
@@ -494,6 +729,7 @@ pub fn kv_reply(r: KvResponse) -> Value {
             Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into())
         }
         KvResponse::Error(e) => Value::Error(format!("ERR {e}")),
+        other => crate::resp_keys::reply(&other).expect("every other answer is resp_keys'"),
     }
 }
 
@@ -594,6 +830,71 @@ mod tests {
         ])
         .write(&mut out);
         assert_eq!(out, b"*3\r\n$1\r\na\r\n$-1\r\n:3\r\n");
+    }
+
+    fn encoded(v: &Value, proto: Protocol) -> String {
+        let mut out = Vec::new();
+        v.encode(proto, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn resp3_types_and_their_resp2_forms() {
+        use Protocol::{Resp2, Resp3};
+        let map = Value::Map(vec![(
+            Value::Bulk(Some(Bytes::from("k"))),
+            Value::Set(vec![Value::Simple("a".into())]),
+        )]);
+        assert_eq!(encoded(&map, Resp3), "%1\r\n$1\r\nk\r\n~1\r\n+a\r\n");
+        assert_eq!(encoded(&map, Resp2), "*2\r\n$1\r\nk\r\n*1\r\n+a\r\n");
+        assert_eq!(encoded(&Value::Bulk(None), Resp3), "_\r\n");
+        assert_eq!(encoded(&Value::Bulk(None), Resp2), "$-1\r\n");
+        assert_eq!(encoded(&Value::NullArray, Resp3), "_\r\n");
+        assert_eq!(encoded(&Value::NullArray, Resp2), "*-1\r\n");
+        assert_eq!(encoded(&Value::Double(1.5), Resp3), ",1.5\r\n");
+        assert_eq!(encoded(&Value::Double(1.5), Resp2), "$3\r\n1.5\r\n");
+        assert_eq!(encoded(&Value::Double(f64::INFINITY), Resp3), ",inf\r\n");
+        assert_eq!(encoded(&Value::Bool(true), Resp3), "#t\r\n");
+        assert_eq!(encoded(&Value::Bool(false), Resp2), ":0\r\n");
+        let text = Value::Verbatim(Bytes::from("a:1"));
+        assert_eq!(encoded(&text, Resp3), "=7\r\ntxt:a:1\r\n");
+        assert_eq!(encoded(&text, Resp2), "$3\r\na:1\r\n");
+        let push = Value::Push(vec![Value::Int(1)]);
+        assert_eq!(encoded(&push, Resp3), ">1\r\n:1\r\n");
+        assert_eq!(encoded(&push, Resp2), "*1\r\n:1\r\n");
+    }
+
+    fn inline(line: &str) -> Result<Vec<String>, String> {
+        split_inline(line.as_bytes())
+            .map(|args| {
+                args.iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// The cases of Redis' sdssplitargs.
+    #[test]
+    fn inline_commands_split_as_redis_does() {
+        assert_eq!(inline("SET a b\r\n").unwrap(), ["SET", "a", "b"]);
+        assert_eq!(inline("  SET   a\tb  \n").unwrap(), ["SET", "a", "b"]);
+        assert_eq!(
+            inline(r#"SET "hello world" 'it''s'"#).map_err(|e| e.contains("unbalanced")),
+            Err(true)
+        );
+        assert_eq!(
+            inline(r#"SET "a \"b\" \n\x41\x4" 'c\'d' """#).unwrap(),
+            ["SET", "a \"b\" \nAx4", "c'd", ""]
+        );
+        assert_eq!(inline(r#"SET k"v w" x"#).unwrap(), ["SET", "kv w", "x"]);
+        assert_eq!(inline(r#"SET k\n v"#).unwrap(), ["SET", "k\\n", "v"]);
+        assert!(inline(r#"SET "abc"#).unwrap_err().contains("unbalanced"));
+        assert!(inline(r#"SET 'abc"#).unwrap_err().contains("unbalanced"));
+        assert!(inline(r#"SET "a"b"#).unwrap_err().contains("unbalanced"));
+        assert_eq!(inline("\r\n").unwrap(), Vec::<String>::new());
+        let binary = split_inline(br#"SET "\x00\xff""#).unwrap();
+        assert_eq!(&binary[1][..], &[0u8, 0xff]);
     }
 
     fn limits() -> ParserLimits {

@@ -7,14 +7,17 @@
 //! end to end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
 use raft_client::{Client, ClientConfig, ClientError};
 
 use crate::auth::{Auth, InternalClient};
+use crate::cluster_view::ClusterProbe;
 use crate::kv::log_command;
 use crate::runtime::NodeHandle;
+use crate::watch::WatchHub;
 
 /// See the module documentation.
 pub struct Router {
@@ -25,7 +28,17 @@ pub struct Router {
     /// A client sends one request at a time, so forwarded writes spread over a few.
     forwarders: Vec<Client>,
     next_forwarder: std::sync::atomic::AtomicUsize,
+    /// Pulls every member's status for the status page (none known: this node alone).
+    pub cluster: ClusterProbe,
+    /// The history of this node's applied key changes, for watchers (the built-in
+    /// key-value store has one; a hosted machine has none).
+    pub watch: Option<Arc<WatchHub>>,
+    /// How long a write waits for a leader to be elected.
+    request_timeout_ms: u64,
 }
+
+/// How often a write waiting for a leader looks again.
+const LEADER_POLL_INTERVAL_MS: u64 = 10;
 
 /// Connections a follower keeps to the leader for forwarded writes.
 const FORWARDERS_MAX: usize = 8;
@@ -52,7 +65,44 @@ impl Router {
                 .map(|_| Client::new(config.clone()))
                 .collect(),
             next_forwarder: std::sync::atomic::AtomicUsize::new(0),
+            cluster: ClusterProbe::default(),
+            watch: None,
+            request_timeout_ms,
         }
+    }
+
+    /// Waits until this node knows a leader; fails at once, naming the situation, when the
+    /// runtime finds no leader can be elected ("no leader: 1 of 3 voters reachable"), and
+    /// after `request_timeout_ms` otherwise.
+    async fn wait_for_leader(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.request_timeout_ms);
+        loop {
+            if self.handle.leader().is_some() {
+                return Ok(());
+            }
+            if let Some(situation) = self.handle.no_quorum() {
+                return Err(NodeError::Unavailable(situation));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "no leader elected within {} ms",
+                    self.request_timeout_ms
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// This router, with `cluster` to pull the members' statuses for the status page.
+    pub fn with_cluster_probe(mut self, cluster: ClusterProbe) -> Router {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Serves watchers from `hub`, the state machine's change sink.
+    pub fn with_watch(mut self, hub: Arc<WatchHub>) -> Router {
+        self.watch = Some(hub);
+        self
     }
 
     /// A lane for a new connection: its forwarded writes share one forwarder, so they reach
@@ -96,6 +146,12 @@ impl Router {
                 }) => {}
                 other => return other,
             }
+        }
+        // No leader known: wait for one, then forward. Forwarding blindly would send the
+        // write round the members, this one included, until the deadline; proposing it
+        // here would stamp it with this node's clock at arrival rather than the leader's.
+        if !leader_here && self.handle.leader().is_none() {
+            self.wait_for_leader().await?;
         }
         let forwarder = &self.forwarders[lane % self.forwarders.len()];
         match forwarder

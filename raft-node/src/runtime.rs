@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, NodeId, NodeStatus, PeerInfo};
+use raft_client::wire::{
+    LeaderChange, LoadCounters, MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo,
+};
 use raft_core::{
     ChangeError, ConfChange, Config, EntryPayload, Index, Message, MessageBody, NodeId as CoreId,
     ProposeError, RawNode, ReadError, Role, SnapshotMeta, Term, TransferError,
@@ -68,6 +70,11 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     fn skip_to(&mut self, index: Index);
     /// A fresh, empty machine with the same settings, to restore a snapshot into.
     fn empty_like(&self) -> Self;
+    /// The estimated bytes the state holds and the bound on them, for the status view's
+    /// memory alarm; `(0, 0)` (the default) when the machine keeps no such account.
+    fn memory_bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// FAULT INJECTION for tests (`--debug-corrupt-apply-at`): make this replica's state
     /// differ from the others'. The default does nothing.
     fn debug_corrupt(&mut self, _index: Index) {}
@@ -76,6 +83,12 @@ pub trait HostedMachine: StateMachine + Send + 'static {
     /// it when a copy costs O(1), as the key-value store's persistent maps do: building a
     /// large reply on the task holds up heartbeats (a 512 MiB MGET cost a leader its term).
     fn view(&self) -> Option<Arc<dyn MachineView>> {
+        None
+    }
+    /// On the leader, once a tick while no earlier one is unapplied: an encoded
+    /// `LogCommand` the machine wants proposed for its own upkeep (the key-value store's
+    /// sweep of expired keys), or `None` (the default). Nobody waits for its answer.
+    fn housekeeping(&self) -> Option<Bytes> {
         None
     }
 }
@@ -134,6 +147,8 @@ pub struct RuntimeConfig {
     /// the first command at or after this index, so that anti-entropy has something to
     /// find. `None` (the default) in every real deployment.
     pub debug_corrupt_apply_at: Option<Index>,
+    /// This node's HTTP address, shown in its status so that pages can link to it.
+    pub http_addr: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -151,6 +166,7 @@ impl Default for RuntimeConfig {
             requests_waiting_max: 8192,
             digest_interval_entries: 100_000,
             debug_corrupt_apply_at: None,
+            http_addr: None,
         }
     }
 }
@@ -200,9 +216,28 @@ pub struct NodeHandle {
     pub metrics: Arc<Metrics>,
     /// This node's ID.
     pub id: NodeId,
+    /// The leader this node knows of (0: none), kept by the runtime, so that a follower's
+    /// router can tell "forward" from "no leader to forward to" without asking the task.
+    leader: Arc<std::sync::atomic::AtomicU64>,
+    /// Why no leader can be elected, while the runtime fails requests at once for it.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl NodeHandle {
+    /// Why no leader can be elected ("no leader: 1 of 3 voters reachable ..."), while the
+    /// node fails requests at once for that reason.
+    pub fn no_quorum(&self) -> Option<String> {
+        self.no_quorum.lock().expect("not poisoned").clone()
+    }
+
+    /// The leader this node currently knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            l => Some(l),
+        }
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -459,10 +494,14 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         .expect("spawn sync thread");
     let (bg_tx, bg_rx) = mpsc::unbounded_channel();
     let snapshot_index = parts.state_machine.applied_index();
+    let leader_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let no_quorum = Arc::new(std::sync::Mutex::new(None));
     let handle = NodeHandle {
         tx,
         metrics: parts.metrics.clone(),
         id,
+        leader: leader_seen.clone(),
+        no_quorum: no_quorum.clone(),
     };
     let runtime = Runtime {
         raw,
@@ -496,13 +535,22 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         read_batch: ReadBatcher::default(),
         waiting: VecDeque::new(),
         last_role: Role::Follower,
+        leader_seen,
+        no_quorum,
+        no_quorum_set: false,
+        leader_lost_tick: Some(0),
+        leader_before_loss: None,
         ticks: 0,
         failed: false,
         digests: VecDeque::new(),
         digest_in_flight: false,
         corrupted: false,
+        housekeeping_in_flight: None,
         memberships: VecDeque::from([(log_snapshot.index, log_snapshot.membership)]),
         snapshot_index_latest: snapshot_index,
+        peer_timing: HashMap::new(),
+        leader_changes: VecDeque::new(),
+        last_leader: None,
     };
     let task = tokio::spawn(runtime.run(rx, parts.inbound, done_rx, bg_rx, parts.shutdown));
     Ok((handle, task))
@@ -556,6 +604,16 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     /// Requests parked while no leader is known (an election is under way).
     waiting: VecDeque<(Instant, Command)>,
     last_role: Role,
+    /// The leader as `NodeHandle::leader` reports it.
+    leader_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// `NodeHandle::no_quorum`, and whether it holds a situation now.
+    no_quorum: Arc<std::sync::Mutex<Option<String>>>,
+    no_quorum_set: bool,
+    /// The tick since which no leader is known (`Some(0)` at start), `None` while one is.
+    leader_lost_tick: Option<u64>,
+    /// The leader lost at `leader_lost_tick` (none at start): finding one after a loss is
+    /// logged at WARN, as the loss is.
+    leader_before_loss: Option<NodeId>,
     ticks: u64,
     /// A store write failed: the node stops taking part rather than diverge from its disk.
     failed: bool,
@@ -565,6 +623,9 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     digest_in_flight: bool,
     /// The fault-injection hook has fired (it fires once).
     corrupted: bool,
+    /// `(index, term)` of the machine's last housekeeping proposal: the next waits until it
+    /// is applied (or its term is over), so there is at most one in flight.
+    housekeeping_in_flight: Option<(Index, Term)>,
     /// `(index, configuration)` from the log's compaction point on, ascending: what a
     /// compaction below the newest snapshot must record (the core forgets configurations
     /// once they are applied). Bounded: trimmed at each compaction, and at most one
@@ -572,6 +633,55 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     memberships: VecDeque<(Index, raft_core::Membership)>,
     /// The index of the newest snapshot this node wrote or installed.
     snapshot_index_latest: Index,
+    /// When each peer was last heard from, and heartbeat round trips (the status view's
+    /// last contact and RTT). Keyed by senders of messages that passed the transport's
+    /// cluster check, so bounded by the cluster's size.
+    peer_timing: HashMap<CoreId, PeerTiming>,
+    /// The latest leaders seen, oldest first, at most [`LEADER_CHANGES_KEPT_MAX`].
+    leader_changes: VecDeque<LeaderChange>,
+    /// The leader as of the last `observe`.
+    last_leader: Option<NodeId>,
+}
+
+/// Leader changes a node keeps (and reports in its status) at most.
+pub const LEADER_CHANGES_KEPT_MAX: usize = 32;
+
+/// One peer's contact times, as the status view shows them.
+#[derive(Default)]
+struct PeerTiming {
+    heard_at: Option<Instant>,
+    /// The heartbeat being timed: its `read_seq` and when it left. One at a time per peer;
+    /// a heartbeat whose answer is lost is replaced after [`RTT_PROBE_STALE_MS`].
+    probe: Option<(u64, Instant)>,
+    rtt_us: Option<u64>,
+}
+
+/// A timed heartbeat unanswered this long is given up, so that a lost answer does not
+/// stop round-trip measurement.
+const RTT_PROBE_STALE_MS: u64 = 5_000;
+
+impl PeerTiming {
+    fn on_send(&mut self, read_seq: u64, now: Instant) {
+        let stale = self.probe.is_some_and(|(_, at)| {
+            now.duration_since(at) > Duration::from_millis(RTT_PROBE_STALE_MS)
+        });
+        if self.probe.is_none() || stale {
+            self.probe = Some((read_seq, now));
+        }
+    }
+
+    fn on_receive(&mut self, body: &MessageBody, now: Instant) {
+        self.heard_at = Some(now);
+        if let MessageBody::HeartbeatResponse { read_seq } = body {
+            if let Some((seq, at)) = self.probe {
+                if seq == *read_seq {
+                    self.rtt_us =
+                        Some(u64::try_from(now.duration_since(at).as_micros()).unwrap_or(u64::MAX));
+                    self.probe = None;
+                }
+            }
+        }
+    }
 }
 
 impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
@@ -665,9 +775,65 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn unavailable(&self, what: &str) -> NodeError {
         NodeError::Unavailable(format!(
-            "{what} not confirmed by a majority within {} ms (no quorum or no leader)",
-            self.config.request_timeout_ms
+            "{what} not confirmed by a majority within {} ms: {}",
+            self.config.request_timeout_ms,
+            self.quorum_situation()
         ))
+    }
+
+    /// Ticks within which a peer heard from counts as reachable: two election timeouts, as
+    /// a live peer without a leader sends a (pre-)vote request at least once per timeout.
+    fn reachable_ticks_max(&self) -> u64 {
+        2 * u64::from(self.config.election_timeout_ticks_max.max(1))
+    }
+
+    /// The voters this node heard from recently (itself included), the number of voters,
+    /// and how many make a majority.
+    fn voters_reachable(&self) -> (Vec<NodeId>, usize, usize) {
+        let voters = &self.raw.membership().voters;
+        let recent = self.reachable_ticks_max();
+        let reachable: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| {
+                v == self.raw.id()
+                    || self
+                        .peer_heard_tick
+                        .get(&v)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|t| self.ticks.saturating_sub(t) <= recent)
+            })
+            .collect();
+        (reachable, voters.len(), voters.len() / 2 + 1)
+    }
+
+    /// The quorum situation in words, for errors: "no leader: 1 of 3 voters reachable ...".
+    fn quorum_situation(&self) -> String {
+        let (reachable, voters, needed) = self.voters_reachable();
+        let heard = format!(
+            "{} of {voters} voters reachable from node {} ({reachable:?}; a majority is {needed})",
+            reachable.len(),
+            self.raw.id()
+        );
+        match self.raw.leader() {
+            None => format!("no leader: {heard}"),
+            Some(l) if l == self.raw.id() => format!("leader without a majority: {heard}"),
+            Some(l) => format!("leader is node {l}; {heard}"),
+        }
+    }
+
+    /// Why no leader can be elected, once none has been known for two election timeouts
+    /// and fewer voters than a majority are reachable: a request then fails at once with
+    /// the situation instead of waiting out its deadline. During an ordinary election
+    /// (a majority reachable, or the loss recent) requests wait as before.
+    fn leaderless_without_quorum(&self) -> Option<String> {
+        let lost = self.leader_lost_tick?;
+        if self.ticks.saturating_sub(lost) < self.reachable_ticks_max() {
+            return None;
+        }
+        let (reachable, _, needed) = self.voters_reachable();
+        (reachable.len() < needed).then(|| self.quorum_situation())
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
@@ -681,6 +847,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             Inbound::Message(msg) => {
                 if let Some(heard) = self.peer_heard_tick.get_mut(&msg.from) {
                     *heard = Some(self.ticks);
+                    self.peer_timing
+                        .entry(msg.from)
+                        .or_default()
+                        .on_receive(&msg.body, Instant::now());
                 }
                 if matches!(&msg.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
                 {
@@ -969,6 +1139,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         {
             tracing::debug!("a ReadIndex round got no outcome; its reads go to the next one");
         }
+        self.propose_housekeeping();
         // Retry parked requests: a leader may be known now. Each is retried at most once
         // per tick; a request that fails again is parked again until its deadline.
         let parked = std::mem::take(&mut self.waiting);
@@ -978,6 +1149,27 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             } else {
                 self.dispatch(cmd, deadline);
             }
+        }
+    }
+
+    /// Proposes the machine's upkeep entry on a leader (see `HostedMachine::housekeeping`).
+    fn propose_housekeeping(&mut self) {
+        if !self.raw.is_leader() {
+            return;
+        }
+        let term = self.raw.term();
+        if self
+            .housekeeping_in_flight
+            .is_some_and(|(index, t)| t == term && self.sm.applied_index() < index)
+        {
+            return;
+        }
+        let Some(data) = self.sm.housekeeping() else {
+            return;
+        };
+        match self.raw.propose(data) {
+            Ok(id) => self.housekeeping_in_flight = Some((id.index, id.term)),
+            Err(e) => tracing::debug!(error = ?e, "housekeeping proposal refused"),
         }
     }
 
@@ -997,7 +1189,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     }
 
     fn park(&mut self, deadline: Instant, cmd: Command) {
-        if self.waiting.len() >= self.config.requests_waiting_max {
+        if let Some(situation) = self.leaderless_without_quorum() {
+            self.fail_command(cmd, NodeError::Unavailable(situation));
+        } else if self.waiting.len() >= self.config.requests_waiting_max {
             self.fail_command(cmd, NodeError::Busy);
         } else {
             self.waiting.push_back((deadline, cmd));
@@ -1315,7 +1509,17 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         if self.hold_commit_notices(&ready) {
             self.commit_notices = std::mem::take(&mut ready.messages);
         }
+        let mut now = None;
         for m in std::mem::take(&mut ready.messages) {
+            if let MessageBody::Heartbeat { read_seq, .. } = m.body {
+                if self.peer_heard_tick.contains_key(&m.to) {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.peer_timing
+                        .entry(m.to)
+                        .or_default()
+                        .on_send(read_seq, now);
+                }
+            }
             if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
                 self.send_snapshot(m);
             } else {
@@ -1590,6 +1794,59 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         });
     }
 
+    /// Keeps `NodeHandle::leader` current and logs losing and finding the leader at WARN
+    /// (a follower's log otherwise says only `leader=None`).
+    fn observe_leader(&mut self) {
+        let leader = self.raw.leader();
+        // Only while leaderless is the situation computed (and the lock taken).
+        if leader.is_none() || self.no_quorum_set {
+            let situation = self.leaderless_without_quorum();
+            self.no_quorum_set = situation.is_some();
+            *self.no_quorum.lock().expect("not poisoned") = situation;
+        }
+        let before = self.leader_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if leader.unwrap_or(0) == before {
+            return;
+        }
+        self.leader_seen
+            .store(leader.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        let id = self.raw.id();
+        let term = self.raw.term();
+        match leader {
+            None => {
+                self.leader_lost_tick = Some(self.ticks);
+                self.leader_before_loss = Some(before);
+                if before != id {
+                    tracing::warn!(
+                        id,
+                        term,
+                        lost = before,
+                        "lost the leader (node {before}); requests wait for an election, and \
+                         fail at once while fewer than a majority of voters are reachable"
+                    );
+                }
+            }
+            Some(l) => {
+                let lost = self.leader_lost_tick.take();
+                let without_ms = lost.map_or(0, |t| {
+                    self.ticks
+                        .saturating_sub(t)
+                        .saturating_mul(self.config.tick_interval_ms)
+                });
+                if self.leader_before_loss.take().is_some() {
+                    let who = if l == id {
+                        "this node, elected".to_string()
+                    } else {
+                        format!("node {l}")
+                    };
+                    tracing::warn!(id, term, leader = l, without_ms, "found the leader: {who}");
+                } else {
+                    tracing::info!(id, term, leader = l, "leader is node {l}");
+                }
+            }
+        }
+    }
+
     fn observe(&mut self) {
         let role = self.raw.role();
         if role != self.last_role {
@@ -1606,9 +1863,29 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             );
             self.last_role = role;
         }
+        let leader = self.raw.leader();
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            if leader.is_some() {
+                Metrics::add(&self.metrics.leader_changes, 1);
+            }
+            if self.leader_changes.len() == LEADER_CHANGES_KEPT_MAX {
+                self.leader_changes.pop_front();
+            }
+            self.leader_changes.push_back(LeaderChange {
+                term: self.raw.term(),
+                leader,
+                at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            });
+        }
+        self.observe_leader();
         let m = &self.metrics;
         Metrics::set(&m.term, self.raw.term());
         Metrics::set(&m.is_leader, u64::from(role == Role::Leader));
+        Metrics::set(&m.has_leader, u64::from(leader.is_some()));
+        Metrics::set(&m.proposals_pending, self.pending_writes.len() as u64);
         Metrics::set(&m.commit_index, self.raw.commit_index());
         Metrics::set(&m.applied_index, self.raw.applied_index());
         Metrics::set(&m.last_index, self.raw.last_index());
@@ -1616,6 +1893,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn status(&self) -> NodeStatus {
         let s = self.raw.status();
+        let memory = self.sm.memory_bytes();
         NodeStatus {
             id: s.id,
             role: format!("{:?}", s.role),
@@ -1638,12 +1916,20 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             peers: s
                 .peers
                 .iter()
-                .map(|p| PeerInfo {
-                    id: p.id,
-                    match_index: p.match_index,
-                    next_index: p.next_index,
-                    state: p.state.to_string(),
-                    active: p.recent_active,
+                .map(|p| {
+                    let timing = self.peer_timing.get(&p.id);
+                    PeerInfo {
+                        id: p.id,
+                        match_index: p.match_index,
+                        next_index: p.next_index,
+                        state: p.state.to_string(),
+                        active: p.recent_active,
+                        last_contact_ms: timing
+                            .and_then(|t| t.heard_at)
+                            .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                        match_lag: s.last_index.saturating_sub(p.match_index),
+                        rtt_us: timing.and_then(|t| t.rtt_us),
+                    }
                 })
                 .collect(),
             digests: digest_infos(self.digests.iter()),
@@ -1653,6 +1939,29 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                 .lock()
                 .expect("not poisoned")
                 .clone(),
+            http_addr: self.config.http_addr.clone(),
+            leader_changes: self.leader_changes.iter().cloned().collect(),
+            load: LoadCounters {
+                writes: self.metrics.proposal_latency.count(),
+                write_latency_us_sum: self.metrics.proposal_latency.sum_us(),
+                reads: self
+                    .metrics
+                    .reads
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
+            memory_used_bytes: memory.0,
+            memory_bytes_max: memory.1,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            members: s
+                .membership
+                .voters
+                .iter()
+                .chain(s.membership.learners.iter())
+                .map(|&id| MemberAddr {
+                    id,
+                    client_addr: self.client_addrs.get(&id).cloned(),
+                })
+                .collect(),
         }
     }
 

@@ -32,10 +32,12 @@ use crate::auth::{certified_session, Auth, Role, Session};
 use crate::kv::{log_command, KvView};
 use crate::limits::ClientLimits;
 use crate::metrics::{DisconnectReason, Metrics};
-use crate::resp::{self, ParserLimits, RespParser, Value};
+use crate::resp::{self, ParserLimits, Protocol, RespParser, Value};
 use crate::router::Router;
 use crate::runtime::{AdminOp, NodeHandle, ReadAnswer};
 use crate::session::{native_gate, RespSession};
+
+mod pubsub;
 
 /// Requests of one connection being served at once (pipelining depth).
 /// Also the largest run of pipelined writes put into one batch entry.
@@ -190,7 +192,8 @@ pub async fn serve_connection<S>(
             serve_native(stream, first, (auth, session), handle, conn, shutdown).await
         }
         Ok(Ok(n)) if n > 0 => {
-            let session = RespSession::new(router.auth.clone(), session);
+            let session = RespSession::new(router.auth.clone(), session)
+                .with_request_keys_max(conn.limits.request_keys_max);
             serve_resp(stream, first, session, router, conn, shutdown).await
         }
         _ => {}
@@ -412,6 +415,8 @@ type Closed = Option<DisconnectReason>;
 /// A RESP connection's pending output: small replies gathered in one buffer, large bulk
 /// payloads kept as the stored bytes, written in order.
 struct RespOutput {
+    /// The protocol replies are encoded in.
+    proto: Protocol,
     small: Vec<u8>,
     pieces: Vec<Bytes>,
     queued_bytes: usize,
@@ -422,6 +427,7 @@ struct RespOutput {
 impl RespOutput {
     fn new(limits: &ClientLimits) -> RespOutput {
         RespOutput {
+            proto: Protocol::Resp2,
             small: Vec::with_capacity(READ_CHUNK_BYTES),
             pieces: Vec::new(),
             queued_bytes: 0,
@@ -440,14 +446,20 @@ impl RespOutput {
                 self.small.extend_from_slice(b"\r\n");
                 self.queued_bytes += b.len();
             }
-            Value::Array(items) => {
-                self.small
-                    .extend(format!("*{}\r\n", items.len()).as_bytes());
+            Value::Array(items) | Value::Set(items) | Value::Push(items) => {
+                v.write_header(self.proto, &mut self.small);
                 for item in items {
                     self.encode(item);
                 }
             }
-            other => other.write(&mut self.small),
+            Value::Map(pairs) => {
+                v.write_header(self.proto, &mut self.small);
+                for (k, item) in pairs {
+                    self.encode(k);
+                    self.encode(item);
+                }
+            }
+            other => other.encode(self.proto, &mut self.small),
         }
     }
 
@@ -499,13 +511,9 @@ async fn write_timed<S: AsyncWrite + Unpin>(
 }
 
 /// A command naming more keys than `request_keys_max` becomes its error reply.
-fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
+pub(crate) fn refuse_too_many_keys(parsed: resp::Parsed, max: usize) -> resp::Parsed {
     let keys = match &parsed {
-        resp::Parsed::Kv(KvCommand::MSet { pairs }, _) => pairs.len(),
-        resp::Parsed::Kv(
-            KvCommand::MGet { keys } | KvCommand::Exists { keys } | KvCommand::Del { keys },
-            _,
-        ) => keys.len(),
+        resp::Parsed::Kv(cmd, _) => cmd.key_count(),
         _ => 0,
     };
     if keys <= max {
@@ -539,6 +547,8 @@ async fn serve_resp<S>(
         let mut batch = Vec::new();
         loop {
             match parser.parse(&mut buf) {
+                // An empty request (a blank inline line, `*0`) gets no answer, as in Redis.
+                Ok(Some(args)) if args.is_empty() => {}
                 Ok(Some(args)) => {
                     batch.push(args);
                     if batch.len() >= CONNECTION_REQUESTS_IN_FLIGHT_MAX {
@@ -565,16 +575,51 @@ async fn serve_resp<S>(
             let quit = batch
                 .iter()
                 .any(|a| a.first().is_some_and(|c| c.eq_ignore_ascii_case(b"QUIT")));
-            let served = serve_resp_batch(
-                &router,
-                &mut session,
-                &mut stream,
-                &mut out,
-                batch,
-                lane,
-                &limits,
-            )
-            .await;
+            // Subscribe mode (pubsub.rs) takes over from the first (P)SUBSCRIBE or WATCHLOG
+            // to the last UNSUBSCRIBE, and hands back what came after it.
+            let mut pending = batch;
+            let mut served = Ok(());
+            while served.is_ok() && !pending.is_empty() {
+                let split = pending
+                    .iter()
+                    .position(|a| pubsub::starts_subscription(a))
+                    .unwrap_or(pending.len());
+                let subscribing = pending.split_off(split);
+                if !pending.is_empty() {
+                    let normal = std::mem::take(&mut pending);
+                    served = serve_resp_batch(
+                        &router,
+                        &mut session,
+                        &mut stream,
+                        &mut out,
+                        normal,
+                        lane,
+                        &limits,
+                    )
+                    .await;
+                }
+                if served.is_ok() && !subscribing.is_empty() {
+                    served = out.flush(&mut stream).await;
+                    if served.is_ok() {
+                        match pubsub::serve(
+                            &mut stream,
+                            &mut buf,
+                            &mut parser,
+                            &session,
+                            &router,
+                            &conn,
+                            &mut out,
+                            &mut shutdown,
+                            subscribing,
+                        )
+                        .await
+                        {
+                            Ok(after) => pending = after,
+                            Err(e) => served = Err(e),
+                        }
+                    }
+                }
+            }
             protect_admin(&conn, &router.auth, session.role());
             let served = match served {
                 Ok(()) => out.flush(&mut stream).await,
@@ -642,11 +687,33 @@ async fn serve_resp_batch<S: AsyncWrite + Unpin>(
     lane: usize,
     limits: &ClientLimits,
 ) -> Result<(), Closed> {
-    let parsed: Vec<resp::Parsed> = batch
-        .iter()
-        .map(|a| refuse_too_many_keys(session.command(a), limits.request_keys_max))
-        .collect();
+    // Each reply is encoded in the protocol the connection speaks once its command ran
+    // (HELLO 3's own answer is RESP3): the batch is served in runs of one protocol.
+    let mut runs: Vec<(Protocol, Vec<resp::Parsed>)> = Vec::new();
+    for a in &batch {
+        let parsed = refuse_too_many_keys(session.command(a), limits.request_keys_max);
+        let proto = session.protocol();
+        match runs.last_mut() {
+            Some((p, run)) if *p == proto => run.push(parsed),
+            _ => runs.push((proto, vec![parsed])),
+        }
+    }
     drop(batch);
+    for (proto, parsed) in runs {
+        out.proto = proto;
+        serve_resp_run(router, stream, out, parsed, lane).await?;
+    }
+    Ok(())
+}
+
+/// Serves requests whose replies share one protocol, in order.
+async fn serve_resp_run<S: AsyncWrite + Unpin>(
+    router: &Arc<Router>,
+    stream: &mut S,
+    out: &mut RespOutput,
+    parsed: Vec<resp::Parsed>,
+    lane: usize,
+) -> Result<(), Closed> {
     let mut parsed = parsed.into_iter().peekable();
     while let Some(first) = parsed.next() {
         let kind = first.is_write();
@@ -769,7 +836,7 @@ async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Val
         },
         resp::Parsed::Reply(v) => v,
         resp::Parsed::Info => match router.handle.status().await {
-            Ok(s) => Value::Bulk(Some(Bytes::from(resp::info_text(&s)))),
+            Ok(s) => Value::Verbatim(Bytes::from(resp::info_text(&s))),
             Err(e) => node_error(e),
         },
         resp::Parsed::Leader => match router.handle.status().await {
@@ -786,5 +853,78 @@ async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Val
             Ok(()) => Value::Simple("OK".into()),
             Err(e) => node_error(e),
         },
+        resp::Parsed::Exec(queued, watched) => exec(router, queued, watched, lane).await,
+        resp::Parsed::Watch(keys, slot) => {
+            let read = router
+                .kv(KvCommand::Versions { keys: keys.clone() }, true, lane)
+                .await;
+            let mut watched = slot.lock().unwrap_or_else(|e| e.into_inner());
+            match read {
+                Ok(KvResponse::Versions(vs)) if vs.len() == keys.len() => {
+                    watched.keys.extend(keys.into_iter().zip(vs));
+                    Value::Simple("OK".into())
+                }
+                Ok(other) => {
+                    watched.broken = true;
+                    resp::kv_reply(other)
+                }
+                Err(e) => {
+                    watched.broken = true;
+                    node_error(e)
+                }
+            }
+        }
     }
+}
+
+/// EXEC: the queued data commands as one `Exec` entry, so they apply together and no other
+/// client's command lands between them (reads among them too: they are answered from the
+/// state at that point of the log), and only if no watched key's version changed (the
+/// state machine checks, when the entry applies); the other queued commands answered in
+/// their places.
+async fn exec(
+    router: &Router,
+    queued: Vec<resp::Parsed>,
+    watched: resp::WatchSlot,
+    lane: usize,
+) -> Value {
+    let (watches, broken) = {
+        let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut w.keys), w.broken)
+    };
+    if broken {
+        return Value::NullArray;
+    }
+    let commands: Vec<KvCommand> = queued
+        .iter()
+        .filter_map(|p| match p {
+            resp::Parsed::Kv(cmd, _) => Some(cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    let count = commands.len();
+    let mut answers = if commands.is_empty() && watches.is_empty() {
+        Vec::new()
+    } else {
+        match router
+            .kv(KvCommand::Exec { watches, commands }, true, lane)
+            .await
+        {
+            Ok(KvResponse::Batch(rs)) if rs.len() == count => rs,
+            Ok(KvResponse::Aborted) => return Value::NullArray,
+            Ok(other) => return resp::kv_reply(other),
+            Err(e) => return node_error(e),
+        }
+    }
+    .into_iter();
+    let mut replies = Vec::with_capacity(queued.len());
+    for p in queued {
+        replies.push(match p {
+            resp::Parsed::Kv(..) => answers
+                .next()
+                .map_or_else(|| Value::Error("ERR missing answer".into()), resp::kv_reply),
+            other => Box::pin(resp_command(router, other, lane)).await,
+        });
+    }
+    Value::Array(replies)
 }

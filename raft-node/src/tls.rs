@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 /// The `[tls]` section.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA certificate(s) trusted for peers and client certificates.

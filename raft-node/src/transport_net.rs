@@ -37,7 +37,7 @@ impl NetTransport {
         cluster_id: u128,
         tls: Option<raft_net::tls::TransportTls>,
         listen: SocketAddr,
-        peers: Vec<(NodeId, SocketAddr)>,
+        peers: Vec<(NodeId, raft_net::PeerAddr)>,
         inbound: mpsc::Sender<Inbound>,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<NetTransport> {
@@ -101,6 +101,12 @@ impl PeerTransport for NetTransport {
         );
         Metrics::set(&metrics.messages_sent, s.messages_sent);
         Metrics::set(&metrics.messages_received, s.messages_received);
+        *metrics.peer_sent.lock().expect("not poisoned") = self
+            .handle
+            .peer_sent()
+            .into_iter()
+            .map(|(peer, messages, bytes)| (peer, (messages, bytes)))
+            .collect();
         Metrics::set(
             &metrics.messages_dropped,
             s.messages_dropped + s.messages_unencodable,

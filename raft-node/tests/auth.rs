@@ -71,8 +71,8 @@ async fn start_nodes_with(dir: &Path, size: u64, internal: bool, tls: bool) -> V
     let peers: Vec<PeerConfig> = (1..=size)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     let mut nodes = Vec::new();
@@ -241,6 +241,13 @@ async fn resp_requires_auth_and_enforces_roles() {
         c.call(&["SET", "k", "v"]).await,
         "-NOPERM User reader has no permissions to run the 'set' command"
     );
+    // A transaction is held to the role of every command in it: a refused write aborts it.
+    assert_eq!(c.call(&["MULTI"]).await, "+OK");
+    assert_eq!(c.call(&["GET", "k"]).await, "+QUEUED");
+    assert!(c.call(&["SET", "k", "v"]).await.starts_with("-NOPERM"));
+    assert!(c.call(&["EXEC"]).await.starts_with("-EXECABORT"));
+    // CLIENT LIST shows other users' connections: admin only.
+    assert!(c.call(&["CLIENT", "LIST"]).await.starts_with("-NOPERM"));
     // A failed login keeps the role the connection had.
     assert!(c
         .call(&["AUTH", "writer", "nope"])
@@ -267,6 +274,13 @@ async fn resp_requires_auth_and_enforces_roles() {
         );
     }
 
+    // Dropping every key is an administrator's act; expiry is a writer's.
+    assert_eq!(
+        c.call(&["FLUSHALL"]).await,
+        "-NOPERM User writer has no permissions to run the 'flushall' command"
+    );
+    assert_eq!(c.call(&["EXPIRE", "k", "100"]).await, ":1");
+
     // admin (the default user, one-argument AUTH): membership commands pass the gate and
     // reach the leader's own checks (node 97 has no address, which it says).
     assert_eq!(c.call(&["AUTH", ADMIN_PASSWORD]).await, "+OK");
@@ -282,11 +296,12 @@ async fn resp_requires_auth_and_enforces_roles() {
         .call(&["CONFIG", "SET", "requirepass", "x"])
         .await
         .starts_with("-ERR CONFIG SET is not supported"));
-    assert_eq!(c.call(&["CONFIG", "GET", "save"]).await, "*0 []");
+    assert_eq!(c.call(&["CONFIG", "GET", "save"]).await, "*2 [$ save, $ ]");
+    assert_eq!(c.call(&["CONFIG", "GET", "maxmemory"]).await, "*0 []");
     assert!(c
         .call(&["CLIENT", "KILL", "ID", "1"])
         .await
-        .starts_with("-ERR CLIENT KILL is not supported"));
+        .starts_with("-ERR unknown subcommand 'KILL'"));
     assert_eq!(
         c.call(&["CLIENT", "SETINFO", "LIB-NAME", "test"]).await,
         "+OK"
@@ -294,12 +309,17 @@ async fn resp_requires_auth_and_enforces_roles() {
     assert_eq!(c.call(&["CLIENT", "SETNAME", "tester"]).await, "+OK");
     assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, "$ tester");
 
-    // HELLO: RESP2 with Redis' fields; RESP3 is refused so clients fall back.
+    // HELLO: Redis' fields; a version other than 2 or 3 is refused, and HELLO 3 without
+    // credentials on a connection not logged in is NOAUTH, as in Redis.
     let mut h = Resp::connect(addr).await;
     assert_eq!(
-        h.call(&["HELLO", "3"]).await,
+        h.call(&["HELLO", "4"]).await,
         "-NOPROTO unsupported protocol version"
     );
+    assert!(h
+        .call(&["HELLO", "3"])
+        .await
+        .starts_with("-NOAUTH HELLO must be called"));
     assert!(h
         .call(&["HELLO", "2", "AUTH", "writer", "bad"])
         .await
@@ -332,6 +352,12 @@ async fn resp_requires_auth_and_enforces_roles() {
     assert_eq!(p.reply().await, "+OK");
     assert_eq!(p.reply().await, "+OK");
     assert_eq!(p.reply().await, "$ 2");
+    // RESET logs the connection out when authentication is on.
+    assert_eq!(p.call(&["RESET"]).await, "+RESET");
+    assert_eq!(
+        p.call(&["GET", "p"]).await,
+        "-NOAUTH Authentication required."
+    );
     assert_eq!(p.call(&["QUIT"]).await, "+OK");
 
     // The redis crate: credentials in the URL (AUTH, then CLIENT SETINFO on connect).
@@ -401,6 +427,10 @@ async fn native_clients_log_in_and_are_held_to_their_role() {
     ));
     assert!(matches!(
         writer.transfer_leader(1).await,
+        Err(ClientError::Node(NodeError::PermissionDenied(_)))
+    ));
+    assert!(matches!(
+        writer.kv(raft_client::KvCommand::FlushAll).await,
         Err(ClientError::Node(NodeError::PermissionDenied(_)))
     ));
 
@@ -607,8 +637,8 @@ async fn a_client_certificate_naming_a_user_logs_in_as_that_user() {
     let ports = free_addrs(2);
     let peers = vec![PeerConfig {
         id: 1,
-        addr: ports[0],
-        client_addr: Some(ports[1]),
+        addr: ports[0].into(),
+        client_addr: Some(ports[1].into()),
     }];
     let mut config = NodeConfig::with_defaults(1, dir.path().join("node-1"), peers);
     config.auth_file = Some(path);
@@ -646,13 +676,13 @@ async fn a_cluster_with_users_but_no_internal_credential_is_refused() {
     let peers = vec![
         PeerConfig {
             id: 1,
-            addr: ports[0],
-            client_addr: Some(ports[1]),
+            addr: ports[0].into(),
+            client_addr: Some(ports[1].into()),
         },
         PeerConfig {
             id: 2,
-            addr: ports[2],
-            client_addr: Some(ports[3]),
+            addr: ports[2].into(),
+            client_addr: Some(ports[3].into()),
         },
     ];
     let mut config = NodeConfig::with_defaults(1, dir.path().join("n1"), peers);

@@ -53,8 +53,8 @@ async fn a_custom_machine_is_replicated_snapshotted_and_compared() {
     let peers: Vec<PeerConfig> = (1..=3u64)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     let mut nodes = Vec::new();
@@ -64,7 +64,7 @@ async fn a_custom_machine_is_replicated_snapshotted_and_compared() {
     }
     let addrs: Vec<String> = peers
         .iter()
-        .map(|p| p.client_addr.unwrap().to_string())
+        .map(|p| p.client_addr.as_ref().unwrap().to_string())
         .collect();
     let client = Client::new(ClientConfig::new(addrs.clone()));
     for i in 1..=60 {
@@ -104,7 +104,7 @@ async fn a_custom_machine_is_replicated_snapshotted_and_compared() {
     let restarted =
         RunningNode::start_with(config(follower, dir.path(), &peers), Counter::default());
     nodes[index] = Some(restarted.await.unwrap());
-    let probe = one_node_client(peers[index].client_addr.unwrap());
+    let probe = one_node_client(nodes[index].as_ref().unwrap().client_addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(v) = probe.query(Vec::new(), false).await {
@@ -195,8 +195,8 @@ async fn a_slow_snapshot_install_does_not_stall_the_node() {
     let peers: Vec<PeerConfig> = (1..=3u64)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     // Nodes 1 and 2 are a majority: they commit and compact without node 3.
@@ -207,7 +207,7 @@ async fn a_slow_snapshot_install_does_not_stall_the_node() {
     }
     let addrs: Vec<String> = peers[..2]
         .iter()
-        .map(|p| p.client_addr.unwrap().to_string())
+        .map(|p| p.client_addr.as_ref().unwrap().to_string())
         .collect();
     let client = Client::new(ClientConfig::new(addrs));
     for i in 1..=60 {
@@ -217,7 +217,7 @@ async fn a_slow_snapshot_install_does_not_stall_the_node() {
     // Node 3 starts empty, behind the leader's compaction point: it needs the snapshot.
     let slow = RunningNode::start_with(config(3, dir.path(), &peers), SlowRestore::default());
     nodes.push(slow.await.unwrap());
-    let probe = one_node_client(peers[2].client_addr.unwrap());
+    let probe = one_node_client(nodes[2].client_addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !RESTORING.load(Ordering::SeqCst) {
         assert!(

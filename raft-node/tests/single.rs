@@ -21,8 +21,8 @@ async fn malformed_frames_close_only_their_connection() {
     let (peer_addr, client_addr) = two_free_addrs();
     let peer = PeerConfig {
         id: 1,
-        addr: peer_addr,
-        client_addr: Some(client_addr),
+        addr: peer_addr.into(),
+        client_addr: Some(client_addr.into()),
     };
     let config: NodeConfig = NodeConfig::from_toml(&format!(
         "id = 1\ndata_dir = {:?}\n[[peers]]\nid = 1\naddr = \"{}\"\nclient_addr = \"{}\"\n",

@@ -70,8 +70,8 @@ async fn a_tls_cluster_elects_a_leader_and_replicates_a_write() {
     let peers: Vec<PeerConfig> = (1..=3u64)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     let mut nodes = Vec::new();
@@ -113,6 +113,7 @@ async fn a_tls_cluster_elects_a_leader_and_replicates_a_write() {
     let command = LogCommand {
         session: None,
         op: set.encode(),
+        stamp_ms: 0,
     };
     leader.handle.propose(command.encode()).await.unwrap();
     // Every replica applies it (a local read of each node's own state).
@@ -151,8 +152,8 @@ async fn a_node_refuses_a_certificate_naming_another_node() {
     let ports = free_addrs(2);
     let peers = vec![PeerConfig {
         id: 1,
-        addr: ports[0],
-        client_addr: Some(ports[1]),
+        addr: ports[0].into(),
+        client_addr: Some(ports[1].into()),
     }];
     let mut config = NodeConfig::with_defaults(1, dir.path().join("node-1"), peers);
     config.tls = Some(TlsConfig {

@@ -30,7 +30,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod digest;
 pub mod error;

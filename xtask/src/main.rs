@@ -1,6 +1,7 @@
 //! Project chores, run as `cargo xtask <task>`:
 //! - `sim`: the deterministic cluster simulation (`--seeds N`, `--first S`, `--seed X` to
-//!   replay one seed, `--steps S` fault steps per seed, `--threads T`);
+//!   replay one seed, `--steps S` fault steps per seed, `--threads T`, `--mutant NAME` to run
+//!   the core with a deliberate bug the simulation must catch);
 //! - `chaos`: real `raft-node` processes under faults, with a linearizability check
 //!   (`--nodes N`, `--duration 60s`, `--seed S`, `--clients C`, `--keys K`, `--no-build`);
 //! - `bench`: the system against the hardware's limits (`--quick`: under 2 minutes;
@@ -31,6 +32,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: fuzz_targets::runner::GuardedAlloc = fuzz_targets::runner::GuardedAlloc;
 
+use raft_core::mutant::Mutant;
 use raft_core::sim::{run_seed_caught, run_seeds, SeedReport, SimOptions};
 
 /// Project chores: simulation, chaos, benchmarks, attacks and fuzzing.
@@ -73,6 +75,17 @@ struct SimArgs {
     /// Worker threads [default: the available parallelism].
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the core with this deliberate bug (see `raft_core::mutant`), to show the
+    /// simulation catches it.
+    #[arg(long, value_name = "NAME", value_parser = parse_mutant)]
+    mutant: Option<Mutant>,
+}
+
+fn parse_mutant(name: &str) -> Result<Mutant, String> {
+    Mutant::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown mutant {name:?}; one of: {}", names.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -85,9 +98,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay_line(report: &SeedReport, steps: u64) -> String {
+fn replay_line(report: &SeedReport, steps: u64, mutant: Option<Mutant>) -> String {
+    let mutant = mutant.map_or(String::new(), |m| format!(" --mutant {}", m.name()));
     format!(
-        "replay: cargo xtask sim --seed {} --steps {steps}",
+        "replay: cargo xtask sim{mutant} --seed {} --steps {steps}",
         report.seed
     )
 }
@@ -99,8 +113,10 @@ fn sim(args: SimArgs) -> ExitCode {
         seed,
         steps,
         threads,
+        mutant,
     } = args;
     let mut template = SimOptions::new(0);
+    template.mutant = mutant;
     if let Some(steps) = steps {
         template.fault_steps = steps;
     }
@@ -131,10 +147,10 @@ fn sim(args: SimArgs) -> ExitCode {
             r.seed,
             r.violations.first().map_or("", String::as_str)
         );
-        println!("{}", replay_line(r, fault_steps));
+        println!("{}", replay_line(r, fault_steps, mutant));
     });
     for r in &summary.failures {
-        println!("{}", replay_line(r, fault_steps));
+        println!("{}", replay_line(r, fault_steps, mutant));
     }
     println!("{}", summary.line());
     if summary.failures.is_empty() {

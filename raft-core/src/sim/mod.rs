@@ -5,11 +5,23 @@
 //! spare nodes for membership changes) through message loss, duplication, reordering and delay,
 //! partitions (symmetric, one-way, single node, bridge), crashes that lose every write not yet
 //! synced (with a torn last write), pauses, membership changes, leadership transfers, snapshots
-//! and compaction, while clients read and write a few registers. After every step the
+//! and compaction, while clients read and write a few registers. Membership faults: some
+//! seeds walk the voters by single-server changes that keep returning to an even count (where
+//! an addition and a removal from one configuration have disjoint majorities), new leaders
+//! change the membership at once, a leader may be isolated just after appending a change (so
+//! it reaches a minority), and a change may be followed by a *split along membership
+//! knowledge*: the leader keeps a bare majority of its new configuration, chosen away from
+//! nodes holding a configuration entry it lacks and from those entries' voters, and everyone
+//! else (the nodes the change removed among them) is cut off, messages in flight included,
+//! for a few election timeouts. After every step the
 //! [`checker`] verifies Raft's safety properties and the client history; after the faults heal,
 //! a leader must emerge, every replica must catch up and every new request must succeed.
 //!
 //! `cargo xtask sim --seed N` replays one seed.
+//!
+//! [`SimOptions::mutant`] runs the core with a deliberate bug ([`crate::mutant::Mutant`]);
+//! `tests/mutants.rs` checks that each is caught within 1,000 seeds, and
+//! `cargo xtask sim --mutant NAME --seed N` replays a mutant's failing seed.
 
 pub mod checker;
 pub mod kv;
@@ -130,6 +142,17 @@ struct Params {
     /// Chance that a leader which has just appended a membership change is cut off a step or
     /// two later, so that the change reaches only a minority: the other half of that bug.
     membership_isolation: f64,
+    /// Chance, each time a leader appends a membership change, that the network splits at
+    /// once along the new configuration: the leader keeps a bare majority of the new voters,
+    /// everyone else (the nodes the change removes among them) is cut off from that side,
+    /// messages in flight included, for a few election timeouts. When the change came too
+    /// early, the other side may still hold a majority of an older configuration.
+    membership_split: f64,
+    /// Chance of that split when some node holds a configuration entry the leader lacks.
+    stale_config_split: f64,
+    /// Chance that a membership change is one step of a walk that keeps returning to an
+    /// even number of voters by single-server changes, rather than drawn uniformly.
+    even_walk: f64,
     sync_delay_ticks_max: u64,
     snapshot_interval_entries: u64,
     clients: usize,
@@ -155,6 +178,22 @@ impl Params {
         let lease_read = rng.chance(0.25);
         let pre_vote = rng.chance(0.8);
         let check_quorum = lease_read || rng.chance(0.8);
+        // Without pre-vote or check-quorum, a removed server that never learns of its
+        // removal keeps disrupting the cluster with vote requests (dissertation §4.2.3):
+        // plain Raft is only run on a fixed membership.
+        let membership = pre_vote || check_quorum;
+        // Some seeds are about membership: frequent single-server changes on an even number
+        // of voters, each new leader changing at once, and the network cut around changes.
+        let membership_focus = membership && rng.chance(0.3);
+        let rate = |rng: &mut SplitMix64, zero: f64, max: u64| {
+            if rng.chance(zero) {
+                0.0
+            } else {
+                permille(rng, max)
+            }
+        };
+        let focused =
+            |rng: &mut SplitMix64, min: u64, max: u64| rng.range(min, max + 1) as f64 / 1000.0;
         Params {
             nodes: if rng.chance(0.5) { 3 } else { 5 },
             loss: permille(rng, 300),
@@ -163,39 +202,37 @@ impl Params {
             crash_rate: permille(rng, 20),
             partition_rate: permille(rng, 10),
             pause_rate: permille(rng, 3),
-            // Without pre-vote or check-quorum, a removed server that never learns of its
-            // removal keeps disrupting the cluster with vote requests (dissertation §4.2.3):
-            // plain Raft is only run on a fixed membership.
-            membership_rate: if pre_vote || check_quorum {
-                permille(rng, 5)
-            } else {
-                0.0
+            membership_rate: match (membership, membership_focus) {
+                (false, _) => 0.0,
+                (true, false) => permille(rng, 5),
+                (true, true) => focused(rng, 5, 15),
             },
             transfer_rate: permille(rng, 4),
-            new_leader_crash: if rng.chance(0.25) {
-                0.0
+            new_leader_crash: rate(rng, 0.25, 500),
+            new_leader_isolation: rate(rng, 0.25, 500),
+            commit_isolation: rate(rng, 0.25, 50),
+            new_leader_membership: if membership_focus {
+                focused(rng, 800, 1000)
             } else {
-                permille(rng, 500)
+                rate(rng, 0.25, 800)
             },
-            new_leader_isolation: if rng.chance(0.25) {
-                0.0
+            membership_isolation: if membership_focus {
+                focused(rng, 500, 900)
             } else {
-                permille(rng, 500)
+                rate(rng, 0.25, 600)
             },
-            commit_isolation: if rng.chance(0.25) {
+            membership_split: rate(rng, 0.25, 600),
+            stale_config_split: if membership_focus {
+                1.0
+            } else if rng.chance(0.25) {
                 0.0
             } else {
-                permille(rng, 50)
+                focused(rng, 300, 1000)
             },
-            new_leader_membership: if rng.chance(0.25) {
-                0.0
+            even_walk: if membership_focus {
+                focused(rng, 1000, 1000)
             } else {
-                permille(rng, 800)
-            },
-            membership_isolation: if rng.chance(0.25) {
-                0.0
-            } else {
-                permille(rng, 600)
+                rate(rng, 0.25, 1000)
             },
             // A quarter of the seeds run on a slow disk, so acknowledgements race syncs.
             sync_delay_ticks_max: if rng.chance(0.25) {
@@ -712,7 +749,8 @@ struct World {
     last_leader: Option<(Term, NodeId)>,
     scheduled_crash: Option<(u64, NodeId)>,
     /// A node to cut off at a given step.
-    scheduled_isolation: Option<(u64, NodeId)>,
+    /// A node to cut off at a given step, for so many steps.
+    scheduled_isolation: Option<(u64, NodeId, u64)>,
     isolation_ends_at: Option<u64>,
     /// Prints every event to stderr (`SIM_TRACE=1`), for replaying one seed by hand.
     trace: bool,
@@ -1055,13 +1093,19 @@ impl World {
 
     /// Cuts `id` off from everyone for a while. Messages in flight are dropped on delivery too.
     fn isolate(&mut self, id: NodeId) {
+        let steps = self.rng.range(5, 80);
+        self.isolate_for(id, steps);
+    }
+
+    /// Cuts `id` off from everyone for `steps`.
+    fn isolate_for(&mut self, id: NodeId, steps: u64) {
         for other in self.nodes.keys().copied().collect::<Vec<_>>() {
             if other != id {
                 self.net.blocked.insert((id, other));
                 self.net.blocked.insert((other, id));
             }
         }
-        self.isolation_ends_at = Some(self.step + self.rng.range(5, 80));
+        self.isolation_ends_at = Some(self.step + steps);
         self.stats.partitions += 1;
     }
 
@@ -1091,10 +1135,10 @@ impl World {
             self.isolation_ends_at = None;
             self.net.blocked.clear();
         }
-        if let Some((at, id)) = self.scheduled_isolation {
+        if let Some((at, id, steps)) = self.scheduled_isolation {
             if at <= step {
                 self.scheduled_isolation = None;
-                self.isolate(id);
+                self.isolate_for(id, steps);
             }
         }
         if let Some((at, id)) = self.scheduled_crash {
@@ -1234,6 +1278,32 @@ impl World {
         let learners: Vec<NodeId> = m.learners.iter().copied().collect();
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
         let pick = |rng: &mut SplitMix64, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+        if !m.is_joint() && self.rng.chance(self.params.even_walk) {
+            // Single-server changes that keep returning to an even number of voters, where an
+            // addition and a removal from the same configuration have disjoint majorities.
+            let add_learner = !spares.is_empty() && (learners.is_empty() || self.rng.chance(0.2));
+            let change = if voters.len() % 2 == 0 {
+                if !learners.is_empty() && self.rng.chance(0.5) {
+                    ConfChange::AddVoter(pick(&mut self.rng, &learners))
+                } else if add_learner && self.rng.chance(0.3) {
+                    ConfChange::AddLearner(pick(&mut self.rng, &spares))
+                } else if voters.len() > 3 {
+                    ConfChange::Remove(pick(&mut self.rng, &voters))
+                } else {
+                    return;
+                }
+            } else if add_learner {
+                ConfChange::AddLearner(pick(&mut self.rng, &spares))
+            } else if !learners.is_empty() {
+                ConfChange::AddVoter(pick(&mut self.rng, &learners))
+            } else if voters.len() > 3 {
+                ConfChange::Remove(pick(&mut self.rng, &voters))
+            } else {
+                return;
+            };
+            self.propose_membership(leader, &[change]);
+            return;
+        }
         let changes = match self.rng.range(0, 5) {
             0 if !spares.is_empty() => vec![ConfChange::AddLearner(pick(&mut self.rng, &spares))],
             1 if !learners.is_empty() => vec![ConfChange::AddVoter(pick(&mut self.rng, &learners))],
@@ -1248,19 +1318,128 @@ impl World {
             4 if !learners.is_empty() => vec![ConfChange::Remove(pick(&mut self.rng, &learners))],
             _ => return,
         };
+        self.propose_membership(leader, &changes);
+    }
+
+    /// Asks `leader` to change the membership, and may cut the network around the change.
+    fn propose_membership(&mut self, leader: NodeId, changes: &[ConfChange]) {
         let raw = self
             .nodes
             .get_mut(&leader)
             .and_then(|n| n.raw.as_mut())
             .expect("alive");
-        if raw.change_membership(&changes).is_ok() {
+        if raw.change_membership(changes).is_ok() {
             self.stats.membership_changes += 1;
-            if self.rng.chance(self.params.membership_isolation) {
+            // A change while some node holds a configuration this leader never saw is where
+            // single-server changes can go wrong: split the network along that knowledge.
+            let stale = self.nodes_holding_unknown_config(leader);
+            let split = if stale.is_empty() {
+                self.params.membership_split
+            } else {
+                self.params.stale_config_split
+            };
+            if self.rng.chance(split) {
+                self.split_along_membership(leader, &stale);
+            } else if self.rng.chance(self.params.membership_isolation) {
                 let at = self.step + self.rng.range(0, 3);
-                self.scheduled_isolation = Some((at, leader));
+                let steps = self.cut_steps();
+                self.scheduled_isolation = Some((at, leader, steps));
             }
         }
         self.with_node(leader, |n, ctx| n.drive(ctx));
+    }
+
+    /// Splits the network in two along membership knowledge: `leader` with a bare majority
+    /// of each half of its latest configuration against everyone else. The majority is drawn
+    /// at random, first among the nodes that hold no configuration entry the leader lacks, so
+    /// that nodes holding an earlier leader's uncommitted change end up on the other side,
+    /// with the nodes the leader's change removed. The cut lasts a few election timeouts, long
+    /// enough for the other side to elect a leader of its own if it can.
+    fn split_along_membership(&mut self, leader: NodeId, lacked: &BTreeSet<NodeId>) {
+        let m = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .expect("alive")
+            .membership()
+            .clone();
+        // Voters of the configurations the leader does not know: kept off its side if it
+        // can do without them, so that the other side may hold a majority of them.
+        let stale_voters: BTreeSet<NodeId> = lacked
+            .iter()
+            .filter_map(|id| self.nodes[id].raw.as_ref())
+            .flat_map(|r| {
+                let m = r.membership();
+                m.voters
+                    .union(&m.voters_outgoing)
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let rank = |id: &NodeId| (lacked.contains(id), stale_voters.contains(id));
+        let mut side = BTreeSet::from([leader]);
+        for half in [&m.voters, &m.voters_outgoing]
+            .into_iter()
+            .filter(|h| !h.is_empty())
+        {
+            let mut others: Vec<NodeId> = half
+                .iter()
+                .copied()
+                .filter(|id| !side.contains(id))
+                .collect();
+            while side.iter().filter(|id| half.contains(id)).count() <= half.len() / 2 {
+                let best = others.iter().map(rank).min().expect("a majority exists");
+                let pool: Vec<usize> = (0..others.len())
+                    .filter(|&i| rank(&others[i]) == best)
+                    .collect();
+                let i = pool[self.rng.range(0, pool.len() as u64) as usize];
+                side.insert(others.swap_remove(i));
+            }
+        }
+        let steps = self.cut_steps();
+        self.cut_between(&side, steps);
+    }
+
+    /// The nodes whose latest configuration entry is not in `leader`'s log: an earlier
+    /// leader's change that never reached a majority (or a later one).
+    fn nodes_holding_unknown_config(&self, leader: NodeId) -> BTreeSet<NodeId> {
+        let raw = self.nodes[&leader].raw.as_ref().expect("alive");
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.raw.as_ref().is_some_and(|r| {
+                    let (index, term) = latest_config_entry(r);
+                    index >= raw.first_index() && raw.log_term(index) != Some(term)
+                })
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Replaces every cut link by a partition between `side` and the rest, until `steps` from
+    /// now. Messages in flight across it are dropped on delivery.
+    fn cut_between(&mut self, side: &BTreeSet<NodeId>, steps: u64) {
+        self.net.blocked.clear();
+        for &a in self.nodes.keys() {
+            for &b in self.nodes.keys() {
+                if side.contains(&a) != side.contains(&b) {
+                    self.net.blocked.insert((a, b));
+                }
+            }
+        }
+        if self.trace {
+            eprintln!(
+                "{} SPLIT {side:?} from the rest for {steps} steps",
+                self.step
+            );
+        }
+        self.isolation_ends_at = Some(self.step + steps);
+        self.stats.partitions += 1;
+    }
+
+    /// How long a cut made around a membership change lasts: a few election timeouts.
+    fn cut_steps(&mut self) -> u64 {
+        let timeout = self.params.election_timeout_ticks_min() as u64;
+        self.rng.range(2 * timeout, 8 * timeout)
     }
 
     fn heal(&mut self) {
@@ -1490,6 +1669,23 @@ impl World {
             }
         }
     }
+}
+
+/// The index and term of the latest configuration entry `raw` holds (that of its snapshot when
+/// its log holds none).
+fn latest_config_entry(raw: &RawNode<MemLog>) -> (Index, Term) {
+    let log = raw.storage();
+    log.all_entries()
+        .iter()
+        .rev()
+        .find(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        .map_or_else(
+            || {
+                let meta = log.snapshot_meta();
+                (meta.index, meta.term)
+            },
+            |e| (e.index, e.term),
+        )
 }
 
 /// Runs one seed to the end (or its first violation).

@@ -27,8 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let peers: Vec<PeerConfig> = (1..=3u64)
         .map(|id| PeerConfig {
             id,
-            addr: ports[2 * (id as usize - 1)],
-            client_addr: Some(ports[2 * (id as usize - 1) + 1]),
+            addr: ports[2 * (id as usize - 1)].into(),
+            client_addr: Some(ports[2 * (id as usize - 1) + 1].into()),
         })
         .collect();
     // The members of a new cluster share one ID, drawn here for all three.
@@ -42,8 +42,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(RunningNode::start_with(config, Counter::default()).await?);
     }
     let result = async {
-        let mut config =
-            ClientConfig::new(peers.iter().map(|p| p.client_addr.unwrap().to_string()));
+        let mut config = ClientConfig::new(
+            peers
+                .iter()
+                .map(|p| p.client_addr.as_ref().unwrap().to_string()),
+        );
         config.request_timeout_ms = 10_000;
         let client = Client::new(config);
         for i in 1..=100 {

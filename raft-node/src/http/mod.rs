@@ -1,17 +1,21 @@
-//! HTTP: `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
+//! HTTP: `GET /` (the status page, `page.rs`), `GET /cluster` (every member's status, JSON,
+//! what the page shows), `GET /status` (JSON), `GET /metrics` (Prometheus text), `GET/PUT/DELETE /kv/{key}`
 //! (`GET /kv/{key}?stale=1` reads the local replica without a ReadIndex round), `GET /healthz`
-//! (the process answers) and `GET /readyz` (the node can serve: it knows a leader and has
-//! applied nearly all it knows committed). Every `GET` route also answers `HEAD`.
+//! (the process answers), `GET /readyz` (the node can serve: it knows a leader and has
+//! applied nearly all it knows committed) and `GET /watch/{prefix}?from=INDEX` (key changes
+//! as server-sent events, `sse.rs`). Every `GET` route also answers `HEAD`.
 //!
 //! hyper's HTTP/1 server does the parsing (chunked bodies, `Expect: 100-continue`,
 //! keep-alive, conflicting `Content-Length`s refused with 400, heads over the limit with
 //! 431): a stranger's bytes go through a maintained parser, not one of ours. hyper alone
-//! rather than axum: seven routes are one `match`, and axum would add tower's stack for
+//! rather than axum: a handful of routes are one `match`, and axum would add tower's stack for
 //! nothing these routes need. What hyper leaves to its user is here: the caps on connections
 //! (`conn.rs`), the idle, head and write timeouts (`timed_io.rs`), and the body limit and
 //! body read deadline (below), which refuse a body without buffering more than the limit.
 
 mod conn;
+mod page;
+mod sse;
 mod timed_io;
 
 use std::sync::Arc;
@@ -111,6 +115,9 @@ pub async fn serve_stream<S>(
 /// the connection's request mark) lives until the client has taken all but the last slices.
 struct Reply {
     rest: Bytes,
+    /// After `rest`, a body produced as it goes (a watch's events), pulled only when hyper
+    /// has room for more.
+    stream: Option<sse::EventStream>,
     _guard: RequestGuard,
     /// This body's share of the node's reply budget, given back when hyper drops it.
     _budget: Option<OwnedSemaphorePermit>,
@@ -125,21 +132,33 @@ impl Body for Reply {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.rest.is_empty() {
-            return std::task::Poll::Ready(None);
+            let Some(stream) = self.stream.as_mut() else {
+                return std::task::Poll::Ready(None);
+            };
+            return match futures::ready!(stream.as_mut().poll_next(cx)) {
+                Some(chunk) => std::task::Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => {
+                    self.stream = None;
+                    std::task::Poll::Ready(None)
+                }
+            };
         }
         let n = self.rest.len().min(REPLY_SLICE_BYTES);
         std::task::Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
+        self.rest.is_empty() && self.stream.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
+        match self.stream {
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.rest.len() as u64),
+        }
     }
 }
 
@@ -151,7 +170,11 @@ struct Answer {
     body: Bytes,
     allow: Option<&'static str>,
     www_authenticate: Option<&'static str>,
+    /// Further headers (the status page's content security policy).
+    extra: &'static [(&'static str, &'static str)],
     close: bool,
+    /// A body that goes on after `body` (an event stream).
+    stream: Option<sse::EventStream>,
 }
 
 impl Answer {
@@ -162,7 +185,9 @@ impl Answer {
             body: body.into(),
             allow: None,
             www_authenticate: None,
+            extra: &[],
             close: false,
+            stream: None,
         }
     }
 
@@ -178,11 +203,14 @@ impl Answer {
 
 /// The routes and the methods each allows.
 enum Route {
+    Page,
+    Cluster,
     Status,
     Metrics,
     Healthz,
     Readyz,
     Kv(Bytes),
+    Watch(Bytes),
 }
 
 const ALLOW_READ_ONLY: &str = "GET, HEAD";
@@ -191,10 +219,16 @@ const ALLOW_KV: &str = "GET, HEAD, PUT, DELETE";
 impl Route {
     fn parse(path: &str) -> Option<Route> {
         Some(match path {
+            "/" => Route::Page,
+            "/cluster" => Route::Cluster,
             "/status" => Route::Status,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
+            "/watch" => Route::Watch(Bytes::new()),
+            p if p.starts_with("/watch/") => {
+                Route::Watch(Bytes::from(percent_decode(&p["/watch/".len()..])))
+            }
             p => Route::Kv(Bytes::from(percent_decode(
                 p.strip_prefix("/kv/").filter(|k| !k.is_empty())?,
             ))),
@@ -249,8 +283,10 @@ async fn respond(
         // anyway; saying so lets the client know not to reuse the connection.
         answer.close = true;
     }
+    let streaming = answer.content_type == "text/event-stream";
     let mut resp = Response::new(Reply {
         rest: answer.body,
+        stream: answer.stream,
         _guard: guard,
         _budget: budget,
     });
@@ -269,8 +305,14 @@ async fn respond(
             HeaderValue::from_static(challenge),
         );
     }
+    for (name, value) in answer.extra {
+        h.insert(*name, HeaderValue::from_static(value));
+    }
     if answer.close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if streaming {
+        h.insert(header::CACHE_CONTROL, sse::CACHE_CONTROL);
     }
     resp
 }
@@ -297,7 +339,9 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
     }
     let router = &ctx.router;
     let needed = match (&route, &method) {
-        (Route::Healthz | Route::Readyz, _) => None,
+        // The page holds no data: refused, it still loads (with the refusal's status) and
+        // asks for a token, which its requests for `/cluster` then carry.
+        (Route::Healthz | Route::Readyz | Route::Page, _) => None,
         (_, &Method::PUT | &Method::DELETE) => Some(Role::ReadWrite),
         _ => Some(Role::Read),
     };
@@ -307,6 +351,9 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
         }
     }
     match route {
+        Route::Page => page::page(authorize(&req, router, Role::Read).err()),
+        Route::Cluster => page::cluster(router).await,
+        Route::Watch(prefix) => sse::answer(&req, router, prefix, method == Method::HEAD),
         Route::Healthz => Answer::text(StatusCode::OK, "ok\n"),
         Route::Readyz => readiness(router).await,
         Route::Status => match router.handle.status().await {
@@ -317,11 +364,18 @@ async fn route(req: Request<Incoming>, ctx: &HttpContext) -> Answer {
             ),
             Err(e) => Answer::text(error_status(&e), format!("{e}\n")),
         },
-        Route::Metrics => Answer::new(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            router.handle.metrics.render(router.handle.id),
-        ),
+        Route::Metrics => {
+            // The leader's per-peer series come from its status; elsewhere there are none.
+            let peers = router.handle.status().await.map(|s| s.peers);
+            Answer::new(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                router
+                    .handle
+                    .metrics
+                    .render(router.handle.id, &peers.unwrap_or_default()),
+            )
+        }
         Route::Kv(key) => {
             // Reads are linearizable unless `?stale=1` asks for the local replica as it is.
             let linearizable = !req
@@ -520,10 +574,20 @@ fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
         "voters": s.voters,
         "learners": s.learners,
         "elections": s.elections,
+        "http_addr": s.http_addr,
         "peers": s.peers.iter().map(|p| serde_json::json!({
             "id": p.id, "match_index": p.match_index, "next_index": p.next_index,
-            "state": p.state, "active": p.active,
+            "state": p.state, "active": p.active, "last_contact_ms": p.last_contact_ms,
+            "match_lag": p.match_lag, "rtt_us": p.rtt_us,
         })).collect::<Vec<_>>(),
+        "leader_changes": s.leader_changes.iter().map(|c| serde_json::json!({
+            "term": c.term, "leader": c.leader, "at_unix_ms": c.at_unix_ms,
+        })).collect::<Vec<_>>(),
+        "load": {
+            "writes": s.load.writes, "write_latency_us_sum": s.load.write_latency_us_sum,
+            "reads": s.load.reads,
+        },
+        "memory": { "used_bytes": s.memory_used_bytes, "bytes_max": s.memory_bytes_max },
         "digests": s.digests.iter().map(|d| serde_json::json!({
             "index": d.index, "digest": d.digest,
         })).collect::<Vec<_>>(),

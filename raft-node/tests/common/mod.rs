@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod attacks;
+pub mod dev;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -112,6 +112,7 @@ pub async fn counters(system: System, addrs: &[String]) -> Option<BTreeMap<&'sta
 fn value(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {
+        let line = without_node_label(line);
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
@@ -122,6 +123,21 @@ fn value(text: &str, name: &str) -> Option<f64> {
         *found.get_or_insert(0.0) += v;
     }
     found
+}
+
+/// `line` without raft-node's `node` label (the first of every series' labels), so that
+/// names with other labels (`x_bucket{le="0.001"}`) match on every node.
+fn without_node_label(line: &str) -> std::borrow::Cow<'_, str> {
+    let Some((name, rest)) = line.split_once("{node=\"") else {
+        return line.into();
+    };
+    let Some(end) = rest.find('"') else {
+        return line.into();
+    };
+    match rest[end + 1..].strip_prefix(',') {
+        Some(more) => format!("{name}{{{more}").into(),
+        None => format!("{name}{}", rest[end + 1..].trim_start_matches('}')).into(),
+    }
 }
 
 async fn get_metrics(addr: &str) -> Option<String> {
@@ -152,5 +168,8 @@ mod tests {
         assert_eq!(value(text, "missing"), None);
         let hist = "x_bucket{le=\"0.001\"} 4\nx_bucket{le=\"0.005\"} 6\nx_count 7\n";
         assert_eq!(value(hist, "x_bucket{le=\"0.005\"}"), Some(6.0));
+        let labelled = "x_bucket{node=\"2\",le=\"0.005\"} 6\nx_count{node=\"2\"} 7\n";
+        assert_eq!(value(labelled, "x_bucket{le=\"0.005\"}"), Some(6.0));
+        assert_eq!(value(labelled, "x_count"), Some(7.0));
     }
 }
