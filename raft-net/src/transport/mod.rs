@@ -1,0 +1,583 @@
+//! The transport: one listener, and per peer one message connection (dialled by either
+//! end, used both ways) and one outbound snapshot connection, each driven by its own task.
+//!
+//! * [`outbound`]: the message lane's sending side (direct writes, the writer task, link
+//!   choice when both ends dialled).
+//! * [`dial`]: connecting to a peer and the dialer's half of the handshake, for either lane.
+//! * [`inbound`]: the listener, the acceptor's half of the handshake, and the message
+//!   readers.
+//! * [`snapshot_lane`]: snapshots, sent and received.
+
+mod dial;
+mod inbound;
+mod outbound;
+mod snapshot_lane;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasherDefault;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_core::{Message, NodeId, SnapshotMeta};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::addr::PeerAddr;
+use crate::config::TransportConfig;
+use crate::frame::FrameError;
+use crate::stats::{ConnErrorKind, Stats, StatsSnapshot};
+use crate::tls::cert_node_identity;
+use crate::wire::Lane;
+use rustls::pki_types::CertificateDer;
+
+use inbound::accept_loop;
+use outbound::{message_writer, write_direct, Outbox};
+use snapshot_lane::{snapshot_writer, OutSnapshot, PartialSnapshot};
+
+/// What the transport hands to the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Messages from one peer, in the order that peer's transport sent them on one
+    /// connection: every whole frame a read brought in, at most
+    /// [`TransportConfig::incoming_batch_messages_max`] of them, never empty.
+    Messages(Vec<Message>),
+    /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
+    /// `InstallSnapshot` message carrying the same `meta`.
+    Snapshot {
+        /// The sending peer.
+        from: NodeId,
+        /// The snapshot's index, term and membership, as the sender offered them.
+        meta: SnapshotMeta,
+        /// The snapshot's bytes.
+        data: Bytes,
+    },
+}
+
+/// Why [`TransportHandle::send`] or [`TransportHandle::send_snapshot`] refused a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// The destination is not one of the configured peers.
+    #[error("node {0} is not a known peer")]
+    UnknownPeer(NodeId),
+    /// [`TransportHandle::shutdown`] was called.
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+/// How a snapshot transfer ended, reported on the channel `send_snapshot` returns.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotSendError {
+    /// A newer snapshot for the same peer was sent before this one finished.
+    #[error("a newer snapshot for the same peer replaced this one")]
+    Superseded,
+    /// Every connection attempt for it failed.
+    #[error("gave up after {attempts} attempts: {last_error}")]
+    Failed {
+        /// Connection attempts made (`snapshot_attempts_max`).
+        attempts: u32,
+        /// Why the last one failed.
+        last_error: String,
+    },
+    /// The receiver aborted the transfer, with its reason.
+    #[error("the receiver refused the snapshot: {0}")]
+    Refused(String),
+    /// The peer was removed or the transport shut down.
+    #[error("the peer was removed or the transport shut down")]
+    Cancelled,
+}
+
+/// The host's channel, whatever its item type: readers send into it directly, with no
+/// forwarding task in between.
+trait Sink: Send + Sync + 'static {
+    fn deliver(&self, item: Incoming) -> Delivery<'_>;
+}
+
+enum Delivery<'a> {
+    Done,
+    /// The host dropped its receiver.
+    Closed,
+    /// The channel is full: this future waits for room (false if the host went away).
+    Full(Pin<Box<dyn Future<Output = bool> + Send + 'a>>),
+}
+
+impl<T: From<Incoming> + Send + 'static> Sink for mpsc::Sender<T> {
+    fn deliver(&self, item: Incoming) -> Delivery<'_> {
+        // try_send first: the common case (room in the channel) skips the async path and
+        // its allocation.
+        match self.try_send(T::from(item)) {
+            Ok(()) => Delivery::Done,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                Delivery::Full(Box::pin(async move { self.send(item).await.is_ok() }))
+            }
+        }
+    }
+}
+
+/// Hand `item` to the host, waiting while its channel is full (TCP then pushes back on the
+/// sender). False when the host dropped its receiver.
+async fn deliver(shared: &Shared, item: Incoming) -> bool {
+    match shared.incoming.deliver(item) {
+        Delivery::Done => true,
+        Delivery::Closed => false,
+        Delivery::Full(wait) => wait.await,
+    }
+}
+
+/// A connection-level failure: counted by kind, logged with its detail.
+#[derive(Debug)]
+struct ConnError {
+    kind: ConnErrorKind,
+    detail: String,
+}
+
+impl ConnError {
+    fn new(kind: ConnErrorKind, detail: impl Into<String>) -> Self {
+        ConnError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<FrameError> for ConnError {
+    fn from(e: FrameError) -> Self {
+        let kind = match &e {
+            FrameError::Io(_) => ConnErrorKind::Io,
+            FrameError::TooLarge { .. } => ConnErrorKind::FrameTooLarge,
+            FrameError::Truncated { .. } => ConnErrorKind::Truncated,
+            _ => ConnErrorKind::Decode,
+        };
+        ConnError::new(kind, e.to_string())
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::new(ConnErrorKind::Io, e.to_string())
+    }
+}
+
+/// Hashes the peer map's keys: node IDs, chosen by the operator, not by a remote party, so
+/// one multiplication (Fibonacci hashing, which fills the high bits the map probes with)
+/// does instead of SipHash, on every send.
+#[derive(Default)]
+struct NodeIdHasher(u64);
+
+impl std::hash::Hasher for NodeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The reason a refused dialer is given when the refusal concerns the cluster or its
+/// identity: the detail is logged by the acceptor only.
+pub const REFUSED: &str = "handshake refused";
+
+struct Peer {
+    id: NodeId,
+    addr: Mutex<PeerAddr>,
+    out: Mutex<Outbox>,
+    /// Wakes the writer task: a message queued into an empty queue, or `unsent` bytes.
+    queue_notify: Notify,
+    snapshot: Mutex<Option<OutSnapshot>>,
+    snapshot_notify: Notify,
+    cancel: CancellationToken,
+    /// Messages and bytes written to this peer's message connection.
+    sent_messages: AtomicU64,
+    sent_bytes: AtomicU64,
+}
+
+struct Shared {
+    cfg: TransportConfig,
+    stats: Stats,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>, BuildHasherDefault<NodeIdHasher>>>,
+    incoming: Box<dyn Sink>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
+    /// The current inbound message connection per peer: a newer one closes the older, so a
+    /// peer holds at most one accepted connection (and at most one we dialled).
+    inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
+    conn_seq: AtomicU64,
+    snapshot_seq: AtomicU64,
+    /// Set by `shutdown`; checked by `send` without taking a lock.
+    shut_down: AtomicBool,
+}
+
+/// Entry point: binds the listener and starts the tasks.
+pub struct Transport;
+
+impl Transport {
+    /// Bind `config.listen_addr`, start connecting to `config.peers` lazily (on first send),
+    /// and return the handle plus the channel on which incoming messages and snapshots arrive.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Incoming, Transport, TransportConfig};
+    ///
+    /// let (a, _a_rx) = Transport::start(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// let (b, mut b_rx) = Transport::start(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// a.send(msg.clone()).unwrap();
+    /// assert_eq!(b_rx.recv().await, Some(Incoming::Messages(vec![msg])));
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start(
+        config: TransportConfig,
+    ) -> io::Result<(TransportHandle, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(config.incoming_batches_max);
+        let handle = Self::start_with_sender(config, tx).await?;
+        Ok((handle, rx))
+    }
+
+    /// Like [`Transport::start`], but deliver into the host's own channel, of any item type
+    /// an [`Incoming`] converts into: no task sits between the readers and the host. The
+    /// channel's bound takes the place of `incoming_batches_max`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Incoming, Transport, TransportConfig};
+    ///
+    /// enum HostEvent { Net(Incoming), Tick }
+    /// impl From<Incoming> for HostEvent {
+    ///     fn from(i: Incoming) -> Self { HostEvent::Net(i) }
+    /// }
+    /// let (tx, mut events) = tokio::sync::mpsc::channel::<HostEvent>(64);
+    /// let b = Transport::start_with_sender(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()), tx)
+    ///     .await.unwrap();
+    /// let (a, _a_rx) = Transport::start(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()))
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let msg = Message { from: 1, to: 2, term: 1, body: MessageBody::TimeoutNow };
+    /// a.send(msg.clone()).unwrap();
+    /// match events.recv().await {
+    ///     Some(HostEvent::Net(Incoming::Messages(ms))) => assert_eq!(ms, vec![msg]),
+    ///     _ => panic!("expected the message"),
+    /// }
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start_with_sender<T: From<Incoming> + Send + 'static>(
+        config: TransportConfig,
+        incoming: mpsc::Sender<T>,
+    ) -> io::Result<TransportHandle> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let local_addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            stats: Stats::default(),
+            peers: Mutex::new(HashMap::default()),
+            incoming: Box::new(incoming),
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+            partial_snapshots: Mutex::new(HashMap::new()),
+            inbound_messages: Mutex::new(HashMap::new()),
+            conn_seq: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(1),
+            shut_down: AtomicBool::new(false),
+            cfg: config,
+        });
+        let peers: Vec<_> = shared
+            .cfg
+            .peers
+            .iter()
+            .map(|(&k, v)| (k, v.clone()))
+            .collect();
+        for (id, addr) in peers {
+            add_peer(&shared, id, addr);
+        }
+        let slots = Arc::new(Semaphore::new(shared.cfg.inbound_connections_max));
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone(), listener, slots));
+        info!(node = shared.cfg.node_id, %local_addr, "transport listening");
+        let handle = TransportHandle {
+            shared,
+            local_addr,
+            _guard: Arc::new(cancel.drop_guard()),
+        };
+        Ok(handle)
+    }
+}
+
+/// The host's handle: cheap to clone; when the last clone is dropped the transport stops.
+/// Every method returns at once: none awaits the network.
+#[derive(Clone)]
+pub struct TransportHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    _guard: Arc<DropGuard>,
+}
+
+impl TransportHandle {
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Send `msg` to `msg.to`. Never blocks and never awaits. When the connection is idle
+    /// (nothing queued or being written, and no write in the last
+    /// [`TransportConfig::direct_write_idle_us_min`]) the message is written to the socket
+    /// here, without a hand-off to the writer task. Otherwise it is queued, and the writer
+    /// task sends everything queued together; if that peer's queue holds
+    /// `queue_messages_max` messages, the oldest is dropped (and counted) to make room,
+    /// since Raft recovers from lost messages but not from a stalled core.
+    ///
+    /// ```no_run
+    /// # fn f(h: &raft_net::TransportHandle, m: raft_core::Message) {
+    /// h.send(m).expect("known peer");
+    /// # }
+    /// ```
+    pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        if self.shared.shut_down.load(Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        // Held to the end rather than cloning the peer's Arc: two atomic operations fewer
+        // per message. A direct write holds it for one non-blocking syscall.
+        let peers = self.shared.peers.lock().unwrap();
+        let peer = peers.get(&msg.to).ok_or(SendError::UnknownPeer(msg.to))?;
+        let cfg = &self.shared.cfg;
+        let (dropped, was_empty) = {
+            let mut out = peer.out.lock().unwrap();
+            let out = &mut *out;
+            let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
+                match &out.conn {
+                    Some(conn)
+                        if !conn.retired.load(Relaxed)
+                            && out.write_ended.elapsed()
+                                >= Duration::from_micros(cfg.direct_write_idle_us_min) =>
+                    {
+                        let conn = conn.clone();
+                        match write_direct(&self.shared, peer, out, &conn, msg) {
+                            None => return Ok(()),
+                            Some(msg) => msg,
+                        }
+                    }
+                    _ => msg,
+                }
+            } else {
+                msg
+            };
+            let q = &mut out.queue;
+            let dropped = if q.len() >= cfg.queue_messages_max {
+                q.pop_front().is_some()
+            } else {
+                false
+            };
+            let was_empty = q.is_empty();
+            q.push_back(msg);
+            (dropped, was_empty)
+        };
+        if dropped {
+            Stats::add(&self.shared.stats.messages_dropped, 1);
+        }
+        // The writer drains the whole queue whenever it runs, so it needs waking only when
+        // the queue goes from empty to non-empty: one wake-up per batch, not per message.
+        if was_empty {
+            peer.queue_notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stream `data` to `to` on the snapshot lane, beside the messages. Only the latest
+    /// snapshot per peer matters: a pending one is replaced (its receiver gets
+    /// [`SnapshotSendError::Superseded`]). The returned channel tells how it ended.
+    pub fn send_snapshot(
+        &self,
+        to: NodeId,
+        meta: SnapshotMeta,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<(), SnapshotSendError>>, SendError> {
+        let peer = self.peer(to)?;
+        let (tx, rx) = oneshot::channel();
+        let crc32 = crc32fast::hash(&data);
+        let snap = OutSnapshot {
+            id: self.shared.snapshot_seq.fetch_add(1, Relaxed),
+            meta,
+            data,
+            crc32,
+            done: Some(tx),
+        };
+        let old = peer.snapshot.lock().unwrap().replace(snap);
+        if let Some(mut old) = old {
+            if let Some(done) = old.done.take() {
+                let _ = done.send(Err(SnapshotSendError::Superseded));
+            }
+        }
+        peer.snapshot_notify.notify_one();
+        Ok(rx)
+    }
+
+    /// Add a peer, or change its address (the next connection uses the new one). A host
+    /// name is resolved again on every connection attempt.
+    pub fn add_peer(&self, id: NodeId, addr: impl Into<PeerAddr>) {
+        add_peer(&self.shared, id, addr.into());
+    }
+
+    /// Forget a peer: its queue and pending snapshot are dropped, its connections closed,
+    /// and its inbound connections are refused from now on.
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(peer) = self.shared.peers.lock().unwrap().remove(&id) {
+            peer.cancel.cancel();
+        }
+        if let Some((_, c)) = self.shared.inbound_messages.lock().unwrap().remove(&id) {
+            c.cancel();
+        }
+        self.shared.partial_snapshots.lock().unwrap().remove(&id);
+    }
+
+    /// Messages waiting in `to`'s queue.
+    pub fn queued(&self, to: NodeId) -> usize {
+        self.peer(to)
+            .map(|p| p.out.lock().unwrap().queue.len())
+            .unwrap_or(0)
+    }
+
+    /// The counters, summed over all peers.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Per peer: `(peer, messages, bytes)` written to its message connection so far
+    /// (snapshot streams are counted in [`stats`](Self::stats) only).
+    pub fn peer_sent(&self) -> Vec<(NodeId, u64, u64)> {
+        let peers = self.shared.peers.lock().unwrap();
+        let mut out: Vec<_> = peers
+            .values()
+            .map(|p| {
+                (
+                    p.id,
+                    p.sent_messages.load(Relaxed),
+                    p.sent_bytes.load(Relaxed),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Stop every task, close every socket, and wait until they are gone.
+    pub async fn shutdown(&self) {
+        self.shared.shut_down.store(true, Relaxed);
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+
+    fn peer(&self, id: NodeId) -> Result<Arc<Peer>, SendError> {
+        // An atomic load: CancellationToken::is_cancelled takes a lock, too dear per send.
+        if self.shared.shut_down.load(Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        self.shared
+            .peers
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or(SendError::UnknownPeer(id))
+    }
+}
+
+fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: PeerAddr) {
+    if id == shared.cfg.node_id || id == 0 {
+        warn!(
+            node = shared.cfg.node_id,
+            peer = id,
+            "refusing to add self or node 0 as a peer"
+        );
+        return;
+    }
+    let mut peers = shared.peers.lock().unwrap();
+    if let Some(p) = peers.get(&id) {
+        *p.addr.lock().unwrap() = addr;
+        return;
+    }
+    let peer = Arc::new(Peer {
+        id,
+        addr: Mutex::new(addr),
+        out: Mutex::new(Outbox::new()),
+        queue_notify: Notify::new(),
+        snapshot: Mutex::new(None),
+        snapshot_notify: Notify::new(),
+        cancel: shared.cancel.child_token(),
+        sent_messages: AtomicU64::new(0),
+        sent_bytes: AtomicU64::new(0),
+    });
+    peers.insert(id, peer.clone());
+    shared
+        .tracker
+        .spawn(message_writer(shared.clone(), peer.clone()));
+    shared.tracker.spawn(snapshot_writer(shared.clone(), peer));
+}
+
+/// Write `buf` and push it out (a TLS writer holds bytes until flushed).
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8]) -> io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
+/// The cluster and node a verified peer certificate names.
+fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<(u128, NodeId), String> {
+    match certs.and_then(|c| c.first()) {
+        Some(cert) => cert_node_identity(cert),
+        None => Err("no certificate presented".into()),
+    }
+}
+
+fn describe_identity(found: &Result<(u128, NodeId), String>) -> String {
+    match found {
+        Ok((_, node)) => format!("node {node} (or another cluster)"),
+        Err(e) => e.clone(),
+    }
+}
+
+fn log_conn_error(shared: &Shared, peer: NodeId, lane: Lane, e: &ConnError) {
+    shared.stats.conn_error(e.kind);
+    match e.kind {
+        ConnErrorKind::HandshakeRejected => warn!(
+            node = shared.cfg.node_id, peer, ?lane, reason = %e.detail, "handshake refused"
+        ),
+        ConnErrorKind::Connect => debug!(
+            node = shared.cfg.node_id, peer, ?lane, reason = %e.detail, "connect failed"
+        ),
+        _ => info!(
+            node = shared.cfg.node_id, peer, ?lane, kind = ?e.kind, reason = %e.detail,
+            "connection closed"
+        ),
+    }
+}
