@@ -2,7 +2,7 @@
 //! implementation (raft-log implements it on disk).
 //!
 //! The core only *reads* through this trait. The host *writes*: after taking a
-//! [`Ready`](crate::Ready) it must apply the Ready's snapshot, entries and hard state to the
+//! [`Ready`] it must apply the Ready's snapshot, entries and hard state to the
 //! store before it calls into the node again (making them durable may happen later; see
 //! [`RawNode::on_persisted`](crate::RawNode::on_persisted)).
 
