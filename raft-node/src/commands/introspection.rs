@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use super::docs::{parse_syntax, Arg};
-use super::glob_match;
 use super::{bulk, lookup, CommandSpec, COMMANDS};
+use crate::glob;
 use crate::resp::Value;
 
 impl CommandSpec {
@@ -170,7 +170,7 @@ fn list(args: &[Bytes]) -> Value {
                 .collect()
         }
         Some((kind, pattern)) if kind == "PATTERN" => names
-            .filter(|n| glob_match(pattern, n.as_bytes()))
+            .filter(|n| glob::matches(pattern, n.as_bytes()))
             .collect(),
         Some(_) => return Value::Error("ERR syntax error".into()),
     };
