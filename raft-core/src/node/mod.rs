@@ -47,10 +47,10 @@ const CONFLICT_SCAN_ENTRIES_MAX: u64 = 4096;
 /// One Raft node. `S` is the log it reads; the host writes it (see [`Ready`]).
 ///
 /// Its state is grouped by concern: the log and the persistent state (term, vote, commit);
-/// the configurations in the log ([`ConfigHistory`]); election timers and votes; the leader's
-/// followers ([`Progress`]), proposals ([`Uncommitted`]) and leadership transfer
-/// ([`Transfer`]); reads and the lease ([`Reads`]); what the host has made durable
-/// ([`Persistence`]); and the messages for the next Ready.
+/// the configurations in the log (`ConfigHistory`); election timers and votes; the leader's
+/// followers (`Progress`), proposals (`Uncommitted`) and leadership transfer
+/// (`Transfer`); reads and the lease (`Reads`); what the host has made durable
+/// (`Persistence`); and the messages for the next Ready.
 pub struct RawNode<S> {
     config: Config,
     id: NodeId,
