@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use raft_client::wire::{AntiEntropyStatus, DigestInfo, DivergentReplica, NodeStatus};
 use raft_client::{Client, ClientConfig};
 use raft_core::{Index, NodeId};
+use raft_proto::{AntiEntropyStatus, DigestInfo, DivergentReplica, NodeStatus};
 use raft_snapshot::{compare_digests, DigestReport, DigestVerdict, StateDigest};
 use tokio::sync::watch;
 
