@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_client::wire::{LeaderChange, NodeError, NodeId};
 use raft_core::{Config, Index, Message, MessageBody, NodeId as CoreId, RawNode, Role, Term};
+use raft_proto::{LeaderChange, NodeError, NodeId};
 use raft_snapshot::{SnapshotPolicy, SnapshotStore, SnapshotTrigger, StateDigest};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

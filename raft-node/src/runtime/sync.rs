@@ -150,16 +150,16 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
-    use raft_client::wire::KvCommand;
     use raft_core::{Entry, HardState, LogStore, LogWriter, MemLog, Membership, StorageError};
+    use raft_proto::KvCommand;
     use raft_snapshot::SnapshotStoreConfig;
 
     use std::collections::HashMap;
     use std::time::Duration;
 
     use bytes::Bytes;
-    use raft_client::wire::NodeError;
     use raft_core::{Config, EntryPayload, MessageBody, SnapshotMeta, Term};
+    use raft_proto::NodeError;
     use raft_snapshot::{SnapshotPolicy, SnapshotStore};
     use tokio::sync::watch;
     use tokio::time::Instant;
