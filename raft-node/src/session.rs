@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
+use raft_proto::{KvCommand, NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
 
 use crate::auth::{Auth, Role, Session};
 use crate::commands::{self, CommandSpec};
@@ -686,7 +686,7 @@ fn config(rest: &[Bytes]) -> Parsed {
                     .filter(|(name, _)| {
                         patterns
                             .iter()
-                            .any(|p| commands::glob_match(p, name.as_bytes()))
+                            .any(|p| crate::glob::matches(p, name.as_bytes()))
                     })
                     .map(|(name, value)| (bulk(*name), bulk(*value)))
                     .collect(),
