@@ -38,6 +38,9 @@ pub enum KeyEvent {
     RenameFrom,
     /// Renamed to (the new name of a RENAME).
     RenameTo,
+    /// Not a key's change: a PUBLISH, whose `key` is the channel and `value` the message.
+    /// Only subscribe mode delivers it; watches of keys skip it.
+    Publish,
 }
 
 impl KeyEvent {
@@ -55,6 +58,7 @@ impl KeyEvent {
             KeyEvent::Persist => "persist",
             KeyEvent::RenameFrom => "rename_from",
             KeyEvent::RenameTo => "rename_to",
+            KeyEvent::Publish => "publish",
         }
     }
 }

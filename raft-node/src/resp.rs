@@ -644,6 +644,10 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
                 .collect(),
         }),
         ("DEL", n) if n >= 1 => kv(KvCommand::Del { keys: keys() }),
+        ("PUBLISH", 2) => kv(KvCommand::Publish {
+            channel: rest[0].clone(),
+            message: rest[1].clone(),
+        }),
         ("INCR", 1) => kv(KvCommand::IncrBy {
             key: rest[0].clone(),
             by: 1,

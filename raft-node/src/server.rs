@@ -797,9 +797,13 @@ async fn serve_reads<S: AsyncWrite + Unpin>(
 fn batchable(run: &[resp::Parsed]) -> bool {
     let mut bytes = 0;
     for p in run {
+        // A PUBLISH's answer is filled in by `resp_command`.
         let resp::Parsed::Kv(cmd, _) = p else {
             return false;
         };
+        if published_channel(cmd).is_some() {
+            return false;
+        }
         bytes += cmd.encode().len();
         if bytes > BATCH_BYTES_MAX {
             return false;
@@ -849,10 +853,13 @@ fn node_error(e: NodeError) -> Value {
 
 async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Value {
     match parsed {
-        resp::Parsed::Kv(cmd, linearizable) => match router.kv(cmd, linearizable, lane).await {
-            Ok(r) => resp::kv_reply(r),
-            Err(e) => node_error(e),
-        },
+        resp::Parsed::Kv(cmd, linearizable) => {
+            let channel = published_channel(&cmd);
+            match router.kv(cmd, linearizable, lane).await {
+                Ok(r) => receivers_here(router, channel, resp::kv_reply(r)),
+                Err(e) => node_error(e),
+            }
+        }
         resp::Parsed::Reply(v) => v,
         resp::Parsed::Info => match router.handle.status().await {
             Ok(s) => Value::Verbatim(Bytes::from(resp::info_text(&s))),
@@ -901,6 +908,26 @@ async fn resp_command(router: &Router, parsed: resp::Parsed, lane: usize) -> Val
 /// state at that point of the log), and only if no watched key's version changed (the
 /// state machine checks, when the entry applies); the other queued commands answered in
 /// their places.
+/// The channel of a PUBLISH.
+fn published_channel(cmd: &KvCommand) -> Option<Bytes> {
+    match cmd {
+        KvCommand::Publish { channel, .. } => Some(channel.clone()),
+        _ => None,
+    }
+}
+
+/// A PUBLISH's answer: the subscriptions on this node the message reaches (the state
+/// machine answers 0; the count is this node's, not replicated state). Redis Cluster
+/// counts the whole cluster's; see docs/WATCH.md.
+fn receivers_here(router: &Router, channel: Option<Bytes>, reply: Value) -> Value {
+    match (channel, &reply, &router.watch) {
+        (Some(channel), Value::Int(_), Some(hub)) => {
+            Value::Int(hub.subscribers().receivers(&channel) as i64)
+        }
+        _ => reply,
+    }
+}
+
 async fn exec(
     router: &Router,
     queued: Vec<resp::Parsed>,
@@ -939,9 +966,13 @@ async fn exec(
     let mut replies = Vec::with_capacity(queued.len());
     for p in queued {
         replies.push(match p {
-            resp::Parsed::Kv(..) => answers
-                .next()
-                .map_or_else(|| Value::Error("ERR missing answer".into()), resp::kv_reply),
+            resp::Parsed::Kv(cmd, _) => receivers_here(
+                router,
+                published_channel(&cmd),
+                answers
+                    .next()
+                    .map_or_else(|| Value::Error("ERR missing answer".into()), resp::kv_reply),
+            ),
             other => Box::pin(resp_command(router, other, lane)).await,
         });
     }

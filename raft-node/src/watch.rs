@@ -30,7 +30,7 @@ use bytes::Bytes;
 use raft_core::Index;
 use tokio::sync::watch;
 
-use crate::changes::{ChangeSink, KeyChange};
+use crate::changes::{ChangeSink, KeyChange, KeyEvent};
 
 /// Bytes counted for each change besides its key and value (the record, the `Vec` slot,
 /// the `Bytes` handles).
@@ -100,11 +100,11 @@ impl AppliedChanges {
         self.bytes
     }
 
-    /// The changes to keys starting with `prefix`.
+    /// The changes to keys starting with `prefix` (published messages are no key's).
     pub fn matching<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = &'a KeyChange> {
         self.changes
             .iter()
-            .filter(move |c| c.key.starts_with(prefix))
+            .filter(move |c| c.event != KeyEvent::Publish && c.key.starts_with(prefix))
     }
 }
 
@@ -189,6 +189,80 @@ pub struct WatchHub {
     limits: WatchLimits,
     /// The hub's `last` index, for waiting watchers.
     last_tx: watch::Sender<Index>,
+    /// Who subscribes to what on this node, for PUBLISH's answer.
+    subscribers: Subscribers,
+}
+
+/// The channels and patterns this node's connections subscribe to, counted, so that
+/// PUBLISH answers how many subscriptions here a message reaches (Redis' answer, for this
+/// node alone). Each connection registers what it subscribes and removes it when it
+/// unsubscribes or closes.
+#[derive(Debug, Default)]
+pub struct Subscribers {
+    counts: Mutex<SubscriberCounts>,
+}
+
+#[derive(Debug, Default)]
+struct SubscriberCounts {
+    channels: std::collections::HashMap<Bytes, usize>,
+    patterns: std::collections::HashMap<Bytes, (crate::glob::Pattern, usize)>,
+}
+
+impl Subscribers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubscriberCounts> {
+        // Counters only: a poisoned lock still holds usable numbers.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more connection subscribes to `channel`.
+    pub fn add_channel(&self, channel: &Bytes) {
+        *self.lock().channels.entry(channel.clone()).or_default() += 1;
+    }
+
+    /// One connection fewer subscribes to `channel`.
+    pub fn remove_channel(&self, channel: &Bytes) {
+        let mut c = self.lock();
+        if let Some(n) = c.channels.get_mut(channel) {
+            *n -= 1;
+            if *n == 0 {
+                c.channels.remove(channel);
+            }
+        }
+    }
+
+    /// One more connection subscribes to `pattern`.
+    pub fn add_pattern(&self, pattern: &Bytes) {
+        let mut c = self.lock();
+        c.patterns
+            .entry(pattern.clone())
+            .or_insert_with(|| (crate::glob::Pattern::new(pattern), 0))
+            .1 += 1;
+    }
+
+    /// One connection fewer subscribes to `pattern`.
+    pub fn remove_pattern(&self, pattern: &Bytes) {
+        let mut c = self.lock();
+        if let Some((_, n)) = c.patterns.get_mut(pattern) {
+            *n -= 1;
+            if *n == 0 {
+                c.patterns.remove(pattern);
+            }
+        }
+    }
+
+    /// The subscriptions a message on `channel` reaches: its subscribers plus, per
+    /// pattern matching it, that pattern's subscribers, as Redis counts.
+    pub fn receivers(&self, channel: &[u8]) -> usize {
+        let c = self.lock();
+        let direct = c.channels.get(channel).copied().unwrap_or(0);
+        let by_pattern: usize = c
+            .patterns
+            .values()
+            .filter(|(p, _)| p.matches(channel))
+            .map(|(_, n)| n)
+            .sum();
+        direct + by_pattern
+    }
 }
 
 impl fmt::Debug for WatchHub {
@@ -225,7 +299,13 @@ impl WatchHub {
             history: Mutex::new(History::default()),
             limits,
             last_tx: watch::channel(0).0,
+            subscribers: Subscribers::default(),
         })
+    }
+
+    /// Who subscribes to what on this node.
+    pub fn subscribers(&self) -> &Subscribers {
+        &self.subscribers
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, History> {
@@ -632,5 +712,14 @@ mod tests {
         );
         let keys: Vec<&[u8]> = r.matching(b"app/").map(|c| c.key.as_ref()).collect();
         assert_eq!(keys, vec![b"app/a".as_ref(), b"app/b".as_ref()]);
+        // A published message on a channel under the prefix is no key's change.
+        let published = KeyChange {
+            key: Bytes::from_static(b"app/channel"),
+            event: KeyEvent::Publish,
+            value: Some(Bytes::from_static(b"hi")),
+        };
+        let r = AppliedChanges::new(8, vec![published, set("app/c", "4")]);
+        let keys: Vec<&[u8]> = r.matching(b"app/").map(|c| c.key.as_ref()).collect();
+        assert_eq!(keys, vec![&b"app/c"[..]]);
     }
 }

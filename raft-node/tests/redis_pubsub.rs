@@ -326,3 +326,96 @@ fn subscriptions_and_watch_inside_multi_are_refused() {
     );
     assert!(pushes.is_empty(), "{pushes:?}");
 }
+
+/// PUBLISH goes through the log: every node's subscribers of the channel, and of patterns
+/// matching it, get the message once, in RESP2 and RESP3; the answer counts the
+/// subscriptions on the node that received the PUBLISH.
+#[test]
+fn publish_reaches_every_nodes_subscribers_once_through_the_log() {
+    let cluster = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(cluster.wait_leader(Duration::from_secs(15)));
+    for id in 1..=3 {
+        wait_writable(cluster.node(id).client, &[]);
+    }
+    // On every node: a RESP2 channel subscriber and a RESP3 pattern subscriber.
+    let mut subscribers = Vec::new();
+    for id in 1..=3 {
+        let addr = cluster.node(id).client;
+        let mut by_channel = RespConn::open(addr);
+        assert_eq!(
+            by_channel.sub(&["SUBSCRIBE", "news"]),
+            V::A(vec![b("subscribe"), b("news"), V::I(1)])
+        );
+        let mut by_pattern = RespConn::open(addr);
+        let mut pushes = Vec::new();
+        assert!(matches!(
+            by_pattern.call(&["HELLO", "3"], &mut pushes),
+            V::M(_)
+        ));
+        assert_eq!(
+            by_pattern.sub(&["PSUBSCRIBE", "n*"]),
+            V::P(vec![b("psubscribe"), b("n*"), V::I(1)])
+        );
+        subscribers.push((id, by_channel, by_pattern));
+    }
+    let mut publisher = RespConn::open(cluster.node(2).client);
+    let mut pushes = Vec::new();
+    // Node 2 holds one channel and one pattern subscription that "news" reaches.
+    assert_eq!(
+        publisher.call(&["PUBLISH", "news", "first"], &mut pushes),
+        V::I(2)
+    );
+    assert_eq!(
+        publisher.call(&["PUBLISH", "other", "x"], &mut pushes),
+        V::I(0)
+    );
+    assert_eq!(
+        publisher.call(&["PUBLISH", "news", "second"], &mut pushes),
+        V::I(2)
+    );
+    // A publish changes no key: no keyspace event for "news", and GET finds nothing.
+    assert_eq!(publisher.call(&["GET", "news"], &mut pushes), V::Nil);
+    for (id, by_channel, by_pattern) in &mut subscribers {
+        for text in ["first", "second"] {
+            assert_eq!(
+                by_channel.next(),
+                V::A(vec![b("message"), b("news"), b(text)]),
+                "node {id}"
+            );
+            assert_eq!(
+                by_pattern.next(),
+                V::P(vec![b("pmessage"), b("n*"), b("news"), b(text)]),
+                "node {id}"
+            );
+        }
+        // Nothing else (each once): a PING's answer is the next frame.
+        by_channel.send(&["PING"]);
+        assert_eq!(by_channel.next(), V::A(vec![b("pong"), b("")]), "node {id}");
+        let mut extra = Vec::new();
+        assert_eq!(
+            by_pattern.call(&["PING"], &mut extra),
+            V::S("PONG".into()),
+            "node {id}"
+        );
+        assert!(extra.is_empty(), "node {id}: {extra:?}");
+    }
+    // Unsubscribing (and closing) takes a subscription out of the count.
+    let (_, mut by_channel, by_pattern) = subscribers.remove(1);
+    assert_eq!(
+        by_channel.sub(&["UNSUBSCRIBE", "news"]),
+        V::A(vec![b("unsubscribe"), b("news"), V::I(0)])
+    );
+    drop(by_pattern);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = publisher.call(&["PUBLISH", "news", "third"], &mut pushes);
+        if n == V::I(0) {
+            break;
+        }
+        // The closed connection's server side notices the close when it next reads.
+        assert!(Instant::now() < deadline, "count stayed {n:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pushes.is_empty(), "{pushes:?}");
+}

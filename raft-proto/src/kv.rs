@@ -232,6 +232,17 @@ pub enum KvCommand {
         /// The keys.
         keys: Vec<Bytes>,
     },
+    /// PUBLISH: an entry that changes no key; every node hands `message` to its own
+    /// subscribers of `channel` (and of patterns matching it) when it applies the entry.
+    /// Answers `Int(0)`: the count Redis answers (subscribers reached) is the receiving
+    /// node's, which the node fills in, not replicated state. `message` is at most
+    /// [`STRING_BYTES_MAX`], as a value.
+    Publish {
+        /// The channel.
+        channel: Bytes,
+        /// The message.
+        message: Bytes,
+    },
 }
 
 /// SET's NX / XX.
@@ -321,6 +332,7 @@ impl KvCommand {
             }
             KvCommand::FlushAll
             | KvCommand::Sweep { .. }
+            | KvCommand::Publish { .. }
             | KvCommand::Keys { .. }
             | KvCommand::Scan { .. }
             | KvCommand::DbSize => 0,

@@ -4,8 +4,9 @@
 use super::reads::read;
 use super::state::State;
 use super::{expiry, keys, strings, transactions, KvLimits, LOGGED_READ_REPLY_BYTES_MAX};
+use crate::changes::KeyEvent;
 use bytes::Bytes;
-use raft_proto::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX};
+use raft_proto::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX, STRING_BYTES_MAX};
 
 pub(super) fn execute(state: &mut State, op: &[u8], limits: &KvLimits) -> KvResponse {
     match KvCommand::decode(op) {
@@ -85,6 +86,14 @@ pub(super) fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) 
         | KvCommand::Persist { .. }
         | KvCommand::Sweep { .. } => expiry::execute(state, cmd),
         KvCommand::FlushAll => keys::flush_all(state),
+        KvCommand::Publish { channel, message } => {
+            // The bound a value has: a message is held by every node's history as one.
+            if message.len() as u64 > STRING_BYTES_MAX {
+                return KvResponse::Error(KvError::StringTooLong);
+            }
+            state.changed(&channel, KeyEvent::Publish, Some(&message));
+            KvResponse::Int(0)
+        }
         KvCommand::Exec { watches, commands } => {
             transactions::exec(state, watches, commands, limits)
         }
@@ -108,6 +117,55 @@ pub(super) fn execute_one(state: &mut State, cmd: KvCommand, limits: &KvLimits) 
 mod tests {
     use super::*;
     use crate::kv::test_support::*;
+
+    /// PUBLISH changes no key (the digest is that of an entry without a command) but
+    /// reaches the sink as a `Publish` change.
+    #[test]
+    fn a_publish_changes_no_key_and_reaches_the_sink() {
+        let rec = Arc::new(Recorder::default());
+        let mut sm = KvStateMachine::new(KvLimits::default()).with_change_sink(rec.clone());
+        sm.apply(
+            1,
+            &cmd(
+                None,
+                KvCommand::Set {
+                    key: b("a"),
+                    value: b("1"),
+                },
+            ),
+        );
+        let before = sm.digest();
+        let publish = KvCommand::Publish {
+            channel: b("a"),
+            message: b("hi"),
+        };
+        assert_eq!(sm.apply(2, &cmd(None, publish)), KvResponse::Int(0));
+        assert_eq!(sm.len(), 1);
+        assert_eq!(
+            sm.query(&KvCommand::Get { key: b("a") }.encode()),
+            KvResponse::Value(Some(b("1")))
+        );
+        let applied = rec.0.lock().unwrap().clone();
+        assert_eq!(applied[1].0, 2);
+        assert_eq!(applied[1].1.len(), 1);
+        assert_eq!(applied[1].1[0].event, KeyEvent::Publish);
+        assert_eq!(applied[1].1[0].value, Some(b("hi")));
+        // The digest covers the applied index, which moved; the keys did not.
+        let mut other = KvStateMachine::new(KvLimits::default());
+        other.apply(
+            1,
+            &cmd(
+                None,
+                KvCommand::Set {
+                    key: b("a"),
+                    value: b("1"),
+                },
+            ),
+        );
+        other.skip_to(2);
+        assert_eq!(sm.digest(), other.digest());
+        assert_ne!(sm.digest(), before);
+    }
 
     #[test]
     fn a_batch_applies_in_order_in_one_entry() {

@@ -22,12 +22,13 @@ use tokio::time::Instant;
 
 use super::{serve_resp_batch, Closed, Conn, RespOutput, READ_CHUNK_BYTES};
 use crate::changes::KeyChange;
+use crate::changes::KeyEvent;
 use crate::glob::Pattern;
 use crate::metrics::DisconnectReason;
 use crate::resp::{Protocol, RespParser, Value};
 use crate::router::Router;
 use crate::session::RespSession;
-use crate::watch::{AppliedChanges, WatchError, Watcher};
+use crate::watch::{AppliedChanges, WatchError, WatchHub, Watcher};
 
 /// Channels, patterns and watches one connection may hold at once.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_024;
@@ -62,6 +63,22 @@ struct Subscriptions {
     /// Reads the hub for the channels and patterns, from when the first was subscribed.
     keyspace: Option<Watcher>,
     log: Option<LogWatch>,
+    /// Where the channels and patterns are counted for PUBLISH's answer (the hub's
+    /// [`Subscribers`](crate::watch::Subscribers)), from the first subscription.
+    hub: Option<Arc<WatchHub>>,
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        if let Some(hub) = &self.hub {
+            for c in &self.channels {
+                hub.subscribers().remove_channel(c);
+            }
+            for (p, _) in &self.patterns {
+                hub.subscribers().remove_pattern(p);
+            }
+        }
+    }
 }
 
 impl Subscriptions {
@@ -234,6 +251,31 @@ async fn notify<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut RespOutput,
 ) -> Result<(), Closed> {
+    if change.event == KeyEvent::Publish {
+        // A PUBLISH: the message to the channel's subscribers and matching patterns', as
+        // Redis sends it; no keyspace notification (no key changed).
+        let message = change.value.clone().unwrap_or_default();
+        if subs.channels.contains(&change.key) {
+            let m = Value::Push(vec![
+                bulk("message"),
+                bulk(change.key.clone()),
+                bulk(message.clone()),
+            ]);
+            out.push(stream, &m).await?;
+        }
+        for (text, pattern) in &subs.patterns {
+            if pattern.matches(&change.key) {
+                let m = Value::Push(vec![
+                    bulk("pmessage"),
+                    bulk(text.clone()),
+                    bulk(change.key.clone()),
+                    bulk(message.clone()),
+                ]);
+                out.push(stream, &m).await?;
+            }
+        }
+        return Ok(());
+    }
     let event = change.event.name().as_bytes();
     let keyspace = [KEYSPACE_PREFIX, &change.key].concat();
     let keyevent = [KEYEVENT_PREFIX, event].concat();
@@ -382,9 +424,14 @@ async fn command<S: AsyncWrite + Unpin>(
                 if subs.keyspace.is_none() {
                     subs.keyspace = Some(hub.watch_now());
                 }
+                let counts = subs.hub.get_or_insert_with(|| hub.clone()).subscribers();
                 if name == "SUBSCRIBE" {
-                    subs.channels.insert(target.clone());
+                    if new {
+                        counts.add_channel(target);
+                        subs.channels.insert(target.clone());
+                    }
                 } else if new {
+                    counts.add_pattern(target);
                     subs.patterns.push((target.clone(), Pattern::new(target)));
                 }
                 let reply = Value::Push(vec![
@@ -411,10 +458,15 @@ async fn command<S: AsyncWrite + Unpin>(
                 out.push(stream, &reply).await?;
             }
             for target in targets {
+                let counts = subs.hub.clone();
+                let counts = counts.as_ref().map(|h| h.subscribers());
                 if name == "UNSUBSCRIBE" {
-                    subs.channels.remove(&target);
-                } else {
+                    if subs.channels.remove(&target) {
+                        counts.inspect(|c| c.remove_channel(&target));
+                    }
+                } else if subs.patterns.iter().any(|(t, _)| *t == target) {
                     subs.patterns.retain(|(t, _)| *t != target);
+                    counts.inspect(|c| c.remove_pattern(&target));
                 }
                 let reply = Value::Push(vec![
                     bulk(kind.clone()),

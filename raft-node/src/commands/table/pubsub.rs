@@ -15,7 +15,19 @@ pub(super) const PUBSUB: &[CommandSpec] = &[
     )
     .flags(&["pubsub", "noscript", "loading", "stale"])
     .acl(&["pubsub", "slow"])
-    .differs("Only the notification channels exist: __keyspace@0__:<key> and __keyevent@0__:<event>, always on (no PUBLISH). Served from this node's applied state."),
+    .differs("Keyspace notifications (__keyspace@0__:<key>, __keyevent@0__:<event>) are always on. Messages, PUBLISHed ones too, come from this node's applied log."),
+    spec(
+        "publish",
+        3,
+        ReadWrite,
+        Logged,
+        "pubsub",
+        "Posts a message to a channel: to every node's subscribers of it and of patterns matching it, once each.",
+        "channel message",
+    )
+    .flags(&["pubsub", "loading", "stale", "fast"])
+    .acl(&["pubsub", "fast"])
+    .differs("Replicated through the log as an entry that changes no key, so every node delivers it from its applied log. Answers the subscriptions reached on the node that received it (Redis Cluster counts the whole cluster's). A message is bounded as a value is."),
     spec(
         "punsubscribe",
         -1,
@@ -38,7 +50,7 @@ pub(super) const PUBSUB: &[CommandSpec] = &[
     )
     .flags(&["pubsub", "noscript", "loading", "stale"])
     .acl(&["pubsub", "slow"])
-    .differs("Only the notification channels exist: __keyspace@0__:<key> and __keyevent@0__:<event>, always on (no PUBLISH). Served from this node's applied state."),
+    .differs("Keyspace notifications (__keyspace@0__:<key>, __keyevent@0__:<event>) are always on. Messages, PUBLISHed ones too, come from this node's applied log."),
     spec(
         "unsubscribe",
         -1,
