@@ -7,11 +7,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvResponse, LogCommand};
 use raft_node::certs;
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
+use raft_proto::{KvCommand, KvResponse, LogCommand};
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 

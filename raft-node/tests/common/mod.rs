@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raft_client::wire::NodeStatus;
 use raft_client::{Client, ClientConfig};
+use raft_proto::NodeStatus;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 pub const REQUEST_TIMEOUT_MS: u64 = 1_500;
