@@ -993,9 +993,9 @@ async fn snapshot_cut_midway_resumes_from_the_receivers_offset() {
     );
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!(sa.reconnects, 1, "{sa:?}");
-    // Restarting would have received the first half twice.
+    // Restarting would have received the first part twice. (The sender's count says less:
+    // it includes whatever the socket buffers swallowed before the cut was noticed.)
     assert_eq!(sb.snapshot_bytes_received, total, "{sb:?}");
-    assert!(sa.snapshot_bytes_sent < total + total / 2, "{sa:?}");
     proxy_task.abort();
     a.shutdown().await;
     b.shutdown().await;
