@@ -2,13 +2,12 @@
 //! file system, and the membership operations the faults and the healing need.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use raft_client::{Client, NodeStatus};
 
 use super::disk;
-use super::process::{NodeProc, Processes};
+use super::process::NodeProc;
 use super::schedule::Target;
 use super::wiring::Net;
 use super::workload::{client_config, key_name};
@@ -24,8 +23,7 @@ const LEARNER_CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Fields drop in order: the processes die before the file system under one of them goes.
 pub(super) struct Cluster {
-    pub(super) binary: PathBuf,
-    pub(super) procs: Processes,
+    pub(super) procs: Vec<NodeProc>,
     /// Node `id`'s client address is `client_addrs[id - 1]`.
     pub(super) client_addrs: Vec<String>,
     pub(super) net: Net,
@@ -37,12 +35,11 @@ pub(super) struct Cluster {
 
 impl Cluster {
     pub(super) fn ids(&self) -> Vec<u64> {
-        self.procs.0.iter().map(|p| p.id).collect()
+        self.procs.iter().map(|p| p.id).collect()
     }
 
     pub(super) fn node(&mut self, id: u64) -> &mut NodeProc {
         self.procs
-            .0
             .iter_mut()
             .find(|p| p.id == id)
             .expect("known node")
@@ -193,11 +190,9 @@ impl Cluster {
     ) -> Result<(), String> {
         for id in self.ids() {
             let node = self.node(id);
-            if let Some(how) = node.exited() {
+            if let Some(how) = node.proc.exited() {
                 timeline.push(format!("{at}: node {id} had stopped ({how}); restarted"));
-                let binary = self.binary.clone();
-                self.node(id)
-                    .start(&binary)
+                node.start()
                     .map_err(|e| format!("restarting node {id}: {e}"))?;
             }
         }
@@ -221,11 +216,9 @@ impl Cluster {
 
     /// Starts every node's process.
     pub(super) fn start_all(&mut self) -> Result<(), String> {
-        for id in self.ids() {
-            let binary = self.binary.clone();
-            self.node(id)
-                .start(&binary)
-                .map_err(|e| format!("starting node {id}: {e}"))?;
+        for node in &mut self.procs {
+            node.start()
+                .map_err(|e| format!("starting node {}: {e}", node.id))?;
         }
         Ok(())
     }
@@ -249,12 +242,8 @@ impl Cluster {
 
     /// Sends SIGCONT to every node a fault left stopped.
     pub(super) fn resume_paused(&mut self) {
-        for id in self.ids() {
-            let node = self.node(id);
-            if node.paused {
-                node.signal(libc::SIGCONT);
-                node.paused = false;
-            }
+        for node in &mut self.procs {
+            node.proc.resume();
         }
     }
 
@@ -288,8 +277,8 @@ impl Cluster {
     /// Every panic the nodes' logs show, as `node N panicked: <location> <message>`.
     pub(super) fn panics_in_logs(&self) -> Vec<String> {
         let mut panics = Vec::new();
-        for node in &self.procs.0 {
-            let text = std::fs::read(&node.log_path)
+        for node in &self.procs {
+            let text = std::fs::read(node.proc.log_path())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             let mut lines = text.lines();

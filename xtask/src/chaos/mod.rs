@@ -44,7 +44,7 @@ use history::{
     check_keys, write_report, KeyChecks, Outcome, OutcomeCounts, Record, Shared, CHECK_STEPS_MAX,
 };
 use linearizability::RegisterOp;
-use process::{NodeProc, Processes};
+use process::NodeProc;
 use wiring::{wire, Wiring};
 use workload::{client_config, client_loop, key_name};
 
@@ -108,7 +108,7 @@ async fn run(args: Args) -> Result<bool, String> {
     fresh_run_dir(&run_dir)?;
     let plan = schedule::plan(args.seed, args.nodes, args.duration.as_millis() as u64);
     let mut timeline: Vec<String> = Vec::new();
-    let mut cluster = start_cluster(&args, &plan, binary, &run_dir, &mut timeline).await?;
+    let mut cluster = start_cluster(&args, &plan, &binary, &run_dir, &mut timeline).await?;
 
     let shared = Arc::new(Shared::new());
     let deadline = Instant::now() + args.duration;
@@ -159,7 +159,7 @@ fn fresh_run_dir(run_dir: &Path) -> Result<(), String> {
 async fn start_cluster(
     args: &Args,
     plan: &schedule::Plan,
-    binary: PathBuf,
+    binary: &Path,
     run_dir: &Path,
     timeline: &mut Vec<String>,
 ) -> Result<Cluster, String> {
@@ -170,22 +170,19 @@ async fn start_cluster(
         .iter()
         .map(|&id| {
             let data_dir = run_dir.join(format!("node-{id}"));
-            NodeProc {
+            NodeProc::new(
                 id,
-                prefix: wiring.prefixes.get(&id).cloned().unwrap_or_default(),
-                args: node_args(args, id, &data_dir, &ids, &wiring),
+                binary,
+                wiring.prefixes.get(&id).cloned().unwrap_or_default(),
+                node_args(args, id, &data_dir, &ids, &wiring),
                 data_dir,
-                log_path: run_dir.join(format!("node-{id}.log")),
-                child: None,
-                paused: false,
-                join: false,
-            }
+                run_dir.join(format!("node-{id}.log")),
+            )
         })
         .collect();
     let (disk, disk_skipped) = mount_small_disk(plan.disk_node, run_dir, timeline);
     let mut cluster = Cluster {
-        binary,
-        procs: Processes(procs),
+        procs,
         client_addrs: wiring
             .client_addrs
             .values()
