@@ -71,7 +71,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "log_record",
-        about: "raft-log records, segment headers and state slots",
+        about: "raft-log batch records, segment headers and state slots",
         run: log_record::run,
         seeds: log_record::seeds,
         tokens: &[],

@@ -1,26 +1,27 @@
-//! raft-log's decoders on arbitrary bytes: the segment header, the record frames after it
-//! (as they are and with their CRCs made to match, so that mutations reach the payload
-//! decoder), the entries in them, and the state file's slots. A decoded entry re-encodes
-//! (through the hand-written, `unsafe` record encoder) to a record that decodes to it again.
+//! raft-log's decoders on arbitrary bytes: the segment header, the batch records after it
+//! (as they are and with their CRCs made to match, so that mutations reach the header,
+//! term-run and entry checks), the entries in them, and the state file's slots. The entries
+//! of a decoded batch re-encode (through the hand-written, `unsafe` entry encoder) to a
+//! batch that decodes to them again.
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, HardState, Membership, SnapshotMeta};
 use raft_log::format::StateRecord;
 use raft_log::format::{
-    decode_entry, decode_state_slot, encode_record_keyed, encode_state_slot, peek_index,
-    read_frame, RecordError, RecordKey, SegmentHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-    STATE_SLOT_HEADER_BYTES,
+    borrowed_data, decode_entry, decode_state_slot, encode_batch, encode_state_slot,
+    encode_truncation, entry_payload, lay_out_entries, peek_batch, put_batch_head, read_batch,
+    seal_batch, BatchKey, SegmentHeader, SEGMENT_HEADER_BYTES, STATE_SLOT_HEADER_BYTES,
 };
 
-/// Records read from one input at most.
+/// Batches read from one input at most.
 const RECORDS_MAX: usize = 4096;
-/// Payload bytes a record may announce (the inputs are small).
+/// Payload bytes an entry may announce (the inputs are small).
 const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let header = SegmentHeader::decode(data);
-    let key = header.map_or(RecordKey::default(), |h| h.record_key());
+    let key = header.map_or(BatchKey::default(), |h| h.batch_key());
     let start = if header.is_ok() {
         SEGMENT_HEADER_BYTES
     } else {
@@ -28,12 +29,10 @@ pub fn run(data: &[u8]) {
     };
     let backing = Bytes::copy_from_slice(data);
     records(&backing, start, key);
-    // The same bytes with every record's CRC made to match, under both record versions.
-    for key in [key, RecordKey::V1] {
-        let mut fixed = data.to_vec();
-        fix_record_crcs(&mut fixed, start, key);
-        records(&Bytes::from(fixed), start, key);
-    }
+    // The same bytes with every batch's CRC made to match.
+    let mut fixed = data.to_vec();
+    fix_batch_crcs(&mut fixed, start, key);
+    records(&Bytes::from(fixed), start, key);
     let _ = decode_state_slot(data);
     let mut slot = data.to_vec();
     if slot.len() >= STATE_SLOT_HEADER_BYTES {
@@ -56,85 +55,93 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// Reads records from `start` the way recovery does, until one is not a record.
-fn records(buf: &Bytes, start: usize, key: RecordKey) {
+/// Reads batches from `start` the way recovery does, until one is not a batch.
+fn records(buf: &Bytes, start: usize, key: BatchKey) {
     let mut offset = start;
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
     for _ in 0..RECORDS_MAX {
-        let _ = peek_index(buf, offset);
-        let frame = match read_frame(buf, offset, PAYLOAD_BYTES_MAX, key) {
-            Ok(frame) => frame,
-            Err(RecordError::Zero | RecordError::Short) => return,
-            Err(_) => return,
+        let _ = peek_batch(buf, offset);
+        offsets.clear();
+        runs.clear();
+        let Ok(frame) = read_batch(buf, offset, PAYLOAD_BYTES_MAX, key, &mut offsets, &mut runs)
+        else {
+            return;
         };
-        assert!(frame.end_offset > offset, "a record of no length");
-        let payload = &buf[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
-        if let Ok(entry) = decode_entry(payload, Some(buf)) {
-            assert_eq!((entry.index, entry.term), (frame.index, frame.term));
-            assert_eq!(decode_entry(payload, None).as_ref(), Ok(&entry));
-            round_trip(&entry, key);
+        assert!(frame.end_offset > offset, "a batch of no length");
+        assert_eq!(offsets.len(), frame.count as usize);
+        let mut entries = Vec::new();
+        for (i, &at) in offsets.iter().enumerate() {
+            let range =
+                entry_payload(buf, at as usize, PAYLOAD_BYTES_MAX).expect("checked by the batch");
+            // The batch checks each entry's index and term; the rest may not decode.
+            if let Ok(entry) = decode_entry(&buf[range.clone()], Some(buf)) {
+                assert_eq!(entry.index, frame.first_index + i as u64);
+                assert_eq!(decode_entry(&buf[range], None).as_ref(), Ok(&entry));
+                entries.push(entry);
+            }
+        }
+        if entries.len() == offsets.len() && !entries.is_empty() {
+            round_trip(&entries, key);
         }
         offset = frame.end_offset;
     }
 }
 
-/// An entry encodes to a record (copied or borrowed) that reads back as the same entry.
-fn round_trip(entry: &Entry, key: RecordKey) {
+/// Entries encode to a batch (copied, or borrowed and sealed in pieces) that reads back as
+/// the same entries.
+fn round_trip(entries: &[Entry], key: BatchKey) {
+    let mut whole = Vec::new();
+    encode_batch(entries, key, &mut whole).expect("decoded entries encode");
     for borrow_min_bytes in [usize::MAX, 0] {
-        let mut out = Vec::new();
-        let parts = encode_record_keyed(entry, &mut out, key, borrow_min_bytes)
-            .expect("a decoded entry encodes");
-        if parts.borrowed {
-            // A noop's empty data counts as borrowed at a threshold of 0.
-            let data: &[u8] = match &entry.payload {
-                EntryPayload::Command(data) => data,
-                _ => &[],
-            };
-            out.extend_from_slice(data);
-            out.resize(out.len() + parts.pad, 0);
+        let (mut body, mut parts) = (Vec::new(), Vec::new());
+        lay_out_entries(entries, &mut body, &mut parts, borrow_min_bytes, u64::MAX)
+            .expect("decoded entries lay out");
+        let mut joined = Vec::new();
+        for (e, &(start, p)) in entries.iter().zip(&parts) {
+            joined.extend_from_slice(&body[start..start + p.head_bytes]);
+            joined.extend_from_slice(borrowed_data(e, p));
         }
-        assert_eq!(out.len(), parts.record_bytes);
-        let frame = read_frame(&out, 0, PAYLOAD_BYTES_MAX, key).expect("our record reads");
-        let payload = &out[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
-        assert_eq!(decode_entry(payload, None).as_ref(), Ok(entry));
+        let mut batch = Vec::new();
+        put_batch_head(&mut batch, entries, joined.len());
+        seal_batch(&mut batch, key, &[&joined]);
+        batch.extend_from_slice(&joined);
+        batch.resize(whole.len(), 0);
+        assert_eq!(batch, whole);
+    }
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+    let frame = read_batch(&whole, 0, PAYLOAD_BYTES_MAX, key, &mut offsets, &mut runs)
+        .expect("our batch reads");
+    assert_eq!(frame.count as usize, entries.len());
+    for (e, &at) in entries.iter().zip(&offsets) {
+        let range = entry_payload(&whole, at as usize, PAYLOAD_BYTES_MAX).expect("in bounds");
+        assert_eq!(decode_entry(&whole[range], None).as_ref(), Ok(e));
     }
 }
 
-/// Sets each record's CRC to what its length and payload give under `key`.
-fn fix_record_crcs(buf: &mut [u8], start: usize, key: RecordKey) {
+/// Sets each batch's CRC to what its bytes give under `key`.
+fn fix_batch_crcs(buf: &mut [u8], start: usize, key: BatchKey) {
     let mut offset = start;
     for _ in 0..RECORDS_MAX {
-        let Some(header) = buf.get(offset..offset + RECORD_HEADER_BYTES) else {
+        let Some((total_len, _, _)) = peek_batch(buf, offset) else {
             return;
         };
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let payload = offset + RECORD_HEADER_BYTES;
-        let Some(end) = payload
-            .checked_add(len as usize)
-            .filter(|&e| e <= buf.len())
-        else {
+        let Some(end) = offset.checked_add(total_len).filter(|&e| e <= buf.len()) else {
             return;
         };
-        if len == 0 {
+        if total_len < 8 {
             return;
         }
-        let mut h = crc32fast::Hasher::new();
-        if key == RecordKey::V1 {
-            h.update(&len.to_le_bytes());
-        }
-        h.update(&buf[payload..end]);
-        let crc = match key {
-            RecordKey::V1 => h.finalize(),
-            RecordKey::V2 { seed } => h.finalize() ^ seed ^ len,
-        };
+        let crc = crc32fast::hash(&buf[offset + 8..end]) ^ key.seed ^ total_len as u32;
         buf[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
-        offset += raft_log::format::record_bytes(len as usize);
+        offset += raft_log::format::align_up(total_len);
     }
 }
 
-/// Seeds: a segment header followed by records of every payload kind, and state slots.
+/// Seeds: a segment header followed by batches of every payload kind and a truncation
+/// record, a bare batch, and state slots.
 pub fn seeds() -> Vec<Vec<u8>> {
     let header = SegmentHeader::new(1, 5);
-    let key = header.record_key();
+    let key = header.batch_key();
     let entries = [
         Entry {
             index: 5,
@@ -158,12 +165,11 @@ pub fn seeds() -> Vec<Vec<u8>> {
         },
     ];
     let mut segment = header.encode().to_vec();
-    for e in &entries {
-        encode_record_keyed(e, &mut segment, key, usize::MAX).expect("a seed encodes");
-    }
+    encode_batch(&entries[..2], key, &mut segment).expect("a seed encodes");
+    encode_batch(&entries[2..], key, &mut segment).expect("a seed encodes");
+    segment.extend_from_slice(&encode_truncation(8, key));
     let mut bare = Vec::new();
-    encode_record_keyed(&entries[1], &mut bare, RecordKey::default(), usize::MAX)
-        .expect("a seed encodes");
+    encode_batch(&entries[1..3], BatchKey::default(), &mut bare).expect("a seed encodes");
     let record = StateRecord {
         hard_state: HardState {
             term: 3,

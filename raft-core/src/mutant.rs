@@ -4,7 +4,7 @@
 //! Each [`Mutant`] removes one rule of the protocol. Without the `sim` feature no mutant can
 //! be switched on and `active` is a constant `false`, so production builds carry none of
 //! this. With it, a mutant is active only on the thread that runs a simulated seed asking
-//! for it ([`crate::sim::SimOptions::mutant`]).
+//! for it (`SimOptions::mutant` in `raft_core::sim`, behind the `sim` feature).
 
 /// One rule of the protocol, removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use raft_core::{Entry, EntryPayload, LogStore};
-use raft_log::format::{encode_record, SEGMENT_HEADER_BYTES};
+use raft_log::format::{encode_batch, BatchKey, SEGMENT_HEADER_BYTES};
 use raft_log::{Log, Options};
 
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -254,18 +254,19 @@ fn case_selected(entry_bytes: usize, batch: usize) -> bool {
     }
 }
 
-/// The bytes the log writes for one batch, for the raw baseline to write too.
+/// The bytes the log writes for one batch (one batch record), for the raw baseline to
+/// write too.
 fn framed(entry_bytes: usize, batch: usize) -> Vec<u8> {
     let payload = Bytes::from(vec![0xA5u8; entry_bytes]);
-    let mut out = Vec::new();
-    for index in 1..=batch as u64 {
-        let entry = Entry {
+    let entries: Vec<Entry> = (1..=batch as u64)
+        .map(|index| Entry {
             index: 1_000_000 + index,
             term: 1,
             payload: EntryPayload::Command(payload.clone()),
-        };
-        encode_record(&entry, &mut out).unwrap();
-    }
+        })
+        .collect();
+    let mut out = Vec::new();
+    encode_batch(&entries, BatchKey::default(), &mut out).unwrap();
     out
 }
 
@@ -455,23 +456,18 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     group.bench_function("raft_log_entries_4MiB", |b| {
         b.iter(|| log.entries(low, high, usize::MAX).unwrap().len())
     });
-    let (file, offset, len) = range_location(&path, low, high);
+    let (file, offsets, offset, len) = range_location(&path, low, high);
     // The decode step alone, zero-copy (command bytes sliced from the mapping) vs copying,
-    // over the same mapped records.
+    // over the same mapped entries.
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = Bytes::from_owner(unsafe { memmap2::Mmap::map(&file) }.unwrap());
-    let key = raft_log::format::SegmentHeader::decode(&map)
-        .unwrap()
-        .record_key();
     let decode_all = |zero_copy: bool| {
-        let mut at = offset as usize;
         let mut n = 0;
-        while at < offset as usize + len {
-            let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
-            let payload = &map[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
-            let entry = raft_log::format::decode_entry(payload, zero_copy.then_some(&map)).unwrap();
+        for &at in &offsets {
+            let range = raft_log::format::entry_payload(&map, at as usize, 1 << 20).unwrap();
+            let entry =
+                raft_log::format::decode_entry(&map[range], zero_copy.then_some(&map)).unwrap();
             n += entry.size_bytes();
-            at = frame.end_offset;
         }
         n
     };
@@ -487,9 +483,9 @@ fn bench_open_and_read(c: &mut Criterion, dir: &Path) {
     group.finish();
 }
 
-/// The segment file holding `low..high` and the byte range of those records, found by
-/// walking the frames.
-fn range_location(path: &Path, low: u64, high: u64) -> (File, u64, usize) {
+/// The segment file holding `low..high`, where each of those entries starts in it, and the
+/// byte range they span, found by walking the batches.
+fn range_location(path: &Path, low: u64, high: u64) -> (File, Vec<u32>, u64, usize) {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(path)
         .unwrap()
         .map(|d| d.unwrap().path())
@@ -509,25 +505,27 @@ fn range_location(path: &Path, low: u64, high: u64) -> (File, u64, usize) {
         .rev()
         .find(|p| name_index(p) <= low)
         .unwrap();
+    let first = name_index(seg);
     let file = File::open(seg).unwrap();
     // SAFETY: read-only mapping of a file nobody modifies during the bench.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
     let key = raft_log::format::SegmentHeader::decode(&map)
         .unwrap()
-        .record_key();
+        .batch_key();
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
     let mut at = SEGMENT_HEADER_BYTES;
-    let mut start = 0;
-    let end = loop {
-        let frame = raft_log::format::read_frame(&map, at, 1 << 20, key).unwrap();
-        if frame.index == low {
-            start = at;
-        }
+    while offsets.len() < (high - first) as usize {
+        let frame =
+            raft_log::format::read_batch(&map, at, 1 << 20, key, &mut offsets, &mut runs).unwrap();
         at = frame.end_offset;
-        if frame.index + 1 == high || at >= map.len() {
-            break at;
-        }
-    };
-    (file, start as u64, end - start)
+    }
+    let wanted = offsets[(low - first) as usize..(high - first) as usize].to_vec();
+    let start = wanted[0] as usize;
+    let last = *wanted.last().unwrap() as usize;
+    let end = raft_log::format::entry_payload(&map, last, 1 << 20)
+        .unwrap()
+        .end;
+    (file, wanted, start as u64, end - start)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -745,49 +743,22 @@ fn cpu_profile(dir: &Path) {
         }
         let entries = log.next_batch();
         let mut buf = Vec::new();
-        let encoder = raft_log::format::RecordEncoder::new(Default::default());
-        let mut records = Vec::new();
+        let mut parts = Vec::new();
         let start = thread_cpu();
         for _ in 0..rounds {
             buf.clear();
-            records.clear();
-            encoder
-                .encode_batch(
-                    &entries,
-                    &mut buf,
-                    &mut records,
-                    raft_log::format::VECTORED_MIN_BYTES,
-                    u64::MAX,
-                )
-                .unwrap();
+            parts.clear();
+            raft_log::format::lay_out_entries(
+                &entries,
+                &mut buf,
+                &mut parts,
+                raft_log::format::VECTORED_MIN_BYTES,
+                u64::MAX,
+            )
+            .unwrap();
         }
         let encode = thread_cpu() - start;
-        // The record CRC alone: one cloned hasher per record over its payload, as the
-        // encoder does, over the records laid out whole.
-        buf.clear();
-        records.clear();
-        encoder
-            .encode_batch(&entries, &mut buf, &mut records, usize::MAX, u64::MAX)
-            .unwrap();
-        let mut payloads = Vec::new();
-        let mut at = 0;
-        while at < buf.len() {
-            let frame = raft_log::format::read_frame(&buf, at, usize::MAX, Default::default())
-                .expect("just encoded");
-            payloads.push(frame.payload_offset..frame.payload_offset + frame.payload_bytes);
-            at = frame.end_offset;
-        }
-        let fresh = crc32fast::Hasher::new();
         let mut x = 0;
-        let start = thread_cpu();
-        for _ in 0..rounds {
-            for range in &payloads {
-                let mut h = fresh.clone();
-                h.update(&buf[range.clone()]);
-                x ^= h.finalize();
-            }
-        }
-        let record_crc = thread_cpu() - start;
         let bytes = framed(entry_bytes, 1024);
         let start = thread_cpu();
         for _ in 0..rounds {
@@ -818,12 +789,11 @@ fn cpu_profile(dir: &Path) {
         std::fs::remove_file(raw_path).unwrap();
         let per = |d: Duration| d.as_nanos() as f64 / (rounds * 1024) as f64;
         println!(
-            "{entry_bytes:>6}B x1024, ns/entry: append (no sync) {:.1} wall, {:.1} thread CPU, raw pwrite {:.1} thread CPU; thread CPU of: encode {:.1}, its record CRCs {:.1}, one crc32 over the batch {:.1} ({x})",
+            "{entry_bytes:>6}B x1024, ns/entry: append (no sync) {:.1} wall, {:.1} thread CPU, raw pwrite {:.1} thread CPU; thread CPU of: laying out the entries {:.1}, the batch's crc32 {:.1} ({x})",
             per(append),
             per(append_cpu),
             per(raw),
             per(encode),
-            per(record_crc),
             per(crc)
         );
     }

@@ -7,18 +7,18 @@
 //!   segment epoch. Writes alternate so that the newest *durable* slot is never overwritten;
 //!   open takes the valid slot with the highest sequence number.
 //! - `{first_index:020}.seg`: preallocated segment files (default 64 MiB). A 32-byte header
-//!   (magic, version, CRC, epoch, first index) is followed by 8-byte aligned records
-//!   `len u32 | crc u32 | payload | zero padding`, the payload being the postcard encoding
-//!   of a [`raft_core::Entry`]. In version 2 (written now) `crc = crc32(payload) ^ seed ^ len`,
-//!   the seed derived from the segment's epoch and first index; version 1 segments
-//!   (`crc32(len ‖ payload)`) are still read. New segments are filled with real zeroes (see
+//!   (magic, version 3, CRC, epoch, first index) is followed by 8-byte aligned batch records,
+//!   one per append (or per segment an append spans): a header (length, CRC, first index,
+//!   count, term runs) and the entries, each `len u32 | postcard(Entry)`, under one CRC
+//!   seeded from the segment's epoch and first index (see [`format`](mod@format)). A truncation inside a
+//!   batch is a header-only record after it. New segments are filled with real zeroes (see
 //!   [`Options::segment_zero_fill`]) by a background thread one segment ahead of need, as
 //!   `spare-{n}.tmp`, then renamed in place.
 //! - `recycle-{n}.tmp`: up to two segment files freed by compaction, kept to become the next
 //!   segments instead of new files (no zero-filling, and the disk overwrites blocks it has
-//!   already written). A reused file still holds records of its earlier life after the new
-//!   ones; they fail the new segment's seeded CRC, and every write leaves a zeroed record
-//!   header after its last record, so recovery sees where the data ends. Sealing a reused
+//!   already written). A reused file still holds batches of its earlier life after the new
+//!   ones; they fail the new segment's seeded CRC, and every write leaves 8 zero bytes after
+//!   its last batch, so recovery sees where the data ends. Sealing a reused
 //!   segment zeroes its tail. Removed on open and on close.
 
 //! # Durability
@@ -35,11 +35,13 @@
 //! page cache of a process that died before syncing it.
 //!
 //! # Recovery
-//! Only the tail of the last segment may be torn: a zero, short or CRC-bad record there with
-//! no valid record after it is cut off (logged with file and offset) and the cut region
-//! zeroed; a zeroed record header followed only by bytes that are not records of this
-//! segment is the end of a reused segment's data and left as it is. Anything else is [`LogError::Corrupt`] with the file and byte offset, and nothing
-//! is deleted. Known-stale files (segments of an older epoch, or wholly covered by the
+//! A batch is the unit of recovery. Only the tail of the last segment may be torn: a zero,
+//! short or CRC-bad batch there with no valid batch after it is cut off whole (logged with
+//! file and offset) and the cut region zeroed; zeroes followed only by bytes that are not
+//! batches of this segment are the end of a reused segment's data and left as they are.
+//! Anything else is [`LogError::Corrupt`] with the file and byte offset, and nothing is
+//! deleted. Entries are found through an in-memory index of their offsets, built by the scan;
+//! reads check an entry's bounds and index, not its batch's CRC again. Known-stale files (segments of an older epoch, or wholly covered by the
 //! snapshot) are removed; unknown files are reported by [`Log::unknown_files`] and kept.
 //!
 //! # Zero-copy reads

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::LogStore;
 use raft_log::format::{
-    decode_entry, decode_state_slot, encode_record, read_frame, RecordKey, SegmentHeader,
-    SEGMENT_HEADER_BYTES,
+    decode_entry, decode_state_slot, encode_batch, entry_payload, lay_out_entry, read_batch,
+    BatchKey, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use raft_log::Log;
 
@@ -26,39 +26,51 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(buf in proptest::collection::vec(any::<u8>(), 0..512), offset in 0usize..600) {
-        if let Ok(frame) = read_frame(&buf, offset, 1 << 20, RecordKey::default()) {
+        let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+        if let Ok(frame) = read_batch(&buf, offset, 1 << 20, BatchKey::default(), &mut offsets, &mut runs) {
             prop_assert!(frame.end_offset <= buf.len() + 7);
-            let payload = &buf[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
             let backing = Bytes::from(buf.clone());
-            let _ = decode_entry(&backing[frame.payload_offset..frame.payload_offset + frame.payload_bytes], Some(&backing));
-            let _ = decode_entry(payload, None);
+            for &at in &offsets {
+                let range = entry_payload(&buf, at as usize, 1 << 20).unwrap();
+                let _ = decode_entry(&backing[range.clone()], Some(&backing));
+                let _ = decode_entry(&buf[range], None);
+            }
         }
+        let _ = entry_payload(&buf, offset, 1 << 20);
         let _ = decode_entry(&buf, None);
         let _ = decode_state_slot(&buf);
         let _ = SegmentHeader::decode(&buf);
-        let _ = raft_log::format::peek_index(&buf, offset);
-        let _ = read_frame(&buf, offset, 1 << 20, RecordKey::V1);
+        let _ = raft_log::format::peek_batch(&buf, offset);
     }
 
     #[test]
-    fn mutated_records_are_rejected_or_decode_to_valid_entries(
+    fn mutated_batches_are_rejected(
         index in 1u64..1_000_000,
         term in 0u64..1000,
-        data in proptest::collection::vec(any::<u8>(), 0..300),
+        data in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5),
         flips in proptest::collection::vec((any::<usize>(), 0u8..8), 1..4),
     ) {
-        let entry = raft_core::Entry { index, term, payload: raft_core::EntryPayload::Command(data.into()) };
+        let entries: Vec<raft_core::Entry> = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| raft_core::Entry { index: index + i as u64, term: term + i as u64 / 2, payload: raft_core::EntryPayload::Command(d.into()) })
+            .collect();
         let mut buf = Vec::new();
-        encode_record(&entry, &mut buf).unwrap();
-        let frame = read_frame(&buf, 0, 1 << 20, RecordKey::default()).unwrap();
-        prop_assert_eq!(decode_entry(&buf[frame.payload_offset..frame.payload_offset + frame.payload_bytes], None).unwrap(), entry);
+        encode_batch(&entries, BatchKey::default(), &mut buf).unwrap();
+        let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+        let frame = read_batch(&buf, 0, 1 << 20, BatchKey::default(), &mut offsets, &mut runs).unwrap();
+        prop_assert_eq!(frame.count as usize, entries.len());
+        for (e, &at) in entries.iter().zip(&offsets) {
+            let range = entry_payload(&buf, at as usize, 1 << 20).unwrap();
+            prop_assert_eq!(&decode_entry(&buf[range], None).unwrap(), e);
+        }
         let len = buf.len();
         let flips: std::collections::BTreeSet<(usize, u8)> = flips.into_iter().map(|(at, bit)| (at % len, bit)).collect();
         for (at, bit) in flips {
             buf[at] ^= 1 << bit;
         }
         // CRC32 detects every burst of up to 32 bits, so up to three flips never pass.
-        prop_assert!(read_frame(&buf, 0, 1 << 20, RecordKey::default()).is_err());
+        prop_assert!(read_batch(&buf, 0, 1 << 20, BatchKey::default(), &mut offsets, &mut runs).is_err());
     }
 }
 
@@ -71,16 +83,19 @@ proptest! {
         {
             let mut log = Log::open(dir.path(), common::small_options()).unwrap();
             let entries: Vec<_> = (1..=40).map(|i| common::entry(i, 1, 30)).collect();
-            log.append(&entries).unwrap();
+            for batch in entries.chunks(4) {
+                log.append(batch).unwrap();
+            }
             log.sync().unwrap();
         }
         let path = common::segment_files(dir.path()).pop().unwrap();
         let mut image = std::fs::read(&path).unwrap();
-        let key = SegmentHeader::decode(&image).unwrap().record_key();
-        // Keep a few records, then overwrite with the arbitrary bytes.
+        let key = SegmentHeader::decode(&image).unwrap().batch_key();
+        // Keep a few batches, then overwrite with the arbitrary bytes.
         let mut at = SEGMENT_HEADER_BYTES;
+        let (mut offsets, mut runs) = (Vec::new(), Vec::new());
         for _ in 0..keep {
-            match read_frame(&image, at, 1 << 20, key) {
+            match read_batch(&image, at, 1 << 20, key, &mut offsets, &mut runs) {
                 Ok(frame) => at = frame.end_offset,
                 Err(_) => break,
             }
@@ -125,17 +140,15 @@ proptest! {
 
     #[test]
     fn same_bytes_as_postcard(entry in arb_entry()) {
-        let mut record = Vec::new();
-        let payload_bytes = encode_record(&entry, &mut record).unwrap();
+        let mut whole = Vec::new();
+        let p = lay_out_entry(&entry, &mut whole, usize::MAX).unwrap();
         let postcard = postcard::to_stdvec(&entry).unwrap();
-        prop_assert_eq!(&record[8..8 + payload_bytes], &postcard[..]);
+        prop_assert_eq!(&whole[..4], &(postcard.len() as u32).to_le_bytes()[..]);
+        prop_assert_eq!(&whole[4..], &postcard[..]);
+        prop_assert_eq!(p.entry_bytes, whole.len());
         let mut parts = Vec::new();
-        let p = raft_log::format::encode_record_keyed(&entry, &mut parts, RecordKey::default(), raft_log::format::VECTORED_MIN_BYTES).unwrap();
-        if p.borrowed {
-            let raft_core::EntryPayload::Command(data) = &entry.payload else { unreachable!() };
-            parts.extend_from_slice(data);
-            parts.resize(p.record_bytes, 0);
-        }
-        prop_assert_eq!(parts, record);
+        let p = lay_out_entry(&entry, &mut parts, raft_log::format::VECTORED_MIN_BYTES).unwrap();
+        parts.extend_from_slice(raft_log::format::borrowed_data(&entry, p));
+        prop_assert_eq!(parts, whole);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{all_entries, entry, segment_files, small_options};
 use raft_core::{Entry, EntryPayload, HardState, LogStore, SnapshotMeta};
-use raft_log::format::{read_frame, SegmentHeader, SEGMENT_HEADER_BYTES};
+use raft_log::format::{read_batch, SegmentHeader, SEGMENT_HEADER_BYTES};
 use raft_log::{Log, LogError, Options};
 
 /// Writes `count` entries of about `len` bytes in batches of 4, syncing each batch.
@@ -24,24 +24,39 @@ fn fill(dir: &Path, count: u64, len: usize) -> Vec<Entry> {
     entries
 }
 
-/// End offsets (padding included) of the records in a segment image.
+/// End offsets (padding included) of the batches in a segment image.
 fn record_ends(image: &[u8]) -> Vec<usize> {
-    payload_and_record_ends(image)
-        .into_iter()
-        .map(|(_, end)| end)
-        .collect()
+    batches(image).into_iter().map(|b| b.end).collect()
 }
 
-/// Where each record's payload ends and where its padding ends.
-fn payload_and_record_ends(image: &[u8]) -> Vec<(usize, usize)> {
-    let mut ends = Vec::new();
-    let key = SegmentHeader::decode(image).unwrap().record_key();
+/// One batch of a segment image.
+struct Batch {
+    /// Where its header starts.
+    start: usize,
+    /// Where its bytes end, padding excluded.
+    content_end: usize,
+    /// Where its padding ends.
+    end: usize,
+    /// Entries it holds.
+    count: usize,
+}
+
+fn batches(image: &[u8]) -> Vec<Batch> {
+    let mut found = Vec::new();
+    let key = SegmentHeader::decode(image).unwrap().batch_key();
     let mut at = SEGMENT_HEADER_BYTES;
-    while let Ok(frame) = read_frame(image, at, 1 << 20, key) {
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+    while let Ok(frame) = read_batch(image, at, 1 << 20, key, &mut offsets, &mut runs) {
+        let total_len = u32::from_le_bytes(image[at..at + 4].try_into().unwrap()) as usize;
+        found.push(Batch {
+            start: at,
+            content_end: at + total_len,
+            end: frame.end_offset,
+            count: frame.count as usize,
+        });
         at = frame.end_offset;
-        ends.push((frame.payload_offset + frame.payload_bytes, at));
     }
-    ends
+    found
 }
 
 fn assert_prefix(log: &Log, written: &[Entry]) {
@@ -61,11 +76,12 @@ fn every_truncation_point_of_the_tail_recovers_a_prefix() {
     assert!(segments.len() >= 2, "the test wants sealed segments too");
     let last = segments.last().unwrap().clone();
     let image = fs::read(&last).unwrap();
-    let ends = payload_and_record_ends(&image);
-    let written_end = ends.last().unwrap().1;
+    let batches = batches(&image);
+    let written_end = batches.last().unwrap().end;
+    let held_in_last: usize = batches.iter().map(|b| b.count).sum();
     let held_before_last: usize = {
         let log = Log::open(dir.path(), small_options()).unwrap();
-        log.last_index() as usize - ends.len()
+        log.last_index() as usize - held_in_last
     };
     let file = OpenOptions::new().write(true).open(&last).unwrap();
     for cut in SEGMENT_HEADER_BYTES..=written_end {
@@ -75,16 +91,17 @@ fn every_truncation_point_of_the_tail_recovers_a_prefix() {
             .unwrap();
         let log =
             Log::open(dir.path(), small_options()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        // Padding is zero anyway, and so may be a payload's last bytes: a record is whole
-        // when zeroing from `cut` changes none of its bytes.
-        let whole = ends
+        // Padding is zero anyway, and so may be a batch's last bytes: a batch is whole when
+        // zeroing from `cut` changes none of its bytes, and is dropped whole otherwise.
+        let whole: usize = batches
             .iter()
-            .filter(|&&(payload_end, _)| {
-                image[cut.min(payload_end)..payload_end]
+            .filter(|b| {
+                image[cut.min(b.content_end)..b.content_end]
                     .iter()
-                    .all(|&b| b == 0)
+                    .all(|&x| x == 0)
             })
-            .count();
+            .map(|b| b.count)
+            .sum();
         assert_eq!(
             log.last_index() as usize,
             held_before_last + whole,
@@ -111,7 +128,7 @@ fn every_bit_flip_in_the_tail_gives_a_prefix_or_a_corruption_error() {
     let last = segment_files(dir.path()).last().unwrap().clone();
     let image = fs::read(&last).unwrap();
     let ends = record_ends(&image);
-    assert!(ends.len() >= 3);
+    assert!(ends.len() >= 4);
     // The last three records and 64 bytes of the zeroes after them.
     let from = ends[ends.len() - 4];
     let to = ends[ends.len() - 1] + 64;
@@ -507,9 +524,11 @@ fn a_hole_before_valid_records_fails_open_unless_point_in_time_recovery_is_asked
     let written = fill(dir.path(), 80, 100);
     let last = segment_files(dir.path()).last().unwrap().clone();
     let mut image = fs::read(&last).unwrap();
-    let ends = record_ends(&image);
-    // Zero one record in the middle of the tail, as an out-of-order page writeback might.
-    let (from, to) = (ends[ends.len() - 4], ends[ends.len() - 3]);
+    // Zero one batch in the middle of the tail, as an out-of-order page writeback might.
+    let found = batches(&image);
+    let hole = &found[found.len() - 3];
+    let (from, to) = (hole.start, hole.end);
+    let lost: usize = found[found.len() - 3..].iter().map(|b| b.count).sum();
     image[from..to].fill(0);
     fs::write(&last, &image).unwrap();
     match Log::open(dir.path(), small_options()) {
@@ -529,7 +548,7 @@ fn a_hole_before_valid_records_fails_open_unless_point_in_time_recovery_is_asked
     };
     let log = Log::open(dir.path(), options).unwrap();
     assert_prefix(&log, &written);
-    assert_eq!(log.last_index() as usize, written.len() - 3);
+    assert_eq!(log.last_index() as usize, written.len() - lost);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Segment files freed by compaction are reused: their earlier records must never be read
 //! as entries, whatever a crash leaves behind; sealed reused segments keep the corruption
-//! check; segments whose bytes are still held by readers are not reused; version-1 segments
-//! still open.
+//! check; segments whose bytes are still held by readers are not reused; segments of an
+//! older format version are refused.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::{all_entries, entry, segment_files, segment_first_index, small_options};
 use raft_core::{Entry, EntryPayload, LogStore, SnapshotMeta};
-use raft_log::format::{read_frame, RecordKey, SegmentHeader, SEGMENT_HEADER_BYTES};
+use raft_log::format::{read_batch, SegmentHeader, SEGMENT_HEADER_BYTES};
 use raft_log::{Log, LogError};
 
 const ENTRY_BYTES: usize = 100;
@@ -39,9 +39,10 @@ fn compact_to(log: &mut Log, index: u64) {
 }
 
 fn records_end(image: &[u8]) -> usize {
-    let key = SegmentHeader::decode(image).unwrap().record_key();
+    let key = SegmentHeader::decode(image).unwrap().batch_key();
     let mut at = SEGMENT_HEADER_BYTES;
-    while let Ok(frame) = read_frame(image, at, 1 << 20, key) {
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+    while let Ok(frame) = read_batch(image, at, 1 << 20, key, &mut offsets, &mut runs) {
         at = frame.end_offset;
     }
     at
@@ -259,47 +260,34 @@ fn a_segment_whose_bytes_are_held_is_deleted_not_reused() {
 }
 
 #[test]
-fn version_1_segments_open_and_take_appends() {
+fn segments_of_an_older_version_are_refused_with_path_and_offset() {
     let dir = common::test_dir();
     let written: Vec<Entry> = (1..=60).map(|i| entry(i, 1, ENTRY_BYTES)).collect();
     {
         let mut log = Log::open(dir.path(), small_options()).unwrap();
         append_synced(&mut log, &written);
     }
-    // Rewrite every segment as raft-log 1 wrote it: version 1 header, crc32(len ‖ payload).
-    for path in segment_files(dir.path()) {
-        let mut image = fs::read(&path).unwrap();
-        let header = SegmentHeader::decode(&image).unwrap();
-        let key = header.record_key();
-        let mut at = SEGMENT_HEADER_BYTES;
-        while let Ok(frame) = read_frame(&image, at, 1 << 20, key) {
-            let payload =
-                image[frame.payload_offset..frame.payload_offset + frame.payload_bytes].to_vec();
-            let mut h = crc32fast::Hasher::new();
-            h.update(&image[at..at + 4]);
-            h.update(&payload);
-            image[at + 4..at + 8].copy_from_slice(&h.finalize().to_le_bytes());
-            at = frame.end_offset;
+    // Version 2 wrote one record per entry; this code reads version 3 batches only.
+    let path = segment_files(dir.path())[0].clone();
+    let mut image = fs::read(&path).unwrap();
+    let old = SegmentHeader {
+        version: 2,
+        ..SegmentHeader::decode(&image).unwrap()
+    };
+    image[..SEGMENT_HEADER_BYTES].copy_from_slice(&old.encode());
+    fs::write(&path, &image).unwrap();
+    match Log::open(dir.path(), small_options()) {
+        Err(LogError::Corrupt {
+            path: p,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((p, offset), (path.clone(), 0));
+            assert!(reason.contains("version"), "{reason}");
         }
-        let old = SegmentHeader {
-            version: 1,
-            ..header
-        };
-        image[..SEGMENT_HEADER_BYTES].copy_from_slice(&old.encode());
-        assert_eq!(
-            SegmentHeader::decode(&image).unwrap().record_key(),
-            RecordKey::V1
-        );
-        fs::write(&path, &image).unwrap();
+        other => panic!("expected corruption, got {other:?}"),
     }
-    let mut log = Log::open(dir.path(), small_options()).unwrap();
-    assert!(all_entries(&log) == written);
-    let more: Vec<Entry> = (61..=120).map(|i| entry(i, 1, ENTRY_BYTES)).collect();
-    append_synced(&mut log, &more);
-    drop(log);
-    let log = Log::open(dir.path(), small_options()).unwrap();
-    let all: Vec<Entry> = written.iter().chain(&more).cloned().collect();
-    assert!(all_entries(&log) == all);
+    assert_eq!(fs::read(&path).unwrap(), image, "nothing was changed");
 }
 
 #[test]
@@ -310,16 +298,10 @@ fn an_earlier_life_record_with_the_next_index_fails_the_segment_key() {
     let reused = reused_last_segment(dir.path());
     let old_key = SegmentHeader::decode(&reused.old_image)
         .unwrap()
-        .record_key();
+        .batch_key();
     let next = reused.written.len() as u64 + 1;
     let mut stale = Vec::new();
-    raft_log::format::encode_record_keyed(
-        &entry(next, 1, ENTRY_BYTES),
-        &mut stale,
-        old_key,
-        usize::MAX,
-    )
-    .unwrap();
+    raft_log::format::encode_batch(&[entry(next, 1, ENTRY_BYTES)], old_key, &mut stale).unwrap();
     let end = records_end(&reused.new_image);
     let mut image = reused.new_image.clone();
     image[end + 8..end + 8 + stale.len()].copy_from_slice(&stale);

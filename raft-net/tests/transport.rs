@@ -513,8 +513,12 @@ async fn hostile_connections_are_closed_without_disturbing_others() {
     b.shutdown().await;
     drop(b); // Closes the incoming channel, ending the receiver task.
     let arrivals = receiver.await.unwrap();
+    // How many arrive depends on how often a 2 ms sleep wakes on a loaded machine (52 in
+    // one CI run with every test binary competing for 2 cores, ~450 alone): what matters is
+    // order (checked above) and that the stream never stalled, for which a few dozen
+    // arrivals across the hostile phase are enough.
     assert!(
-        arrivals.len() > 100,
+        arrivals.len() >= 20,
         "only {} messages arrived",
         arrivals.len()
     );

@@ -196,6 +196,29 @@ mod tests {
         }
     }
 
+    /// The cases of the matcher `COMMAND LIST` and `CONFIG GET` used before they shared
+    /// this one. It answered `[` ~ `[` true; Redis (7.0.15, `KEYS [` with a key `[`)
+    /// answers no match: an unclosed class is closed at the end of the pattern.
+    #[test]
+    fn follows_redis_rules_for_command_names() {
+        for (p, t, want) in [
+            ("*", "", true),
+            ("a*", "abc", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("h[ae]llo", "hello", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("h\\*llo", "h*llo", true),
+            ("*x*y*z", "axbyc", false),
+            ("[", "[", false),
+            ("a[", "a[", false),
+            ("\\[", "[", true),
+        ] {
+            assert_eq!(matches(p.as_bytes(), t.as_bytes()), want, "{p} {t}");
+        }
+    }
+
     #[test]
     fn a_pathological_pattern_takes_bounded_steps() {
         // Exponential for a naive recursive matcher.

@@ -616,7 +616,7 @@ pub fn to_command(args: &[Bytes]) -> Parsed {
             ]))
         }
         // (COMMAND, CONFIG, CLIENT, AUTH, HELLO, RESET and transactions are the session's:
-        // `session.rs` and `commands.rs`.)
+        // `session.rs` and `commands/`.)
         ("INFO", _) => Parsed::Info,
         ("LEADER", 0) => Parsed::Leader,
         ("GET", 1) => kv(KvCommand::Get {

@@ -686,7 +686,7 @@ fn config(rest: &[Bytes]) -> Parsed {
                     .filter(|(name, _)| {
                         patterns
                             .iter()
-                            .any(|p| commands::glob_match(p, name.as_bytes()))
+                            .any(|p| crate::glob::matches(p, name.as_bytes()))
                     })
                     .map(|(name, value)| (bulk(*name), bulk(*value)))
                     .collect(),

@@ -1,4 +1,5 @@
-//! The write path: appends, segment rolls, reuse of segment files freed by compaction.
+//! The write path: appends as batch records, segment rolls, reuse of segment files freed by
+//! compaction.
 
 use super::*;
 
@@ -7,6 +8,9 @@ impl Log {
     /// `entries[0].index`, as `MemLog::append` does. Entries already held with the same
     /// index and term are kept rather than rewritten (by the log matching property they are
     /// the same entries), so only a real conflict costs a truncation.
+    ///
+    /// The entries go into one batch record (one CRC), or one per segment when they do not
+    /// fit the active segment's remaining room.
     ///
     /// Durable after the next sync. On error a prefix of `entries` (possibly empty) may have
     /// been appended: `last_index()` tells how far it got, and the log stays usable.
@@ -50,196 +54,177 @@ impl Log {
         }
 
         let mut buf = std::mem::take(&mut self.buf);
-        let mut record_ends = std::mem::take(&mut self.records);
+        let mut parts = std::mem::take(&mut self.parts);
         buf.clear();
-        record_ends.clear();
-        let key = self.segments.last().map_or(RecordKey::default(), |s| s.key);
+        parts.clear();
         let result = self
-            .encode_batch(entries, &mut buf, &mut record_ends, key)
-            .and_then(|any_borrowed| {
-                self.write_batch(entries, &mut buf, &record_ends, key, any_borrowed)
-            });
+            .lay_out(entries, &mut buf, &mut parts)
+            .and_then(|any_borrowed| self.write_batches(entries, &buf, &parts, any_borrowed));
         // Keep big buffers from a one-off huge batch from pinning memory forever.
         if buf.capacity() > 64 << 20 {
             buf = Vec::new();
         }
         self.buf = buf;
-        self.records = record_ends;
+        self.parts = parts;
         result
     }
 
-    /// Encodes `entries` into `buf` under `key`; returns whether any record borrows its
-    /// command's bytes (is not wholly in `buf`).
-    fn encode_batch(
+    /// Lays `entries` out into `buf` (without batch headers); returns whether any entry
+    /// borrows its command's bytes (is not wholly in `buf`).
+    fn lay_out(
         &self,
         entries: &[Entry],
         buf: &mut Vec<u8>,
-        records: &mut Vec<(usize, RecordParts)>,
-        key: RecordKey,
+        parts: &mut Vec<(usize, EntryParts)>,
     ) -> Result<bool, LogError> {
-        let any_borrowed = RecordEncoder::new(key)
-            .encode_batch(
-                entries,
-                buf,
-                records,
-                VECTORED_MIN_BYTES,
-                self.options.entry_bytes_max,
-            )
-            .map_err(|e| match e {
-                BatchError::Encode { index, error } => {
-                    LogError::Invalid(format!("entry {index} does not encode: {error}"))
-                }
-                BatchError::TooLarge {
-                    index,
-                    payload_bytes,
-                } => LogError::EntryTooLarge {
-                    index,
-                    bytes: payload_bytes,
-                    entry_bytes_max: self.options.entry_bytes_max,
-                },
-            })?;
-        debug_assert!(
-            records.iter().zip(entries).all(|(&(start, parts), e)| {
-                let mut whole = buf[start..start + parts.head_bytes].to_vec();
-                if let (true, EntryPayload::Command(data)) = (parts.borrowed, &e.payload) {
-                    whole.extend_from_slice(data);
-                    whole.resize(parts.record_bytes, 0);
-                }
-                read_frame(&whole, 0, parts.payload_bytes, key).is_ok_and(|f| f.index == e.index)
-            }),
-            "a record fails its own CRC before being written"
-        );
-        Ok(any_borrowed)
+        format::lay_out_entries(
+            entries,
+            buf,
+            parts,
+            VECTORED_MIN_BYTES,
+            self.options.entry_bytes_max,
+        )
+        .map_err(|e| match e {
+            BatchError::Encode { index, error } => {
+                LogError::Invalid(format!("entry {index} does not encode: {error}"))
+            }
+            BatchError::TooLarge {
+                index,
+                payload_bytes,
+            } => LogError::EntryTooLarge {
+                index,
+                bytes: payload_bytes,
+                entry_bytes_max: self.options.entry_bytes_max,
+            },
+        })
     }
 
-    fn write_batch(
+    /// Writes the laid-out entries as batch records: as many as fit the active segment's
+    /// room in one batch, the rest in new segments.
+    fn write_batches(
         &mut self,
         entries: &[Entry],
-        buf: &mut [u8],
-        records: &[(usize, RecordParts)],
-        mut key: RecordKey,
+        buf: &[u8],
+        parts: &[(usize, EntryParts)],
         any_borrowed: bool,
     ) -> Result<(), LogError> {
-        static MARKER: [u8; RECORD_HEADER_BYTES] = [0; RECORD_HEADER_BYTES];
+        static ZEROES: [u8; format::BATCH_ALIGN_BYTES + END_MARKER_BYTES] =
+            [0; format::BATCH_ALIGN_BYTES + END_MARKER_BYTES];
+        let mut head = std::mem::take(&mut self.head);
         let mut done = 0;
+        let mut result = Ok(());
         while done < entries.len() {
-            let first_len = records[done].1.record_bytes as u64;
             let index = entries[done].index;
+            // Every segment keeps room for a truncation record after its last batch.
+            let single =
+                (format::batch_bytes(1, parts[done].1.entry_bytes) + TRUNCATION_BYTES) as u64;
             let needs_roll = match self.segments.last() {
                 None => true,
                 Some(s) => {
                     s.next_index() != index
-                        || s.write_offset + first_len > s.capacity
+                        || s.write_offset + single > s.capacity
                         // An oversized segment holds its one big entry and nothing else.
                         || (s.capacity > self.options.segment_bytes && !s.offsets.is_empty())
                 }
             };
             if needs_roll {
-                self.roll(index, first_len)?;
+                if let Err(e) = self.roll(index, single) {
+                    result = Err(e);
+                    break;
+                }
             }
             let seg = self.segments.last_mut().expect("rolled");
-            if seg.key != key {
-                // The batch rolled over into a new segment, whose records carry its key.
-                let encoder = RecordEncoder::new(seg.key);
-                for (&(start, parts), entry) in records[done..].iter().zip(&entries[done..]) {
-                    let data: &[u8] = match (&entry.payload, parts.borrowed) {
-                        (EntryPayload::Command(data), true) => data,
-                        _ => &[],
-                    };
-                    encoder.seal(&mut buf[start..start + parts.head_bytes], parts, data);
-                }
-                key = seg.key;
+            let room = (seg.capacity - seg.write_offset) as usize - TRUNCATION_BYTES;
+            // The entries that fit, counting the term runs of all that are left (at least
+            // those of the batch; usually there is one): the first one fits, `roll` made
+            // room for it as a batch of its own.
+            let runs_max = format::term_run_count(&entries[done..]);
+            let mut end = done + 1;
+            let mut entry_bytes = parts[done].1.entry_bytes;
+            while end < entries.len()
+                && format::batch_bytes(runs_max, entry_bytes + parts[end].1.entry_bytes) <= room
+            {
+                entry_bytes += parts[end].1.entry_bytes;
+                end += 1;
             }
-            let room = if seg.capacity > self.options.segment_bytes {
-                first_len
-            } else {
-                seg.capacity - seg.write_offset
-            };
-            // Records of this batch that fit in the active segment go in one write.
-            let (end, run_bytes) = if any_borrowed {
-                let mut end = done + 1;
-                let mut run_bytes = first_len;
-                while end < entries.len() && run_bytes + records[end].1.record_bytes as u64 <= room
-                {
-                    run_bytes += records[end].1.record_bytes as u64;
-                    end += 1;
-                }
-                (end, run_bytes)
-            } else {
-                // Whole records lie back to back in `buf`: where they end there tells how
-                // many fit, without a step per record.
-                let from = records[done].0;
-                let fit = records[done..].partition_point(|&(start, parts)| {
-                    (start + parts.record_bytes - from) as u64 <= room
-                });
-                // The first record fits: `roll` made room for it.
-                debug_assert!(fit >= 1, "the first record of a run does not fit");
-                let fit = fit.max(1);
-                let (start, parts) = records[done + fit - 1];
-                (done + fit, (start + parts.record_bytes - from) as u64)
-            };
-            // A recycled segment keeps a zeroed record header after its last record: where
-            // recovery sees its data end (see `scan_segment`).
+            let batch = &entries[done..end];
+            head.clear();
+            let head_bytes = format::put_batch_head(&mut head, batch, entry_bytes);
+            let batch_bytes = format::align_up(head_bytes + entry_bytes);
+            debug_assert!(batch_bytes <= room, "a batch overruns its segment");
+            let pad = batch_bytes - head_bytes - entry_bytes;
+            // A recycled segment keeps zeroes after its last batch: where recovery sees its
+            // data end (see `scan_segment`).
             let marker = if seg.stale_tail {
-                (seg.capacity - seg.write_offset - run_bytes).min(RECORD_HEADER_BYTES as u64)
-                    as usize
+                (room - batch_bytes + TRUNCATION_BYTES).min(END_MARKER_BYTES)
             } else {
                 0
             };
-            let written = if !any_borrowed {
-                // Whole records lie back to back in `buf`: one plain write.
-                let from = records[done].0;
-                let run = &buf[from..from + run_bytes as usize];
-                if marker == 0 {
-                    write_at(&self.shared, &seg.file, run, seg.write_offset)
-                } else {
-                    write_vectored_at(
-                        &self.shared,
-                        &seg.file,
-                        &[run, &MARKER[..marker]],
-                        seg.write_offset,
-                    )
-                }
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(if any_borrowed {
+                3 * (end - done) + 2
             } else {
-                let mut slices = record_slices(&entries[done..end], buf, &records[done..end]);
-                if marker > 0 {
-                    slices.push(&MARKER[..marker]);
-                }
-                write_vectored_at(&self.shared, &seg.file, &slices, seg.write_offset)
-            };
-            if let Err(e) = written {
+                3
+            });
+            slices.push(&[]);
+            if any_borrowed {
+                slices.extend(record_slices(batch, buf, &parts[done..end]));
+            } else {
+                // Whole entries lie back to back in `buf`.
+                let from = parts[done].0;
+                slices.push(&buf[from..from + entry_bytes]);
+            }
+            format::seal_batch(&mut head, seg.key, &slices[1..]);
+            slices[0] = &head;
+            if pad + marker > 0 {
+                slices.push(&ZEROES[..pad + marker]);
+            }
+            if let Err(e) = write_vectored_at(&self.shared, &seg.file, &slices, seg.write_offset) {
                 // Keep "zero past write_offset" true for recovery, if the disk lets us.
                 let _ = write_zeroes(
                     &self.shared,
                     &seg.file,
                     seg.write_offset,
-                    seg.write_offset + run_bytes,
+                    seg.write_offset + batch_bytes as u64,
                 );
-                return Err(e);
+                result = Err(e);
+                break;
             }
-            if any_borrowed {
-                let mut at = seg.write_offset;
-                seg.offsets
-                    .extend(records[done..end].iter().map(|(_, parts)| {
-                        let offset = at as u32;
-                        at += parts.record_bytes as u64;
-                        offset
-                    }));
-            } else {
-                let (base, from) = (seg.write_offset as usize, records[done].0);
-                seg.offsets.extend(
-                    records[done..end]
-                        .iter()
-                        .map(|&(start, _)| (base + start - from) as u32),
-                );
-            }
-            seg.write_offset += run_bytes;
-            // Terms never decrease within a batch (checked by `append`): when the run's first
-            // and last terms equal the last run's, no run starts in it.
-            let run = &entries[done..end];
+            let start = seg.write_offset;
+            let mut at = start + head_bytes as u64;
+            seg.offsets.extend(parts[done..end].iter().map(|(_, p)| {
+                let offset = at as u32;
+                at += p.entry_bytes as u64;
+                offset
+            }));
+            seg.write_offset += batch_bytes as u64;
+            seg.batches.push(BatchSpan {
+                first_index: index,
+                start: start as u32,
+                end: seg.write_offset as u32,
+            });
+            debug_assert!(
+                {
+                    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
+                    read_batch(
+                        &seg.map,
+                        start as usize,
+                        self.options.entry_bytes_max as usize,
+                        seg.key,
+                        &mut offsets,
+                        &mut runs,
+                    )
+                    .is_ok_and(|f| {
+                        f.first_index == index
+                            && offsets[..] == seg.offsets[seg.offsets.len() - batch.len()..]
+                    })
+                },
+                "a batch just written does not read back"
+            );
+            // Terms never decrease within a batch (checked by `append`): when the batch's
+            // first and last terms equal the last run's, no run starts in it.
             let term_last = self.term_runs.last().map(|&(_, t)| t);
-            if term_last != Some(run[0].term) || run[0].term != run[run.len() - 1].term {
-                for entry in run {
+            if term_last != Some(batch[0].term) || batch[0].term != batch[batch.len() - 1].term {
+                for entry in batch {
                     if self.term_runs.last().is_none_or(|&(_, t)| t != entry.term) {
                         self.term_runs.push((entry.index, entry.term));
                     }
@@ -249,12 +234,13 @@ impl Log {
             self.shared.mark_dirty(&seg.file);
             done = end;
         }
-        Ok(())
+        self.head = head;
+        result
     }
 
-    /// Seals the active segment (durably, so a bad record in a sealed segment is always
-    /// corruption) and starts a new one at `first_index` with room for `record_bytes`.
-    fn roll(&mut self, first_index: Index, record_bytes: u64) -> Result<(), LogError> {
+    /// Seals the active segment (durably, so a bad batch in a sealed segment is always
+    /// corruption) and starts a new one at `first_index` with room for `batch_bytes`.
+    fn roll(&mut self, first_index: Index, batch_bytes: u64) -> Result<(), LogError> {
         // Files of compactions that are durable by now can become this segment.
         self.retire_durable()?;
         if self.segments.last().is_some_and(|s| s.offsets.is_empty()) {
@@ -287,7 +273,7 @@ impl Log {
         let capacity = self
             .options
             .segment_bytes
-            .max((SEGMENT_HEADER_BYTES as u64 + record_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES);
+            .max((SEGMENT_HEADER_BYTES as u64 + batch_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES);
         let path = self.shared_dir().join(segment_name(first_index));
         let normal = capacity == self.options.segment_bytes;
         let zero = normal && self.options.segment_zero_fill;
@@ -362,7 +348,7 @@ impl Log {
         }
         self.segments.push(Segment {
             first_index,
-            key: header.record_key(),
+            key: header.batch_key(),
             file,
             capacity: map.len() as u64,
             map,
@@ -370,17 +356,18 @@ impl Log {
             write_offset: SEGMENT_HEADER_BYTES as u64,
             stale_tail,
             offsets: Vec::new(),
+            batches: Vec::new(),
         });
         Ok(())
     }
 
-    /// A recycled file made into the segment at `path`, with `header` and a zeroed record
-    /// header after it written and synced before the rename: a crash leaves either a
+    /// A recycled file made into the segment at `path`, with `header` and end-marker
+    /// zeroes after it written and synced before the rename: a crash leaves either a
     /// `recycle-*` file (deleted on open) or a segment whose header matches its name and
     /// whose data ends at once. `None` if there is none, or it fails (then it is deleted).
     fn reuse_recycled(&mut self, path: &Path, header: &[u8]) -> Option<File> {
         while let Some(from) = self.recycled.pop() {
-            let mut head = [0u8; SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES];
+            let mut head = [0u8; SEGMENT_HEADER_BYTES + END_MARKER_BYTES];
             head[..SEGMENT_HEADER_BYTES].copy_from_slice(header);
             let shared = &self.shared;
             let reused = OpenOptions::new()

@@ -116,18 +116,17 @@ pub(super) fn write_at(
         .map_err(|e| LogError::io(&file.path, e))
 }
 
-/// The byte slices making up `records` on disk, in order: heads from `buf` (merged when
-/// adjacent), borrowed command bytes, padding.
+/// The byte slices making up the laid-out `entries` in a batch, in order: heads from `buf`
+/// (merged when adjacent) and borrowed command bytes.
 pub(super) fn record_slices<'a>(
     entries: &'a [Entry],
     buf: &'a [u8],
-    records: &[(usize, RecordParts)],
+    parts: &[(usize, EntryParts)],
 ) -> Vec<&'a [u8]> {
-    static PAD: [u8; format::RECORD_ALIGN_BYTES] = [0; format::RECORD_ALIGN_BYTES];
-    let mut slices: Vec<&'a [u8]> = Vec::new();
+    let mut slices: Vec<&'a [u8]> = Vec::with_capacity(2 * parts.len());
     let mut pending: Option<(usize, usize)> = None;
-    for (entry, &(start, parts)) in entries.iter().zip(records) {
-        let head = (start, start + parts.head_bytes);
+    for (entry, &(start, p)) in entries.iter().zip(parts) {
+        let head = (start, start + p.head_bytes);
         pending = match pending {
             Some((a, b)) if b == head.0 => Some((a, head.1)),
             Some((a, b)) => {
@@ -136,16 +135,10 @@ pub(super) fn record_slices<'a>(
             }
             None => Some(head),
         };
-        if parts.borrowed {
-            let EntryPayload::Command(data) = &entry.payload else {
-                unreachable!("only commands are borrowed")
-            };
+        if p.borrowed {
             let (a, b) = pending.take().expect("set above");
             slices.push(&buf[a..b]);
-            slices.push(data);
-            if parts.pad > 0 {
-                slices.push(&PAD[..parts.pad]);
-            }
+            slices.push(format::borrowed_data(entry, p));
         }
     }
     if let Some((a, b)) = pending {

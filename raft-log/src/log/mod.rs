@@ -14,16 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::{
-    Entry, EntryPayload, HardState, Index, LogStore, SnapshotMeta, StorageError, Term,
-};
+use raft_core::{Entry, HardState, Index, LogStore, SnapshotMeta, StorageError, Term};
 use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::format::{
-    self, decode_state_slot, encode_state_slot, read_frame, BatchError, RecordEncoder, RecordError,
-    RecordKey, RecordParts, SegmentHeader, StateRecord, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-    STATE_SLOT_BYTES, VECTORED_MIN_BYTES,
+    self, decode_state_slot, encode_state_slot, read_batch, BatchError, BatchKey, EntryParts,
+    RecordError, SegmentHeader, StateRecord, END_MARKER_BYTES, SEGMENT_HEADER_BYTES,
+    STATE_SLOT_BYTES, TRUNCATION_BYTES, VECTORED_MIN_BYTES,
 };
 use crate::spare::{is_spare_name, zero_fill, Preparer};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
@@ -59,11 +57,22 @@ fn is_recycle_name(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// One segment file: records of consecutive indexes starting at `first_index`.
+/// Where one batch record lies in a segment, for truncation.
+#[derive(Clone, Copy, Debug)]
+struct BatchSpan {
+    /// Index of the batch's first entry.
+    first_index: Index,
+    /// Offset of its header.
+    start: u32,
+    /// Offset just past its padding.
+    end: u32,
+}
+
+/// One segment file: batches of consecutive indexes starting at `first_index`.
 struct Segment {
     first_index: Index,
-    /// How its records are checksummed (from its header).
-    key: RecordKey,
+    /// How its batches are checksummed (from its header).
+    key: BatchKey,
     file: Arc<FileRef>,
     /// Read-only shared mapping of the whole (preallocated) file; command payloads handed
     /// out by reads are slices of it.
@@ -72,15 +81,18 @@ struct Segment {
     /// last reference, nobody holds bytes of the file and it may be reused.
     map_owner: Arc<memmap2::Mmap>,
     capacity: u64,
-    /// Where the next record goes. Everything from here to `capacity` is zero on disk,
-    /// unless `stale_tail`.
+    /// Where the next batch goes. Everything from here to `capacity` is zero on disk,
+    /// unless `stale_tail`. At least `TRUNCATION_BYTES` stay free after every batch, room
+    /// for the truncation record that `truncate_suffix` may write after it.
     write_offset: u64,
-    /// The file is a recycled one: past `write_offset` it may hold records of its earlier
-    /// life (which fail this segment's CRC key) behind a zeroed record header. Only the last
-    /// segment can have one: sealing zeroes it.
+    /// The file is a recycled one: past `write_offset` it may hold batches of its earlier
+    /// life (which fail this segment's CRC key) behind `END_MARKER_BYTES` zeroes. Only the
+    /// last segment can have one: sealing zeroes it.
     stale_tail: bool,
-    /// `offsets[i]` is where the record of index `first_index + i` starts.
+    /// `offsets[i]` is where the entry of index `first_index + i` (its length field) starts.
     offsets: Vec<u32>,
+    /// The batches holding the entries, in file order (truncation records left out).
+    batches: Vec<BatchSpan>,
 }
 
 impl Segment {
@@ -104,10 +116,12 @@ pub struct Log {
     term_runs: Vec<(Index, Term)>,
     last_index: Index,
     unknown_files: Vec<PathBuf>,
-    /// Encoding buffer reused across appends.
+    /// Encoding buffer reused across appends: the entries, laid out.
     buf: Vec<u8>,
-    /// Where in `buf` each record of the current append starts, and how it was encoded.
-    records: Vec<(usize, RecordParts)>,
+    /// Where in `buf` each entry of the current append starts, and how it was laid out.
+    parts: Vec<(usize, EntryParts)>,
+    /// A batch's header and term runs, reused across writes.
+    head: Vec<u8>,
     /// Prepares zero-filled spare segments; started on first need.
     preparer: Option<Preparer>,
     /// Segment files freed by compaction, waiting to be reused by `roll`.
@@ -273,10 +287,40 @@ impl Log {
         }
         let seg = self.segments.last_mut().expect("position is held");
         let rel = (index - seg.first_index) as usize;
-        let cut = u64::from(seg.offsets[rel]);
-        write_zeroes(&self.shared, &seg.file, cut, seg.write_offset)?;
+        // The batch holding `index`: the last one starting at or before it (a truncation
+        // record after a batch shortens it, and the batches after that record start at the
+        // index it names, so that batch is still the one).
+        let b = seg
+            .batches
+            .partition_point(|span| span.first_index <= index)
+            .checked_sub(1)
+            .expect("the first batch starts at the segment's first index");
+        let span = seg.batches[b];
+        if span.first_index == index {
+            // At a batch boundary: erase that batch and everything after it.
+            let cut = u64::from(span.start);
+            write_zeroes(&self.shared, &seg.file, cut, seg.write_offset)?;
+            seg.batches.truncate(b);
+            seg.write_offset = cut;
+        } else {
+            // Inside a batch, whose CRC covers all of it: erase what follows the batch and
+            // write a truncation record after it, so that the entries before `index` (which
+            // may be committed) are never rewritten. Every batch leaves room for one.
+            let cut = u64::from(span.end);
+            write_zeroes(&self.shared, &seg.file, cut, seg.write_offset)?;
+            let record = format::encode_truncation(index, seg.key);
+            debug_assert!(cut + (TRUNCATION_BYTES as u64) <= seg.capacity);
+            let marker = if seg.stale_tail {
+                (seg.capacity - cut - TRUNCATION_BYTES as u64).min(END_MARKER_BYTES as u64) as usize
+            } else {
+                0
+            };
+            static MARKER: [u8; END_MARKER_BYTES] = [0; END_MARKER_BYTES];
+            write_vectored_at(&self.shared, &seg.file, &[&record, &MARKER[..marker]], cut)?;
+            seg.batches.truncate(b + 1);
+            seg.write_offset = cut + TRUNCATION_BYTES as u64;
+        }
         seg.offsets.truncate(rel);
-        seg.write_offset = cut;
         self.shared.mark_dirty(&seg.file);
         self.last_index = index - 1;
         let keep = self.term_runs.partition_point(|&(start, _)| start < index);
@@ -375,18 +419,14 @@ impl Log {
                 seg.file.path.display()
             ))
         };
-        let frame = read_frame(
-            &seg.map,
-            offset,
-            self.options.entry_bytes_max as usize,
-            seg.key,
-        )
-        .map_err(|e| bad(e.describe()))?;
-        if frame.index != index {
-            return Err(bad("record holds another index"));
+        let range = format::entry_payload(&seg.map, offset, self.options.entry_bytes_max as usize)
+            .map_err(|e| bad(e.describe()))?;
+        let entry =
+            format::decode_entry(&seg.map[range], Some(&seg.map)).map_err(|e| bad(e.describe()))?;
+        if entry.index != index {
+            return Err(bad("entry holds another index"));
         }
-        let payload = &seg.map[frame.payload_offset..frame.payload_offset + frame.payload_bytes];
-        format::decode_entry(payload, Some(&seg.map)).map_err(|e| bad(e.describe()))
+        Ok(entry)
     }
 }
 

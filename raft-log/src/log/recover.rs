@@ -5,76 +5,74 @@ use super::*;
 /// What scanning one segment found.
 pub(super) struct Scan {
     offsets: Vec<u32>,
-    /// `(first index, term)` runs of the segment's records.
+    /// `(first index, term)` runs of the segment's entries.
     term_runs: Vec<(Index, Term)>,
+    batches: Vec<BatchSpan>,
     /// Where the written data ends (after a cut, where the cut is).
     end: usize,
     /// A torn tail was found at `end`; bytes up to `garbage_end` must be erased.
     garbage_end: Option<usize>,
-    /// The data ends at a zeroed record header followed by bytes that are not records of
-    /// this segment: a recycled file's earlier life.
+    /// The data ends at end-marker zeroes followed by bytes that are not batches of this
+    /// segment: a recycled file's earlier life.
     stale_tail: bool,
 }
 
-/// Looks for a valid record (under `key`) at an aligned offset at or after `from` whose
-/// index is at least `index_min`. Such a record after a bad one means the bad one is not a
-/// torn tail.
+/// Looks for a valid batch (under `key`) at an aligned offset at or after `from` whose
+/// first index is at least `index_min`. Such a batch after a bad one means the bad one is
+/// not a torn tail.
 ///
-/// A reused segment's tail can be tens of MiB of earlier records and payload bytes, every
-/// aligned word a candidate length: before a candidate's CRC is computed (over up to
-/// `payload_bytes_max` bytes), it must look like part of a run of this log's records.
+/// A reused segment's tail can be tens of MiB of earlier batches and payload bytes, every
+/// aligned word a candidate length: before a candidate's CRC is computed (over up to the
+/// rest of the segment), it must look like part of a run of this log's batches.
 pub(super) fn find_valid_record(
     map: &[u8],
     from: usize,
     index_min: Index,
-    payload_bytes_max: usize,
-    key: RecordKey,
+    entry_bytes_max: usize,
+    key: BatchKey,
 ) -> Option<usize> {
-    // Records written after `index_min - 1` in this segment are at least 8 bytes each, so
+    // Batches written after `index_min - 1` in this segment are at least 8 bytes each, so
     // no valid one can hold an index beyond this.
-    let index_max = index_min.saturating_add((map.len() / format::RECORD_ALIGN_BYTES) as Index);
+    let index_max = index_min.saturating_add((map.len() / format::BATCH_ALIGN_BYTES) as Index);
+    let (mut offsets, mut runs) = (Vec::new(), Vec::new());
     let mut at = format::align_up(from);
-    while at + RECORD_HEADER_BYTES <= map.len() {
-        if plausible_record(map, at, index_min, index_max, payload_bytes_max) {
-            if let Ok(frame) = read_frame(map, at, payload_bytes_max, key) {
-                if frame.index >= index_min {
+    while at + format::BATCH_HEADER_BYTES <= map.len() {
+        if plausible_record(map, at, index_min, index_max) {
+            offsets.clear();
+            runs.clear();
+            if let Ok(frame) = read_batch(map, at, entry_bytes_max, key, &mut offsets, &mut runs) {
+                if frame.first_index >= index_min {
                     return Some(at);
                 }
             }
         }
-        at += format::RECORD_ALIGN_BYTES;
+        at += format::BATCH_ALIGN_BYTES;
     }
     None
 }
 
-/// Cheap checks, without the CRC: a length that fits, zero padding, an index in range, and
-/// after it either a zeroed record header, the end of the file, or a record claiming the
-/// next index (the way a run of real records continues; stale records of a reused file hold
-/// lower indexes and fail the range).
-pub(super) fn plausible_record(
-    map: &[u8],
-    at: usize,
-    index_min: Index,
-    index_max: Index,
-    payload_bytes_max: usize,
-) -> bool {
-    let len = u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")) as usize;
-    if len == 0 || len > payload_bytes_max {
-        return false;
-    }
-    let payload_end = at + RECORD_HEADER_BYTES + len;
-    let end = format::align_up(payload_end);
-    if end > map.len() || map[payload_end..end].iter().any(|&b| b != 0) {
-        return false;
-    }
-    let Some(index) = format::peek_index(map, at).filter(|i| (index_min..=index_max).contains(i))
-    else {
+/// Cheap checks, without the CRC: a length that fits, zero padding, a first index in range,
+/// and after it either end-marker zeroes, the end of the file, or a batch claiming an index
+/// the way a run of real batches continues (the next index, or one inside this batch for a
+/// truncation record); stale batches of a reused file hold lower indexes and fail the range.
+pub(super) fn plausible_record(map: &[u8], at: usize, index_min: Index, index_max: Index) -> bool {
+    let Some((total_len, first_index, count)) = format::peek_batch(map, at) else {
         return false;
     };
-    match map.get(end..end + RECORD_HEADER_BYTES) {
+    if total_len < format::BATCH_HEADER_BYTES || !(index_min..=index_max).contains(&first_index) {
+        return false;
+    }
+    let end = at.saturating_add(format::align_up(total_len));
+    if end > map.len() || map[at + total_len..end].iter().any(|&b| b != 0) {
+        return false;
+    }
+    let next_min = first_index + u64::from(count > 0);
+    let next_max = first_index.saturating_add(u64::from(count));
+    match map.get(end..end + END_MARKER_BYTES) {
         None => true,
         Some(next) if next.iter().all(|&b| b == 0) => true,
-        Some(_) => format::peek_index(map, end) == index.checked_add(1),
+        Some(_) => format::peek_batch(map, end)
+            .is_some_and(|(_, next, _)| (next_min..=next_max).contains(&next)),
     }
 }
 
@@ -83,38 +81,76 @@ pub(super) fn scan_segment(
     path: &Path,
     map: &[u8],
     first_index: Index,
-    key: RecordKey,
+    key: BatchKey,
     term_min: Term,
     is_last: bool,
-    payload_bytes_max: usize,
+    entry_bytes_max: usize,
     point_in_time: bool,
 ) -> Result<Scan, LogError> {
     let mut offsets = Vec::new();
     let mut term_runs: Vec<(Index, Term)> = Vec::new();
+    let mut batches: Vec<BatchSpan> = Vec::new();
+    let mut batch_runs: Vec<(Index, Term)> = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     let mut next = first_index;
     let mut last_term = term_min;
+    // The last record read was a batch of entries (a truncation record may follow only one).
+    let mut after_batch = false;
     let reason = loop {
-        match read_frame(map, at, payload_bytes_max, key) {
-            Ok(frame) if frame.index == next && frame.term >= last_term => {
-                if term_runs.last().is_none_or(|&(_, t)| t != frame.term) {
-                    term_runs.push((frame.index, frame.term));
+        batch_runs.clear();
+        let held = offsets.len();
+        match read_batch(map, at, entry_bytes_max, key, &mut offsets, &mut batch_runs) {
+            Ok(frame) if frame.count == 0 => {
+                // A truncation record: right after the batch holding its index, strictly
+                // inside it (see `Log::truncate_suffix`).
+                let index = frame.first_index;
+                let inside = after_batch
+                    && batches
+                        .last()
+                        .is_some_and(|b| b.first_index < index && index < next);
+                if !inside {
+                    break format!(
+                        "truncation record at index {index} where none can be (entries {first_index}..{next})"
+                    );
                 }
-                offsets.push(at as u32);
-                last_term = frame.term;
-                next += 1;
+                offsets.truncate((index - first_index) as usize);
+                let keep = term_runs.partition_point(|&(start, _)| start < index);
+                term_runs.truncate(keep);
+                last_term = term_runs.last().map_or(term_min, |&(_, t)| t);
+                next = index;
+                after_batch = false;
+                at = frame.end_offset;
+            }
+            Ok(frame) if frame.first_index == next && batch_runs[0].1 >= last_term => {
+                for &run in &batch_runs {
+                    if term_runs.last().is_none_or(|&(_, t)| t != run.1) {
+                        term_runs.push(run);
+                    }
+                }
+                batches.push(BatchSpan {
+                    first_index: next,
+                    start: at as u32,
+                    end: frame.end_offset as u32,
+                });
+                last_term = batch_runs.last().expect("a batch has a run").1;
+                next += u64::from(frame.count);
+                after_batch = true;
                 at = frame.end_offset;
             }
             Ok(frame) => {
+                offsets.truncate(held);
                 break format!(
-                    "record of index {} term {} where index {next} with term >= {last_term} was expected",
-                    frame.index, frame.term
-                )
+                    "batch of index {} term {} where index {next} with term >= {last_term} was expected",
+                    frame.first_index, batch_runs[0].1
+                );
             }
-            Err(RecordError::Zero | RecordError::Short) if is_all_zero(map.get(at..).unwrap_or(&[])) => {
+            Err(RecordError::Zero | RecordError::Short)
+                if is_all_zero(map.get(at..).unwrap_or(&[])) =>
+            {
                 return Ok(Scan {
                     offsets,
                     term_runs,
+                    batches,
                     end: at.min(map.len()),
                     garbage_end: None,
                     stale_tail: false,
@@ -130,15 +166,15 @@ pub(super) fn scan_segment(
             format!("{reason} in a sealed segment"),
         ));
     }
-    // A recycled segment's data ends at a zeroed record header (every write puts one after
-    // its last record) followed by the file's earlier records, which fail this segment's key.
-    let zero_header = key != RecordKey::V1
-        && is_all_zero(&map[at.min(map.len())..(at + RECORD_HEADER_BYTES).min(map.len())]);
-    let valid = find_valid_record(map, at + RECORD_HEADER_BYTES, next, payload_bytes_max, key);
+    // A recycled segment's data ends at end-marker zeroes (every write puts them after its
+    // last batch) followed by the file's earlier batches, which fail this segment's key.
+    let zero_header = is_all_zero(&map[at.min(map.len())..(at + END_MARKER_BYTES).min(map.len())]);
+    let valid = find_valid_record(map, at + END_MARKER_BYTES, next, entry_bytes_max, key);
     if zero_header && valid.is_none() {
         return Ok(Scan {
             offsets,
             term_runs,
+            batches,
             end: at.min(map.len()),
             garbage_end: None,
             stale_tail: true,
@@ -149,25 +185,26 @@ pub(super) fn scan_segment(
             return Err(LogError::corrupt(
                 path,
                 at as u64,
-                format!("{reason}, followed by a valid record at byte {valid}"),
+                format!("{reason}, followed by a valid batch at byte {valid}"),
             ));
         }
         warn!(
             file = %path.display(),
             offset = at,
-            valid_record_at = valid,
-            "bad record followed by a valid one in the last segment: cutting there (point-in-time recovery)"
+            valid_batch_at = valid,
+            "bad batch followed by a valid one in the last segment: cutting there (point-in-time recovery)"
         );
     }
     warn!(
         file = %path.display(),
         offset = at,
         reason = %reason,
-        "cutting the torn tail of the last segment back to its last whole record"
+        "cutting the torn tail of the last segment back to its last whole batch"
     );
     Ok(Scan {
         offsets,
         term_runs,
+        batches,
         end: at,
         garbage_end: Some(nonzero_end(map).max(at)),
         stale_tail: false,
@@ -285,7 +322,8 @@ impl Log {
             last_index: 0,
             unknown_files,
             buf: Vec::new(),
-            records: Vec::new(),
+            parts: Vec::new(),
+            head: Vec::new(),
             preparer: None,
             recycled: Vec::new(),
             recycle_seq: 0,
@@ -309,7 +347,7 @@ impl Log {
 
     fn recover_segments(&mut self, names: Vec<(Index, PathBuf)>) -> Result<(), LogError> {
         let snapshot_index = self.state.snapshot.index;
-        let payload_bytes_max = self.options.entry_bytes_max as usize;
+        let entry_bytes_max = self.options.entry_bytes_max as usize;
         let count = names.len();
         type Opened = (SegmentHeader, Arc<FileRef>, Bytes, Arc<memmap2::Mmap>);
         let mut opened: Vec<Opened> = Vec::new();
@@ -386,7 +424,7 @@ impl Log {
         for (position, (header, file, map, map_owner)) in opened.into_iter().enumerate() {
             let is_last = position + 1 == count;
             let first_index = header.first_index;
-            let key = header.record_key();
+            let key = header.batch_key();
             match prev_last {
                 None if first_index > snapshot_index + 1 => {
                     return Err(LogError::corrupt(
@@ -414,7 +452,7 @@ impl Log {
                 key,
                 term_min,
                 is_last,
-                payload_bytes_max,
+                entry_bytes_max,
                 self.options.recovery_point_in_time,
             )?;
             if let Some(garbage_end) = scan.garbage_end {
@@ -432,6 +470,7 @@ impl Log {
                 write_offset: scan.end as u64,
                 stale_tail: scan.stale_tail,
                 offsets: scan.offsets,
+                batches: scan.batches,
                 file,
             };
             if segment.offsets.is_empty() && !is_last {

@@ -1,5 +1,5 @@
 //! raft-log append+sync through its public API, beside the raw baseline: the same framed
-//! bytes (`raft_log::format::encode_record`) written with `pwrite` + `fdatasync` into a
+//! bytes (`raft_log::format::encode_batch`) written with `pwrite` + `fdatasync` into a
 //! preallocated, zero-filled file. Subject and baseline rounds alternate.
 
 use std::path::{Path, PathBuf};
@@ -193,17 +193,18 @@ pub fn size_label(bytes: usize) -> String {
     }
 }
 
-/// The bytes the log writes for one batch of these entries.
+/// The bytes the log writes for one batch of these entries: one batch record.
 fn framed(payload: &Bytes, batch: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    for i in 0..batch as u64 {
-        let entry = Entry {
+    let entries: Vec<Entry> = (0..batch as u64)
+        .map(|i| Entry {
             // Indexes of the size the log will be at, so varint lengths match.
             index: 1_000 + i,
             term: 1,
             payload: EntryPayload::Command(payload.clone()),
-        };
-        raft_log::format::encode_record(&entry, &mut out).map_err(|e| e.to_string())?;
-    }
+        })
+        .collect();
+    let mut out = Vec::new();
+    raft_log::format::encode_batch(&entries, Default::default(), &mut out)
+        .map_err(|e| format!("{e:?}"))?;
     Ok(out)
 }

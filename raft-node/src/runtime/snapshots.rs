@@ -1,0 +1,356 @@
+//! The snapshot pipeline: taking snapshots and compacting the log behind them, sending
+//! one to a follower, and preparing and installing one from the leader; the work runs on
+//! blocking threads and comes back as [`SnapshotEvent`]s.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use raft_core::{Index, Message, MessageBody, NodeId as CoreId, SnapshotMeta, Term};
+use raft_snapshot::StateDigest;
+
+use crate::anti_entropy::DIGESTS_KEPT_MAX;
+use crate::metrics::Metrics;
+use crate::store::NodeStore;
+use crate::transport::SNAPSHOT_BYTES_MAX;
+
+use super::{HostedMachine, Runtime};
+
+/// Work finished off the runtime task.
+pub(super) enum SnapshotEvent<M> {
+    Written {
+        meta: SnapshotMeta,
+        result: Result<(), String>,
+    },
+    SendFailed {
+        to: CoreId,
+        why: String,
+    },
+    /// Handed to the transport; if it is lost, the core's retry timer sends it again.
+    Queued {
+        to: CoreId,
+    },
+    /// A leader's snapshot restored and written to its file, ready to install.
+    Prepared {
+        meta: SnapshotMeta,
+        result: Result<Box<M>, String>,
+    },
+    /// The state digest at `index`, computed from a frozen copy (or why not).
+    Digested {
+        index: Index,
+        digest: Result<StateDigest, String>,
+    },
+}
+
+/// A leader's snapshot on its way in: its body restored and written off the task, then its
+/// `InstallSnapshot` message stepped into the core.
+pub(super) struct InstallState<M> {
+    /// `(index, term)` of the body being prepared.
+    preparing: Option<(Index, Term)>,
+    /// The `InstallSnapshot` that arrived while its body was being prepared.
+    held: Option<Message>,
+    /// A prepared snapshot, kept until the core hands it back in a Ready.
+    pub(super) prepared: Option<(SnapshotMeta, Box<M>)>,
+}
+
+impl<M> Default for InstallState<M> {
+    fn default() -> Self {
+        InstallState {
+            preparing: None,
+            held: None,
+            prepared: None,
+        }
+    }
+}
+
+/// Runs work that a blocking thread does for the runtime, turning a panic into an error, so
+/// that the completion the runtime waits for is always sent.
+pub(super) fn off_task<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err("the work panicked".to_string()))
+}
+
+impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
+    /// Restores a state machine from a leader's snapshot body and writes the snapshot file,
+    /// both on a blocking thread: the core is told nothing until that is done, so it goes on
+    /// answering heartbeats (and the node keeps its leader) however large the snapshot.
+    /// One at a time; a body arriving meanwhile is dropped (the leader resends it after its
+    /// retry timeout).
+    pub(super) fn prepare_snapshot(&mut self, meta: SnapshotMeta, body: Bytes) {
+        let key = (meta.index, meta.term);
+        if self.install.preparing.is_some() {
+            tracing::debug!(
+                index = meta.index,
+                "a snapshot is already being prepared; body dropped"
+            );
+            return;
+        }
+        if self
+            .install
+            .prepared
+            .as_ref()
+            .is_some_and(|(m, _)| (m.index, m.term) == key)
+        {
+            return;
+        }
+        self.install.preparing = Some(key);
+        let mut sm = self.sm.empty_like();
+        let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = off_task(|| -> Result<M, String> {
+                sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
+                if sm.applied_index() != meta.index {
+                    return Err(format!(
+                        "snapshot body is at index {}, its message says {}",
+                        sm.applied_index(),
+                        meta.index
+                    ));
+                }
+                // The file is written (and synced) before the core or the log hear of it: a
+                // crash in between leaves a snapshot of committed state ahead of the log,
+                // which a restart handles, never a log that points at a missing snapshot.
+                store
+                    .write_snapshot(meta.clone(), &sm.freeze())
+                    .map_err(|e| e.to_string())?;
+                Ok(sm)
+            });
+            let _ = bg.send(SnapshotEvent::Prepared {
+                meta,
+                result: result.map(Box::new),
+            });
+        });
+    }
+
+    /// Steps an `InstallSnapshot` once its snapshot is prepared; holds it while it is
+    /// being prepared; drops it when no body came (the leader sends both again).
+    pub(super) fn on_install_message(&mut self, msg: Message) {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return;
+        };
+        let key = (meta.index, meta.term);
+        if self
+            .install
+            .prepared
+            .as_ref()
+            .is_some_and(|(m, _)| (m.index, m.term) == key)
+        {
+            self.step(msg);
+        } else if self.install.preparing == Some(key) {
+            self.install.held = Some(msg);
+        } else {
+            tracing::debug!(
+                index = meta.index,
+                "InstallSnapshot without its body; ignored"
+            );
+        }
+    }
+
+    pub(super) fn on_background(&mut self, bg: SnapshotEvent<M>) {
+        match bg {
+            SnapshotEvent::Prepared { meta, result } => {
+                self.install.preparing = None;
+                let held = self.install.held.take();
+                match result {
+                    Ok(sm) => {
+                        self.install.prepared = Some((meta, sm));
+                        if let Some(msg) = held {
+                            self.on_install_message(msg);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(index = meta.index, error = %e, "a snapshot from the leader was refused");
+                    }
+                }
+            }
+            SnapshotEvent::Written { meta, result } => match result {
+                Ok(()) => {
+                    Metrics::add(&self.metrics.snapshots_taken, 1);
+                    self.snapshot_index_latest = self.snapshot_index_latest.max(meta.index);
+                    let through = self
+                        .trigger
+                        .on_snapshot_done(meta.index, self.raw.first_index());
+                    let compacted = through.and_then(|through| self.compact_log_through(through));
+                    if self.failed {
+                        return;
+                    }
+                    tracing::info!(
+                        index = meta.index,
+                        term = meta.term,
+                        log_compacted_through = ?compacted,
+                        "snapshot taken"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(index = meta.index, error = %e, "snapshot failed");
+                    self.trigger.on_snapshot_failed(meta.index);
+                }
+            },
+            SnapshotEvent::Queued { to } => {
+                self.snapshots_sending.remove(&to);
+            }
+            SnapshotEvent::Digested { index, digest } => {
+                self.digest_in_flight = false;
+                let digest = match digest {
+                    Ok(digest) => digest,
+                    Err(e) => {
+                        tracing::error!(index, error = %e, "taking a state digest failed");
+                        return;
+                    }
+                };
+                Metrics::add(&self.metrics.digests_taken, 1);
+                if self.digests.len() >= DIGESTS_KEPT_MAX {
+                    self.digests.pop_front();
+                }
+                self.digests.push_back((index, digest));
+                tracing::debug!(index, %digest, "state digest");
+            }
+            SnapshotEvent::SendFailed { to, why } => {
+                self.snapshots_sending.remove(&to);
+                tracing::warn!(to, %why, "sending a snapshot failed");
+                self.raw.report_snapshot_failure(to);
+            }
+        }
+    }
+
+    /// Drops the log's prefix through `through` (the snapshot's index less the trailing
+    /// margin). The log records the entry there as its compaction point, with the
+    /// configuration in force at it; that point need not be a snapshot file, because a
+    /// follower behind it is sent the newest snapshot file instead (`send_snapshot`).
+    fn compact_log_through(&mut self, through: Index) -> Option<Index> {
+        if through <= self.raw.storage().snapshot_meta().index {
+            return None;
+        }
+        let term = self.raw.log_term(through)?;
+        let pos = self.memberships.iter().rposition(|(i, _)| *i <= through)?;
+        let meta = SnapshotMeta {
+            index: through,
+            term,
+            membership: self.memberships[pos].1.clone(),
+        };
+        let blocked_from = std::time::Instant::now();
+        let compacted = self.raw.storage_mut().compact_to(meta);
+        self.metrics
+            .storage_compact_block
+            .observe_since(blocked_from);
+        if let Err(e) = compacted {
+            tracing::error!(error = %e, "log compaction failed; stopping the node");
+            self.failed = true;
+            return None;
+        }
+        self.memberships.drain(..pos);
+        Some(through)
+    }
+
+    /// Loads the snapshot named by an `InstallSnapshot` message off the task and sends it.
+    ///
+    /// The core names the log's compaction point, which lies a trailing margin below the
+    /// newest snapshot file; the newest file at or after that point is sent instead, with
+    /// the message's metadata rewritten to match it. That is safe: the file is a state this
+    /// node applied, so committed, and the follower's acknowledgement of the higher index
+    /// moves the leader's progress past the point it asked for.
+    pub(super) fn send_snapshot(&mut self, mut msg: Message) {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return;
+        };
+        if !self.snapshots_sending.insert(msg.to) {
+            return;
+        }
+        let (store, transport, bg) = (
+            self.snapshots.clone(),
+            self.transport.clone(),
+            self.bg_tx.clone(),
+        );
+        let (index, term, to) = (meta.index, meta.term, msg.to);
+        Metrics::add(&self.metrics.snapshots_sent, 1);
+        tokio::task::spawn_blocking(move || {
+            let result = off_task(|| -> Result<(), String> {
+                let file = store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|f| f.index > index || (f.index == index && f.term == term))
+                    .max_by_key(|f| f.index)
+                    .ok_or_else(|| {
+                        format!("no snapshot file at or after index {index} (term {term})")
+                    })?;
+                let mut reader =
+                    raft_snapshot::SnapshotReader::open(&file.path).map_err(|e| e.to_string())?;
+                msg.body = MessageBody::InstallSnapshot {
+                    meta: reader.header().meta.clone(),
+                };
+                if reader.header().body_bytes > SNAPSHOT_BYTES_MAX as u64 {
+                    return Err("snapshot too large for the transport".into());
+                }
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
+                transport.send_snapshot(msg, body.into())
+            });
+            let _ = bg.send(match result {
+                Ok(()) => SnapshotEvent::Queued { to },
+                Err(why) => SnapshotEvent::SendFailed { to, why },
+            });
+        });
+    }
+
+    /// Replaces the state machine and the log with the leader's snapshot, prepared (restored
+    /// and written to its file) off the task by `prepare_snapshot` before the core saw the
+    /// message. What is left here is the log's switch to the snapshot: one state write and
+    /// sync, and the removal of the old segments.
+    pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+        let sm = match self.install.prepared.take() {
+            Some((m, sm)) if m.index == meta.index && m.term == meta.term => *sm,
+            _ => return Err("the snapshot was not prepared before the core took it".into()),
+        };
+        let blocked_from = std::time::Instant::now();
+        let installed = self.raw.storage_mut().install_snapshot_meta(meta.clone());
+        self.metrics
+            .storage_compact_block
+            .observe_since(blocked_from);
+        installed.map_err(|e| e.to_string())?;
+        self.sm = sm;
+        self.trigger.on_snapshot_installed(meta.index);
+        self.memberships = VecDeque::from([(meta.index, meta.membership.clone())]);
+        self.snapshot_index_latest = meta.index;
+        Metrics::add(&self.metrics.snapshots_installed, 1);
+        // Writes waiting at covered indexes can no longer be told apart from others'.
+        let covered: Vec<Index> = self
+            .pending_writes
+            .range(..=meta.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in covered {
+            if let Some(p) = self.pending_writes.remove(&i) {
+                let _ = p.reply.send(Err(self.unavailable("write")));
+            }
+        }
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    /// Freezes the state machine now and writes the snapshot off the task.
+    pub(super) fn take_snapshot(&mut self, index: Index) {
+        let Some(term) = self.raw.log_term(index) else {
+            self.trigger.on_snapshot_failed(index);
+            return;
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.raw.applied_membership().clone(),
+        };
+        let frozen = self.sm.freeze();
+        let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = off_task(|| {
+                store
+                    .write_snapshot(meta.clone(), &frozen)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+            let _ = bg.send(SnapshotEvent::Written { meta, result });
+        });
+    }
+}
