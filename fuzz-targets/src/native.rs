@@ -5,11 +5,11 @@
 //! as [`ResponseFrame`]s, what raft-client reads from a node.
 
 use bytes::{Bytes, BytesMut};
-use raft_client::wire::{
+use raft_node::kv::{log_command_at, KvLimits, KvStateMachine};
+use raft_proto::{
     ExpireCondition, Expiry, KvCommand, KvResponse, LogCommand, Request, RequestFrame,
     ResponseFrame, Session, SetCondition, FRAME_BYTES_MAX,
 };
-use raft_node::kv::{log_command_at, KvLimits, KvStateMachine};
 use raft_snapshot::{SnapshotSource, StateMachine};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 

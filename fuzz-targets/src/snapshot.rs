@@ -5,9 +5,9 @@
 //! match, so that mutations reach the chunk framing and the body behind them.
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvResponse, Session};
 use raft_core::{Membership, SnapshotMeta};
 use raft_node::kv::{log_command, KvLimits, KvStateMachine};
+use raft_proto::{KvCommand, KvResponse, Session};
 use raft_snapshot::{
     restore_state_machine, DigestHasher, SnapshotReader, SnapshotSource, SnapshotStore,
     SnapshotStoreConfig, StateMachine,

@@ -20,7 +20,9 @@
 #![deny(missing_docs)]
 
 pub mod tls;
-pub mod wire;
+/// The wire format, defined in `raft-proto`; re-exported so that `raft_client::wire::...`
+/// paths keep working for the client's users.
+pub use raft_proto as wire;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -35,14 +37,14 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-pub use wire::Password;
-pub use wire::{
+pub use raft_proto::Password;
+pub use raft_proto::{
     AntiEntropyStatus, DigestInfo, DivergentReplica, ExpireCondition, Expiry, KvCommand, KvError,
     KvResponse, LeaderChange, LoadCounters, MemberAddr, NodeError, NodeId, NodeStatus, PeerInfo,
     SetCondition,
 };
-pub use wire::{Request, Response};
-use wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
+pub use raft_proto::{Request, Response};
+use raft_proto::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

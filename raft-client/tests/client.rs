@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use raft_client::wire::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
 use raft_client::{Client, ClientConfig, ClientError, KvResponse, NodeError, Request, Response};
+use raft_proto::{RequestFrame, ResponseFrame, Session, FRAME_BYTES_MAX};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 

@@ -52,5 +52,5 @@ pub use node::{
     ChangeError, Error, PeerStatus, ProposalId, ProposeError, RawNode, Status, TransferError,
 };
 pub use ready::{ReadError, ReadState, Ready};
-pub use storage::{LogStore, MemLog, StorageError};
+pub use storage::{EntryBytesLimit, LogStore, LogWriter, MemLog, StorageError};
 pub use types::{Entry, EntryPayload, HardState, Index, NodeId, Role, SnapshotMeta, Term};

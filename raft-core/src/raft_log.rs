@@ -1,7 +1,7 @@
 //! The core's view of the log: the host's [`LogStore`] overlaid with entries (and a snapshot)
 //! that the core has accepted but not yet handed to the host in a [`Ready`](crate::Ready).
 
-use crate::storage::{LogStore, StorageError};
+use crate::storage::{EntryBytesLimit, LogStore, StorageError};
 use crate::types::{Entry, Index, SnapshotMeta, Term};
 
 pub(crate) struct RaftLog<S> {
@@ -118,24 +118,19 @@ impl<S: LogStore> RaftLog<S> {
         } else {
             Vec::new()
         };
-        let mut bytes: usize = out.iter().map(Entry::size_bytes).sum();
         let reached_split = out
             .last()
             .map(|e| e.index + 1 == split)
             .unwrap_or(low >= split);
         if high > split && reached_split {
+            // The stored entries count against the same bound.
+            let mut limit = EntryBytesLimit::new(max_bytes);
+            let stored_fit = out.iter().all(|e| limit.take(e));
+            debug_assert!(stored_fit, "the store returned more than the bound allows");
             let first = self.unstable[0].index;
             let from = (low.max(split) - first) as usize;
             let to = (high - first) as usize;
-            // Reserve once rather than grow one push at a time (a hot path on the leader).
-            out.reserve((to - from).min(1024));
-            for entry in &self.unstable[from..to] {
-                bytes += entry.size_bytes();
-                if !out.is_empty() && bytes > max_bytes {
-                    break;
-                }
-                out.push(entry.clone());
-            }
+            limit.take_from(&self.unstable[from..to], &mut out);
         }
         Ok(out)
     }

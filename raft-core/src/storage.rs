@@ -1,10 +1,10 @@
-//! How the core reads the log: the [`LogStore`] trait, and [`MemLog`], its in-memory
-//! implementation (raft-log implements it on disk).
+//! The storage contract: [`LogStore`], how the core reads the log, and [`LogWriter`], how
+//! the host writes it; [`MemLog`] implements both in memory (raft-log on disk).
 //!
-//! The core only *reads* through this trait. The host *writes*: after taking a
+//! The core only *reads* through [`LogStore`]. The host *writes*: after taking a
 //! [`Ready`] it must apply the Ready's snapshot, entries and hard state to the
-//! store before it calls into the node again (making them durable may happen later; see
-//! [`RawNode::on_persisted`](crate::RawNode::on_persisted)).
+//! store ([`LogWriter::write_ready`]) before it calls into the node again (making them
+//! durable may happen later; see [`RawNode::on_persisted`](crate::RawNode::on_persisted)).
 
 use std::fmt;
 
@@ -52,13 +52,98 @@ pub trait LogStore {
     /// The term of the entry at `index`, for `index` in `first_index()-1 ..= last_index()`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
     /// Entries in `low..high`, stopping early once `max_bytes` is exceeded but always returning
-    /// at least one entry when `low < high`.
+    /// at least one entry when `low < high` (the rule [`EntryBytesLimit`] keeps).
     fn entries(
         &self,
         low: Index,
         high: Index,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StorageError>;
+}
+
+/// Write access to a node's log: what the host does with a [`Ready`]'s writes, and the
+/// compaction after a snapshot. Writes need not be durable on return; the host makes them
+/// durable (its own sync) before it reports them with
+/// [`RawNode::on_persisted`](crate::RawNode::on_persisted).
+///
+/// A failed write is an `Err` of the store's own error type, so a host sees what went wrong
+/// (a full disk, a poisoned log) rather than a flattened message; after one the host must not
+/// call into the node again with that store.
+pub trait LogWriter: LogStore {
+    /// Why a write failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Appends `entries`, first dropping every held entry at or after `entries[0].index`.
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<(), Self::Error>;
+    /// Records the hard state.
+    fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), Self::Error>;
+    /// Replaces the whole log with a snapshot received from the leader.
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error>;
+    /// Drops the entries a local snapshot at `meta.index` covers, keeping those after it.
+    /// `meta` comes from [`RawNode::snapshot_meta_at`](crate::RawNode::snapshot_meta_at).
+    fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error>;
+
+    /// Writes everything a [`Ready`] asks to persist, in the order the contract requires: the
+    /// snapshot (which replaces the whole log), then the entries, then the hard state.
+    fn write_ready(&mut self, ready: &Ready) -> Result<(), Self::Error> {
+        if let Some(meta) = &ready.snapshot {
+            self.install_snapshot_meta(meta.clone())?;
+        }
+        if !ready.entries.is_empty() {
+            self.append_entries(&ready.entries)?;
+        }
+        if let Some(hard_state) = ready.hard_state {
+            self.write_hard_state(hard_state)?;
+        }
+        Ok(())
+    }
+}
+
+/// The byte bound of [`LogStore::entries`] and of every batch the core reads: entries are
+/// taken while their total stays within `bytes_max`, but the first is always taken, so that
+/// an entry larger than the bound still goes out alone. The one place the rule is written.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryBytesLimit {
+    bytes_max: usize,
+    bytes: usize,
+    taken: usize,
+}
+
+impl EntryBytesLimit {
+    /// A batch of at most `bytes_max` bytes (at least one entry).
+    pub fn new(bytes_max: usize) -> Self {
+        EntryBytesLimit {
+            bytes_max,
+            bytes: 0,
+            taken: 0,
+        }
+    }
+
+    /// Counts `entry` into the batch; returns whether it belongs in it. Once it returns
+    /// `false` the batch is complete: stop there (a later, smaller entry must not follow).
+    pub fn take(&mut self, entry: &Entry) -> bool {
+        self.bytes = self.bytes.saturating_add(entry.size_bytes());
+        if self.taken > 0 && self.bytes > self.bytes_max {
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
+
+    /// Copies entries of `from` into `out` while the bound allows; returns whether every
+    /// entry of `from` fitted.
+    pub fn take_from(&mut self, from: &[Entry], out: &mut Vec<Entry>) -> bool {
+        // Reserve once rather than grow one push at a time (a hot path on the leader), but
+        // bounded: the byte limit may stop the copy long before the end.
+        out.reserve(from.len().min(1024));
+        for entry in from {
+            if !self.take(entry) {
+                return false;
+            }
+            out.push(entry.clone());
+        }
+        true
+    }
 }
 
 /// A log kept in memory: for tests, the simulation and embedded single-process use.
@@ -89,16 +174,13 @@ impl MemLog {
         }
     }
 
-    /// Writes everything a [`Ready`] asks to persist, in the order the contract requires: the
-    /// snapshot (which replaces the whole log), then the entries, then the hard state. The one
-    /// way an in-memory host persists a `Ready`, so that none of them forgets a part.
+    /// Writes everything a [`Ready`] asks to persist ([`LogWriter::write_ready`], which
+    /// cannot fail in memory). The one way an in-memory host persists a `Ready`, so that none
+    /// of them forgets a part.
     pub fn persist(&mut self, ready: &Ready) {
-        if let Some(meta) = &ready.snapshot {
-            self.install_snapshot(meta.clone());
-        }
-        self.append(&ready.entries);
-        if let Some(hs) = ready.hard_state {
-            self.set_hard_state(hs);
+        match self.write_ready(ready) {
+            Ok(()) => {}
+            Err(never) => match never {},
         }
     }
 
@@ -209,17 +291,33 @@ impl LogStore for MemLog {
         }
         let start = (low - self.snapshot.index - 1) as usize;
         let end = (high - self.snapshot.index - 1) as usize;
-        // Presized, but bounded: `max_bytes` may stop the copy long before `end`.
-        let mut out = Vec::with_capacity((end - start).min(1024));
-        let mut bytes = 0;
-        for entry in &self.entries[start..end] {
-            bytes += entry.size_bytes();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(entry.clone());
-        }
+        let mut out = Vec::new();
+        EntryBytesLimit::new(max_bytes).take_from(&self.entries[start..end], &mut out);
         Ok(out)
+    }
+}
+
+impl LogWriter for MemLog {
+    type Error = std::convert::Infallible;
+
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<(), Self::Error> {
+        self.append(entries);
+        Ok(())
+    }
+
+    fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), Self::Error> {
+        self.set_hard_state(hard_state);
+        Ok(())
+    }
+
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
+        self.install_snapshot(meta);
+        Ok(())
+    }
+
+    fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
+        self.compact(meta);
+        Ok(())
     }
 }
 
@@ -259,5 +357,58 @@ mod tests {
             "max_bytes 0 still yields one entry"
         );
         assert_eq!(log.entries(3, 5, usize::MAX).unwrap().len(), 2);
+    }
+
+    fn command(index: Index, len: usize) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Command(vec![0; len].into()),
+        }
+    }
+
+    #[test]
+    fn the_byte_limit_takes_one_entry_at_least_and_stops_for_good_past_the_bound() {
+        let (big, small) = (command(1, 100), command(2, 0));
+        let mut limit = EntryBytesLimit::new(10);
+        assert!(limit.take(&big), "the first entry always goes");
+        assert!(
+            !limit.take(&small),
+            "past the bound, even a small entry stops the batch"
+        );
+
+        let entries = [command(1, 10), command(2, 10), command(3, 10)];
+        let one = entries[0].size_bytes();
+        let mut out = Vec::new();
+        assert!(!EntryBytesLimit::new(2 * one).take_from(&entries, &mut out));
+        assert_eq!(out.len(), 2, "exactly at the bound fits");
+        out.clear();
+        assert!(EntryBytesLimit::new(usize::MAX).take_from(&entries, &mut out));
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn write_ready_installs_the_snapshot_then_appends_then_writes_the_hard_state() {
+        let mut log = MemLog::new();
+        log.append(&[entry(1, 1), entry(2, 1)]);
+        let ready = Ready {
+            seq: 1,
+            snapshot: Some(SnapshotMeta {
+                index: 5,
+                term: 2,
+                membership: Default::default(),
+            }),
+            entries: vec![entry(6, 2)],
+            hard_state: Some(HardState {
+                term: 2,
+                vote: Some(3),
+                commit: 5,
+            }),
+            ..Default::default()
+        };
+        log.persist(&ready);
+        assert_eq!((log.first_index(), log.last_index()), (6, 6));
+        assert_eq!(log.term(5), Ok(2));
+        assert_eq!(log.hard_state(), ready.hard_state.unwrap());
     }
 }

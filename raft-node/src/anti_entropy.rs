@@ -19,10 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use raft_client::wire::{AntiEntropyStatus, DigestInfo, DivergentReplica, NodeStatus};
 use raft_client::{Client, ClientConfig};
 use raft_core::{Index, NodeId};
-use raft_snapshot::{compare_digests, DigestReport, DigestVerdict, StateDigest};
+use raft_proto::{AntiEntropyStatus, DigestInfo, DivergentReplica, NodeStatus};
+use raft_snapshot::{compare_digests, DigestLedger, DigestReport, DigestVerdict, StateDigest};
 use tokio::sync::watch;
 
 use crate::auth::InternalClient;
@@ -84,18 +84,36 @@ pub fn digest_infos<'a>(
 }
 
 /// The leader's comparison of digests across rounds of reports: pure, so it is tested
-/// without processes.
-#[derive(Debug, Default)]
+/// without processes. The reports waiting to be compared sit in raft-snapshot's
+/// [`DigestLedger`] (bounded in indexes and in reports per index, a node's latest word
+/// replacing its earlier one); this type adds when an index is ready and what a verdict
+/// means for each node.
+#[derive(Debug)]
 pub struct DivergenceMonitor {
     round: u64,
-    /// Reports per index and node; the newest `INDEXES_KEPT_MAX` indexes.
-    reports: BTreeMap<Index, BTreeMap<NodeId, StateDigest>>,
+    /// Reports of indexes not compared yet; the newest `INDEXES_KEPT_MAX` indexes.
+    ledger: DigestLedger,
+    /// The round each index held by `ledger` was first reported in.
     first_seen_round: BTreeMap<Index, u64>,
-    /// Indexes already compared (pruned together with `reports`).
+    /// Indexes already compared, so that later reports for them are not compared again.
     compared: BTreeSet<Index>,
     /// The latest comparison that included each node: `(index, divergence if any)`.
     latest: BTreeMap<NodeId, (Index, Option<DivergentReplica>)>,
     status: AntiEntropyStatus,
+}
+
+impl Default for DivergenceMonitor {
+    fn default() -> Self {
+        DivergenceMonitor {
+            round: 0,
+            // Every polled member and the leader itself report for one index.
+            ledger: DigestLedger::new(INDEXES_KEPT_MAX, MEMBERS_POLLED_MAX + 1),
+            first_seen_round: BTreeMap::new(),
+            compared: BTreeSet::new(),
+            latest: BTreeMap::new(),
+            status: AntiEntropyStatus::default(),
+        }
+    }
 }
 
 impl DivergenceMonitor {
@@ -113,43 +131,38 @@ impl DivergenceMonitor {
     ) -> Vec<DivergentReplica> {
         self.round += 1;
         for r in reports {
-            if self.compared.contains(&r.index) {
-                continue;
+            if !self.compared.contains(&r.index) && self.ledger.record(*r) {
+                self.first_seen_round.entry(r.index).or_insert(self.round);
             }
-            if !self.reports.contains_key(&r.index) && self.reports.len() >= INDEXES_KEPT_MAX {
-                match self.reports.keys().next() {
-                    Some(&oldest) if oldest < r.index => {
-                        self.reports.remove(&oldest);
-                        self.first_seen_round.remove(&oldest);
-                    }
-                    _ => continue,
-                }
-            }
-            self.reports
-                .entry(r.index)
-                .or_default()
-                .insert(r.node, r.digest);
-            self.first_seen_round.entry(r.index).or_insert(self.round);
         }
+        // The ledger dropped its oldest indexes to make room: forget when they were seen.
+        let ledger = &self.ledger;
+        self.first_seen_round
+            .retain(|&index, _| ledger.reports(index).is_some());
         let quorum = voters.len() / 2 + 1;
         let ready: Vec<Index> = self
-            .reports
-            .iter()
-            .filter(|(index, by_node)| {
-                let voters_reported = voters.iter().filter(|v| by_node.contains_key(v)).count();
-                let waited = self.round - self.first_seen_round.get(index).copied().unwrap_or(0);
-                by_node.len() >= 2
+            .ledger
+            .indexes()
+            .filter(|&index| {
+                let reported = self.ledger.reports(index).unwrap_or_default();
+                let voters_reported = voters
+                    .iter()
+                    .filter(|&&v| reported.iter().any(|r| r.node == v))
+                    .count();
+                let waited = self.round - self.first_seen_round.get(&index).copied().unwrap_or(0);
+                reported.len() >= 2
                     && (voters_reported == voters.len()
                         || (voters_reported >= quorum && waited >= ROUNDS_WAIT_MAX))
             })
-            .map(|(&index, _)| index)
             .collect();
         let mut found = Vec::new();
         for index in ready {
-            let by_node = self.reports.remove(&index).expect("listed above");
+            let mut reports = self.ledger.take(index).expect("listed above");
+            // Judged and reported in node order, whatever order the members answered in.
+            reports.sort_unstable_by_key(|r| r.node);
             self.first_seen_round.remove(&index);
             self.compared.insert(index);
-            found.extend(self.compare(index, &by_node));
+            found.extend(self.compare(&reports));
         }
         // Forget compared indexes older than anything still waiting or recently compared.
         while self.compared.len() > INDEXES_KEPT_MAX {
@@ -163,22 +176,12 @@ impl DivergenceMonitor {
         found
     }
 
-    fn compare(
-        &mut self,
-        index: Index,
-        by_node: &BTreeMap<NodeId, StateDigest>,
-    ) -> Vec<DivergentReplica> {
-        let reports: Vec<DigestReport> = by_node
-            .iter()
-            .map(|(&node, &digest)| DigestReport {
-                node,
-                index,
-                digest,
-            })
-            .collect();
-        let Ok(comparison) = compare_digests(&reports) else {
+    /// Judges the reports of one index (one per node, as the ledger keeps them).
+    fn compare(&mut self, reports: &[DigestReport]) -> Vec<DivergentReplica> {
+        let Ok(comparison) = compare_digests(reports) else {
             return Vec::new();
         };
+        let index = comparison.index;
         self.status.comparisons += 1;
         self.status.compared_index = self.status.compared_index.max(index);
         let (majority, suspects): (Option<StateDigest>, Vec<NodeId>) = match &comparison.verdict {
@@ -188,23 +191,23 @@ impl DivergenceMonitor {
                 divergent,
             } => (Some(*majority), divergent.clone()),
             // Nobody can be told right: every node is suspect.
-            DigestVerdict::NoMajority => (None, by_node.keys().copied().collect()),
+            DigestVerdict::NoMajority => (None, reports.iter().map(|r| r.node).collect()),
         };
         let mut found = Vec::new();
-        for (&node, &digest) in by_node {
-            let divergence = suspects.contains(&node).then(|| DivergentReplica {
-                node,
+        for r in reports {
+            let divergence = suspects.contains(&r.node).then(|| DivergentReplica {
+                node: r.node,
                 index,
-                digest: digest_hex(digest),
+                digest: digest_hex(r.digest),
                 majority_digest: majority.map(digest_hex),
             });
             if let Some(d) = &divergence {
                 self.status.divergence_total += 1;
                 found.push(d.clone());
             }
-            let newer = self.latest.get(&node).is_none_or(|(i, _)| *i <= index);
+            let newer = self.latest.get(&r.node).is_none_or(|(i, _)| *i <= index);
             if newer {
-                self.latest.insert(node, (index, divergence));
+                self.latest.insert(r.node, (index, divergence));
             }
         }
         found
@@ -368,7 +371,8 @@ mod tests {
         for i in 0..1_000u64 {
             m.observe_round(&[1, 2, 3], &[r(1, 100 + i, 1)]);
         }
-        assert!(m.reports.len() <= INDEXES_KEPT_MAX);
+        assert!(m.ledger.indexes().count() <= INDEXES_KEPT_MAX);
+        assert!(m.first_seen_round.len() <= INDEXES_KEPT_MAX);
         assert!(m.compared.len() <= INDEXES_KEPT_MAX);
     }
 

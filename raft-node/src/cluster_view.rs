@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use raft_client::wire::NodeStatus;
 use raft_client::{Client, ClientConfig};
 use raft_core::NodeId;
+use raft_proto::NodeStatus;
 use tokio::sync::Mutex;
 
 use crate::auth::InternalClient;

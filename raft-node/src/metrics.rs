@@ -13,7 +13,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use raft_client::wire::{AntiEntropyStatus, PeerInfo};
+use raft_proto::{AntiEntropyStatus, PeerInfo};
 
 /// Upper bounds of the latency buckets, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 14] = [

@@ -9,7 +9,7 @@
 //! implementation would.
 
 use bytes::{Buf, Bytes, BytesMut};
-use raft_client::wire::{KvCommand, KvError, KvResponse, NodeStatus};
+use raft_proto::{KvCommand, KvError, KvResponse, NodeStatus};
 
 use crate::limits::ClientLimits;
 use crate::runtime::AdminOp;

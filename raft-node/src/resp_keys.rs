@@ -6,7 +6,7 @@
 //! Called from [`crate::resp::to_command`] before its own table.
 
 use bytes::Bytes;
-use raft_client::wire::{ExpireCondition, Expiry, KvCommand, KvResponse, SetCondition};
+use raft_proto::{ExpireCondition, Expiry, KvCommand, KvResponse, SetCondition};
 
 use crate::resp::{Parsed, Value};
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvResponse, NodeError, Request, Response};
 use raft_client::{Client, ClientConfig, ClientError};
+use raft_proto::{KvCommand, KvResponse, NodeError, Request, Response};
 
 use crate::auth::{Auth, InternalClient};
 use crate::cluster_view::ClusterProbe;

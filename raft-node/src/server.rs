@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use raft_client::wire::{
+use raft_proto::{
     KvCommand, KvError, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame,
     BATCH_COMMANDS_MAX, FRAME_BYTES_MAX,
 };

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
+use raft_proto::{KvCommand, NodeError, Request, BATCH_COMMANDS_MAX, FRAME_BYTES_MAX};
 
 use crate::auth::{Auth, Role, Session};
 use crate::commands::{self, CommandSpec};

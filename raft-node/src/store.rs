@@ -1,5 +1,5 @@
-//! The storage seam: what the runtime needs of a log beyond raft-core's read-only
-//! [`LogStore`].
+//! The storage seam: what the runtime needs of a log beyond raft-core's storage contract
+//! ([`LogStore`](raft_core::LogStore) to read, [`LogWriter`] to write, each store with its own error type).
 //!
 //! Writes happen on the runtime task (they only reach the OS page cache or memory); the
 //! durability barrier is a [`SyncJob`] the runtime runs on its sync thread, off the task that
@@ -10,22 +10,16 @@
 
 use std::io;
 
-use raft_core::{Entry, HardState, LogStore, MemLog, SnapshotMeta};
+use raft_core::{LogWriter, MemLog};
 
 /// Makes every write issued before the job was created durable. Runs on the sync thread.
 pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
-/// A log the node can write and make durable.
-pub trait NodeStore: LogStore + Send + 'static {
-    /// Appends `entries`, first dropping every held entry at or after `entries[0].index`.
-    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()>;
-    /// Records the hard state (durable with the next sync).
-    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
-    /// Replaces the whole log with a snapshot received from the leader.
-    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()>;
-    /// Drops entries covered by a local snapshot. Like the writes above it need not be
-    /// durable on return (it is with the next sync); it must not block on the disk.
-    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()>;
+/// A log the node can write and make durable. The writes are raft-core's [`LogWriter`]; a
+/// failed one reaches the runtime as the store's own error (`raft_log::LogError` on disk).
+/// `compact_to` must not block on the disk: like the other writes it need not be durable
+/// on return (it is with the next sync).
+pub trait NodeStore: LogWriter + Send + 'static {
     /// A job that makes the writes issued so far durable.
     fn sync_job(&mut self) -> SyncJob;
     /// Whether a sync job would have anything to flush now. `false` only when every write
@@ -42,26 +36,6 @@ pub trait NodeStore: LogStore + Send + 'static {
 }
 
 impl NodeStore for MemLog {
-    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
-        self.append(entries);
-        Ok(())
-    }
-
-    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
-        self.set_hard_state(hard_state);
-        Ok(())
-    }
-
-    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()> {
-        self.install_snapshot(meta);
-        Ok(())
-    }
-
-    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()> {
-        self.compact(meta);
-        Ok(())
-    }
-
     fn sync_job(&mut self) -> SyncJob {
         Box::new(|| Ok(()))
     }

@@ -1,31 +1,16 @@
-//! raft-log's disk WAL behind the storage seam.
+//! raft-log's disk WAL behind the storage seam (its writes are raft-core's `LogWriter`,
+//! implemented in raft-log with its own `LogError`).
 
 use std::io;
 use std::path::Path;
 
-use raft_core::{Entry, HardState, LogStore, Membership, NodeId, SnapshotMeta};
+use raft_core::{HardState, LogStore, Membership, NodeId, SnapshotMeta};
 use raft_log::{Log, Options};
 
 use crate::config::ConfigError;
 use crate::store::{NodeStore, SyncJob};
 
 impl NodeStore for Log {
-    fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
-        self.append(entries).map_err(io::Error::other)
-    }
-
-    fn write_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
-        self.set_hard_state(hard_state).map_err(io::Error::other)
-    }
-
-    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> io::Result<()> {
-        self.install_snapshot(meta).map_err(io::Error::other)
-    }
-
-    fn compact_to(&mut self, meta: SnapshotMeta) -> io::Result<()> {
-        self.compact(meta).map_err(io::Error::other)
-    }
-
     fn sync_job(&mut self) -> SyncJob {
         // The handle syncs every write issued before it runs (group commit), on the sync
         // thread, while the runtime goes on appending.

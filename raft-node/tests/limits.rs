@@ -444,7 +444,7 @@ async fn clients_that_do_not_read_their_replies_are_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_clients_that_do_not_read_are_cut_off_too() {
-    use raft_client::wire::{KvCommand, Request, RequestFrame};
+    use raft_proto::{KvCommand, Request, RequestFrame};
     let node = Node::start("write_timeout_ms = 500\noutput_buffer_bytes_max = 8388608").await;
     node.client().set("big", vec![b'b'; 4 << 20]).await.unwrap();
     let before = rss_bytes();

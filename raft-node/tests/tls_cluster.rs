@@ -6,11 +6,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvResponse, LogCommand};
 use raft_node::certs;
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
+use raft_proto::{KvCommand, KvResponse, LogCommand};
 use raft_testkit::free_addrs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");

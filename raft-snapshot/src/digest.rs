@@ -305,6 +305,18 @@ impl DigestLedger {
     pub fn indexes(&self) -> impl Iterator<Item = Index> + '_ {
         self.by_index.keys().copied()
     }
+
+    /// What was reported for `index` (one report per node), if it is held: a caller that
+    /// waits for particular nodes before comparing looks here.
+    pub fn reports(&self, index: Index) -> Option<&[DigestReport]> {
+        self.by_index.get(&index).map(Vec::as_slice)
+    }
+
+    /// Removes `index` and returns its reports, once the caller has judged it: its slot
+    /// goes to a newer index rather than holding reports that will not be compared again.
+    pub fn take(&mut self, index: Index) -> Option<Vec<DigestReport>> {
+        self.by_index.remove(&index)
+    }
 }
 
 #[cfg(test)]
@@ -412,5 +424,21 @@ mod tests {
         );
         assert!(!ledger.compare(30).unwrap().is_alarm());
         assert!(ledger.compare(99).is_none());
+    }
+
+    #[test]
+    fn a_taken_index_frees_its_slot() {
+        let mut ledger = DigestLedger::new(2, 3);
+        assert!(ledger.record(r(1, 10, 1)));
+        assert!(ledger.record(r(2, 10, 2)));
+        assert!(ledger.record(r(1, 20, 1)));
+        assert_eq!(ledger.reports(10), Some(&[r(1, 10, 1), r(2, 10, 2)][..]));
+        assert_eq!(ledger.reports(30), None);
+        assert_eq!(ledger.take(10), Some(vec![r(1, 10, 1), r(2, 10, 2)]));
+        assert_eq!(ledger.take(10), None);
+        assert_eq!(ledger.reports(10), None);
+        // Two slots, one free: an index older than 20 is held again, nothing is evicted.
+        assert!(ledger.record(r(1, 5, 1)));
+        assert_eq!(ledger.indexes().collect::<Vec<_>>(), vec![5, 20]);
     }
 }

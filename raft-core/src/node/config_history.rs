@@ -1,9 +1,9 @@
 //! The configurations in the node's log. A configuration takes effect when it is appended
 //! (dissertation §4.1), so the one in force is the latest appended, committed or not; a
-//! conflicting append or a snapshot can take it back. The history keeps the latest
-//! configuration at or below the applied index and every later one, which is enough to
-//! answer "the membership at index i" for any i from the applied index on (what a snapshot
-//! taken at i must record).
+//! conflicting append or a snapshot can take it back. The node keeps the configuration in
+//! force at the log's compaction point (or the applied index, if lower) and every later one,
+//! which answers "the membership at index i" for any i the log holds (what a snapshot or a
+//! compaction at i must record). Bounded by the configuration entries in the log.
 
 use crate::membership::Membership;
 use crate::types::Index;
@@ -43,8 +43,8 @@ impl ConfigHistory {
         self.at(index).unwrap_or(&self.configs[0].1)
     }
 
-    /// Entries up to `index` are applied: configurations older than the one in force there
-    /// are no longer needed.
+    /// Nothing at or below `index` will be asked for again (it is applied and compacted):
+    /// configurations older than the one in force there are no longer needed.
     pub(super) fn on_applied(&mut self, index: Index) {
         if let Some(pos) = self.configs.iter().rposition(|(i, _)| *i <= index) {
             self.configs.drain(..pos);

@@ -30,7 +30,7 @@ use crate::raft_log::RaftLog;
 use crate::ready::Ready;
 use crate::rng::SplitMix64;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{Entry, EntryPayload, HardState, Index, NodeId, Role, Term};
+use crate::types::{Entry, EntryPayload, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 use config_history::ConfigHistory;
 pub use errors::{ChangeError, Error, ProposalId, ProposeError, TransferError};
@@ -67,7 +67,8 @@ pub struct RawNode<S> {
     /// Last index handed out in `committed_entries` (or installed by snapshot).
     apply_handed_out: Index,
 
-    /// The latest configuration at or below `applied`, then every later one.
+    /// The configuration in force at the log's compaction point (or at `applied`, if lower),
+    /// then every later one.
     configs: ConfigHistory,
 
     /// Ticks since the node started (its logical clock).
@@ -223,6 +224,26 @@ impl<S: LogStore> RawNode<S> {
     /// The configuration as of the applied index: what a snapshot taken now must record.
     pub fn applied_membership(&self) -> &Membership {
         self.configs.at_or_oldest(self.applied)
+    }
+    /// The configuration in force at `index` (set by the latest configuration entry at or
+    /// below it), for any index from the log's compaction point to its last index; `None`
+    /// outside that range. What a snapshot or a compaction at `index` must record.
+    pub fn membership_at(&self, index: Index) -> Option<&Membership> {
+        if index > self.log.last_index() {
+            return None;
+        }
+        self.configs.at(index)
+    }
+    /// The metadata of a snapshot of the state at `index`, or of a compaction of the log
+    /// through `index` ([`LogWriter::compact_to`](crate::LogWriter::compact_to)): the term of
+    /// the entry there and the configuration in force. `None` when this node does not hold
+    /// that entry's term or configuration (before the log's compaction point, beyond its end).
+    pub fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term(index).ok()?,
+            membership: self.membership_at(index)?.clone(),
+        })
     }
     /// The store, for reading.
     pub fn storage(&self) -> &S {
@@ -429,7 +450,10 @@ impl<S: LogStore> RawNode<S> {
             return;
         }
         self.applied = index;
-        self.configs.on_applied(index);
+        // Keep the configuration in force at the log's compaction point and every later one
+        // (the host may compact anywhere up to the applied index: `snapshot_meta_at`).
+        let compacted_through = self.log.first_index().saturating_sub(1);
+        self.configs.on_applied(index.min(compacted_through));
     }
 
     /// Tells the leader that sending a snapshot to `to` failed, so it probes again.

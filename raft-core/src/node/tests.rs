@@ -494,3 +494,42 @@ fn an_unfinished_transfer_is_abandoned_after_an_election_timeout() {
     n.tick();
     assert!(n.propose(Bytes::from_static(b"x")).is_ok());
 }
+
+// ----- configurations in the log -----------------------------------------------------------
+
+#[test]
+fn the_membership_at_an_index_survives_apply_until_the_log_is_compacted_past_it() {
+    let mut n = settled_leader(config(1));
+    let change = n
+        .change_membership(&[crate::membership::ConfChange::AddLearner(4)])
+        .unwrap();
+    persist(&mut n);
+    n.step(ack(2, change.index)).unwrap();
+    persist(&mut n);
+    assert_eq!(n.applied_index(), change.index);
+    let before = Membership::new_voters([1, 2, 3]);
+    let after = n.membership().clone();
+    assert!(after.learners.contains(&4));
+    // Applied, but not compacted: the configuration before the change is still known.
+    assert_eq!(n.membership_at(1), Some(&before));
+    assert_eq!(n.membership_at(change.index), Some(&after));
+    assert_eq!(n.membership_at(change.index + 1), None, "beyond the log");
+    assert_eq!(
+        n.snapshot_meta_at(1),
+        Some(SnapshotMeta {
+            index: 1,
+            term: 1,
+            membership: before.clone()
+        })
+    );
+
+    let meta = n.snapshot_meta_at(1).unwrap();
+    crate::LogWriter::compact_to(n.storage_mut(), meta).unwrap();
+    n.propose(Bytes::from_static(b"x")).unwrap();
+    persist(&mut n);
+    n.step(ack(2, change.index + 1)).unwrap();
+    persist(&mut n);
+    assert_eq!(n.snapshot_meta_at(0), None, "compacted");
+    assert_eq!(n.membership_at(1), Some(&before), "the compaction point's");
+    assert_eq!(n.membership_at(change.index), Some(&after));
+}

@@ -329,11 +329,10 @@ impl SimNode {
                 && self.kv.applied == raw.applied_index()
             {
                 let index = self.kv.applied;
-                let meta = SnapshotMeta {
-                    index,
-                    term: raw.log_term(index).expect("applied entry is in the log"),
-                    membership: raw.applied_membership().clone(),
-                };
+                let meta = raw
+                    .snapshot_meta_at(index)
+                    .expect("the applied entry is in the log");
+                debug_assert_eq!(&meta.membership, raw.applied_membership());
                 let data = Arc::new(self.kv.clone());
                 raw.storage_mut().compact(meta.clone());
                 self.journal.push(DiskOp::Compact(meta, data.clone()));

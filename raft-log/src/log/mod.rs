@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::{Entry, HardState, Index, LogStore, SnapshotMeta, StorageError, Term};
+use raft_core::{
+    Entry, EntryBytesLimit, HardState, Index, LogStore, LogWriter, SnapshotMeta, StorageError, Term,
+};
 use tracing::{info, warn};
 
 use crate::error::LogError;
@@ -477,16 +479,36 @@ impl LogStore for Log {
             return Err(StorageError::Unavailable);
         }
         let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut limit = EntryBytesLimit::new(max_bytes);
         for index in low..high {
             let entry = self.read_entry(index)?;
-            bytes = bytes.saturating_add(entry.size_bytes());
-            if !out.is_empty() && bytes > max_bytes {
+            if !limit.take(&entry) {
                 break;
             }
             out.push(entry);
         }
         Ok(out)
+    }
+}
+
+/// The write half of raft-core's storage contract, with raft-log's own error type.
+impl LogWriter for Log {
+    type Error = LogError;
+
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<(), LogError> {
+        self.append(entries)
+    }
+
+    fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), LogError> {
+        self.set_hard_state(hard_state)
+    }
+
+    fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
+        self.install_snapshot(meta)
+    }
+
+    fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), LogError> {
+        self.compact(meta)
     }
 }
 

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
-use raft_client::wire::LogCommand;
 use raft_core::Index;
 use raft_node::runtime::HostedMachine;
+use raft_proto::LogCommand;
 use raft_snapshot::{DigestHasher, RestoreError, SnapshotSource, StateDigest, StateMachine};
 
 /// Clients remembered at most; the least recently active is forgotten first. Every replica

@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use raft_client::wire::{KvCommand, KvResponse, NodeError};
+use raft_proto::{KvCommand, KvResponse, NodeError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -560,7 +560,7 @@ fn error_status(e: &NodeError) -> StatusCode {
         NodeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
     }
 }
-fn status_json(s: &raft_client::NodeStatus) -> serde_json::Value {
+fn status_json(s: &raft_proto::NodeStatus) -> serde_json::Value {
     serde_json::json!({
         "id": s.id,
         "role": s.role,

@@ -13,7 +13,7 @@
 //! as `Authorization: Bearer` on its polls.
 
 use hyper::StatusCode;
-use raft_client::wire::NodeStatus;
+use raft_proto::NodeStatus;
 use serde_json::json;
 
 use super::{status_json, Answer};
@@ -200,7 +200,7 @@ fn alarms(view: &ClusterView) -> Vec<Alarm> {
 
 #[cfg(test)]
 mod tests {
-    use raft_client::wire::{DivergentReplica, PeerInfo};
+    use raft_proto::{DivergentReplica, PeerInfo};
 
     use super::*;
     use crate::cluster_view::MemberView;

@@ -5,7 +5,7 @@ use super::reads::read;
 use super::state::State;
 use super::{expiry, keys, strings, transactions, KvLimits, LOGGED_READ_REPLY_BYTES_MAX};
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX};
+use raft_proto::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX};
 
 pub(super) fn execute(state: &mut State, op: &[u8], limits: &KvLimits) -> KvResponse {
     match KvCommand::decode(op) {

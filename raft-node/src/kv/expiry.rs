@@ -4,7 +4,7 @@
 use super::state::State;
 use super::SWEEP_KEYS_MAX;
 use crate::changes::KeyEvent;
-use raft_client::wire::{ExpireCondition, Expiry, KvCommand, KvError, KvResponse};
+use raft_proto::{ExpireCondition, Expiry, KvCommand, KvError, KvResponse};
 
 /// Applies an expiry write.
 pub(super) fn execute(state: &mut State, cmd: KvCommand) -> KvResponse {

@@ -9,7 +9,7 @@ use super::SCAN_COUNT_MAX;
 use crate::changes::KeyEvent;
 use crate::glob::Pattern;
 use bytes::Bytes;
-use raft_client::wire::{KvError, KvResponse};
+use raft_proto::{KvError, KvResponse};
 
 /// What each key in a KEYS or SCAN reply counts for beyond its bytes, against the reply
 /// bound (its RESP framing and handle).

@@ -67,8 +67,8 @@ use std::sync::Arc;
 
 use crate::changes::ChangeSink;
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvError, KvResponse, LogCommand, Session};
 use raft_core::Index;
+use raft_proto::{KvCommand, KvError, KvResponse, LogCommand, Session};
 use raft_snapshot::{RestoreError, StateMachine};
 
 mod apply;

@@ -4,7 +4,7 @@
 use super::keys::{keys_matching, scan};
 use super::state::{Item, Keyspace};
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvError, KvResponse};
+use raft_proto::{KvCommand, KvError, KvResponse};
 
 /// The keys and values at one applied index, for reads served off the runtime task.
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::apply::execute;
 use super::state::State;
 use super::KvLimits;
-use raft_client::wire::{KvError, KvResponse, Session};
 use raft_core::Index;
+use raft_proto::{KvError, KvResponse, Session};
 
 /// One client's session: the responses of its requests not acknowledged yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use super::sessions::ClientSession;
 use super::{KvLimits, KEY_OVERHEAD_BYTES};
 use crate::changes::{KeyChange, KeyEvent};
 use bytes::Bytes;
-use raft_client::wire::{Expiry, KvError};
 use raft_core::Index;
+use raft_proto::{Expiry, KvError};
 
 /// The seed of the SCAN order's hash. Fixed forever: cursors handed out depend on it.
 const SCAN_HASH_SEED: u64 = 0x5ca7_7e2d_0c0f_fee5;

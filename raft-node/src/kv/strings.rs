@@ -5,7 +5,7 @@ use super::state::{entry_bytes, State};
 use super::KvLimits;
 use crate::changes::KeyEvent;
 use bytes::Bytes;
-use raft_client::wire::{Expiry, KvCommand, KvError, KvResponse, SetCondition, STRING_BYTES_MAX};
+use raft_proto::{Expiry, KvCommand, KvError, KvResponse, SetCondition, STRING_BYTES_MAX};
 
 /// Parses a value or an increment as INCRBYFLOAT does: a finite decimal number, no
 /// spaces, no NaN.

@@ -5,10 +5,10 @@
 pub(super) use super::*;
 pub(super) use crate::changes::{ChangeSink, KeyChange, KeyEvent};
 pub(super) use bytes::Bytes;
-pub(super) use raft_client::wire::{
+pub(super) use raft_core::Index;
+pub(super) use raft_proto::{
     ExpireCondition, Expiry, KvCommand, KvResponse, Session, SetCondition,
 };
-pub(super) use raft_core::Index;
 pub(super) use raft_snapshot::{SnapshotSource, StateMachine};
 pub(super) use std::sync::Arc;
 

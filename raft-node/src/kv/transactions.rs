@@ -5,8 +5,8 @@ use super::apply::execute_one;
 use super::state::State;
 use super::KvLimits;
 use bytes::Bytes;
-use raft_client::wire::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX};
 use raft_core::Index;
+use raft_proto::{KvCommand, KvError, KvResponse, BATCH_COMMANDS_MAX};
 
 /// Applies `commands` if no key of `watches` changed version, else answers `Aborted`.
 pub(super) fn exec(

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use raft_client::wire::NodeError;
 use raft_core::{ChangeError, ConfChange, Index, NodeId as CoreId, Role, TransferError};
+use raft_proto::NodeError;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

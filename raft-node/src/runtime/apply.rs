@@ -27,18 +27,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                     self.maybe_inject_corruption(entry.index);
                     Some(response)
                 }
-                EntryPayload::Membership(m) => {
-                    if self
-                        .memberships
-                        .back()
-                        .is_none_or(|(i, _)| *i < entry.index)
-                    {
-                        self.memberships.push_back((entry.index, m.clone()));
-                    }
-                    self.sm.skip_to(entry.index);
-                    None
-                }
-                EntryPayload::Noop => {
+                EntryPayload::Membership(_) | EntryPayload::Noop => {
                     self.sm.skip_to(entry.index);
                     None
                 }

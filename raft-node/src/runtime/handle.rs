@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, NodeId, NodeStatus};
+use raft_proto::{NodeError, NodeId, NodeStatus};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;

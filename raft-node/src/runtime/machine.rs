@@ -13,7 +13,7 @@ use raft_snapshot::StateMachine;
 /// [`crate::node::RunningNode::start_with`].
 ///
 /// Each command `apply` receives is the bytes the client proposed as they are stored in the
-/// log: a postcard [`raft_client::wire::LogCommand`], the client's exactly-once session (if
+/// log: a postcard [`raft_proto::LogCommand`], the client's exactly-once session (if
 /// any) and its `op`. Honouring the session (answering a duplicate `(client_id, seq)` with
 /// the cached response) is the machine's part, as [`crate::kv`] shows; a machine that
 /// ignores it applies a retried request again.

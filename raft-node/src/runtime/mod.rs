@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_client::wire::{LeaderChange, NodeError, NodeId};
 use raft_core::{Config, Index, Message, MessageBody, NodeId as CoreId, RawNode, Role, Term};
+use raft_proto::{LeaderChange, NodeError, NodeId};
 use raft_snapshot::{SnapshotPolicy, SnapshotStore, SnapshotTrigger, StateDigest};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -143,7 +143,6 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
     parts: RuntimeParts<S, M>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), raft_core::Error> {
     let id = parts.raft.id;
-    let log_snapshot = parts.store.snapshot_meta();
     let raw = RawNode::new(parts.raft, parts.store)?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncRequest>(SYNC_QUEUE_MAX);
@@ -209,7 +208,6 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
         digest_in_flight: false,
         corrupted: false,
         housekeeping_in_flight: None,
-        memberships: VecDeque::from([(log_snapshot.index, log_snapshot.membership)]),
         snapshot_index_latest: snapshot_index,
         peer_timing: HashMap::new(),
         leader_changes: VecDeque::new(),
@@ -289,11 +287,6 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     /// `(index, term)` of the machine's last housekeeping proposal: the next waits until it
     /// is applied (or its term is over), so there is at most one in flight.
     housekeeping_in_flight: Option<(Index, Term)>,
-    /// `(index, configuration)` from the log's compaction point on, ascending: what a
-    /// compaction below the newest snapshot must record (the core forgets configurations
-    /// once they are applied). Bounded: trimmed at each compaction, and at most one
-    /// change is in flight per committed entry between snapshots.
-    memberships: VecDeque<(Index, raft_core::Membership)>,
     /// The index of the newest snapshot this node wrote or installed.
     snapshot_index_latest: Index,
     /// When each peer was last heard from, and heartbeat round trips (the status view's
@@ -547,7 +540,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
         let blocked_from = std::time::Instant::now();
         let store = self.raw.storage_mut();
-        let mut write = || -> std::io::Result<()> {
+        let mut write = || -> Result<(), S::Error> {
             if !ready.entries.is_empty() {
                 store.append_entries(&ready.entries)?;
             }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_client::wire::{NodeError, NodeId};
 use raft_core::{Index, ProposeError, ReadError, Term};
+use raft_proto::{NodeError, NodeId};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;

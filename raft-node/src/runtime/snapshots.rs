@@ -2,8 +2,6 @@
 //! one to a follower, and preparing and installing one from the leader; the work runs on
 //! blocking threads and comes back as [`SnapshotEvent`]s.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use raft_core::{Index, Message, MessageBody, NodeId as CoreId, SnapshotMeta, Term};
 use raft_snapshot::StateDigest;
@@ -213,19 +211,14 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     /// Drops the log's prefix through `through` (the snapshot's index less the trailing
     /// margin). The log records the entry there as its compaction point, with the
-    /// configuration in force at it; that point need not be a snapshot file, because a
+    /// configuration in force at it (the core's `snapshot_meta_at`); that point need not be
+    /// a snapshot file, because a
     /// follower behind it is sent the newest snapshot file instead (`send_snapshot`).
     fn compact_log_through(&mut self, through: Index) -> Option<Index> {
         if through <= self.raw.storage().snapshot_meta().index {
             return None;
         }
-        let term = self.raw.log_term(through)?;
-        let pos = self.memberships.iter().rposition(|(i, _)| *i <= through)?;
-        let meta = SnapshotMeta {
-            index: through,
-            term,
-            membership: self.memberships[pos].1.clone(),
-        };
+        let meta = self.raw.snapshot_meta_at(through)?;
         let blocked_from = std::time::Instant::now();
         let compacted = self.raw.storage_mut().compact_to(meta);
         self.metrics
@@ -236,7 +229,6 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             self.failed = true;
             return None;
         }
-        self.memberships.drain(..pos);
         Some(through)
     }
 
@@ -308,7 +300,6 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         installed.map_err(|e| e.to_string())?;
         self.sm = sm;
         self.trigger.on_snapshot_installed(meta.index);
-        self.memberships = VecDeque::from([(meta.index, meta.membership.clone())]);
         self.snapshot_index_latest = meta.index;
         Metrics::add(&self.metrics.snapshots_installed, 1);
         // Writes waiting at covered indexes can no longer be told apart from others'.

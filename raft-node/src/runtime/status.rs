@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use raft_client::wire::{LeaderChange, LoadCounters, MemberAddr, NodeId, NodeStatus, PeerInfo};
 use raft_core::{MessageBody, Role};
+use raft_proto::{LeaderChange, LoadCounters, MemberAddr, NodeId, NodeStatus, PeerInfo};
 use tokio::time::Instant;
 
 use crate::anti_entropy::digest_infos;

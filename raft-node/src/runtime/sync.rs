@@ -150,16 +150,16 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
-    use raft_client::wire::KvCommand;
-    use raft_core::{Entry, HardState, LogStore, MemLog, Membership, StorageError};
+    use raft_core::{Entry, HardState, LogStore, LogWriter, MemLog, Membership, StorageError};
+    use raft_proto::KvCommand;
     use raft_snapshot::SnapshotStoreConfig;
 
     use std::collections::HashMap;
     use std::time::Duration;
 
     use bytes::Bytes;
-    use raft_client::wire::NodeError;
     use raft_core::{Config, EntryPayload, MessageBody, SnapshotMeta, Term};
+    use raft_proto::NodeError;
     use raft_snapshot::{SnapshotPolicy, SnapshotStore};
     use tokio::sync::watch;
     use tokio::time::Instant;
@@ -198,21 +198,25 @@ mod tests {
         }
     }
 
-    impl NodeStore for TestStore {
-        fn append_entries(&mut self, entries: &[Entry]) -> std::io::Result<()> {
+    impl LogWriter for TestStore {
+        type Error = std::convert::Infallible;
+        fn append_entries(&mut self, entries: &[Entry]) -> Result<(), Self::Error> {
             self.dirty = true;
             self.log.append_entries(entries)
         }
-        fn write_hard_state(&mut self, hard_state: HardState) -> std::io::Result<()> {
+        fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), Self::Error> {
             self.dirty = true;
             self.log.write_hard_state(hard_state)
         }
-        fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> std::io::Result<()> {
+        fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
             self.log.install_snapshot_meta(meta)
         }
-        fn compact_to(&mut self, meta: SnapshotMeta) -> std::io::Result<()> {
+        fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
             self.log.compact_to(meta)
         }
+    }
+
+    impl NodeStore for TestStore {
         fn sync_job(&mut self) -> SyncJob {
             self.dirty = false;
             let (threads, fail) = (self.sync_threads.clone(), self.fail.clone());

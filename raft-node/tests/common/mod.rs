@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raft_client::wire::NodeStatus;
 use raft_client::{Client, ClientConfig};
+use raft_proto::NodeStatus;
 // Re-exported for the test files; each uses a part (as with the rest of this module).
 #[allow(unused_imports)]
 pub use raft_testkit::{free_addr, free_addrs};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use raft_client::wire::{
+use raft_proto::{
     KvCommand, KvResponse, NodeError, Request, RequestFrame, Response, ResponseFrame, Session,
     FRAME_BYTES_MAX,
 };

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use raft_client::wire::{
+use raft_proto::{
     KvCommand, KvResponse, NodeStatus, Request, RequestFrame, Response, ResponseFrame,
     FRAME_BYTES_MAX,
 };
