@@ -1,13 +1,18 @@
 //! Snapshot files end to end: round trips, corruption, truncation, retention, recovery of
 //! the directory, transfer and assembly, anti-entropy over real state machines.
 
+/// The example key-value state machine (`examples/kv`), the state these tests write; its
+/// own unit tests run here too.
+#[path = "../examples/kv/machine.rs"]
+mod kv;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use kv::{KvCommand, KvStateMachine};
 use proptest::prelude::*;
 use raft_core::{Index, Membership, SnapshotMeta};
-use raft_snapshot::kv::{KvCommand, KvStateMachine};
 use raft_snapshot::{
     compare_digests, restore_state_machine, CorruptKind, DigestReport, DigestVerdict,
     SnapshotChunks, SnapshotError, SnapshotReader, SnapshotSource, SnapshotStore,
