@@ -8,7 +8,8 @@
 //!   `snapshots_kept_max` kept, corrupt ones quarantined and skipped
 //!   ([`SnapshotStore::open_latest`]). The file format is described in [`mod@format`].
 //! - [`SnapshotChunks`] and [`SnapshotAssembler`]: the file side of installing a snapshot
-//!   on a follower, chunk by chunk, resumable, installed atomically.
+//!   on a follower, chunk by chunk, resumable, installed atomically; raft-net's snapshot
+//!   lane carries the chunks.
 //! - [`SnapshotPolicy`] and [`SnapshotTrigger`]: when to snapshot and how far to compact.
 //! - [`StateDigest`], [`DigestReport`], [`compare_digests`], [`DigestLedger`]: anti-entropy.
 //!

@@ -798,3 +798,37 @@ fn a_resumed_receive_from_a_different_file_is_detected() {
     }
     assert!(follower.list().unwrap().is_empty());
 }
+
+#[test]
+fn chunks_are_read_at_any_offset_from_a_file_whose_header_and_length_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = SnapshotStore::open(dir.path(), config(100, 3)).unwrap();
+    let file = store
+        .write_snapshot(meta(50), &kv_state(50, 3).freeze())
+        .unwrap();
+    let bytes = fs::read(&file.path).unwrap();
+    let chunks = SnapshotChunks::open(&file, 0, 0).unwrap();
+    assert_eq!(chunks.header().meta, meta(50));
+    assert_eq!(chunks.total_bytes(), bytes.len() as u64);
+    // Positioned reads: any offset, any order, the last one short.
+    let last = bytes.len() as u64 - 10;
+    for (offset, len) in [(last, 10), (0, 64), (7, 64)] {
+        let chunk = chunks.read_at(offset, 64).unwrap();
+        assert_eq!(chunk.data, bytes[offset as usize..][..len]);
+        chunk.verify().unwrap();
+    }
+    assert!(matches!(
+        chunks.read_at(bytes.len() as u64, 64),
+        Err(SnapshotError::TransferOverrun { .. })
+    ));
+    // The file stays readable through the open handle once the store deletes it.
+    fs::remove_file(&file.path).unwrap();
+    assert_eq!(chunks.read_at(0, 16).unwrap().data, bytes[..16]);
+    // A file cut short is refused at open, naming the file.
+    fs::write(&file.path, &bytes[..bytes.len() - 1]).unwrap();
+    let err = SnapshotChunks::open(&file, 0, 0).unwrap_err();
+    assert!(
+        matches!(corrupt_path(&err), (p, _, CorruptKind::Truncated) if p == file.path),
+        "{err}"
+    );
+}

@@ -152,7 +152,7 @@ struct Target {
     ratio_max: Option<f64>,
 }
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 8] = [
     Target {
         what: "1-client write latency p50 vs the floor (fdatasync p50 + 2 idle RTT p50)",
         rows: &["cluster_set_1_clients_latency_us_p50"],
@@ -203,6 +203,16 @@ const TARGETS: [Target; 7] = [
         ],
         baseline: None,
         ratio_min: Some(1.0),
+        ratio_max: None,
+    },
+    Target {
+        what: "snapshot install over the lane vs raw loopback copy + fsync (issue 17)",
+        rows: &[
+            "snapshot_install_512mib_mb_per_s",
+            "snapshot_install_128mib_mb_per_s",
+        ],
+        baseline: Some("raw_tcp_copy_fsync"),
+        ratio_min: Some(0.8),
         ratio_max: None,
     },
 ];
