@@ -212,7 +212,6 @@ pub fn seeds() -> Vec<Vec<u8>> {
             snapshot_id: 1,
             meta,
             total_bytes: 3,
-            crc32: 0x352441c2,
         },
         SnapshotFrame::Resume {
             snapshot_id: 1,

@@ -75,10 +75,15 @@ pub struct TransportConfig {
     /// Snapshot streaming rate limit per peer, in bytes per second; 0 means unlimited.
     /// Chunks shrink under a low limit so one is sent at least every `idle_timeout_ms / 4`.
     pub snapshot_bytes_per_sec_max: u64,
-    /// Largest snapshot accepted from a peer (it is assembled in memory).
+    /// Largest snapshot file accepted from a peer. It is written to `snapshot_store` as it
+    /// arrives (never held in memory); an offer larger than the free space there is refused
+    /// too.
     pub snapshot_bytes_max: u64,
     /// Connection attempts for one snapshot before the host is told it failed.
     pub snapshot_attempts_max: u32,
+    /// Where snapshots received from peers are assembled, checked and installed
+    /// (see [`crate::Incoming::Snapshot`]); `None` refuses every offer.
+    pub snapshot_store: Option<raft_snapshot::SnapshotStore>,
 }
 
 impl TransportConfig {
@@ -105,8 +110,10 @@ impl TransportConfig {
             tls: None,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_bytes_per_sec_max: 0,
-            snapshot_bytes_max: 1024 * 1024 * 1024,
+            // raft-snapshot's default `body_bytes_max`: the disk, not memory, bounds it now.
+            snapshot_bytes_max: 64 << 30,
             snapshot_attempts_max: 10,
+            snapshot_store: None,
         }
     }
 
@@ -127,8 +134,11 @@ impl TransportConfig {
             return Err("frame_bytes_max must be in 64..=u32::MAX".into());
         }
         // A chunk frame adds a few dozen bytes of header to the data.
-        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes + 64 > self.frame_bytes_max {
-            return Err("snapshot_chunk_bytes must be positive and fit in frame_bytes_max".into());
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes + 64 > self.frame_bytes_max
+            || self.snapshot_chunk_bytes > raft_snapshot::TRANSFER_CHUNK_BYTES_MAX
+        {
+            return Err("snapshot_chunk_bytes must be positive, fit in frame_bytes_max and be at most raft-snapshot's TRANSFER_CHUNK_BYTES_MAX".into());
         }
         if self.backoff_min_ms == 0 || self.backoff_min_ms > self.backoff_max_ms {
             return Err("need 0 < backoff_min_ms <= backoff_max_ms".into());

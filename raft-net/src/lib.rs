@@ -1,4 +1,4 @@
-//! Length-prefixed TCP transport carrying [`raft_core::Message`]s, and snapshot bytes beside
+//! Length-prefixed TCP transport carrying [`raft_core::Message`]s, and snapshot files beside
 //! them, between the nodes of one cluster.
 //!
 //! * **Framing** ([`frame`]): `[u32 BE length][version u8][postcard body]`, the length
@@ -14,7 +14,10 @@
 //!   [`Incoming::Messages`] batch, straight into the host's channel
 //!   ([`Transport::start_with_sender`]).
 //! * **Snapshots**: a separate connection per peer, so appends and heartbeats never wait
-//!   behind snapshot bytes; CRC32-checked chunks, resumable, rate-limited.
+//!   behind snapshot bytes; raft-snapshot's files, read in CRC32-checked chunks as they go
+//!   and written into the receiver's store as they arrive (a few chunks in memory per
+//!   transfer, whatever the size), resumable from the receiver's offset, rate-limited, the
+//!   whole file checked before it is installed.
 //!
 //! A bad connection (garbage, oversized or truncated frame, wrong handshake, silence) is
 //! closed with a counted, logged reason ([`ConnErrorKind`]); no other connection notices.

@@ -57,19 +57,19 @@ pub enum HelloReply {
 /// The snapshot lane's frames.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotFrame {
-    /// Sender → receiver: a snapshot of `total_bytes` whose bytes have CRC32 `crc32`.
+    /// Sender → receiver: a snapshot file of `total_bytes` (raft-snapshot's format: it
+    /// checks itself, header CRC, chunk CRCs and body digest, so no whole-file CRC here).
     Offer {
         /// Identifies this snapshot across reconnects.
         snapshot_id: u64,
         /// Its index, term and membership.
         meta: SnapshotMeta,
-        /// Its size.
+        /// The file's length.
         total_bytes: u64,
-        /// CRC32 of all its bytes.
-        crc32: u32,
     },
     /// Receiver → sender: send from `offset`, the bytes it already holds and verified
-    /// (non-zero when resuming the same snapshot after a reconnect).
+    /// (non-zero when resuming the same snapshot after a reconnect, or after a restart of
+    /// the receiver: its partial file is kept).
     Resume {
         /// The offered snapshot.
         snapshot_id: u64,
@@ -87,7 +87,7 @@ pub enum SnapshotFrame {
         /// The bytes.
         data: Bytes,
     },
-    /// Receiver → sender: every byte arrived and the whole-snapshot CRC matched.
+    /// Receiver → sender: every byte arrived, the whole file checked out and is installed.
     Done {
         /// The completed snapshot.
         snapshot_id: u64,

@@ -328,7 +328,6 @@ fn handshake_and_snapshot_frames_round_trip() {
             snapshot_id: 1,
             meta: SnapshotMeta::default(),
             total_bytes: 10,
-            crc32: 7,
         },
         SnapshotFrame::Resume {
             snapshot_id: 1,

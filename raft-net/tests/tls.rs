@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
-use raft_core::{Membership, Message, MessageBody, SnapshotMeta};
+use raft_core::{Message, MessageBody};
 use raft_net::frame::{encode_frame, FrameDecoder};
 use raft_net::tls::{node_uri, peer_client_config, peer_server_config, TransportTls};
 use raft_net::wire::{Hello, HelloReply, Lane};
@@ -22,6 +22,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
+
+mod common;
 
 const CLUSTER: u128 = 0x5ec0_7e57_0000_0000_0000_0000_0000_00c1;
 
@@ -142,8 +144,11 @@ async fn shutdown(ts: impl IntoIterator<Item = TransportHandle>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_with_ca_signed_certificates_exchange_messages_and_snapshots() {
     let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
     let (a, mut a_rx) = Transport::start(config(1, ca.tls(&ca, 1))).await.unwrap();
-    let (b, mut b_rx) = Transport::start(config(2, ca.tls(&ca, 2))).await.unwrap();
+    let mut cb = config(2, ca.tls(&ca, 2));
+    cb.snapshot_store = Some(common::store(&dir.path().join("b")));
+    let (b, mut b_rx) = Transport::start(cb).await.unwrap();
     a.add_peer(2, b.local_addr());
     b.add_peer(1, a.local_addr());
     // Many messages in order, both ways, over the connection one side dialled.
@@ -163,16 +168,9 @@ async fn peers_with_ca_signed_certificates_exchange_messages_and_snapshots() {
     }
     assert_eq!(exchange(&b, &mut a_rx, 2, 1).await.from, 2);
     // The snapshot lane runs over TLS too.
-    let data: Bytes = (0..3 * 1024 * 1024)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
-    let meta = SnapshotMeta {
-        index: 10,
-        term: 1,
-        membership: Membership::new_voters([1, 2]),
-    };
-    let done = a.send_snapshot(2, meta.clone(), data.clone()).unwrap();
+    let meta = common::meta(10);
+    let sent = common::snapshot_file(&dir.path().join("a"), meta.clone(), 3 << 20, 1 << 20);
+    let done = a.send_snapshot(2, common::chunks(&sent)).unwrap();
     let got = loop {
         match timeout(Duration::from_secs(10), b_rx.recv())
             .await
@@ -182,12 +180,12 @@ async fn peers_with_ca_signed_certificates_exchange_messages_and_snapshots() {
             Incoming::Snapshot {
                 from,
                 meta: m,
-                data,
-            } => break (from, m, data),
+                file,
+            } => break (from, m, common::file_bytes(&file)),
             Incoming::Messages(_) => continue,
         }
     };
-    assert_eq!(got, (1, meta, data));
+    assert_eq!(got, (1, meta, common::file_bytes(&sent)));
     assert_eq!(done.await.unwrap(), Ok(()));
     assert_eq!(a.stats().connection_errors, Default::default());
     shutdown([a, b]).await;

@@ -16,6 +16,8 @@ use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 
+mod common;
+
 const CLUSTER: u128 = 0xC0FFEE;
 
 fn config(id: u64) -> TransportConfig {
@@ -572,26 +574,48 @@ fn snapshot_bytes(len: usize) -> Bytes {
         .into()
 }
 
-fn meta(index: u64) -> SnapshotMeta {
-    SnapshotMeta {
-        index,
-        term: 2,
-        membership: Membership::new_voters([1, 2]),
+use common::{chunks, file_bytes, meta, snapshot_file};
+
+/// A transport that receives snapshots into a store under `dir`.
+fn receiver_config(id: u64, dir: &std::path::Path) -> TransportConfig {
+    let mut c = config(id);
+    c.snapshot_store = Some(common::store(&dir.join(format!("received-{id}"))));
+    c
+}
+
+/// The next snapshot `rx` delivers (messages skipped): who sent it, its metadata and the
+/// installed file's bytes.
+async fn next_snapshot(rx: &mut Inbox) -> (u64, SnapshotMeta, Vec<u8>) {
+    loop {
+        match timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Incoming::Snapshot { from, meta, file } => break (from, meta, file_bytes(&file)),
+            Incoming::Messages(_) => continue,
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
+    let dir = tempfile::tempdir().unwrap();
     let mut ca = config(1);
     ca.snapshot_chunk_bytes = 64 * 1024;
     ca.snapshot_bytes_per_sec_max = 4 * 1024 * 1024;
     let (a, _a_rx) = start(ca).await;
-    let (b, mut b_rx) = start(config(2)).await;
+    let (b, mut b_rx) = start(receiver_config(2, dir.path())).await;
     a.add_peer(2, b.local_addr());
     b.add_peer(1, a.local_addr());
-    let data = snapshot_bytes(2 * 1024 * 1024 + 123);
+    let file = snapshot_file(
+        &dir.path().join("a"),
+        meta(10),
+        2 * 1024 * 1024 + 123,
+        100_000,
+    );
     let started = Instant::now();
-    let done = a.send_snapshot(2, meta(10), data.clone()).unwrap();
+    let done = a.send_snapshot(2, chunks(&file)).unwrap();
     // While the snapshot streams (~0.5 s at 4 MiB/s), messages still arrive promptly.
     let mut worst = Duration::ZERO;
     let mut seq = 0;
@@ -605,12 +629,12 @@ async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
             .unwrap();
         match got {
             Incoming::Messages(_) => worst = worst.max(sent.elapsed()),
-            Incoming::Snapshot { from, meta, data } => break (from, meta, data),
+            Incoming::Snapshot { from, meta, file } => break (from, meta, file_bytes(&file)),
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let took = started.elapsed();
-    assert_eq!(snapshot, (1, meta(10), data));
+    assert_eq!(snapshot, (1, meta(10), file_bytes(&file)));
     assert_eq!(done.await.unwrap(), Ok(()));
     assert!(
         took >= Duration::from_millis(400),
@@ -629,16 +653,17 @@ async fn snapshot_streams_rate_limited_beside_unstarved_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_resumes_from_the_verified_offset_after_reconnect() {
-    let (b, mut b_rx) = start(config(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut b_rx) = start(receiver_config(2, dir.path())).await;
     b.add_peer(1, "127.0.0.1:9".parse::<SocketAddr>().unwrap());
     let addr = b.local_addr();
-    let data = snapshot_bytes(300_000);
+    let file = snapshot_file(&dir.path().join("a"), meta(7), 300_000, 50_000);
+    let data = Bytes::from(file_bytes(&file));
     let chunk = 64 * 1024;
     let offer = SnapshotFrame::Offer {
         snapshot_id: 5,
         meta: meta(7),
         total_bytes: data.len() as u64,
-        crc32: crc32fast::hash(&data),
     };
     let chunk_at = |offset: usize, corrupt: bool| {
         let end = (offset + chunk).min(data.len());
@@ -715,31 +740,72 @@ async fn snapshot_resumes_from_the_verified_offset_after_reconnect() {
         recv(&mut s, FrameDecoder::new(1 << 20)).await,
         SnapshotFrame::Done { snapshot_id: 5 }
     );
-    let got = timeout(Duration::from_secs(5), b_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        got,
-        Incoming::Snapshot {
-            from: 1,
-            meta: meta(7),
-            data
-        }
+    assert_eq!(next_snapshot(&mut b_rx).await, (1, meta(7), data.to_vec()));
+    assert_eq!(b.stats().snapshot_bytes_received, data.len() as u64);
+    b.shutdown().await;
+}
+
+/// Bytes that are not this snapshot's file (a damaged sender, or a hostile one with valid
+/// chunk CRCs) fail the whole-file check: refused, nothing installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_failing_the_whole_file_check_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut b_rx) = start(receiver_config(2, dir.path())).await;
+    b.add_peer(1, "127.0.0.1:9".parse::<SocketAddr>().unwrap());
+    let file = snapshot_file(&dir.path().join("a"), meta(7), 100_000, 10_000);
+    let mut data = file_bytes(&file);
+    let last = data.len() - 1;
+    data[last] ^= 1; // in the last body chunk: its stored CRC no longer matches
+    let (mut s, reply) = raw_handshake(b.local_addr(), &hello(1, 2, Lane::Snapshots)).await;
+    assert!(matches!(reply, HelloReply::Accept { .. }));
+    let mut buf = BytesMut::new();
+    let offer = SnapshotFrame::Offer {
+        snapshot_id: 1,
+        meta: meta(7),
+        total_bytes: data.len() as u64,
+    };
+    encode_frame(&offer, &mut buf, 1 << 20).unwrap();
+    let d = Bytes::from(data);
+    encode_frame(
+        &SnapshotFrame::Chunk {
+            snapshot_id: 1,
+            offset: 0,
+            crc32: crc32fast::hash(&d),
+            data: d,
+        },
+        &mut buf,
+        1 << 20,
+    )
+    .unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rd = FramedRead::new(&mut s, FrameDecoder::<SnapshotFrame>::new(1 << 20));
+    let mut replies = Vec::new();
+    while let Ok(Some(Ok(f))) = timeout(Duration::from_secs(5), rd.next()).await {
+        replies.push(f);
+    }
+    assert!(
+        matches!(&replies[..], [SnapshotFrame::Resume { offset: 0, .. }, SnapshotFrame::Abort { reason, .. }] if reason.contains("check")),
+        "{replies:?}"
     );
-    assert_eq!(b.stats().snapshot_bytes_received, 300_000);
+    assert!(timeout(Duration::from_millis(200), b_rx.recv())
+        .await
+        .is_err());
+    let store = common::store(&dir.path().join("received-2"));
+    assert_eq!(store.list().unwrap(), vec![]);
     b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_snapshot_is_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
     let (a, _a_rx) = start(config(1)).await;
-    let mut cb = config(2);
+    let mut cb = receiver_config(2, dir.path());
     cb.snapshot_bytes_max = 1000;
     let (b, _b_rx) = start(cb).await;
     a.add_peer(2, b.local_addr());
     b.add_peer(1, a.local_addr());
-    let done = a.send_snapshot(2, meta(1), snapshot_bytes(5000)).unwrap();
+    let file = snapshot_file(&dir.path().join("a"), meta(1), 5000, 1000);
+    let done = a.send_snapshot(2, chunks(&file)).unwrap();
     let outcome = timeout(Duration::from_secs(5), done)
         .await
         .unwrap()
@@ -756,13 +822,15 @@ async fn oversized_snapshot_is_refused_and_reported() {
 /// chunk: the sender reconnects, is told the verified offset, and resumes from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
+    let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut ca = config(1);
     ca.snapshot_chunk_bytes = 32 * 1024;
     ca.peers.insert(2, listener.local_addr().unwrap().into());
     let (a, _a_rx) = start(ca).await;
-    let data = snapshot_bytes(100_000);
-    let done = a.send_snapshot(2, meta(3), data.clone()).unwrap();
+    let file = snapshot_file(&dir.path().join("a"), meta(3), 100_000, 8192);
+    let data = file_bytes(&file);
+    let done = a.send_snapshot(2, chunks(&file)).unwrap();
 
     async fn accept(
         listener: &tokio::net::TcpListener,
@@ -787,13 +855,12 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
     let SnapshotFrame::Offer {
         snapshot_id,
         total_bytes,
-        crc32,
-        ..
+        meta: offered,
     } = rd.next().await.unwrap().unwrap()
     else {
         panic!("expected an offer");
     };
-    assert_eq!((total_bytes, crc32), (100_000, crc32fast::hash(&data)));
+    assert_eq!((total_bytes, offered), (data.len() as u64, meta(3)));
     reply(
         &mut rd,
         SnapshotFrame::Resume {
@@ -843,7 +910,7 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(received.freeze(), data);
+    assert_eq!(received.to_vec(), data);
     reply(&mut rd, SnapshotFrame::Done { snapshot_id }).await;
     assert_eq!(
         timeout(Duration::from_secs(5), done)
@@ -855,8 +922,83 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
     let s = a.stats();
     assert_eq!((s.snapshots_sent, s.reconnects), (1, 1), "{s:?}");
     // Sent bytes also count what the first connection swallowed before it dropped.
-    assert!(s.snapshot_bytes_sent >= 100_000 + 32 * 1024, "{s:?}");
+    assert!(
+        s.snapshot_bytes_sent >= data.len() as u64 + 32 * 1024,
+        "{s:?}"
+    );
     a.shutdown().await;
+}
+
+/// The real sender and the real receiver, the snapshot connection cut midway by a proxy:
+/// the transfer resumes from the receiver's offset (each byte is received once) and the
+/// file installed is the sender's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_cut_midway_resumes_from_the_receivers_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut b_rx) = start(receiver_config(2, dir.path())).await;
+    let file = snapshot_file(&dir.path().join("a"), meta(9), 4 << 20, 1 << 20);
+    let total = file_bytes(&file).len() as u64;
+    // The proxy forwards the first connection's first `cut_bytes` only, then closes both
+    // ends; later connections pass whole.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut ca = config(1);
+    ca.snapshot_chunk_bytes = 256 * 1024;
+    ca.peers.insert(2, proxy.local_addr().unwrap().into());
+    let (a, _a_rx) = start(ca).await;
+    b.add_peer(1, a.local_addr());
+    let target = b.local_addr();
+    let cut_bytes = total / 2;
+    let proxy_task = tokio::spawn(async move {
+        for n in 0..10 {
+            let (mut inbound, _) = proxy.accept().await.unwrap();
+            let mut outbound = TcpStream::connect(target).await.unwrap();
+            tokio::spawn(async move {
+                if n > 0 {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    return;
+                }
+                let (mut ir, mut iw) = inbound.split();
+                let (mut or, mut ow) = outbound.split();
+                let forward = async {
+                    let mut left = cut_bytes;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while left > 0 {
+                        let n = ir.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        let n = n.min(left as usize);
+                        ow.write_all(&buf[..n]).await.unwrap();
+                        left -= n as u64;
+                    }
+                };
+                tokio::select! {
+                    _ = forward => {}
+                    _ = tokio::io::copy(&mut or, &mut iw) => {}
+                }
+            });
+        }
+    });
+    let done = a.send_snapshot(2, chunks(&file)).unwrap();
+    assert_eq!(
+        next_snapshot(&mut b_rx).await,
+        (1, meta(9), file_bytes(&file))
+    );
+    assert_eq!(
+        timeout(Duration::from_secs(10), done)
+            .await
+            .unwrap()
+            .unwrap(),
+        Ok(())
+    );
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.reconnects, 1, "{sa:?}");
+    // Restarting would have received the first part twice. (The sender's count says less:
+    // it includes whatever the socket buffers swallowed before the cut was noticed.)
+    assert_eq!(sb.snapshot_bytes_received, total, "{sb:?}");
+    proxy_task.abort();
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// Large payloads take the zero-copy paths (vectored write, sliced decode) and must arrive
@@ -919,25 +1061,18 @@ async fn slow_snapshot_is_not_taken_for_an_idle_connection() {
     ca.idle_timeout_ms = 200;
     ca.snapshot_bytes_per_sec_max = 100_000;
     ca.snapshot_chunk_bytes = 40_000; // 0.4 s apart at this rate, were they not shrunk
-    let mut cb = config(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cb = receiver_config(2, dir.path());
     cb.idle_timeout_ms = 200;
     let (a, _a_rx) = start(ca).await;
     let (b, mut b_rx) = start(cb).await;
     a.add_peer(2, b.local_addr());
     b.add_peer(1, a.local_addr());
-    let data = snapshot_bytes(50_000); // ~0.5 s at 100 kB/s
-    let done = a.send_snapshot(2, meta(4), data.clone()).unwrap();
-    let got = timeout(Duration::from_secs(10), b_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let file = snapshot_file(&dir.path().join("a"), meta(4), 50_000, 10_000); // ~0.5 s at 100 kB/s
+    let done = a.send_snapshot(2, chunks(&file)).unwrap();
     assert_eq!(
-        got,
-        Incoming::Snapshot {
-            from: 1,
-            meta: meta(4),
-            data
-        }
+        next_snapshot(&mut b_rx).await,
+        (1, meta(4), file_bytes(&file))
     );
     assert_eq!(done.await.unwrap(), Ok(()));
     assert_eq!(b.stats().errors(ConnErrorKind::IdleTimeout), 0);

@@ -18,6 +18,8 @@ pub const MEMBER_STATUS_TIMEOUT_MS: u64 = 1_500;
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Members listed by `status --cluster` at most (a bound on the requests it sends).
 const MEMBERS_LISTED_MAX: usize = 64;
+/// Time a TCP connect to a given address has in the check that something listens there.
+const CONNECT_PROBE_TIMEOUT_MS: u64 = 500;
 
 /// The commands that talk to a running cluster.
 #[derive(Subcommand, Debug)]
@@ -292,6 +294,30 @@ pub fn client(
         );
     }
     Ok(Client::new(config))
+}
+
+/// Fails at once, saying what to do, when every address refuses the connection: nothing
+/// listens there, and retrying (the client retries for seconds, which helps through an
+/// election) cannot change that. Any other outcome (one accepts, a timeout, a name that
+/// does not resolve) leaves it to the client and its retries.
+async fn refuse_if_nothing_listens(addrs: &[String]) -> Result<(), String> {
+    let probes = addrs.iter().map(|a| async move {
+        let timeout = Duration::from_millis(CONNECT_PROBE_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a.as_str())).await {
+            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    });
+    let refused = futures::future::join_all(probes).await;
+    if refused.is_empty() || refused.contains(&false) {
+        return Ok(());
+    }
+    Err(format!(
+        "nothing listens at {} (connection refused): start the node (`raft-node run`, or \
+         `raft-node dev restart N` in a dev cluster), or give --addr a running node's client \
+         port (`raft-node dev status` lists a dev cluster's)",
+        addrs.join(", ")
+    ))
 }
 
 /// A client error in words that say what to do.
@@ -581,6 +607,7 @@ pub async fn main(cmd: ClientCmd) -> Result<Exit, String> {
                 }
                 return Ok(Exit::Ok);
             }
+            refuse_if_nothing_listens(&r.addrs).await?;
             let c = client(
                 &r.addrs,
                 &r.login,
@@ -599,6 +626,7 @@ pub async fn main(cmd: ClientCmd) -> Result<Exit, String> {
         }
         ClientCmd::Get { key, target } => {
             let r = target.resolve()?;
+            refuse_if_nothing_listens(&r.addrs).await?;
             let c = client(&r.addrs, &r.login, REQUEST_TIMEOUT_MS, 50)?;
             match c.get(key.clone()).await.map_err(explain)? {
                 Some(v) => {
@@ -616,6 +644,7 @@ pub async fn main(cmd: ClientCmd) -> Result<Exit, String> {
         }
         ClientCmd::Set { key, value, target } => {
             let r = target.resolve()?;
+            refuse_if_nothing_listens(&r.addrs).await?;
             let c = client(&r.addrs, &r.login, REQUEST_TIMEOUT_MS, 50)?;
             c.set(key, value).await.map_err(explain)?;
             println!("OK");
@@ -623,6 +652,7 @@ pub async fn main(cmd: ClientCmd) -> Result<Exit, String> {
         }
         ClientCmd::Del { keys, target } => {
             let r = target.resolve()?;
+            refuse_if_nothing_listens(&r.addrs).await?;
             let c = client(&r.addrs, &r.login, REQUEST_TIMEOUT_MS, 50)?;
             let keys = keys.into_iter().map(bytes::Bytes::from).collect();
             let n = c.del(keys).await.map_err(explain)?;
@@ -631,6 +661,7 @@ pub async fn main(cmd: ClientCmd) -> Result<Exit, String> {
         }
         ClientCmd::Admin { target, op } => {
             let r = target.resolve()?;
+            refuse_if_nothing_listens(&r.addrs).await?;
             let c = client(&r.addrs, &r.login, REQUEST_TIMEOUT_MS, 50)?;
             let result = match op {
                 AdminCmd::TransferLeader { id } => c.transfer_leader(id).await,

@@ -424,8 +424,23 @@ fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// Restores SIGPIPE's default action, so that a command whose output goes to a closed pipe
+/// (`raft-node dev status | head -1`) ends quietly, as coreutils do, instead of panicking in
+/// `println!` on EPIPE (Rust ignores SIGPIPE before `main`). Not for `run`: a node writes to
+/// sockets that peers close. Sockets are written with MSG_NOSIGNAL by std (and so by tokio),
+/// so the client commands' connections never raise it either.
+fn exit_quietly_on_broken_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; called before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Run(_)) {
+        exit_quietly_on_broken_pipe();
+    }
     // `run` reads its configuration first: it says how many threads the runtime gets, and
     // its file may set the logging.
     let mut run_config = match &cli.command {

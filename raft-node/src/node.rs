@@ -71,23 +71,30 @@ impl DirLock {
     }
 }
 
-/// Opens `DATA_DIR/snapshots` and restores the state machine from the newest valid snapshot
-/// that the log can continue from.
-fn open_snapshots<S: NodeStore, M: HostedMachine>(
-    config: &NodeConfig,
-    store: &S,
-    mut sm: M,
-) -> Result<(SnapshotStore, M), ConfigError> {
+/// Opens `DATA_DIR/snapshots`, where the node writes its snapshots and the transport
+/// receives the leader's. With the log in memory, an earlier run's snapshots are cleared
+/// first: the log starts empty on every run, so they describe a history this node no longer
+/// has, and keeping them would apply entries twice.
+fn open_snapshot_store(config: &NodeConfig) -> Result<SnapshotStore, ConfigError> {
     let field = |m: String| ConfigError::new("data_dir", m);
     let dir = config.data_dir.join("snapshots");
-    if !store.is_durable() && dir.exists() {
-        // The log starts empty on every run, so an earlier run's snapshots describe a
-        // history this node no longer has; keeping them would apply entries twice.
+    if config.storage == StorageKind::Memory && dir.exists() {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| field(format!("cannot clear {}: {e}", dir.display())))?;
     }
     let (snapshots, _report) = SnapshotStore::open(&dir, SnapshotStoreConfig::default())
         .map_err(|e| field(format!("snapshot store: {e}")))?;
+    Ok(snapshots)
+}
+
+/// Restores the state machine from the newest valid snapshot that the log can continue
+/// from.
+fn restore_snapshot<S: NodeStore, M: HostedMachine>(
+    snapshots: &SnapshotStore,
+    store: &S,
+    mut sm: M,
+) -> Result<M, ConfigError> {
+    let field = |m: String| ConfigError::new("data_dir", m);
     let latest = snapshots
         .open_latest()
         .map_err(|e| field(format!("snapshot store: {e}")))?;
@@ -106,11 +113,12 @@ fn open_snapshots<S: NodeStore, M: HostedMachine>(
             sm.applied_index()
         )));
     }
-    Ok((snapshots, sm))
+    Ok(sm)
 }
 
 /// What the runtime gets whatever the log.
 struct SharedParts {
+    snapshots: SnapshotStore,
     transport: Arc<dyn PeerTransport>,
     inbound: mpsc::Receiver<Inbound>,
     client_addrs: HashMap<u64, String>,
@@ -126,7 +134,8 @@ fn spawn_runtime<S: NodeStore, M: HostedMachine>(
     machine: M,
     parts: SharedParts,
 ) -> Result<(NodeHandle, JoinHandle<()>), ConfigError> {
-    let (snapshots, state_machine) = open_snapshots(config, &store, machine)?;
+    let snapshots = parts.snapshots;
+    let state_machine = restore_snapshot(&snapshots, &store, machine)?;
     let snapshot_policy = SnapshotPolicy {
         entries_since_snapshot_max: config.snapshot_entries_max,
         trailing_margin_entries: config.snapshot_log_margin_entries,
@@ -273,6 +282,7 @@ impl RunningNode {
             .filter(|p| p.id != config.id)
             .map(|p| (p.id, p.addr.clone()))
             .collect();
+        let snapshots = open_snapshot_store(&config)?;
         let transport = NetTransport::start(
             config.id,
             cluster_id,
@@ -280,6 +290,7 @@ impl RunningNode {
             peer_addr,
             others,
             inbound_tx,
+            snapshots.clone(),
             shutdown_rx.clone(),
         )
         .await
@@ -294,6 +305,7 @@ impl RunningNode {
 
         let transport: Arc<dyn PeerTransport> = Arc::new(transport);
         let parts = SharedParts {
+            snapshots,
             transport,
             inbound: inbound_rx,
             client_addrs: client_addrs.clone(),

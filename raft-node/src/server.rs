@@ -598,6 +598,24 @@ async fn serve_resp<S>(
                     )
                     .await;
                 }
+                if served.is_ok() && !subscribing.is_empty() && session.in_multi() {
+                    // Inside MULTI a subscription is refused by the session (it aborts the
+                    // transaction); what follows it is served as usual.
+                    let mut rest = subscribing;
+                    let refused = vec![rest.remove(0)];
+                    served = serve_resp_batch(
+                        &router,
+                        &mut session,
+                        &mut stream,
+                        &mut out,
+                        refused,
+                        lane,
+                        &limits,
+                    )
+                    .await;
+                    pending = rest;
+                    continue;
+                }
                 if served.is_ok() && !subscribing.is_empty() {
                     served = out.flush(&mut stream).await;
                     if served.is_ok() {
@@ -605,12 +623,13 @@ async fn serve_resp<S>(
                             &mut stream,
                             &mut buf,
                             &mut parser,
-                            &session,
+                            &mut session,
                             &router,
                             &conn,
                             &mut out,
                             &mut shutdown,
                             subscribing,
+                            lane,
                         )
                         .await
                         {

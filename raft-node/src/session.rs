@@ -164,8 +164,6 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 pub struct RespSession {
     auth: Arc<Auth>,
     session: Session,
-    /// Who the connection was when it opened, which `RESET` returns to.
-    initial: Session,
     id: u64,
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
@@ -190,7 +188,6 @@ impl RespSession {
     pub fn new(auth: Arc<Auth>, session: Session) -> RespSession {
         let s = RespSession {
             auth,
-            initial: session.clone(),
             session,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             name: None,
@@ -221,6 +218,11 @@ impl RespSession {
     /// The protocol the connection's replies are encoded in now.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// Whether a MULTI is open (commands are queued, not run).
+    pub fn in_multi(&self) -> bool {
+        self.multi.is_some()
     }
 
     /// This connection's ID (`CLIENT ID`).
@@ -365,7 +367,14 @@ impl RespSession {
                 return ok();
             }
             "MULTI" => return error("ERR MULTI calls can not be nested"),
-            "WATCH" => return self.refuse("ERR WATCH inside MULTI is not allowed"),
+            // Redis' text; as in Redis (7.0.15, measured) the transaction goes on.
+            "WATCH" => return error("ERR WATCH inside MULTI is not allowed"),
+            // Redis queues these and its EXEC reply then holds one entry per command but a
+            // push per channel, which no client can parse (redis/redis#12207): refused
+            // here, which aborts the transaction as every refusal while queueing does.
+            "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "WATCHLOG" => {
+                return self.refuse(format!("ERR {name} inside MULTI is not allowed"))
+            }
             _ => {}
         }
         let allowed = match spec.group {
@@ -420,11 +429,13 @@ impl RespSession {
         std::mem::take(&mut self.watched)
     }
 
-    /// `RESET`: back to how the connection opened: RESP2, no name, no transaction, and
-    /// the login it started with (none when authentication is on and no client
-    /// certificate logged it in).
+    /// `RESET`: RESP2, no name, no transaction, no watch, and logged in as the `default`
+    /// user as Redis does: authenticated only if that user needs no password (no
+    /// authentication configured), so with authentication on the connection is logged
+    /// out, whoever it was (a client certificate's login included). Subscribe mode ends
+    /// too (`server/pubsub.rs`).
     fn reset(&mut self) -> Parsed {
-        self.session = self.initial.clone();
+        self.session = Session::new(&self.auth);
         self.protocol = Protocol::Resp2;
         self.name = None;
         self.multi = None;

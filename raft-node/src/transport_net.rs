@@ -3,9 +3,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use raft_core::{Message, MessageBody, NodeId};
 use raft_net::{Incoming, Transport, TransportConfig, TransportHandle};
+use raft_snapshot::{SnapshotChunks, SnapshotStore};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
@@ -23,7 +23,7 @@ impl From<Incoming> for Inbound {
     fn from(incoming: Incoming) -> Self {
         match incoming {
             Incoming::Messages(batch) => Inbound::Messages(batch),
-            Incoming::Snapshot { meta, data, .. } => Inbound::SnapshotBody { meta, body: data },
+            Incoming::Snapshot { meta, file, .. } => Inbound::Snapshot { meta, file },
         }
     }
 }
@@ -31,7 +31,9 @@ impl From<Incoming> for Inbound {
 impl NetTransport {
     /// Starts raft-net on `listen`, delivering what it receives straight into `inbound`
     /// (raft-net's readers send into it; when it is full they stop reading and TCP pushes
-    /// back on the peers), until `shutdown`.
+    /// back on the peers), until `shutdown`. Snapshots from peers are received into
+    /// `snapshots`.
+    #[allow(clippy::too_many_arguments)] // each is one of the node's own settings
     pub async fn start(
         id: NodeId,
         cluster_id: u128,
@@ -39,9 +41,11 @@ impl NetTransport {
         listen: SocketAddr,
         peers: Vec<(NodeId, raft_net::PeerAddr)>,
         inbound: mpsc::Sender<Inbound>,
+        snapshots: SnapshotStore,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<NetTransport> {
         let mut config = TransportConfig::new(id, cluster_id, listen);
+        config.snapshot_store = Some(snapshots);
         config.peers = peers.into_iter().collect();
         config.tls = tls;
         // `inbound`'s bound now counts batches: small ones keep the messages it can hold
@@ -70,13 +74,20 @@ impl PeerTransport for NetTransport {
         let _ = self.handle.send(msg);
     }
 
-    fn send_snapshot(&self, msg: Message, body: Bytes) -> Result<(), String> {
+    fn send_snapshot(&self, msg: Message, chunks: SnapshotChunks) -> Result<(), String> {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
             return Err("not an InstallSnapshot message".into());
         };
+        let file_meta = &chunks.header().meta;
+        if (file_meta.index, file_meta.term) != (meta.index, meta.term) {
+            return Err(format!(
+                "the message names snapshot {}/{}, the file is {}/{}",
+                meta.index, meta.term, file_meta.index, file_meta.term
+            ));
+        }
         let done = self
             .handle
-            .send_snapshot(msg.to, meta.clone(), body)
+            .send_snapshot(msg.to, chunks)
             .map_err(|e| e.to_string())?;
         // The message follows the body, so the receiver holds the body when it steps it.
         let handle = self.handle.clone();

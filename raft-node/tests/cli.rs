@@ -24,6 +24,41 @@ fn cli(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Runs `raft-node ARGS` with its stdout a pipe whose read end is closed before it starts
+/// (as `| head -1` leaves it once head has exited), bounded in time; its exit status and
+/// stderr.
+fn run_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills both descriptors, each owned once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let mut child = std::process::Command::new(common::BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn raft-node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("raft-node {args:?} into a closed pipe did not end within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 /// Runs `args` until it succeeds (an election may still be under way), at most 20 s.
 fn cli_ok(cluster: &DevCluster, args: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -54,6 +89,27 @@ fn status_get_set_del_through_the_running_dev_cluster() {
         cli_ok(&cluster, &["del", "greeting", "nothing-here"]).trim(),
         "1"
     );
+
+    // Output into a closed pipe (`raft-node dev status | head -1`): a quiet end by
+    // SIGPIPE, as coreutils', not a panic on EPIPE (which this was).
+    let dir = cluster.data_dir();
+    let dir = dir.to_str().unwrap();
+    for args in [
+        &["dev", "status", "--data-dir", dir][..],
+        &["status", "--dev-data-dir", dir],
+        &["status", "--dev-data-dir", dir, "--cluster"],
+        &["status", "--dev-data-dir", dir, "-o", "json"],
+        &["set", "--dev-data-dir", dir, "k", "v"],
+        &["--help"],
+    ] {
+        let (status, err) = run_into_closed_pipe(args);
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.signal() == Some(libc::SIGPIPE) || status.success(),
+            "raft-node {args:?} | (closed): {status:?}\n{err}"
+        );
+        assert!(!err.contains("panicked"), "raft-node {args:?}: {err}");
+    }
 
     // One node, found through the dev cluster's state file.
     let one = cli_ok(&cluster, &["status"]);
@@ -171,6 +227,27 @@ fn errors_say_what_to_do() {
     for id in [2, 3] {
         let out = cluster.dev(&["kill", &id.to_string()]);
         assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // A node that is down: refused at once (no retrying a refused connection for
+    // seconds), saying what to do.
+    let two = cluster.client_addr(2).to_string();
+    for args in [
+        &["get", "k", "--addr", &two][..],
+        &["status", "--addr", &two],
+    ] {
+        let started = Instant::now();
+        let out = cli(&cluster, args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("nothing listens") && err.contains("dev restart"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let err = loop {

@@ -650,8 +650,33 @@ fn anti_entropy_is_quiet_on_a_healthy_cluster() {
     runtime().block_on(async {
         cluster.wait_leader(Duration::from_secs(15)).await;
         let client = cluster.client();
-        for i in 0..60 {
-            client.set(format!("k{i}"), format!("{i}")).await.unwrap();
+        // Ten writes at a time, each batch's digest taken on every node before the next: a
+        // node skips a digest index while its previous digest is still being hashed, and
+        // on a loaded machine 60 writes at once left every node with its first digest only,
+        // so the leader never had the later indexes to compare.
+        for batch in 0..6 {
+            for i in batch * 10..(batch + 1) * 10 {
+                client.set(format!("k{i}"), format!("{i}")).await.unwrap();
+            }
+            let multiple = client.status().await.unwrap().commit_index / 10 * 10;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let all = statuses_json(&cluster).await;
+                let digested = |s: &serde_json::Value| {
+                    s["digests"].as_array().is_some_and(|d| {
+                        d.iter()
+                            .any(|d| d["index"].as_u64().is_some_and(|i| i >= multiple))
+                    })
+                };
+                if all.len() == 3 && all.iter().all(digested) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no digest at {multiple} on every node: {all:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let target = client.status().await.unwrap().commit_index / 10 * 10;
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -8,34 +8,20 @@
 //!   `snapshots_kept_max` kept, corrupt ones quarantined and skipped
 //!   ([`SnapshotStore::open_latest`]). The file format is described in [`mod@format`].
 //! - [`SnapshotChunks`] and [`SnapshotAssembler`]: the file side of installing a snapshot
-//!   on a follower, chunk by chunk, resumable, installed atomically.
+//!   on a follower, chunk by chunk, resumable, installed atomically; raft-net's snapshot
+//!   lane carries the chunks.
 //! - [`SnapshotPolicy`] and [`SnapshotTrigger`]: when to snapshot and how far to compact.
 //! - [`StateDigest`], [`DigestReport`], [`compare_digests`], [`DigestLedger`]: anti-entropy.
-//! - [`kv::KvStateMachine`]: a small deterministic example state machine.
 //!
-//! ```
-//! use raft_snapshot::kv::{KvCommand, KvStateMachine};
-//! use raft_snapshot::{restore_state_machine, SnapshotSource, SnapshotStore, StateMachine};
-//! # let dir = std::env::temp_dir().join(format!("raft-snapshot-doc-{}", std::process::id()));
-//! let (store, _report) = SnapshotStore::open(&dir, Default::default()).unwrap();
-//! let mut sm = KvStateMachine::new();
-//! sm.apply(1, &KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode());
-//! let meta = raft_core::SnapshotMeta { index: 1, term: 1, ..Default::default() };
-//! store.write_snapshot(meta, &sm.freeze()).unwrap();
-//!
-//! let latest = store.open_latest().unwrap().snapshot.unwrap();
-//! let mut restored = KvStateMachine::new();
-//! restore_state_machine(latest, &mut restored).unwrap();
-//! assert_eq!(restored.digest(), sm.digest());
-//! # std::fs::remove_dir_all(&dir).unwrap();
-//! ```
+//! `examples/kv` is a small deterministic state machine of this contract, written to a
+//! store and restored (`cargo run -p raft-snapshot --example kv`); raft-node's key-value
+//! machine is the full one.
 
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod error;
 pub mod format;
-pub mod kv;
 pub mod policy;
 pub mod state_machine;
 pub mod store;

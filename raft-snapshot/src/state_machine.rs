@@ -54,7 +54,7 @@ pub trait SnapshotSource {
 /// the apply path, which returns a point-in-time copy; streaming that copy to disk happens
 /// on another thread while `apply` continues. The simplest correct `freeze` clones the
 /// state (the seed's "assume the state is small enough to copy"); persistent or
-/// copy-on-write structures make it O(1), as the example [`crate::kv::KvStateMachine`] does
+/// copy-on-write structures make it O(1), as the example state machine (`examples/kv`) does
 /// with an `Arc` and `Arc::make_mut`.
 pub trait StateMachine: SnapshotSource {
     /// What a command returns to its client. An associated type rather than `Vec<u8>` so

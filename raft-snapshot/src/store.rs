@@ -244,6 +244,14 @@ impl SnapshotStore {
         &self.config
     }
 
+    /// Bytes free for an unprivileged writer on the store's filesystem: what a snapshot
+    /// received from a peer may take at most.
+    pub fn available_bytes(&self) -> Result<u64, SnapshotError> {
+        let st = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| SnapshotError::io(&self.dir, io::Error::from(e)))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Complete snapshot files, oldest first (by index, then term). Not validated.
     pub fn list(&self) -> Result<Vec<SnapshotFile>, SnapshotError> {
         Ok(self.scan()?.finals)

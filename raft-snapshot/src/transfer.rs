@@ -10,11 +10,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use raft_core::{Index, SnapshotMeta, Term};
 
-use crate::error::SnapshotError;
+use crate::error::{CorruptKind, SnapshotError};
 use crate::format::{
     header_bytes_from_prefix, SnapshotHeader, HEADER_BYTES_MAX, HEADER_PREFIX_BYTES,
 };
@@ -23,21 +24,23 @@ use crate::store::{validate_file, FileKind, SnapshotFile, SnapshotStore};
 /// Bound on one transfer chunk, for the sender's and the receiver's memory.
 pub const TRANSFER_CHUNK_BYTES_MAX: usize = 16 << 20;
 
-/// A slice of a snapshot file in flight.
+/// A slice of a snapshot file in flight. `D` is whatever holds the bytes: a `Vec<u8>` as
+/// read from the file, or the transport's own buffer type on the receiving side, so that
+/// the receiver checks and writes a chunk where it landed, without copying it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TransferChunk {
+pub struct TransferChunk<D = Vec<u8>> {
     /// Offset of `data` in the snapshot file.
     pub offset: u64,
     /// The file's bytes from `offset` on.
-    pub data: Vec<u8>,
+    pub data: D,
     /// CRC32 of `data`.
     pub crc32: u32,
 }
 
-impl TransferChunk {
+impl<D: AsRef<[u8]>> TransferChunk<D> {
     /// A chunk of `data` at `offset`, with its CRC computed.
-    pub fn new(offset: u64, data: Vec<u8>) -> Self {
-        let crc32 = crc32fast::hash(&data);
+    pub fn new(offset: u64, data: D) -> Self {
+        let crc32 = crc32fast::hash(data.as_ref());
         TransferChunk {
             offset,
             data,
@@ -47,7 +50,7 @@ impl TransferChunk {
 
     /// Checks `data` against `crc32`.
     pub fn verify(&self) -> Result<(), SnapshotError> {
-        let computed = crc32fast::hash(&self.data);
+        let computed = crc32fast::hash(self.data.as_ref());
         if computed != self.crc32 {
             return Err(SnapshotError::TransferChunkCrc {
                 offset: self.offset,
@@ -59,42 +62,104 @@ impl TransferChunk {
     }
 }
 
-/// Iterates a snapshot file as [`TransferChunk`]s of `chunk_bytes`, from a resume offset.
+/// The sending side: a snapshot file opened once, read as [`TransferChunk`]s at any offset.
+///
+/// The file stays open for the whole transfer, so a retention pass deleting it from the
+/// store meanwhile does not cut a transfer short (resumes included). Reads are positioned
+/// (`pread`), so one `SnapshotChunks` can serve any offset from any thread; as an
+/// [`Iterator`] it yields the chunks from the offset it was opened at.
 #[derive(Debug)]
 pub struct SnapshotChunks {
     path: PathBuf,
     file: File,
+    header: SnapshotHeader,
     offset: u64,
     total_bytes: u64,
     chunk_bytes: usize,
 }
 
 impl SnapshotChunks {
-    /// `chunk_bytes` is clamped to `1..=TRANSFER_CHUNK_BYTES_MAX`; `from_offset` beyond the
-    /// end yields nothing.
+    /// Opens `file` and checks its header and length (not its body: the receiver checks
+    /// every byte before it installs the file). `chunk_bytes` (for the iterator) is clamped
+    /// to `1..=TRANSFER_CHUNK_BYTES_MAX`; `from_offset` beyond the end yields nothing.
     pub fn open(
         file: &SnapshotFile,
         from_offset: u64,
         chunk_bytes: usize,
     ) -> Result<SnapshotChunks, SnapshotError> {
         let path = file.path.clone();
-        let mut f = File::open(&path).map_err(|e| SnapshotError::io(&path, e))?;
+        let f = File::open(&path).map_err(|e| SnapshotError::io(&path, e))?;
         let total_bytes = f.metadata().map_err(|e| SnapshotError::io(&path, e))?.len();
-        let offset = from_offset.min(total_bytes);
-        f.seek(SeekFrom::Start(offset))
+        let mut prefix = vec![0u8; (HEADER_PREFIX_BYTES as u64).min(total_bytes) as usize];
+        f.read_exact_at(&mut prefix, 0)
             .map_err(|e| SnapshotError::io(&path, e))?;
+        let header_bytes = header_bytes_from_prefix(&prefix, &path)?;
+        if (header_bytes as u64) > total_bytes {
+            return Err(SnapshotError::corrupt(
+                &path,
+                total_bytes,
+                CorruptKind::Truncated,
+            ));
+        }
+        let mut header_buf = vec![0u8; header_bytes];
+        f.read_exact_at(&mut header_buf, 0)
+            .map_err(|e| SnapshotError::io(&path, e))?;
+        let header = SnapshotHeader::decode(&header_buf, &path)?;
+        if header.file_bytes() != total_bytes {
+            let kind = if total_bytes < header.file_bytes() {
+                CorruptKind::Truncated
+            } else {
+                CorruptKind::TrailingBytes
+            };
+            return Err(SnapshotError::corrupt(
+                &path,
+                total_bytes.min(header.file_bytes()),
+                kind,
+            ));
+        }
         Ok(SnapshotChunks {
             path,
             file: f,
-            offset,
+            header,
+            offset: from_offset.min(total_bytes),
             total_bytes,
             chunk_bytes: chunk_bytes.clamp(1, TRANSFER_CHUNK_BYTES_MAX),
         })
     }
 
+    /// The file's header: the snapshot's metadata is `header().meta`.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// The file being sent.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The file's length: the offset at which the transfer is complete.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// The chunk at `offset`: `chunk_bytes` (clamped to `1..=TRANSFER_CHUNK_BYTES_MAX`) or
+    /// what is left of the file. `offset` at or past the end is an error.
+    pub fn read_at(&self, offset: u64, chunk_bytes: usize) -> Result<TransferChunk, SnapshotError> {
+        if offset >= self.total_bytes {
+            return Err(SnapshotError::TransferOverrun {
+                offset,
+                total_bytes: self.total_bytes,
+            });
+        }
+        let chunk_bytes = chunk_bytes.clamp(1, TRANSFER_CHUNK_BYTES_MAX) as u64;
+        let len = (self.total_bytes - offset).min(chunk_bytes) as usize;
+        let mut data = vec![0u8; len];
+        // The file is immutable once installed; a short read means someone else changed
+        // it. Fail rather than send garbage.
+        self.file
+            .read_exact_at(&mut data, offset)
+            .map_err(|e| SnapshotError::io(&self.path, e))?;
+        Ok(TransferChunk::new(offset, data))
     }
 }
 
@@ -105,17 +170,12 @@ impl Iterator for SnapshotChunks {
         if self.offset >= self.total_bytes {
             return None;
         }
-        let len = (self.total_bytes - self.offset).min(self.chunk_bytes as u64) as usize;
-        let mut data = vec![0u8; len];
-        if let Err(e) = self.file.read_exact(&mut data) {
-            // The file is immutable once installed; a short read means someone else
-            // changed it. Stop rather than send garbage.
-            self.offset = self.total_bytes;
-            return Some(Err(SnapshotError::io(&self.path, e)));
+        let chunk = self.read_at(self.offset, self.chunk_bytes);
+        match &chunk {
+            Ok(c) => self.offset += c.data.len() as u64,
+            Err(_) => self.offset = self.total_bytes,
         }
-        let chunk = TransferChunk::new(self.offset, data);
-        self.offset += len as u64;
-        Some(Ok(chunk))
+        Some(chunk)
     }
 }
 
@@ -248,11 +308,15 @@ impl SnapshotAssembler {
     /// Out-of-order and damaged chunks are rejected without effect (the transfer can go on
     /// from `next_offset`). A header that does not describe the expected snapshot, or a
     /// body beyond `body_bytes_max`, discards the partial file and restarts at offset 0.
-    pub fn accept(&mut self, chunk: &TransferChunk) -> Result<AssemblyProgress, SnapshotError> {
-        if chunk.data.is_empty() || chunk.data.len() > TRANSFER_CHUNK_BYTES_MAX {
+    pub fn accept<D: AsRef<[u8]>>(
+        &mut self,
+        chunk: &TransferChunk<D>,
+    ) -> Result<AssemblyProgress, SnapshotError> {
+        let data = chunk.data.as_ref();
+        if data.is_empty() || data.len() > TRANSFER_CHUNK_BYTES_MAX {
             return Err(SnapshotError::TransferChunkSize {
                 offset: chunk.offset,
-                len_bytes: chunk.data.len(),
+                len_bytes: data.len(),
                 bound_bytes: TRANSFER_CHUNK_BYTES_MAX,
             });
         }
@@ -263,7 +327,7 @@ impl SnapshotAssembler {
             });
         }
         chunk.verify()?;
-        let end = chunk.offset + chunk.data.len() as u64;
+        let end = chunk.offset + data.len() as u64;
         if let Some(total_bytes) = self.total_bytes {
             if end > total_bytes {
                 return Err(SnapshotError::TransferOverrun {
@@ -272,7 +336,7 @@ impl SnapshotAssembler {
                 });
             }
         }
-        if let Err(e) = self.file.write_all(&chunk.data) {
+        if let Err(e) = self.file.write_all(data) {
             // The file position is now unknown: start over rather than guess.
             let _ = self.reset();
             return Err(SnapshotError::io(&self.path, e));
@@ -280,8 +344,8 @@ impl SnapshotAssembler {
         self.next_offset = end;
         if self.total_bytes.is_none() {
             let wanted = HEADER_BYTES_MAX.saturating_sub(self.header_prefix.len());
-            let take = wanted.min(chunk.data.len());
-            self.header_prefix.extend_from_slice(&chunk.data[..take]);
+            let take = wanted.min(data.len());
+            self.header_prefix.extend_from_slice(&data[..take]);
             let decoded = self.try_decode_header();
             let total_bytes = self.total_bytes;
             let overrun = total_bytes.is_some_and(|t| end > t);

@@ -1,13 +1,18 @@
 //! Snapshot files end to end: round trips, corruption, truncation, retention, recovery of
 //! the directory, transfer and assembly, anti-entropy over real state machines.
 
+/// The example key-value state machine (`examples/kv`), the state these tests write; its
+/// own unit tests run here too.
+#[path = "../examples/kv/machine.rs"]
+mod kv;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use kv::{KvCommand, KvStateMachine};
 use proptest::prelude::*;
 use raft_core::{Index, Membership, SnapshotMeta};
-use raft_snapshot::kv::{KvCommand, KvStateMachine};
 use raft_snapshot::{
     compare_digests, restore_state_machine, CorruptKind, DigestReport, DigestVerdict,
     SnapshotChunks, SnapshotError, SnapshotReader, SnapshotSource, SnapshotStore,
@@ -792,4 +797,38 @@ fn a_resumed_receive_from_a_different_file_is_detected() {
         assert!(mixed.finish().unwrap_err().is_corrupt());
     }
     assert!(follower.list().unwrap().is_empty());
+}
+
+#[test]
+fn chunks_are_read_at_any_offset_from_a_file_whose_header_and_length_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = SnapshotStore::open(dir.path(), config(100, 3)).unwrap();
+    let file = store
+        .write_snapshot(meta(50), &kv_state(50, 3).freeze())
+        .unwrap();
+    let bytes = fs::read(&file.path).unwrap();
+    let chunks = SnapshotChunks::open(&file, 0, 0).unwrap();
+    assert_eq!(chunks.header().meta, meta(50));
+    assert_eq!(chunks.total_bytes(), bytes.len() as u64);
+    // Positioned reads: any offset, any order, the last one short.
+    let last = bytes.len() as u64 - 10;
+    for (offset, len) in [(last, 10), (0, 64), (7, 64)] {
+        let chunk = chunks.read_at(offset, 64).unwrap();
+        assert_eq!(chunk.data, bytes[offset as usize..][..len]);
+        chunk.verify().unwrap();
+    }
+    assert!(matches!(
+        chunks.read_at(bytes.len() as u64, 64),
+        Err(SnapshotError::TransferOverrun { .. })
+    ));
+    // The file stays readable through the open handle once the store deletes it.
+    fs::remove_file(&file.path).unwrap();
+    assert_eq!(chunks.read_at(0, 16).unwrap().data, bytes[..16]);
+    // A file cut short is refused at open, naming the file.
+    fs::write(&file.path, &bytes[..bytes.len() - 1]).unwrap();
+    let err = SnapshotChunks::open(&file, 0, 0).unwrap_err();
+    assert!(
+        matches!(corrupt_path(&err), (p, _, CorruptKind::Truncated) if p == file.path),
+        "{err}"
+    );
 }

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use raft_core::{Message, NodeId, SnapshotMeta};
+use raft_snapshot::{SnapshotChunks, SnapshotFile};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -42,7 +42,7 @@ use rustls::pki_types::CertificateDer;
 
 use inbound::accept_loop;
 use outbound::{message_writer, write_direct, Outbox};
-use snapshot_lane::{snapshot_writer, OutSnapshot, PartialSnapshot};
+use snapshot_lane::{snapshot_writer, OutSnapshot};
 
 /// What the transport hands to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,15 +51,17 @@ pub enum Incoming {
     /// connection: every whole frame a read brought in, at most
     /// [`TransportConfig::incoming_batch_messages_max`] of them, never empty.
     Messages(Vec<Message>),
-    /// A snapshot whose every byte arrived and whose CRC32 matched. Pair it with the
-    /// `InstallSnapshot` message carrying the same `meta`.
+    /// A snapshot file received whole into [`TransportConfig::snapshot_store`], every chunk's
+    /// CRC32 and then the whole file (header, chunk CRCs, body digest, length) checked, and
+    /// installed there under its final name. Pair it with the `InstallSnapshot` message
+    /// carrying the same `meta`. The state digest is checked when the host restores it.
     Snapshot {
         /// The sending peer.
         from: NodeId,
         /// The snapshot's index, term and membership, as the sender offered them.
         meta: SnapshotMeta,
-        /// The snapshot's bytes.
-        data: Bytes,
+        /// The installed file.
+        file: SnapshotFile,
     },
 }
 
@@ -94,6 +96,9 @@ pub enum SnapshotSendError {
     /// The peer was removed or the transport shut down.
     #[error("the peer was removed or the transport shut down")]
     Cancelled,
+    /// Reading the snapshot file failed on this side.
+    #[error("reading the snapshot file: {0}")]
+    Source(String),
 }
 
 /// The host's channel, whatever its item type: readers send into it directly, with no
@@ -215,7 +220,11 @@ struct Shared {
     incoming: Box<dyn Sink>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    partial_snapshots: Mutex<HashMap<NodeId, PartialSnapshot>>,
+    /// The inbound snapshot connection allowed to write into the snapshot store: a newer
+    /// offer cancels the older connection and takes this once it let go (one `.recv` file
+    /// has one writer).
+    receiving: tokio::sync::Mutex<()>,
+    receiving_cancel: Mutex<Option<CancellationToken>>,
     /// The current inbound message connection per peer: a newer one closes the older, so a
     /// peer holds at most one accepted connection (and at most one we dialled).
     inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
@@ -304,7 +313,8 @@ impl Transport {
             incoming: Box::new(incoming),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
-            partial_snapshots: Mutex::new(HashMap::new()),
+            receiving: tokio::sync::Mutex::new(()),
+            receiving_cancel: Mutex::new(None),
             inbound_messages: Mutex::new(HashMap::new()),
             conn_seq: AtomicU64::new(0),
             snapshot_seq: AtomicU64::new(1),
@@ -413,23 +423,21 @@ impl TransportHandle {
         Ok(())
     }
 
-    /// Stream `data` to `to` on the snapshot lane, beside the messages. Only the latest
-    /// snapshot per peer matters: a pending one is replaced (its receiver gets
+    /// Stream the snapshot file `chunks` was opened on to `to` on the snapshot lane, beside
+    /// the messages, in CRC32-checked chunks read from the file as they go out (a transfer
+    /// holds a few chunks in memory, whatever the file's size). Only the latest snapshot
+    /// per peer matters: a pending one is replaced (its receiver gets
     /// [`SnapshotSendError::Superseded`]). The returned channel tells how it ended.
     pub fn send_snapshot(
         &self,
         to: NodeId,
-        meta: SnapshotMeta,
-        data: Bytes,
+        chunks: SnapshotChunks,
     ) -> Result<oneshot::Receiver<Result<(), SnapshotSendError>>, SendError> {
         let peer = self.peer(to)?;
         let (tx, rx) = oneshot::channel();
-        let crc32 = crc32fast::hash(&data);
         let snap = OutSnapshot {
             id: self.shared.snapshot_seq.fetch_add(1, Relaxed),
-            meta,
-            data,
-            crc32,
+            chunks: Arc::new(chunks),
             done: Some(tx),
         };
         let old = peer.snapshot.lock().unwrap().replace(snap);
@@ -457,7 +465,6 @@ impl TransportHandle {
         if let Some((_, c)) = self.shared.inbound_messages.lock().unwrap().remove(&id) {
             c.cancel();
         }
-        self.shared.partial_snapshots.lock().unwrap().remove(&id);
     }
 
     /// Messages waiting in `to`'s queue.

@@ -1,16 +1,24 @@
 //! The snapshot lane, both directions: a writer task per peer that streams the latest
-//! snapshot in CRC-checked chunks, resuming where the receiver left off, and the receiver
-//! that reassembles and delivers it.
+//! snapshot file in CRC-checked chunks read from it as they go out, resuming where the
+//! receiver left off, and the receiver that writes them into its snapshot store's partial
+//! file (raft-snapshot's [`SnapshotAssembler`]), checks the whole file and installs it.
+//! Either side holds at most two chunks of a transfer in memory: one on the wire, one
+//! being read from or written to the file.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use raft_core::{NodeId, SnapshotMeta};
+use raft_core::NodeId;
+use raft_snapshot::{
+    AssemblyProgress, SnapshotAssembler, SnapshotChunks, SnapshotError, TransferChunk,
+};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::backoff_ms;
@@ -24,22 +32,15 @@ use super::{
     deliver, log_conn_error, write_flush, ConnError, Incoming, Peer, Shared, SnapshotSendError,
 };
 
+/// Before it answers the last chunk the receiver fsyncs the file and reads it all again to
+/// check it: the sender waits that long beyond `idle_timeout_ms`, at this rate or faster.
+const FINISH_BYTES_PER_SEC_MIN: u64 = 16 << 20;
+
 pub(super) struct OutSnapshot {
     pub(super) id: u64,
-    pub(super) meta: SnapshotMeta,
-    pub(super) data: Bytes,
-    pub(super) crc32: u32,
+    /// The file, open for the whole transfer (attempts and resumes included).
+    pub(super) chunks: Arc<SnapshotChunks>,
     pub(super) done: Option<oneshot::Sender<Result<(), SnapshotSendError>>>,
-}
-
-/// A snapshot being received, kept across reconnects so the sender can resume.
-pub(super) struct PartialSnapshot {
-    id: u64,
-    meta: SnapshotMeta,
-    total: u64,
-    crc32: u32,
-    buf: BytesMut,
-    hasher: crc32fast::Hasher,
 }
 
 pub(super) async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
@@ -47,9 +48,9 @@ pub(super) async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let mut connected_before = false;
     loop {
         // Wait for a snapshot to send.
-        let (id, meta, data, crc32) = loop {
+        let (id, chunks) = loop {
             if let Some(s) = peer.snapshot.lock().unwrap().as_ref() {
-                break (s.id, s.meta.clone(), s.data.clone(), s.crc32);
+                break (s.id, s.chunks.clone());
             }
             tokio::select! {
                 _ = peer.cancel.cancelled() => return,
@@ -61,7 +62,7 @@ pub(super) async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
         for attempt in 0..cfg.snapshot_attempts_max {
             let r = tokio::select! {
                 _ = peer.cancel.cancelled() => break,
-                r = stream_snapshot(&shared, &peer, id, &meta, &data, crc32, &mut connected_before) => r,
+                r = stream_snapshot(&shared, &peer, id, &chunks, &mut connected_before) => r,
             };
             match r {
                 Ok(()) => {
@@ -74,6 +75,10 @@ pub(super) async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
                 }
                 Err(SnapshotAttemptError::Refused(reason)) => {
                     outcome = Err(SnapshotSendError::Refused(reason));
+                    break;
+                }
+                Err(SnapshotAttemptError::Source(why)) => {
+                    outcome = Err(SnapshotSendError::Source(why));
                     break;
                 }
                 Err(SnapshotAttemptError::Conn(e)) => {
@@ -123,6 +128,8 @@ enum SnapshotAttemptError {
     Conn(ConnError),
     Superseded,
     Refused(String),
+    /// Reading the local file failed: another attempt would fail alike.
+    Source(String),
 }
 
 impl<E: Into<ConnError>> From<E> for SnapshotAttemptError {
@@ -135,9 +142,7 @@ async fn stream_snapshot(
     shared: &Shared,
     peer: &Peer,
     id: u64,
-    meta: &SnapshotMeta,
-    data: &Bytes,
-    crc32: u32,
+    chunks: &Arc<SnapshotChunks>,
     connected_before: &mut bool,
 ) -> Result<(), SnapshotAttemptError> {
     let cfg = &shared.cfg;
@@ -150,26 +155,27 @@ async fn stream_snapshot(
     let mut rd = rd.map_decoder(|d| d.retype::<SnapshotFrame>(HANDSHAKE_FRAME_BYTES_MAX));
     let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let total = chunks.total_bytes();
     let mut buf = BytesMut::new();
     let offer = SnapshotFrame::Offer {
         snapshot_id: id,
-        meta: meta.clone(),
-        total_bytes: data.len() as u64,
-        crc32,
+        meta: chunks.header().meta.clone(),
+        total_bytes: total,
     };
     encode_frame(&offer, &mut buf, cfg.frame_bytes_max)?;
     timeout(handshake, write_flush(&mut wr, &buf))
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "offer write stalled"))??;
-    let reply = timeout(handshake, rd.next())
+    // The receiver may first wait for an older connection of its own to let go of its file.
+    let reply = timeout(handshake + idle, rd.next())
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "no reply to snapshot offer"))?
         .transpose()?;
-    let mut offset = match reply {
+    let offset = match reply {
         Some(SnapshotFrame::Resume {
             snapshot_id,
             offset,
-        }) if snapshot_id == id && offset <= data.len() as u64 => offset as usize,
+        }) if snapshot_id == id && offset <= total => offset,
         Some(SnapshotFrame::Abort { reason, .. }) => {
             return Err(SnapshotAttemptError::Refused(reason))
         }
@@ -204,31 +210,40 @@ async fn stream_snapshot(
     };
     let started = Instant::now();
     let first = offset;
-    while offset < data.len() {
+    // The next chunk is read from the file while this one is written to the socket.
+    let mut next_read = (offset < total).then(|| read_chunk(chunks, offset, chunk_bytes));
+    while let Some(read) = next_read.take() {
         if peer.snapshot.lock().unwrap().as_ref().map(|s| s.id) != Some(id) {
             return Err(SnapshotAttemptError::Superseded);
         }
+        let chunk = read
+            .await
+            .map_err(|e| SnapshotAttemptError::Source(format!("file reader task: {e}")))?
+            .map_err(|e| SnapshotAttemptError::Source(e.to_string()))?;
+        let len = chunk.data.len() as u64;
+        if chunk.offset + len < total {
+            next_read = Some(read_chunk(chunks, chunk.offset + len, chunk_bytes));
+        }
         if cfg.snapshot_bytes_per_sec_max > 0 {
-            let due = (offset - first) as f64 / cfg.snapshot_bytes_per_sec_max as f64;
+            let due = (chunk.offset - first) as f64 / cfg.snapshot_bytes_per_sec_max as f64;
             sleep_until(started + Duration::from_secs_f64(due)).await;
         }
-        let end = (offset + chunk_bytes).min(data.len());
-        let chunk = data.slice(offset..end);
         let frame = SnapshotFrame::Chunk {
             snapshot_id: id,
-            offset: offset as u64,
-            crc32: crc32fast::hash(&chunk),
-            data: chunk,
+            offset: chunk.offset,
+            crc32: chunk.crc32,
+            data: Bytes::from(chunk.data),
         };
         buf.clear();
         encode_frame(&frame, &mut buf, cfg.frame_bytes_max)?;
+        drop(frame);
         timeout(idle, write_flush(&mut wr, &buf))
             .await
             .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "chunk write stalled"))??;
-        Stats::add(&shared.stats.snapshot_bytes_sent, (end - offset) as u64);
-        offset = end;
+        Stats::add(&shared.stats.snapshot_bytes_sent, len);
     }
-    let reply = timeout(idle, rd.next())
+    let finishing = Duration::from_millis(total.saturating_mul(1000) / FINISH_BYTES_PER_SEC_MIN);
+    let reply = timeout(idle + finishing, rd.next())
         .await
         .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "no reply to last chunk"))?
         .transpose()?;
@@ -244,6 +259,16 @@ async fn stream_snapshot(
     }
 }
 
+/// Reads the chunk at `offset` on a blocking thread (file IO never runs on the runtime).
+fn read_chunk(
+    chunks: &Arc<SnapshotChunks>,
+    offset: u64,
+    chunk_bytes: usize,
+) -> JoinHandle<Result<TransferChunk, SnapshotError>> {
+    let chunks = chunks.clone();
+    tokio::task::spawn_blocking(move || chunks.read_at(offset, chunk_bytes))
+}
+
 fn frame_name(f: &SnapshotFrame) -> &'static str {
     match f {
         SnapshotFrame::Offer { .. } => "Offer",
@@ -254,40 +279,75 @@ fn frame_name(f: &SnapshotFrame) -> &'static str {
     }
 }
 
+/// A chunk being written to the partial file on a blocking thread; it hands the assembler
+/// back with the outcome.
+type PendingWrite = JoinHandle<(SnapshotAssembler, Result<AssemblyProgress, SnapshotError>)>;
+
+/// The snapshot this connection is receiving.
+struct Partial {
+    id: u64,
+    total: u64,
+    /// `None` while a chunk is being written (the write task holds it).
+    assembler: Option<SnapshotAssembler>,
+    /// The end of the chunks accepted so far, written or being written.
+    next_offset: u64,
+    pending: Option<PendingWrite>,
+}
+
 pub(super) async fn receive_snapshots(
     shared: &Arc<Shared>,
     from: NodeId,
     mut rd: FramedRead<Reader, FrameDecoder<SnapshotFrame>>,
     mut wr: Writer,
 ) -> Result<(), ConnError> {
+    let mut receiving = None;
+    let mut partial = None;
+    let cancel = CancellationToken::new();
+    let result = receive_loop(
+        shared,
+        from,
+        &mut rd,
+        &mut wr,
+        &cancel,
+        &mut receiving,
+        &mut partial,
+    )
+    .await;
+    // A chunk write still running ends before another connection may write the file (the
+    // bytes it wrote are kept: the next offer resumes after them).
+    if let Some(p) = partial
+        .as_mut()
+        .and_then(|p: &mut Partial| p.pending.take())
+    {
+        let _ = p.await;
+    }
+    drop(receiving);
+    result
+}
+
+async fn receive_loop<'a>(
+    shared: &'a Arc<Shared>,
+    from: NodeId,
+    rd: &mut FramedRead<Reader, FrameDecoder<SnapshotFrame>>,
+    wr: &mut Writer,
+    cancel: &CancellationToken,
+    receiving: &mut Option<tokio::sync::MutexGuard<'a, ()>>,
+    partial: &mut Option<Partial>,
+) -> Result<(), ConnError> {
     let cfg = &shared.cfg;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let mut out = BytesMut::new();
-    // The snapshot in progress on this connection; put back into `partial_snapshots` if
-    // the connection ends early, so that the next connection resumes it.
-    struct Holder<'a> {
-        shared: &'a Shared,
-        from: NodeId,
-        partial: Option<PartialSnapshot>,
-    }
-    impl Drop for Holder<'_> {
-        fn drop(&mut self) {
-            if let Some(p) = self.partial.take() {
-                self.shared
-                    .partial_snapshots
-                    .lock()
-                    .unwrap()
-                    .insert(self.from, p);
-            }
-        }
-    }
-    let mut holder = Holder {
-        shared,
-        from,
-        partial: None,
-    };
     loop {
-        let frame = match timeout(idle, rd.next()).await {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => {
+                return Err(ConnError::new(
+                    ConnErrorKind::Snapshot,
+                    "a newer snapshot connection took over",
+                ))
+            }
+            next = timeout(idle, rd.next()) => next,
+        };
+        let frame = match next {
             Err(_) => {
                 return Err(ConnError::new(
                     ConnErrorKind::IdleTimeout,
@@ -302,44 +362,82 @@ pub(super) async fn receive_snapshots(
                 snapshot_id,
                 meta,
                 total_bytes,
-                crc32,
             } => {
+                if let Some(p) = partial.as_mut().and_then(|p| p.pending.take()) {
+                    let _ = p.await;
+                }
+                *partial = None;
                 if total_bytes > cfg.snapshot_bytes_max {
                     let reason = format!(
                         "snapshot of {total_bytes} bytes exceeds snapshot_bytes_max {}",
                         cfg.snapshot_bytes_max
                     );
-                    out.clear();
-                    encode_frame(
-                        &SnapshotFrame::Abort {
-                            snapshot_id,
-                            reason: reason.clone(),
-                        },
-                        &mut out,
-                        cfg.frame_bytes_max,
-                    )?;
-                    let _ = timeout(idle, write_flush(&mut wr, &out)).await;
-                    return Err(ConnError::new(ConnErrorKind::Snapshot, reason));
+                    return Err(abort(cfg, wr, snapshot_id, reason).await);
                 }
-                let kept = shared.partial_snapshots.lock().unwrap().remove(&from);
-                let partial = match kept {
-                    Some(p)
-                        if p.id == snapshot_id && p.total == total_bytes && p.crc32 == crc32 =>
-                    {
-                        p
-                    }
-                    _ => PartialSnapshot {
-                        id: snapshot_id,
-                        meta,
-                        total: total_bytes,
-                        crc32,
-                        // Grown as chunks arrive: an offer alone never allocates its size.
-                        buf: BytesMut::new(),
-                        hasher: crc32fast::Hasher::new(),
-                    },
+                let Some(store) = cfg.snapshot_store.clone() else {
+                    let reason = "this node has no snapshot store".to_string();
+                    return Err(abort(cfg, wr, snapshot_id, reason).await);
                 };
-                let offset = partial.buf.len() as u64;
-                holder.partial = Some(partial);
+                if receiving.is_none() {
+                    // One connection at a time writes into the store: the newest offer wins,
+                    // an older connection (most likely dead already) is told to let go.
+                    if let Some(old) = shared
+                        .receiving_cancel
+                        .lock()
+                        .unwrap()
+                        .replace(cancel.clone())
+                    {
+                        old.cancel();
+                    }
+                    let guard = timeout(idle, shared.receiving.lock()).await.map_err(|_| {
+                        ConnError::new(
+                            ConnErrorKind::IdleTimeout,
+                            "an older snapshot connection did not let go",
+                        )
+                    })?;
+                    *receiving = Some(guard);
+                }
+                // Resumes the store's partial file of this snapshot, if any (kept across
+                // connections and restarts); the final check catches a tail that is not
+                // this file's.
+                let opened = tokio::task::spawn_blocking(move || {
+                    let mut asm = store.receive(meta)?;
+                    if asm
+                        .progress()
+                        .total_bytes
+                        .is_some_and(|t| t != total_bytes)
+                    {
+                        asm.restart()?;
+                    }
+                    let free_bytes = store.available_bytes()?;
+                    let needed_bytes = total_bytes - asm.progress().next_offset.min(total_bytes);
+                    if needed_bytes > free_bytes {
+                        let dir = store.dir().display().to_string();
+                        let _ = asm.abort();
+                        return Ok(Err(format!(
+                            "snapshot of {total_bytes} bytes needs {needed_bytes} more bytes, {free_bytes} free in {dir}"
+                        )));
+                    }
+                    Ok(Ok(asm))
+                })
+                .await
+                .map_err(|e| ConnError::new(ConnErrorKind::Snapshot, e.to_string()))?;
+                let asm = match opened {
+                    Ok(Ok(asm)) => asm,
+                    Ok(Err(reason)) => return Err(abort(cfg, wr, snapshot_id, reason).await),
+                    Err(e) => {
+                        let e: SnapshotError = e;
+                        return Err(abort(cfg, wr, snapshot_id, e.to_string()).await);
+                    }
+                };
+                let offset = asm.progress().next_offset;
+                *partial = Some(Partial {
+                    id: snapshot_id,
+                    total: total_bytes,
+                    assembler: Some(asm),
+                    next_offset: offset,
+                    pending: None,
+                });
                 SnapshotFrame::Resume {
                     snapshot_id,
                     offset,
@@ -351,55 +449,68 @@ pub(super) async fn receive_snapshots(
                 crc32,
                 data,
             } => {
-                let Some(p) = holder.partial.as_mut() else {
+                let Some(p) = partial.as_mut() else {
                     return Err(ConnError::new(
                         ConnErrorKind::Protocol,
                         "chunk before offer",
                     ));
                 };
-                if snapshot_id != p.id || offset != p.buf.len() as u64 {
+                if snapshot_id != p.id || offset != p.next_offset {
                     return Err(ConnError::new(
                         ConnErrorKind::Snapshot,
                         format!(
                             "chunk of snapshot {snapshot_id} at {offset}, expected snapshot {} at {}",
-                            p.id,
-                            p.buf.len()
+                            p.id, p.next_offset
                         ),
                     ));
                 }
-                if offset + data.len() as u64 > p.total {
+                let len = data.len() as u64;
+                if len == 0 || offset + len > p.total {
                     return Err(ConnError::new(
                         ConnErrorKind::Snapshot,
-                        "chunk beyond the end",
+                        "empty chunk or chunk beyond the end",
                     ));
                 }
-                if crc32fast::hash(&data) != crc32 {
-                    // Keep what was verified so far; the sender resumes from there.
-                    return Err(ConnError::new(
-                        ConnErrorKind::Snapshot,
-                        "chunk CRC mismatch",
-                    ));
-                }
-                p.buf.extend_from_slice(&data);
-                p.hasher.update(&data);
-                Stats::add(&shared.stats.snapshot_bytes_received, data.len() as u64);
-                if (p.buf.len() as u64) < p.total {
+                let chunk = TransferChunk {
+                    offset,
+                    data,
+                    crc32,
+                };
+                // Checked here too (the assembler checks it again), so that a damaged chunk
+                // closes the connection now rather than when the next one arrives.
+                chunk
+                    .verify()
+                    .map_err(|e| ConnError::new(ConnErrorKind::Snapshot, e.to_string()))?;
+                // The previous chunk's write ends before this one starts: writes stay in
+                // order, and at most one chunk waits for the disk while one is read.
+                await_write(cfg, wr, p).await?;
+                let mut asm = p.assembler.take().expect("no write pending");
+                p.pending = Some(tokio::task::spawn_blocking(move || {
+                    let r = asm.accept(&chunk);
+                    (asm, r)
+                }));
+                p.next_offset = offset + len;
+                Stats::add(&shared.stats.snapshot_bytes_received, len);
+                if p.next_offset < p.total {
                     continue;
                 }
-                let p = holder.partial.take().expect("checked above");
-                if p.hasher.clone().finalize() != p.crc32 {
-                    return Err(ConnError::new(
-                        ConnErrorKind::Snapshot,
-                        "whole-snapshot CRC mismatch; discarded",
-                    ));
-                }
-                Stats::add(&shared.stats.snapshots_received, 1);
-                let incoming = Incoming::Snapshot {
-                    from,
-                    meta: p.meta,
-                    data: p.buf.freeze(),
+                await_write(cfg, wr, p).await?;
+                let p = partial.take().expect("checked above");
+                let asm = p.assembler.expect("no write pending");
+                let meta = asm.header().map(|h| h.meta.clone());
+                let finished = tokio::task::spawn_blocking(move || asm.finish())
+                    .await
+                    .map_err(|e| ConnError::new(ConnErrorKind::Snapshot, e.to_string()))?;
+                let (file, meta) = match (finished, meta) {
+                    (Ok(file), Some(meta)) => (file, meta),
+                    (Err(e), _) => {
+                        let reason = format!("received snapshot failed its check: {e}");
+                        return Err(abort(cfg, wr, p.id, reason).await);
+                    }
+                    (Ok(_), None) => unreachable!("a complete file has a header"),
                 };
-                if !deliver(shared, incoming).await {
+                Stats::add(&shared.stats.snapshots_received, 1);
+                if !deliver(shared, Incoming::Snapshot { from, meta, file }).await {
                     return Ok(());
                 }
                 SnapshotFrame::Done { snapshot_id: p.id }
@@ -413,8 +524,52 @@ pub(super) async fn receive_snapshots(
         };
         out.clear();
         encode_frame(&reply, &mut out, cfg.frame_bytes_max)?;
-        timeout(idle, write_flush(&mut wr, &out))
+        timeout(idle, write_flush(wr, &out))
             .await
             .map_err(|_| ConnError::new(ConnErrorKind::IdleTimeout, "reply write stalled"))??;
     }
+}
+
+/// Waits for the chunk write in flight, if any, and takes its assembler back. A damaged
+/// chunk closes the connection (the sender resumes after the bytes written so far); any
+/// other failure (a header for another snapshot, a body over the store's bound, the disk)
+/// refuses the snapshot.
+async fn await_write(
+    cfg: &crate::config::TransportConfig,
+    wr: &mut Writer,
+    p: &mut Partial,
+) -> Result<(), ConnError> {
+    let Some(pending) = p.pending.take() else {
+        return Ok(());
+    };
+    let (asm, result) = pending
+        .await
+        .map_err(|e| ConnError::new(ConnErrorKind::Snapshot, format!("chunk writer: {e}")))?;
+    p.assembler = Some(asm);
+    match result {
+        Ok(_) => Ok(()),
+        Err(e @ SnapshotError::TransferChunkCrc { .. }) => {
+            Err(ConnError::new(ConnErrorKind::Snapshot, e.to_string()))
+        }
+        Err(e) => Err(abort(cfg, wr, p.id, e.to_string()).await),
+    }
+}
+
+/// Tells the sender the snapshot is refused, and why; the error closes the connection.
+async fn abort(
+    cfg: &crate::config::TransportConfig,
+    wr: &mut Writer,
+    snapshot_id: u64,
+    reason: String,
+) -> ConnError {
+    let mut out = BytesMut::new();
+    let frame = SnapshotFrame::Abort {
+        snapshot_id,
+        reason: reason.clone(),
+    };
+    if encode_frame(&frame, &mut out, cfg.frame_bytes_max).is_ok() {
+        let idle = Duration::from_millis(cfg.idle_timeout_ms);
+        let _ = timeout(idle, write_flush(wr, &out)).await;
+    }
+    ConnError::new(ConnErrorKind::Snapshot, reason)
 }

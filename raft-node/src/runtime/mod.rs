@@ -379,7 +379,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound {
-            Inbound::SnapshotBody { meta, body } => self.prepare_snapshot(meta, body),
+            Inbound::Snapshot { meta, file } => self.prepare_snapshot(meta, file),
             Inbound::Messages(msgs) => {
                 for msg in msgs {
                     self.on_inbound(Inbound::Message(msg));

@@ -2,14 +2,12 @@
 //! one to a follower, and preparing and installing one from the leader; the work runs on
 //! blocking threads and comes back as [`SnapshotEvent`]s.
 
-use bytes::Bytes;
 use raft_core::{Index, Message, MessageBody, NodeId as CoreId, SnapshotMeta, Term};
 use raft_snapshot::StateDigest;
 
 use crate::anti_entropy::DIGESTS_KEPT_MAX;
 use crate::metrics::Metrics;
 use crate::store::NodeStore;
-use crate::transport::SNAPSHOT_BYTES_MAX;
 
 use super::{HostedMachine, Runtime};
 
@@ -27,7 +25,7 @@ pub(super) enum SnapshotEvent<M> {
     Queued {
         to: CoreId,
     },
-    /// A leader's snapshot restored and written to its file, ready to install.
+    /// A leader's snapshot file restored into a fresh state machine, ready to install.
     Prepared {
         meta: SnapshotMeta,
         result: Result<Box<M>, String>,
@@ -39,12 +37,12 @@ pub(super) enum SnapshotEvent<M> {
     },
 }
 
-/// A leader's snapshot on its way in: its body restored and written off the task, then its
-/// `InstallSnapshot` message stepped into the core.
+/// A leader's snapshot on its way in: its file (received by the transport) restored off the
+/// task, then its `InstallSnapshot` message stepped into the core.
 pub(super) struct InstallState<M> {
-    /// `(index, term)` of the body being prepared.
+    /// `(index, term)` of the snapshot being prepared.
     preparing: Option<(Index, Term)>,
-    /// The `InstallSnapshot` that arrived while its body was being prepared.
+    /// The `InstallSnapshot` that arrived while its snapshot was being prepared.
     held: Option<Message>,
     /// A prepared snapshot, kept until the core hands it back in a Ready.
     pub(super) prepared: Option<(SnapshotMeta, Box<M>)>,
@@ -68,17 +66,23 @@ pub(super) fn off_task<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T,
 }
 
 impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
-    /// Restores a state machine from a leader's snapshot body and writes the snapshot file,
-    /// both on a blocking thread: the core is told nothing until that is done, so it goes on
-    /// answering heartbeats (and the node keeps its leader) however large the snapshot.
-    /// One at a time; a body arriving meanwhile is dropped (the leader resends it after its
-    /// retry timeout).
-    pub(super) fn prepare_snapshot(&mut self, meta: SnapshotMeta, body: Bytes) {
+    /// Restores a state machine from a leader's snapshot file, which the transport received
+    /// into the snapshot store (checked and durable under its final name), on a blocking
+    /// thread: the core is told nothing until that is done, so it goes on answering
+    /// heartbeats (and the node keeps its leader) however large the snapshot. One at a time;
+    /// a file arriving meanwhile is dropped (the leader resends it after its retry timeout).
+    /// A file that does not restore (its state digest differs) is deleted, so that a restart
+    /// does not trip over it.
+    pub(super) fn prepare_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        file: raft_snapshot::SnapshotFile,
+    ) {
         let key = (meta.index, meta.term);
         if self.install.preparing.is_some() {
             tracing::debug!(
                 index = meta.index,
-                "a snapshot is already being prepared; body dropped"
+                "a snapshot is already being prepared; file dropped"
             );
             return;
         }
@@ -92,25 +96,27 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         }
         self.install.preparing = Some(key);
         let mut sm = self.sm.empty_like();
-        let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());
+        let bg = self.bg_tx.clone();
         tokio::task::spawn_blocking(move || {
+            // The file is durable before the core or the log hear of it: a crash in between
+            // leaves a snapshot of committed state ahead of the log, which a restart
+            // handles, never a log that points at a missing snapshot.
             let result = off_task(|| -> Result<M, String> {
-                sm.restore(&mut body.as_ref()).map_err(|e| e.to_string())?;
+                let reader =
+                    raft_snapshot::SnapshotReader::open(&file.path).map_err(|e| e.to_string())?;
+                raft_snapshot::restore_state_machine(reader, &mut sm).map_err(|e| e.to_string())?;
                 if sm.applied_index() != meta.index {
                     return Err(format!(
-                        "snapshot body is at index {}, its message says {}",
+                        "snapshot state is at index {}, its message says {}",
                         sm.applied_index(),
                         meta.index
                     ));
                 }
-                // The file is written (and synced) before the core or the log hear of it: a
-                // crash in between leaves a snapshot of committed state ahead of the log,
-                // which a restart handles, never a log that points at a missing snapshot.
-                store
-                    .write_snapshot(meta.clone(), &sm.freeze())
-                    .map_err(|e| e.to_string())?;
                 Ok(sm)
             });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&file.path);
+            }
             let _ = bg.send(SnapshotEvent::Prepared {
                 meta,
                 result: result.map(Box::new),
@@ -119,7 +125,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     }
 
     /// Steps an `InstallSnapshot` once its snapshot is prepared; holds it while it is
-    /// being prepared; drops it when no body came (the leader sends both again).
+    /// being prepared; drops it when no file came (the leader sends both again).
     pub(super) fn on_install_message(&mut self, msg: Message) {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
             return;
@@ -137,7 +143,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         } else {
             tracing::debug!(
                 index = meta.index,
-                "InstallSnapshot without its body; ignored"
+                "InstallSnapshot without its snapshot file; ignored"
             );
         }
     }
@@ -264,17 +270,13 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                     .ok_or_else(|| {
                         format!("no snapshot file at or after index {index} (term {term})")
                     })?;
-                let mut reader =
-                    raft_snapshot::SnapshotReader::open(&file.path).map_err(|e| e.to_string())?;
+                // Streamed from the file by the transport: never read whole into memory.
+                let chunks =
+                    raft_snapshot::SnapshotChunks::open(&file, 0, 0).map_err(|e| e.to_string())?;
                 msg.body = MessageBody::InstallSnapshot {
-                    meta: reader.header().meta.clone(),
+                    meta: chunks.header().meta.clone(),
                 };
-                if reader.header().body_bytes > SNAPSHOT_BYTES_MAX as u64 {
-                    return Err("snapshot too large for the transport".into());
-                }
-                let mut body = Vec::new();
-                std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
-                transport.send_snapshot(msg, body.into())
+                transport.send_snapshot(msg, chunks)
             });
             let _ = bg.send(match result {
                 Ok(()) => SnapshotEvent::Queued { to },
@@ -283,9 +285,9 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         });
     }
 
-    /// Replaces the state machine and the log with the leader's snapshot, prepared (restored
-    /// and written to its file) off the task by `prepare_snapshot` before the core saw the
-    /// message. What is left here is the log's switch to the snapshot: one state write and
+    /// Replaces the state machine and the log with the leader's snapshot, prepared (its file
+    /// received by the transport, restored) off the task by `prepare_snapshot` before the
+    /// core saw the message. What is left here is the log's switch to the snapshot: one state write and
     /// sync, and the removal of the old segments.
     pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
         let sm = match self.install.prepared.take() {

@@ -250,7 +250,11 @@ mod tests {
         fn send(&self, msg: Message) {
             self.sent.lock().unwrap().push(msg);
         }
-        fn send_snapshot(&self, _msg: Message, _body: Bytes) -> Result<(), String> {
+        fn send_snapshot(
+            &self,
+            _msg: Message,
+            _chunks: raft_snapshot::SnapshotChunks,
+        ) -> Result<(), String> {
             Err("not in this test".into())
         }
     }

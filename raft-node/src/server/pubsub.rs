@@ -4,9 +4,10 @@
 //!
 //! Both read this node's watch hub ([`crate::watch`]), so every node serves them from its
 //! own applied state. Messages are RESP3 pushes (`>`) after `HELLO 3`, arrays in RESP2.
-//! As in Redis' RESP2 subscribe mode, a subscribed connection takes only
-//! (P)SUBSCRIBE, (P)UNSUBSCRIBE, WATCHLOG, PING, QUIT and RESET; it returns to normal mode
-//! once it has no subscription left. Notifications are always on for every event class
+//! As in Redis, a subscribed RESP2 connection takes only (P)SUBSCRIBE, (P)UNSUBSCRIBE,
+//! WATCHLOG, PING, QUIT and RESET, while a RESP3 one runs any command (its replies are
+//! told from the messages by their type). It returns to normal mode once it has no
+//! subscription left, or on RESET. Notifications are always on for every event class
 //! (`notify-keyspace-events` reads `KEA`). A connection that reads its messages more slowly
 //! than the hub's history evicts gets the "compacted, resync" error and is closed; one
 //! that stops reading is cut off by `write_timeout_ms` or `output_buffer_bytes_max`.
@@ -19,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Closed, Conn, RespOutput, READ_CHUNK_BYTES};
+use super::{serve_resp_batch, Closed, Conn, RespOutput, READ_CHUNK_BYTES};
 use crate::changes::KeyChange;
 use crate::glob::Pattern;
 use crate::metrics::DisconnectReason;
-use crate::resp::{RespParser, Value};
+use crate::resp::{Protocol, RespParser, Value};
 use crate::router::Router;
 use crate::session::RespSession;
 use crate::watch::{AppliedChanges, WatchError, Watcher};
@@ -94,12 +95,13 @@ pub(super) async fn serve<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     parser: &mut RespParser,
-    session: &RespSession,
-    router: &Router,
+    session: &mut RespSession,
+    router: &Arc<Router>,
     conn: &Conn,
     out: &mut RespOutput,
     shutdown: &mut watch::Receiver<bool>,
     pending: Vec<Vec<Bytes>>,
+    lane: usize,
 ) -> Result<Vec<Vec<Bytes>>, Closed>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -112,7 +114,9 @@ where
     let mut request_since: Option<Instant> = None;
     loop {
         while let Some(args) = queue.pop_front() {
-            let quit = command(&mut subs, &args, session, router, stream, out).await?;
+            let quit = command(&mut subs, &args, session, router, stream, out, conn, lane).await?;
+            // A command may have changed the protocol (HELLO, RESET).
+            out.proto = session.protocol();
             if quit {
                 out.flush(stream).await?;
                 return Err(None);
@@ -261,13 +265,16 @@ async fn notify<S: AsyncWrite + Unpin>(
 }
 
 /// Serves one command in subscribe mode; `Ok(true)` for QUIT.
+#[allow(clippy::too_many_arguments)]
 async fn command<S: AsyncWrite + Unpin>(
     subs: &mut Subscriptions,
     args: &[Bytes],
-    session: &RespSession,
-    router: &Router,
+    session: &mut RespSession,
+    router: &Arc<Router>,
     stream: &mut S,
     out: &mut RespOutput,
+    conn: &Conn,
+    lane: usize,
 ) -> Result<bool, Closed> {
     let name = args
         .first()
@@ -281,12 +288,25 @@ async fn command<S: AsyncWrite + Unpin>(
             name.to_ascii_lowercase()
         ))
     };
+    let resp3 = session.protocol() == Protocol::Resp3;
     match name.as_str() {
         "QUIT" => {
             out.push(stream, &Value::Simple("OK".into())).await?;
             return Ok(true);
         }
-        "PING" => {
+        "RESET" => {
+            // Leaves subscribe mode, and resets the connection as RESET does outside it
+            // (RESP2, no name, the `default` user's login).
+            *subs = Subscriptions::default();
+            let reply = match session.command(args) {
+                crate::resp::Parsed::Reply(v) => v,
+                _ => Value::Simple("RESET".into()),
+            };
+            out.push(stream, &reply).await?;
+            return Ok(false);
+        }
+        // RESP2's subscribe-mode PING answers an array; RESP3's is the usual `+PONG`.
+        "PING" if !resp3 => {
             let reply = match rest {
                 [] => Value::Array(vec![bulk("pong"), bulk("")]),
                 [msg] => Value::Array(vec![bulk("pong"), bulk(msg.clone())]),
@@ -295,17 +315,30 @@ async fn command<S: AsyncWrite + Unpin>(
             out.push(stream, &reply).await?;
             return Ok(false);
         }
-        "RESET" => {
-            *subs = Subscriptions::default();
-            out.push(stream, &Value::Simple("RESET".into())).await?;
-            return Ok(false);
-        }
         _ => {}
     }
+    // RESP3 runs any command in subscribe mode, as Redis 6+ does; an open MULTI queues
+    // (or refuses, for a subscription) whatever comes, as outside subscribe mode.
+    if session.in_multi() || (resp3 && !starts_subscription(args)) {
+        let limits = conn.limits.clone();
+        serve_resp_batch(
+            router,
+            session,
+            stream,
+            out,
+            vec![args.to_vec()],
+            lane,
+            &limits,
+        )
+        .await?;
+        return Ok(false);
+    }
     if !starts_subscription(args) {
+        // Redis' text (6.2; 7 adds the sharded S commands, which this node does not
+        // have). WATCHLOG is allowed too.
         let reply = error(format!(
-            "ERR Can't execute '{}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / WATCHLOG / PING / \
-             QUIT / RESET are allowed in this context",
+            "ERR Can't execute '{}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT / \
+             RESET are allowed in this context",
             name.to_ascii_lowercase()
         ));
         out.push(stream, &reply).await?;

@@ -5,6 +5,8 @@
 //! - [`core`]: 3 `RawNode`s on tokio tasks, in memory, closed-loop clients;
 //! - [`log`]: raft-log append+sync beside raw pwrite+fdatasync of the same bytes;
 //! - [`net`]: raft-net throughput and round trip beside raw TCP;
+//! - [`snapshot`]: a snapshot installed over raft-net's snapshot lane beside a raw loopback
+//!   copy + fsync of the same bytes;
 //! - [`cluster`]: 3 `raft-node` processes end to end, the same workloads against etcd, and
 //!   a node's restart time.
 //!
@@ -18,6 +20,7 @@ mod core;
 mod log;
 mod net;
 mod report;
+mod snapshot;
 mod util;
 
 use std::path::PathBuf;
@@ -61,7 +64,7 @@ const RAW_FILE_BYTES: u64 = 64 << 20;
 /// The longest RSS-growth run `--soak-s` accepts (an hour): every load loop is bounded.
 const SOAK_S_MAX: u64 = 3600;
 
-const SECTIONS: [&str; 5] = ["baseline", "core", "log", "net", "cluster"];
+const SECTIONS: [&str; 6] = ["baseline", "core", "log", "net", "snapshot", "cluster"];
 
 /// `cargo xtask bench`: every section in order, one table and `target/bench/report.json`.
 #[derive(clap::Args, Debug)]
@@ -159,6 +162,10 @@ fn run_all(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     if ctx.runs("net") {
         section("raft-net vs raw TCP");
         net::run(ctx, rows).map_err(|e| format!("raft-net: {e}"))?;
+    }
+    if ctx.runs("snapshot") {
+        section("snapshot install over the lane vs raw copy + fsync");
+        snapshot::run(ctx, rows).map_err(|e| format!("snapshot: {e}"))?;
     }
     if ctx.runs("cluster") {
         let target = util::bench_root()

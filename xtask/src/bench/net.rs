@@ -134,7 +134,8 @@ fn run_on(ctx: &Ctx, rt: &Runtime, rows: &mut Vec<Row>) -> Result<(), String> {
                     break;
                 }
             } else {
-                let h = baseline::ping_pong(rtt_round).map_err(|e| format!("raw ping: {e}"))?;
+                let h = baseline::ping_pong(rtt_round, Duration::ZERO)
+                    .map_err(|e| format!("raw ping: {e}"))?;
                 r_h.add(&h).expect("same bounds");
             }
         }

@@ -99,8 +99,9 @@ pub(super) const CONNECTION: &[CommandSpec] = &[
         Read,
         Node,
         "connection",
-        "Resets the connection: RESP2, no name, no transaction or watched keys, and logged \
-         out when authentication is on.",
+        "Resets the connection: out of subscribe mode, RESP2, no name, no transaction or \
+         watched keys, and logged in as the default user, as in Redis (so logged out when \
+         authentication is on).",
         "",
     )
     .flags(&[

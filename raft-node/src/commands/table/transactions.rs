@@ -28,8 +28,10 @@ pub(super) const TRANSACTIONS: &[CommandSpec] = &[
     .acl(&["slow", "transaction"])
     .differs(
         "Reads inside the transaction go through the log with it. Connection commands \
-         (AUTH, HELLO, CLIENT, SELECT, ...) and RAFT.* cannot be queued: they abort the \
-         transaction.",
+         (AUTH, HELLO, CLIENT, SELECT, ...), RAFT.*, and SUBSCRIBE, PSUBSCRIBE, \
+         UNSUBSCRIBE, PUNSUBSCRIBE and WATCHLOG cannot be queued: they abort the \
+         transaction (Redis queues the subscriptions, then sends an EXEC reply no client \
+         can parse).",
     ),
     spec(
         "multi",

@@ -37,14 +37,25 @@
 //! - etcd ([`etcd`]): 3 members, the same workloads over its v3 JSON gateway with
 //!   keep-alive HTTP/1.1; each `cluster_*` throughput, latency and CPU row carries the etcd
 //!   figure of the same workload as its baseline.
+//! - Repeats: the full bench runs each closed-loop workload [`REPEATS_FULL`] times, ours and
+//!   etcd's alternating run by run (both clusters up meanwhile, the idle one costing little),
+//!   so load from others on the machine hits both alike; rows give the median run, and the
+//!   throughput row's note every run's figure and the load average before and after it.
+//! - Redis ([`redis`]): one `redis-server` with `appendfsync always`, the RESP workloads of
+//!   [`REDIS_WORKLOADS`], against ours over RESP, when `redis-server` is on PATH.
 //! - Restart ([`restart`]): a node holding 1M entries (100k in `--quick`), by full replay
 //!   and from a snapshot.
 
 mod etcd;
 mod load;
+mod open_loop_run;
 pub(crate) mod procs;
+mod redis;
 mod restart;
+mod rivals;
+mod rows;
 mod scrape;
+mod soak;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -54,8 +65,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use self::load::{closed_loop, open_loop, LoadResult, Op, Proto, Workload};
+use self::load::{closed_loop, LoadResult, Op, Proto, Workload};
 use self::procs::{cpu_s_sum, find_on_path, free_addr, status_mib, Proc, Procs};
+use self::rivals::{run_redis, start_rival, Rival};
+use self::rows::push_rows;
+use self::soak::soak;
 use super::report::Row;
 use super::util::us;
 use super::{Baselines, Ctx};
@@ -82,6 +96,12 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const ROWS_PROTO: Proto = Proto::Native;
 /// Workloads also run over RESP, for the comparison rows (`--quick`: the middle one only).
 const RESP_COMPARE: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
+/// Workloads run against one durable Redis (`appendfsync always`), over RESP, beside our
+/// RESP runs of the same workloads.
+const REDIS_WORKLOADS: [(Op, usize); 3] = [(Op::Set, 1), (Op::Set, 64), (Op::Get, 16)];
+/// Runs of each closed-loop workload in the full bench: figures on this shared machine move
+/// by a quarter to a third between runs, so one run per workload says little.
+const REPEATS_FULL: usize = 3;
 /// RSS samples during the soak run, one per second at most.
 const SOAK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -91,6 +111,9 @@ struct Settings {
     soak: Duration,
     restart_entries: u64,
     etcd_all: bool,
+    /// Runs of each closed-loop workload, ours and etcd's alternating; rows show the median
+    /// run and the spread.
+    repeats: usize,
     /// `XTASK_BENCH_CLUSTER_ROWS`: only these closed-loop workloads, nothing else.
     rows: Option<Vec<(Op, usize)>>,
 }
@@ -105,6 +128,7 @@ impl Settings {
                 soak: ctx.soak.unwrap_or(Duration::ZERO),
                 restart_entries: 100_000,
                 etcd_all: false,
+                repeats: 1,
                 rows,
             }
         } else {
@@ -114,6 +138,7 @@ impl Settings {
                 soak: ctx.soak.unwrap_or(Duration::from_secs(60)),
                 restart_entries: 1_000_000,
                 etcd_all: true,
+                repeats: REPEATS_FULL,
                 rows,
             }
         })
@@ -251,14 +276,65 @@ async fn measure(w: &Workload, clients: usize, servers: &Servers) -> Result<Meas
     })
 }
 
+/// One run of a repeated workload: its throughput and the 1-minute load average before and
+/// after it.
+struct RunNote {
+    ops_per_s: f64,
+    load_before: f64,
+    load_after: f64,
+}
+
+/// The 1-minute load average (NaN when unreadable): reported around every run, since other
+/// work on a shared machine moves the figures.
+fn load_avg_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// One run of `w`, with its progress line and the load around it.
+async fn measure_noted(
+    w: &Workload,
+    clients: usize,
+    servers: &Servers,
+    system: &str,
+) -> Result<(Measured, RunNote), String> {
+    let load_before = load_avg_1m();
+    let m = measure(w, clients, servers).await?;
+    print_measured(system, w.op, clients, &m);
+    let note = RunNote {
+        ops_per_s: m.load.ops_per_s(),
+        load_before,
+        load_after: load_avg_1m(),
+    };
+    Ok((m, note))
+}
+
+/// The median of `runs` by throughput (the upper one of an even count).
+fn median_run(mut runs: Vec<Measured>) -> Measured {
+    runs.sort_by(|a, b| a.load.ops_per_s().total_cmp(&b.load.ops_per_s()));
+    runs.swap_remove(runs.len() / 2)
+}
+
 /// Everything the section measured, turned into rows at the end so that each of ours can
 /// carry the etcd figure of the same workload.
 #[derive(Default)]
 struct Results {
+    /// The median run of each closed-loop workload (by throughput).
     ours: BTreeMap<(&'static str, usize), Measured>,
     etcd: BTreeMap<(&'static str, usize), Measured>,
+    /// Every run's throughput and the machine's load around it, for the spread.
+    ours_runs: BTreeMap<(&'static str, usize), Vec<RunNote>>,
+    etcd_runs: BTreeMap<(&'static str, usize), Vec<RunNote>>,
     etcd_why: Option<String>,
     etcd_version: Option<String>,
+    /// Our RESP runs of [`RESP_COMPARE`], beside the native rows of the same workloads.
+    resp: BTreeMap<(&'static str, usize), Measured>,
+    /// One durable Redis, the same workloads over RESP ([`REDIS_WORKLOADS`]).
+    redis: BTreeMap<(&'static str, usize), Measured>,
+    redis_why: Option<String>,
+    redis_version: Option<String>,
 }
 
 pub fn run(
@@ -300,7 +376,8 @@ async fn run_all(
             a => format!(" with {}", a.join(" ")),
         }
     );
-    run_ours(ctx, s, binary, results, rows).await?;
+    let rival = start_rival(ctx, s, results).await;
+    run_ours(ctx, s, binary, results, rows, rival).await?;
     if !open_loop_only() {
         tls::run(ctx, s, binary, results, rows).await?;
     }
@@ -309,21 +386,21 @@ async fn run_all(
         return Ok(());
     }
     if s.rows.is_some() {
-        eprintln!("bench: cluster: XTASK_BENCH_CLUSTER_ROWS set: etcd and restart skipped");
-        results.etcd_why = Some("skipped: XTASK_BENCH_CLUSTER_ROWS selects rows".into());
+        eprintln!("bench: cluster: XTASK_BENCH_CLUSTER_ROWS set: etcd, redis and restart skipped");
         return Ok(());
     }
-    match find_on_path("etcd") {
+    match find_on_path("redis-server") {
         None => {
-            results.etcd_why =
-                Some("skipped: etcd not on PATH (Debian: apt-get install etcd-server)".into());
+            results.redis_why = Some(
+                "skipped: redis-server not on PATH (Debian: apt-get install redis-server)".into(),
+            );
         }
-        Some(etcd_bin) => {
-            eprintln!("bench: cluster: 3 etcd members");
-            results.etcd_version = Some(etcd::version(&etcd_bin));
-            if let Err(e) = run_etcd(ctx, s, &etcd_bin, results).await {
-                eprintln!("bench: etcd: {e}");
-                results.etcd_why = Some(format!("skipped: etcd run failed: {e}"));
+        Some(redis_bin) => {
+            eprintln!("bench: cluster: one redis-server, appendfsync always");
+            results.redis_version = Some(redis::version(&redis_bin));
+            if let Err(e) = run_redis(ctx, s, &redis_bin, results).await {
+                eprintln!("bench: redis: {e}");
+                results.redis_why = Some(format!("skipped: redis run failed: {e}"));
             }
         }
     }
@@ -484,6 +561,7 @@ async fn run_ours(
     binary: &Path,
     results: &mut Results,
     rows: &mut Vec<Row>,
+    mut rival: Option<Rival>,
 ) -> Result<(), String> {
     let mut cluster = start_cluster(binary, &ctx.scratch, None)?;
     let leader = cluster.wait_leader().await?;
@@ -521,12 +599,30 @@ async fn run_ours(
             if (only_open_loop && c != OPEN_LOOP_CLIENTS_REF) || !s.selected(op, c) {
                 continue;
             }
-            let m = measure(&workload(op, ROWS_PROTO, c as u64), c, &servers).await?;
-            print_measured("cluster", op, c, &m);
-            results.ours.insert((op_name(op), c), m);
-            cluster.procs.check_alive()?;
+            let key = (op_name(op), c);
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for run in 0..s.repeats as u64 {
+                // Each run its own client IDs: a native session that starts again at sequence
+                // 1 would be answered as a retry of the earlier run's requests.
+                let w = workload(op, ROWS_PROTO, c as u64 + 10_000 * run);
+                let (m, note) = measure_noted(&w, c, &servers, "cluster").await?;
+                ours.push(m);
+                results.ours_runs.entry(key).or_default().push(note);
+                cluster.procs.check_alive()?;
+                if let Some(r) = rival.as_mut().filter(|r| r.runs(s, op, c)) {
+                    let (m, note) = r.measure(s, op, c).await?;
+                    theirs.push(m);
+                    results.etcd_runs.entry(key).or_default().push(note);
+                }
+            }
+            results.ours.insert(key, median_run(ours));
+            if !theirs.is_empty() {
+                results.etcd.insert(key, median_run(theirs));
+            }
         }
     }
+    // etcd only idles from here on: it would take CPU from the runs below.
+    drop(rival);
     if s.rows.is_some() {
         eprintln!(
             "bench: cluster: XTASK_BENCH_CLUSTER_ROWS set: RESP, open-loop and soak runs skipped"
@@ -560,6 +656,7 @@ async fn run_ours(
             )
             .vs(format!("{p}_latency_us_p50"), us(&native.hist, 0.5)),
         );
+        results.resp.insert((op_name(op), c), m);
         cluster.procs.check_alive()?;
     }
 
@@ -567,167 +664,19 @@ async fn run_ours(
         .into_iter()
         .flat_map(|op| OPEN_LOOP_RATES.map(|r| (op, r)))
     {
-        let reference = reference_override(op).unwrap_or_else(|| {
-            results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
-                .load
-                .ops_per_s()
-        });
-        let rate = reference * fraction;
-        let p = format!("cluster_{}_open_loop{tag}", op_name(op));
         // Each run its own client IDs: a native session that starts again at sequence 1
         // would be answered as a retry of the earlier run's requests.
         let w = workload(op, ROWS_PROTO, 4242 + (fraction * 1000.0) as u64);
-        let counters_before = scrape::counters(servers.system, &servers.metrics_addrs).await;
-        let cpu_before = cpu_s_sum(&servers.pids);
-        let own = std::process::id();
-        let (own_before, wall) = (procs::cpu_s(own), Instant::now());
-        let o = open_loop(&w, rate, OPEN_LOOP_CONNS).await?;
-        eprintln!(
-            "bench: cluster {} open loop at {rate:.0}/s ({:.0}% of 64 clients): p50 {:.0} us, p99 {:.0} us; connection wait p99 {:.0} us, pacing lateness p99 {:.0} us",
-            op_name(op),
-            fraction * 100.0,
-            us(&o.load.hist, 0.5),
-            us(&o.load.hist, 0.99),
-            us(&o.conn_wait, 0.99),
-            us(&o.pacing_lateness, 0.99),
-        );
-        if only_open_loop {
-            print_stalls(&o);
-        }
-        let cpu_after = cpu_s_sum(&servers.pids);
-        if let (Some(b), Some(a)) = (own_before, procs::cpu_s(own)) {
-            // A generator near one full core is itself the bottleneck of an open-loop run.
-            rows.push(
-                Row::new(
-                    format!("{p}_generator_cpu_cores"),
-                    "cores",
-                    (a - b) / wall.elapsed().as_secs_f64(),
-                )
-                .note("this process (one runtime thread) during the run; 1.0 = saturated"),
-            );
-        }
-        let counters_after = scrape::counters(servers.system, &servers.metrics_addrs).await;
-        if let (Some(b), Some(a), true) = (cpu_before, cpu_after, o.load.ops_all > 0) {
-            // Whole run over all its operations: requests that arrive spread out are batched
-            // less than a closed loop's bursts, and this shows what that costs.
-            rows.push(
-                Row::new(
-                    format!("{p}_node_cpu_s_per_1000_ops"),
-                    "s",
-                    (a - b) / o.load.ops_all as f64 * 1000.0,
-                )
-                .vs(
-                    format!("cluster_{}_64_clients_node_cpu_s_per_1000_ops", op_name(op)),
-                    results.ours[&(op_name(op), OPEN_LOOP_CLIENTS_REF)]
-                        .cpu_s_per_1000_ops()
-                        .unwrap_or(f64::NAN),
-                )
-                .note("3 nodes summed"),
-            );
-            rows.push(
-                Row::new(
-                    format!("{p}_node_cpu_cores"),
-                    "cores",
-                    (a - b) / wall.elapsed().as_secs_f64(),
-                )
-                .note("3 nodes summed, during the run: with the generator's, against the machine's cores"),
-            );
-        }
-        o.load
-            .check(&format!("open-loop {} at {rate:.0}/s", op_name(op)))?;
-        rows.push(
-            Row::new(format!("{p}_rate_ops_per_s"), "ops/s", o.achieved_per_s)
-                .vs(format!("{p}_scheduled_ops_per_s"), rate)
-                .note(format!(
-                    "{:.0}% of the 64-client closed-loop throughput, over {OPEN_LOOP_CONNS} connections",
-                    fraction * 100.0
-                )),
-        );
-        for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
-            rows.push(
-                Row::new(format!("{p}_latency_us_{qn}"), "us", us(&o.load.hist, q))
-                    .note("from each request's due time"),
-            );
-        }
-        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
-            for counter in ["syncs", "peer_messages"] {
-                if let (Some(x), Some(y), true) =
-                    (b.get(counter), a.get(counter), o.load.ops_all > 0)
-                {
-                    rows.push(
-                        Row::new(
-                            format!("{p}_{counter}_per_1000_ops"),
-                            "count",
-                            (y - x) / o.load.ops_all as f64 * 1000.0,
-                        )
-                        .note(counter_note(counter)),
-                    );
-                }
-            }
-        }
-        rows.push(
-            Row::new(
-                format!("{p}_send_delay_us_p99"),
-                "us",
-                us(&o.send_delay, 0.99),
-            )
-            .note("due time to write: the two below together"),
-        );
-        rows.push(
-            Row::new(
-                format!("{p}_conn_wait_us_p99"),
-                "us",
-                us(&o.conn_wait, 0.99),
-            )
-            .note(format!("due time to a free connection: all {OPEN_LOOP_CONNS} busy with earlier requests (the servers' back-pressure)")),
-        );
-        rows.push(
-            Row::new(
-                format!("{p}_pacing_lateness_us_p99"),
-                "us",
-                us(&o.pacing_lateness, 0.99),
-            )
-            .note("the generator's own lateness: due (or connection free) to write; tokio timers tick in 1 ms"),
-        );
-        if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
-            // The nodes' runtime tasks blocked in log calls during the run (warm-up included):
-            // a block stops the whole node, and shows up in the tail above.
-            let delta = |k: &str| Some(a.get(k)? - b.get(k)?);
-            for ms in [1, 5, 25] {
-                if let (Some(all), Some(within)) = (delta("syncs"), delta(&format!("syncs_{ms}ms")))
-                {
-                    rows.push(
-                        Row::new(format!("{p}_node_syncs_over_{ms}ms"), "count", all - within)
-                            .note(format!("sync jobs (off the runtime task, but every commit waits for them) over {ms} ms; of {all:.0}, 3 nodes summed")),
-                    );
-                }
-            }
-            for (kind, what) in [
-                (
-                    "write",
-                    "log writes of one Ready (append, incl. segment roll; hard state)",
-                ),
-                ("compact", "log compaction or snapshot installation"),
-            ] {
-                let Some(all) = delta(&format!("{kind}_blocks")) else {
-                    continue;
-                };
-                for ms in [1, 5] {
-                    if let Some(within) = delta(&format!("{kind}_blocks_{ms}ms")) {
-                        rows.push(
-                            Row::new(
-                                format!("{p}_node_{kind}_blocks_over_{ms}ms"),
-                                "count",
-                                all - within,
-                            )
-                            .note(format!(
-                                "runtime task blocked > {ms} ms in {what}; of {all:.0}, 3 nodes summed"
-                            )),
-                        );
-                    }
-                }
-            }
-        }
+        open_loop_run::run(
+            op,
+            (fraction, tag),
+            &w,
+            &servers,
+            results,
+            only_open_loop,
+            rows,
+        )
+        .await?;
         cluster.procs.check_alive()?;
     }
 
@@ -751,141 +700,6 @@ async fn run_ours(
     Ok(())
 }
 
-/// 64 clients of SET for the soak duration, RSS of each node sampled every second; the
-/// growth is the least-squares slope of each node's RSS over the run's second half (the
-/// first half fills the key space and the log up to its first snapshots).
-async fn soak(s: &Settings, w: &Workload, pids: &[u32], rows: &mut Vec<Row>) -> Result<(), String> {
-    eprintln!("bench: cluster: soak {:?}", s.soak);
-    let w = Workload {
-        warmup: Duration::ZERO,
-        duration: s.soak,
-        ..w.clone()
-    };
-    let start = Instant::now();
-    // Two series per node: all resident memory, and the anonymous part alone (heap), which
-    // tells a leak from log segments the page cache has mapped in.
-    let fields = ["VmRSS", "RssAnon"];
-    let sampler = async {
-        let mut samples: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); pids.len()]; 2];
-        while start.elapsed() < s.soak {
-            for (f, field) in fields.iter().enumerate() {
-                for (i, &pid) in pids.iter().enumerate() {
-                    if let Some(mib) = status_mib(pid, field) {
-                        samples[f][i].push((start.elapsed().as_secs_f64(), mib));
-                    }
-                }
-            }
-            tokio::time::sleep(SOAK_SAMPLE_INTERVAL).await;
-        }
-        samples
-    };
-    let (load, samples) = tokio::join!(closed_loop(&w, 64), sampler);
-    let load = load?;
-    load.check("soak")?;
-    let half = s.soak.as_secs_f64() / 2.0;
-    for (f, name) in [
-        "cluster_soak_rss_growth_MiB_per_min",
-        "cluster_soak_rss_anon_growth_MiB_per_min",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut worst: Option<f64> = None;
-        let mut notes = Vec::new();
-        for (i, node) in samples[f].iter().enumerate() {
-            let tail: Vec<(f64, f64)> = node.iter().copied().filter(|(t, _)| *t >= half).collect();
-            if let (Some(slope), Some(first), Some(last)) =
-                (slope(&tail), node.first(), node.last())
-            {
-                let per_min = slope * 60.0;
-                worst = Some(worst.map_or(per_min, |w: f64| w.max(per_min)));
-                notes.push(format!(
-                    "node{} {:.0}->{:.0} MiB ({:+.2}/min)",
-                    i + 1,
-                    first.1,
-                    last.1,
-                    per_min
-                ));
-            }
-        }
-        match worst {
-            Some(v) => rows.push(Row::new(name, "MiB/min", v).note(format!(
-                "{}, largest of 3 nodes, SET 64 clients for {} s at {:.0} ops/s, slope over the second half; {}",
-                fields[f],
-                s.soak.as_secs(),
-                load.ops_per_s(),
-                notes.join(", ")
-            ))),
-            None => rows.push(Row::skipped(name, "MiB/min", "too few samples")),
-        }
-    }
-    Ok(())
-}
-
-fn counter_note(counter: &str) -> &'static str {
-    match counter {
-        // raft_syncs_total counts completions of the sync thread; raft-log skips the
-        // fdatasync of a job that finds nothing dirty, but the hand-off costs two wake-ups.
-        "syncs" => "sync jobs (raft_syncs_total), 3 nodes summed; a job with nothing dirty does no fdatasync",
-        _ => "3 nodes summed",
-    }
-}
-
-/// Episodes of the open-loop run (runs of consecutive [`load::STALL_WINDOW`]s whose worst
-/// request took over 10 ms), with their wall-clock start, to line up with the nodes'
-/// logs and counters: one long episode is a stall, many short ones a saturated server.
-fn print_stalls(o: &load::OpenLoopResult) {
-    const STALL_US: u64 = 10_000;
-    const EPISODES_SHOWN_MAX: usize = 20;
-    let mut episodes: Vec<(usize, usize, u64)> = Vec::new();
-    for (i, &worst) in o.worst_us_by_window.iter().enumerate() {
-        if worst <= STALL_US {
-            continue;
-        }
-        match episodes.last_mut() {
-            Some((_, end, w)) if *end + 1 == i => {
-                *end = i;
-                *w = (*w).max(worst);
-            }
-            _ => episodes.push((i, i, worst)),
-        }
-    }
-    let window_ms = load::STALL_WINDOW.as_millis() as usize;
-    for &(first, last, worst) in episodes.iter().take(EPISODES_SHOWN_MAX) {
-        let at = o.started_at + load::STALL_WINDOW * first as u32;
-        let unix_s = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        eprintln!(
-            "bench:   slow from {} ms for {} ms (unix {unix_s:.2} s): worst {worst} us",
-            first * window_ms,
-            (last + 1 - first) * window_ms
-        );
-    }
-    if episodes.len() > EPISODES_SHOWN_MAX {
-        eprintln!(
-            "bench:   ... {} more slow episodes",
-            episodes.len() - EPISODES_SHOWN_MAX
-        );
-    }
-}
-
-/// `XTASK_BENCH_OPEN_LOOP_REFERENCE_SET` / `_GET` (ops/s): the throughput the open-loop
-/// rates are fractions of, instead of this run's 64-client figure, so that runs of two
-/// builds compare at the same rate.
-fn reference_override(op: Op) -> Option<f64> {
-    let var = format!(
-        "XTASK_BENCH_OPEN_LOOP_REFERENCE_{}",
-        op_name(op).to_uppercase()
-    );
-    std::env::var(var)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&r: &f64| r > 0.0)
-}
-
 /// `XTASK_BENCH_OPEN_LOOP_ONLY=1`: of the cluster section, only the 64-client closed loops
 /// (which set the open-loop rates) and the open-loop runs, to study the tail alone.
 fn open_loop_only() -> bool {
@@ -898,216 +712,4 @@ fn extra_node_args() -> Vec<String> {
     std::env::var("XTASK_BENCH_NODE_ARGS")
         .map(|a| a.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// Least-squares slope of y over x.
-fn slope(points: &[(f64, f64)]) -> Option<f64> {
-    if points.len() < 3 {
-        return None;
-    }
-    let n = points.len() as f64;
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    (sxx > 0.0).then(|| sxy / sxx)
-}
-
-async fn run_etcd(
-    ctx: &Ctx,
-    s: &Settings,
-    binary: &Path,
-    results: &mut Results,
-) -> Result<(), String> {
-    let mut etcd = etcd::start(binary, &ctx.scratch)?;
-    let leader = etcd.wait_leader().await?;
-    let servers = Servers {
-        pids: etcd.procs.pids(),
-        system: scrape::System::Etcd,
-        metrics_addrs: etcd.client_addrs.clone(),
-    };
-    for op in [Op::Set, Op::Get] {
-        for c in CLIENTS {
-            if !s.etcd_all && !ETCD_QUICK.contains(&(op, c)) {
-                continue;
-            }
-            let w = Workload {
-                proto: Proto::EtcdHttp,
-                op,
-                addr: leader.clone(),
-                tls: None,
-                warmup: s.warmup,
-                duration: s.duration,
-                seed: c as u64,
-            };
-            let m = measure(&w, c, &servers).await?;
-            print_measured("etcd", op, c, &m);
-            results.etcd.insert((op_name(op), c), m);
-            etcd.procs.check_alive()?;
-        }
-    }
-    Ok(())
-}
-
-fn push_rows(s: &Settings, baselines: Option<&Baselines>, r: &Results, rows: &mut Vec<Row>) {
-    let etcd_note = |what: &str| {
-        r.etcd_why
-            .clone()
-            .unwrap_or_else(|| format!("etcd {what} not run in --quick"))
-    };
-    let mut out = Vec::new();
-    for op in ["set", "get"] {
-        for c in CLIENTS {
-            let p = format!("cluster_{op}_{c}_clients");
-            let e = format!("etcd_{op}_{c}_clients");
-            let Some(m) = r.ours.get(&(op, c)) else {
-                let why = match &s.rows {
-                    Some(_) => "not selected by XTASK_BENCH_CLUSTER_ROWS",
-                    None => "not measured (an earlier step failed)",
-                };
-                out.push(Row::skipped(format!("{p}_ops_per_s"), "ops/s", why));
-                continue;
-            };
-            let theirs = r.etcd.get(&(op, c));
-            let mut row = Row::new(format!("{p}_ops_per_s"), "ops/s", m.load.ops_per_s());
-            if let Some(t) = theirs {
-                row = row.vs(format!("{e}_ops_per_s"), t.load.ops_per_s());
-            }
-            let mut notes = Vec::new();
-            if m.load.errors > 0 {
-                notes.push(format!("{} requests failed", m.load.errors));
-            }
-            if let Some(&n) = m.counters.get("elections").filter(|&&n| n > 0.0) {
-                notes.push(format!("{n} elections during the run"));
-            }
-            if !notes.is_empty() {
-                row = row.note(notes.join("; "));
-            }
-            out.push(row);
-            for (q, qn) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
-                let mut row = Row::new(format!("{p}_latency_us_{qn}"), "us", us(&m.load.hist, q));
-                if let (true, Some(b)) = (op == "set" && c == 1 && qn == "p50", baselines) {
-                    row = row
-                        .vs("floor_commit_us", b.floor_commit_us())
-                        .note("target: ratio <= 2");
-                } else if let Some(t) = theirs {
-                    row = row.vs(format!("{e}_latency_us_{qn}"), us(&t.load.hist, q));
-                }
-                out.push(row);
-            }
-            let name = format!("{p}_node_cpu_s_per_1000_ops");
-            match m.cpu_s_per_1000_ops() {
-                Some(v) => {
-                    let mut row = Row::new(name, "s", v).note("3 nodes summed");
-                    if let Some(t) = theirs.and_then(Measured::cpu_s_per_1000_ops) {
-                        row = row.vs(format!("{e}_cpu_s_per_1000_ops"), t);
-                    }
-                    out.push(row);
-                }
-                None => out.push(Row::skipped(name, "s", "/proc/<pid>/stat unreadable")),
-            }
-            for (counter, _, etcd_name) in scrape::COUNTERS {
-                if !["syncs", "peer_messages"].contains(&counter) {
-                    continue;
-                }
-                let Some(v) = m.per_1000_ops(counter) else {
-                    continue;
-                };
-                let mut row = Row::new(format!("{p}_{counter}_per_1000_ops"), "count", v)
-                    .note(counter_note(counter));
-                if let (Some(t), Some(_)) =
-                    (theirs.and_then(|t| t.per_1000_ops(counter)), etcd_name)
-                {
-                    row = row.vs(format!("{e}_{counter}_per_1000_ops"), t);
-                }
-                out.push(row);
-            }
-        }
-    }
-    // Where a write's time goes, from the nodes' own histograms (means over the run): the
-    // sync thread's sync, and the leader's proposal-to-apply; the client sees the rest as
-    // hops between client, runtime and peers.
-    for c in CLIENTS {
-        let Some(m) = r.ours.get(&("set", c)) else {
-            continue;
-        };
-        let p = format!("cluster_set_{c}_clients");
-        let mean_us = |sum: &str, count: &str, m: &Measured| {
-            let (s, n) = (m.counters.get(sum)?, m.counters.get(count)?);
-            (*n > 0.0).then(|| s / n * 1e6)
-        };
-        if let Some(v) = mean_us("sync_s", "syncs", m) {
-            let mut row = Row::new(format!("{p}_sync_us_mean"), "us", v)
-                .note("raft_fsync_latency_seconds, mean of the 3 nodes' sync jobs");
-            if let Some(t) = r
-                .etcd
-                .get(&("set", c))
-                .and_then(|t| mean_us("sync_s", "syncs", t))
-            {
-                row = row.vs(format!("etcd_set_{c}_clients_wal_fsync_us_mean"), t);
-            }
-            out.push(row);
-        }
-        if let Some(v) = mean_us("proposal_s", "proposals", m) {
-            out.push(
-                Row::new(format!("{p}_leader_propose_to_apply_us_mean"), "us", v)
-                    .vs(format!("{p}_latency_us_mean"), m.load.hist.mean() / 1000.0)
-                    .note("raft_proposal_latency_seconds on the leader, against the client's mean latency"),
-            );
-        }
-    }
-    // Target rows: the ratios, stated where a reader looks for them.
-    for (op, c, what) in [("set", 64, "write"), ("get", 16, "linearizable read")] {
-        let name = format!("target_{op}_{c}_clients_vs_etcd");
-        match (r.ours.get(&(op, c)), r.etcd.get(&(op, c))) {
-            (Some(m), Some(t)) => out.push(
-                Row::new(name, "ops/s", m.load.ops_per_s())
-                    .vs(
-                        format!("etcd_{op}_{c}_clients_ops_per_s"),
-                        t.load.ops_per_s(),
-                    )
-                    .note(format!("{what} throughput; target: ratio >= 5")),
-            ),
-            _ => out.push(Row::skipped(name, "ops/s", etcd_note("comparison"))),
-        }
-    }
-    for op in ["set", "get"] {
-        for c in CLIENTS {
-            let e = format!("etcd_{op}_{c}_clients");
-            match r.etcd.get(&(op, c)) {
-                Some(t) => {
-                    let mut row = Row::new(format!("{e}_ops_per_s"), "ops/s", t.load.ops_per_s());
-                    if let Some(v) = &r.etcd_version {
-                        row = row.note(format!("{v}, v3 JSON gateway, keep-alive HTTP/1.1"));
-                    }
-                    out.push(row);
-                    for (q, qn) in [(0.5, "p50"), (0.99, "p99")] {
-                        out.push(Row::new(
-                            format!("{e}_latency_us_{qn}"),
-                            "us",
-                            us(&t.load.hist, q),
-                        ));
-                    }
-                    if let Some(cpu) = t.cpu_s_per_1000_ops() {
-                        out.push(
-                            Row::new(format!("{e}_cpu_s_per_1000_ops"), "s", cpu)
-                                .note("3 members summed"),
-                        );
-                    }
-                }
-                None if s.etcd_all
-                    || ETCD_QUICK.iter().any(|&(o, n)| op_name(o) == op && n == c)
-                    || r.etcd_why.is_some() =>
-                {
-                    out.push(Row::skipped(
-                        format!("{e}_ops_per_s"),
-                        "ops/s",
-                        etcd_note("workload"),
-                    ));
-                }
-                None => {}
-            }
-        }
-    }
-    rows.extend(out);
 }

@@ -85,6 +85,8 @@ pub const COUNTERS: [(&str, &str, Option<&str>); 15] = [
 pub enum System {
     RaftNode,
     Etcd,
+    /// No `/metrics`: nothing is scraped.
+    Redis,
 }
 
 /// Every counter of [`COUNTERS`] that all `addrs` report, summed; `None` if any member did
@@ -99,6 +101,7 @@ pub async fn counters(system: System, addrs: &[String]) -> Option<BTreeMap<&'sta
             let name = match system {
                 System::RaftNode => Some(ours),
                 System::Etcd => etcd,
+                System::Redis => None,
             };
             if let Some(v) = name.and_then(|n| value(&text, n)) {
                 *sum.entry(row).or_insert(0.0) += v;

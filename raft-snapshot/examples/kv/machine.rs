@@ -1,4 +1,7 @@
-//! A small deterministic key-value [`StateMachine`], for tests and as an example.
+//! A small deterministic key-value [`StateMachine`]: the example of `cargo run -p
+//! raft-snapshot --example kv`, and the state the snapshot store's tests write and restore
+//! (`tests/store.rs` includes this file). raft-node's real key-value machine is
+//! `raft_node::kv::KvStateMachine`; this one only shows the contract.
 //!
 //! Commands (all integers little-endian):
 //! - put:    `0x01 | key_bytes u32 | key | value_bytes u32 | value` → previous value
@@ -8,14 +11,15 @@
 //! value_bytes u32 | value)*` with keys strictly ascending, so the body is canonical and the
 //! state digest is XXH3-128 of it (prefixed by a domain tag).
 
+// Each includer (the example, the store tests) uses part of the machine.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use raft_core::Index;
-
-use crate::digest::{DigestHasher, StateDigest};
-use crate::state_machine::{RestoreError, SnapshotSource, StateMachine};
+use raft_snapshot::{DigestHasher, RestoreError, SnapshotSource, StateDigest, StateMachine};
 
 /// Bound on a key.
 pub const KV_KEY_BYTES_MAX: usize = 64 << 10;
