@@ -15,6 +15,7 @@ use raft_node::certs;
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
+use raft_testkit::free_addrs;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -22,13 +23,6 @@ const ADMIN_PASSWORD: &str = "admin-password";
 const WRITER_PASSWORD: &str = "writer-password";
 const READER_PASSWORD: &str = "reader-password";
 const INTERNAL_PASSWORD: &str = "internal-password-for-the-nodes";
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 fn write_auth_file(dir: &Path) -> std::path::PathBuf {
     let user = |name: &str, role: &str, password: &str| {

@@ -2,7 +2,6 @@
 //! file over default, TOML errors that point at the field, JSON logs, host names in peers.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,11 +17,7 @@ fn node() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    raft_testkit::free_addr().port()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 #[path = "../examples/counter/machine.rs"]
 mod machine;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,14 +16,8 @@ use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
 use raft_node::runtime::HostedMachine;
 use raft_snapshot::{RestoreError, SnapshotSource, StateDigest, StateMachine};
+use raft_testkit::free_addrs;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    held.iter().map(|l| l.local_addr().expect("addr")).collect()
-}
 
 fn config(id: u64, dir: &std::path::Path, peers: &[PeerConfig]) -> NodeConfig {
     let mut config = NodeConfig::with_defaults(id, dir.join(format!("node-{id}")), peers.to_vec());

@@ -12,6 +12,7 @@ use raft_node::http;
 use raft_node::limits::ClientLimits;
 use raft_node::node::RunningNode;
 use raft_node::router::Router;
+use raft_testkit::free_addr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -20,11 +21,6 @@ use tokio::sync::watch;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of one response the helpers read at most.
 const RESPONSE_BYTES_MAX: usize = 16 << 20;
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// One node (alone, or the only one started of `members`) with its HTTP port served with
 /// `limits` on an address of the test's own. Shuts down when dropped.

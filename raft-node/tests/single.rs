@@ -10,9 +10,8 @@ use tokio::net::TcpStream;
 
 /// Two distinct ephemeral ports (both held until both are chosen).
 fn two_free_addrs() -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
+    let a = raft_testkit::free_addrs(2);
+    (a[0], a[1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

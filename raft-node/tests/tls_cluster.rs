@@ -1,7 +1,6 @@
 //! Three nodes with mutual TLS on the peer port, from `raft-node certs`' files: a leader is
 //! elected and a write replicates; the cluster ID comes from the certificates.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,15 +11,9 @@ use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
 use raft_node::tls::TlsConfig;
 use raft_proto::{KvCommand, KvResponse, LogCommand};
+use raft_testkit::free_addrs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    held.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 #[test]
 fn certs_command_writes_private_keys_and_prints_the_cluster_id() {

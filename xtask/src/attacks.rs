@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench::cluster::procs::{free_addr, Proc, Procs};
+use crate::bench::cluster::procs::{Proc, Procs};
 use crate::hostile::{self as attacks, Credentials, Reply};
+use raft_testkit::try_free_addr;
 
 /// Nodes of the attacked cluster.
 const NODES: u64 = 3;
@@ -209,9 +210,9 @@ fn start_cluster(binary: &Path, dir: &Path, extra: &[String]) -> Result<Ctx, Str
         target: 0,
     };
     for _ in 0..NODES {
-        ctx.peers.push(free_addr().map_err(io)?);
-        ctx.clients.push(free_addr().map_err(io)?);
-        ctx.https.push(free_addr().map_err(io)?);
+        ctx.peers.push(try_free_addr().map_err(io)?);
+        ctx.clients.push(try_free_addr().map_err(io)?);
+        ctx.https.push(try_free_addr().map_err(io)?);
     }
     let (auth_file, credentials) = attacks::write_auth_file(dir).map_err(io)?;
     ctx.auth = Some(credentials);
@@ -236,12 +237,15 @@ fn start_cluster(binary: &Path, dir: &Path, extra: &[String]) -> Result<Ctx, Str
             args.push(format!("{}={},{}", p + 1, ctx.peers[p], ctx.clients[p]));
         }
         args.extend(extra.iter().cloned());
-        ctx.procs.0.push(Proc::new(
-            format!("raft-node {id}"),
-            binary,
-            args,
-            dir.join(format!("node-{id}.log")),
-        ));
+        ctx.procs.0.push(
+            Proc::new(
+                format!("raft-node {id}"),
+                binary,
+                args,
+                dir.join(format!("node-{id}.log")),
+            )
+            .with_env("RUST_LOG", "warn"),
+        );
     }
     for p in &mut ctx.procs.0 {
         p.start().map_err(|e| format!("starting {}: {e}", p.name))?;

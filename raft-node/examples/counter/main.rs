@@ -5,20 +5,12 @@
 
 mod machine;
 
-use std::net::{SocketAddr, TcpListener};
-
 use machine::{add, value_of, Counter};
 use raft_client::{Client, ClientConfig};
 use raft_node::config::{NodeConfig, PeerConfig};
 use raft_node::node::RunningNode;
-
-/// Ephemeral ports, all held until all are chosen so none is handed out twice.
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    held.iter().map(|l| l.local_addr().expect("addr")).collect()
-}
+// Free ports on 127.0.0.1 from the workspace's test helpers; any free ports would do.
+use raft_testkit::free_addrs;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

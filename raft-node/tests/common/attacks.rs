@@ -5,7 +5,7 @@
 //! One definition serves two callers: `raft-node/tests/hostile.rs` runs each attack at sizes
 //! that fit a CI machine, and `cargo xtask attacks` (which includes this file by path) runs
 //! them at the sizes and prints the table. So this file uses only std and crates both
-//! have (raft-core, raft-net, bytes), blocking sockets with timeouts, and every loop is bounded
+//! have (raft-core, raft-net, bytes, raft-testkit), blocking sockets with timeouts, and every loop is bounded
 //! in count and in time. Addresses are the caller's; callers use 127.0.0.1 only.
 
 use std::collections::HashMap;
@@ -24,21 +24,13 @@ const REPLY_HEAD_BYTES_MAX: usize = 200;
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    proc_status_kib(pid, "VmRSS")
+    raft_testkit::procfs::status_kib(pid, "VmRSS")
 }
 
 /// The most resident memory process `pid` has had so far, in KiB (`VmHWM`): the peak of an
 /// attack however short, where sampling `VmRSS` could miss it.
 pub fn rss_peak_kib(pid: u32) -> Option<u64> {
-    proc_status_kib(pid, "VmHWM")
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    raft_testkit::procfs::status_kib(pid, "VmHWM")
 }
 
 /// `kib` in MiB, for messages and tables.

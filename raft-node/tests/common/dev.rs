@@ -32,15 +32,7 @@ pub struct DevNodeInfo {
 }
 
 /// A process' start time (`/proc/PID/stat` field 22), `None` if gone or a zombie.
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
+pub use raft_testkit::procfs::start_ticks;
 
 pub fn pid_alive(pid: u32) -> bool {
     start_ticks(pid).is_some()

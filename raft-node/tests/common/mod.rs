@@ -1,6 +1,7 @@
 //! The process harness shared by the test files that start real `raft-node` processes
 //! (`cluster.rs`, `hostile.rs`): a [`Cluster`] of children on ephemeral 127.0.0.1 ports, all
-//! killed on drop (also when an assertion fails), and every wait bounded by a deadline.
+//! killed on drop (also when an assertion fails; each is a `raft_testkit::ChildGuard`), and
+//! every wait bounded by a deadline.
 
 // Each test file compiles this module on its own and uses a part of it.
 #![allow(dead_code)]
@@ -8,34 +9,22 @@
 pub mod attacks;
 pub mod dev;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use raft_client::{Client, ClientConfig};
 use raft_proto::NodeStatus;
+// Re-exported for the test files; each uses a part (as with the rest of this module).
+#[allow(unused_imports)]
+pub use raft_testkit::{free_addr, free_addrs};
+use raft_testkit::{open_log, ChildGuard};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 pub const REQUEST_TIMEOUT_MS: u64 = 1_500;
 /// The ID every test cluster's members share.
 pub const CLUSTER_ID: &str = "7e575e7e575e7e575e7e575e7e575e00";
-
-pub fn free_addr() -> SocketAddr {
-    free_addrs(1)[0]
-}
-
-/// `n` distinct ephemeral ports: all are held until all are chosen, so the OS cannot hand
-/// the same one out twice; then released for the children. Another process could take one
-/// in between; on loopback in a test run that is rare enough.
-pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
-}
 
 pub struct NodeProc {
     pub id: u64,
@@ -43,24 +32,15 @@ pub struct NodeProc {
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub http: SocketAddr,
-    pub child: Option<Child>,
+    /// The running process; killed and reaped when dropped.
+    pub child: Option<ChildGuard>,
 }
 
-/// A cluster of child processes, all killed on drop.
+/// A cluster of child processes, all killed on drop. Fields drop in order: the processes
+/// die before their temporary directory is removed.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
 }
 
 impl Cluster {
@@ -160,22 +140,22 @@ impl Cluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
+    /// Spawns node `id`. Unlike xtask's `raft_testkit::Proc`, without PR_SET_PDEATHSIG: a
+    /// test may spawn from a runtime's short-lived thread, whose end would kill the node; the
+    /// guard's drop is what stops it. Only stderr (the logs) is kept: the tests read the log.
     pub fn spawn(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .expect("log file");
+        let log = open_log(&self.log_path(id)).expect("log file");
         let n = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
         assert!(n.child.is_none(), "node {id} already runs");
-        let child = Command::new(BIN)
-            .args(&n.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn raft-node");
+        let child = ChildGuard::spawn(
+            Command::new(BIN)
+                .args(&n.args)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("spawn raft-node");
         n.child = Some(child);
     }
 
@@ -220,9 +200,8 @@ impl Cluster {
     pub fn kill(&mut self, id: u64) {
         let n = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
         if let Some(mut c) = n.child.take() {
-            // Child::kill is SIGKILL on Unix: no shutdown path runs.
-            c.kill().expect("kill");
-            c.wait().expect("wait");
+            // SIGKILL: no shutdown path runs.
+            c.kill().expect("kill and reap");
         }
     }
 

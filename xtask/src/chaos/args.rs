@@ -16,10 +16,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, default_value_t = CLIENTS_DEFAULT, value_parser = at_least_one)]
     pub(super) clients: usize,
     /// Keys the clients share.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, default_value_t = KEYS_DEFAULT, value_parser = at_least_one)]
     pub(super) keys: usize,
     /// Do not build: use target/release/raft-node as it is.
     #[arg(long)]
@@ -40,6 +40,38 @@ pub(super) enum NetMode {
     Auto,
     Proxy,
     Netns,
+}
+
+/// Clients and keys when not given (also what the replay line leaves out).
+const CLIENTS_DEFAULT: usize = 4;
+const KEYS_DEFAULT: usize = 4;
+
+impl Args {
+    /// The command that replays this run's schedule and workload (both drawn from the seed,
+    /// the cluster size and the duration; the workload also from clients and keys).
+    pub(super) fn replay_command(&self) -> String {
+        let mut line = format!(
+            "cargo xtask chaos --nodes {} --duration {}s --seed {}",
+            self.nodes,
+            self.duration.as_secs(),
+            self.seed
+        );
+        if self.clients != CLIENTS_DEFAULT {
+            line += &format!(" --clients {}", self.clients);
+        }
+        if self.keys != KEYS_DEFAULT {
+            line += &format!(" --keys {}", self.keys);
+        }
+        line += match self.net {
+            NetMode::Auto => "",
+            NetMode::Proxy => " --net proxy",
+            NetMode::Netns => " --net netns",
+        };
+        for a in &self.node_args {
+            line += &format!(" --node-arg {a}");
+        }
+        line
+    }
 }
 
 fn at_least_one(v: &str) -> Result<usize, String> {
@@ -101,5 +133,23 @@ mod tests {
             Duration::from_secs(90)
         );
         assert!(parse("--frobnicate").is_err());
+    }
+
+    #[test]
+    fn the_replay_line_parses_back_to_the_same_run() {
+        for line in [
+            "--nodes 3 --duration 60s --seed 1",
+            "--nodes 7 --duration 5s --seed 9 --clients 2 --keys 8 --net proxy --node-arg --storage=memory",
+            "--seed 4 --net netns",
+        ] {
+            let a = parse(line).unwrap();
+            let replay = a.replay_command();
+            let b = parse(replay.strip_prefix("cargo xtask chaos").unwrap()).unwrap();
+            assert_eq!(
+                (b.nodes, b.duration, b.seed, b.clients, b.keys, b.net, &b.node_args),
+                (a.nodes, a.duration, a.seed, a.clients, a.keys, a.net, &a.node_args),
+                "{replay}"
+            );
+        }
     }
 }

@@ -2,16 +2,15 @@
 //! file system, and the membership operations the faults and the healing need.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use raft_client::{Client, NodeStatus};
 
 use super::disk;
-use super::process::{NodeProc, Processes};
+use super::process::NodeProc;
 use super::schedule::Target;
 use super::wiring::Net;
-use super::workload::client_config;
+use super::workload::{client_config, key_name};
 
 /// How long one membership change may take to show in the leader's configuration.
 const MEMBERSHIP_CHANGE_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -24,8 +23,7 @@ const LEARNER_CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Fields drop in order: the processes die before the file system under one of them goes.
 pub(super) struct Cluster {
-    pub(super) binary: PathBuf,
-    pub(super) procs: Processes,
+    pub(super) procs: Vec<NodeProc>,
     /// Node `id`'s client address is `client_addrs[id - 1]`.
     pub(super) client_addrs: Vec<String>,
     pub(super) net: Net,
@@ -37,12 +35,11 @@ pub(super) struct Cluster {
 
 impl Cluster {
     pub(super) fn ids(&self) -> Vec<u64> {
-        self.procs.0.iter().map(|p| p.id).collect()
+        self.procs.iter().map(|p| p.id).collect()
     }
 
     pub(super) fn node(&mut self, id: u64) -> &mut NodeProc {
         self.procs
-            .0
             .iter_mut()
             .find(|p| p.id == id)
             .expect("known node")
@@ -193,11 +190,9 @@ impl Cluster {
     ) -> Result<(), String> {
         for id in self.ids() {
             let node = self.node(id);
-            if let Some(how) = node.exited() {
+            if let Some(how) = node.proc.exited() {
                 timeline.push(format!("{at}: node {id} had stopped ({how}); restarted"));
-                let binary = self.binary.clone();
-                self.node(id)
-                    .start(&binary)
+                node.start()
                     .map_err(|e| format!("restarting node {id}: {e}"))?;
             }
         }
@@ -217,5 +212,87 @@ impl Cluster {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("{}: {e}", dir.display())),
         }
+    }
+
+    /// Starts every node's process.
+    pub(super) fn start_all(&mut self) -> Result<(), String> {
+        for node in &mut self.procs {
+            node.start()
+                .map_err(|e| format!("starting node {}: {e}", node.id))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a node names a leader, for at most `limit`.
+    pub(super) async fn wait_leader(&self, limit: Duration) -> Result<u64, String> {
+        let wait_start = Instant::now();
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            if wait_start.elapsed() > limit {
+                return Err(format!(
+                    "no leader within {} s of starting the cluster",
+                    limit.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends SIGCONT to every node a fault left stopped.
+    pub(super) fn resume_paused(&mut self) {
+        for node in &mut self.procs {
+            node.proc.resume();
+        }
+    }
+
+    /// Every member's local copy of every key (stale reads, one node at a time); `None` if a
+    /// node did not answer.
+    pub(super) async fn replica_states(
+        &self,
+        members: &[u64],
+        keys: usize,
+    ) -> Option<Vec<Vec<Option<Vec<u8>>>>> {
+        let mut states = Vec::new();
+        for &id in members {
+            let addr = &self.client_addrs[id as usize - 1];
+            let client = Client::new(client_config(std::slice::from_ref(addr), 1000));
+            let mut values = Vec::new();
+            for key in 0..keys {
+                let v = tokio::time::timeout(
+                    Duration::from_millis(1500),
+                    client.get_stale(key_name(key)),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                values.push(v.map(|b| b.to_vec()));
+            }
+            states.push(values);
+        }
+        Some(states)
+    }
+
+    /// Every panic the nodes' logs show, as `node N panicked: <location> <message>`.
+    pub(super) fn panics_in_logs(&self) -> Vec<String> {
+        let mut panics = Vec::new();
+        for node in &self.procs {
+            let text = std::fs::read(node.proc.log_path())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                if line.contains("panicked at") {
+                    let message = lines.next().unwrap_or("");
+                    panics.push(format!(
+                        "node {} panicked: {} {message}",
+                        node.id,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+        panics
     }
 }

@@ -26,12 +26,11 @@ pub(super) async fn inject(
             timeline.push(format!(
                 "{at_ms} ms: SIGKILL node {target}, restart after {hold_ms} ms"
             ));
-            cluster.node(target).kill();
+            cluster.node(target).proc.kill();
             tokio::time::sleep(hold(*hold_ms)).await;
-            let binary = cluster.binary.clone();
             cluster
                 .node(target)
-                .start(&binary)
+                .start()
                 .map_err(|e| format!("restarting node {target}: {e}"))?;
         }
         Fault::Pause { target, hold_ms } => {
@@ -39,11 +38,9 @@ pub(super) async fn inject(
             timeline.push(format!(
                 "{at_ms} ms: SIGSTOP node {target} for {hold_ms} ms"
             ));
-            cluster.node(target).signal(libc::SIGSTOP);
-            cluster.node(target).paused = true;
+            cluster.node(target).proc.pause();
             tokio::time::sleep(hold(*hold_ms)).await;
-            cluster.node(target).signal(libc::SIGCONT);
-            cluster.node(target).paused = false;
+            cluster.node(target).proc.resume();
         }
         Fault::Isolate { target, hold_ms } => {
             let target = cluster.resolve(target).await;
@@ -155,7 +152,7 @@ pub(super) async fn inject(
                 timeline.push(format!("{at_ms} ms: disk full skipped: {why}"));
                 return Ok(false);
             };
-            let log_path = cluster.node(id).log_path.clone();
+            let log_path = cluster.node(id).proc.log_path().to_owned();
             let enospc_before = count_in_file(&log_path, ENOSPC_TEXT);
             let (_, fs) = cluster.disk.as_ref().expect("checked above");
             let bytes = fs.fill()?;
@@ -169,14 +166,13 @@ pub(super) async fn inject(
             timeline.push(format!(
                 "  space back; node {id} logged {enospc} \"{ENOSPC_TEXT}\" errors meanwhile"
             ));
-            if let Some(how) = cluster.node(id).exited() {
+            if let Some(how) = cluster.node(id).proc.exited() {
                 timeline.push(format!(
                     "  node {id} stopped on the full disk ({how}); restarted with the space back"
                 ));
-                let binary = cluster.binary.clone();
                 cluster
                     .node(id)
-                    .start(&binary)
+                    .start()
                     .map_err(|e| format!("restarting node {id}: {e}"))?;
             }
         }
@@ -236,13 +232,12 @@ async fn membership_fault(
             started.elapsed().as_millis()
         ));
         if wipe {
-            cluster.node(target).kill();
+            cluster.node(target).proc.kill();
             cluster.wipe(target)?;
             cluster.node(target).join = true;
-            let binary = cluster.binary.clone();
             cluster
                 .node(target)
-                .start(&binary)
+                .start()
                 .map_err(|e| format!("restarting node {target}: {e}"))?;
         }
     }

@@ -36,20 +36,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_client::Client;
-use tokio::sync::Mutex;
 
 pub(crate) use args::Args;
-use args::NetMode;
 use cluster::{Cluster, MEMBERSHIP_RESTORE_WAIT_MAX};
 use faults::inject;
-use history::{lost_writes, write_report, Outcome, Record, Shared};
-use linearizability::{check, RegisterOp, Timed, Verdict};
-use process::{NodeProc, Processes};
-use wiring::wire;
+use history::{
+    check_keys, write_report, KeyChecks, Outcome, OutcomeCounts, Record, Shared, CHECK_STEPS_MAX,
+};
+use linearizability::RegisterOp;
+use process::NodeProc;
+use wiring::{wire, Wiring};
 use workload::{client_config, client_loop, key_name};
 
-/// Search steps allowed per key before the checker gives up.
-const CHECK_STEPS_MAX: u64 = 20_000_000;
 /// How long the cluster gets to converge after the faults heal.
 const HEAL_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -94,8 +92,52 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// How long the cluster gets to elect its first leader.
+const FIRST_LEADER_WAIT_MAX: Duration = Duration::from_secs(20);
+/// No fault starts this close to the end of the faulty phase (its hold would outlast it).
+const LAST_FAULT_MARGIN: Duration = Duration::from_secs(3);
+
+/// The run, step by step: set up, start, load and fault, heal, check, report.
 async fn run(args: Args) -> Result<bool, String> {
     let root = workspace_root();
+    let binary = release_binary(&root)?;
+    let run_dir = root.join(format!("target/chaos/seed-{}", args.seed));
+    // Two runs of one seed would share the folder (and wipe each other's nodes): the second
+    // is refused while the first holds the lock.
+    let _seed_lock = lock_seed(&run_dir)?;
+    fresh_run_dir(&run_dir)?;
+    let plan = schedule::plan(args.seed, args.nodes, args.duration.as_millis() as u64);
+    let mut timeline: Vec<String> = Vec::new();
+    let mut cluster = start_cluster(&args, &plan, &binary, &run_dir, &mut timeline).await?;
+
+    let shared = Arc::new(Shared::new());
+    let deadline = Instant::now() + args.duration;
+    let clients = spawn_clients(&args, &cluster, deadline, &shared);
+    let faults = run_schedule(&mut cluster, &plan, deadline, &shared, &mut timeline).await?;
+    for handle in clients {
+        let _ = handle.await;
+    }
+
+    let healed = heal(&mut cluster, args.keys, &mut timeline).await?;
+    let final_values = final_reads(&cluster, args.keys, &shared, &mut timeline).await;
+    let diverged = match cluster.replica_states(&healed.members, args.keys).await {
+        Some(states) => states.iter().filter(|s| **s != states[0]).count(),
+        None => healed.members.len(),
+    };
+    let history = shared.history.lock().await.clone();
+    let findings = Findings {
+        counts: OutcomeCounts::of(&history),
+        checks: check_keys(&history, args.keys, &final_values),
+        faults,
+        diverged,
+        converged: healed.converged,
+    };
+    report(&args, &run_dir, cluster, &history, &timeline, &findings)?;
+    Ok(findings.passed())
+}
+
+/// The release `raft-node` the run starts (built by [`main`] unless `--no-build`).
+fn release_binary(root: &Path) -> Result<PathBuf, String> {
     let binary = root.join("target/release/raft-node");
     if !binary.exists() {
         return Err(format!(
@@ -103,78 +145,44 @@ async fn run(args: Args) -> Result<bool, String> {
             binary.display()
         ));
     }
-    let run_dir = root.join(format!("target/chaos/seed-{}", args.seed));
-    // Two runs of one seed would share the folder (and wipe each other's nodes): the second
-    // is refused while the first holds the lock.
-    let _seed_lock = lock_seed(&run_dir)?;
-    disk::unmount_stale(&run_dir);
-    let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    Ok(binary)
+}
 
+/// Empties the run's folder: mounts and files a previous run of the seed left go.
+fn fresh_run_dir(run_dir: &Path) -> Result<(), String> {
+    disk::unmount_stale(run_dir);
+    let _ = std::fs::remove_dir_all(run_dir);
+    std::fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))
+}
+
+/// Wires the nodes, mounts the small file system, starts every node and waits for a leader.
+async fn start_cluster(
+    args: &Args,
+    plan: &schedule::Plan,
+    binary: &Path,
+    run_dir: &Path,
+    timeline: &mut Vec<String>,
+) -> Result<Cluster, String> {
     let ids: Vec<u64> = (1..=args.nodes).collect();
     let wiring = wire(args.net, &ids).await?;
-    let mut timeline: Vec<String> = Vec::new();
     timeline.push(format!("network: {}", wiring.net.describe()));
-    let plan = schedule::plan(args.seed, args.nodes, args.duration.as_millis() as u64);
-    let mut procs = Vec::new();
-    for &id in &ids {
-        let data_dir = run_dir.join(format!("node-{id}"));
-        let mut node_args = vec![
-            "run".to_string(),
-            "--id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--snapshot-entries-max".into(),
-            "2000".into(),
-            // A new cluster of several members shares one ID (one per seed).
-            "--cluster-id".into(),
-            format!("c4a05{:027x}", args.seed),
-            // With network namespaces the nodes listen on 10.213.x.y, which protected mode
-            // refuses without TLS and credentials; those addresses exist only inside this
-            // run's bridge.
-            "--insecure-allow-plaintext".into(),
-        ];
-        node_args.extend(args.node_args.iter().cloned());
-        for &peer in &ids {
-            node_args.push("--peer".into());
-            node_args.push(format!(
-                "{peer}={},{}",
-                wiring.peer_addrs[&(id, peer)],
-                wiring.client_addrs[&peer]
-            ));
-        }
-        procs.push(NodeProc {
-            id,
-            prefix: wiring.prefixes.get(&id).cloned().unwrap_or_default(),
-            args: node_args,
-            data_dir,
-            log_path: run_dir.join(format!("node-{id}.log")),
-            child: None,
-            paused: false,
-            join: false,
-        });
-    }
-    let disk_dir = run_dir.join(format!("node-{}", plan.disk_node));
-    let (disk, disk_skipped) = match disk::Tmpfs::mount(&disk_dir) {
-        Ok(fs) => {
-            timeline.push(format!(
-                "node {}'s data directory is a {} MiB tmpfs",
-                plan.disk_node,
-                disk::TMPFS_SIZE_MIB
-            ));
-            (Some((plan.disk_node, fs)), None)
-        }
-        Err(e) => {
-            let why = format!("no small file system for node {}: {e}", plan.disk_node);
-            println!("xtask chaos: the full-disk fault is skipped ({why})");
-            timeline.push(why.clone());
-            (None, Some(why))
-        }
-    };
+    let procs = ids
+        .iter()
+        .map(|&id| {
+            let data_dir = run_dir.join(format!("node-{id}"));
+            NodeProc::new(
+                id,
+                binary,
+                wiring.prefixes.get(&id).cloned().unwrap_or_default(),
+                node_args(args, id, &data_dir, &ids, &wiring),
+                data_dir,
+                run_dir.join(format!("node-{id}.log")),
+            )
+        })
+        .collect();
+    let (disk, disk_skipped) = mount_small_disk(plan.disk_node, run_dir, timeline);
     let mut cluster = Cluster {
-        binary,
-        procs: Processes(procs),
+        procs,
         client_addrs: wiring
             .client_addrs
             .values()
@@ -184,69 +192,137 @@ async fn run(args: Args) -> Result<bool, String> {
         disk,
         disk_skipped,
     };
-    for id in cluster.ids() {
-        let binary = cluster.binary.clone();
-        cluster
-            .node(id)
-            .start(&binary)
-            .map_err(|e| format!("starting node {id}: {e}"))?;
+    cluster.start_all()?;
+    cluster.wait_leader(FIRST_LEADER_WAIT_MAX).await?;
+    Ok(cluster)
+}
+
+/// Node `id`'s command line: its data, the cluster's ID, every peer as `id` dials it.
+fn node_args(args: &Args, id: u64, data_dir: &Path, ids: &[u64], wiring: &Wiring) -> Vec<String> {
+    let mut node_args = vec![
+        "run".to_string(),
+        "--id".into(),
+        id.to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--snapshot-entries-max".into(),
+        "2000".into(),
+        // A new cluster of several members shares one ID (one per seed).
+        "--cluster-id".into(),
+        format!("c4a05{:027x}", args.seed),
+        // With network namespaces the nodes listen on 10.213.x.y, which protected mode
+        // refuses without TLS and credentials; those addresses exist only inside this
+        // run's bridge.
+        "--insecure-allow-plaintext".into(),
+    ];
+    node_args.extend(args.node_args.iter().cloned());
+    for &peer in ids {
+        node_args.push("--peer".into());
+        node_args.push(format!(
+            "{peer}={},{}",
+            wiring.peer_addrs[&(id, peer)],
+            wiring.client_addrs[&peer]
+        ));
     }
-    let wait_start = Instant::now();
-    while cluster.leader().await.is_none() {
-        if wait_start.elapsed() > Duration::from_secs(20) {
-            return Err("no leader within 20 s of starting the cluster".into());
+    node_args
+}
+
+/// Mounts a small tmpfs as node `disk_node`'s data directory, for the full-disk fault; when
+/// that is not possible, says why (the fault is then skipped).
+fn mount_small_disk(
+    disk_node: u64,
+    run_dir: &Path,
+    timeline: &mut Vec<String>,
+) -> (Option<(u64, disk::Tmpfs)>, Option<String>) {
+    match disk::Tmpfs::mount(&run_dir.join(format!("node-{disk_node}"))) {
+        Ok(fs) => {
+            timeline.push(format!(
+                "node {disk_node}'s data directory is a {} MiB tmpfs",
+                disk::TMPFS_SIZE_MIB
+            ));
+            (Some((disk_node, fs)), None)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(e) => {
+            let why = format!("no small file system for node {disk_node}: {e}");
+            println!("xtask chaos: the full-disk fault is skipped ({why})");
+            timeline.push(why.clone());
+            (None, Some(why))
+        }
     }
+}
 
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        history: Mutex::new(Vec::new()),
-    });
-    let deadline = Instant::now() + args.duration;
-    let mut clients = Vec::new();
-    for c in 0..args.clients {
-        clients.push(tokio::spawn(client_loop(
-            c,
-            cluster.client_addrs.clone(),
-            args.keys,
-            args.seed,
-            deadline,
-            shared.clone(),
-        )));
-    }
+/// Starts the concurrent clients; each stops at `deadline`.
+fn spawn_clients(
+    args: &Args,
+    cluster: &Cluster,
+    deadline: Instant,
+    shared: &Arc<Shared>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..args.clients)
+        .map(|c| {
+            tokio::spawn(client_loop(
+                c,
+                cluster.client_addrs.clone(),
+                args.keys,
+                args.seed,
+                deadline,
+                shared.clone(),
+            ))
+        })
+        .collect()
+}
 
-    let mut faults = 0u64;
-    let mut faults_by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+/// The faults applied, in all and by kind.
+#[derive(Default)]
+struct FaultTally {
+    applied: u64,
+    by_kind: BTreeMap<&'static str, u64>,
+}
+
+/// Applies the plan's faults one after another until the faulty phase ends, restarting any
+/// node that stopped on its own meanwhile.
+async fn run_schedule(
+    cluster: &mut Cluster,
+    plan: &schedule::Plan,
+    deadline: Instant,
+    shared: &Shared,
+    timeline: &mut Vec<String>,
+) -> Result<FaultTally, String> {
+    let mut tally = FaultTally::default();
     for step in &plan.steps {
-        if Instant::now() + Duration::from_millis(step.gap_ms) + Duration::from_secs(3) >= deadline
-        {
+        let gap = Duration::from_millis(step.gap_ms);
+        if Instant::now() + gap + LAST_FAULT_MARGIN >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(step.gap_ms)).await;
+        tokio::time::sleep(gap).await;
         let at_ms = shared.start.elapsed().as_millis();
-        if inject(&mut cluster, &step.fault, at_ms, &mut timeline).await? {
-            faults += 1;
-            *faults_by_kind.entry(step.fault.kind()).or_default() += 1;
+        if inject(cluster, &step.fault, at_ms, timeline).await? {
+            tally.applied += 1;
+            *tally.by_kind.entry(step.fault.kind()).or_default() += 1;
         }
         // A process that stopped on its own (not by a fault of ours) comes back, noted.
-        cluster.restart_exited(&format!("after the fault at {at_ms} ms"), &mut timeline)?;
+        cluster.restart_exited(&format!("after the fault at {at_ms} ms"), timeline)?;
     }
+    Ok(tally)
+}
 
-    for handle in clients {
-        let _ = handle.await;
-    }
-    // Heal: every link open, every process running, every node a voter, then wait for the
-    // replicas to converge.
+/// The cluster after healing: the nodes that are voters again, and whether their replicas
+/// converged (false also when a node could not be made a voter again).
+struct Healed {
+    members: Vec<u64>,
+    converged: bool,
+}
+
+/// Heals: every link open, every process running, every node a voter, then waits up to
+/// [`HEAL_WAIT_MAX`] for the replicas to converge.
+async fn heal(
+    cluster: &mut Cluster,
+    keys: usize,
+    timeline: &mut Vec<String>,
+) -> Result<Healed, String> {
     cluster.heal_links()?;
-    for id in cluster.ids() {
-        let node = cluster.node(id);
-        if node.paused {
-            node.signal(libc::SIGCONT);
-            node.paused = false;
-        }
-    }
-    cluster.restart_exited("healing", &mut timeline)?;
+    cluster.resume_paused();
+    cluster.restart_exited("healing", timeline)?;
     let not_voters = cluster.restore_membership().await;
     // Only members replicate: a node that could not be added back is left out of the
     // comparison (and the run fails as not converged).
@@ -264,7 +340,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let heal_start = Instant::now();
     let mut converged = false;
     while heal_start.elapsed() < HEAL_WAIT_MAX {
-        if let Some(states) = replica_states(&cluster, &members, args.keys).await {
+        if let Some(states) = cluster.replica_states(&members, keys).await {
             if states.windows(2).all(|w| w[0] == w[1]) {
                 converged = true;
                 break;
@@ -272,20 +348,31 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(Healed {
+        members,
+        converged: converged && not_voters.is_empty(),
+    })
+}
 
-    // Final linearizable reads of every key join the history.
+/// A linearizable read of every key, joined to the history; returns the values read (a key
+/// whose read failed is missing, and noted in the timeline).
+async fn final_reads(
+    cluster: &Cluster,
+    keys: usize,
+    shared: &Shared,
+    timeline: &mut Vec<String>,
+) -> BTreeMap<usize, Option<String>> {
     let reader = Client::new(client_config(&cluster.client_addrs, 5000));
     let mut final_values = BTreeMap::new();
-    for key in 0..args.keys {
+    for key in 0..keys {
         let call_us = shared.now_us();
         let result = reader.get(key_name(key)).await;
         let return_us = shared.now_us();
-        let mut history = shared.history.lock().await;
         match result {
             Ok(v) => {
                 let v = v.map(|b| String::from_utf8_lossy(&b).into_owned());
                 final_values.insert(key, v.clone());
-                history.push(Record {
+                shared.history.lock().await.push(Record {
                     key,
                     op: RegisterOp::Read(v),
                     call_us,
@@ -296,85 +383,82 @@ async fn run(args: Args) -> Result<bool, String> {
             Err(e) => timeline.push(format!("final read of key {key} failed: {e}")),
         }
     }
-    let diverged = match replica_states(&cluster, &members, args.keys).await {
-        Some(states) => states.iter().filter(|s| **s != states[0]).count(),
-        None => members.len(),
-    };
-    let converged = converged && not_voters.is_empty();
+    final_values
+}
 
-    let history = shared.history.lock().await.clone();
-    let (ok, failed, unknown) = history
-        .iter()
-        .fold((0, 0, 0), |(o, f, u), r| match r.outcome {
-            Outcome::Ok => (o + 1, f, u),
-            Outcome::Failed => (o, f + 1, u),
-            Outcome::Unknown => (o, f, u + 1),
-        });
-    let mut linearizable = true;
-    let mut inconclusive = false;
-    let mut lost = 0;
-    for key in 0..args.keys {
-        let ops: Vec<Timed> = history
-            .iter()
-            .filter(|r| r.key == key && !matches!(r.outcome, Outcome::Failed))
-            .map(|r| Timed {
-                op: r.op.clone(),
-                call_us: r.call_us,
-                return_us: match r.outcome {
-                    Outcome::Unknown => None,
-                    _ => r.return_us,
-                },
-            })
-            .collect();
-        match check(&ops, CHECK_STEPS_MAX) {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable => linearizable = false,
-            Verdict::Inconclusive => inconclusive = true,
-        }
-        lost += lost_writes(&history, key, final_values.get(&key));
+/// What the run found.
+struct Findings {
+    counts: OutcomeCounts,
+    checks: KeyChecks,
+    faults: FaultTally,
+    /// Members whose replica differs from the first member's (all when one did not answer).
+    diverged: usize,
+    converged: bool,
+}
+
+impl Findings {
+    fn passed(&self) -> bool {
+        self.checks.proven_linearizable()
+            && self.checks.lost == 0
+            && self.diverged == 0
+            && self.converged
     }
-    let line = format!(
-        "chaos: ops={} ok={ok} failed={failed} unknown={unknown} faults={faults} linearizable={} lost={lost} diverged={diverged}",
-        history.len(),
-        linearizable && !inconclusive,
-    );
-    let passed = linearizable && !inconclusive && lost == 0 && diverged == 0 && converged;
-    write_report(&run_dir, &history, &timeline).map_err(|e| format!("writing the report: {e}"))?;
-    for t in &timeline {
+
+    /// The one-line summary a run ends with.
+    fn summary(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "chaos: ops={} ok={} failed={} unknown={} faults={} linearizable={} lost={} diverged={}",
+            c.ok + c.failed + c.unknown,
+            c.ok,
+            c.failed,
+            c.unknown,
+            self.faults.applied,
+            self.checks.proven_linearizable(),
+            self.checks.lost,
+            self.diverged
+        )
+    }
+}
+
+/// Writes the history and timeline, prints what went wrong (and, for a failing run or one
+/// where a node panicked, where the files are and how to replay it), stops the cluster, and
+/// removes the run's folder unless it is kept.
+fn report(
+    args: &Args,
+    run_dir: &Path,
+    cluster: Cluster,
+    history: &[Record],
+    timeline: &[String],
+    findings: &Findings,
+) -> Result<(), String> {
+    write_report(run_dir, history, timeline).map_err(|e| format!("writing the report: {e}"))?;
+    for t in timeline {
         println!("  {t}");
     }
-    if inconclusive {
+    if findings.checks.inconclusive {
         println!("the linearizability search gave up on a key after {CHECK_STEPS_MAX} steps");
     }
-    if !converged {
+    if !findings.converged {
         println!(
             "the replicas did not converge within {} s of healing",
             HEAL_WAIT_MAX.as_secs()
         );
     }
-    let kinds: Vec<String> = faults_by_kind
+    let kinds: Vec<String> = findings
+        .faults
+        .by_kind
         .iter()
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
     println!("faults by kind: {}", kinds.join(" "));
     // A node that panicked is a bug even when the history checks out: say so, and keep the
     // logs (the exit status still follows the checks).
-    let mut panics = 0;
-    for id in cluster.ids() {
-        let log_path = cluster.node(id).log_path.clone();
-        let text = std::fs::read(&log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let mut lines = text.lines();
-        while let Some(line) = lines.next() {
-            if line.contains("panicked at") {
-                panics += 1;
-                let message = lines.next().unwrap_or("");
-                println!("node {id} panicked: {} {message}", line.trim());
-            }
-        }
+    let panics = cluster.panics_in_logs();
+    for p in &panics {
+        println!("{p}");
     }
-    let keep = !passed || panics > 0;
+    let keep = !findings.passed() || !panics.is_empty();
     if keep {
         if let Some((id, fs)) = &cluster.disk {
             // The tmpfs goes with the run: keep a copy of what the node had on it.
@@ -390,29 +474,15 @@ async fn run(args: Args) -> Result<bool, String> {
             "history, fault timeline and node logs: {}",
             run_dir.display()
         );
-        let net = match args.net {
-            NetMode::Auto => "",
-            NetMode::Proxy => " --net proxy",
-            NetMode::Netns => " --net netns",
-        };
-        let extra: String = args
-            .node_args
-            .iter()
-            .map(|a| format!(" --node-arg {a}"))
-            .collect();
-        println!(
-            "replay the schedule: cargo xtask chaos --nodes {} --duration {}s --seed {}{net}{extra}",
-            args.nodes,
-            args.duration.as_secs(),
-            args.seed
-        );
+        println!("replay the schedule: {}", args.replay_command());
     }
-    println!("{line}");
+    println!("{}", findings.summary());
+    // The processes stop (and the tmpfs goes) before the folder under them is removed.
     drop(cluster);
     if !keep {
-        let _ = std::fs::remove_dir_all(&run_dir);
+        let _ = std::fs::remove_dir_all(run_dir);
     }
-    Ok(passed)
+    Ok(())
 }
 
 /// Takes `<run_dir>.lock` for the life of the returned file.
@@ -437,31 +507,6 @@ fn lock_seed(run_dir: &Path) -> Result<File, String> {
         ));
     }
     Ok(file)
-}
-
-/// Every node's local copy of every key (stale reads, one node at a time); `None` if a node
-/// did not answer.
-async fn replica_states(
-    cluster: &Cluster,
-    members: &[u64],
-    keys: usize,
-) -> Option<Vec<Vec<Option<Vec<u8>>>>> {
-    let mut states = Vec::new();
-    for &id in members {
-        let addr = &cluster.client_addrs[id as usize - 1];
-        let client = Client::new(client_config(std::slice::from_ref(addr), 1000));
-        let mut values = Vec::new();
-        for key in 0..keys {
-            let v =
-                tokio::time::timeout(Duration::from_millis(1500), client.get_stale(key_name(key)))
-                    .await
-                    .ok()?
-                    .ok()?;
-            values.push(v.map(|b| b.to_vec()));
-        }
-        states.push(values);
-    }
-    Some(states)
 }
 
 #[cfg(test)]

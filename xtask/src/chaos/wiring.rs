@@ -2,7 +2,7 @@
 //! (`proxy.rs`) on every directed link between nodes listening on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -10,10 +10,6 @@ use tokio::sync::watch;
 use super::args::NetMode;
 use super::netns;
 use super::proxy::{run_proxy, Link};
-
-fn free_port() -> std::io::Result<SocketAddr> {
-    StdListener::bind("127.0.0.1:0")?.local_addr()
-}
 
 /// How the nodes are connected.
 pub(super) enum Net {
@@ -70,12 +66,13 @@ pub(super) async fn wire(mode: NetMode, ids: &[u64]) -> Result<Wiring, String> {
             }
         }
     }
-    let mut own_addrs = BTreeMap::new();
-    let mut client_addrs = BTreeMap::new();
-    for &id in ids {
-        own_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
-        client_addrs.insert(id, free_port().map_err(|e| e.to_string())?);
-    }
+    let ports = raft_testkit::try_free_addrs(2 * ids.len()).map_err(|e| e.to_string())?;
+    let own_addrs: BTreeMap<u64, SocketAddr> = ids.iter().copied().zip(ports.clone()).collect();
+    let client_addrs: BTreeMap<u64, SocketAddr> = ids
+        .iter()
+        .copied()
+        .zip(ports[ids.len()..].iter().copied())
+        .collect();
     let mut links = BTreeMap::new();
     let mut peer_addrs = BTreeMap::new();
     for &from in ids {

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::procs::{free_addr, Proc, Procs};
+use super::procs::{Proc, Procs};
+use raft_testkit::try_free_addr;
 
 const MEMBERS: usize = 3;
 /// A fresh etcd elects a leader within a few seconds here; far beyond that it is broken.
@@ -41,8 +42,8 @@ pub fn start(binary: &Path, dir: &Path) -> Result<Etcd, String> {
     let mut peer = Vec::new();
     let mut client = Vec::new();
     for _ in 0..MEMBERS {
-        peer.push(free_addr().map_err(io)?);
-        client.push(free_addr().map_err(io)?);
+        peer.push(try_free_addr().map_err(io)?);
+        client.push(try_free_addr().map_err(io)?);
     }
     let initial_cluster = (0..MEMBERS)
         .map(|i| format!("m{}=http://{}", i + 1, peer[i]))

@@ -66,13 +66,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::load::{closed_loop, LoadResult, Op, Proto, Workload};
-use self::procs::{cpu_s_sum, find_on_path, free_addr, status_mib, Proc, Procs};
+use self::procs::{cpu_s_sum, find_on_path, status_mib, Proc, Procs};
 use self::rivals::{run_redis, start_rival, Rival};
 use self::rows::push_rows;
 use self::soak::soak;
 use super::report::Row;
 use super::util::us;
 use super::{Baselines, Ctx};
+use raft_testkit::try_free_addr;
 
 /// Concurrent clients of the end-to-end workloads.
 pub const CLIENTS: [usize; 4] = [1, 16, 64, 256];
@@ -465,9 +466,9 @@ fn start_cluster(binary: &Path, dir: &Path, certs: Option<&Path>) -> Result<Clus
     let mut clients = Vec::new();
     let mut https = Vec::new();
     for _ in 0..NODES {
-        peers.push(free_addr().map_err(io)?);
-        clients.push(free_addr().map_err(io)?);
-        https.push(free_addr().map_err(io)?);
+        peers.push(try_free_addr().map_err(io)?);
+        clients.push(try_free_addr().map_err(io)?);
+        https.push(try_free_addr().map_err(io)?);
     }
     let mut procs = Procs::default();
     for id in 1..=NODES {
@@ -505,12 +506,16 @@ fn start_cluster(binary: &Path, dir: &Path, certs: Option<&Path>) -> Result<Clus
             }
         }
         args.extend(extra_node_args());
-        procs.0.push(Proc::new(
-            format!("raft-node {id}"),
-            binary,
-            args,
-            dir.join(format!("node-{id}.log")),
-        ));
+        procs.0.push(
+            Proc::new(
+                format!("raft-node {id}"),
+                binary,
+                args,
+                dir.join(format!("node-{id}.log")),
+            )
+            // Logging at info would cost the measured nodes throughput.
+            .with_env("RUST_LOG", "warn"),
+        );
     }
     for p in &mut procs.0 {
         p.start().map_err(|e| format!("starting {}: {e}", p.name))?;

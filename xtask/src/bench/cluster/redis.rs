@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::procs::{free_addr, Proc, Procs};
+use super::procs::{Proc, Procs};
+use raft_testkit::try_free_addr;
 
 /// A fresh Redis answers PING within milliseconds; far beyond that it is broken.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,7 +38,7 @@ pub fn version(binary: &Path) -> String {
 /// snapshots, the append-only file synced before every reply, nothing read from or written
 /// to the default config or port.
 pub fn start(binary: &Path, dir: &Path) -> Result<Redis, String> {
-    let addr = free_addr().map_err(|e| format!("redis: {e}"))?;
+    let addr = try_free_addr().map_err(|e| format!("redis: {e}"))?;
     let data = dir.join("redis");
     std::fs::create_dir_all(&data).map_err(|e| format!("redis: {}: {e}", data.display()))?;
     let args = [

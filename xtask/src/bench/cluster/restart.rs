@@ -27,7 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::load::{key, Conn, Op, Proto, Rng, KEY_SPACE, VALUE_BYTES};
-use super::procs::{free_addr, Proc, Procs};
+use super::procs::{Proc, Procs};
+use raft_testkit::try_free_addr;
 
 /// Connections that load the log, each with [`LOAD_WINDOW`] proposals in flight: together
 /// well under the node's `proposals_in_flight_max` (8,192), so none is refused as busy.
@@ -76,16 +77,19 @@ fn args(dir: &Path, peer: &str, client: &str, snapshot_entries_max: u64) -> Vec<
 }
 
 pub async fn run(binary: &Path, dir: &Path, entries: u64) -> Result<RestartResult, String> {
-    let peer = free_addr().map_err(|e| e.to_string())?.to_string();
-    let client = free_addr().map_err(|e| e.to_string())?.to_string();
+    let peer = try_free_addr().map_err(|e| e.to_string())?.to_string();
+    let client = try_free_addr().map_err(|e| e.to_string())?.to_string();
     let data = dir.join("restart-node");
     let mut procs = Procs::default();
-    procs.0.push(Proc::new(
-        "restart node",
-        binary,
-        args(&data, &peer, &client, SNAPSHOTS_OFF),
-        dir.join("restart-node.log"),
-    ));
+    procs.0.push(
+        Proc::new(
+            "restart node",
+            binary,
+            args(&data, &peer, &client, SNAPSHOTS_OFF),
+            dir.join("restart-node.log"),
+        )
+        .with_env("RUST_LOG", "warn"),
+    );
     procs.0[0]
         .start()
         .map_err(|e| format!("starting node: {e}"))?;
