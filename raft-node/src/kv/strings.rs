@@ -31,18 +31,18 @@ fn format_float(x: f64) -> String {
     format!("{rounded}")
 }
 
-/// Applies a string write (a live key's expired twin was reaped by the caller).
+/// Applies a string write (a live key's expired twin was reaped by the caller, but for
+/// SET's, which [`State::set`] reaps itself).
 pub(super) fn execute(state: &mut State, cmd: KvCommand, limits: &KvLimits) -> KvResponse {
     const OOM: KvResponse = KvResponse::Error(KvError::OutOfMemory);
     let err = KvResponse::Error;
     match cmd {
         KvCommand::Set { key, value } => {
-            if !state.fits_pair(&key, &value, limits) {
-                return OOM;
+            if state.set(key, value, limits) {
+                KvResponse::Ok
+            } else {
+                OOM
             }
-            state.changed(&key, KeyEvent::Set, Some(&value));
-            state.put(key, value, None);
-            KvResponse::Ok
         }
         KvCommand::SetWith {
             key,
