@@ -416,3 +416,110 @@ fn a_missing_segment_a_group_needs_is_reported() {
         "{err}"
     );
 }
+
+/// Group 1 keeps its few entries in the first segment while group 2 fills many: the
+/// segments from the first on are all needed.
+fn log_pinned_by_group_1(dir: &Path) -> (MultiLog, Model) {
+    let mut log = open(dir);
+    let mut model = Model::new();
+    create(&mut log, &mut model, 1);
+    create(&mut log, &mut model, 2);
+    append(&mut log, &mut model, 1, 3, 100);
+    while log.segment_count() < 5 {
+        append(&mut log, &mut model, 2, 8, 500);
+        compact_all(&mut log, &mut model, 2);
+        log.sync().unwrap();
+    }
+    (log, model)
+}
+
+#[test]
+fn a_lost_middle_segment_is_reported_even_when_no_entry_after_it_shows_the_gap() {
+    let dir = test_dir();
+    let (log, _) = log_pinned_by_group_1(dir.path());
+    drop(log);
+    // Group 1's entries are all in segment 1; without the free marks, replay would start
+    // after the gap, find group 1 empty and delete segment 1 as stale.
+    let files = segment_files(dir.path());
+    std::fs::remove_file(&files[1]).unwrap();
+    let err = MultiLog::open(dir.path(), small_options())
+        .err()
+        .expect("a lost segment must be refused");
+    match &err {
+        LogError::Corrupt { path, reason, .. } => {
+            assert_eq!(path, &files[1], "{err}");
+            assert!(reason.contains("missing"), "{err}");
+        }
+        other => panic!("wrong error {other}"),
+    }
+    assert!(files[0].exists(), "nothing is deleted on corruption");
+}
+
+#[test]
+fn segments_left_behind_a_gap_by_an_interrupted_free_are_removed() {
+    let dir = test_dir();
+    let (mut log, mut model) = log_pinned_by_group_1(dir.path());
+    let files = segment_files(dir.path());
+    let kept: Vec<(std::path::PathBuf, Vec<u8>)> = [1, 3]
+        .iter()
+        .map(|&i| (files[i].clone(), std::fs::read(&files[i]).unwrap()))
+        .collect();
+    // Group 1 lets go: the sync frees every segment but the newest.
+    compact_all(&mut log, &mut model, 1);
+    log.sync().unwrap();
+    assert_eq!(log.segment_count(), 1);
+    drop(log);
+    // A crash that made only some of the unlinks durable: segments 2 and 4 come back.
+    for (path, bytes) in &kept {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let mut log = open(dir.path());
+    assert_matches(&log, &model, "after an interrupted free");
+    assert!(
+        !kept[0].0.exists(),
+        "the segment behind the gap is removed at open"
+    );
+    log.sync().unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "the rest goes at the first sync"
+    );
+    drop(log);
+    assert_matches(&open(dir.path()), &model, "reopened");
+}
+
+#[test]
+fn a_crash_between_sealing_a_segment_and_starting_the_next_resumes_in_a_new_one() {
+    let dir = test_dir();
+    let mut log = open(dir.path());
+    let mut model = Model::new();
+    create(&mut log, &mut model, 1);
+    create(&mut log, &mut model, 2);
+    log.sync().unwrap();
+    // One entry per append, so the append that rolls writes nothing to the sealed segment.
+    let mut before_roll = model.clone();
+    let mut i = 0;
+    while log.segment_count() < 2 {
+        before_roll = model.clone();
+        append(&mut log, &mut model, 1 + i % 2, 1, 300);
+        i += 1;
+    }
+    drop(log);
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2);
+    std::fs::remove_file(&files[1]).unwrap();
+    let sealed = std::fs::read(&files[0]).unwrap();
+    let mut log = open(dir.path());
+    assert_matches(&log, &before_roll, "reopened after the sealed segment");
+    assert_eq!(
+        std::fs::read(&files[0]).unwrap(),
+        sealed,
+        "a sealed segment is never written again"
+    );
+    let mut model = before_roll;
+    append(&mut log, &mut model, 2, 3, 100);
+    log.sync().unwrap();
+    drop(log);
+    assert_matches(&open(dir.path()), &model, "appended in the new segment");
+}

@@ -20,7 +20,9 @@
 //! therefore needed only while some group still holds an entry in it; after a sync, the
 //! oldest segments that no group needs are deleted (a prefix: one group that keeps old
 //! entries keeps every newer segment too). A compaction of one group never loses another's
-//! entries.
+//! entries. Before deleting, the sync writes a free mark (the first segment kept); with the
+//! oldest segment held that every segment header records, recovery tells a segment freed
+//! on purpose from a lost one.
 //!
 //! # Recovery
 //! Open replays every frame of every segment in order, rebuilding every group. A segment
@@ -433,6 +435,17 @@ impl MultiLog {
     /// no group needs any more.
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.check_usable()?;
+        let mut free_below = None;
+        if self.maybe_freed {
+            self.maybe_freed = false;
+            let needed = frame_ops::first_needed(self);
+            if needed > self.segments.front().expect("open").seq {
+                // Marked, and synced with this batch, before the files go: recovery then
+                // tells a segment freed on purpose from one that was lost.
+                self.put_record(frame::RecordKind::FreeBelow, 0, &[&needed.to_le_bytes()])?;
+                free_below = Some(needed);
+            }
+        }
         frame_ops::flush(self)?;
         if self.dirty {
             let seg = self.segments.back().expect("open");
@@ -443,7 +456,10 @@ impl MultiLog {
             self.dirty = false;
             self.sync_count += 1;
         }
-        frame_ops::free_segments(self)
+        match free_below {
+            Some(below) => frame_ops::free_segments(self, below),
+            None => Ok(()),
+        }
     }
 
     fn put_record(
