@@ -52,14 +52,21 @@
 //! appends: do not keep entries past a `truncate_suffix` (or conflicting `append`) that
 //! removes them.
 
+//! # Many groups, one log
+//! [`MultiLog`] (module [`multi`]) is a separate write-ahead log for many Raft groups in
+//! one directory of its own: every group's records share its segments and its syncs. Its
+//! format is its own (`RAFTMLG1` segments); the single-group [`Log`] is unchanged.
+
 #![deny(missing_docs)]
 
 mod error;
 pub mod format;
 mod log;
+pub mod multi;
 mod spare;
 mod sync;
 
 pub use error::LogError;
 pub use log::{Log, Options};
+pub use multi::{GroupLog, GroupView, MultiLog, MultiOptions};
 pub use sync::{FaultHook, FaultPoint, SyncHandle};

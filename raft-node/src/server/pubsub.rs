@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{serve_resp_batch, Closed, Conn, RespOutput, READ_CHUNK_BYTES};
+use super::resp_dispatch::serve_resp_batch;
+use super::resp_output::RespOutput;
+use super::{Closed, Conn, READ_CHUNK_BYTES};
 use crate::changes::KeyChange;
 use crate::changes::KeyEvent;
 use crate::glob::Pattern;
