@@ -388,10 +388,8 @@ mod tests {
         };
         let fast_rec = Arc::new(Recorder::default());
         let slow_rec = Arc::new(Recorder::default());
-        let mut fast =
-            Driver::with(KvStateMachine::new(limits).with_change_sink(fast_rec.clone()));
-        let mut slow =
-            Driver::with(KvStateMachine::new(limits).with_change_sink(slow_rec.clone()));
+        let mut fast = Driver::with(KvStateMachine::new(limits).with_change_sink(fast_rec.clone()));
+        let mut slow = Driver::with(KvStateMachine::new(limits).with_change_sink(slow_rec.clone()));
         let t0 = fast.now_ms;
         let expire = |k: &str, ms| KvCommand::Expire {
             key: b(k),
@@ -401,14 +399,14 @@ mod tests {
         let long = "x".repeat(40);
         // (now_ms, key, value), after the setup writes below.
         let steps: Vec<(u64, &str, &str)> = vec![
-            (t0, "new", "1"),        // absent
-            (t0, "plain", "2"),      // live, no deadline
-            (t0, "ttl", "3"),        // live with a deadline: cleared
-            (t0 + 100, "gone", "4"), // expired: reaped first
-            (t0 + 100, "big", &long), // absent and too big: OOM
-            (t0 + 200, "dead", &long), // expired, then too big: reaped, OOM
+            (t0, "new", "1"),           // absent
+            (t0, "plain", "2"),         // live, no deadline
+            (t0, "ttl", "3"),           // live with a deadline: cleared
+            (t0 + 100, "gone", "4"),    // expired: reaped first
+            (t0 + 100, "big", &long),   // absent and too big: OOM
+            (t0 + 200, "dead", &long),  // expired, then too big: reaped, OOM
             (t0 + 200, "plain", &long), // live and growing past the limit: OOM
-            (t0 + 200, "plain", "5"), // live and shrinking
+            (t0 + 200, "plain", "5"),   // live and shrinking
         ];
         for d in [&mut fast, &mut slow] {
             d.set("plain", "a");
@@ -429,7 +427,11 @@ mod tests {
             let z = slow.w(set_with(k, v, SetCondition::Always, false, Expiry::Persist));
             assert_eq!(a, z, "SET {k} at {now_ms}");
             assert_eq!(fast.sm.used_bytes(), slow.sm.used_bytes(), "{k}");
-            assert_eq!(fast.sm.next_deadline_ms(), slow.sm.next_deadline_ms(), "{k}");
+            assert_eq!(
+                fast.sm.next_deadline_ms(),
+                slow.sm.next_deadline_ms(),
+                "{k}"
+            );
             assert_eq!(fast.sm.digest(), slow.sm.digest(), "{k}");
         }
         assert_eq!(fast.get("plain"), Some(b("5")));
