@@ -80,6 +80,17 @@ impl Conn {
         self.metrics.client_disconnect(reason);
     }
 
+    /// Resolves once the node shuts down (`shutdown` changes or its sender is gone) or the
+    /// admission table evicts this connection. A connection loop makes it once and polls
+    /// the same future every time round: made anew per request, its two waiters were
+    /// registered (each in a mutex-guarded list) and dropped again per request.
+    async fn stopped(&self, mut shutdown: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.ticket.evicted() => {}
+        }
+    }
+
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }

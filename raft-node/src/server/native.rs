@@ -45,7 +45,7 @@ pub(super) async fn serve_native<S>(
     (auth, mut session): (Arc<Auth>, Session),
     handle: NodeHandle,
     conn: Conn,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,6 +63,13 @@ pub(super) async fn serve_native<S>(
     let mut input_bytes = 0usize;
     let mut idle_since = Instant::now();
     let mut partial_since: Option<Instant> = None;
+    // One stop future and one timer for the connection's life (see `Conn::stopped`): a
+    // timer made per request was an insertion into and a removal from the timer wheel per
+    // request, while moving one's deadline later takes no lock.
+    let stop = conn.stopped(shutdown);
+    tokio::pin!(stop);
+    let timer = tokio::time::sleep_until(idle_since + Conn::ms(limits.idle_timeout_ms));
+    tokio::pin!(timer);
     loop {
         if budget.overflowed.load(Ordering::Relaxed) {
             conn.close(DisconnectReason::OutputBuffer);
@@ -78,10 +85,12 @@ pub(super) async fn serve_native<S>(
             }
             (false, None) => idle_since + Conn::ms(limits.idle_timeout_ms),
         };
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = conn.ticket.evicted() => return,
-            _ = tokio::time::sleep_until(deadline), if waiting => {
+            _ = &mut stop => return,
+            _ = &mut timer, if waiting => {
                 if partial_since.is_some() {
                     conn.close(DisconnectReason::ReadTimeout);
                     return;

@@ -35,6 +35,11 @@ pub(super) async fn serve_resp<S>(
     let mut out = RespOutput::new(&limits);
     let mut idle_since = Instant::now();
     let mut request_since: Option<Instant> = None;
+    // One stop future and one timer for the connection's life, as in the native loop (see
+    // `Conn::stopped`). Boxed, so that subscribe mode can be handed a fresh one.
+    let mut stop = Box::pin(conn.stopped(shutdown.clone()));
+    let timer = tokio::time::sleep_until(idle_since + Conn::ms(limits.idle_timeout_ms));
+    tokio::pin!(timer);
     loop {
         // Every complete request already received is served together: the writes among them
         // reach the runtime back to back and are appended as one batch.
@@ -113,6 +118,10 @@ pub(super) async fn serve_resp<S>(
                 if served.is_ok() && !subscribing.is_empty() {
                     served = out.flush(&mut stream).await;
                     if served.is_ok() {
+                        // Subscribe mode waits for an eviction itself: a waiter of ours
+                        // still registered would take its `notify_one` from it. Replacing
+                        // it with an unpolled one hands a pending notification on.
+                        stop.set(conn.stopped(shutdown.clone()));
                         match pubsub::serve(
                             &mut stream,
                             &mut buf,
@@ -165,10 +174,12 @@ pub(super) async fn serve_resp<S>(
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES {
             buf.reserve(READ_CHUNK_BYTES);
         }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let read = tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = conn.ticket.evicted() => return,
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut stop => return,
+            _ = &mut timer => {
                 conn.close(if partial {
                     DisconnectReason::ReadTimeout
                 } else {
