@@ -205,14 +205,20 @@ mod tests {
         type Error = std::io::Error;
         fn append_entries(&mut self, entries: &[Entry]) -> Result<(), Self::Error> {
             self.dirty = true;
-            self.log.append_entries(entries).map_err(|never| match never {})
+            self.log
+                .append_entries(entries)
+                .map_err(|never| match never {})
         }
         fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), Self::Error> {
             self.dirty = true;
-            self.log.write_hard_state(hard_state).map_err(|never| match never {})
+            self.log
+                .write_hard_state(hard_state)
+                .map_err(|never| match never {})
         }
         fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
-            self.log.install_snapshot_meta(meta).map_err(|never| match never {})
+            self.log
+                .install_snapshot_meta(meta)
+                .map_err(|never| match never {})
         }
         fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
             self.log.compact_to(meta).map_err(|never| match never {})
