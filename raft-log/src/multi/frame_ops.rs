@@ -128,6 +128,9 @@ pub(super) fn make_room(log: &mut MultiLog, bytes: usize) -> Result<(), LogError
         }
         let capacity = log.segments.back().expect("open").capacity;
         if log.write_offset + room_needed(log.frame.len() + bytes) > capacity {
+            // Options make this unreachable; if it is not, part of an append may already be
+            // in the frame while the group's index lacks it: nothing may follow.
+            log.poisoned = true;
             return Err(LogError::Invalid(format!(
                 "a record of {bytes} bytes does not fit a fresh segment of {capacity} bytes"
             )));

@@ -8,6 +8,11 @@
 //! - `{seq:020}.wal`: segments numbered from 1, each a header and frames of records (see
 //!   [`frame`]). One frame, one CRC, is normally one group-commit batch.
 //!
+//! # Use by a multi-group runtime
+//! [`MultiLog::group_mut`] lends one group's [`LogWriter`](raft_core::LogWriter) for a call;
+//! a runtime whose `RawNode`s own their stores shares the log as a [`SharedMultiLog`] and
+//! gives each node a [`SharedGroup`], then writes every group's Ready and syncs once.
+//!
 //! # State in memory
 //! Each group keeps its own index: the segment and offset of every entry it holds, with its
 //! term, plus its hard state and snapshot (compaction point). Reads go through the segments'
@@ -43,6 +48,7 @@ mod frame_ops;
 mod group;
 mod options;
 mod recover;
+mod shared;
 mod store;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -60,6 +66,7 @@ use frame::FrameBuilder;
 pub use frame::GroupId;
 use group::Group;
 pub use options::MultiOptions;
+pub use shared::{SharedGroup, SharedMultiLog};
 pub use store::{GroupLog, GroupView};
 
 /// One segment file.
