@@ -24,6 +24,7 @@ fn options() -> MultiOptions {
         frame_bytes_max: 32 << 10,
         entry_bytes_max: 4 << 10,
         groups_max: GROUPS as usize,
+        ..MultiOptions::default()
     }
 }
 

@@ -246,6 +246,35 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Re-appends in the newest segment the entries of the groups that hold some in the oldest,
+/// smallest first and at most `rewrite_entries_max` in all, so that a later sync can free
+/// it. Replay reads the copy as an append at the group's first index, which replaces the
+/// entries it held by the same ones.
+pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
+    let oldest = log.segments.front().expect("open").seq;
+    let mut pinning: Vec<(usize, GroupId)> = log
+        .groups
+        .iter()
+        .filter(|(_, g)| g.oldest_segment() == Some(oldest))
+        .map(|(&id, g)| (g.locs.len(), id))
+        .collect();
+    pinning.sort_unstable();
+    let mut budget = log.options.rewrite_entries_max;
+    for (count, id) in pinning {
+        if count > budget {
+            break;
+        }
+        budget -= count;
+        let g = &log.groups[&id];
+        let entries = log
+            .entries(id, g.first_index, g.last_index() + 1, usize::MAX)
+            .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        append(log, id, &entries)?;
+        log.maybe_freed = true;
+    }
+    Ok(())
+}
+
 /// The oldest segment some group holds an entry in (the newest when none does): every
 /// segment before it can go, since the checkpoint at its start holds every group's state.
 pub(super) fn first_needed(log: &MultiLog) -> u64 {

@@ -25,7 +25,9 @@
 //! therefore needed only while some group still holds an entry in it; after a sync, the
 //! oldest segments that no group needs are deleted (a prefix: one group that keeps old
 //! entries keeps every newer segment too). A compaction of one group never loses another's
-//! entries. Before deleting, the sync writes a free mark (the first segment kept); with the
+//! entries. A group that never compacts would keep every later segment, so once more than
+//! `segments_held_max` are held, a sync first re-appends the entries of the (small) groups
+//! that pin the oldest one (raft-engine's rewrite). Before deleting, the sync writes a free mark (the first segment kept); with the
 //! oldest segment held that every segment header records, recovery tells a segment freed
 //! on purpose from a lost one.
 //!
@@ -442,6 +444,9 @@ impl MultiLog {
     /// no group needs any more.
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.check_usable()?;
+        if self.segments.len() > self.options.segments_held_max {
+            frame_ops::rewrite_oldest(self)?;
+        }
         let mut free_below = None;
         if self.maybe_freed {
             self.maybe_freed = false;
