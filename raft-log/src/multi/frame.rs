@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! segment = header (32 bytes) | frame* | zeroes
-//! header  = magic "RAFTMLG1" | version u32 | crc u32 | seq u64 | reserved u64
+//! header  = magic "RAFTMLG1" | version u32 | crc u32 | seq u64 | base u64
 //! frame   = total_len u32 | crc u32 | record_count u32 | reserved u32 | record* | zero padding to 8
 //! record  = kind u8 | group u64 | body_len u32 | body
 //! crc     = crc32(frame[8..total_len]) ^ seed(seq) ^ total_len
@@ -15,9 +15,14 @@
 //! lays it out (`len u32 | postcard(Entry)`, [`format::lay_out_entry`]); a hard state,
 //! compaction point, installed snapshot or group state (create/checkpoint) as postcard of
 //! `HardState`, `SnapshotMeta`, `SnapshotMeta`, `(HardState, SnapshotMeta)`; a truncation as
-//! the first dropped index `u64`; a group removal and a segment seal with no body. The seal
-//! is the last record of every segment but the newest, so a sealed segment that stops
-//! early is known to be damaged rather than torn.
+//! the first dropped index `u64`; a group removal and a segment seal with no body; a free
+//! mark as the sequence number `u64` below which segments are no longer needed (written and
+//! synced before they are deleted). The seal is the last record of every segment but the
+//! newest, so a sealed segment that stops early is known to be damaged rather than torn.
+//!
+//! A header's `base` is the oldest segment the log held when the segment was created: with
+//! the free marks after it, recovery knows which older segments were freed on purpose, so a
+//! missing one that was not is an error rather than a silent loss.
 
 use raft_core::{HardState, SnapshotMeta};
 
@@ -63,6 +68,8 @@ pub enum RecordKind {
     Remove = 7,
     /// The segment ends here; the next one continues the log.
     Seal = 8,
+    /// Segments below the sequence number in the body are no longer needed (group 0).
+    FreeBelow = 9,
 }
 
 impl RecordKind {
@@ -76,6 +83,7 @@ impl RecordKind {
             6 => RecordKind::GroupState,
             7 => RecordKind::Remove,
             8 => RecordKind::Seal,
+            9 => RecordKind::FreeBelow,
             _ => return None,
         })
     }
@@ -92,19 +100,20 @@ pub fn segment_seed(seq: u64) -> u32 {
     crc32fast::hash(&ident)
 }
 
-/// A segment header for segment `seq`.
-pub fn encode_segment_header(seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+/// A segment header for segment `seq`, created while `base` was the oldest segment held.
+pub fn encode_segment_header(seq: u64, base: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut out = [0u8; SEGMENT_HEADER_BYTES];
     out[0..8].copy_from_slice(&SEGMENT_MAGIC);
     out[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
+    out[24..32].copy_from_slice(&base.to_le_bytes());
     let crc = header_crc(&out);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// The sequence number in a segment header, or why the header is invalid.
-pub fn decode_segment_header(buf: &[u8]) -> Result<u64, &'static str> {
+/// The sequence number and base in a segment header, or why the header is invalid.
+pub fn decode_segment_header(buf: &[u8]) -> Result<(u64, u64), &'static str> {
     let buf = buf
         .get(..SEGMENT_HEADER_BYTES)
         .ok_or("file shorter than a segment header")?;
@@ -117,7 +126,11 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<u64, &'static str> {
     if u32_at(buf, 8) != SEGMENT_VERSION {
         return Err("unsupported multi-group segment version (this raft-log reads version 1)");
     }
-    Ok(u64_at(buf, 16))
+    let (seq, base) = (u64_at(buf, 16), u64_at(buf, 24));
+    if base == 0 || base > seq {
+        return Err("segment header's base is not a segment before it");
+    }
+    Ok((seq, base))
 }
 
 fn header_crc(buf: &[u8]) -> u32 {
@@ -372,8 +385,8 @@ mod tests {
 
     #[test]
     fn segment_headers_round_trip_and_reject_flips() {
-        let h = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&h), Ok(42));
+        let h = encode_segment_header(42, 40);
+        assert_eq!(decode_segment_header(&h), Ok((42, 40)));
         for bit in 0..SEGMENT_HEADER_BYTES * 8 {
             let mut bad = h;
             bad[bit / 8] ^= 1 << (bit % 8);

@@ -128,6 +128,9 @@ pub(super) fn make_room(log: &mut MultiLog, bytes: usize) -> Result<(), LogError
         }
         let capacity = log.segments.back().expect("open").capacity;
         if log.write_offset + room_needed(log.frame.len() + bytes) > capacity {
+            // Options make this unreachable; if it is not, part of an append may already be
+            // in the frame while the group's index lacks it: nothing may follow.
+            log.poisoned = true;
             return Err(LogError::Invalid(format!(
                 "a record of {bytes} bytes does not fit a fresh segment of {capacity} bytes"
             )));
@@ -159,29 +162,33 @@ pub(super) fn flush(log: &mut MultiLog) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Seals the newest segment (its last record, written and synced) and starts the next one
-/// with a checkpoint of every group's state.
+/// Seals the newest segment (its last record, written and synced) and starts the next one.
 pub(super) fn roll(log: &mut MultiLog) -> Result<(), LogError> {
-    if !log.segments.is_empty() {
-        // `make_room` left room for the seal, in this frame or one of its own.
-        log.frame.put_record(RecordKind::Seal, 0, &[]);
-        flush(log)?;
-        let seg = log.segments.back().expect("open");
-        if let Err(e) = seg.file.sync_data() {
-            log.poisoned = true;
-            return Err(LogError::io(&seg.path, e));
-        }
-        log.dirty = false;
+    // `make_room` left room for the seal, in this frame or one of its own.
+    log.frame.put_record(RecordKind::Seal, 0, &[]);
+    flush(log)?;
+    let seg = log.segments.back().expect("open");
+    if let Err(e) = seg.file.sync_data() {
+        log.poisoned = true;
+        return Err(LogError::io(&seg.path, e));
     }
+    log.dirty = false;
+    start_segment(log)
+}
+
+/// Starts the segment after the newest (or the first one) with a checkpoint of every
+/// group's state. The newest segment, if any, must be sealed already.
+pub(super) fn start_segment(log: &mut MultiLog) -> Result<(), LogError> {
     let seq = log.segments.back().map_or(1, |s| s.seq + 1);
-    let seg = create_segment(log, seq)?;
+    let base = log.segments.front().map_or(seq, |s| s.seq);
+    let seg = create_segment(log, seq, base)?;
     log.segments.push_back(seg);
     log.write_offset = SEGMENT_HEADER_BYTES as u64;
     write_checkpoint(log)
 }
 
 /// Creates segment `seq`: sized, header written and synced, directory synced.
-pub(super) fn create_segment(log: &mut MultiLog, seq: u64) -> Result<Segment, LogError> {
+fn create_segment(log: &mut MultiLog, seq: u64, base: u64) -> Result<Segment, LogError> {
     let path = log.dir.join(segment_name(seq));
     let fail = |log: &mut MultiLog, e| {
         log.poisoned = true;
@@ -197,7 +204,7 @@ pub(super) fn create_segment(log: &mut MultiLog, seq: u64) -> Result<Segment, Lo
         Err(e) => return Err(fail(log, e)),
     };
     let capacity = log.options.segment_bytes;
-    let header = frame::encode_segment_header(seq);
+    let header = frame::encode_segment_header(seq, base);
     if let Err(e) = file
         .set_len(capacity)
         .and_then(|()| file.write_all_at(&header, 0))
@@ -239,24 +246,53 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Deletes the oldest segments that no group holds an entry in (never the newest). Called
-/// right after a sync, so the records that freed them, and the checkpoint at the start of
-/// the first segment kept, are durable.
-pub(super) fn free_segments(log: &mut MultiLog) -> Result<(), LogError> {
-    if !log.maybe_freed {
-        return Ok(());
-    }
-    log.maybe_freed = false;
-    let newest = log.segments.back().expect("open").seq;
-    let needed = log
+/// Re-appends in the newest segment the entries of the groups that hold some in the oldest,
+/// smallest first and at most `rewrite_entries_max` in all, so that a later sync can free
+/// it. Replay reads the copy as an append at the group's first index, which replaces the
+/// entries it held by the same ones.
+pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
+    let oldest = log.segments.front().expect("open").seq;
+    let mut pinning: Vec<(usize, GroupId)> = log
         .groups
+        .iter()
+        .filter(|(_, g)| g.oldest_segment() == Some(oldest))
+        .map(|(&id, g)| (g.locs.len(), id))
+        .collect();
+    pinning.sort_unstable();
+    let mut budget = log.options.rewrite_entries_max;
+    for (count, id) in pinning {
+        if count > budget {
+            break;
+        }
+        budget -= count;
+        let g = &log.groups[&id];
+        let entries = log
+            .entries(id, g.first_index, g.last_index() + 1, usize::MAX)
+            .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        append(log, id, &entries)?;
+        log.maybe_freed = true;
+    }
+    Ok(())
+}
+
+/// The oldest segment some group holds an entry in (the newest when none does): every
+/// segment before it can go, since the checkpoint at its start holds every group's state.
+pub(super) fn first_needed(log: &MultiLog) -> u64 {
+    let newest = log.segments.back().expect("open").seq;
+    log.groups
         .values()
         .filter_map(|g| g.oldest_segment())
         .min()
         .unwrap_or(newest)
-        .min(newest);
+        .min(newest)
+}
+
+/// Deletes the segments before `below`. Called right after a sync that made durable the
+/// records that freed them, the free mark naming `below`, and (in an older sync) the
+/// checkpoint at the start of segment `below`.
+pub(super) fn free_segments(log: &mut MultiLog, below: u64) -> Result<(), LogError> {
     let mut freed = 0;
-    while log.segments.front().is_some_and(|s| s.seq < needed) {
+    while log.segments.front().is_some_and(|s| s.seq < below) {
         let seg = log.segments.pop_front().expect("checked");
         if let Err(e) = std::fs::remove_file(&seg.path) {
             log.poisoned = true;

@@ -34,8 +34,8 @@ pub(super) fn open(dir: &Path, options: MultiOptions) -> Result<MultiLog, LogErr
     let (mut seqs, unknown_files) = list_dir(dir)?;
     seqs.sort_unstable();
     // Segments are freed oldest first; a crash in the middle of that may leave an older one
-    // behind a gap. Replay starts after the last gap; the group check below fails if a
-    // segment before it was still needed.
+    // behind a gap. Replay starts after the last gap; the free marks replayed then say
+    // whether the segments before it were freed on purpose.
     let run_start = seqs
         .windows(2)
         .rposition(|w| w[1] != w[0] + 1)
@@ -73,6 +73,7 @@ pub(super) fn open(dir: &Path, options: MultiOptions) -> Result<MultiLog, LogErr
         log.write_offset = end;
         sealed_last = sealed;
     }
+    check_freed(&log, &replay, &stale)?;
     check_groups(&log, &replay)?;
     for seq in stale {
         let path = dir.join(frame_ops::segment_name(seq));
@@ -80,7 +81,7 @@ pub(super) fn open(dir: &Path, options: MultiOptions) -> Result<MultiLog, LogErr
         fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
     }
     if log.segments.is_empty() || sealed_last {
-        frame_ops::roll(&mut log)?;
+        frame_ops::start_segment(&mut log)?;
     } else {
         // What was recovered may have been read back from the page cache of a process that
         // died before syncing it: make it durable before anything builds on it.
@@ -94,10 +95,12 @@ pub(super) fn open(dir: &Path, options: MultiOptions) -> Result<MultiLog, LogErr
 }
 
 /// What replay tracks beside the groups: where each group's entries were first seen, to
-/// name a place in the error if they do not join its snapshot.
+/// name a place in the error if they do not join its snapshot, and the highest segment
+/// below which every segment was freed on purpose (headers' bases and free marks).
 #[derive(Default)]
 struct Replay {
     entries_from: BTreeMap<GroupId, (PathBuf, usize)>,
+    free_below: u64,
 }
 
 /// Replays one segment; returns it, where its frames end and whether it is sealed, or
@@ -130,8 +133,8 @@ fn replay_segment(
     }
     let map = map_file(&file, path)?;
     match frame::decode_segment_header(&map) {
-        Ok(s) if s == seq => {}
-        Ok(s) => {
+        Ok((s, base)) if s == seq => replay.free_below = replay.free_below.max(base),
+        Ok((s, _)) => {
             return Err(LogError::corrupt(
                 path,
                 16,
@@ -299,6 +302,18 @@ fn apply_record(
         )
     };
     let id = record.group;
+    if record.kind == RecordKind::FreeBelow {
+        let below: [u8; 8] = record
+            .body
+            .try_into()
+            .map_err(|_| bad("free mark body is not 8 bytes"))?;
+        let below = u64::from_le_bytes(below);
+        if below > seq {
+            return Err(bad("free mark past its own segment"));
+        }
+        replay.free_below = replay.free_below.max(below);
+        return Ok(());
+    }
     if record.kind == RecordKind::Remove {
         log.groups.remove(&id);
         replay.entries_from.remove(&id);
@@ -359,7 +374,9 @@ fn apply_record(
             group.compact(meta);
             group.hard_state = hs;
         }
-        RecordKind::Remove | RecordKind::Seal => unreachable!("handled above"),
+        RecordKind::Remove | RecordKind::Seal | RecordKind::FreeBelow => {
+            unreachable!("handled above")
+        }
     }
     if group.locs.is_empty() {
         replay.entries_from.remove(&id);
@@ -406,6 +423,31 @@ fn decode_entries(
         return Err("bytes after the record's last entry");
     }
     Ok((first.expect("count > 0"), locs))
+}
+
+/// Every segment from the last one freed on purpose on must be there: replay starts after
+/// the last gap, so a gap at or after that point is a lost segment. `stale` are the
+/// segments found before the gap (sorted).
+fn check_freed(log: &MultiLog, replay: &Replay, stale: &[u64]) -> Result<(), LogError> {
+    let Some(first) = log.segments.front() else {
+        return Ok(());
+    };
+    if first.seq <= replay.free_below {
+        return Ok(());
+    }
+    let mut missing = replay.free_below;
+    while stale.binary_search(&missing).is_ok() {
+        missing += 1;
+    }
+    Err(LogError::corrupt(
+        log.dir.join(frame_ops::segment_name(missing)),
+        0,
+        format!(
+            "segment {missing} is missing, but the log freed only the segments before {}: \
+             a segment it needs is missing",
+            replay.free_below
+        ),
+    ))
 }
 
 /// Every group's entries must start right after its snapshot: a gap means a segment it

@@ -1,0 +1,243 @@
+//! Crash test of the multi-group log with real processes: a child writes interleaved
+//! entries of many groups, sets their hard states, compacts some, and syncs the whole batch
+//! at once, printing after each sync every group's synced last index; the parent SIGKILLs it
+//! at seeded random moments, reopens the log and checks that every group holds everything
+//! reported synced, intact, and nothing after it that is not its own.
+//!
+//! The child is this same test binary, re-executed with `CHILD_DIR_VAR` set, running the
+//! `multi_crash_child` test (a no-op otherwise).
+
+mod multi_common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use multi_common::Rng;
+use raft_core::{Entry, EntryPayload, HardState, SnapshotMeta};
+use raft_log::{MultiLog, MultiOptions};
+
+const CHILD_DIR_VAR: &str = "RAFT_MULTI_LOG_CRASH_CHILD_DIR";
+const CHILD_SEED_VAR: &str = "RAFT_MULTI_LOG_CRASH_CHILD_SEED";
+const KILLS: u64 = 60;
+const GROUPS: u64 = 64;
+/// Lines the parent waits for before a kill, at most, and seconds it waits for one line.
+const LINES_MAX: u64 = 6;
+const LINE_WAIT: Duration = Duration::from_secs(60);
+
+/// The entry the child writes for `group` at `index`; the parent checks against it.
+fn expected_entry(group: u64, index: u64) -> Entry {
+    let len = ((index * 7919 + group * 104_729) % 300) as usize;
+    Entry {
+        index,
+        term: 1 + index / 500,
+        payload: EntryPayload::Command(Bytes::from(
+            (0..len)
+                .map(|i| (group as usize * 13 + index as usize + i) as u8)
+                .collect::<Vec<u8>>(),
+        )),
+    }
+}
+
+fn options() -> MultiOptions {
+    MultiOptions {
+        segment_bytes: 256 << 10,
+        frame_bytes_max: 32 << 10,
+        entry_bytes_max: 4 << 10,
+        groups_max: GROUPS as usize,
+        // Small enough that kills also land around groups being moved forward.
+        segments_held_max: 4,
+        rewrite_entries_max: 2000,
+    }
+}
+
+#[test]
+fn multi_crash_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else {
+        return;
+    };
+    let seed: u64 = std::env::var(CHILD_SEED_VAR).unwrap().parse().unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut log = MultiLog::open(&dir, options()).expect("child open");
+    for g in 1..=GROUPS {
+        if !log.has_group(g) {
+            log.create_group(g, SnapshotMeta::default())
+                .expect("create");
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    // Bounded: the parent kills the child long before this many batches.
+    for _ in 0..1_000_000 {
+        // One group-commit batch: a few groups each get some entries and a hard state.
+        for _ in 0..1 + rng.below(8) {
+            let g = 1 + rng.below(GROUPS);
+            let next = log.last_index(g).unwrap() + 1;
+            let entries: Vec<Entry> = (next..next + 1 + rng.below(6))
+                .map(|i| expected_entry(g, i))
+                .collect();
+            log.append(g, &entries).expect("append");
+            let last = log.last_index(g).unwrap();
+            log.set_hard_state(
+                g,
+                HardState {
+                    term: expected_entry(g, last).term,
+                    vote: Some(1),
+                    commit: last,
+                },
+            )
+            .expect("hard state");
+            if rng.below(8) == 0 && last > 40 {
+                let index = last - 20;
+                log.compact(
+                    g,
+                    SnapshotMeta {
+                        index,
+                        term: expected_entry(g, index).term,
+                        membership: Default::default(),
+                    },
+                )
+                .expect("compact");
+            }
+        }
+        log.sync().expect("sync");
+        let lasts: Vec<String> = (1..=GROUPS)
+            .map(|g| log.last_index(g).unwrap().to_string())
+            .collect();
+        std::io::Write::write_all(&mut out, format!("synced {}\n", lasts.join(" ")).as_bytes())
+            .expect("stdout");
+        std::io::Write::flush(&mut out).expect("stdout");
+    }
+}
+
+/// Kills and reaps the child however the test ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(dir: &Path, seed: u64) -> ChildGuard {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "multi_crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env(CHILD_DIR_VAR, dir)
+        .env(CHILD_SEED_VAR, seed.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}
+
+/// Folds a `synced ...` line into the per-group synced last indexes.
+fn note_synced(line: &str, synced: &mut [u64]) -> bool {
+    let Some(rest) = line.trim().strip_prefix("synced ") else {
+        return false;
+    };
+    for (s, n) in synced.iter_mut().zip(rest.split(' ')) {
+        *s = (*s).max(n.parse().unwrap());
+    }
+    true
+}
+
+fn verify(dir: &Path, synced: &[u64], round: u64) {
+    let log = MultiLog::open(dir, options())
+        .unwrap_or_else(|e| panic!("round {round}: reopen after kill: {e}"));
+    for g in 1..=GROUPS {
+        if !log.has_group(g) {
+            // Created but never synced before the first kill.
+            assert_eq!(synced[g as usize - 1], 0, "round {round}: group {g} lost");
+            continue;
+        }
+        let (first, last) = (log.first_index(g).unwrap(), log.last_index(g).unwrap());
+        let want = synced[g as usize - 1];
+        assert!(
+            last >= want,
+            "round {round}: group {g} synced up to {want}, holds up to {last}"
+        );
+        let meta = log.snapshot_meta(g).unwrap();
+        assert_eq!(meta.index + 1, first);
+        if meta.index > 0 {
+            assert_eq!(meta.term, expected_entry(g, meta.index).term);
+        }
+        if last >= first {
+            let got = log.entries(g, first, last + 1, usize::MAX).unwrap();
+            for e in &got {
+                assert!(
+                    *e == expected_entry(g, e.index),
+                    "round {round}: group {g} entry {} is garbage after a crash",
+                    e.index
+                );
+            }
+        }
+        let hs = log.hard_state(g).unwrap();
+        assert!(
+            hs.commit >= want && hs.commit <= last,
+            "round {round}: group {g} commit {} vs synced {want}, last {last}",
+            hs.commit
+        );
+    }
+}
+
+#[test]
+fn sigkill_mid_batch_loses_no_synced_entry_of_any_group() {
+    if std::env::var(CHILD_DIR_VAR).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x6d75_6c74_6b11);
+    let mut synced = vec![0u64; GROUPS as usize];
+    for round in 0..KILLS {
+        let mut child = spawn_child(dir.path(), rng.next());
+        let stdout = child.0.stdout.take().unwrap();
+        // Lines arrive on a thread so that a stuck child fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let wanted = 1 + rng.below(LINES_MAX);
+        let mut seen = 0;
+        while seen < wanted {
+            match rx.recv_timeout(LINE_WAIT) {
+                Ok(line) => {
+                    if note_synced(&line, &mut synced) {
+                        seen += 1;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.0.kill();
+                    let mut err = String::new();
+                    let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("round {round}: child stopped reporting: {err}");
+                }
+            }
+        }
+        // Kill between syncs or in the middle of a batch, at a random moment.
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        // Lines printed before the kill report syncs that completed too.
+        reader.join().unwrap();
+        for line in rx.try_iter() {
+            note_synced(&line, &mut synced);
+        }
+        verify(dir.path(), &synced, round);
+    }
+    let total: u64 = synced.iter().sum();
+    eprintln!("multi crash test: {KILLS} SIGKILLs, {total} entries synced over {GROUPS} groups");
+    assert!(total > KILLS, "the child made no progress");
+}
