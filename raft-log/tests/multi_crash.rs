@@ -47,6 +47,9 @@ fn options() -> MultiOptions {
         frame_bytes_max: 32 << 10,
         entry_bytes_max: 4 << 10,
         groups_max: GROUPS as usize,
+        // Small enough that kills also land around groups being moved forward.
+        segments_held_max: 4,
+        rewrite_entries_max: 2000,
     }
 }
 

@@ -128,6 +128,9 @@ pub(super) fn make_room(log: &mut MultiLog, bytes: usize) -> Result<(), LogError
         }
         let capacity = log.segments.back().expect("open").capacity;
         if log.write_offset + room_needed(log.frame.len() + bytes) > capacity {
+            // Options make this unreachable; if it is not, part of an append may already be
+            // in the frame while the group's index lacks it: nothing may follow.
+            log.poisoned = true;
             return Err(LogError::Invalid(format!(
                 "a record of {bytes} bytes does not fit a fresh segment of {capacity} bytes"
             )));
@@ -239,6 +242,35 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
                 <= log.segments.back().expect("open").capacity
         );
         log.frame.put_record(RecordKind::GroupState, id, &[&body]);
+    }
+    Ok(())
+}
+
+/// Re-appends in the newest segment the entries of the groups that hold some in the oldest,
+/// smallest first and at most `rewrite_entries_max` in all, so that a later sync can free
+/// it. Replay reads the copy as an append at the group's first index, which replaces the
+/// entries it held by the same ones.
+pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
+    let oldest = log.segments.front().expect("open").seq;
+    let mut pinning: Vec<(usize, GroupId)> = log
+        .groups
+        .iter()
+        .filter(|(_, g)| g.oldest_segment() == Some(oldest))
+        .map(|(&id, g)| (g.locs.len(), id))
+        .collect();
+    pinning.sort_unstable();
+    let mut budget = log.options.rewrite_entries_max;
+    for (count, id) in pinning {
+        if count > budget {
+            break;
+        }
+        budget -= count;
+        let g = &log.groups[&id];
+        let entries = log
+            .entries(id, g.first_index, g.last_index() + 1, usize::MAX)
+            .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        append(log, id, &entries)?;
+        log.maybe_freed = true;
     }
     Ok(())
 }
