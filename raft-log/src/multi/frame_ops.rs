@@ -225,7 +225,9 @@ fn create_segment(log: &mut MultiLog, seq: u64, base: u64) -> Result<Segment, Lo
 }
 
 /// One group-state record per group at the start of the newest segment, so that no
-/// group's state depends on an older segment.
+/// group's state depends on an older segment, then the checkpoint's end; synced before
+/// anything else goes into the segment, so that a segment holding any other record that
+/// survived a crash has its whole checkpoint too (older segments are freed trusting it).
 fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
     let ids: Vec<GroupId> = log.groups.keys().copied().collect();
     for id in ids {
@@ -243,6 +245,17 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
         );
         log.frame.put_record(RecordKind::GroupState, id, &[&body]);
     }
+    if log.frame.len() + RECORD_HEADER_BYTES > log.options.frame_bytes_max {
+        flush(log)?;
+    }
+    log.frame.put_record(RecordKind::CheckpointEnd, 0, &[]);
+    flush(log)?;
+    let seg = log.segments.back().expect("open");
+    if let Err(e) = seg.file.sync_data() {
+        log.poisoned = true;
+        return Err(LogError::io(&seg.path, e));
+    }
+    log.dirty = false;
     Ok(())
 }
 
