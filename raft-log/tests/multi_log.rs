@@ -566,3 +566,46 @@ fn a_crash_that_loses_a_new_segments_checkpoint_loses_no_group_state() {
     drop(log);
     assert_matches(&open(dir.path()), &model, "after freeing");
 }
+
+#[test]
+fn syncs_move_small_pinning_groups_forward_but_never_a_group_that_needs_several_records() {
+    let dir = test_dir();
+    let options = rewrite_options();
+    let mut log = MultiLog::open(dir.path(), options.clone()).unwrap();
+    let mut model = Model::new();
+    for g in 1..=3 {
+        create(&mut log, &mut model, g);
+    }
+    // Group 1's entries need several records (more than a frame): moving them could be cut
+    // by a crash, so they stay. Group 2's fit one record and move.
+    append(&mut log, &mut model, 1, 20, 1000);
+    append(&mut log, &mut model, 2, 3, 100);
+    for _ in 0..60 {
+        append(&mut log, &mut model, 3, 6, 500);
+        compact_all(&mut log, &mut model, 3);
+        log.sync().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(
+        files[0].ends_with(format!("{:020}.wal", 1)),
+        "group 1 pins segment 1"
+    );
+    assert!(files.len() > options.segments_held_max);
+    drop(log);
+    let mut log = MultiLog::open(dir.path(), options.clone()).unwrap();
+    assert_matches(&log, &model, "group 1 pinning");
+    // Once group 1 compacts, only where group 2 was moved to (and after) is kept.
+    compact_all(&mut log, &mut model, 1);
+    log.sync().unwrap();
+    assert!(
+        log.segment_count() <= options.segments_held_max + 1,
+        "{} segments held: group 2 was never moved forward",
+        log.segment_count()
+    );
+    drop(log);
+    assert_matches(
+        &MultiLog::open(dir.path(), options).unwrap(),
+        &model,
+        "after group 1 let go",
+    );
+}

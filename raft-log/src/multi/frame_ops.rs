@@ -262,8 +262,13 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
 /// Re-appends in the newest segment the entries of the groups that hold some in the oldest,
 /// smallest first and at most `rewrite_entries_max` in all, so that a later sync can free
 /// it. Replay reads the copy as an append at the group's first index, which replaces the
-/// entries it held by the same ones.
+/// entries it held by the same ones. Only a group whose entries fit one record is moved: a
+/// crash keeps all of a record or none, but of a copy cut into several records it could
+/// keep the first, whose append drops the held entries after it (possibly committed).
 pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
+    let record_bytes_max =
+        log.options.frame_bytes_max - FRAME_HEADER_BYTES - RECORD_HEADER_BYTES - ENTRY_COUNT_BYTES;
+    let (mut laid_out, mut parts) = (Vec::new(), Vec::new());
     let oldest = log.segments.front().expect("open").seq;
     let mut pinning: Vec<(usize, GroupId)> = log
         .groups
@@ -277,11 +282,25 @@ pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
         if count > budget {
             break;
         }
-        budget -= count;
         let g = &log.groups[&id];
         let entries = log
             .entries(id, g.first_index, g.last_index() + 1, usize::MAX)
             .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        laid_out.clear();
+        parts.clear();
+        // Nothing is borrowed (`usize::MAX`), so every byte of the record body is laid out.
+        let fits = format::lay_out_entries(
+            &entries,
+            &mut laid_out,
+            &mut parts,
+            usize::MAX,
+            log.options.entry_bytes_max as u64,
+        )
+        .is_ok_and(|_| laid_out.len() <= record_bytes_max);
+        if !fits {
+            continue;
+        }
+        budget -= count;
         append(log, id, &entries)?;
         log.maybe_freed = true;
     }
