@@ -283,9 +283,14 @@ pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
             break;
         }
         let g = &log.groups[&id];
+        // Read at most about one record's worth: a group too large to move costs every sync
+        // no more than that while it pins the oldest segment.
         let entries = log
-            .entries(id, g.first_index, g.last_index() + 1, usize::MAX)
+            .entries(id, g.first_index, g.last_index() + 1, record_bytes_max)
             .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        if entries.len() < count {
+            continue;
+        }
         laid_out.clear();
         parts.clear();
         // Nothing is borrowed (`usize::MAX`), so every byte of the record body is laid out.
