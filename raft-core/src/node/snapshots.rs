@@ -9,6 +9,7 @@
 //! its snapshots (raft-node keeps a trailing margin of entries) reports each snapshot before
 //! it compacts past the previous one, so the newest candidate is always one it holds.
 
+use crate::mutant::{self, Mutant};
 use crate::storage::LogStore;
 use crate::types::SnapshotMeta;
 
@@ -50,7 +51,9 @@ impl<S: LogStore> RawNode<S> {
     /// installed one, or the log's compaction point if that is newer.
     pub fn snapshot_to_send(&self) -> SnapshotMeta {
         let compacted = self.log.snapshot_meta();
-        if compacted.index > self.snapshot_sendable.index {
+        if compacted.index > self.snapshot_sendable.index
+            || mutant::active(Mutant::SnapshotAtCompactionPoint)
+        {
             compacted
         } else {
             self.snapshot_sendable.clone()

@@ -53,7 +53,9 @@ impl MultiOptions {
         let record = (RECORD_HEADER_BYTES + STATE_BODY_BYTES_MAX) as u64;
         let per_frame = ((self.frame_bytes_max - FRAME_HEADER_BYTES) as u64 / record).max(1);
         let frames = (self.groups_max as u64).div_ceil(per_frame).max(1);
-        self.groups_max as u64 * record + frames * (FRAME_HEADER_BYTES as u64 + 8)
+        self.groups_max as u64 * record
+            + RECORD_HEADER_BYTES as u64
+            + frames * (FRAME_HEADER_BYTES as u64 + 8)
     }
 
     /// Checks the bounds against each other.
