@@ -49,7 +49,8 @@ pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, Membership, MembershipError, VoteResult};
 pub use message::{ConflictHint, Message, MessageBody};
 pub use node::{
-    ChangeError, Error, PeerStatus, ProposalId, ProposeError, RawNode, Status, TransferError,
+    ChangeError, Error, PeerStatus, ProposalId, ProposeError, RawNode, SnapshotError, Status,
+    TransferError,
 };
 pub use ready::{ReadError, ReadState, Ready};
 pub use storage::{EntryBytesLimit, LogStore, LogWriter, MemLog, StorageError};

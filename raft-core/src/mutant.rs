@@ -23,15 +23,20 @@ pub enum Mutant {
     /// A new leader answers read-index reads before an entry of its own term has committed,
     /// so it may not yet know its predecessors' commit index (§6.4).
     ReadBeforeTermCommit,
+    /// A leader sends a follower behind its log the log's compaction point rather than the
+    /// newest snapshot the host reported: with a trailing margin that point is no snapshot
+    /// the host holds (what hosts used to paper over by rewriting the message).
+    SnapshotAtCompactionPoint,
 }
 
 impl Mutant {
     /// Every mutant, for tools that try them all.
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::MembershipChangeBeforeTermCommit,
         Mutant::CommitEarlierTermByCount,
         Mutant::VoteWithoutLogCheck,
         Mutant::ReadBeforeTermCommit,
+        Mutant::SnapshotAtCompactionPoint,
     ];
 
     /// The mutant's name on command lines (kebab case).
@@ -41,6 +46,7 @@ impl Mutant {
             Mutant::CommitEarlierTermByCount => "commit-earlier-term-by-count",
             Mutant::VoteWithoutLogCheck => "vote-without-log-check",
             Mutant::ReadBeforeTermCommit => "read-before-term-commit",
+            Mutant::SnapshotAtCompactionPoint => "snapshot-at-compaction-point",
         }
     }
 

@@ -78,8 +78,13 @@ fn read_before_term_commit_is_caught() {
 }
 
 #[test]
+fn snapshot_at_compaction_point_is_caught() {
+    caught(Mutant::SnapshotAtCompactionPoint);
+}
+
+#[test]
 fn every_mutant_has_a_test_and_a_name_that_parses() {
-    assert_eq!(Mutant::ALL.len(), 4, "add a test above for the new mutant");
+    assert_eq!(Mutant::ALL.len(), 5, "add a test above for the new mutant");
     for m in Mutant::ALL {
         assert_eq!(Mutant::from_name(m.name()), Some(m));
     }

@@ -68,5 +68,5 @@ mod sync;
 
 pub use error::LogError;
 pub use log::{Log, Options};
-pub use multi::{GroupLog, GroupView, MultiLog, MultiOptions};
+pub use multi::{GroupLog, GroupView, MultiLog, MultiOptions, SharedGroup, SharedMultiLog};
 pub use sync::{FaultHook, FaultPoint, SyncHandle};

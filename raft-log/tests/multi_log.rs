@@ -523,3 +523,89 @@ fn a_crash_between_sealing_a_segment_and_starting_the_next_resumes_in_a_new_one(
     drop(log);
     assert_matches(&open(dir.path()), &model, "appended in the new segment");
 }
+
+#[test]
+fn a_crash_that_loses_a_new_segments_checkpoint_loses_no_group_state() {
+    let dir = test_dir();
+    let mut log = open(dir.path());
+    let mut model = Model::new();
+    create(&mut log, &mut model, 1);
+    create(&mut log, &mut model, 2);
+    // Group 2's state lives only in records (and checkpoints): it holds no entry.
+    append(&mut log, &mut model, 2, 3, 100);
+    compact_all(&mut log, &mut model, 2);
+    let hs = HardState {
+        term: 1,
+        vote: Some(2),
+        commit: 3,
+    };
+    log.set_hard_state(2, hs).unwrap();
+    model.get_mut(&2).unwrap().set_hard_state(hs);
+    log.sync().unwrap();
+    // One entry per append, so the append that rolls writes nothing to the sealed segment.
+    let mut before_roll = model.clone();
+    while log.segment_count() < 2 {
+        before_roll = model.clone();
+        append(&mut log, &mut model, 1, 1, 300);
+    }
+    drop(log);
+    // The crash hit while the new segment's checkpoint was being synced: only its header
+    // is left.
+    let newest = segment_files(dir.path())[1].clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[SEGMENT_HEADER_BYTES..].fill(0);
+    std::fs::write(&newest, &bytes).unwrap();
+    let mut log = open(dir.path());
+    assert_matches(&log, &before_roll, "reopened after the lost checkpoint");
+    // Group 1 lets go of the old segments; the one kept must hold group 2's state.
+    let mut model = before_roll;
+    append(&mut log, &mut model, 1, 2, 100);
+    compact_all(&mut log, &mut model, 1);
+    log.sync().unwrap();
+    assert_eq!(log.segment_count(), 1, "the old segments are freed");
+    drop(log);
+    assert_matches(&open(dir.path()), &model, "after freeing");
+}
+
+#[test]
+fn syncs_move_small_pinning_groups_forward_but_never_a_group_that_needs_several_records() {
+    let dir = test_dir();
+    let options = rewrite_options();
+    let mut log = MultiLog::open(dir.path(), options.clone()).unwrap();
+    let mut model = Model::new();
+    for g in 1..=3 {
+        create(&mut log, &mut model, g);
+    }
+    // Group 1's entries need several records (more than a frame): moving them could be cut
+    // by a crash, so they stay. Group 2's fit one record and move.
+    append(&mut log, &mut model, 1, 20, 1000);
+    append(&mut log, &mut model, 2, 3, 100);
+    for _ in 0..60 {
+        append(&mut log, &mut model, 3, 6, 500);
+        compact_all(&mut log, &mut model, 3);
+        log.sync().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(
+        files[0].ends_with(format!("{:020}.wal", 1)),
+        "group 1 pins segment 1"
+    );
+    assert!(files.len() > options.segments_held_max);
+    drop(log);
+    let mut log = MultiLog::open(dir.path(), options.clone()).unwrap();
+    assert_matches(&log, &model, "group 1 pinning");
+    // Once group 1 compacts, only where group 2 was moved to (and after) is kept.
+    compact_all(&mut log, &mut model, 1);
+    log.sync().unwrap();
+    assert!(
+        log.segment_count() <= options.segments_held_max + 1,
+        "{} segments held: group 2 was never moved forward",
+        log.segment_count()
+    );
+    drop(log);
+    assert_matches(
+        &MultiLog::open(dir.path(), options).unwrap(),
+        &model,
+        "after group 1 let go",
+    );
+}

@@ -8,12 +8,11 @@
 //! where nothing is durable and a restarted node comes back empty (unsafe under the same ID:
 //! it may vote twice in a term).
 
-use std::io;
-
 use raft_core::{LogWriter, MemLog};
 
 /// Makes every write issued before the job was created durable. Runs on the sync thread.
-pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
+/// It fails with the store's own error, as the writes do (`raft_log::LogError` on disk).
+pub type SyncJob<E> = Box<dyn FnOnce() -> Result<(), E> + Send>;
 
 /// A log the node can write and make durable. The writes are raft-core's [`LogWriter`]; a
 /// failed one reaches the runtime as the store's own error (`raft_log::LogError` on disk).
@@ -21,7 +20,7 @@ pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
 /// on return (it is with the next sync).
 pub trait NodeStore: LogWriter + Send + 'static {
     /// A job that makes the writes issued so far durable.
-    fn sync_job(&mut self) -> SyncJob;
+    fn sync_job(&mut self) -> SyncJob<Self::Error>;
     /// Whether a sync job would have anything to flush now. `false` only when every write
     /// issued so far is durable or need not be (a commit-only hard state change), so the
     /// runtime may count them durable without handing a job to the sync thread.
@@ -36,7 +35,7 @@ pub trait NodeStore: LogWriter + Send + 'static {
 }
 
 impl NodeStore for MemLog {
-    fn sync_job(&mut self) -> SyncJob {
+    fn sync_job(&mut self) -> SyncJob<Self::Error> {
         Box::new(|| Ok(()))
     }
 

@@ -1,7 +1,6 @@
 //! raft-log's disk WAL behind the storage seam (its writes are raft-core's `LogWriter`,
 //! implemented in raft-log with its own `LogError`).
 
-use std::io;
 use std::path::Path;
 
 use raft_core::{HardState, LogStore, Membership, NodeId, SnapshotMeta};
@@ -11,11 +10,11 @@ use crate::config::ConfigError;
 use crate::store::{NodeStore, SyncJob};
 
 impl NodeStore for Log {
-    fn sync_job(&mut self) -> SyncJob {
+    fn sync_job(&mut self) -> SyncJob<Self::Error> {
         // The handle syncs every write issued before it runs (group commit), on the sync
         // thread, while the runtime goes on appending.
         let handle = self.sync_handle();
-        Box::new(move || handle.sync().map_err(io::Error::other))
+        Box::new(move || handle.sync())
     }
 
     fn sync_needed(&self) -> bool {

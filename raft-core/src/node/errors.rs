@@ -3,7 +3,7 @@
 use crate::config::ConfigError;
 use crate::membership::MembershipError;
 use crate::storage::StorageError;
-use crate::types::{Index, NodeId, Term};
+use crate::types::{Index, NodeId, SnapshotMeta, Term};
 
 /// Why the node could not be created or could not read its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,3 +86,47 @@ pub enum TransferError {
     /// The target is not a voter of the current configuration.
     NotAVoter,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a snapshot the host reported ([`RawNode::on_snapshot_built`](crate::RawNode::on_snapshot_built))
+/// will not be sent to followers.
+pub enum SnapshotError {
+    /// The node cannot check it: the log does not hold the entry at its index.
+    NotInLog {
+        /// The snapshot's index.
+        index: Index,
+        /// The first index the log holds.
+        first_index: Index,
+        /// The last index the log holds.
+        last_index: Index,
+    },
+    /// Its term or configuration differs from the log's at its index.
+    Disagrees {
+        /// What the host reported.
+        reported: Box<SnapshotMeta>,
+        /// What the log records at that index.
+        log: Box<SnapshotMeta>,
+    },
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::NotInLog {
+                index,
+                first_index,
+                last_index,
+            } => write!(
+                f,
+                "snapshot at index {index} cannot be checked: the log holds {first_index}..={last_index}"
+            ),
+            SnapshotError::Disagrees { reported, log } => write!(
+                f,
+                "snapshot at index {} records term {} and {:?}, the log term {} and {:?}",
+                reported.index, reported.term, reported.membership, log.term, log.membership
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}

@@ -115,6 +115,7 @@ impl<S: LogStore> RawNode<S> {
             self.commit_to(meta.index);
         } else {
             self.configs.reset(meta.index, meta.membership.clone());
+            self.snapshot_sendable = meta.clone();
             self.log.restore(meta);
             self.commit = index;
             self.applied = index;

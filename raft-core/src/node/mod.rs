@@ -15,6 +15,7 @@ mod persistence;
 mod propose;
 mod reads;
 mod replication;
+mod snapshots;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -33,7 +34,7 @@ use crate::storage::{LogStore, StorageError};
 use crate::types::{Entry, EntryPayload, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 use config_history::ConfigHistory;
-pub use errors::{ChangeError, Error, ProposalId, ProposeError, TransferError};
+pub use errors::{ChangeError, Error, ProposalId, ProposeError, SnapshotError, TransferError};
 use persistence::Persistence;
 use propose::Uncommitted;
 use reads::Reads;
@@ -70,6 +71,8 @@ pub struct RawNode<S> {
     /// The configuration in force at the log's compaction point (or at `applied`, if lower),
     /// then every later one.
     configs: ConfigHistory,
+    /// The newest snapshot the host reported built or this node installed (see `snapshots`).
+    snapshot_sendable: SnapshotMeta,
 
     /// Ticks since the node started (its logical clock).
     ticks: u64,
@@ -123,7 +126,7 @@ impl<S: LogStore> RawNode<S> {
             next += batch.len() as Index;
         }
         let commit = hard_state.commit.clamp(snapshot.index, last);
-        let mut history = ConfigHistory::new(snapshot.index, snapshot.membership);
+        let mut history = ConfigHistory::new(snapshot.index, snapshot.membership.clone());
         history.replace_from(snapshot.index + 1, configs);
         let mut rng = SplitMix64::new(config.seed ^ config.id.rotate_left(32));
         let randomized_election_timeout = rng.range(
@@ -141,6 +144,7 @@ impl<S: LogStore> RawNode<S> {
             applied: snapshot.index,
             apply_handed_out: snapshot.index,
             configs: history,
+            snapshot_sendable: snapshot,
             ticks: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,

@@ -83,8 +83,16 @@ impl<S: LogStore> RawNode<S> {
         last_sent.is_some() && replicate
     }
 
+    /// Sends `to` the snapshot the core chose (`snapshot_to_send`). Only committed state is
+    /// sent: a snapshot the host reported beyond the commit index (a restart whose commit
+    /// index lags its snapshot files) waits, as raft-rs' "snapshot temporarily unavailable",
+    /// until the commit index passes it; the follower stays in probe and the next heartbeat
+    /// answer tries again.
     fn send_snapshot(&mut self, to: NodeId) -> bool {
-        let meta = self.log.snapshot_meta();
+        let meta = self.snapshot_to_send();
+        if meta.index > self.commit {
+            return false;
+        }
         let ticks = self.ticks;
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.become_snapshot(meta.index, ticks);

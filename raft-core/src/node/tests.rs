@@ -533,3 +533,222 @@ fn the_membership_at_an_index_survives_apply_until_the_log_is_compacted_past_it(
     assert_eq!(n.membership_at(1), Some(&before), "the compaction point's");
     assert_eq!(n.membership_at(change.index), Some(&after));
 }
+
+// ----- the snapshot a leader sends ---------------------------------------------------------
+
+fn install(to: NodeId, term: Term, meta: SnapshotMeta) -> Message {
+    msg(1, to, term, MessageBody::InstallSnapshot { meta })
+}
+
+/// A settled leader of {1, 2, 3} holding entries 1..=4 (its no-op and three commands),
+/// committed and applied with node 2's acknowledgement; node 3 has acknowledged nothing.
+fn leader_with_applied_commands() -> RawNode<MemLog> {
+    let mut n = settled_leader(config(1));
+    for _ in 0..3 {
+        n.propose(Bytes::from_static(b"x")).unwrap();
+    }
+    persist(&mut n);
+    n.step(ack(2, 4)).unwrap();
+    persist(&mut n);
+    assert_eq!((n.commit_index(), n.applied_index()), (4, 4));
+    n
+}
+
+#[test]
+fn a_leader_sends_the_snapshot_the_host_reported_not_its_compaction_point_below_it() {
+    let mut n = leader_with_applied_commands();
+    // The host snapshots at 3 and keeps a trailing margin: the log is compacted through 2,
+    // where it holds no snapshot.
+    let snapshot = n.snapshot_meta_at(3).unwrap();
+    n.on_snapshot_built(snapshot.clone()).unwrap();
+    let margin = n.snapshot_meta_at(2).unwrap();
+    crate::LogWriter::compact_to(n.storage_mut(), margin).unwrap();
+    assert_eq!(n.snapshot_to_send(), snapshot);
+
+    // Node 3 needs entry 2 on, which the log no longer holds.
+    n.step(msg(3, 1, 1, MessageBody::HeartbeatResponse { read_seq: 0 }))
+        .unwrap();
+    let ready = persist(&mut n);
+    assert_eq!(ready.messages, vec![install(3, 1, snapshot)]);
+
+    // Nothing else goes to node 3 until it answers; its answer resumes replication right
+    // after the snapshot.
+    n.step(msg(3, 1, 1, MessageBody::HeartbeatResponse { read_seq: 0 }))
+        .unwrap();
+    assert!(persist(&mut n).messages.is_empty());
+    n.step(ack(3, 3)).unwrap();
+    let ready = persist(&mut n);
+    assert_eq!(
+        ready.messages,
+        vec![msg(
+            1,
+            3,
+            1,
+            MessageBody::AppendEntries {
+                prev_log_index: 3,
+                prev_log_term: 1,
+                entries: crate::LogStore::entries(n.storage(), 4, 5, usize::MAX).unwrap(),
+                leader_commit: 4,
+            }
+        )]
+    );
+}
+
+#[test]
+fn without_a_report_a_leader_sends_its_compaction_point_which_memlog_hosts_snapshot_at() {
+    let mut n = leader_with_applied_commands();
+    let compaction = n.snapshot_meta_at(3).unwrap();
+    crate::LogWriter::compact_to(n.storage_mut(), compaction.clone()).unwrap();
+    n.step(msg(3, 1, 1, MessageBody::HeartbeatResponse { read_seq: 0 }))
+        .unwrap();
+    assert_eq!(persist(&mut n).messages, vec![install(3, 1, compaction)]);
+}
+
+#[test]
+fn a_reported_snapshot_is_refused_unless_it_matches_the_log_and_ignored_when_older() {
+    let mut n = leader_with_applied_commands();
+    let at_3 = n.snapshot_meta_at(3).unwrap();
+
+    let wrong_term = SnapshotMeta {
+        term: 2,
+        ..at_3.clone()
+    };
+    assert_eq!(
+        n.on_snapshot_built(wrong_term.clone()),
+        Err(super::SnapshotError::Disagrees {
+            reported: Box::new(wrong_term),
+            log: Box::new(at_3.clone())
+        })
+    );
+    let wrong_membership = SnapshotMeta {
+        membership: Membership::new_voters([1, 2]),
+        ..at_3.clone()
+    };
+    assert!(matches!(
+        n.on_snapshot_built(wrong_membership),
+        Err(super::SnapshotError::Disagrees { .. })
+    ));
+    let beyond = SnapshotMeta {
+        index: 9,
+        ..at_3.clone()
+    };
+    assert_eq!(
+        n.on_snapshot_built(beyond),
+        Err(super::SnapshotError::NotInLog {
+            index: 9,
+            first_index: 1,
+            last_index: 4
+        })
+    );
+    assert_eq!(n.snapshot_to_send().index, 0, "nothing refused was taken");
+
+    n.on_snapshot_built(at_3.clone()).unwrap();
+    n.on_snapshot_built(n.snapshot_meta_at(2).unwrap()).unwrap();
+    assert_eq!(
+        n.snapshot_to_send(),
+        at_3,
+        "an older report changes nothing"
+    );
+}
+
+#[test]
+fn a_snapshot_beyond_the_commit_index_waits_until_the_leader_commits_past_it() {
+    // A restarted node whose snapshot file (at 4) is newer than the commit index its hard
+    // state recorded (2): the log holds 1..=5 of term 1, compacted through 2.
+    let voters = Membership::new_voters([1, 2, 3]);
+    let mut store = MemLog::with_snapshot(SnapshotMeta {
+        membership: voters.clone(),
+        ..Default::default()
+    });
+    let entries: Vec<Entry> = (1..=5)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Noop,
+        })
+        .collect();
+    store.append(&entries);
+    store.set_hard_state(HardState {
+        term: 1,
+        vote: None,
+        commit: 2,
+    });
+    store.compact(SnapshotMeta {
+        index: 2,
+        term: 1,
+        membership: voters.clone(),
+    });
+    let mut n = RawNode::new(config(1), store).unwrap();
+    let snapshot = SnapshotMeta {
+        index: 4,
+        term: 1,
+        membership: voters,
+    };
+    n.on_snapshot_built(snapshot.clone()).unwrap();
+
+    while n.role() != Role::Candidate {
+        n.tick();
+    }
+    let vote = MessageBody::RequestVoteResponse {
+        pre_vote: false,
+        granted: true,
+    };
+    n.step(msg(2, 1, 2, vote)).unwrap();
+    assert!(n.is_leader());
+    persist(&mut n);
+    // Node 3's log is empty: the leader backs up to index 1, which it no longer holds, and
+    // the snapshot it would send is not known committed yet, so it sends nothing.
+    let empty_log = crate::message::ConflictHint {
+        term: None,
+        index: 1,
+    };
+    n.step(msg(
+        3,
+        1,
+        2,
+        MessageBody::AppendEntriesResponse {
+            index: 5,
+            reject: Some(empty_log),
+        },
+    ))
+    .unwrap();
+    assert!(persist(&mut n).messages.is_empty());
+
+    // Node 2 acknowledges the no-op (6): the commit index passes the snapshot, which goes
+    // out with the commit's broadcast.
+    n.step(msg(
+        2,
+        1,
+        2,
+        MessageBody::AppendEntriesResponse {
+            index: 6,
+            reject: None,
+        },
+    ))
+    .unwrap();
+    assert_eq!(n.commit_index(), 6);
+    let ready = persist(&mut n);
+    let to_3: Vec<&Message> = ready.messages.iter().filter(|m| m.to == 3).collect();
+    assert_eq!(to_3, vec![&install(3, 2, snapshot)]);
+}
+
+#[test]
+fn an_installed_snapshot_is_the_one_this_node_sends_later() {
+    let mut n = node_with(config(2), &[1, 2, 3]);
+    let meta = SnapshotMeta {
+        index: 10,
+        term: 1,
+        membership: Membership::new_voters([1, 2, 3]),
+    };
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::InstallSnapshot { meta: meta.clone() },
+    ))
+    .unwrap();
+    assert_eq!(n.snapshot_to_send(), meta);
+    let ready = persist(&mut n);
+    assert_eq!(ready.snapshot, Some(meta.clone()));
+    assert_eq!(n.snapshot_to_send(), meta);
+}

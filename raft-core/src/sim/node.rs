@@ -22,18 +22,30 @@ use super::Stats;
 /// the run.
 const READIES_PER_EVENT_MAX: usize = 64;
 
+/// The newest snapshot a node holds (as raft-node's snapshot store keeps it): the state at
+/// `meta.index`. The log's compaction point lies at or below it.
+#[derive(Clone)]
+pub(super) struct Snapshot {
+    pub(super) meta: SnapshotMeta,
+    pub(super) data: Arc<Kv>,
+}
+
 /// A write the node made to its store that a crash may lose until it is synced.
 #[derive(Clone)]
 pub(super) enum DiskOp {
     HardState(HardState),
     Append(Vec<Entry>),
-    InstallSnapshot(SnapshotMeta, Arc<Kv>),
-    Compact(SnapshotMeta, Arc<Kv>),
+    /// A leader's snapshot replaces the log and becomes the node's snapshot.
+    InstallSnapshot(Snapshot),
+    /// A snapshot of the node's own state is written.
+    Snapshot(Snapshot),
+    /// The log drops its entries through the compaction point `meta`.
+    Compact(SnapshotMeta),
 }
 
 pub(super) struct Disk {
     pub(super) log: MemLog,
-    pub(super) snapshot_data: Arc<Kv>,
+    pub(super) snapshot: Snapshot,
 }
 
 impl Disk {
@@ -41,14 +53,12 @@ impl Disk {
         match op {
             DiskOp::HardState(hs) => self.log.set_hard_state(*hs),
             DiskOp::Append(entries) => self.log.append(entries),
-            DiskOp::InstallSnapshot(meta, data) => {
-                self.log.install_snapshot(meta.clone());
-                self.snapshot_data = data.clone();
+            DiskOp::InstallSnapshot(snapshot) => {
+                self.log.install_snapshot(snapshot.meta.clone());
+                self.snapshot = snapshot.clone();
             }
-            DiskOp::Compact(meta, data) => {
-                self.log.compact(meta.clone());
-                self.snapshot_data = data.clone();
-            }
+            DiskOp::Snapshot(snapshot) => self.snapshot = snapshot.clone(),
+            DiskOp::Compact(meta) => self.log.compact(meta.clone()),
         }
     }
 }
@@ -84,7 +94,7 @@ pub(super) struct SimNode {
     pub(super) journal: Vec<DiskOp>,
     pub(super) syncs: VecDeque<PendingSync>,
     pub(super) kv: Kv,
-    pub(super) snapshot_data: Arc<Kv>,
+    pub(super) snapshot: Snapshot,
     pub(super) incoming_snapshots: VecDeque<(Index, Term, Arc<Kv>)>,
     pub(super) pending_writes: BTreeMap<Index, (Term, u64)>,
     pub(super) pending_reads: BTreeMap<u64, u8>,
@@ -163,18 +173,38 @@ impl SimNode {
         self.incarnation += 1;
         let log = self.durable.log.clone();
         checker.on_durable_hard_state(step, self.id, log.hard_state());
-        if log.snapshot_meta().index != self.durable.snapshot_data.applied {
+        let snapshot = self.durable.snapshot.clone();
+        if snapshot.meta.index != snapshot.data.applied
+            || snapshot.meta.index < log.snapshot_meta().index
+        {
             checker.fail(
                 step,
-                format!("node {}: durable snapshot meta and data disagree", self.id),
+                format!(
+                    "node {}: durable snapshot at {} (data at {}) does not cover the log's compaction point {}",
+                    self.id,
+                    snapshot.meta.index,
+                    snapshot.data.applied,
+                    log.snapshot_meta().index
+                ),
             );
         }
         match RawNode::new(self.config(seed, params), log) {
-            Ok(raw) => self.raw = Some(raw),
+            Ok(mut raw) => {
+                // As raft-node does at start: the snapshot it holds is the one to send.
+                if let Err(e) = raw.on_snapshot_built(snapshot.meta.clone()) {
+                    checker.fail(
+                        step,
+                        format!("node {}: its durable snapshot is refused: {e}", self.id),
+                    );
+                }
+                self.raw = Some(raw);
+            }
             Err(e) => checker.fail(step, format!("node {} cannot restart: {e}", self.id)),
         }
-        self.kv = (*self.durable.snapshot_data).clone();
-        self.snapshot_data = self.durable.snapshot_data.clone();
+        // The state machine restarts from the snapshot, which may be ahead of the log's
+        // compaction point: the entries between are handed out again and skipped.
+        self.kv = (*snapshot.data).clone();
+        self.snapshot = snapshot;
         self.last_seen = (0, 0, 0);
     }
 
@@ -217,10 +247,13 @@ impl SimNode {
                 let data = self.incoming_snapshots.remove(pos).expect("found").2;
                 ctx.checker.on_snapshot_installed(ctx.step, self.id, &data);
                 raw.storage_mut().install_snapshot(meta.clone());
-                self.journal
-                    .push(DiskOp::InstallSnapshot(meta.clone(), data.clone()));
-                self.kv = (*data).clone();
-                self.snapshot_data = data;
+                let snapshot = Snapshot {
+                    meta: meta.clone(),
+                    data,
+                };
+                self.journal.push(DiskOp::InstallSnapshot(snapshot.clone()));
+                self.kv = (*snapshot.data).clone();
+                self.snapshot = snapshot;
                 ctx.stats.snapshots_installed += 1;
             }
             if let Some(first) = ready.entries.first() {
@@ -235,9 +268,26 @@ impl SimNode {
                 self.journal.push(DiskOp::HardState(hs));
             }
             for m in ready.messages {
-                let snapshot = matches!(m.body, MessageBody::InstallSnapshot { .. })
-                    .then(|| self.snapshot_data.clone());
-                ctx.net.send(ctx.rng, ctx.step, m, snapshot, ctx.stats);
+                let mut data = None;
+                if let MessageBody::InstallSnapshot { meta } = &m.body {
+                    // The host streams the snapshot the core named, and only that one.
+                    if *meta != self.snapshot.meta {
+                        ctx.checker.fail(
+                            ctx.step,
+                            format!(
+                                "node {} is asked to send a snapshot at {}/{} but holds {}/{}",
+                                self.id,
+                                meta.index,
+                                meta.term,
+                                self.snapshot.meta.index,
+                                self.snapshot.meta.term
+                            ),
+                        );
+                        return;
+                    }
+                    data = Some(self.snapshot.data.clone());
+                }
+                ctx.net.send(ctx.rng, ctx.step, m, data, ctx.stats);
             }
             if ready.seq > 0 {
                 let due = ctx.step + ctx.rng.range(0, self.sync_delay_ticks_max + 1);
@@ -252,6 +302,10 @@ impl SimNode {
 
             for entry in &ready.committed_entries {
                 ctx.checker.on_apply(ctx.step, self.id, entry);
+                if entry.index <= self.kv.applied {
+                    // Restored from a snapshot ahead of the log's compaction point.
+                    continue;
+                }
                 let write = match &entry.payload {
                     EntryPayload::Command(data) => Write::decode(data),
                     _ => None,
@@ -323,9 +377,9 @@ impl SimNode {
                 ctx.leader_committed |= commit > c0;
             }
 
-            // Compaction: snapshot the state machine every so many applied entries.
-            let snapshot_index = raw.storage().snapshot_meta().index;
-            if self.kv.applied >= snapshot_index + ctx.params.snapshot_interval_entries
+            // Snapshot the state machine every so many applied entries, then compact the log
+            // through the snapshot less the trailing margin (as raft-node does).
+            if self.kv.applied >= self.snapshot.meta.index + ctx.params.snapshot_interval_entries
                 && self.kv.applied == raw.applied_index()
             {
                 let index = self.kv.applied;
@@ -333,10 +387,26 @@ impl SimNode {
                     .snapshot_meta_at(index)
                     .expect("the applied entry is in the log");
                 debug_assert_eq!(&meta.membership, raw.applied_membership());
-                let data = Arc::new(self.kv.clone());
-                raw.storage_mut().compact(meta.clone());
-                self.journal.push(DiskOp::Compact(meta, data.clone()));
-                self.snapshot_data = data;
+                let snapshot = Snapshot {
+                    meta: meta.clone(),
+                    data: Arc::new(self.kv.clone()),
+                };
+                self.journal.push(DiskOp::Snapshot(snapshot.clone()));
+                self.snapshot = snapshot;
+                if let Err(e) = raw.on_snapshot_built(meta) {
+                    ctx.checker.fail(
+                        ctx.step,
+                        format!("node {}: its snapshot at {index} is refused: {e}", self.id),
+                    );
+                }
+                let through = index.saturating_sub(ctx.params.snapshot_log_margin_entries);
+                if through > raw.storage().snapshot_meta().index {
+                    let meta = raw
+                        .snapshot_meta_at(through)
+                        .expect("the log holds the compaction point");
+                    raw.storage_mut().compact(meta.clone());
+                    self.journal.push(DiskOp::Compact(meta));
+                }
                 ctx.stats.snapshots_taken += 1;
             }
         }

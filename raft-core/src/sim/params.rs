@@ -48,6 +48,11 @@ pub(super) struct Params {
     pub(super) lease_read: bool,
     pub(super) inflight_messages_max: usize,
     pub(super) append_entries_max: usize,
+    /// Entries kept in the log below each snapshot, as raft-node's trailing margin: the log's
+    /// compaction point is then no snapshot, and a leader must send the newest snapshot it
+    /// reported (`RawNode::on_snapshot_built`). 0 compacts at the snapshot, as `MemLog`
+    /// hosts do.
+    pub(super) snapshot_log_margin_entries: u64,
 }
 
 impl Params {
@@ -140,6 +145,12 @@ impl Params {
                 3..=4 => rng.range(2, 5),
                 _ => rng.range(1, 65),
             } as usize,
+            // Drawn last, so that the other parameters of a seed are those of earlier runs.
+            snapshot_log_margin_entries: if rng.chance(0.5) {
+                0
+            } else {
+                rng.range(1, 100)
+            },
         }
     }
 }

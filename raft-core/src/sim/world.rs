@@ -7,14 +7,14 @@ use std::sync::Arc;
 use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::rng::SplitMix64;
-use crate::storage::MemLog;
+use crate::storage::{LogStore, MemLog};
 use crate::types::{Index, NodeId, SnapshotMeta, Term};
 
 use super::checker::Checker;
 use super::clients::Client;
 use super::kv::Kv;
 use super::network::{Network, Packet};
-use super::node::{Ctx, Disk, SimNode};
+use super::node::{Ctx, Disk, SimNode, Snapshot};
 use super::params::Params;
 use super::{SimOptions, Stats};
 
@@ -84,19 +84,22 @@ impl World {
             } else {
                 MemLog::new()
             };
-            let empty = Arc::new(Kv::default());
+            let empty = Snapshot {
+                meta: log.snapshot_meta(),
+                data: Arc::new(Kv::default()),
+            };
             let mut node = SimNode {
                 id,
                 raw: None,
                 incarnation: 0,
                 durable: Disk {
                     log,
-                    snapshot_data: empty.clone(),
+                    snapshot: empty.clone(),
                 },
                 journal: Vec::new(),
                 syncs: VecDeque::new(),
                 kv: Kv::default(),
-                snapshot_data: empty,
+                snapshot: empty,
                 incoming_snapshots: VecDeque::new(),
                 pending_writes: BTreeMap::new(),
                 pending_reads: BTreeMap::new(),

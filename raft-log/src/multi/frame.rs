@@ -20,6 +20,11 @@
 //! synced before they are deleted). The seal is the last record of every segment but the
 //! newest, so a sealed segment that stops early is known to be damaged rather than torn.
 //!
+//! Every segment starts with a checkpoint: one group-state record per group, then a
+//! checkpoint-end record, written and synced before any other record goes into the segment.
+//! A newest segment whose checkpoint did not end was cut short by a crash while it was
+//! being started, and holds nothing else.
+//!
 //! A header's `base` is the oldest segment the log held when the segment was created: with
 //! the free marks after it, recovery knows which older segments were freed on purpose, so a
 //! missing one that was not is an error rather than a silent loss.
@@ -70,6 +75,8 @@ pub enum RecordKind {
     Seal = 8,
     /// Segments below the sequence number in the body are no longer needed (group 0).
     FreeBelow = 9,
+    /// The checkpoint a segment starts with is complete (group 0, no body).
+    CheckpointEnd = 10,
 }
 
 impl RecordKind {
@@ -84,6 +91,7 @@ impl RecordKind {
             7 => RecordKind::Remove,
             8 => RecordKind::Seal,
             9 => RecordKind::FreeBelow,
+            10 => RecordKind::CheckpointEnd,
             _ => return None,
         })
     }

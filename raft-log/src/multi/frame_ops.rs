@@ -128,6 +128,9 @@ pub(super) fn make_room(log: &mut MultiLog, bytes: usize) -> Result<(), LogError
         }
         let capacity = log.segments.back().expect("open").capacity;
         if log.write_offset + room_needed(log.frame.len() + bytes) > capacity {
+            // Options make this unreachable; if it is not, part of an append may already be
+            // in the frame while the group's index lacks it: nothing may follow.
+            log.poisoned = true;
             return Err(LogError::Invalid(format!(
                 "a record of {bytes} bytes does not fit a fresh segment of {capacity} bytes"
             )));
@@ -222,7 +225,9 @@ fn create_segment(log: &mut MultiLog, seq: u64, base: u64) -> Result<Segment, Lo
 }
 
 /// One group-state record per group at the start of the newest segment, so that no
-/// group's state depends on an older segment.
+/// group's state depends on an older segment, then the checkpoint's end; synced before
+/// anything else goes into the segment, so that a segment holding any other record that
+/// survived a crash has its whole checkpoint too (older segments are freed trusting it).
 fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
     let ids: Vec<GroupId> = log.groups.keys().copied().collect();
     for id in ids {
@@ -239,6 +244,70 @@ fn write_checkpoint(log: &mut MultiLog) -> Result<(), LogError> {
                 <= log.segments.back().expect("open").capacity
         );
         log.frame.put_record(RecordKind::GroupState, id, &[&body]);
+    }
+    if log.frame.len() + RECORD_HEADER_BYTES > log.options.frame_bytes_max {
+        flush(log)?;
+    }
+    log.frame.put_record(RecordKind::CheckpointEnd, 0, &[]);
+    flush(log)?;
+    let seg = log.segments.back().expect("open");
+    if let Err(e) = seg.file.sync_data() {
+        log.poisoned = true;
+        return Err(LogError::io(&seg.path, e));
+    }
+    log.dirty = false;
+    Ok(())
+}
+
+/// Re-appends in the newest segment the entries of the groups that hold some in the oldest,
+/// smallest first and at most `rewrite_entries_max` in all, so that a later sync can free
+/// it. Replay reads the copy as an append at the group's first index, which replaces the
+/// entries it held by the same ones. Only a group whose entries fit one record is moved: a
+/// crash keeps all of a record or none, but of a copy cut into several records it could
+/// keep the first, whose append drops the held entries after it (possibly committed).
+pub(super) fn rewrite_oldest(log: &mut MultiLog) -> Result<(), LogError> {
+    let record_bytes_max =
+        log.options.frame_bytes_max - FRAME_HEADER_BYTES - RECORD_HEADER_BYTES - ENTRY_COUNT_BYTES;
+    let (mut laid_out, mut parts) = (Vec::new(), Vec::new());
+    let oldest = log.segments.front().expect("open").seq;
+    let mut pinning: Vec<(usize, GroupId)> = log
+        .groups
+        .iter()
+        .filter(|(_, g)| g.oldest_segment() == Some(oldest))
+        .map(|(&id, g)| (g.locs.len(), id))
+        .collect();
+    pinning.sort_unstable();
+    let mut budget = log.options.rewrite_entries_max;
+    for (count, id) in pinning {
+        if count > budget {
+            break;
+        }
+        let g = &log.groups[&id];
+        // Read at most about one record's worth: a group too large to move costs every sync
+        // no more than that while it pins the oldest segment.
+        let entries = log
+            .entries(id, g.first_index, g.last_index() + 1, record_bytes_max)
+            .map_err(|e| LogError::Invalid(format!("moving group {id} forward: {e}")))?;
+        if entries.len() < count {
+            continue;
+        }
+        laid_out.clear();
+        parts.clear();
+        // Nothing is borrowed (`usize::MAX`), so every byte of the record body is laid out.
+        let fits = format::lay_out_entries(
+            &entries,
+            &mut laid_out,
+            &mut parts,
+            usize::MAX,
+            log.options.entry_bytes_max as u64,
+        )
+        .is_ok_and(|_| laid_out.len() <= record_bytes_max);
+        if !fits {
+            continue;
+        }
+        budget -= count;
+        append(log, id, &entries)?;
+        log.maybe_freed = true;
     }
     Ok(())
 }

@@ -8,6 +8,11 @@
 //! - `{seq:020}.wal`: segments numbered from 1, each a header and frames of records (see
 //!   [`frame`]). One frame, one CRC, is normally one group-commit batch.
 //!
+//! # Use by a multi-group runtime
+//! [`MultiLog::group_mut`] lends one group's [`LogWriter`](raft_core::LogWriter) for a call;
+//! a runtime whose `RawNode`s own their stores shares the log as a [`SharedMultiLog`] and
+//! gives each node a [`SharedGroup`], then writes every group's Ready and syncs once.
+//!
 //! # State in memory
 //! Each group keeps its own index: the segment and offset of every entry it holds, with its
 //! term, plus its hard state and snapshot (compaction point). Reads go through the segments'
@@ -20,7 +25,9 @@
 //! therefore needed only while some group still holds an entry in it; after a sync, the
 //! oldest segments that no group needs are deleted (a prefix: one group that keeps old
 //! entries keeps every newer segment too). A compaction of one group never loses another's
-//! entries. Before deleting, the sync writes a free mark (the first segment kept); with the
+//! entries. A group that never compacts would keep every later segment, so once more than
+//! `segments_held_max` are held, a sync first re-appends the entries of the (small) groups
+//! that pin the oldest one (raft-engine's rewrite). Before deleting, the sync writes a free mark (the first segment kept); with the
 //! oldest segment held that every segment header records, recovery tells a segment freed
 //! on purpose from a lost one.
 //!
@@ -43,6 +50,7 @@ mod frame_ops;
 mod group;
 mod options;
 mod recover;
+mod shared;
 mod store;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -60,6 +68,7 @@ use frame::FrameBuilder;
 pub use frame::GroupId;
 use group::Group;
 pub use options::MultiOptions;
+pub use shared::{SharedGroup, SharedMultiLog};
 pub use store::{GroupLog, GroupView};
 
 /// One segment file.
@@ -435,6 +444,9 @@ impl MultiLog {
     /// no group needs any more.
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.check_usable()?;
+        if self.segments.len() > self.options.segments_held_max {
+            frame_ops::rewrite_oldest(self)?;
+        }
         let mut free_below = None;
         if self.maybe_freed {
             self.maybe_freed = false;

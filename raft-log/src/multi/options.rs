@@ -25,6 +25,13 @@ pub struct MultiOptions {
     pub entry_bytes_max: usize,
     /// Most groups the log holds at once; creating one more is refused.
     pub groups_max: usize,
+    /// Segments held before a sync moves forward the entries of the groups that pin the
+    /// oldest one (re-appends them in the newest), so that it can be freed: a cold group
+    /// that never compacts would otherwise keep every segment after its entries on disk.
+    pub segments_held_max: usize,
+    /// Most entries one sync moves forward. A group holding more is never moved (it must
+    /// compact to free old segments: moving it would cost more than it frees).
+    pub rewrite_entries_max: usize,
 }
 
 impl Default for MultiOptions {
@@ -34,6 +41,8 @@ impl Default for MultiOptions {
             frame_bytes_max: 4 << 20,
             entry_bytes_max: 1 << 20,
             groups_max: 10_000,
+            segments_held_max: 16,
+            rewrite_entries_max: 64 << 10,
         }
     }
 }
@@ -44,7 +53,9 @@ impl MultiOptions {
         let record = (RECORD_HEADER_BYTES + STATE_BODY_BYTES_MAX) as u64;
         let per_frame = ((self.frame_bytes_max - FRAME_HEADER_BYTES) as u64 / record).max(1);
         let frames = (self.groups_max as u64).div_ceil(per_frame).max(1);
-        self.groups_max as u64 * record + frames * (FRAME_HEADER_BYTES as u64 + 8)
+        self.groups_max as u64 * record
+            + RECORD_HEADER_BYTES as u64
+            + frames * (FRAME_HEADER_BYTES as u64 + 8)
     }
 
     /// Checks the bounds against each other.
@@ -62,6 +73,12 @@ impl MultiOptions {
             return Err(LogError::Options(
                 "entry_bytes_max and groups_max must be positive".into(),
             ));
+        }
+        if self.segments_held_max < 2 {
+            return Err(LogError::Options(format!(
+                "segments_held_max {} must be at least 2 (the oldest and the newest)",
+                self.segments_held_max
+            )));
         }
         if self.frame_bytes_max < entry_frame.max(state_frame) {
             return Err(LogError::Options(format!(
@@ -106,6 +123,10 @@ mod tests {
             },
             MultiOptions {
                 groups_max: 0,
+                ..MultiOptions::default()
+            },
+            MultiOptions {
+                segments_held_max: 1,
                 ..MultiOptions::default()
             },
         ] {

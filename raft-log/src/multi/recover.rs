@@ -155,6 +155,7 @@ fn replay_segment(
     }
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut sealed = false;
+    let mut checkpoint_done = false;
     loop {
         if sealed {
             break;
@@ -183,8 +184,23 @@ fn replay_segment(
                 break;
             }
         };
-        sealed = apply_frame(log, replay, &map, frame, seq, path)?;
+        sealed = apply_frame(log, replay, &map, frame, seq, path, &mut checkpoint_done)?;
         offset = frame.end_offset;
+    }
+    if !checkpoint_done {
+        if !newest {
+            return Err(LogError::corrupt(
+                path,
+                offset as u64,
+                "segment ends before its checkpoint does",
+            ));
+        }
+        // Only a crash while the segment was being started leaves this, and then the segment
+        // holds nothing but part of a checkpoint of states the older segments hold too.
+        warn!(path = %path.display(), "removing a newest segment whose checkpoint a crash cut short");
+        drop(map);
+        fs::remove_file(path).map_err(|e| LogError::io(path, e))?;
+        return Ok(None);
     }
     Ok(Some((
         Segment {
@@ -254,7 +270,8 @@ fn cut_tail(file: &File, map: &[u8], path: &Path, offset: usize) -> Result<(), L
     Ok(())
 }
 
-/// Applies one frame's records; returns whether it ended with the seal.
+/// Applies one frame's records; returns whether it ended with the seal. `checkpoint_done`
+/// tracks whether the segment's checkpoint has ended.
 fn apply_frame(
     log: &mut MultiLog,
     replay: &mut Replay,
@@ -262,11 +279,30 @@ fn apply_frame(
     frame: Frame,
     seq: u64,
     path: &Path,
+    checkpoint_done: &mut bool,
 ) -> Result<bool, LogError> {
     let records = frame::records(map, frame)
         .map_err(|(at, reason)| LogError::corrupt(path, at as u64, reason))?;
     let count = records.len();
     for (i, record) in records.into_iter().enumerate() {
+        let at = (record.body_offset - frame::RECORD_HEADER_BYTES) as u64;
+        match (record.kind, *checkpoint_done) {
+            (RecordKind::CheckpointEnd, false) => {
+                *checkpoint_done = true;
+                continue;
+            }
+            (RecordKind::GroupState, false) | (_, true) => {}
+            (kind, false) => {
+                return Err(LogError::corrupt(
+                    path,
+                    at,
+                    format!("{kind:?} record before the segment's checkpoint ends"),
+                ))
+            }
+        }
+        if record.kind == RecordKind::CheckpointEnd {
+            return Err(LogError::corrupt(path, at, "a second checkpoint end"));
+        }
         if record.kind == RecordKind::Seal {
             if i + 1 != count {
                 return Err(LogError::corrupt(
@@ -374,7 +410,10 @@ fn apply_record(
             group.compact(meta);
             group.hard_state = hs;
         }
-        RecordKind::Remove | RecordKind::Seal | RecordKind::FreeBelow => {
+        RecordKind::Remove
+        | RecordKind::Seal
+        | RecordKind::FreeBelow
+        | RecordKind::CheckpointEnd => {
             unreachable!("handled above")
         }
     }

@@ -10,13 +10,26 @@ use raft_core::{Entry, EntryPayload, Index, LogStore, MemLog, Membership, Term};
 use raft_log::multi::GroupId;
 use raft_log::{MultiLog, MultiOptions};
 
-/// Small segments (a few frames each) so that tests roll and free segments often.
+/// Small segments (a few frames each) so that tests roll and free segments often; no
+/// group is ever moved forward, so a group's old entries pin their segments.
 pub fn small_options() -> MultiOptions {
     MultiOptions {
         segment_bytes: 32 << 10,
         frame_bytes_max: 8 << 10,
         entry_bytes_max: 2 << 10,
         groups_max: 8,
+        segments_held_max: usize::MAX,
+        rewrite_entries_max: 0,
+    }
+}
+
+/// [`small_options`] that move groups pinning the oldest segment forward once more than 3
+/// segments are held, a few hundred entries per sync.
+pub fn rewrite_options() -> MultiOptions {
+    MultiOptions {
+        segments_held_max: 3,
+        rewrite_entries_max: 300,
+        ..small_options()
     }
 }
 

@@ -143,9 +143,10 @@ pub fn spawn<S: NodeStore, M: HostedMachine>(
     parts: RuntimeParts<S, M>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), raft_core::Error> {
     let id = parts.raft.id;
-    let raw = RawNode::new(parts.raft, parts.store)?;
+    let mut raw = RawNode::new(parts.raft, parts.store)?;
+    snapshots::report_held_snapshots(&mut raw, &parts.snapshots);
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncRequest>(SYNC_QUEUE_MAX);
+    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncRequest<S::Error>>(SYNC_QUEUE_MAX);
     // At most SYNC_QUEUE_MAX + 1 completions exist at once, so this channel is bounded by
     // construction.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -239,7 +240,7 @@ struct Runtime<S: NodeStore, M: HostedMachine> {
     /// asked for. Keys are the known peers only, so it is bounded by the configuration.
     peer_heard_tick: BTreeMap<CoreId, Option<u64>>,
     metrics: Arc<Metrics>,
-    sync_tx: Option<std::sync::mpsc::SyncSender<SyncRequest>>,
+    sync_tx: Option<std::sync::mpsc::SyncSender<SyncRequest<S::Error>>>,
     syncs_in_flight: usize,
     /// Client requests, and AppendEntries carrying entries, taken in this loop iteration:
     /// more than one means the node is not lightly loaded (see `sync_inline_now`).
@@ -304,7 +305,7 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut inbound: mpsc::Receiver<Inbound>,
-        mut sync_done: mpsc::UnboundedReceiver<SyncDone>,
+        mut sync_done: mpsc::UnboundedReceiver<SyncDone<S::Error>>,
         mut background: mpsc::UnboundedReceiver<SnapshotEvent<M>>,
         mut shutdown: watch::Receiver<bool>,
     ) {

@@ -2,7 +2,9 @@
 //! one to a follower, and preparing and installing one from the leader; the work runs on
 //! blocking threads and comes back as [`SnapshotEvent`]s.
 
-use raft_core::{Index, Message, MessageBody, NodeId as CoreId, SnapshotMeta, Term};
+use raft_core::{
+    Index, LogStore, Message, MessageBody, NodeId as CoreId, RawNode, SnapshotMeta, Term,
+};
 use raft_snapshot::StateDigest;
 
 use crate::anti_entropy::DIGESTS_KEPT_MAX;
@@ -54,6 +56,40 @@ impl<M> Default for InstallState<M> {
             preparing: None,
             held: None,
             prepared: None,
+        }
+    }
+}
+
+/// Tells the core, at start, which snapshot this node holds to send to followers (the core
+/// chooses what a leader sends; the log's compaction point, a trailing margin below the
+/// newest file, is no snapshot). Files are tried newest first, up to a few: one the core
+/// refuses (its index beyond a log that lost unsynced entries) leaves the next older.
+pub(super) fn report_held_snapshots<S: LogStore>(
+    raw: &mut RawNode<S>,
+    store: &raft_snapshot::SnapshotStore,
+) {
+    const FILES_TRIED_MAX: usize = 4;
+    let mut files = match store.list() {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing snapshot files failed; none offered to followers");
+            return;
+        }
+    };
+    files.sort_by_key(|f| std::cmp::Reverse(f.index));
+    for file in files.into_iter().take(FILES_TRIED_MAX) {
+        let meta = match raft_snapshot::SnapshotReader::open(&file.path) {
+            Ok(reader) => reader.header().meta.clone(),
+            Err(e) => {
+                tracing::warn!(path = %file.path.display(), error = %e, "unreadable snapshot file skipped");
+                continue;
+            }
+        };
+        match raw.on_snapshot_built(meta) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(path = %file.path.display(), error = %e, "snapshot file not offered to followers")
+            }
         }
     }
 }
@@ -168,6 +204,11 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             SnapshotEvent::Written { meta, result } => match result {
                 Ok(()) => {
                     Metrics::add(&self.metrics.snapshots_taken, 1);
+                    // Before the log is compacted past the previous one: from now on a
+                    // leader sends this one.
+                    if let Err(e) = self.raw.on_snapshot_built(meta.clone()) {
+                        tracing::warn!(index = meta.index, error = %e, "snapshot not offered to followers");
+                    }
                     self.snapshot_index_latest = self.snapshot_index_latest.max(meta.index);
                     let through = self
                         .trigger
@@ -218,8 +259,8 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
     /// Drops the log's prefix through `through` (the snapshot's index less the trailing
     /// margin). The log records the entry there as its compaction point, with the
     /// configuration in force at it (the core's `snapshot_meta_at`); that point need not be
-    /// a snapshot file, because a
-    /// follower behind it is sent the newest snapshot file instead (`send_snapshot`).
+    /// a snapshot file, because the core sends a follower behind it the newest snapshot
+    /// reported to it (`on_snapshot_built`, called before this).
     fn compact_log_through(&mut self, through: Index) -> Option<Index> {
         if through <= self.raw.storage().snapshot_meta().index {
             return None;
@@ -238,14 +279,11 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
         Some(through)
     }
 
-    /// Loads the snapshot named by an `InstallSnapshot` message off the task and sends it.
-    ///
-    /// The core names the log's compaction point, which lies a trailing margin below the
-    /// newest snapshot file; the newest file at or after that point is sent instead, with
-    /// the message's metadata rewritten to match it. That is safe: the file is a state this
-    /// node applied, so committed, and the follower's acknowledgement of the higher index
-    /// moves the leader's progress past the point it asked for.
-    pub(super) fn send_snapshot(&mut self, mut msg: Message) {
+    /// Streams the snapshot file an `InstallSnapshot` message names (the core chose it, see
+    /// `on_snapshot_built`) beside the message, off the task. The file's own metadata must be
+    /// the message's: a file that says otherwise, or none at that index and term, fails the
+    /// send, and the core probes the follower again.
+    pub(super) fn send_snapshot(&mut self, msg: Message) {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
             return;
         };
@@ -257,7 +295,8 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
             self.transport.clone(),
             self.bg_tx.clone(),
         );
-        let (index, term, to) = (meta.index, meta.term, msg.to);
+        let (meta, to) = (meta.clone(), msg.to);
+        let (index, term) = (meta.index, meta.term);
         Metrics::add(&self.metrics.snapshots_sent, 1);
         tokio::task::spawn_blocking(move || {
             let result = off_task(|| -> Result<(), String> {
@@ -265,17 +304,17 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
                     .list()
                     .map_err(|e| e.to_string())?
                     .into_iter()
-                    .filter(|f| f.index > index || (f.index == index && f.term == term))
-                    .max_by_key(|f| f.index)
-                    .ok_or_else(|| {
-                        format!("no snapshot file at or after index {index} (term {term})")
-                    })?;
+                    .find(|f| f.index == index && f.term == term)
+                    .ok_or_else(|| format!("no snapshot file at index {index} (term {term})"))?;
                 // Streamed from the file by the transport: never read whole into memory.
                 let chunks =
                     raft_snapshot::SnapshotChunks::open(&file, 0, 0).map_err(|e| e.to_string())?;
-                msg.body = MessageBody::InstallSnapshot {
-                    meta: chunks.header().meta.clone(),
-                };
+                if chunks.header().meta != meta {
+                    return Err(format!(
+                        "the snapshot file at index {index} records {:?}, the core sends {meta:?}",
+                        chunks.header().meta
+                    ));
+                }
                 transport.send_snapshot(msg, chunks)
             });
             let _ = bg.send(match result {
@@ -325,14 +364,10 @@ impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
 
     /// Freezes the state machine now and writes the snapshot off the task.
     pub(super) fn take_snapshot(&mut self, index: Index) {
-        let Some(term) = self.raw.log_term(index) else {
+        // The core's record of the entry's term and the configuration in force there.
+        let Some(meta) = self.raw.snapshot_meta_at(index) else {
             self.trigger.on_snapshot_failed(index);
             return;
-        };
-        let meta = SnapshotMeta {
-            index,
-            term,
-            membership: self.raw.applied_membership().clone(),
         };
         let frozen = self.sm.freeze();
         let (store, bg) = (self.snapshots.clone(), self.bg_tx.clone());

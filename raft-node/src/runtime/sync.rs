@@ -15,20 +15,21 @@ use super::{HostedMachine, Runtime};
 /// Syncs queued for the sync thread; beyond this the runtime waits (disk back-pressure).
 pub(super) const SYNC_QUEUE_MAX: usize = 64;
 
-pub(super) struct SyncRequest {
+/// `E` is the store's error type (`NodeStore`'s `LogWriter::Error`).
+pub(super) struct SyncRequest<E> {
     pub(super) seq: u64,
-    pub(super) job: SyncJob,
+    pub(super) job: SyncJob<E>,
     pub(super) messages: Vec<Message>,
 }
 
 /// One pass of the sync thread: every job it took off the queue at once, made durable by
 /// one sync.
-pub(super) struct SyncDone {
+pub(super) struct SyncDone<E> {
     /// The highest `seq` of the pass: every Ready up to it is durable.
     seq: u64,
     /// Sync requests the pass covered.
     pub(super) jobs: usize,
-    result: std::io::Result<()>,
+    result: Result<(), E>,
     elapsed_us: u64,
 }
 
@@ -37,12 +38,12 @@ pub(super) struct SyncDone {
 /// older ones: one fdatasync for the lot), sends their `messages_after_persist` itself,
 /// in order, the moment they are durable (no hop through the runtime task on the way to the
 /// socket), then reports the pass for `on_persisted`. After a failed sync nothing is sent.
-pub(super) fn sync_thread(
-    requests: std::sync::mpsc::Receiver<SyncRequest>,
-    done: mpsc::UnboundedSender<SyncDone>,
+pub(super) fn sync_thread<E>(
+    requests: std::sync::mpsc::Receiver<SyncRequest<E>>,
+    done: mpsc::UnboundedSender<SyncDone<E>>,
     transport: Arc<dyn PeerTransport>,
 ) {
-    let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE_MAX);
+    let mut batch: Vec<SyncRequest<E>> = Vec::with_capacity(SYNC_QUEUE_MAX);
     while let Ok(first) = requests.recv() {
         batch.push(first);
         while batch.len() < SYNC_QUEUE_MAX {
@@ -79,7 +80,7 @@ pub(super) fn sync_thread(
 }
 
 impl<S: NodeStore, M: HostedMachine> Runtime<S, M> {
-    pub(super) fn on_sync_done(&mut self, done: SyncDone) {
+    pub(super) fn on_sync_done(&mut self, done: SyncDone<S::Error>) {
         debug_assert!(done.jobs <= self.syncs_in_flight);
         self.syncs_in_flight = self.syncs_in_flight.saturating_sub(done.jobs);
         if let Err(e) = done.result {
@@ -198,26 +199,34 @@ mod tests {
         }
     }
 
+    /// Its writes cannot fail (they are `MemLog`'s); its syncs fail on demand, with an
+    /// `io::Error` as a disk's would.
     impl LogWriter for TestStore {
-        type Error = std::convert::Infallible;
+        type Error = std::io::Error;
         fn append_entries(&mut self, entries: &[Entry]) -> Result<(), Self::Error> {
             self.dirty = true;
-            self.log.append_entries(entries)
+            self.log
+                .append_entries(entries)
+                .map_err(|never| match never {})
         }
         fn write_hard_state(&mut self, hard_state: HardState) -> Result<(), Self::Error> {
             self.dirty = true;
-            self.log.write_hard_state(hard_state)
+            self.log
+                .write_hard_state(hard_state)
+                .map_err(|never| match never {})
         }
         fn install_snapshot_meta(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
-            self.log.install_snapshot_meta(meta)
+            self.log
+                .install_snapshot_meta(meta)
+                .map_err(|never| match never {})
         }
         fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), Self::Error> {
-            self.log.compact_to(meta)
+            self.log.compact_to(meta).map_err(|never| match never {})
         }
     }
 
     impl NodeStore for TestStore {
-        fn sync_job(&mut self) -> SyncJob {
+        fn sync_job(&mut self) -> SyncJob<Self::Error> {
             self.dirty = false;
             let (threads, fail) = (self.sync_threads.clone(), self.fail.clone());
             Box::new(move || {

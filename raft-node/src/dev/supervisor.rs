@@ -1,11 +1,7 @@
-//! `raft-node dev`: a local cluster of one `raft-node run` process per node, supervised by
-//! this command, so that a node can be killed and restarted while the others carry on.
-//!
-//! The supervisor restarts nothing on its own. It writes `DATA_DIR/dev-cluster.json`
-//! (its PID, every node's PID and addresses) and listens on `DATA_DIR/dev.sock`, through
-//! which `raft-node dev kill N`, `dev restart N` (and `raft-node status`, by the state file)
-//! reach the running cluster. Ctrl-C or SIGTERM stops every node; a supervisor killed
-//! outright takes its nodes with it (`PR_SET_PDEATHSIG`).
+//! The supervisor: `raft-node dev` without a subcommand. It checks the data folder,
+//! creates certificates, spawns one `raft-node run` per node, writes the state file, and
+//! serves kill and restart requests on the control socket until Ctrl-C or SIGTERM; no node
+//! outlives it.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -15,303 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::{Subcommand, ValueEnum};
+use clap::ValueEnum;
 use raft_node::certs;
 use raft_node::cluster_id::ClusterId;
 use raft_node::config::StorageKind;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// The dev cluster's data folder when `--data-dir` is not given.
-pub const DATA_DIR_DEFAULT: &str = "raft-dev-data";
-/// The running cluster's description, in the data folder.
-pub const STATE_FILE: &str = "dev-cluster.json";
-/// The supervisor's control socket, in the data folder.
-pub const CONTROL_SOCKET: &str = "dev.sock";
-/// A control request is one short line (`kill 2`); anything longer is refused.
-const CONTROL_LINE_BYTES_MAX: u64 = 128;
-/// Time a control client has to send its request line.
-const CONTROL_READ_TIMEOUT_MS: u64 = 2_000;
-/// Time to wait for a control request to be carried out (a restart waits for the port).
-const CONTROL_REPLY_TIMEOUT_MS: u64 = 30_000;
-/// Time a node has to open its client port after being spawned.
-const NODE_START_TIMEOUT_MS: u64 = 15_000;
-/// Time a node has to exit after SIGTERM before it gets SIGKILL.
-const NODE_STOP_TIMEOUT_MS: u64 = 10_000;
-/// How often the supervisor looks for nodes that exited.
-const CHILD_POLL_INTERVAL_MS: u64 = 100;
-/// Lines of a failed node's log shown when it dies while the cluster starts.
-const LOG_TAIL_LINES: usize = 15;
-
-/// `raft-node dev`: start a cluster, or act on the one running from `--data-dir`.
-#[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct DevArgs {
-    #[command(subcommand)]
-    action: Option<DevAction>,
-    /// Cluster size: 3 or 5.
-    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
-    nodes: String,
-    /// Parent of each node's data directory (node-1, node-2, ...), its log (node-N.log)
-    /// and the running cluster's state file.
-    #[arg(long, default_value = DATA_DIR_DEFAULT)]
-    data_dir: PathBuf,
-    /// Node N's client port (native and RESP) is this plus N.
-    #[arg(long, default_value_t = 6380)]
-    client_port_base: u16,
-    /// Node N's peer port is this plus N.
-    #[arg(long, default_value_t = 16380)]
-    peer_port_base: u16,
-    /// Node N's HTTP port (status page, /status, /metrics) is this plus N.
-    #[arg(long, default_value_t = 8080)]
-    http_port_base: u16,
-    /// Where the nodes keep their logs (memory: lost when a node stops, so `dev restart`
-    /// is refused).
-    #[arg(long, value_enum, default_value_t = StorageKind::Disk)]
-    storage: StorageKind,
-    /// Delete the data folder first and start a new cluster (otherwise a previous dev
-    /// cluster's data is reused).
-    #[arg(long)]
-    fresh: bool,
-    /// Run with TLS: certificates are created under DATA_DIR/certs (once), and peers use
-    /// mutual TLS against that CA.
-    #[arg(long)]
-    tls: bool,
-}
-
-#[derive(Subcommand, Debug)]
-enum DevAction {
-    /// Show the running dev cluster: each node's PID, whether it runs, its role, term and
-    /// addresses.
-    Status(TargetArgs),
-    /// Kill node N outright (SIGKILL, like a crash); the others carry on. Nothing restarts
-    /// it until `raft-node dev restart N`.
-    Kill {
-        /// The node's ID.
-        id: u64,
-        #[command(flatten)]
-        target: TargetArgs,
-    },
-    /// Start node N again with its data (stopping it first if it runs).
-    Restart {
-        /// The node's ID.
-        id: u64,
-        #[command(flatten)]
-        target: TargetArgs,
-    },
-}
-
-/// Which running dev cluster a `dev` subcommand acts on.
-#[derive(clap::Args, Debug)]
-struct TargetArgs {
-    /// The running dev cluster's data folder.
-    #[arg(long, default_value = DATA_DIR_DEFAULT)]
-    data_dir: PathBuf,
-}
-
-/// `DATA_DIR/dev-cluster.json`: what a command needs to find the running cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DevState {
-    /// The supervisor's process ID.
-    pub supervisor_pid: u32,
-    /// Its start time (`/proc/PID/stat`, clock ticks since boot): a PID reused by another
-    /// process after the supervisor died does not match.
-    pub supervisor_start_ticks: u64,
-    /// The cluster's ID.
-    pub cluster_id: String,
-    /// The CA that signed the nodes' certificates, when the cluster runs with TLS.
-    pub tls_ca: Option<PathBuf>,
-    /// Every node, in ID order.
-    pub nodes: Vec<DevNode>,
-}
-
-/// One node of a [`DevState`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DevNode {
-    /// The node's ID.
-    pub id: u64,
-    /// Its process ID while it runs (as the supervisor last saw it).
-    pub pid: Option<u32>,
-    /// The process' start time, as for the supervisor.
-    pub start_ticks: Option<u64>,
-    /// Client port (native protocol and RESP).
-    pub client_addr: SocketAddr,
-    /// HTTP port (status page at `/`).
-    pub http_addr: SocketAddr,
-    /// Peer port.
-    pub peer_addr: SocketAddr,
-    /// The node's log file.
-    pub log_file: PathBuf,
-}
-
-impl DevState {
-    /// Whether the supervisor that wrote this file still runs.
-    pub fn supervisor_alive(&self) -> bool {
-        process_alive(self.supervisor_pid, self.supervisor_start_ticks)
-    }
-
-    /// The client addresses of every node.
-    pub fn client_addrs(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| n.client_addr.to_string())
-            .collect()
-    }
-}
-
-/// Reads `DATA_DIR/dev-cluster.json` of a running cluster; the error says what to do.
-pub fn running_cluster(data_dir: &Path) -> Result<DevState, String> {
-    let path = data_dir.join(STATE_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "no dev cluster found: {} does not exist (start one with `raft-node dev`, \
-                 or give --data-dir)",
-                path.display()
-            ))
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let state: DevState = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a dev cluster state file: {e}", path.display()))?;
-    if !state.supervisor_alive() {
-        return Err(format!(
-            "no dev cluster runs from {}: its supervisor (pid {}) has exited; start it again \
-             with `raft-node dev`",
-            data_dir.display(),
-            state.supervisor_pid
-        ));
-    }
-    Ok(state)
-}
-
-/// A process' start time in clock ticks since boot (field 22 of `/proc/PID/stat`), or
-/// `None` if it does not exist or has exited (a zombie).
-pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (the state).
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(22 - 3)?.parse().ok()
-}
-
-/// Whether `pid` runs and is the process that started at `start_ticks`.
-pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
-    process_start_ticks(pid) == Some(start_ticks)
-}
-
-/// Runs `raft-node dev ...`.
-pub async fn main(args: DevArgs) -> Result<(), String> {
-    match args.action {
-        None => supervise(args).await,
-        Some(DevAction::Status(target)) => status(&target.data_dir).await,
-        Some(DevAction::Kill { id, target }) => {
-            control(&target.data_dir, &format!("kill {id}")).await
-        }
-        Some(DevAction::Restart { id, target }) => {
-            control(&target.data_dir, &format!("restart {id}")).await
-        }
-    }
-}
-
-/// Sends one request line to the supervisor and prints its answer.
-async fn control(data_dir: &Path, request: &str) -> Result<(), String> {
-    running_cluster(data_dir)?;
-    let path = data_dir.join(CONTROL_SOCKET);
-    let exchange = async {
-        let mut stream = UnixStream::connect(&path)
-            .await
-            .map_err(|e| format!("cannot reach the supervisor at {}: {e}", path.display()))?;
-        stream
-            .write_all(format!("{request}\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut reply = String::new();
-        BufReader::new(stream)
-            .read_line(&mut reply)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<String, String>(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_millis(CONTROL_REPLY_TIMEOUT_MS), exchange)
-        .await
-        .map_err(|_| "the supervisor did not answer in time".to_string())??;
-    match reply.trim_end().split_once(' ') {
-        Some(("ok", text)) => {
-            println!("{text}");
-            Ok(())
-        }
-        Some(("error", text)) => Err(text.to_string()),
-        _ => Err(format!("unexpected answer from the supervisor: {reply:?}")),
-    }
-}
-
-/// `raft-node dev status`: the supervisor's view (PIDs) and each node's own (role, term).
-async fn status(data_dir: &Path) -> Result<(), String> {
-    let state = running_cluster(data_dir)?;
-    println!(
-        "dev cluster {} from {}, supervisor pid {}",
-        state.cluster_id,
-        data_dir.display(),
-        state.supervisor_pid
-    );
-    let login = crate::cli::Login {
-        tls_ca: state.tls_ca.clone(),
-        ..Default::default()
-    };
-    let rows = crate::cli::member_rows(&state.client_addrs(), &login).await;
-    println!(
-        "{:<4} {:<8} {:<8} {:<10} {:<6} {:<7} {:<21} {:<21} status page",
-        "node", "pid", "process", "role", "term", "leader", "client", "http"
-    );
-    for node in &state.nodes {
-        let alive = node
-            .pid
-            .zip(node.start_ticks)
-            .is_some_and(|(p, t)| process_alive(p, t));
-        let pid = match (alive, node.pid) {
-            (true, Some(p)) => p.to_string(),
-            _ => "-".to_string(),
-        };
-        let row = rows.iter().find(|r| r.addr == node.client_addr.to_string());
-        let (role, term, leader) = match row.and_then(|r| r.status.as_ref().ok()) {
-            Some(s) => (
-                s.role.clone(),
-                s.term.to_string(),
-                s.leader.map_or("none".to_string(), |l| l.to_string()),
-            ),
-            None => ("down".to_string(), "-".to_string(), "-".to_string()),
-        };
-        println!(
-            "{:<4} {:<8} {:<8} {:<10} {:<6} {:<7} {:<21} {:<21} {}",
-            node.id,
-            pid,
-            if alive { "running" } else { "stopped" },
-            role,
-            term,
-            leader,
-            node.client_addr,
-            node.http_addr,
-            page_url(&state, node.http_addr),
-        );
-    }
-    Ok(())
-}
-
-fn page_url(state: &DevState, http: SocketAddr) -> String {
-    let scheme = if state.tls_ca.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{http}/")
-}
+use super::state::{process_start_ticks, running_cluster, DevNode, DevState};
+use super::{
+    DevArgs, CHILD_POLL_INTERVAL_MS, CONTROL_LINE_BYTES_MAX, CONTROL_READ_TIMEOUT_MS,
+    CONTROL_SOCKET, DATA_DIR_DEFAULT, LOG_TAIL_LINES, NODE_START_TIMEOUT_MS, NODE_STOP_TIMEOUT_MS,
+    STATE_FILE,
+};
 
 /// Refuses a data folder holding another cluster size's nodes: those members would wait
 /// for peers that never come (a node outside the stored membership never gets a vote).
@@ -649,7 +361,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Starts the cluster and supervises it until Ctrl-C or SIGTERM.
-async fn supervise(args: DevArgs) -> Result<(), String> {
+pub(super) async fn supervise(args: DevArgs) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first: a Ctrl-C while the nodes start must still stop them all.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -925,13 +637,5 @@ mod tests {
         assert!(check_cluster_size(dir.path(), 3).is_ok());
         let e = check_cluster_size(dir.path(), 5).unwrap_err();
         assert!(e.contains("--fresh") && e.contains("--nodes 3"), "{e}");
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
-        let pid = std::process::id();
-        let ticks = process_start_ticks(pid).expect("own start time");
-        assert!(process_alive(pid, ticks));
-        assert!(!process_alive(pid, ticks + 1));
     }
 }
