@@ -1,9 +1,15 @@
 //! The configuration as an operator meets it, through the binary: flag over environment over
-//! file over default, TOML errors that point at the field, JSON logs, host names in peers.
+//! file over default, TOML errors that point at the field, bad settings refused with a
+//! nonzero exit, JSON logs, host names in peers.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_addr, free_addrs, BIN};
 
 fn node() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_raft-node"));
@@ -137,4 +143,129 @@ fn json_logs_and_a_peer_named_by_host_name() {
     let peer_addr = started["fields"]["peer_addr"].as_str().unwrap();
     assert!(peer_addr.ends_with(&format!(":{peer}")), "{started}");
     std::net::TcpStream::connect(("127.0.0.1", client)).expect("the client port listens");
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_addr();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &format!("1={p},{p}"), "--peer", &format!("1={p}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`peers`") && err.contains("duplicate ID 1"),
+        "{err}"
+    );
+
+    // A data directory that cannot be one (a regular file) names `data_dir`.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(&file)
+        .args(["--peer", &format!("1={},{}", free_addr(), free_addr())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("`data_dir`"), "{err}");
+
+    // A port in use names the listener's field.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &format!("1={busy_addr},{}", free_addr())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`peer_addr`"), "{err}");
+
+    // A data directory in use by a running node is refused; SIGTERM stops that node cleanly.
+    let (peer, client) = {
+        let a = free_addrs(2);
+        (a[0], a[1])
+    };
+    let node_args = |dir: &std::path::Path| -> Vec<String> {
+        vec![
+            "run".into(),
+            "--id".into(),
+            "1".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--peer".into(),
+            format!("1={peer},{client}"),
+        ]
+    };
+    struct Kill(Option<Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    // Killed on drop if an assertion below fails first.
+    let mut guard = Kill(Some(
+        Command::new(BIN)
+            .args(node_args(dir.path()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(client).is_err() {
+        assert!(Instant::now() < deadline, "node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = Command::new(BIN)
+        .args(["run", "--id", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--peer", &{
+            let a = free_addrs(2);
+            format!("1={},{}", a[0], a[1])
+        }])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("`data_dir`") && err.contains("locked"),
+        "{err}"
+    );
+    let running = guard.0.as_mut().unwrap();
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the node");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    guard.0 = None;
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--peer",
+        "--data-dir",
+        "--http-addr",
+        "--request-timeout-ms",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
 }

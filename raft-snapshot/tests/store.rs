@@ -1,5 +1,9 @@
 //! Snapshot files end to end: round trips, corruption, truncation, retention, recovery of
 //! the directory, transfer and assembly, anti-entropy over real state machines.
+//!
+//! Kept in one file although over ~800 lines: every test builds its state with the example
+//! machine included below by `#[path]`, whose own unit tests would run once more in each
+//! test binary if this file were split into several.
 
 /// The example key-value state machine (`examples/kv`), the state these tests write; its
 /// own unit tests run here too.

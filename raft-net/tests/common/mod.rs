@@ -2,6 +2,8 @@
 //! empty store, and the bytes of a file to compare.
 #![allow(dead_code)] // Each test file uses its own part.
 
+pub mod harness;
+
 use std::io::Write;
 use std::path::Path;
 

@@ -1,5 +1,5 @@
 //! The process harness shared by the test files that start real `raft-node` processes
-//! (`cluster.rs`, `hostile.rs`): a [`Cluster`] of children on ephemeral 127.0.0.1 ports, all
+//! (`cluster*.rs`, `config.rs`, `hostile.rs`): a [`Cluster`] of children on ephemeral 127.0.0.1 ports, all
 //! killed on drop (also when an assertion fails; each is a `raft_testkit::ChildGuard`), and
 //! every wait bounded by a deadline.
 
