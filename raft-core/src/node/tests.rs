@@ -1,6 +1,6 @@
 //! Handler tests for the node's sub-states, in the style of openraft's: put one node in a known
 //! state, feed it one input, and assert the exact messages, read states and writes it emits.
-//! (Whole-cluster scenarios are in `tests/protocol.rs`; these pin down single handlers.)
+//! (Whole-cluster scenarios are in `tests/protocol_*.rs`; these pin down single handlers.)
 
 use bytes::Bytes;
 
