@@ -57,7 +57,7 @@ pub(super) fn map_file(file: &FileRef) -> Result<(Bytes, Arc<memmap2::Mmap>), Lo
     Ok((Bytes::from_owner(MapOwner(owner.clone())), owner))
 }
 
-pub(super) fn lock_dir(dir: &Path) -> Result<File, LogError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)

@@ -29,10 +29,11 @@ use crate::spare::{is_spare_name, zero_fill, Preparer};
 use crate::sync::{FaultHook, FaultPoint, FileRef, Shared, SyncHandle};
 
 use files::*;
-pub(crate) use files::{preallocate, write_zeroes};
+// The multi-group log locks its directory the same way.
+pub(crate) use files::{lock_dir, preallocate, write_zeroes};
 pub use options::Options;
 
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 const STATE_FILE: &str = "state";
 const SEGMENT_SUFFIX: &str = ".seg";
 /// Digits of the zero-padded first index in a segment's name, so names sort by index.

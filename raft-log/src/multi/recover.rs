@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -13,16 +11,13 @@ use tracing::warn;
 
 use crate::error::LogError;
 use crate::format::{self, RecordError};
+use crate::log::{lock_dir, LOCK_FILE};
 
 use super::frame::{self, Frame, Record, RecordKind, SEGMENT_HEADER_BYTES};
 use super::frame_ops::{self, parse_segment_name};
 use super::group::{EntryLoc, Group};
 use super::{map_file, GroupId, MultiLog, MultiOptions, Segment};
 
-const LOCK_FILE: &str = "LOCK";
-/// How often, and how far apart, a held lock is tried again before `Locked` is returned.
-const LOCK_RETRIES: u32 = 5;
-const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Bytes of zeroes written per call when erasing a torn tail.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -530,34 +525,4 @@ fn list_dir(dir: &Path) -> Result<(Vec<u64>, Vec<PathBuf>), LogError> {
         }
     }
     Ok((seqs, unknown))
-}
-
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| LogError::io(&path, e))?;
-    // A process that forks shares the lock until the child execs, so a log this very
-    // process closed a moment ago can look locked: retry briefly (bounded) first.
-    for attempt in 0..=LOCK_RETRIES {
-        // SAFETY: flock on a valid descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::WouldBlock {
-            return Err(LogError::io(&path, err));
-        }
-        if attempt < LOCK_RETRIES {
-            std::thread::sleep(LOCK_RETRY_PAUSE);
-        }
-    }
-    Err(LogError::Locked {
-        path: dir.to_owned(),
-    })
 }
