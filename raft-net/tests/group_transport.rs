@@ -293,7 +293,7 @@ async fn a_full_queue_is_bounded_in_bytes_and_drops_whole_frames() {
     drop(down);
     let mut c = config(1);
     c.peers.insert(2, addr.into());
-    c.queue_bytes_max = 100_000;
+    c.queue_bytes_max = 400_000;
     let (a, _a_rx) = start_groups(c, no_stores()).await;
     let beats: Vec<_> = (1..=1000)
         .map(|group| GroupHeartbeat {
@@ -303,11 +303,11 @@ async fn a_full_queue_is_bounded_in_bytes_and_drops_whole_frames() {
             read_seq: 1,
         })
         .collect();
-    let frame_bytes = raft_net::group_codec::envelope_len(&Envelope::Heartbeats(beats.clone()));
+    let frame_bytes = Envelope::Heartbeats(beats.clone()).queued_bytes();
     for _ in 0..50 {
         a.send_heartbeats(2, beats.clone()).unwrap();
     }
-    let fit = 100_000 / frame_bytes;
+    let fit = 400_000 / frame_bytes;
     assert_eq!(a.queued(2), fit, "{frame_bytes} bytes a frame");
     // Whole frames are dropped, and each counts its 1,000 heartbeats.
     assert_eq!(a.stats().messages_dropped, (50 - fit as u64) * 1000);
