@@ -5,6 +5,9 @@
 //! * `groups/{transport,raw_tcp}/heartbeats_1000`: one iteration is 100 ticks, each the
 //!   heartbeats of 1,000 groups sent with one `send_heartbeats` (one coalesced frame) and
 //!   delivered to node 2's host.
+//! * `groups/{transport,raw_tcp}/heartbeats_1000_each`: the same heartbeats sent as one
+//!   group-tagged `Heartbeat` message each (`send_group`), 10 ticks an iteration: what
+//!   coalescing saves.
 //! * `groups/{transport,raw_tcp}/append_64x64`: one iteration is 10 rounds, each one
 //!   AppendEntries of 64 entries of 100 bytes for each of 64 groups, sent interleaved
 //!   (`send_group`, group after group) and delivered to node 2's host.
@@ -269,6 +272,23 @@ fn groups(c: &mut Criterion) {
             .collect(),
     };
     bench_load(c, &rt, heartbeat_load);
+    // The same heartbeats as one group-tagged message each: what coalescing saves (10
+    // ticks an iteration, so that a burst stays within the queue bound).
+    let uncoalesced_load = Load {
+        label: "heartbeats_1000_each",
+        rounds: (0..TICKS / 10)
+            .map(|tick| {
+                heartbeats(tick)
+                    .iter()
+                    .map(|h| Envelope::Message {
+                        group: h.group,
+                        message: h.to_message(1, 2),
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    bench_load(c, &rt, uncoalesced_load);
     let payload = Bytes::from(vec![0xAB; 100]);
     let append_load = Load {
         label: "append_64x64",
@@ -290,7 +310,7 @@ fn groups(c: &mut Criterion) {
 fn summary() {
     let r = RESULTS.lock().unwrap();
     println!("\ngroups summary (per Raft message; transport / raw TCP of the same bytes):");
-    for label in ["heartbeats_1000", "append_64x64"] {
+    for label in ["heartbeats_1000", "heartbeats_1000_each", "append_64x64"] {
         let per = |side: &str| {
             r.get(&format!("{side}/{label}"))
                 .filter(|(n, _)| *n > 0)
@@ -298,7 +318,7 @@ fn summary() {
         };
         if let (Some(t), Some(raw)) = (per("transport"), per("raw_tcp")) {
             println!(
-                "  {label:16} transport {t:8.1} ns  raw {raw:8.1} ns  ratio {:.2}x",
+                "  {label:21} transport {t:8.1} ns  raw {raw:8.1} ns  ratio {:.2}x",
                 t / raw
             );
         }

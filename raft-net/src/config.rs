@@ -35,8 +35,10 @@ pub struct TransportConfig {
     /// Per-peer outbound queue bound, in frames (a message, or a coalesced heartbeat
     /// frame of many groups); when full the oldest queued frame is dropped.
     pub queue_messages_max: usize,
-    /// Per-peer outbound queue bound, in encoded bytes; the oldest queued frames are
-    /// dropped to make room (one frame larger than this is still queued, alone).
+    /// Per-peer outbound queue bound, in bytes of memory its frames hold (see
+    /// [`crate::Envelope::queued_bytes`]: command payloads, shared with the log, are not
+    /// counted); the oldest queued frames are dropped to make room (one frame larger than
+    /// this is still queued, alone).
     pub queue_bytes_max: usize,
     /// Bound of the channel delivering [`crate::Incoming`] to the host, in items (each a
     /// batch of messages, or a snapshot). When it is full the readers stop reading, and TCP

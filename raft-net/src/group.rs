@@ -107,6 +107,25 @@ pub enum Envelope {
 }
 
 impl Envelope {
+    /// Bytes of memory it holds while queued, in O(1): itself, and its entries or
+    /// coalesced heartbeats. Command payloads are not counted: they are reference-counted
+    /// slices, most often of the log's own buffers.
+    pub fn queued_bytes(&self) -> usize {
+        std::mem::size_of::<Envelope>()
+            + match self {
+                Envelope::Message { message, .. } => match &message.body {
+                    MessageBody::AppendEntries { entries, .. } => {
+                        entries.len() * std::mem::size_of::<raft_core::Entry>()
+                    }
+                    _ => 0,
+                },
+                Envelope::Heartbeats(h) => h.len() * std::mem::size_of::<GroupHeartbeat>(),
+                Envelope::HeartbeatResponses(h) => {
+                    h.len() * std::mem::size_of::<GroupHeartbeatResponse>()
+                }
+            }
+    }
+
     /// Raft messages it stands for: 1, or one per coalesced heartbeat.
     pub fn messages(&self) -> usize {
         match self {

@@ -284,3 +284,70 @@ async fn snapshots_of_several_groups_stream_beside_the_messages() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_bounded_in_bytes_and_drops_whole_frames() {
+    // Peer 2 at an address nobody listens on: nothing drains node 1's queue.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let mut c = config(1);
+    c.peers.insert(2, addr.into());
+    c.queue_bytes_max = 400_000;
+    let (a, _a_rx) = start_groups(c, no_stores()).await;
+    let beats: Vec<_> = (1..=1000)
+        .map(|group| GroupHeartbeat {
+            group,
+            term: 1,
+            commit: 100_000,
+            read_seq: 1,
+        })
+        .collect();
+    let frame_bytes = Envelope::Heartbeats(beats.clone()).queued_bytes();
+    for _ in 0..50 {
+        a.send_heartbeats(2, beats.clone()).unwrap();
+    }
+    let fit = 400_000 / frame_bytes;
+    assert_eq!(a.queued(2), fit, "{frame_bytes} bytes a frame");
+    // Whole frames are dropped, and each counts its 1,000 heartbeats.
+    assert_eq!(a.stats().messages_dropped, (50 - fit as u64) * 1000);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_transfer_at_a_time_snapshots_arrive_in_request_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: HashMap<u64, SnapshotStore> = (1..=3)
+        .map(|g| (g, store(&dir.path().join(format!("b{g}")))))
+        .collect();
+    let stores: GroupSnapshotStores = Arc::new(move |g| stores.get(&g).cloned());
+    let mut ca = config(1);
+    ca.snapshot_chunk_bytes = 16 * 1024;
+    ca.snapshot_transfers_per_peer_max = 1;
+    let (a, _a_rx) = start_groups(ca, no_stores()).await;
+    let (b, mut b_rx) = start_groups(config(2), stores).await;
+    a.add_peer(2, b.local_addr());
+    b.add_peer(1, a.local_addr());
+    let mut done = Vec::new();
+    for g in [3, 1, 2] {
+        let file = snapshot_file(&dir.path().join(format!("a{g}")), meta(g), 200_000, 50_000);
+        done.push(a.send_group_snapshot(2, g, chunks(&file)).unwrap());
+    }
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        match next(&mut b_rx).await {
+            GroupIncoming::Snapshot { group, .. } => order.push(group),
+            other => panic!("{other:?}"),
+        }
+    }
+    // One slot: each transfer ran alone, the oldest request first.
+    assert_eq!(order, vec![3, 1, 2]);
+    for d in done {
+        assert_eq!(
+            timeout(Duration::from_secs(10), d).await.unwrap().unwrap(),
+            Ok(())
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -29,7 +29,7 @@ use crate::group::{
     Envelope, GroupHeartbeat, GroupHeartbeatResponse, GroupId, GroupIncoming, GroupSnapshotStores,
     SINGLE_GROUP,
 };
-use crate::group_codec::{envelope_len, heartbeats_per_frame};
+use crate::group_codec::heartbeats_per_frame;
 use raft_snapshot::{SnapshotChunks, SnapshotFile};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -568,7 +568,7 @@ impl TransportHandle {
             };
             // Oldest first out, until both bounds hold with this one in (an envelope over
             // `queue_bytes_max` by itself still goes, alone).
-            let bytes = envelope_len(&msg);
+            let bytes = msg.queued_bytes();
             let mut dropped = 0;
             while out.queue.len() >= cfg.queue_messages_max
                 || (out.queued_bytes + bytes > cfg.queue_bytes_max && !out.queue.is_empty())
@@ -576,7 +576,7 @@ impl TransportHandle {
                 let Some(old) = out.queue.pop_front() else {
                     break;
                 };
-                out.queued_bytes -= envelope_len(&old);
+                out.queued_bytes -= old.queued_bytes();
                 dropped += old.messages() as u64;
             }
             let was_empty = out.queue.is_empty();

@@ -32,7 +32,7 @@ use super::{log_conn_error, ConnError, Peer, Shared};
 /// messages: `send` writes only when nothing is queued, unsent or being written.
 pub(super) struct Outbox {
     pub(super) queue: VecDeque<Envelope>,
-    /// Encoded bytes of `queue` (see `TransportConfig::queue_bytes_max`).
+    /// Memory held by `queue` (see `TransportConfig::queue_bytes_max`).
     pub(super) queued_bytes: usize,
     /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
     pub(super) writer_busy: bool,
