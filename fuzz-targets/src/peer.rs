@@ -10,6 +10,7 @@ use raft_core::{
     ConflictHint, Entry, EntryPayload, Membership, Message, MessageBody, SnapshotMeta,
 };
 use raft_net::frame::{decode_body, encode_frame, FrameDecoder, DEFAULT_FRAME_BYTES_MAX};
+use raft_net::group_codec::{decode_envelope, encode_envelope};
 use raft_net::message_codec::{decode_message, decode_message_slice, encode_message, SegmentedBuf};
 use raft_net::message_reader::MessageReader;
 use raft_net::wire::{Hello, HelloReply, Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX};
@@ -90,6 +91,23 @@ pub fn run(data: &[u8]) {
     );
     for m in message_lane(&[], data, data.len().max(1)) {
         round_trip(&m);
+    }
+    // A multi-group node's message lane: every frame an envelope, which re-encodes to a
+    // frame that decodes to it again.
+    let mut reader = MessageReader::new(DEFAULT_FRAME_BYTES_MAX, data);
+    let mut envelopes = Vec::new();
+    loop {
+        let max = envelopes.len() + BATCH_MESSAGES_MAX;
+        if !matches!(reader.decode_envelopes(&mut envelopes, max), Ok(false)) {
+            break;
+        }
+    }
+    for env in envelopes.into_iter().take(FRAMES_MAX) {
+        let mut out = SegmentedBuf::with_capacity(64);
+        if encode_envelope(&env, &mut out, DEFAULT_FRAME_BYTES_MAX).is_ok() {
+            let wire = Bytes::from(out.finish().concat());
+            assert_eq!(decode_envelope(wire.slice(4..)).ok().as_ref(), Some(&env));
+        }
     }
     // The whole input as one frame body: the hand-written decoder against postcard.
     let ours = decode_message_slice(data);
@@ -210,6 +228,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     for f in [
         SnapshotFrame::Offer {
             snapshot_id: 1,
+            group: 0,
             meta,
             total_bytes: 3,
         },

@@ -62,6 +62,18 @@ impl Progress {
         self.inflight.clear();
     }
 
+    /// In Replicate: the messages in flight from `next_index` on are lost; send again from
+    /// there, with the whole window free.
+    pub fn resend_from(&mut self, next_index: Index) {
+        assert_eq!(self.state, ProgressState::Replicate);
+        assert!(
+            next_index > self.match_index,
+            "resending what the follower holds"
+        );
+        self.next_index = next_index;
+        self.inflight.clear();
+    }
+
     pub fn become_snapshot(&mut self, index: Index, tick: u64) {
         self.state = ProgressState::Snapshot {
             index,
@@ -204,6 +216,21 @@ mod tests {
         q.on_ack(150);
         q.become_probe();
         assert_eq!(q.next_index, 151);
+    }
+
+    #[test]
+    fn resending_frees_the_window_and_stays_in_replicate() {
+        let mut p = replicating(10);
+        for last in 11..=14 {
+            p.on_sent(Some(last));
+        }
+        assert!(p.is_paused(4));
+        p.resend_from(12);
+        assert_eq!(
+            (p.state, p.next_index, p.match_index, p.inflight.len()),
+            (ProgressState::Replicate, 12, 10, 0)
+        );
+        assert!(!p.is_paused(4));
     }
 
     #[test]

@@ -6,22 +6,24 @@
 //! durable, and between that sync and the roll or compaction that frees its files.
 //!
 //! The child is this same test binary, re-executed with `CHILD_DIR_VAR` set, running the
-//! `crash_child` test (a no-op otherwise).
+//! `crash_child` test (a no-op otherwise); see [`common::child`].
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::child::Child;
+use common::Rng;
 use raft_core::{Entry, EntryPayload, HardState, LogStore, SnapshotMeta};
 use raft_log::{Log, Options};
 
 const CHILD_DIR_VAR: &str = "RAFT_LOG_CRASH_CHILD_DIR";
 const CHILD_SEED_VAR: &str = "RAFT_LOG_CRASH_CHILD_SEED";
 const KILLS: u64 = 200;
+/// How long the parent waits for one line of the child before it fails the test.
+const LINE_WAIT: Duration = Duration::from_secs(60);
 
 /// The entry the child writes at `index`; the parent checks against the same function.
 fn expected_entry(index: u64) -> Entry {
@@ -41,18 +43,6 @@ fn options() -> Options {
     Options {
         segment_bytes: 64 << 10,
         ..Options::default()
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
@@ -100,32 +90,9 @@ fn crash_child() {
     }
 }
 
-/// Kills and reaps the child however the test ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_child(dir: &Path, seed: u64) -> ChildGuard {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "crash_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--quiet",
-        ])
-        .env(CHILD_DIR_VAR, dir)
-        .env(CHILD_SEED_VAR, seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ChildGuard(child)
+/// The synced index a line of the child reports, if it is one of its reports.
+fn synced_index(line: &str) -> Option<u64> {
+    line.trim().strip_prefix("synced ")?.parse().ok()
 }
 
 fn verify(dir: &Path, synced: u64) -> u64 {
@@ -166,36 +133,29 @@ fn sigkill_at_random_moments_loses_no_synced_entry() {
     let mut synced = 0u64;
     let mut kills = 0;
     for round in 0..KILLS {
-        let mut child = spawn_child(dir.path(), rng.next());
-        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        let mut child = Child::spawn(
+            "crash_child",
+            &[
+                (CHILD_DIR_VAR, dir.path().display().to_string()),
+                (CHILD_SEED_VAR, rng.next().to_string()),
+            ],
+        );
         let wanted = 1 + rng.next() % 8;
-        let mut line = String::new();
         let mut seen = 0;
         while seen < wanted {
-            line.clear();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let mut err = String::new();
-                let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("round {round}: child exited early: {err}");
-            }
-            // The test harness prints lines of its own.
-            if let Some(n) = line.trim().strip_prefix("synced ") {
-                synced = synced.max(n.parse().unwrap());
+            if let Some(n) = synced_index(&child.next_line(LINE_WAIT, round)) {
+                synced = synced.max(n);
                 seen += 1;
             }
         }
         // Kill between syncs or in the middle of one, at a random moment.
-        std::thread::sleep(Duration::from_micros(rng.next() % 400));
-        child.0.kill().unwrap();
-        child.0.wait().unwrap();
-        kills += 1;
-        // Lines printed before the kill report syncs that completed too.
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("synced ") {
-                synced = synced.max(n.parse().unwrap());
+        let delay = Duration::from_micros(rng.next() % 400);
+        for line in child.kill_after(delay) {
+            if let Some(n) = synced_index(&line) {
+                synced = synced.max(n);
             }
         }
+        kills += 1;
         let last = verify(dir.path(), synced);
         assert!(last >= synced);
     }

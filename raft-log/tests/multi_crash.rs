@@ -5,17 +5,16 @@
 //! reported synced, intact, and nothing after it that is not its own.
 //!
 //! The child is this same test binary, re-executed with `CHILD_DIR_VAR` set, running the
-//! `multi_crash_child` test (a no-op otherwise).
+//! `multi_crash_child` test (a no-op otherwise); see [`common::child`].
 
-mod multi_common;
+mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use multi_common::Rng;
+use common::child::Child;
+use common::Rng;
 use raft_core::{Entry, EntryPayload, HardState, SnapshotMeta};
 use raft_log::{MultiLog, MultiOptions};
 
@@ -117,34 +116,6 @@ fn multi_crash_child() {
     }
 }
 
-/// Kills and reaps the child however the test ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_child(dir: &Path, seed: u64) -> ChildGuard {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "multi_crash_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--quiet",
-        ])
-        .env(CHILD_DIR_VAR, dir)
-        .env(CHILD_SEED_VAR, seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ChildGuard(child)
-}
-
 /// Folds a `synced last:commit ...` line into the per-group synced last indexes and commits.
 fn note_synced(line: &str, synced: &mut [(u64, u64)]) -> bool {
     let Some(rest) = line.trim().strip_prefix("synced ") else {
@@ -212,41 +183,23 @@ fn sigkill_mid_batch_loses_no_synced_entry_of_any_group() {
     let mut rng = Rng(0x6d75_6c74_6b11);
     let mut synced = vec![(0u64, 0u64); GROUPS as usize];
     for round in 0..KILLS {
-        let mut child = spawn_child(dir.path(), rng.next());
-        let stdout = child.0.stdout.take().unwrap();
-        // Lines arrive on a thread so that a stuck child fails the test instead of hanging it.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut child = Child::spawn(
+            "multi_crash_child",
+            &[
+                (CHILD_DIR_VAR, dir.path().display().to_string()),
+                (CHILD_SEED_VAR, rng.next().to_string()),
+            ],
+        );
         let wanted = 1 + rng.below(LINES_MAX);
         let mut seen = 0;
         while seen < wanted {
-            match rx.recv_timeout(LINE_WAIT) {
-                Ok(line) => {
-                    if note_synced(&line, &mut synced) {
-                        seen += 1;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.0.kill();
-                    let mut err = String::new();
-                    let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
-                    panic!("round {round}: child stopped reporting: {err}");
-                }
+            if note_synced(&child.next_line(LINE_WAIT, round), &mut synced) {
+                seen += 1;
             }
         }
         // Kill between syncs or in the middle of a batch, at a random moment.
-        std::thread::sleep(Duration::from_micros(rng.below(3000)));
-        child.0.kill().unwrap();
-        child.0.wait().unwrap();
-        // Lines printed before the kill report syncs that completed too.
-        reader.join().unwrap();
-        for line in rx.try_iter() {
+        let delay = Duration::from_micros(rng.below(3000));
+        for line in child.kill_after(delay) {
             note_synced(&line, &mut synced);
         }
         verify(dir.path(), &synced, round);

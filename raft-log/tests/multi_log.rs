@@ -2,11 +2,11 @@
 //! segments only when no group needs them, truncation of the newest segment at every byte
 //! of its unsynced tail, bit flips in sealed and newest segments, refused operations.
 
-mod multi_common;
+mod common;
 
 use std::path::Path;
 
-use multi_common::*;
+use common::multi::*;
 use raft_core::{HardState, LogStore, LogWriter, MemLog, SnapshotMeta};
 use raft_log::multi::frame::SEGMENT_HEADER_BYTES;
 use raft_log::{LogError, MultiLog};

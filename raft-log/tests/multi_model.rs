@@ -8,12 +8,12 @@
 //! Reproduce a failure with `MULTI_LOG_MODEL_SEED=<seed printed> cargo test -p raft-log
 //! --test multi_model`; `MULTI_LOG_MODEL_SEEDS=<n>` runs more seeds.
 
-mod multi_common;
+mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use multi_common::*;
+use common::multi::*;
 use raft_core::{HardState, LogStore, MemLog, SnapshotMeta};
 use raft_log::{MultiLog, MultiOptions};
 

@@ -4,10 +4,10 @@
 //! proposals with one sync per round, and that after a restart every node resumes from what
 //! the log recovered (term, vote, commit, entries).
 
-mod multi_common;
+mod common;
 
 use bytes::Bytes;
-use multi_common::test_dir;
+use common::test_dir;
 use raft_core::{
     Config, EntryPayload, LogStore, LogWriter, Membership, RawNode, Role, SnapshotMeta,
 };

@@ -32,8 +32,14 @@ pub struct TransportConfig {
     pub peers: HashMap<NodeId, PeerAddr>,
     /// Largest frame (version byte + body) read or written; checked before allocating.
     pub frame_bytes_max: usize,
-    /// Per-peer outbound queue bound; when full the oldest queued message is dropped.
+    /// Per-peer outbound queue bound, in frames (a message, or a coalesced heartbeat
+    /// frame of many groups); when full the oldest queued frame is dropped.
     pub queue_messages_max: usize,
+    /// Per-peer outbound queue bound, in bytes of memory its frames hold (see
+    /// [`crate::Envelope::queued_bytes`]: command payloads, shared with the log, are not
+    /// counted); the oldest queued frames are dropped to make room (one frame larger than
+    /// this is still queued, alone).
+    pub queue_bytes_max: usize,
     /// Bound of the channel delivering [`crate::Incoming`] to the host, in items (each a
     /// batch of messages, or a snapshot). When it is full the readers stop reading, and TCP
     /// pushes back on the senders.
@@ -79,6 +85,10 @@ pub struct TransportConfig {
     /// arrives (never held in memory); an offer larger than the free space there is refused
     /// too.
     pub snapshot_bytes_max: u64,
+    /// Snapshot transfers (of different groups) to one peer at once, each on its own
+    /// snapshot connection; more wait, oldest request first. `snapshot_bytes_per_sec_max`
+    /// is shared out evenly: each transfer paces at that rate divided by this.
+    pub snapshot_transfers_per_peer_max: usize,
     /// Connection attempts for one snapshot before the host is told it failed.
     pub snapshot_attempts_max: u32,
     /// Where snapshots received from peers are assembled, checked and installed
@@ -96,6 +106,7 @@ impl TransportConfig {
             peers: HashMap::new(),
             frame_bytes_max: DEFAULT_FRAME_BYTES_MAX,
             queue_messages_max: 4096,
+            queue_bytes_max: 64 * 1024 * 1024,
             incoming_batches_max: 64,
             incoming_batch_messages_max: 512,
             write_batch_bytes_max: 256 * 1024,
@@ -113,6 +124,7 @@ impl TransportConfig {
             // raft-snapshot's default `body_bytes_max`: the disk, not memory, bounds it now.
             snapshot_bytes_max: 64 << 30,
             snapshot_attempts_max: 10,
+            snapshot_transfers_per_peer_max: 2,
             snapshot_store: None,
         }
     }
@@ -125,6 +137,7 @@ impl TransportConfig {
             return Err("peers must not contain this node".into());
         }
         if self.queue_messages_max == 0
+            || self.queue_bytes_max == 0
             || self.incoming_batches_max == 0
             || self.incoming_batch_messages_max == 0
         {
@@ -149,9 +162,12 @@ impl TransportConfig {
         if self.handshakes_pending_max == 0 || self.handshakes_pending_per_source_max == 0 {
             return Err("handshake bounds must be positive".into());
         }
-        if self.inbound_connections_max == 0 || self.snapshot_attempts_max == 0 {
+        if self.inbound_connections_max == 0
+            || self.snapshot_attempts_max == 0
+            || self.snapshot_transfers_per_peer_max == 0
+        {
             return Err(
-                "inbound_connections_max and snapshot_attempts_max must be positive".into(),
+                "inbound_connections_max, snapshot_attempts_max and snapshot_transfers_per_peer_max must be positive".into(),
             );
         }
         Ok(())

@@ -14,7 +14,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 /// The wire format version carried in every frame. A frame of another version is refused.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// 2: messages of groups other than 0 and coalesced heartbeats ([`crate::group_codec`]);
+/// a group-0 message frame is unchanged from 1.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -61,6 +64,21 @@ pub enum FrameError {
     /// Our own value did not encode.
     #[error("unencodable value: {0}")]
     Encode(postcard::Error),
+    /// A multi-group frame of a kind this version does not know
+    /// (see [`crate::group_codec`]).
+    #[error("unknown kind {0} of multi-group frame")]
+    UnknownKind(u64),
+    /// A coalesced heartbeat frame with no entries or more than the maximum.
+    #[error("coalesced frame of {count} entries (1..={max} allowed)")]
+    TooManyHeartbeats {
+        /// Entries it announced (or held, on encode).
+        count: usize,
+        /// [`crate::group::HEARTBEATS_PER_FRAME_MAX`].
+        max: usize,
+    },
+    /// A frame of a group other than 0, or a coalesced one, on a single-group transport.
+    #[error("a multi-group frame on a single-group transport")]
+    NotSingleGroup,
 }
 
 /// Decodes frames of `T`. Wraps tokio-util's [`LengthDelimitedCodec`], whose

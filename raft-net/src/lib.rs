@@ -13,13 +13,25 @@
 //!   decodes every whole frame a read brought in and hands them to the host as one
 //!   [`Incoming::Messages`] batch, straight into the host's channel
 //!   ([`Transport::start_with_sender`]).
-//! * **Snapshots**: a separate connection per peer, so appends and heartbeats never wait
+//! * **Snapshots**: connections of their own, so appends and heartbeats never wait
 //!   behind snapshot bytes; raft-snapshot's files, read in CRC32-checked chunks as they go
 //!   and written into the receiver's store as they arrive (a few chunks in memory per
 //!   transfer, whatever the size), resumable from the receiver's offset, rate-limited, the
-//!   whole file checked before it is installed.
+//!   whole file checked before it is installed. The latest snapshot per (peer, group)
+//!   is sent; at most `snapshot_transfers_per_peer_max` transfers to a peer run at once,
+//!   each on its own connection sharing the peer's rate limit evenly, the oldest waiting
+//!   request next.
+//! * **Many groups** ([`group`], [`group_codec`]): a transport started with
+//!   [`Transport::start_groups`] carries the messages of any number of Raft groups, each
+//!   tagged with its [`GroupId`], over the same one connection per peer, its queue (bounded
+//!   in frames and in bytes) and its batched writes; heartbeats of many groups travel
+//!   coalesced, one `(group, term, commit, read_seq)` entry each in one frame
+//!   ([`TransportHandle::send_heartbeats`]), so that 10,000 idle groups cost one frame per
+//!   tick per peer. Group 0 is the single-group API's: its frames are unchanged, and a
+//!   single-group transport closes a connection that brings it another group's.
 //!
-//! A bad connection (garbage, oversized or truncated frame, wrong handshake, silence) is
+//! A bad connection (garbage, oversized or truncated frame, a coalesced frame over
+//! [`group::HEARTBEATS_PER_FRAME_MAX`], an unknown frame kind, wrong handshake, silence) is
 //! closed with a counted, logged reason ([`ConnErrorKind`]); no other connection notices.
 //!
 //! The message lane's hot path avoids copies: [`message_codec`] encodes `Message`s
@@ -29,7 +41,7 @@
 //!
 //! Benchmarks, each beside its raw-TCP baseline in the same run, with a ratio summary:
 //! `cargo bench -p raft-net --bench transport` (`RAFT_NET_BENCH_WORKERS` sets the runtime's
-//! worker threads, default 2).
+//! worker threads, default 2), and for many groups `cargo bench -p raft-net --bench groups`.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -59,6 +71,8 @@ pub mod addr;
 pub mod config;
 mod conn;
 pub mod frame;
+pub mod group;
+pub mod group_codec;
 pub mod message_codec;
 pub mod message_reader;
 pub mod stats;
@@ -69,5 +83,9 @@ pub mod wire;
 pub use addr::PeerAddr;
 pub use config::TransportConfig;
 pub use frame::{FrameDecoder, FrameError, FORMAT_VERSION};
+pub use group::{
+    Envelope, GroupHeartbeat, GroupHeartbeatResponse, GroupId, GroupIncoming, GroupSnapshotStores,
+    SINGLE_GROUP,
+};
 pub use stats::{ConnErrorKind, StatsSnapshot};
 pub use transport::{Incoming, SendError, SnapshotSendError, Transport, TransportHandle, REFUSED};

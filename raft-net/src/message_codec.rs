@@ -26,7 +26,7 @@ pub const ZERO_COPY_BYTES_MIN: usize = 2048;
 /// Smallest encoding of one entry (index, term, payload tag): bounds a hostile entry count.
 const ENTRY_BYTES_MIN: usize = 3;
 
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     frame: &'a [u8],
     /// The `Bytes` that `frame` lies in, to slice payloads out of; without it every payload
     /// is copied.
@@ -39,10 +39,10 @@ struct Cursor<'a> {
 }
 
 /// Postcard's error: one byte, cheap to return from every field read.
-type DecodeError = postcard::Error;
+pub(crate) type DecodeError = postcard::Error;
 
 impl Cursor<'_> {
-    fn rest(&self) -> &[u8] {
+    pub(crate) fn rest(&self) -> &[u8] {
         &self.frame[self.pos..]
     }
 
@@ -56,7 +56,7 @@ impl Cursor<'_> {
     }
 
     /// LEB128 as postcard writes it: at most 10 bytes, no bits beyond 64.
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         // Most fields (small IDs, terms, counts, lengths) take one byte.
         if let Some(&b) = self.frame.get(self.pos) {
             if b < 0x80 {
@@ -149,7 +149,7 @@ impl Cursor<'_> {
         })
     }
 
-    fn message(&mut self) -> Result<Message, DecodeError> {
+    pub(crate) fn message(&mut self) -> Result<Message, DecodeError> {
         Ok(Message {
             from: self.varint()?,
             to: self.varint()?,
@@ -254,6 +254,29 @@ fn decode_from(
     owner: Option<&Bytes>,
     slice_bytes_min: usize,
 ) -> Result<Message, FrameError> {
+    let mut c = open_cursor(frame, owner, slice_bytes_min)?;
+    let msg = c.message().map_err(FrameError::Decode)?;
+    c.finish()?;
+    Ok(msg)
+}
+
+impl Cursor<'_> {
+    /// The whole body was read: `TrailingBytes` otherwise.
+    pub(crate) fn finish(&self) -> Result<(), FrameError> {
+        match self.rest().len() {
+            0 => Ok(()),
+            n => Err(FrameError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// A cursor after the version byte of `frame` (checked), slicing payloads of at least
+/// `slice_bytes_min` bytes out of `owner` if given.
+pub(crate) fn open_cursor<'a>(
+    frame: &'a [u8],
+    owner: Option<&'a Bytes>,
+    slice_bytes_min: usize,
+) -> Result<Cursor<'a>, FrameError> {
     let (&version, _) = frame.split_first().ok_or(FrameError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(FrameError::BadVersion(version));
@@ -266,29 +289,24 @@ fn decode_from(
         );
         base
     });
-    let mut c = Cursor {
+    Ok(Cursor {
         frame,
         owner,
         base,
         slice_bytes_min,
         pos: 1,
-    };
-    let msg = c.message().map_err(FrameError::Decode)?;
-    if !c.rest().is_empty() {
-        return Err(FrameError::TrailingBytes(c.rest().len()));
-    }
-    Ok(msg)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // Encoding
 
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     // 7 bits per byte; 0 still takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(buf: &mut BytesMut, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
         buf.put_u8((v as u8) | 0x80);
         v >>= 7;
@@ -446,6 +464,17 @@ pub fn encode_message(
     out: &mut SegmentedBuf,
     frame_bytes_max: usize,
 ) -> Result<usize, FrameError> {
+    encode_message_after(msg, &[], out, frame_bytes_max)
+}
+
+/// [`encode_message`] with `tag` between the version byte and the message: the header of
+/// a group's message (see [`crate::group_codec`]).
+pub(crate) fn encode_message_after(
+    msg: &Message,
+    tag: &[u8],
+    out: &mut SegmentedBuf,
+    frame_bytes_max: usize,
+) -> Result<usize, FrameError> {
     let zero_copy = match &msg.body {
         MessageBody::AppendEntries { entries, .. } => entries.iter().any(
             |e| matches!(&e.payload, EntryPayload::Command(b) if b.len() >= ZERO_COPY_BYTES_MIN),
@@ -455,7 +484,7 @@ pub fn encode_message(
     if zero_copy {
         // The length goes out before the payloads it counts, which leave in segments of
         // their own: it must be known first.
-        let len = 1 + message_len(msg);
+        let len = 1 + tag.len() + message_len(msg);
         if len > frame_bytes_max || len > u32::MAX as usize {
             return Err(FrameError::TooLarge {
                 len,
@@ -464,7 +493,7 @@ pub fn encode_message(
         }
         out.buf.reserve(64);
         out.buf.put_u32(len as u32);
-        put_body(msg, out);
+        put_body(msg, tag, out);
         return Ok(len + LENGTH_PREFIX_BYTES);
     }
     // Everything lands in `buf`: write first, then patch the length in, one pass fewer
@@ -472,7 +501,7 @@ pub fn encode_message(
     let start = out.buf.len();
     out.buf.reserve(64);
     out.buf.put_u32(0);
-    put_body(msg, out);
+    put_body(msg, tag, out);
     let len = out.buf.len() - start - LENGTH_PREFIX_BYTES;
     if len > frame_bytes_max || len > u32::MAX as usize {
         out.buf.truncate(start);
@@ -485,10 +514,11 @@ pub fn encode_message(
     Ok(len + LENGTH_PREFIX_BYTES)
 }
 
-/// The version byte and the postcard body of `msg`.
-fn put_body(msg: &Message, out: &mut SegmentedBuf) {
+/// The version byte, `tag` and the postcard body of `msg`.
+fn put_body(msg: &Message, tag: &[u8], out: &mut SegmentedBuf) {
     let buf = &mut out.buf;
     buf.put_u8(FORMAT_VERSION);
+    buf.extend_from_slice(tag);
     put_varint(buf, msg.from);
     put_varint(buf, msg.to);
     put_varint(buf, msg.term);

@@ -37,10 +37,12 @@
 //! ```
 
 use bytes::buf::Limit;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft_core::Message;
 
 use crate::frame::{FrameError, LENGTH_PREFIX_BYTES};
+use crate::group::Envelope;
+use crate::group_codec::{decode_envelope_in, is_single_group_message};
 use crate::message_codec::decode_message_in;
 
 /// Size of a read chunk: small frames are read into these, many per read. Also the most
@@ -147,6 +149,32 @@ impl MessageReader {
     /// full and more may wait). On a bad frame, the messages before it are in `out` and the
     /// error is returned.
     pub fn decode(&mut self, out: &mut Vec<Message>, out_max: usize) -> Result<bool, FrameError> {
+        self.decode_with(out, out_max, |owner, body, slice_bytes_min| {
+            // A single-group transport: another group's frame, or a coalesced one, is not
+            // a message to it (the decoder would take the 0 that marks it for a node ID).
+            if !is_single_group_message(body) {
+                return Err(FrameError::NotSingleGroup);
+            }
+            decode_message_in(owner, body, slice_bytes_min)
+        })
+    }
+
+    /// [`decode`](Self::decode) for a multi-group transport: every frame, of any group or
+    /// coalesced, as an [`Envelope`]. `out_max` counts frames.
+    pub fn decode_envelopes(
+        &mut self,
+        out: &mut Vec<Envelope>,
+        out_max: usize,
+    ) -> Result<bool, FrameError> {
+        self.decode_with(out, out_max, decode_envelope_in)
+    }
+
+    fn decode_with<T>(
+        &mut self,
+        out: &mut Vec<T>,
+        out_max: usize,
+        decode_one: impl Fn(&Bytes, &[u8], usize) -> Result<T, FrameError>,
+    ) -> Result<bool, FrameError> {
         // First find the whole frames, then split them off together: one reference to the
         // chunk per batch, and one per sliced payload.
         let mut end = 0;
@@ -193,7 +221,7 @@ impl MessageReader {
                     .expect("4 bytes"),
             ) as usize;
             let body = &chunk[pos + LENGTH_PREFIX_BYTES..pos + LENGTH_PREFIX_BYTES + len];
-            match decode_message_in(&chunk, body, slice_bytes_min) {
+            match decode_one(&chunk, body, slice_bytes_min) {
                 Ok(m) => out.push(m),
                 Err(e) => {
                     self.bytes += pos as u64;
@@ -221,7 +249,6 @@ impl MessageReader {
 mod tests {
     use super::*;
     use crate::frame::encode_frame;
-    use bytes::Bytes;
     use raft_core::{Entry, EntryPayload, MessageBody};
 
     fn append(payload: usize) -> Message {

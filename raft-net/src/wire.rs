@@ -5,10 +5,14 @@
 //! [`Lane::Messages`] connection both ends then send only `raft_core::Message` frames: the
 //! acceptor sends its own messages for the dialer there rather than dialling a second
 //! connection (when both dialled, both keep the one the lower node ID dialled). On a [`Lane::Snapshots`] connection the two exchange
-//! [`SnapshotFrame`]s: `Offer` → `Resume` → `Chunk`… → `Done` (or `Abort`).
+//! [`SnapshotFrame`]s: `Offer` → `Resume` → `Chunk`… → `Done` (or `Abort`), one transfer
+//! (of one group) per connection; a peer's several groups' transfers run on connections of
+//! their own, side by side.
 
 use bytes::Bytes;
 use raft_core::{NodeId, SnapshotMeta};
+
+use crate::group::GroupId;
 use serde::{Deserialize, Serialize};
 
 /// Handshake frames are tiny; anything longer is hostile.
@@ -62,6 +66,8 @@ pub enum SnapshotFrame {
     Offer {
         /// Identifies this snapshot across reconnects.
         snapshot_id: u64,
+        /// The group it belongs to (0 on a single-group transport, which refuses others).
+        group: GroupId,
         /// Its index, term and membership.
         meta: SnapshotMeta,
         /// The file's length.

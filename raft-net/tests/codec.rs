@@ -326,6 +326,7 @@ fn handshake_and_snapshot_frames_round_trip() {
     let frames = vec![
         SnapshotFrame::Offer {
             snapshot_id: 1,
+            group: 0,
             meta: SnapshotMeta::default(),
             total_bytes: 10,
         },

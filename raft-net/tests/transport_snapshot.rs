@@ -119,6 +119,7 @@ async fn snapshot_resumes_from_the_verified_offset_after_reconnect() {
     let chunk = 64 * 1024;
     let offer = SnapshotFrame::Offer {
         snapshot_id: 5,
+        group: 0,
         meta: meta(7),
         total_bytes: data.len() as u64,
     };
@@ -218,6 +219,7 @@ async fn snapshot_failing_the_whole_file_check_is_refused() {
     let mut buf = BytesMut::new();
     let offer = SnapshotFrame::Offer {
         snapshot_id: 1,
+        group: 0,
         meta: meta(7),
         total_bytes: data.len() as u64,
     };
@@ -311,6 +313,7 @@ async fn snapshot_sender_resumes_from_the_offset_the_receiver_holds() {
     let mut rd = accept(&listener).await;
     let SnapshotFrame::Offer {
         snapshot_id,
+        group: 0,
         total_bytes,
         meta: offered,
     } = rd.next().await.unwrap().unwrap()

@@ -22,7 +22,7 @@ use crate::kv::{KvLimits, KvStateMachine};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::{self, HostedMachine, NodeHandle, RuntimeParts};
-use crate::store::NodeStore;
+use crate::store::{adopt_snapshot_ahead_of_log, NodeStore};
 use crate::store_log::open_log;
 use crate::transport::{Inbound, PeerTransport};
 use crate::transport_net::NetTransport;
@@ -88,10 +88,11 @@ fn open_snapshot_store(config: &NodeConfig) -> Result<SnapshotStore, ConfigError
 }
 
 /// Restores the state machine from the newest valid snapshot that the log can continue
-/// from.
+/// from; a snapshot beyond the log's end becomes the log's starting point
+/// ([`adopt_snapshot_ahead_of_log`]).
 fn restore_snapshot<S: NodeStore, M: HostedMachine>(
     snapshots: &SnapshotStore,
-    store: &S,
+    store: &mut S,
     mut sm: M,
 ) -> Result<M, ConfigError> {
     let field = |m: String| ConfigError::new("data_dir", m);
@@ -105,6 +106,17 @@ fn restore_snapshot<S: NodeStore, M: HostedMachine>(
             index = header.meta.index,
             "state machine restored from a snapshot"
         );
+        let log_last = store.last_index();
+        if adopt_snapshot_ahead_of_log(store, &header.meta)
+            .map_err(|e| field(format!("starting the log at the snapshot: {e}")))?
+        {
+            tracing::warn!(
+                index = header.meta.index,
+                log_last,
+                "the log ended before the newest snapshot (unsynced entries lost): it now \
+                 starts at the snapshot"
+            );
+        }
     }
     let log_snapshot = store.snapshot_meta().index;
     if sm.applied_index() < log_snapshot {
@@ -130,12 +142,12 @@ struct SharedParts {
 /// Restores the state machine against `store` and starts the runtime on it.
 fn spawn_runtime<S: NodeStore, M: HostedMachine>(
     config: &NodeConfig,
-    store: S,
+    mut store: S,
     machine: M,
     parts: SharedParts,
 ) -> Result<(NodeHandle, JoinHandle<()>), ConfigError> {
     let snapshots = parts.snapshots;
-    let state_machine = restore_snapshot(&snapshots, &store, machine)?;
+    let state_machine = restore_snapshot(&snapshots, &mut store, machine)?;
     let snapshot_policy = SnapshotPolicy {
         entries_since_snapshot_max: config.snapshot_entries_max,
         trailing_margin_entries: config.snapshot_log_margin_entries,

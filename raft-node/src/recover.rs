@@ -23,32 +23,19 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use raft_core::{Entry, EntryPayload, HardState, Index, LogStore, Membership, NodeId};
+use raft_core::{Config, Entry, EntryPayload, HardState, LogStore, Membership, NodeId, RawNode};
 use raft_log::{Log, Options};
 
 use crate::node::DirLock;
 
-/// Bytes of entries read at a time while looking for the configuration in force.
-const SCAN_BATCH_BYTES_MAX: usize = 4 << 20;
-
-/// The configuration in force in `log`: the last one appended, else the snapshot's.
-fn membership_in_force(log: &Log) -> Result<(Index, Membership), String> {
-    let snapshot = log.snapshot_meta();
-    let mut found = (snapshot.index, snapshot.membership);
-    let last = log.last_index();
-    let mut next = log.first_index().max(found.0 + 1);
-    while next <= last {
-        let batch = log
-            .entries(next, last + 1, SCAN_BATCH_BYTES_MAX)
-            .map_err(|e| format!("reading entries from {next}: {e:?}"))?;
-        for entry in &batch {
-            if let EntryPayload::Membership(m) = &entry.payload {
-                found = (entry.index, m.clone());
-            }
-        }
-        next += batch.len() as Index;
-    }
-    Ok(found)
+/// A raft-core node started on `log_dir`'s log as a restarting node would be: it works out
+/// the configuration in force (the latest appended, else the snapshot's), so this tool and
+/// the node agree on it. The node is only asked, never driven (no tick, no message).
+fn open_as_node(log_dir: &Path, id: NodeId) -> Result<RawNode<Log>, String> {
+    let log = Log::open(log_dir, Options::default())
+        .map_err(|e| format!("opening the log in {}: {e}", log_dir.display()))?;
+    RawNode::new(Config::new(id), log)
+        .map_err(|e| format!("reading the log in {}: {e}", log_dir.display()))
 }
 
 /// Rewrites the stored membership of the node `id` whose data is in `data_dir` to `id`
@@ -65,15 +52,17 @@ pub fn force_new_cluster(data_dir: &Path, id: NodeId) -> Result<String, String> 
     }
     let _lock = DirLock::acquire(data_dir)
         .map_err(|e| format!("{}; stop that node before recovering it", e.message))?;
-    let mut log = Log::open(&log_dir, Options::default())
-        .map_err(|e| format!("opening the log in {}: {e}", log_dir.display()))?;
+    let mut node = open_as_node(&log_dir, id)?;
+    let old = node.membership().clone();
+    // The node is dropped below without being driven, so writing its store directly is
+    // safe here (a driven node must only see the writes its Readies ask for).
+    let log = node.storage_mut();
     let hard = log.hard_state();
     let snapshot = log.snapshot_meta();
     let last = log.last_index();
     let last_term = log
         .term(last)
         .map_err(|e| format!("reading the term of entry {last}: {e:?}"))?;
-    let (config_index, old) = membership_in_force(&log)?;
     if old == Membership::default() {
         return Err(format!(
             "{} holds no configuration (a node that never joined): nothing to recover",
@@ -109,7 +98,7 @@ pub fn force_new_cluster(data_dir: &Path, id: NodeId) -> Result<String, String> 
     );
     let _ = writeln!(
         out,
-        "  configuration in force (entry {config_index}): voters {:?}, outgoing voters {:?}, \
+        "  configuration in force (the latest appended): voters {:?}, outgoing voters {:?}, \
          learners {:?}",
         old.voters, old.voters_outgoing, old.learners
     );
@@ -150,16 +139,19 @@ pub fn force_new_cluster(data_dir: &Path, id: NodeId) -> Result<String, String> 
     })
     .map_err(|e| format!("writing the hard state: {e}"))?;
     log.sync().map_err(|e| format!("syncing the log: {e}"))?;
-    drop(log);
+    drop(node);
 
     // Read it back as a restarting node will.
-    let log = Log::open(&log_dir, Options::default())
-        .map_err(|e| format!("reopening the log to check it: {e}"))?;
-    let (at, now) = membership_in_force(&log)?;
-    if at != entry.index || now != new || log.hard_state().term != term {
+    let node = open_as_node(&log_dir, id).map_err(|e| format!("checking what was written: {e}"))?;
+    let (now, at, now_term) = (
+        node.membership(),
+        node.storage().last_index(),
+        node.storage().hard_state().term,
+    );
+    if at != entry.index || *now != new || now_term != term {
         return Err(format!(
-            "the log does not read back as written: configuration {now:?} at {at}, term {}",
-            log.hard_state().term
+            "the log does not read back as written: configuration {now:?}, last entry {at}, \
+             term {now_term}"
         ));
     }
     let _ = writeln!(
@@ -181,7 +173,7 @@ pub fn force_new_cluster(data_dir: &Path, id: NodeId) -> Result<String, String> 
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use raft_core::SnapshotMeta;
+    use raft_core::{Index, SnapshotMeta};
 
     fn entry(index: Index, term: u64, payload: EntryPayload) -> Entry {
         Entry {
@@ -238,13 +230,12 @@ mod tests {
             }
         );
         assert_eq!(
-            membership_in_force(&log).unwrap(),
-            (6, Membership::new_voters([2]))
+            log.entries(6, 7, usize::MAX).unwrap()[0].payload,
+            EntryPayload::Membership(Membership::new_voters([2]))
         );
         // A raft-core node on this log is the only voter and wins its own election.
         drop(log);
-        let log = Log::open(dir.path().join("log"), Options::default()).unwrap();
-        let mut node = raft_core::RawNode::new(raft_core::Config::new(2), log).unwrap();
+        let mut node = open_as_node(&dir.path().join("log"), 2).unwrap();
         assert_eq!(node.membership(), &Membership::new_voters([2]));
         for _ in 0..100 {
             node.tick();

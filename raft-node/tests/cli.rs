@@ -24,6 +24,21 @@ fn cli(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// As [`cli`], with the client's debug log on, checking that the command made a single
+/// attempt: the client logs each retry ("retrying request") at debug. That is what
+/// "answered at once" means here; a clock would also measure how loaded the machine is.
+fn cli_not_retried(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--log-level", "debug"]);
+    let out = cli(cluster, &all);
+    assert!(
+        !stderr(&out).contains("retrying request"),
+        "{args:?} was retried:\n{}",
+        stderr(&out)
+    );
+    out
+}
+
 /// Runs `raft-node ARGS` with its stdout a pipe whose read end is closed before it starts
 /// (as `| head -1` leaves it once head has exited), bounded in time; its exit status and
 /// stderr.
@@ -161,25 +176,18 @@ fn errors_say_what_to_do() {
 
     // The HTTP port given for the client port: named at once, not retried.
     let http = cluster.http_addr(1).to_string();
-    let started = Instant::now();
-    let out = cli(&cluster, &["status", "--addr", &http]);
+    let out = cli_not_retried(&cluster, &["status", "--addr", &http]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("HTTP port") && stderr(&out).contains("client port"),
         "{}",
         stderr(&out)
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "answered at once"
-    );
 
     // An address without a port: refused before any attempt.
-    let started = Instant::now();
-    let out = cli(&cluster, &["get", "k", "--addr", "127.0.0.1"]);
+    let out = cli_not_retried(&cluster, &["get", "k", "--addr", "127.0.0.1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("HOST:PORT"), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(3), "not retried");
 
     // The peer port: the hint names it.
     let peer = format!("127.0.0.1:{}", cluster.client_base + 10 + 1);
@@ -235,18 +243,12 @@ fn errors_say_what_to_do() {
         &["get", "k", "--addr", &two][..],
         &["status", "--addr", &two],
     ] {
-        let started = Instant::now();
-        let out = cli(&cluster, args);
+        let out = cli_not_retried(&cluster, args);
         assert!(!out.status.success());
         let err = stderr(&out);
         assert!(
             err.contains("nothing listens") && err.contains("dev restart"),
             "{err}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{args:?} took {:?}",
-            started.elapsed()
         );
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -264,31 +266,39 @@ fn errors_say_what_to_do() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!err.contains("forwarding"), "{err}");
+    // Refused at once once the situation is known: the message says so (a node that waited
+    // its request timeout instead says "no leader elected within").
     let addr = cluster.client_addr(1);
-    let started = Instant::now();
     let resp = common::redis_set_get(addr, "r", "v").expect_err("RESP write without a majority");
     assert!(
         resp.to_string()
             .contains("no leader: 1 of 3 voters reachable"),
         "{resp}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "refused at once once the situation is known"
-    );
 
     // The follower's log says it lost the leader, and then that it found one again.
     let out = cluster.dev(&["restart", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     cli_ok(&cluster, &["set", "k", "again"]);
-    let log = std::fs::read_to_string(cluster.data_dir().join("node-1.log")).unwrap();
-    let lost = log
-        .lines()
-        .find(|l| l.contains("WARN") && l.contains("lost the leader"));
-    let found = log
-        .lines()
-        .find(|l| l.contains("WARN") && l.contains("found the leader"));
-    assert!(lost.is_some(), "no WARN on losing the leader:\n{log}");
-    assert!(found.is_some(), "no WARN on finding the leader:\n{log}");
+    // The write needed node 1's acknowledgement, but node 1 writes its line after it sends
+    // that: wait for the line (bounded) rather than read the file once.
+    let has_warn =
+        |log: &str, what: &str| log.lines().any(|l| l.contains("WARN") && l.contains(what));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(cluster.data_dir().join("node-1.log")).unwrap();
+        if has_warn(&log, "found the leader") || Instant::now() >= deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        has_warn(&log, "lost the leader"),
+        "no WARN on losing the leader:\n{log}"
+    );
+    assert!(
+        has_warn(&log, "found the leader"),
+        "no WARN on finding the leader:\n{log}"
+    );
     cluster.signal_supervisor(libc::SIGINT, Duration::from_secs(30));
 }

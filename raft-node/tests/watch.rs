@@ -638,6 +638,12 @@ fn a_restarted_node_serves_the_history_after_its_snapshot() {
         for i in 0..40 {
             client.set(format!("s/{i}"), format!("{i}")).await.unwrap();
         }
+        // Snapshots are written off the runtime's task: under load node 2 may not have
+        // finished one yet, and a node restarted without one replays (and serves) its whole
+        // history. Kill it only once it holds a snapshot file.
+        cluster
+            .wait_status(2, "node 2 wrote a snapshot", |s| s.snapshot_index > 0)
+            .await;
     });
     cluster.kill(2);
     cluster.spawn(2);

@@ -114,7 +114,9 @@ impl<S: LogStore> RawNode<S> {
         pr.recent_active = true;
         if let Some(hint) = reject {
             let stale = match pr.state {
-                ProgressState::Replicate => index <= pr.match_index,
+                // At or past `next_index`: sent before the leader last moved back, and
+                // everything from `next_index` on is being sent again anyway.
+                ProgressState::Replicate => index <= pr.match_index || index >= pr.next_index,
                 ProgressState::Probe => index + 1 != pr.next_index,
                 ProgressState::Snapshot { .. } => true,
             };
@@ -131,6 +133,16 @@ impl<S: LogStore> RawNode<S> {
             };
             next = next.min(index).max(match_index + 1);
             let pr = self.progress.get_mut(&from).expect("present");
+            if pr.state == ProgressState::Replicate && hint.term.is_none() {
+                // The follower's log ends before `index`: a message of the window was lost or
+                // overtaken, not refused. Resend from where its log ends and keep pipelining
+                // (TCP's fast retransmit) rather than probe one message per round trip: each
+                // AppendEntries still carries its own consistency check, so a mismatch there is
+                // answered with a term hint and sends the follower to probe.
+                pr.resend_from(next);
+                while self.send_append(from, false) {}
+                return Ok(());
+            }
             pr.become_probe();
             pr.next_index = next;
             self.send_append(from, true);

@@ -69,7 +69,7 @@ pub use frame::GroupId;
 use group::Group;
 pub use options::MultiOptions;
 pub use shared::{SharedGroup, SharedMultiLog};
-pub use store::{GroupLog, GroupView};
+pub use store::{GroupHandle, GroupLog, GroupView, LogAccess, LogAccessMut};
 
 /// One segment file.
 struct Segment {
@@ -168,7 +168,7 @@ impl MultiLog {
     pub fn group(&self, group: GroupId) -> Option<GroupView<'_>> {
         self.groups
             .contains_key(&group)
-            .then_some(GroupView { log: self, group })
+            .then_some(GroupHandle { log: self, group })
     }
 
     /// A writable view of one group, implementing [`raft_core::LogWriter`]; its writes
@@ -176,7 +176,7 @@ impl MultiLog {
     pub fn group_mut(&mut self, group: GroupId) -> Option<GroupLog<'_>> {
         self.groups
             .contains_key(&group)
-            .then_some(GroupLog { log: self, group })
+            .then_some(GroupHandle { log: self, group })
     }
 
     fn get(&self, group: GroupId) -> Result<&Group, LogError> {

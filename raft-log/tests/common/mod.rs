@@ -1,5 +1,9 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the single-group log's here, the multi-group
+//! log's in [`multi`], the crash tests' child processes in [`child`].
 #![allow(dead_code)]
+
+pub mod child;
+pub mod multi;
 
 use std::path::{Path, PathBuf};
 
@@ -58,10 +62,15 @@ pub fn all_entries(log: &Log) -> Vec<Entry> {
 
 /// Segment files in `dir`, sorted by name (so by first index).
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "seg")
+}
+
+/// Files in `dir` whose name ends in `.{extension}`, sorted by name.
+pub fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|d| d.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     files
@@ -73,4 +82,20 @@ pub fn segment_first_index(path: &Path) -> u64 {
         .and_then(|s| s.to_str())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not a segment file name: {}", path.display()))
+}
+
+/// A small deterministic generator (xorshift64*), so failures replay from the printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }

@@ -49,7 +49,21 @@ fn read(data: &[u8], step: usize) {
     }
 }
 
+/// A multi-group node's message lane: every frame decoded as an envelope.
+fn read_envelopes(data: &[u8]) {
+    let mut reader = MessageReader::new(1 << 16, data);
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        match reader.decode_envelopes(&mut out, 64) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    read_envelopes(data);
     let step = data.first().map_or(1, |&b| usize::from(b) + 1);
     read(data, step);
     read(data, usize::MAX);

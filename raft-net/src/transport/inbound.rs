@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use raft_core::NodeId;
+use raft_core::{Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::conn::{split_plain, split_tls, Handshakes, LinkWriter, PendingHandshake, Reader};
-use crate::frame::{encode_frame, FrameDecoder};
+use crate::frame::{encode_frame, FrameDecoder, FrameError};
+use crate::group::{Envelope, GroupIncoming};
 use crate::message_reader::MessageReader;
 use crate::stats::{ConnErrorKind, Stats};
 use crate::wire::{
@@ -28,8 +29,8 @@ use crate::wire::{
 use super::outbound::Link;
 use super::snapshot_lane::receive_snapshots;
 use super::{
-    deliver, describe_identity, peer_identity, write_flush, ConnError, Incoming, Peer, Shared,
-    REFUSED,
+    deliver, deliver_groups, describe_identity, peer_identity, write_flush, ConnError, Incoming,
+    Peer, Shared, REFUSED,
 };
 
 pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Semaphore>) {
@@ -332,7 +333,94 @@ async fn serve_inbound_messages(
         peer,
         link: link.clone(),
     };
-    read_messages(shared, from, rd, buf, &link, true).await
+    read_lane(shared, from, rd, buf, &link, true).await
+}
+
+/// [`read_messages`] of the kind of frames the host takes: `Message`s of group 0 for a
+/// single-group host, [`Envelope`]s of every group for a multi-group one.
+pub(super) async fn read_lane(
+    shared: &Shared,
+    from: NodeId,
+    rd: Reader,
+    pending: BytesMut,
+    link: &Link,
+    idle_close: bool,
+) -> Result<(), ConnError> {
+    if shared.multi {
+        read_messages::<Envelope>(shared, from, rd, pending, link, idle_close).await
+    } else {
+        read_messages::<Message>(shared, from, rd, pending, link, idle_close).await
+    }
+}
+
+/// What a message connection's reader decodes and hands to the host.
+pub(super) trait LaneFrame: Sized + Send {
+    /// Decode the whole frames at the front of `reader` (see [`MessageReader::decode`]).
+    fn decode(
+        reader: &mut MessageReader,
+        out: &mut Vec<Self>,
+        max: usize,
+    ) -> Result<bool, FrameError>;
+    /// The sender and recipient it names, if it names them (a coalesced frame's are the
+    /// connection's ends).
+    fn ends(&self) -> Option<(NodeId, NodeId)>;
+    /// Raft messages it stands for.
+    fn messages(&self) -> u64;
+    /// The host's item for a batch of them from `from`.
+    fn batch(from: NodeId, batch: Vec<Self>) -> Batch;
+}
+
+/// A batch of frames, as the host takes them.
+pub(super) enum Batch {
+    Single(Incoming),
+    Groups(GroupIncoming),
+}
+
+impl LaneFrame for Message {
+    fn decode(
+        reader: &mut MessageReader,
+        out: &mut Vec<Self>,
+        max: usize,
+    ) -> Result<bool, FrameError> {
+        reader.decode(out, max)
+    }
+
+    fn ends(&self) -> Option<(NodeId, NodeId)> {
+        Some((self.from, self.to))
+    }
+
+    fn messages(&self) -> u64 {
+        1
+    }
+
+    fn batch(_: NodeId, batch: Vec<Self>) -> Batch {
+        Batch::Single(Incoming::Messages(batch))
+    }
+}
+
+impl LaneFrame for Envelope {
+    fn decode(
+        reader: &mut MessageReader,
+        out: &mut Vec<Self>,
+        max: usize,
+    ) -> Result<bool, FrameError> {
+        reader.decode_envelopes(out, max)
+    }
+
+    fn ends(&self) -> Option<(NodeId, NodeId)> {
+        match self {
+            Envelope::Message { message, .. } => Some((message.from, message.to)),
+            Envelope::Heartbeats(_) | Envelope::HeartbeatResponses(_) => None,
+        }
+    }
+
+    fn messages(&self) -> u64 {
+        Envelope::messages(self) as u64
+    }
+
+    fn batch(from: NodeId, frames: Vec<Self>) -> Batch {
+        Batch::Groups(GroupIncoming::Frames { from, frames })
+    }
 }
 
 /// Read a message connection: every read pulls in as many bytes as the socket holds (up
@@ -340,7 +428,7 @@ async fn serve_inbound_messages(
 /// decoded in one pass, and they go to the host as one batch: one channel send and one
 /// wake-up per read, not per message. With `idle_close`, a connection on which nothing
 /// went either way for `idle_timeout_ms` is closed.
-pub(super) async fn read_messages(
+async fn read_messages<F: LaneFrame>(
     shared: &Shared,
     from: NodeId,
     mut rd: Reader,
@@ -365,21 +453,21 @@ pub(super) async fn read_messages(
     loop {
         let mut batch = Vec::with_capacity(batch_hint);
         // A bad frame ends the connection, but the good ones before it are delivered.
-        let (drained, bad) = match reader.decode(&mut batch, batch_max) {
+        let (drained, bad) = match F::decode(&mut reader, &mut batch, batch_max) {
             Ok(drained) => (drained, None),
             Err(e) => (true, Some(ConnError::from(e))),
         };
         let strays = batch
             .iter()
-            .position(|m| m.from != from || m.to != cfg.node_id);
+            .position(|m| m.ends().is_some_and(|(f, t)| f != from || t != cfg.node_id));
         let bad = match strays {
             Some(i) => {
-                let m = &batch[i];
+                let (f, t) = batch[i].ends().expect("a stray names its ends");
                 let e = ConnError::new(
                     ConnErrorKind::Protocol,
                     format!(
-                        "message from {} to {} on node {from}'s connection to node {}",
-                        m.from, m.to, cfg.node_id
+                        "message from {f} to {t} on node {from}'s connection to node {}",
+                        cfg.node_id
                     ),
                 );
                 batch.truncate(i);
@@ -388,15 +476,19 @@ pub(super) async fn read_messages(
             None => bad,
         };
         if !batch.is_empty() {
-            let n = batch.len() as u64;
+            let n: u64 = batch.iter().map(F::messages).sum();
             batch_hint = batch.len();
-            frames_since_armed += n;
+            frames_since_armed += batch.len() as u64;
             let total = reader.frame_bytes();
             Stats::add(&shared.stats.bytes_received, total - bytes_seen);
             bytes_seen = total;
             Stats::add(&shared.stats.messages_received, n);
             link.reads.fetch_add(1, Relaxed);
-            if !deliver(shared, Incoming::Messages(batch)).await {
+            let delivered = match F::batch(from, batch) {
+                Batch::Single(item) => deliver(shared, item).await,
+                Batch::Groups(item) => deliver_groups(shared, item).await,
+            };
+            if !delivered {
                 // The host dropped its receiver: nothing left to deliver to.
                 return Ok(());
             }

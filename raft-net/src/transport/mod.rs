@@ -24,6 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raft_core::{Message, NodeId, SnapshotMeta};
+
+use crate::group::{
+    Envelope, GroupHeartbeat, GroupHeartbeatResponse, GroupId, GroupIncoming, GroupSnapshotStores,
+    SINGLE_GROUP,
+};
+use crate::group_codec::heartbeats_per_frame;
 use raft_snapshot::{SnapshotChunks, SnapshotFile};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -42,7 +48,7 @@ use rustls::pki_types::CertificateDer;
 
 use inbound::accept_loop;
 use outbound::{message_writer, write_direct, Outbox};
-use snapshot_lane::{snapshot_writer, OutSnapshot};
+use snapshot_lane::{snapshot_writer, OutSnapshot, ReceiveSlot};
 
 /// What the transport hands to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,9 +108,12 @@ pub enum SnapshotSendError {
 }
 
 /// The host's channel, whatever its item type: readers send into it directly, with no
-/// forwarding task in between.
+/// forwarding task in between. A single-group host takes [`Incoming`], a multi-group host
+/// [`GroupIncoming`]; the transport knows which it serves (`Shared::multi`) and sends each
+/// only its own kind.
 trait Sink: Send + Sync + 'static {
     fn deliver(&self, item: Incoming) -> Delivery<'_>;
+    fn deliver_groups(&self, item: GroupIncoming) -> Delivery<'_>;
 }
 
 enum Delivery<'a> {
@@ -115,24 +124,64 @@ enum Delivery<'a> {
     Full(Pin<Box<dyn Future<Output = bool> + Send + 'a>>),
 }
 
-impl<T: From<Incoming> + Send + 'static> Sink for mpsc::Sender<T> {
-    fn deliver(&self, item: Incoming) -> Delivery<'_> {
-        // try_send first: the common case (room in the channel) skips the async path and
-        // its allocation.
-        match self.try_send(T::from(item)) {
-            Ok(()) => Delivery::Done,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                Delivery::Full(Box::pin(async move { self.send(item).await.is_ok() }))
-            }
+/// A single-group host's channel.
+struct SingleSink<T>(mpsc::Sender<T>);
+/// A multi-group host's channel.
+struct GroupSink<T>(mpsc::Sender<T>);
+
+fn send_to<T: Send + 'static>(tx: &mpsc::Sender<T>, item: T) -> Delivery<'_> {
+    // try_send first: the common case (room in the channel) skips the async path and
+    // its allocation.
+    match tx.try_send(item) {
+        Ok(()) => Delivery::Done,
+        Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            Delivery::Full(Box::pin(async move { tx.send(item).await.is_ok() }))
         }
+    }
+}
+
+impl<T: From<Incoming> + Send + 'static> Sink for SingleSink<T> {
+    fn deliver(&self, item: Incoming) -> Delivery<'_> {
+        send_to(&self.0, T::from(item))
+    }
+
+    fn deliver_groups(&self, _: GroupIncoming) -> Delivery<'_> {
+        // Never called: a single-group transport refuses other groups' frames as they are
+        // read, and receives snapshots for group 0 only.
+        debug_assert!(false, "a multi-group delivery to a single-group host");
+        Delivery::Done
+    }
+}
+
+impl<T: From<GroupIncoming> + Send + 'static> Sink for GroupSink<T> {
+    fn deliver(&self, item: Incoming) -> Delivery<'_> {
+        // Never called: a multi-group transport delivers `GroupIncoming` only.
+        debug_assert!(
+            false,
+            "a single-group delivery to a multi-group host: {item:?}"
+        );
+        Delivery::Done
+    }
+
+    fn deliver_groups(&self, item: GroupIncoming) -> Delivery<'_> {
+        send_to(&self.0, T::from(item))
     }
 }
 
 /// Hand `item` to the host, waiting while its channel is full (TCP then pushes back on the
 /// sender). False when the host dropped its receiver.
 async fn deliver(shared: &Shared, item: Incoming) -> bool {
-    match shared.incoming.deliver(item) {
+    delivered(shared.incoming.deliver(item)).await
+}
+
+/// [`deliver`] for a multi-group host.
+async fn deliver_groups(shared: &Shared, item: GroupIncoming) -> bool {
+    delivered(shared.incoming.deliver_groups(item)).await
+}
+
+async fn delivered(delivery: Delivery<'_>) -> bool {
+    match delivery {
         Delivery::Done => true,
         Delivery::Closed => false,
         Delivery::Full(wait) => wait.await,
@@ -161,6 +210,10 @@ impl From<FrameError> for ConnError {
             FrameError::Io(_) => ConnErrorKind::Io,
             FrameError::TooLarge { .. } => ConnErrorKind::FrameTooLarge,
             FrameError::Truncated { .. } => ConnErrorKind::Truncated,
+            // An oversized batch, refused before it is allocated.
+            FrameError::TooManyHeartbeats { .. } => ConnErrorKind::FrameTooLarge,
+            // Well-formed, but no frame a single-group transport takes.
+            FrameError::NotSingleGroup => ConnErrorKind::Protocol,
             _ => ConnErrorKind::Decode,
         };
         ConnError::new(kind, e.to_string())
@@ -205,7 +258,8 @@ struct Peer {
     out: Mutex<Outbox>,
     /// Wakes the writer task: a message queued into an empty queue, or `unsent` bytes.
     queue_notify: Notify,
-    snapshot: Mutex<Option<OutSnapshot>>,
+    /// The latest snapshot to send per group (see `snapshot_lane`).
+    snapshots: Mutex<HashMap<GroupId, OutSnapshot>>,
     snapshot_notify: Notify,
     cancel: CancellationToken,
     /// Messages and bytes written to this peer's message connection.
@@ -218,13 +272,18 @@ struct Shared {
     stats: Stats,
     peers: Mutex<HashMap<NodeId, Arc<Peer>, BuildHasherDefault<NodeIdHasher>>>,
     incoming: Box<dyn Sink>,
+    /// Started by [`Transport::start_groups`]: frames of every group are taken and
+    /// delivered as [`GroupIncoming`]; otherwise only group 0's, as [`Incoming`].
+    multi: bool,
+    /// A multi-group transport's snapshot stores, one per group.
+    group_stores: Option<GroupSnapshotStores>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// The inbound snapshot connection allowed to write into the snapshot store: a newer
     /// offer cancels the older connection and takes this once it let go (one `.recv` file
     /// has one writer).
-    receiving: tokio::sync::Mutex<()>,
-    receiving_cancel: Mutex<Option<CancellationToken>>,
+    /// Per group being received, so that groups are received side by side.
+    receiving: Mutex<HashMap<GroupId, Arc<ReceiveSlot>>>,
     /// The current inbound message connection per peer: a newer one closes the older, so a
     /// peer holds at most one accepted connection (and at most one we dialled).
     inbound_messages: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
@@ -301,6 +360,55 @@ impl Transport {
         config: TransportConfig,
         incoming: mpsc::Sender<T>,
     ) -> io::Result<TransportHandle> {
+        Self::start_inner(config, Box::new(SingleSink(incoming)), None).await
+    }
+
+    /// Start a multi-group transport (see [`crate::group`]): messages of every group to a
+    /// peer share its one message connection, sent with [`TransportHandle::send_group`],
+    /// [`TransportHandle::send_heartbeats`] and
+    /// [`TransportHandle::send_heartbeat_responses`] (and [`TransportHandle::send`] for
+    /// group 0), and arrive on `incoming` as [`GroupIncoming`]. Snapshots of a group are
+    /// assembled in the store `stores` names for it (`config.snapshot_store` is not used).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use raft_core::{Message, MessageBody};
+    /// use raft_net::{Envelope, GroupHeartbeat, GroupIncoming, Transport, TransportConfig};
+    ///
+    /// let no_stores: raft_net::GroupSnapshotStores = std::sync::Arc::new(|_| None);
+    /// let (tx, mut b_in) = tokio::sync::mpsc::channel::<GroupIncoming>(64);
+    /// let b = Transport::start_groups(TransportConfig::new(2, 7, "127.0.0.1:0".parse().unwrap()), no_stores.clone(), tx)
+    ///     .await.unwrap();
+    /// let (tx, _a_in) = tokio::sync::mpsc::channel::<GroupIncoming>(64);
+    /// let a = Transport::start_groups(TransportConfig::new(1, 7, "127.0.0.1:0".parse().unwrap()), no_stores, tx)
+    ///     .await.unwrap();
+    /// a.add_peer(2, b.local_addr());
+    /// b.add_peer(1, a.local_addr());
+    /// let beats: Vec<_> = (1..=3).map(|g| GroupHeartbeat { group: g, term: 1, commit: 0, read_seq: 1 }).collect();
+    /// a.send_heartbeats(2, beats.clone()).unwrap(); // one frame for the three groups
+    /// match b_in.recv().await {
+    ///     Some(GroupIncoming::Frames { from: 1, frames }) => {
+    ///         assert_eq!(frames, vec![Envelope::Heartbeats(beats)]);
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// a.shutdown().await;
+    /// b.shutdown().await;
+    /// # });
+    /// ```
+    pub async fn start_groups<T: From<GroupIncoming> + Send + 'static>(
+        config: TransportConfig,
+        stores: GroupSnapshotStores,
+        incoming: mpsc::Sender<T>,
+    ) -> io::Result<TransportHandle> {
+        Self::start_inner(config, Box::new(GroupSink(incoming)), Some(stores)).await
+    }
+
+    async fn start_inner(
+        config: TransportConfig,
+        incoming: Box<dyn Sink>,
+        group_stores: Option<GroupSnapshotStores>,
+    ) -> io::Result<TransportHandle> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -310,11 +418,12 @@ impl Transport {
         let shared = Arc::new(Shared {
             stats: Stats::default(),
             peers: Mutex::new(HashMap::default()),
-            incoming: Box::new(incoming),
+            incoming,
+            multi: group_stores.is_some(),
+            group_stores,
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
-            receiving: tokio::sync::Mutex::new(()),
-            receiving_cancel: Mutex::new(None),
+            receiving: Mutex::new(HashMap::new()),
             inbound_messages: Mutex::new(HashMap::new()),
             conn_seq: AtomicU64::new(0),
             snapshot_seq: AtomicU64::new(1),
@@ -373,17 +482,72 @@ impl TransportHandle {
     /// # }
     /// ```
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        self.send_group(SINGLE_GROUP, msg)
+    }
+
+    /// Send `msg` of `group` to `msg.to`, as [`send`](Self::send) does: on the peer's one
+    /// message connection, in order with every other group's messages to it. Group 0 is
+    /// [`send`](Self::send)'s; a single-group peer refuses every other group's frames.
+    pub fn send_group(&self, group: GroupId, msg: Message) -> Result<(), SendError> {
+        self.enqueue(
+            msg.to,
+            Envelope::Message {
+                group,
+                message: msg,
+            },
+        )
+    }
+
+    /// Send the heartbeats of many groups to `to` coalesced, one frame per
+    /// [`heartbeats_per_frame`](crate::group_codec::heartbeats_per_frame) of them (at most
+    /// [`crate::group::HEARTBEATS_PER_FRAME_MAX`]), queued like one message each frame.
+    /// The receiver gets them as [`Envelope::Heartbeats`], `from` and `to` being the two
+    /// ends of the connection. Nothing is sent for an empty list.
+    pub fn send_heartbeats(&self, to: NodeId, beats: Vec<GroupHeartbeat>) -> Result<(), SendError> {
+        self.send_coalesced(to, beats, Envelope::Heartbeats)
+    }
+
+    /// Send answers to the heartbeats of many groups to `to`, coalesced as
+    /// [`send_heartbeats`](Self::send_heartbeats) does.
+    pub fn send_heartbeat_responses(
+        &self,
+        to: NodeId,
+        answers: Vec<GroupHeartbeatResponse>,
+    ) -> Result<(), SendError> {
+        self.send_coalesced(to, answers, Envelope::HeartbeatResponses)
+    }
+
+    fn send_coalesced<T>(
+        &self,
+        to: NodeId,
+        mut entries: Vec<T>,
+        wrap: fn(Vec<T>) -> Envelope,
+    ) -> Result<(), SendError> {
+        let per_frame = heartbeats_per_frame(self.shared.cfg.frame_bytes_max);
+        while entries.len() > per_frame {
+            let rest = entries.split_off(per_frame);
+            self.enqueue(to, wrap(entries))?;
+            entries = rest;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.enqueue(to, wrap(entries))
+    }
+
+    fn enqueue(&self, to: NodeId, env: Envelope) -> Result<(), SendError> {
         if self.shared.shut_down.load(Relaxed) {
             return Err(SendError::Shutdown);
         }
         // Held to the end rather than cloning the peer's Arc: two atomic operations fewer
         // per message. A direct write holds it for one non-blocking syscall.
         let peers = self.shared.peers.lock().unwrap();
-        let peer = peers.get(&msg.to).ok_or(SendError::UnknownPeer(msg.to))?;
+        let peer = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
         let cfg = &self.shared.cfg;
         let (dropped, was_empty) = {
             let mut out = peer.out.lock().unwrap();
             let out = &mut *out;
+            let msg = env;
             let msg = if !out.writer_busy && out.queue.is_empty() && out.unsent.is_empty() {
                 match &out.conn {
                     Some(conn)
@@ -402,18 +566,26 @@ impl TransportHandle {
             } else {
                 msg
             };
-            let q = &mut out.queue;
-            let dropped = if q.len() >= cfg.queue_messages_max {
-                q.pop_front().is_some()
-            } else {
-                false
-            };
-            let was_empty = q.is_empty();
-            q.push_back(msg);
+            // Oldest first out, until both bounds hold with this one in (an envelope over
+            // `queue_bytes_max` by itself still goes, alone).
+            let bytes = msg.queued_bytes();
+            let mut dropped = 0;
+            while out.queue.len() >= cfg.queue_messages_max
+                || (out.queued_bytes + bytes > cfg.queue_bytes_max && !out.queue.is_empty())
+            {
+                let Some(old) = out.queue.pop_front() else {
+                    break;
+                };
+                out.queued_bytes -= old.queued_bytes();
+                dropped += old.messages() as u64;
+            }
+            let was_empty = out.queue.is_empty();
+            out.queued_bytes += bytes;
+            out.queue.push_back(msg);
             (dropped, was_empty)
         };
-        if dropped {
-            Stats::add(&self.shared.stats.messages_dropped, 1);
+        if dropped > 0 {
+            Stats::add(&self.shared.stats.messages_dropped, dropped);
         }
         // The writer drains the whole queue whenever it runs, so it needs waking only when
         // the queue goes from empty to non-empty: one wake-up per batch, not per message.
@@ -426,11 +598,27 @@ impl TransportHandle {
     /// Stream the snapshot file `chunks` was opened on to `to` on the snapshot lane, beside
     /// the messages, in CRC32-checked chunks read from the file as they go out (a transfer
     /// holds a few chunks in memory, whatever the file's size). Only the latest snapshot
-    /// per peer matters: a pending one is replaced (its receiver gets
-    /// [`SnapshotSendError::Superseded`]). The returned channel tells how it ended.
+    /// per peer (and group: this is group 0's) matters: a pending one is replaced (its
+    /// receiver gets [`SnapshotSendError::Superseded`]). The returned channel tells how it
+    /// ended.
     pub fn send_snapshot(
         &self,
         to: NodeId,
+        chunks: SnapshotChunks,
+    ) -> Result<oneshot::Receiver<Result<(), SnapshotSendError>>, SendError> {
+        self.send_group_snapshot(to, SINGLE_GROUP, chunks)
+    }
+
+    /// [`send_snapshot`](Self::send_snapshot) for `group`: only the latest snapshot per
+    /// (peer, group) matters. At most
+    /// [`TransportConfig::snapshot_transfers_per_peer_max`] transfers to one peer run at
+    /// once, each on a snapshot connection of its own, the oldest waiting request starting
+    /// next; the message connection is never shared with them, so replication goes on
+    /// beside any number of snapshots.
+    pub fn send_group_snapshot(
+        &self,
+        to: NodeId,
+        group: GroupId,
         chunks: SnapshotChunks,
     ) -> Result<oneshot::Receiver<Result<(), SnapshotSendError>>, SendError> {
         let peer = self.peer(to)?;
@@ -440,7 +628,7 @@ impl TransportHandle {
             chunks: Arc::new(chunks),
             done: Some(tx),
         };
-        let old = peer.snapshot.lock().unwrap().replace(snap);
+        let old = peer.snapshots.lock().unwrap().insert(group, snap);
         if let Some(mut old) = old {
             if let Some(done) = old.done.take() {
                 let _ = done.send(Err(SnapshotSendError::Superseded));
@@ -539,7 +727,7 @@ fn add_peer(shared: &Arc<Shared>, id: NodeId, addr: PeerAddr) {
         addr: Mutex::new(addr),
         out: Mutex::new(Outbox::new()),
         queue_notify: Notify::new(),
-        snapshot: Mutex::new(None),
+        snapshots: Mutex::new(HashMap::new()),
         snapshot_notify: Notify::new(),
         cancel: shared.cancel.child_token(),
         sent_messages: AtomicU64::new(0),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use raft_core::{Message, NodeId};
+use raft_core::NodeId;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{sleep, timeout, Instant};
@@ -17,19 +17,23 @@ use tracing::{debug, warn};
 
 use crate::config::backoff_ms;
 use crate::conn::{LinkWriter, Reader};
-use crate::message_codec::{encode_message, SegmentedBuf};
+use crate::group::Envelope;
+use crate::group_codec::encode_envelope;
+use crate::message_codec::SegmentedBuf;
 use crate::stats::{ConnErrorKind, Stats};
 use crate::wire::Lane;
 
 use super::dial::dial;
-use super::inbound::read_messages;
+use super::inbound::read_lane;
 use super::{log_conn_error, ConnError, Peer, Shared};
 
 /// A peer's outbound message lane. One lock covers the queue and the connection, so that
 /// `send`'s direct writes and the writer task's batches never interleave bytes or reorder
 /// messages: `send` writes only when nothing is queued, unsent or being written.
 pub(super) struct Outbox {
-    pub(super) queue: VecDeque<Message>,
+    pub(super) queue: VecDeque<Envelope>,
+    /// Memory held by `queue` (see `TransportConfig::queue_bytes_max`).
+    pub(super) queued_bytes: usize,
     /// The writer task holds messages (or `unsent` bytes) that it has not finished writing.
     pub(super) writer_busy: bool,
     /// The message connection the writer task is sending on (and `send` may write to
@@ -52,6 +56,7 @@ impl Outbox {
     pub(super) fn new() -> Self {
         Outbox {
             queue: VecDeque::new(),
+            queued_bytes: 0,
             writer_busy: false,
             conn: None,
             inbound: None,
@@ -131,15 +136,15 @@ pub(super) fn write_direct(
     peer: &Peer,
     out: &mut Outbox,
     conn: &Link,
-    msg: Message,
-) -> Option<Message> {
+    msg: Envelope,
+) -> Option<Envelope> {
     let cfg = &shared.cfg;
     let Some(wr) = conn.wr.direct() else {
         return Some(msg);
     };
     out.scratch.clear();
-    if let Err(e) = encode_message(&msg, &mut out.scratch, cfg.frame_bytes_max) {
-        Stats::add(&shared.stats.messages_unencodable, 1);
+    if let Err(e) = encode_envelope(&msg, &mut out.scratch, cfg.frame_bytes_max) {
+        Stats::add(&shared.stats.messages_unencodable, msg.messages() as u64);
         warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
         return None;
     }
@@ -160,9 +165,10 @@ pub(super) fn write_direct(
     conn.writes.fetch_add(1, Relaxed);
     // The message is committed to this connection; the rest of its bytes are counted when
     // the writer task writes them.
-    Stats::add(&shared.stats.messages_sent, 1);
+    let messages = msg.messages() as u64;
+    Stats::add(&shared.stats.messages_sent, messages);
     Stats::add(&shared.stats.bytes_sent, written as u64);
-    Stats::add(&peer.sent_messages, 1);
+    Stats::add(&peer.sent_messages, messages);
     Stats::add(&peer.sent_bytes, written as u64);
     if out.scratch.buf.capacity() > DIRECT_WRITE_BUF_BYTES_MAX {
         out.scratch = SegmentedBuf::with_capacity(DIRECT_WRITE_BUF_BYTES);
@@ -291,7 +297,7 @@ pub(super) async fn message_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let mut failures: u32 = 0;
     let mut connected_before = false;
     let mut buf = SegmentedBuf::with_capacity(cfg.write_batch_bytes_max + 64 * 1024);
-    let mut batch: VecDeque<Message> = VecDeque::new();
+    let mut batch: VecDeque<Envelope> = VecDeque::new();
     loop {
         // Connect lazily: an idle peer costs no socket.
         if !wait_for_messages(&peer).await {
@@ -422,7 +428,7 @@ async fn read_dialed(
 ) {
     let result = tokio::select! {
         _ = link.closed.cancelled() => return,
-        r = read_messages(&shared, peer, rd, buf, &link, false) => r,
+        r = read_lane(&shared, peer, rd, buf, &link, false) => r,
     };
     if let Err(e) = result {
         log_conn_error(&shared, peer, Lane::Messages, &e);
@@ -436,7 +442,7 @@ async fn pump_messages(
     peer: &Peer,
     link: &Link,
     buf: &mut SegmentedBuf,
-    batch: &mut VecDeque<Message>,
+    batch: &mut VecDeque<Envelope>,
 ) -> Result<PumpEnd, ConnError> {
     let cfg = &shared.cfg;
     let wr = &link.wr;
@@ -458,6 +464,7 @@ async fn pump_messages(
             // for the next link.
             if !retiring {
                 std::mem::swap(&mut out.queue, batch);
+                out.queued_bytes = 0;
             }
             let unsent = std::mem::take(&mut out.unsent);
             out.writer_busy = retiring || !batch.is_empty() || !unsent.is_empty();
@@ -511,10 +518,10 @@ async fn pump_messages(
         let mut count = 0u64;
         buf.clear();
         while let Some(msg) = batch.pop_front() {
-            match encode_message(&msg, buf, cfg.frame_bytes_max) {
-                Ok(_) => count += 1,
+            match encode_envelope(&msg, buf, cfg.frame_bytes_max) {
+                Ok(_) => count += msg.messages() as u64,
                 Err(e) => {
-                    Stats::add(&shared.stats.messages_unencodable, 1);
+                    Stats::add(&shared.stats.messages_unencodable, msg.messages() as u64);
                     warn!(node = cfg.node_id, peer = peer.id, error = %e, "dropping unencodable message");
                 }
             }

@@ -5,16 +5,19 @@
 //! Either side holds at most two chunks of a transfer in memory: one on the wire, one
 //! being read from or written to the file.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use raft_core::NodeId;
 use raft_snapshot::{
     AssemblyProgress, SnapshotAssembler, SnapshotChunks, SnapshotError, TransferChunk,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
@@ -24,12 +27,14 @@ use tracing::info;
 use crate::config::backoff_ms;
 use crate::conn::{Reader, Writer};
 use crate::frame::{encode_frame, FrameDecoder};
+use crate::group::{GroupId, GroupIncoming, SINGLE_GROUP};
 use crate::stats::{ConnErrorKind, Stats};
 use crate::wire::{Lane, SnapshotFrame, HANDSHAKE_FRAME_BYTES_MAX};
 
 use super::dial::dial;
 use super::{
-    deliver, log_conn_error, write_flush, ConnError, Incoming, Peer, Shared, SnapshotSendError,
+    deliver, deliver_groups, log_conn_error, write_flush, ConnError, Incoming, Peer, Shared,
+    SnapshotSendError,
 };
 
 /// Before it answers the last chunk the receiver fsyncs the file and reads it all again to
@@ -43,85 +48,116 @@ pub(super) struct OutSnapshot {
     pub(super) done: Option<oneshot::Sender<Result<(), SnapshotSendError>>>,
 }
 
+/// Sends a peer's snapshots: at most `snapshot_transfers_per_peer_max` at once, each a
+/// future of this task on a connection of its own; when one ends, the oldest request not
+/// yet running starts. Groups are thus served in the order they asked, and one group's
+/// large snapshot holds up at most one slot.
 pub(super) async fn snapshot_writer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let cfg = &shared.cfg;
-    let mut connected_before = false;
+    let connected_before = AtomicBool::new(false);
+    let mut running = FuturesUnordered::new();
+    let mut in_flight: HashSet<GroupId> = HashSet::new();
     loop {
-        // Wait for a snapshot to send.
-        let (id, chunks) = loop {
-            if let Some(s) = peer.snapshot.lock().unwrap().as_ref() {
-                break (s.id, s.chunks.clone());
-            }
-            tokio::select! {
-                _ = peer.cancel.cancelled() => return,
-                _ = peer.snapshot_notify.notified() => {}
-            }
-        };
-        let mut outcome: Result<(), SnapshotSendError> = Err(SnapshotSendError::Cancelled);
-        let mut superseded = false;
-        for attempt in 0..cfg.snapshot_attempts_max {
-            let r = tokio::select! {
-                _ = peer.cancel.cancelled() => break,
-                r = stream_snapshot(&shared, &peer, id, &chunks, &mut connected_before) => r,
+        while in_flight.len() < cfg.snapshot_transfers_per_peer_max {
+            let next = peer
+                .snapshots
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(g, _)| !in_flight.contains(g))
+                .min_by_key(|(_, s)| s.id)
+                .map(|(&g, s)| (g, s.id, s.chunks.clone()));
+            let Some((group, id, chunks)) = next else {
+                break;
             };
-            match r {
-                Ok(()) => {
-                    outcome = Ok(());
-                    break;
-                }
-                Err(SnapshotAttemptError::Superseded) => {
-                    superseded = true;
-                    break;
-                }
-                Err(SnapshotAttemptError::Refused(reason)) => {
-                    outcome = Err(SnapshotSendError::Refused(reason));
-                    break;
-                }
-                Err(SnapshotAttemptError::Source(why)) => {
-                    outcome = Err(SnapshotSendError::Source(why));
-                    break;
-                }
-                Err(SnapshotAttemptError::Conn(e)) => {
-                    log_conn_error(&shared, peer.id, Lane::Snapshots, &e);
-                    outcome = Err(SnapshotSendError::Failed {
-                        attempts: attempt + 1,
-                        last_error: e.detail,
-                    });
-                    if attempt + 1 < cfg.snapshot_attempts_max {
-                        let delay = backoff_ms(cfg, peer.id, attempt);
-                        tokio::select! {
-                            _ = peer.cancel.cancelled() => break,
-                            _ = sleep(Duration::from_millis(delay)) => {}
-                        }
-                    }
-                }
-            }
+            in_flight.insert(group);
+            running.push(transfer(
+                &shared,
+                &peer,
+                group,
+                id,
+                chunks,
+                &connected_before,
+            ));
         }
-        if superseded {
-            continue; // The replacement's sender was already told; the new one is in the slot.
-        }
-        if peer.cancel.is_cancelled() {
-            outcome = Err(SnapshotSendError::Cancelled);
-        }
-        let finished = {
-            let mut slot = peer.snapshot.lock().unwrap();
-            match slot.as_ref() {
-                Some(s) if s.id == id => slot.take(),
-                _ => None,
+        tokio::select! {
+            _ = peer.cancel.cancelled() => break,
+            Some(group) = running.next(), if !running.is_empty() => {
+                in_flight.remove(&group);
             }
-        };
-        if let Some(mut s) = finished {
-            if outcome.is_ok() {
-                Stats::add(&shared.stats.snapshots_sent, 1);
-            }
-            if let Some(done) = s.done.take() {
-                let _ = done.send(outcome);
-            }
-        }
-        if peer.cancel.is_cancelled() {
-            return;
+            _ = peer.snapshot_notify.notified() => {}
         }
     }
+    // The peer was removed or the transport shut down: every transfer ends here.
+    drop(running);
+    let pending: Vec<_> = peer.snapshots.lock().unwrap().drain().collect();
+    for (_, mut s) in pending {
+        if let Some(done) = s.done.take() {
+            let _ = done.send(Err(SnapshotSendError::Cancelled));
+        }
+    }
+}
+
+/// One group's snapshot to the peer, with retries; tells its requester how it ended
+/// (unless a newer snapshot of the group replaced it). Returns the group.
+async fn transfer(
+    shared: &Shared,
+    peer: &Peer,
+    group: GroupId,
+    id: u64,
+    chunks: Arc<SnapshotChunks>,
+    connected_before: &AtomicBool,
+) -> GroupId {
+    let cfg = &shared.cfg;
+    let mut outcome: Result<(), SnapshotSendError> = Err(SnapshotSendError::Cancelled);
+    for attempt in 0..cfg.snapshot_attempts_max {
+        let r = stream_snapshot(shared, peer, group, id, &chunks, connected_before).await;
+        match r {
+            Ok(()) => {
+                outcome = Ok(());
+                break;
+            }
+            Err(SnapshotAttemptError::Superseded) => {
+                // The replacement's requester was told; the new one is in the slot.
+                return group;
+            }
+            Err(SnapshotAttemptError::Refused(reason)) => {
+                outcome = Err(SnapshotSendError::Refused(reason));
+                break;
+            }
+            Err(SnapshotAttemptError::Source(why)) => {
+                outcome = Err(SnapshotSendError::Source(why));
+                break;
+            }
+            Err(SnapshotAttemptError::Conn(e)) => {
+                log_conn_error(shared, peer.id, Lane::Snapshots, &e);
+                outcome = Err(SnapshotSendError::Failed {
+                    attempts: attempt + 1,
+                    last_error: e.detail,
+                });
+                if attempt + 1 < cfg.snapshot_attempts_max {
+                    let delay = backoff_ms(cfg, peer.id, attempt);
+                    sleep(Duration::from_millis(delay)).await;
+                }
+            }
+        }
+    }
+    let finished = {
+        let mut slots = peer.snapshots.lock().unwrap();
+        match slots.get(&group) {
+            Some(s) if s.id == id => slots.remove(&group),
+            _ => None,
+        }
+    };
+    if let Some(mut s) = finished {
+        if outcome.is_ok() {
+            Stats::add(&shared.stats.snapshots_sent, 1);
+        }
+        if let Some(done) = s.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+    group
 }
 
 enum SnapshotAttemptError {
@@ -141,17 +177,17 @@ impl<E: Into<ConnError>> From<E> for SnapshotAttemptError {
 async fn stream_snapshot(
     shared: &Shared,
     peer: &Peer,
+    group: GroupId,
     id: u64,
     chunks: &Arc<SnapshotChunks>,
-    connected_before: &mut bool,
+    connected_before: &AtomicBool,
 ) -> Result<(), SnapshotAttemptError> {
     let cfg = &shared.cfg;
     let (rd, mut wr) = dial(shared, peer, Lane::Snapshots).await?;
     Stats::add(&shared.stats.connects, 1);
-    if *connected_before {
+    if connected_before.swap(true, Relaxed) {
         Stats::add(&shared.stats.reconnects, 1);
     }
-    *connected_before = true;
     let mut rd = rd.map_decoder(|d| d.retype::<SnapshotFrame>(HANDSHAKE_FRAME_BYTES_MAX));
     let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -159,6 +195,7 @@ async fn stream_snapshot(
     let mut buf = BytesMut::new();
     let offer = SnapshotFrame::Offer {
         snapshot_id: id,
+        group,
         meta: chunks.header().meta.clone(),
         total_bytes: total,
     };
@@ -199,7 +236,12 @@ async fn stream_snapshot(
     // Pace chunks so that the average rate stays under the limit; a burst is one chunk.
     // Under a low limit, chunks shrink so that one arrives at least every quarter of the
     // idle timeout: the receiver (configured alike) must not take the pacing for silence.
-    let chunk_bytes = match cfg.snapshot_bytes_per_sec_max {
+    // Concurrent transfers to the peer share its limit evenly.
+    let rate_bytes_per_sec = match cfg.snapshot_bytes_per_sec_max {
+        0 => 0,
+        rate => (rate / cfg.snapshot_transfers_per_peer_max as u64).max(1),
+    };
+    let chunk_bytes = match rate_bytes_per_sec {
         0 => cfg.snapshot_chunk_bytes,
         rate => {
             let per_quarter_idle = rate.saturating_mul(cfg.idle_timeout_ms) / 4000;
@@ -213,7 +255,7 @@ async fn stream_snapshot(
     // The next chunk is read from the file while this one is written to the socket.
     let mut next_read = (offset < total).then(|| read_chunk(chunks, offset, chunk_bytes));
     while let Some(read) = next_read.take() {
-        if peer.snapshot.lock().unwrap().as_ref().map(|s| s.id) != Some(id) {
+        if peer.snapshots.lock().unwrap().get(&group).map(|s| s.id) != Some(id) {
             return Err(SnapshotAttemptError::Superseded);
         }
         let chunk = read
@@ -224,8 +266,8 @@ async fn stream_snapshot(
         if chunk.offset + len < total {
             next_read = Some(read_chunk(chunks, chunk.offset + len, chunk_bytes));
         }
-        if cfg.snapshot_bytes_per_sec_max > 0 {
-            let due = (chunk.offset - first) as f64 / cfg.snapshot_bytes_per_sec_max as f64;
+        if rate_bytes_per_sec > 0 {
+            let due = (chunk.offset - first) as f64 / rate_bytes_per_sec as f64;
             sleep_until(started + Duration::from_secs_f64(due)).await;
         }
         let frame = SnapshotFrame::Chunk {
@@ -286,12 +328,43 @@ type PendingWrite = JoinHandle<(SnapshotAssembler, Result<AssemblyProgress, Snap
 /// The snapshot this connection is receiving.
 struct Partial {
     id: u64,
+    group: GroupId,
     total: u64,
     /// `None` while a chunk is being written (the write task holds it).
     assembler: Option<SnapshotAssembler>,
     /// The end of the chunks accepted so far, written or being written.
     next_offset: u64,
     pending: Option<PendingWrite>,
+}
+
+/// Who may write a group's partial snapshot file: one inbound connection at a time. The
+/// newest offer wins: it cancels the older connection (most likely dead already) and takes
+/// the lock once that let go.
+pub(super) struct ReceiveSlot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    cancel: Mutex<Option<CancellationToken>>,
+}
+
+/// The group a connection is receiving, and its hold on the group's partial file.
+struct Receiving {
+    group: GroupId,
+    slot: Arc<ReceiveSlot>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+/// Let go of a group's partial file, and forget its slot if no other connection wants it.
+fn release(shared: &Shared, receiving: Receiving) {
+    let Receiving {
+        group,
+        slot,
+        _guard,
+    } = receiving;
+    drop(_guard);
+    let mut slots = shared.receiving.lock().unwrap();
+    // Clones are made under this lock: two references are the map's and ours.
+    if Arc::strong_count(&slot) == 2 {
+        slots.remove(&group);
+    }
 }
 
 pub(super) async fn receive_snapshots(
@@ -321,17 +394,19 @@ pub(super) async fn receive_snapshots(
     {
         let _ = p.await;
     }
-    drop(receiving);
+    if let Some(r) = receiving {
+        release(shared, r);
+    }
     result
 }
 
-async fn receive_loop<'a>(
-    shared: &'a Arc<Shared>,
+async fn receive_loop(
+    shared: &Arc<Shared>,
     from: NodeId,
     rd: &mut FramedRead<Reader, FrameDecoder<SnapshotFrame>>,
     wr: &mut Writer,
     cancel: &CancellationToken,
-    receiving: &mut Option<tokio::sync::MutexGuard<'a, ()>>,
+    receiving: &mut Option<Receiving>,
     partial: &mut Option<Partial>,
 ) -> Result<(), ConnError> {
     let cfg = &shared.cfg;
@@ -360,6 +435,7 @@ async fn receive_loop<'a>(
         let reply = match frame {
             SnapshotFrame::Offer {
                 snapshot_id,
+                group,
                 meta,
                 total_bytes,
             } => {
@@ -374,28 +450,69 @@ async fn receive_loop<'a>(
                     );
                     return Err(abort(cfg, wr, snapshot_id, reason).await);
                 }
-                let Some(store) = cfg.snapshot_store.clone() else {
-                    let reason = "this node has no snapshot store".to_string();
-                    return Err(abort(cfg, wr, snapshot_id, reason).await);
+                let store = match &shared.group_stores {
+                    Some(stores) => stores(group).ok_or_else(|| {
+                        format!("group {group} is not hosted on node {}", cfg.node_id)
+                    }),
+                    None if group != SINGLE_GROUP => Err(format!(
+                        "a snapshot of group {group} offered to a single-group transport"
+                    )),
+                    None => cfg
+                        .snapshot_store
+                        .clone()
+                        .ok_or_else(|| "this node has no snapshot store".to_string()),
                 };
+                let store = match store {
+                    Ok(store) => store,
+                    Err(reason) => return Err(abort(cfg, wr, snapshot_id, reason).await),
+                };
+                if receiving.as_ref().is_some_and(|r| r.group != group) {
+                    release(shared, receiving.take().expect("checked"));
+                }
                 if receiving.is_none() {
-                    // One connection at a time writes into the store: the newest offer wins,
-                    // an older connection (most likely dead already) is told to let go.
-                    if let Some(old) = shared
-                        .receiving_cancel
+                    // One connection at a time writes into a group's partial file: the
+                    // newest offer wins, an older connection (most likely dead already) is
+                    // told to let go.
+                    let slot = shared
+                        .receiving
                         .lock()
                         .unwrap()
-                        .replace(cancel.clone())
-                    {
+                        .entry(group)
+                        .or_insert_with(|| {
+                            Arc::new(ReceiveSlot {
+                                lock: Arc::new(tokio::sync::Mutex::new(())),
+                                cancel: Mutex::new(None),
+                            })
+                        })
+                        .clone();
+                    if let Some(old) = slot.cancel.lock().unwrap().replace(cancel.clone()) {
                         old.cancel();
                     }
-                    let guard = timeout(idle, shared.receiving.lock()).await.map_err(|_| {
-                        ConnError::new(
-                            ConnErrorKind::IdleTimeout,
-                            "an older snapshot connection did not let go",
-                        )
-                    })?;
-                    *receiving = Some(guard);
+                    let guard = timeout(idle, slot.lock.clone().lock_owned())
+                        .await
+                        .map_err(|_| {
+                            ConnError::new(
+                                ConnErrorKind::IdleTimeout,
+                                "an older snapshot connection did not let go",
+                            )
+                        });
+                    let guard = match guard {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            // Not ours yet: let the map forget the slot if nobody else
+                            // wants it.
+                            let mut slots = shared.receiving.lock().unwrap();
+                            if Arc::strong_count(&slot) == 2 {
+                                slots.remove(&group);
+                            }
+                            return Err(e);
+                        }
+                    };
+                    *receiving = Some(Receiving {
+                        group,
+                        slot,
+                        _guard: guard,
+                    });
                 }
                 // Resumes the store's partial file of this snapshot, if any (kept across
                 // connections and restarts); the final check catches a tail that is not
@@ -433,6 +550,7 @@ async fn receive_loop<'a>(
                 let offset = asm.progress().next_offset;
                 *partial = Some(Partial {
                     id: snapshot_id,
+                    group,
                     total: total_bytes,
                     assembler: Some(asm),
                     next_offset: offset,
@@ -510,7 +628,18 @@ async fn receive_loop<'a>(
                     (Ok(_), None) => unreachable!("a complete file has a header"),
                 };
                 Stats::add(&shared.stats.snapshots_received, 1);
-                if !deliver(shared, Incoming::Snapshot { from, meta, file }).await {
+                let delivered = if shared.multi {
+                    let item = GroupIncoming::Snapshot {
+                        from,
+                        group: p.group,
+                        meta,
+                        file,
+                    };
+                    deliver_groups(shared, item).await
+                } else {
+                    deliver(shared, Incoming::Snapshot { from, meta, file }).await
+                };
+                if !delivered {
                     return Ok(());
                 }
                 SnapshotFrame::Done { snapshot_id: p.id }

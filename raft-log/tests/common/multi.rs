@@ -1,9 +1,13 @@
-//! Helpers shared by the multi-group log tests: small options, an in-memory model of every
-//! group (raft-core's `MemLog`), comparison, and copies of a log directory to damage.
-#![allow(dead_code)]
+//! Helpers of the multi-group log tests: small options, an in-memory model of every group
+//! (raft-core's `MemLog`), comparison, and copies of a log directory to damage. The test
+//! directory and generator are the shared ones, re-exported so that one glob import serves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+// Used by the tests that glob-import this module, not by every test binary that holds it.
+#[allow(unused_imports)]
+pub use super::{test_dir, Rng};
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Index, LogStore, MemLog, Membership, Term};
@@ -49,17 +53,6 @@ pub fn entry(group: GroupId, index: Index, term: Term, len: usize) -> Entry {
         term,
         payload,
     }
-}
-
-/// A fresh directory: on tmpfs where there is one (tests open logs thousands of times).
-pub fn test_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
 }
 
 /// Every group's log as the test expects it.
@@ -118,34 +111,12 @@ pub fn assert_matches(log: &MultiLog, model: &Model, context: &str) {
 
 /// Segment files of a log directory, oldest first.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    files.sort();
-    files
+    super::files_with_extension(dir, "wal")
 }
 
 /// Copies the segment files of `from` into the empty directory `to`.
 pub fn copy_segments(from: &Path, to: &Path) {
     for f in segment_files(from) {
         std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so failures replay from the printed seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
