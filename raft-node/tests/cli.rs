@@ -14,12 +14,20 @@ use common::dev::*;
 
 /// `raft-node ARGS... --dev-data-dir D` (the client commands find the dev cluster there).
 fn cli(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
+    cli_by(cluster, args, run_bounded)
+}
+
+fn cli_by(
+    cluster: &DevCluster,
+    args: &[&str],
+    run: fn(&[&str], Duration) -> std::process::Output,
+) -> std::process::Output {
     let dir = cluster.data_dir();
     // Right after the command's name: `admin` takes it before its own subcommand.
     let mut all: Vec<&str> = vec![args[0], "--dev-data-dir", dir.to_str().unwrap()];
     all.extend_from_slice(&args[1..]);
     let started = Instant::now();
-    let out = cluster.run(&all);
+    let out = run(&all, Duration::from_secs(40));
     eprintln!("raft-node {args:?}: {:?}", started.elapsed());
     out
 }
@@ -30,7 +38,8 @@ fn cli(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
 fn cli_not_retried(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--log-level", "debug"]);
-    let out = cli(cluster, &all);
+    // Without RUST_LOG: a bare level there would hide the debug line this looks for.
+    let out = cli_by(cluster, &all, run_bounded_own_log_level);
     assert!(
         !stderr(&out).contains("retrying request"),
         "{args:?} was retried:\n{}",

@@ -258,7 +258,19 @@ impl DevCluster {
 
 /// Runs `raft-node ARGS` to completion, killed after `limit`.
 pub fn run_bounded(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(BIN)
+    run_bounded_in(Command::new(BIN), args, limit)
+}
+
+/// As [`run_bounded`], with `RUST_LOG` removed from the child's environment, so that its
+/// `--log-level` alone decides what it logs (a bare level in RUST_LOG would replace it).
+pub fn run_bounded_own_log_level(args: &[&str], limit: Duration) -> Output {
+    let mut command = Command::new(BIN);
+    command.env_remove("RUST_LOG");
+    run_bounded_in(command, args, limit)
+}
+
+fn run_bounded_in(mut command: Command, args: &[&str], limit: Duration) -> Output {
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
